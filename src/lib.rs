@@ -1,0 +1,5 @@
+//! mesh-oauth: a request's path through the core is
+//! config → extract → token → keys → verify → claims → policy → response.
+//! Everything but `filter` is plain Rust, testable natively.
+
+pub mod alg;
