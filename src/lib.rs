@@ -3,3 +3,4 @@
 //! Everything but `filter` is plain Rust, testable natively.
 
 pub mod alg;
+pub mod config;
