@@ -5,3 +5,4 @@
 pub mod alg;
 pub mod config;
 pub mod path;
+pub mod policy;
