@@ -4,3 +4,4 @@
 
 pub mod alg;
 pub mod config;
+pub mod json;
