@@ -5,3 +5,4 @@
 pub mod alg;
 pub mod config;
 pub mod json;
+pub mod token;
