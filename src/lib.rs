@@ -4,5 +4,7 @@
 
 pub mod alg;
 pub mod config;
+pub mod json;
 pub mod path;
 pub mod policy;
+pub mod token;
