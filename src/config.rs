@@ -300,10 +300,7 @@ fn parse_mode(value: &Value, path: &str) -> Parsed<Mode> {
 /// The realm goes into a quoted string of `WWW-Authenticate`, so it must not be able to end it.
 fn parse_realm(value: &Value, path: &str) -> Parsed<String> {
     let realm = non_empty_string(value, path)?;
-    let fits_quoted_string = realm
-        .bytes()
-        .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\');
-    if !fits_quoted_string {
+    if !fits_quoted_string(&realm) {
         return Err(error(
             path,
             "must be printable ASCII without '\"' or '\\' (it is sent in WWW-Authenticate)",
@@ -628,10 +625,7 @@ fn split_host_port(authority: &str, path: &str) -> Parsed<(String, Option<u16>)>
         if host.is_empty() {
             return Err(error(path, "has no host"));
         }
-        if !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
-        {
+        if !is_host_name(host) {
             return Err(error(path, "has an invalid host"));
         }
         (host.to_ascii_lowercase(), port)
@@ -712,6 +706,14 @@ fn header_name(value: &Value, path: &str) -> Parsed<String> {
         return Err(error(path, "not a valid HTTP header name"));
     }
     Ok(name.to_ascii_lowercase())
+}
+
+/// A DNS name or IPv4 address as it appears in a URL or `:authority` (no percent-encoding).
+fn is_host_name(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
 }
 
 /// RFC 9110 `token`: header names and methods.
@@ -808,14 +810,8 @@ fn parse_algorithms(value: &Value, path: &str, inline_keys: bool) -> Parsed<AlgS
         }
         Ok(alg)
     })?;
-    let mut set = AlgSet::EMPTY;
-    for (alg, item_path) in algorithms.into_iter().zip(item_paths(path)) {
-        if set.contains(alg) {
-            return Err(error(&item_path, "listed twice"));
-        }
-        set.insert(alg);
-    }
-    Ok(set)
+    reject_duplicates(&algorithms, path)?;
+    Ok(algorithms.into_iter().collect())
 }
 
 /// All algorithms, except HMAC for fetched keys: an HMAC key is a secret and is never fetched.
@@ -1051,11 +1047,7 @@ fn parse_host_pattern(value: &Value, path: &str) -> Parsed<HostPattern> {
         Some(name) => (name, true),
         None => (host.as_str(), false),
     };
-    let valid = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
-    if !valid {
+    if !is_host_name(name) {
         return Err(error(
             path,
             "not a host name, \"*\" or \"*.\" followed by a domain",
@@ -1094,13 +1086,16 @@ fn parse_requirement(value: &Value, path: &str, providers: &[Provider]) -> Parse
     })
 }
 
+/// Printable ASCII that cannot end or escape an HTTP quoted-string (RFC 9110 §5.6.4).
+fn fits_quoted_string(text: &str) -> bool {
+    text.bytes()
+        .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\')
+}
+
 /// RFC 6749 §3.3 scope-token; it is also echoed inside the quoted `scope="…"` of `WWW-Authenticate`.
 fn parse_scope(value: &Value, path: &str) -> Parsed<String> {
     let scope = non_empty_string(value, path)?;
-    let valid = scope
-        .bytes()
-        .all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\');
-    if !valid {
+    if scope.contains(' ') || !fits_quoted_string(&scope) {
         return Err(error(
             path,
             "not a scope: printable ASCII without spaces, '\"' or '\\'",
