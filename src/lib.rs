@@ -4,3 +4,5 @@
 
 pub mod alg;
 pub mod config;
+pub mod keys;
+pub mod verify;
