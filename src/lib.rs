@@ -5,6 +5,8 @@
 pub mod alg;
 pub mod config;
 pub mod json;
+pub mod keys;
 pub mod path;
 pub mod policy;
 pub mod token;
+pub mod verify;

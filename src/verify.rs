@@ -1,0 +1,474 @@
+//! Picks the key for a token and checks its signature with ring, through jwt-compact's
+//! `Algorithm` trait.
+
+use crate::alg::{Alg, AlgSet};
+use crate::keys::{Jwk, KeyMaterial, KeySet};
+use jwt_compact::{Algorithm, AlgorithmSignature};
+use ring::{hmac, signature};
+use std::borrow::Cow;
+use std::fmt;
+
+/// How many keys one token may make us try: bounds the work an attacker can cause with a
+/// token that names no key (or a kid shared by many keys).
+pub const MAX_KIDLESS_CANDIDATES: usize = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyError {
+    /// The token's `alg` is not in the provider's allow-list.
+    AlgorithmNotAllowed,
+    /// No key has the token's `kid`.
+    UnknownKey,
+    /// The token names no `kid` and no key fits its `alg`.
+    NoSuitableKey,
+    /// Keys with the token's `kid` exist, but none fits its `alg`.
+    KeyAlgorithmMismatch,
+    BadSignature,
+}
+
+impl VerifyError {
+    pub fn describe(&self) -> &'static str {
+        match self {
+            VerifyError::AlgorithmNotAllowed => "token signing algorithm is not allowed",
+            VerifyError::UnknownKey => "token key id is unknown",
+            VerifyError::NoSuitableKey => "no key fits the token signing algorithm",
+            VerifyError::KeyAlgorithmMismatch => "token key does not fit its signing algorithm",
+            VerifyError::BadSignature => "token signature is invalid",
+        }
+    }
+}
+
+impl fmt::Display for VerifyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
+/// Finds the key and checks the signature; returns the key that verified it.
+///
+/// `kid` present: only keys with that kid are candidates. Every one of them that fits `alg` is
+/// tried (at most [`MAX_KIDLESS_CANDIDATES`]), because providers do publish duplicate kids: the
+/// same key id for an RSA and an EC key, or for the old and new key during a rotation. Trying
+/// only the first would reject valid tokens; the cap keeps the work bounded.
+/// `kid` absent: the first [`MAX_KIDLESS_CANDIDATES`] keys that fit `alg` are tried.
+pub fn verify<'k>(
+    alg: Alg,
+    kid: Option<&str>,
+    signing_input: &[u8],
+    signature: &[u8],
+    keys: &'k KeySet,
+    allowed: AlgSet,
+) -> Result<&'k Jwk, VerifyError> {
+    if !allowed.contains(alg) {
+        return Err(VerifyError::AlgorithmNotAllowed);
+    }
+    let matches_kid = |key: &&Jwk| kid.is_none_or(|kid| key.kid() == Some(kid));
+    if kid.is_some() && !keys.keys().iter().any(|key| matches_kid(&key)) {
+        return Err(VerifyError::UnknownKey);
+    }
+    let mut candidates = keys
+        .keys()
+        .iter()
+        .filter(matches_kid)
+        .filter(|key| key.fits(alg))
+        .take(MAX_KIDLESS_CANDIDATES)
+        .peekable();
+    if candidates.peek().is_none() {
+        return Err(match kid {
+            Some(_) => VerifyError::KeyAlgorithmMismatch,
+            None => VerifyError::NoSuitableKey,
+        });
+    }
+    let ring_alg = RingAlg(alg);
+    let signature = RawSignature::from_bytes(signature);
+    candidates
+        .find(|key| ring_alg.verify_signature(&signature, key, signing_input))
+        .ok_or(VerifyError::BadSignature)
+}
+
+/// A verify-only jwt-compact algorithm backed by ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingAlg(pub Alg);
+
+/// Tokens are never signed here: this type has no values, so `sign` cannot be called.
+#[derive(Debug)]
+pub enum NoSigningKey {}
+
+/// A signature as it appeared in the token; its length is checked per algorithm on verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawSignature(Vec<u8>);
+
+impl RawSignature {
+    pub fn from_bytes(bytes: &[u8]) -> RawSignature {
+        RawSignature(bytes.to_vec())
+    }
+}
+
+impl AlgorithmSignature for RawSignature {
+    fn try_from_slice(slice: &[u8]) -> anyhow::Result<Self> {
+        Ok(RawSignature::from_bytes(slice))
+    }
+
+    fn as_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.0)
+    }
+}
+
+impl Algorithm for RingAlg {
+    type SigningKey = NoSigningKey;
+    type VerifyingKey = Jwk;
+    type Signature = RawSignature;
+
+    fn name(&self) -> Cow<'static, str> {
+        Cow::Borrowed(self.0.name())
+    }
+
+    fn sign(&self, signing_key: &NoSigningKey, _message: &[u8]) -> RawSignature {
+        match *signing_key {}
+    }
+
+    fn verify_signature(&self, signature: &RawSignature, key: &Jwk, message: &[u8]) -> bool {
+        let alg = self.0;
+        if !key.fits(alg) {
+            return false;
+        }
+        let signature = signature.0.as_slice();
+        match key.material() {
+            KeyMaterial::Rsa(components) => {
+                let params = match alg {
+                    Alg::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+                    Alg::RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
+                    Alg::RS512 => &signature::RSA_PKCS1_2048_8192_SHA512,
+                    Alg::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
+                    Alg::PS384 => &signature::RSA_PSS_2048_8192_SHA384,
+                    Alg::PS512 => &signature::RSA_PSS_2048_8192_SHA512,
+                    _ => return false,
+                };
+                components.verify(params, message, signature).is_ok()
+            }
+            // JOSE ECDSA signatures are raw r‖s of fixed length (RFC 7518 §3.4); a DER
+            // signature has another length and must fail.
+            KeyMaterial::EcP256(point) => {
+                signature.len() == 64
+                    && signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
+                        .verify(message, signature)
+                        .is_ok()
+            }
+            KeyMaterial::EcP384(point) => {
+                signature.len() == 96
+                    && signature::UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, point)
+                        .verify(message, signature)
+                        .is_ok()
+            }
+            KeyMaterial::Ed25519(public_key) => {
+                signature::UnparsedPublicKey::new(&signature::ED25519, public_key)
+                    .verify(message, signature)
+                    .is_ok()
+            }
+            KeyMaterial::Oct(secrets) => secrets
+                .for_alg(alg)
+                .is_some_and(|secret| hmac::verify(secret, message, signature).is_ok()),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::keys::testing::*;
+    use crate::keys::{parse_jwks, KeySet};
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use serde_json::{json, Value};
+
+    const MESSAGE: &[u8] = b"eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9";
+
+    fn key_set(keys: &[Value]) -> KeySet {
+        parse_jwks(&jwks(keys), &LIMITS, true).unwrap()
+    }
+
+    fn check(
+        alg: Alg,
+        kid: Option<&str>,
+        signature: &[u8],
+        keys: &KeySet,
+    ) -> Result<usize, VerifyError> {
+        verify(alg, kid, MESSAGE, signature, keys, AlgSet::all()).map(|key| {
+            keys.keys()
+                .iter()
+                .position(|k| std::ptr::eq(k, key))
+                .unwrap()
+        })
+    }
+
+    #[test]
+    fn every_algorithm_verifies() {
+        for alg in Alg::ALL {
+            let key = TestKey::for_alg(alg);
+            let keys = key_set(&[key.jwk(Some("k1"))]);
+            let signature = key.sign(alg, MESSAGE);
+            assert_eq!(check(alg, Some("k1"), &signature, &keys), Ok(0), "{alg}");
+            assert_eq!(check(alg, None, &signature, &keys), Ok(0), "{alg}");
+        }
+    }
+
+    #[test]
+    fn every_algorithm_rejects_a_flipped_bit() {
+        for alg in Alg::ALL {
+            let key = TestKey::for_alg(alg);
+            let keys = key_set(&[key.jwk(Some("k1"))]);
+            let signature = key.sign(alg, MESSAGE);
+            for (index, bit) in [
+                (0, 0x80),
+                (signature.len() / 2, 0x01),
+                (signature.len() - 1, 0x01),
+            ] {
+                let mut flipped = signature.clone();
+                flipped[index] ^= bit;
+                assert_eq!(
+                    check(alg, Some("k1"), &flipped, &keys),
+                    Err(VerifyError::BadSignature),
+                    "{alg} byte {index}"
+                );
+            }
+            let mut other_message = MESSAGE.to_vec();
+            other_message[0] ^= 1;
+            assert_eq!(
+                verify(alg, None, &other_message, &signature, &keys, AlgSet::all()).unwrap_err(),
+                VerifyError::BadSignature,
+                "{alg}"
+            );
+        }
+    }
+
+    #[test]
+    fn ecdsa_signature_must_have_the_exact_raw_length() {
+        for alg in [Alg::ES256, Alg::ES384] {
+            let key = TestKey::ec(alg);
+            let keys = key_set(&[key.jwk(None)]);
+            let signature = key.sign(alg, MESSAGE);
+            let longer = [&signature[..], &[0]].concat();
+            let shorter = &signature[..signature.len() - 1];
+            for wrong in [&longer[..], shorter, &[]] {
+                assert_eq!(
+                    check(alg, None, wrong, &keys),
+                    Err(VerifyError::BadSignature),
+                    "{alg} length {}",
+                    wrong.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn der_encoded_ecdsa_signature_is_refused() {
+        for alg in [Alg::ES256, Alg::ES384] {
+            let key = TestKey::ec(alg);
+            let keys = key_set(&[key.jwk(None)]);
+            let der = key.sign_der(MESSAGE);
+            assert_eq!(der[0], 0x30, "a DER SEQUENCE");
+            assert_eq!(
+                check(alg, None, &der, &keys),
+                Err(VerifyError::BadSignature)
+            );
+        }
+    }
+
+    #[test]
+    fn algorithm_outside_the_allow_list_is_refused_before_any_key() {
+        let key = TestKey::ec(Alg::ES256);
+        let keys = key_set(&[key.jwk(Some("k1"))]);
+        let signature = key.sign(Alg::ES256, MESSAGE);
+        let allowed: AlgSet = [Alg::RS256, Alg::ES384].into_iter().collect();
+        assert_eq!(
+            verify(Alg::ES256, Some("k1"), MESSAGE, &signature, &keys, allowed).unwrap_err(),
+            VerifyError::AlgorithmNotAllowed
+        );
+        assert_eq!(
+            verify(
+                Alg::ES256,
+                Some("other"),
+                MESSAGE,
+                &signature,
+                &keys,
+                AlgSet::EMPTY
+            )
+            .unwrap_err(),
+            VerifyError::AlgorithmNotAllowed
+        );
+    }
+
+    #[test]
+    fn unknown_kid_is_refused_even_if_another_key_would_verify() {
+        let key = TestKey::ed25519();
+        let keys = key_set(&[key.jwk(Some("k1"))]);
+        let signature = key.sign(Alg::EdDSA, MESSAGE);
+        assert_eq!(
+            check(Alg::EdDSA, Some("k2"), &signature, &keys),
+            Err(VerifyError::UnknownKey)
+        );
+    }
+
+    #[test]
+    fn kid_of_a_key_from_another_family_is_a_mismatch() {
+        let keys = key_set(&[TestKey::ec(Alg::ES256).jwk(Some("k1"))]);
+        let rsa = TestKey::rsa(RSA_A);
+        let signature = rsa.sign(Alg::RS256, MESSAGE);
+        assert_eq!(
+            check(Alg::RS256, Some("k1"), &signature, &keys),
+            Err(VerifyError::KeyAlgorithmMismatch)
+        );
+    }
+
+    #[test]
+    fn key_restricted_to_another_alg_is_not_used() {
+        let rsa = TestKey::rsa(RSA_A);
+        let mut jwk = rsa.jwk(Some("k1"));
+        jwk["alg"] = json!("RS384");
+        let keys = key_set(&[jwk]);
+        let signature = rsa.sign(Alg::RS256, MESSAGE);
+        assert_eq!(
+            check(Alg::RS256, Some("k1"), &signature, &keys),
+            Err(VerifyError::KeyAlgorithmMismatch)
+        );
+        assert_eq!(
+            check(Alg::RS256, None, &signature, &keys),
+            Err(VerifyError::NoSuitableKey)
+        );
+        // Called directly, the jwt-compact algorithm refuses it too.
+        let signature = RawSignature::try_from_slice(&signature).unwrap();
+        assert!(!RingAlg(Alg::RS256).verify_signature(&signature, &keys.keys()[0], MESSAGE));
+    }
+
+    #[test]
+    fn without_kid_the_fitting_keys_are_tried() {
+        let (ed_a, ed_b) = (TestKey::ed25519(), TestKey::ed25519());
+        let keys = key_set(&[
+            ed_a.jwk(Some("a")),
+            TestKey::rsa(RSA_A).jwk(None),
+            TestKey::ec(Alg::ES256).jwk(None),
+            ed_b.jwk(Some("b")),
+        ]);
+        assert_eq!(
+            check(Alg::EdDSA, None, &ed_b.sign(Alg::EdDSA, MESSAGE), &keys),
+            Ok(3)
+        );
+        assert_eq!(
+            check(Alg::EdDSA, None, &ed_a.sign(Alg::EdDSA, MESSAGE), &keys),
+            Ok(0)
+        );
+        let other = TestKey::ed25519().sign(Alg::EdDSA, MESSAGE);
+        assert_eq!(
+            check(Alg::EdDSA, None, &other, &keys),
+            Err(VerifyError::BadSignature)
+        );
+        let es384 = TestKey::ec(Alg::ES384).sign(Alg::ES384, MESSAGE);
+        assert_eq!(
+            check(Alg::ES384, None, &es384, &keys),
+            Err(VerifyError::NoSuitableKey)
+        );
+    }
+
+    #[test]
+    fn duplicate_kid_tries_every_fitting_key() {
+        let (rsa_a, rsa_b) = (TestKey::rsa(RSA_A), TestKey::rsa(RSA_B));
+        let ec = TestKey::ec(Alg::ES256);
+        let keys = key_set(&[
+            rsa_a.jwk(Some("dup")),
+            ec.jwk(Some("dup")),
+            rsa_b.jwk(Some("dup")),
+        ]);
+        assert_eq!(
+            check(
+                Alg::PS256,
+                Some("dup"),
+                &rsa_b.sign(Alg::PS256, MESSAGE),
+                &keys
+            ),
+            Ok(2)
+        );
+        assert_eq!(
+            check(
+                Alg::ES256,
+                Some("dup"),
+                &ec.sign(Alg::ES256, MESSAGE),
+                &keys
+            ),
+            Ok(1)
+        );
+        assert_eq!(
+            check(
+                Alg::RS256,
+                Some("dup"),
+                &rsa_a.sign(Alg::RS256, MESSAGE),
+                &keys
+            ),
+            Ok(0)
+        );
+    }
+
+    #[test]
+    fn at_most_four_candidates_are_tried() {
+        let signers: Vec<TestKey> = (0..5).map(|_| TestKey::ed25519()).collect();
+        let kidless: Vec<Value> = signers.iter().map(|key| key.jwk(None)).collect();
+        let same_kid: Vec<Value> = signers.iter().map(|key| key.jwk(Some("dup"))).collect();
+        for (keys, kid) in [(key_set(&kidless), None), (key_set(&same_kid), Some("dup"))] {
+            let fourth = signers[3].sign(Alg::EdDSA, MESSAGE);
+            let fifth = signers[4].sign(Alg::EdDSA, MESSAGE);
+            assert_eq!(check(Alg::EdDSA, kid, &fourth, &keys), Ok(3));
+            assert_eq!(
+                check(Alg::EdDSA, kid, &fifth, &keys),
+                Err(VerifyError::BadSignature)
+            );
+        }
+        assert_eq!(MAX_KIDLESS_CANDIDATES, 4);
+    }
+
+    #[test]
+    fn rsa_key_with_leading_zero_in_modulus_verifies() {
+        let rsa = TestKey::rsa(RSA_A);
+        let mut jwk = rsa.jwk(None);
+        let n = URL_SAFE_NO_PAD.decode(jwk["n"].as_str().unwrap()).unwrap();
+        jwk["n"] = json!(b64(&[&[0][..], &n].concat()));
+        let keys = key_set(&[jwk]);
+        let signature = rsa.sign(Alg::RS512, MESSAGE);
+        assert_eq!(check(Alg::RS512, None, &signature, &keys), Ok(0));
+    }
+
+    #[test]
+    fn hmac_with_an_inline_oct_key() {
+        let secret = TestKey::oct(b"0123456789abcdef0123456789abcdef");
+        let keys = key_set(&[secret.jwk(Some("shared"))]);
+        let tag = secret.sign(Alg::HS256, MESSAGE);
+        assert_eq!(check(Alg::HS256, Some("shared"), &tag, &keys), Ok(0));
+        assert_eq!(
+            check(Alg::HS256, Some("shared"), &tag[..31], &keys),
+            Err(VerifyError::BadSignature)
+        );
+        // 32 bytes are too short for HS512 (RFC 7518 §3.2).
+        let tag = secret.sign(Alg::HS512, MESSAGE);
+        assert_eq!(
+            check(Alg::HS512, Some("shared"), &tag, &keys),
+            Err(VerifyError::KeyAlgorithmMismatch)
+        );
+    }
+
+    #[test]
+    fn jwt_compact_sees_the_jose_name_and_raw_bytes() {
+        assert_eq!(RingAlg(Alg::PS384).name(), "PS384");
+        let signature = RawSignature::try_from_slice(&[1, 2, 3]).unwrap();
+        assert_eq!(signature.as_bytes().as_ref(), [1, 2, 3]);
+    }
+
+    #[test]
+    fn error_descriptions_name_the_cause() {
+        assert_eq!(
+            VerifyError::BadSignature.describe(),
+            "token signature is invalid"
+        );
+        assert_eq!(
+            VerifyError::UnknownKey.to_string(),
+            "token key id is unknown"
+        );
+    }
+}
