@@ -78,6 +78,8 @@ pub struct Provider {
     pub jwks_cache_seconds: u64,
     pub scope_claims: Vec<ClaimPath>,
     pub algorithms: AlgSet,
+    /// `jwksCluster` as configured: discovered key URLs go through it too.
+    pub jwks_cluster: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -449,6 +451,7 @@ fn parse_provider(value: &Value, path: &str) -> Parsed<(Provider, bool)> {
                     .collect()
             }),
         algorithms,
+        jwks_cluster: provider.optional("jwksCluster", non_empty_string)?,
     };
     Ok((parsed, name_given))
 }
@@ -516,6 +519,14 @@ pub fn validate_inline_jwks(jwks: &str) -> Result<(), String> {
         Some(_) => Err("its \"keys\" is not a list".to_owned()),
         None => Err("has no \"keys\" list".to_owned()),
     }
+}
+
+/// A URL learnt at run time (a discovered `jwks_uri`) as a fetch target; `cluster` is the
+/// configured `jwksCluster`, if any.
+pub fn http_target(url: &str, cluster: Option<&str>) -> Result<HttpTarget, String> {
+    HttpUrl::parse(url.to_owned(), "")
+        .map(|parsed| parsed.target(cluster.map(str::to_owned)))
+        .map_err(|e| e.problem)
 }
 
 /// An `http` or `https` URL, split the way a dispatched call needs it.

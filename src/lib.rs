@@ -3,10 +3,18 @@
 //! Everything but `filter` is plain Rust, testable natively.
 
 pub mod alg;
+pub mod authorize;
+pub mod claims;
 pub mod config;
+pub mod extract;
 pub mod json;
 pub mod keys;
+pub mod keystore;
 pub mod path;
 pub mod policy;
+pub mod response;
 pub mod token;
 pub mod verify;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;

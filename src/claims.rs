@@ -1,0 +1,282 @@
+//! Registered-claim checks after the signature holds: issuer, audience and time
+//! (RFC 7519 §4.1, RFC 9068 §4: `exp` is required).
+
+use crate::config::Provider;
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimError {
+    MissingExp,
+    /// A time claim that is not a JSON number (e.g. `"exp": "1700000000"`).
+    NotNumericDate(&'static str),
+    Expired,
+    NotYetValid,
+    IssuedInFuture,
+    MissingIat,
+    LifetimeTooLong,
+    Audience,
+}
+
+impl ClaimError {
+    pub fn describe(self) -> &'static str {
+        match self {
+            ClaimError::MissingExp => "token has no expiry (exp)",
+            ClaimError::NotNumericDate("exp") => "token expiry (exp) is not a number",
+            ClaimError::NotNumericDate("nbf") => "token not-before (nbf) is not a number",
+            ClaimError::NotNumericDate(_) => "token issue time (iat) is not a number",
+            ClaimError::Expired => "token is expired",
+            ClaimError::NotYetValid => "token is not yet valid (nbf)",
+            ClaimError::IssuedInFuture => "token is not yet valid (iat in the future)",
+            ClaimError::MissingIat => "token has no issue time (iat), needed for its lifetime",
+            ClaimError::LifetimeTooLong => "token lifetime exceeds the allowed maximum",
+            ClaimError::Audience => "token audience is not accepted",
+        }
+    }
+
+    /// Stable short code for metrics and logs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ClaimError::Expired => "expired",
+            ClaimError::NotYetValid | ClaimError::IssuedInFuture => "not_yet_valid",
+            ClaimError::Audience => "audience",
+            ClaimError::MissingExp
+            | ClaimError::NotNumericDate(_)
+            | ClaimError::MissingIat
+            | ClaimError::LifetimeTooLong => "claims",
+        }
+    }
+}
+
+/// The `iss` claim, which selects the provider; `None` if absent or not a string.
+pub fn issuer(claims: &Map<String, Value>) -> Option<&str> {
+    claims.get("iss").and_then(Value::as_str)
+}
+
+/// Checks `exp` (required), `nbf`, `iat`, the lifetime cap and the audience. `now` in seconds
+/// since the epoch.
+pub fn check(claims: &Map<String, Value>, provider: &Provider, now: u64) -> Result<(), ClaimError> {
+    // Fractional NumericDates are legal (RFC 7519 §2); f64 keeps them and any u64-sized value.
+    let now = now as f64;
+    let skew = provider.clock_skew_seconds as f64;
+    let exp = numeric_date(claims, "exp")?.ok_or(ClaimError::MissingExp)?;
+    let nbf = numeric_date(claims, "nbf")?;
+    let iat = numeric_date(claims, "iat")?;
+
+    if now >= exp + skew {
+        return Err(ClaimError::Expired);
+    }
+    if nbf.is_some_and(|nbf| nbf > now + skew) {
+        return Err(ClaimError::NotYetValid);
+    }
+    if iat.is_some_and(|iat| iat > now + skew) {
+        return Err(ClaimError::IssuedInFuture);
+    }
+    if let Some(max) = provider.max_lifetime_seconds {
+        let iat = iat.ok_or(ClaimError::MissingIat)?;
+        if exp - iat > max as f64 {
+            return Err(ClaimError::LifetimeTooLong);
+        }
+    }
+    if !provider.audiences.is_empty() && !audience_accepted(claims.get("aud"), &provider.audiences)
+    {
+        return Err(ClaimError::Audience);
+    }
+    Ok(())
+}
+
+fn numeric_date(
+    claims: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<f64>, ClaimError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(v) if v.is_finite() && v >= 0.0 => Ok(Some(v)),
+            _ => Err(ClaimError::NotNumericDate(name)),
+        },
+        Some(_) => Err(ClaimError::NotNumericDate(name)),
+    }
+}
+
+/// `aud` is a string or a list of strings (RFC 7519 §4.1.3); any configured audience will do.
+fn audience_accepted(aud: Option<&Value>, accepted: &[String]) -> bool {
+    match aud {
+        Some(Value::String(a)) => accepted.iter().any(|x| x == a),
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|a| accepted.iter().any(|x| x == a)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn provider(extra: &str) -> Provider {
+        let json = format!(
+            r#"{{"providers":[{{"issuer":"https://idp.example.com","jwksUri":"https://idp.example.com/jwks"{extra}}}]}}"#
+        );
+        crate::config::parse(&json).unwrap().providers.remove(0)
+    }
+
+    fn claims(value: serde_json::Value) -> Map<String, Value> {
+        value.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn a_current_token_passes() {
+        let c = claims(json!({"exp": NOW + 300, "iat": NOW, "nbf": NOW}));
+        assert_eq!(check(&c, &provider(""), NOW), Ok(()));
+    }
+
+    #[test]
+    fn exp_is_required_and_must_be_a_number() {
+        let p = provider("");
+        assert_eq!(
+            check(&claims(json!({})), &p, NOW),
+            Err(ClaimError::MissingExp)
+        );
+        assert_eq!(
+            check(&claims(json!({"exp": "9999999999"})), &p, NOW),
+            Err(ClaimError::NotNumericDate("exp"))
+        );
+        assert_eq!(
+            check(&claims(json!({"exp": NOW + 60, "nbf": true})), &p, NOW),
+            Err(ClaimError::NotNumericDate("nbf"))
+        );
+        assert_eq!(
+            check(&claims(json!({"exp": NOW + 60, "iat": null})), &p, NOW),
+            Err(ClaimError::NotNumericDate("iat"))
+        );
+        assert_eq!(
+            check(&claims(json!({"exp": -5})), &p, NOW),
+            Err(ClaimError::NotNumericDate("exp"))
+        );
+    }
+
+    #[test]
+    fn expiry_allows_the_configured_skew_and_no_more() {
+        let p = provider(r#","clockSkewSeconds":60"#);
+        assert_eq!(check(&claims(json!({"exp": NOW - 30})), &p, NOW), Ok(()));
+        assert_eq!(
+            check(&claims(json!({"exp": NOW - 60})), &p, NOW),
+            Err(ClaimError::Expired)
+        );
+        let strict = provider(r#","clockSkewSeconds":0"#);
+        assert_eq!(
+            check(&claims(json!({"exp": NOW})), &strict, NOW),
+            Err(ClaimError::Expired)
+        );
+        assert_eq!(
+            check(&claims(json!({"exp": NOW + 1})), &strict, NOW),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn fractional_times_are_numeric_dates() {
+        let strict = provider(r#","clockSkewSeconds":0"#);
+        assert_eq!(
+            check(&claims(json!({"exp": NOW as f64 + 0.5})), &strict, NOW),
+            Ok(())
+        );
+        assert_eq!(
+            check(&claims(json!({"exp": NOW as f64 - 0.5})), &strict, NOW),
+            Err(ClaimError::Expired)
+        );
+    }
+
+    #[test]
+    fn nbf_and_iat_in_the_future_are_refused_beyond_the_skew() {
+        let p = provider("");
+        let exp = NOW + 3600;
+        assert_eq!(
+            check(&claims(json!({"exp": exp, "nbf": NOW + 30})), &p, NOW),
+            Ok(())
+        );
+        assert_eq!(
+            check(&claims(json!({"exp": exp, "nbf": NOW + 61})), &p, NOW),
+            Err(ClaimError::NotYetValid)
+        );
+        assert_eq!(
+            check(&claims(json!({"exp": exp, "iat": NOW + 61})), &p, NOW),
+            Err(ClaimError::IssuedInFuture)
+        );
+    }
+
+    #[test]
+    fn lifetime_cap_needs_iat() {
+        let p = provider(r#","maxLifetimeSeconds":3600"#);
+        assert_eq!(
+            check(&claims(json!({"exp": NOW + 3600, "iat": NOW})), &p, NOW),
+            Ok(())
+        );
+        assert_eq!(
+            check(&claims(json!({"exp": NOW + 3601, "iat": NOW})), &p, NOW),
+            Err(ClaimError::LifetimeTooLong)
+        );
+        assert_eq!(
+            check(&claims(json!({"exp": NOW + 60})), &p, NOW),
+            Err(ClaimError::MissingIat)
+        );
+    }
+
+    #[test]
+    fn audience_is_any_of_string_or_list() {
+        let p = provider(r#","audiences":["orders","billing"]"#);
+        let exp = NOW + 60;
+        assert_eq!(
+            check(&claims(json!({"exp": exp, "aud": "orders"})), &p, NOW),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                &claims(json!({"exp": exp, "aud": ["x", "billing"]})),
+                &p,
+                NOW
+            ),
+            Ok(())
+        );
+        for aud in [
+            json!("Orders"),
+            json!(["x"]),
+            json!(null),
+            json!(7),
+            json!([]),
+        ] {
+            assert_eq!(
+                check(&claims(json!({"exp": exp, "aud": aud})), &p, NOW),
+                Err(ClaimError::Audience),
+                "aud {aud} must be refused"
+            );
+        }
+        assert_eq!(
+            check(&claims(json!({"exp": exp})), &p, NOW),
+            Err(ClaimError::Audience)
+        );
+        // No audiences configured: aud is not checked.
+        assert_eq!(
+            check(
+                &claims(json!({"exp": exp, "aud": "any"})),
+                &provider(""),
+                NOW
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn issuer_must_be_a_string() {
+        assert_eq!(
+            issuer(&claims(json!({"iss": "https://a"}))),
+            Some("https://a")
+        );
+        assert_eq!(issuer(&claims(json!({"iss": ["https://a"]}))), None);
+        assert_eq!(issuer(&claims(json!({}))), None);
+    }
+}

@@ -1,0 +1,396 @@
+//! Finding the bearer token in a request: configured headers (prefix matched
+//! case-insensitively), query parameters and cookies of every provider.
+
+use crate::config::Provider;
+
+/// Where a token was found; the provider that verifies it must list this location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// Lower-case header name and the prefix that matched.
+    Header {
+        name: String,
+        prefix: String,
+    },
+    Param(String),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub token: String,
+    pub location: Location,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtractError {
+    /// Two locations, or one location twice, carried a token (RFC 6750 §2: one method only).
+    MultipleTokens,
+}
+
+impl Location {
+    pub fn is_listed_by(&self, provider: &Provider) -> bool {
+        match self {
+            Location::Header { name, prefix } => provider
+                .from_headers
+                .iter()
+                .any(|h| &h.name == name && h.prefix.eq_ignore_ascii_case(prefix)),
+            Location::Param(name) => provider.from_params.contains(name),
+            Location::Cookie(name) => provider.from_cookies.contains(name),
+        }
+    }
+}
+
+/// The request pieces extraction needs. `headers` holds every header the request carries,
+/// names lower-case, repeated names as separate entries.
+pub struct RequestParts<'a> {
+    pub headers: &'a [(String, String)],
+    /// The raw `:path`, query included.
+    pub path: &'a str,
+}
+
+impl RequestParts<'_> {
+    pub fn header_values<'h>(&'h self, name: &'h str) -> impl Iterator<Item = &'h str> + 'h {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn query(&self) -> Option<&str> {
+        let without_fragment = self.path.split('#').next().unwrap_or_default();
+        without_fragment.split_once('?').map(|(_, q)| q)
+    }
+}
+
+/// Looks in every location any provider lists. None found: `Ok(None)`.
+pub fn find_token(
+    providers: &[Provider],
+    request: &RequestParts<'_>,
+) -> Result<Option<Found>, ExtractError> {
+    let mut found: Option<Found> = None;
+    let mut record = |token: String, location: Location| -> Result<(), ExtractError> {
+        match &found {
+            // The same location listed by two providers is one location, not two tokens.
+            Some(first) if first.location == location && first.token == token => Ok(()),
+            Some(_) => Err(ExtractError::MultipleTokens),
+            None => {
+                found = Some(Found { token, location });
+                Ok(())
+            }
+        }
+    };
+
+    let mut headers_seen: Vec<(&str, &str)> = Vec::new();
+    let mut params_seen: Vec<&str> = Vec::new();
+    let mut cookies_seen: Vec<&str> = Vec::new();
+    for provider in providers {
+        for location in &provider.from_headers {
+            let key = (location.name.as_str(), location.prefix.as_str());
+            if headers_seen
+                .iter()
+                .any(|(n, p)| *n == key.0 && p.eq_ignore_ascii_case(key.1))
+            {
+                continue;
+            }
+            headers_seen.push(key);
+            for value in request.header_values(&location.name) {
+                // Envoy folds repeated headers into one value joined by commas; a JWT never
+                // holds a comma, so two prefixed pieces are two tokens.
+                let prefixed = value
+                    .split(',')
+                    .filter(|piece| {
+                        strip_prefix_ignore_case(piece.trim_start(), &location.prefix).is_some()
+                    })
+                    .count();
+                if prefixed > 1 {
+                    return Err(ExtractError::MultipleTokens);
+                }
+                if let Some(token) = strip_prefix_ignore_case(value, &location.prefix) {
+                    record(
+                        token.to_string(),
+                        Location::Header {
+                            name: location.name.clone(),
+                            prefix: location.prefix.clone(),
+                        },
+                    )?;
+                }
+            }
+        }
+        for name in &provider.from_params {
+            if params_seen.contains(&name.as_str()) {
+                continue;
+            }
+            params_seen.push(name);
+            for value in query_values(request.query(), name) {
+                record(value, Location::Param(name.clone()))?;
+            }
+        }
+        for name in &provider.from_cookies {
+            if cookies_seen.contains(&name.as_str()) {
+                continue;
+            }
+            cookies_seen.push(name);
+            for header in request.header_values("cookie") {
+                for value in cookie_values(header, name) {
+                    record(value.to_string(), Location::Cookie(name.clone()))?;
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn strip_prefix_ignore_case<'v>(value: &'v str, prefix: &str) -> Option<&'v str> {
+    let head = value.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| value.get(prefix.len()..))
+        .flatten()
+}
+
+fn query_values(query: Option<&str>, name: &str) -> Vec<String> {
+    let Some(query) = query else {
+        return Vec::new();
+    };
+    query
+        .split('&')
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            // An undecodable value still counts as a token: it is refused later as malformed.
+            (percent_decode(key).as_deref() == Some(name))
+                .then(|| percent_decode(value).unwrap_or_else(|| value.to_string()))
+        })
+        .collect()
+}
+
+fn cookie_values<'h>(header: &'h str, name: &'h str) -> impl Iterator<Item = &'h str> + 'h {
+    header.split(';').filter_map(move |pair| {
+        let (key, value) = pair.trim().split_once('=')?;
+        (key.trim() == name).then(|| value.trim().trim_matches('"'))
+    })
+}
+
+/// Decodes `%XX` and `+` (form encoding) in a query component; invalid escapes → `None`.
+fn percent_decode(input: &str) -> Option<String> {
+    let bytes = input.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'%' => {
+                let hex = input.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The `:path` with every occurrence of the query parameter `name` removed, so a token carried
+/// in the query does not travel upstream.
+pub fn path_without_param(path: &str, name: &str) -> String {
+    let (before_fragment, fragment) = match path.split_once('#') {
+        Some((p, f)) => (p, Some(f)),
+        None => (path, None),
+    };
+    let Some((base, query)) = before_fragment.split_once('?') else {
+        return path.to_string();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            percent_decode(key).as_deref() != Some(name)
+        })
+        .collect();
+    let mut out = base.to_string();
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    if let Some(fragment) = fragment {
+        out.push('#');
+        out.push_str(fragment);
+    }
+    out
+}
+
+/// A `cookie` header value without the cookie `name`; `None` when nothing is left.
+pub fn cookie_header_without(header: &str, name: &str) -> Option<String> {
+    let kept: Vec<&str> = header
+        .split(';')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k).trim() != name)
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn providers(extra: &str) -> Vec<Provider> {
+        let json = format!(
+            r#"{{"providers":[{{"issuer":"https://idp.example.com","jwksUri":"https://idp.example.com/jwks"{extra}}}]}}"#
+        );
+        crate::config::parse(&json).unwrap().providers
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn find(
+        providers: &[Provider],
+        pairs: &[(&str, &str)],
+        path: &str,
+    ) -> Result<Option<Found>, ExtractError> {
+        let headers = headers(pairs);
+        find_token(
+            providers,
+            &RequestParts {
+                headers: &headers,
+                path,
+            },
+        )
+    }
+
+    #[test]
+    fn default_is_an_authorization_bearer_header_any_case() {
+        let p = providers("");
+        for value in ["Bearer abc", "bearer abc", "BEARER abc"] {
+            let found = find(&p, &[("authorization", value)], "/").unwrap().unwrap();
+            assert_eq!(found.token, "abc");
+            assert!(found.location.is_listed_by(&p[0]));
+        }
+    }
+
+    #[test]
+    fn other_schemes_are_not_tokens() {
+        let p = providers("");
+        assert_eq!(
+            find(&p, &[("authorization", "Basic dXNlcg==")], "/"),
+            Ok(None)
+        );
+        assert_eq!(find(&p, &[], "/"), Ok(None));
+    }
+
+    #[test]
+    fn extra_spaces_stay_in_the_token_and_make_it_malformed_later() {
+        let p = providers("");
+        let found = find(&p, &[("authorization", "Bearer  abc")], "/")
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.token, " abc");
+    }
+
+    #[test]
+    fn two_authorization_headers_are_two_tokens() {
+        let p = providers("");
+        assert_eq!(
+            find(
+                &p,
+                &[("authorization", "Bearer a"), ("authorization", "Bearer b")],
+                "/"
+            ),
+            Err(ExtractError::MultipleTokens)
+        );
+    }
+
+    #[test]
+    fn two_authorization_headers_folded_by_envoy_are_two_tokens() {
+        let p = providers("");
+        assert_eq!(
+            find(&p, &[("authorization", "Bearer a,Bearer b")], "/"),
+            Err(ExtractError::MultipleTokens)
+        );
+        assert_eq!(
+            find(&p, &[("authorization", "Bearer a, bearer b")], "/"),
+            Err(ExtractError::MultipleTokens)
+        );
+    }
+
+    #[test]
+    fn params_and_cookies_when_configured() {
+        let p = providers(r#","fromParams":["access_token"],"fromCookies":["session"]"#);
+        let found = find(&p, &[], "/x?a=1&access_token=tok%2Den")
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.token, "tok-en");
+        assert_eq!(found.location, Location::Param("access_token".into()));
+        let found = find(&p, &[("cookie", "a=1; session=tok; b=2")], "/")
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.token, "tok");
+        assert_eq!(found.location, Location::Cookie("session".into()));
+    }
+
+    #[test]
+    fn a_token_in_two_locations_is_refused() {
+        let p = providers(
+            r#","fromHeaders":[{"name":"Authorization","prefix":"Bearer "}],"fromParams":["access_token"],"fromCookies":["session"]"#,
+        );
+        assert_eq!(
+            find(&p, &[("authorization", "Bearer a")], "/?access_token=a"),
+            Err(ExtractError::MultipleTokens)
+        );
+        assert_eq!(
+            find(&p, &[], "/?access_token=a&access_token=b"),
+            Err(ExtractError::MultipleTokens)
+        );
+        assert_eq!(
+            find(&p, &[("cookie", "session=a"), ("cookie", "session=b")], "/"),
+            Err(ExtractError::MultipleTokens)
+        );
+    }
+
+    #[test]
+    fn unconfigured_locations_are_ignored() {
+        let p = providers("");
+        assert_eq!(
+            find(&p, &[("cookie", "access_token=a")], "/?access_token=a"),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn a_location_is_listed_only_by_providers_that_name_it() {
+        let json = r#"{"providers":[
+            {"issuer":"https://a","jwksUri":"https://a/jwks"},
+            {"issuer":"https://b","jwksUri":"https://b/jwks","fromHeaders":[{"name":"x-token"}]}]}"#;
+        let p = crate::config::parse(json).unwrap().providers;
+        let found = find(&p, &[("x-token", "abc")], "/").unwrap().unwrap();
+        assert!(!found.location.is_listed_by(&p[0]));
+        assert!(found.location.is_listed_by(&p[1]));
+    }
+
+    #[test]
+    fn token_param_and_cookie_are_removed_for_upstream() {
+        assert_eq!(
+            path_without_param("/a?x=1&access_token=t&y=2", "access_token"),
+            "/a?x=1&y=2"
+        );
+        assert_eq!(
+            path_without_param("/a?access_token=t", "access_token"),
+            "/a"
+        );
+        assert_eq!(path_without_param("/a", "access_token"), "/a");
+        assert_eq!(
+            cookie_header_without("a=1; session=t; b=2", "session"),
+            Some("a=1; b=2".to_string())
+        );
+        assert_eq!(cookie_header_without("session=t", "session"), None);
+    }
+}
