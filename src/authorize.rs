@@ -2,7 +2,7 @@
 //! glue gathers the request, calls [`authorize`], and applies the [`Outcome`].
 
 use crate::claims;
-use crate::config::{Action, Config, Provider, Unmatched};
+use crate::config::{Action, Config, Mode, Provider, Unmatched};
 use crate::extract::{self, ExtractError, Found, Location, RequestParts};
 use crate::keys::KeySet;
 use crate::path::{self, PathError};
@@ -28,10 +28,20 @@ pub enum HeaderEdit {
     Set(String, String),
 }
 
+/// A request that goes on upstream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allowed {
+    /// Applied in order before the request goes on.
+    pub edits: Vec<HeaderEdit>,
+    /// `outputClaimToHeaders` headers not set because the claim held header-unsafe characters.
+    pub skipped_headers: Vec<String>,
+    /// `mode: report`: the refusal enforcement would have answered.
+    pub would_deny: Option<Denial>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Let the request through after applying these edits in order.
-    Allow(Vec<HeaderEdit>),
+    Allow(Allowed),
     Deny(Denial),
 }
 
@@ -60,24 +70,46 @@ pub fn authorize(
     request: &Request<'_>,
     now: u64,
 ) -> Outcome {
-    // Identity headers are never taken from the client, whatever the decision.
+    // Identity headers are never taken from the client, whatever the decision or mode.
     let mut edits: Vec<HeaderEdit> = identity_headers(&config.providers)
         .map(|h| HeaderEdit::Remove(h.to_string()))
         .collect();
+    match decide(config, keys, request, now) {
+        Ok(mut allowed) => {
+            edits.append(&mut allowed.edits);
+            allowed.edits = edits;
+            Outcome::Allow(allowed)
+        }
+        // Report mode lets everything through untouched but for the identity headers: the
+        // token stays, since the application may still rely on it during the rollout.
+        Err(denial) if config.mode == Mode::Report => Outcome::Allow(Allowed {
+            edits,
+            skipped_headers: Vec::new(),
+            would_deny: Some(denial),
+        }),
+        Err(denial) => Outcome::Deny(denial),
+    }
+}
 
+fn decide(
+    config: &Config,
+    keys: &impl KeyLookup,
+    request: &Request<'_>,
+    now: u64,
+) -> Result<Allowed, Denial> {
     if config.bypass_cors_preflight && is_cors_preflight(request) {
-        return Outcome::Allow(edits);
+        return Ok(Allowed::default());
     }
 
     let normalized = match path::normalize(request.path) {
         Ok(p) => p,
         Err(PathError::EncodedSlash) => {
-            return Outcome::Deny(Denial::InvalidRequest(
+            return Err(Denial::InvalidRequest(
                 "request path contains an encoded slash or backslash",
             ))
         }
         Err(PathError::Malformed) => {
-            return Outcome::Deny(Denial::InvalidRequest("request path is malformed"))
+            return Err(Denial::InvalidRequest("request path is malformed"))
         }
     };
     let facts = RequestFacts {
@@ -87,12 +119,12 @@ pub fn authorize(
     };
     let action = match policy::select(config, &facts) {
         Applies::Rule(rule) => Need::Rule(&rule.action),
-        Applies::Unmatched(Unmatched::Deny) => return Outcome::Deny(Denial::Forbidden),
+        Applies::Unmatched(Unmatched::Deny) => return Err(Denial::Forbidden),
         Applies::Unmatched(Unmatched::Anonymous) => Need::Anonymous,
         Applies::Unmatched(Unmatched::Authenticated) => Need::AnyValidToken,
     };
     if let Need::Rule(Action::Deny) = action {
-        return Outcome::Deny(Denial::Forbidden);
+        return Err(Denial::Forbidden);
     }
 
     let parts = RequestParts {
@@ -102,23 +134,20 @@ pub fn authorize(
     let found = match extract::find_token(&config.providers, &parts) {
         Ok(found) => found,
         Err(ExtractError::MultipleTokens) => {
-            return Outcome::Deny(Denial::InvalidRequest("more than one token in the request"))
+            return Err(Denial::InvalidRequest("more than one token in the request"))
         }
     };
     let Some(found) = found else {
         return match action {
-            Need::Anonymous | Need::Rule(Action::AllowAnonymous) => Outcome::Allow(edits),
-            _ => Outcome::Deny(Denial::MissingToken),
+            Need::Anonymous | Need::Rule(Action::AllowAnonymous) => Ok(Allowed::default()),
+            _ => Err(Denial::MissingToken),
         };
     };
 
     // A token that is present is always verified, on anonymous routes too.
-    let verified = match verify_token(config, keys, found, now) {
-        Ok(v) => v,
-        Err(denial) => return Outcome::Deny(denial),
-    };
+    let verified = verify_token(config, keys, found, now)?;
     let Some(provider) = config.providers.get(verified.provider) else {
-        return Outcome::Deny(invalid("token issuer is not trusted", "issuer"));
+        return Err(invalid("token issuer is not trusted", "issuer"));
     };
 
     let requirement_check = match action {
@@ -139,17 +168,16 @@ pub fn authorize(
     match requirement_check {
         Ok(()) => {}
         Err(Unmet::WrongProvider) => {
-            return Outcome::Deny(invalid(
+            return Err(invalid(
                 "token issuer is not accepted for this resource",
                 "issuer",
             ))
         }
-        Err(Unmet::MissingScopes(scopes)) => return Outcome::Deny(Denial::MissingScopes(scopes)),
-        Err(Unmet::ClaimFailed(_)) => return Outcome::Deny(Denial::ClaimFailed),
+        Err(Unmet::MissingScopes(scopes)) => return Err(Denial::MissingScopes(scopes)),
+        Err(Unmet::ClaimFailed(_)) => return Err(Denial::ClaimFailed),
     }
 
-    identity_edits(provider, &verified, request, &mut edits);
-    Outcome::Allow(edits)
+    Ok(identity_edits(provider, &verified, request))
 }
 
 enum Need<'c> {
@@ -248,12 +276,9 @@ fn verify_reason(error: &VerifyError) -> &'static str {
 
 /// What upstream gets from a verified token: the token itself removed (unless forwarded) and
 /// the configured claim and payload headers.
-fn identity_edits(
-    provider: &Provider,
-    verified: &Verified,
-    request: &Request<'_>,
-    edits: &mut Vec<HeaderEdit>,
-) {
+fn identity_edits(provider: &Provider, verified: &Verified, request: &Request<'_>) -> Allowed {
+    let mut allowed = Allowed::default();
+    let edits = &mut allowed.edits;
     if !provider.forward_original_token {
         match &verified.found.location {
             Location::Header { name, .. } => edits.push(HeaderEdit::Remove(name.clone())),
@@ -280,8 +305,10 @@ fn identity_edits(
         }
     }
     for output in &provider.output_claim_to_headers {
-        if let Some(value) = output.claim.lookup(&verified.claims).and_then(header_value) {
-            edits.push(HeaderEdit::Set(output.header.clone(), value));
+        match output.claim.lookup(&verified.claims).map(header_value) {
+            Some(Some(value)) => edits.push(HeaderEdit::Set(output.header.clone(), value)),
+            Some(None) => allowed.skipped_headers.push(output.header.clone()),
+            None => {}
         }
     }
     if let (Some(header), Some(payload)) = (
@@ -290,6 +317,7 @@ fn identity_edits(
     ) {
         edits.push(HeaderEdit::Set(header.clone(), payload.clone()));
     }
+    allowed
 }
 
 /// A claim as a header value: strings as they are, lists of strings joined with `,`, numbers
@@ -313,4 +341,352 @@ pub fn header_value(claim: &Value) -> Option<String> {
         .chars()
         .all(|c| c == '\t' || (c >= ' ' && c != '\u{7f}'));
     safe.then_some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alg::Alg;
+    use crate::keys::testing::{b64, TestKey};
+    use crate::keys::{parse_jwks, JwksLimits};
+    use serde_json::json;
+
+    const NOW: u64 = 1_700_000_000;
+    const ISSUER: &str = "https://idp.example.com";
+    const OTHER_ISSUER: &str = "https://other.example.com";
+
+    struct Fixture {
+        key: TestKey,
+        config: Config,
+        keys: FixedKeys,
+    }
+
+    /// Keys for provider 0 only; every other provider has none yet.
+    struct FixedKeys(KeySet);
+
+    impl KeyLookup for FixedKeys {
+        fn keys(&self, provider: usize) -> KeyState<'_> {
+            match provider {
+                0 => KeyState::Ready(&self.0),
+                _ => KeyState::Unavailable {
+                    retry_after_seconds: 3,
+                },
+            }
+        }
+    }
+
+    fn fixture(config: serde_json::Value) -> Fixture {
+        let key = TestKey::ed25519();
+        let jwks = json!({"keys": [key.jwk(Some("k1"))]}).to_string();
+        let limits = JwksLimits {
+            max_bytes: 64 * 1024,
+            max_keys: 8,
+        };
+        Fixture {
+            keys: FixedKeys(parse_jwks(jwks.as_bytes(), &limits, false).unwrap()),
+            config: crate::config::parse(&config.to_string()).unwrap(),
+            key,
+        }
+    }
+
+    fn provider(extra: serde_json::Value) -> serde_json::Value {
+        let mut p = json!({"issuer": ISSUER, "jwksUri": "https://idp.example.com/jwks",
+                           "audiences": ["orders"],
+                           "outputClaimToHeaders": [{"header": "x-sub", "claim": "sub"}]});
+        for (k, v) in extra.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        p
+    }
+
+    fn simple() -> Fixture {
+        fixture(json!({"providers": [provider(json!({})),
+            {"issuer": OTHER_ISSUER, "jwksUri": "https://other.example.com/jwks"}]}))
+    }
+
+    impl Fixture {
+        fn token(&self, claims: serde_json::Value) -> String {
+            let header = b64(json!({"alg": "EdDSA", "kid": "k1"}).to_string().as_bytes());
+            let payload = b64(claims.to_string().as_bytes());
+            let input = format!("{header}.{payload}");
+            let signature = b64(&self.key.sign(Alg::EdDSA, input.as_bytes()));
+            format!("{input}.{signature}")
+        }
+
+        fn good_token(&self) -> String {
+            self.token(json!({"iss": ISSUER, "aud": "orders", "sub": "alice",
+                              "exp": NOW + 300, "iat": NOW, "scope": "orders:read"}))
+        }
+
+        fn run(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Outcome {
+            let headers: Vec<(String, String)> = headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect();
+            let request = Request {
+                method,
+                path,
+                authority: "orders.example.com:8443",
+                headers: &headers,
+            };
+            authorize(&self.config, &self.keys, &request, NOW)
+        }
+
+        fn with_token(&self, path: &str, token: &str) -> Outcome {
+            self.run(
+                "GET",
+                path,
+                &[("authorization", &format!("Bearer {token}"))],
+            )
+        }
+    }
+
+    fn denial(outcome: Outcome) -> Denial {
+        match outcome {
+            Outcome::Deny(d) => d,
+            Outcome::Allow(a) => panic!("expected a refusal, got {a:?}"),
+        }
+    }
+
+    fn allowed(outcome: Outcome) -> Allowed {
+        match outcome {
+            Outcome::Allow(a) => a,
+            Outcome::Deny(d) => panic!("expected to pass, got {d:?}"),
+        }
+    }
+
+    fn reason(outcome: Outcome) -> &'static str {
+        denial(outcome).reason()
+    }
+
+    #[test]
+    fn a_valid_token_passes_with_identity_headers_and_without_the_token() {
+        let f = simple();
+        let a = allowed(f.with_token("/orders", &f.good_token()));
+        assert_eq!(
+            a.edits,
+            vec![
+                HeaderEdit::Remove("x-sub".into()),
+                HeaderEdit::Remove("authorization".into()),
+                HeaderEdit::Set("x-sub".into(), "alice".into()),
+            ]
+        );
+        assert_eq!(a.would_deny, None);
+    }
+
+    #[test]
+    fn no_token_is_401_and_identity_headers_are_still_cleared_on_anonymous_routes() {
+        let f = simple();
+        assert_eq!(denial(f.run("GET", "/", &[])), Denial::MissingToken);
+        let anon = fixture(json!({"providers": [provider(json!({}))], "unmatched": "anonymous"}));
+        let a = allowed(anon.run("GET", "/", &[("x-sub", "forged")]));
+        assert_eq!(a.edits, vec![HeaderEdit::Remove("x-sub".into())]);
+    }
+
+    #[test]
+    fn each_invalid_token_names_its_cause() {
+        let f = simple();
+        let good = f.good_token();
+        let mut tampered = good.clone();
+        tampered.pop();
+        tampered.push(if good.ends_with('A') { 'B' } else { 'A' });
+        assert_eq!(reason(f.with_token("/", &tampered)), "signature");
+        assert_eq!(reason(f.with_token("/", "a.b")), "malformed");
+        let expired = f.token(json!({"iss": ISSUER, "aud": "orders", "exp": NOW - 3600}));
+        assert_eq!(reason(f.with_token("/", &expired)), "expired");
+        let wrong_aud = f.token(json!({"iss": ISSUER, "aud": "billing", "exp": NOW + 60}));
+        assert_eq!(reason(f.with_token("/", &wrong_aud)), "audience");
+        let unknown_iss = f.token(json!({"iss": "https://evil.example.com", "exp": NOW + 60}));
+        assert_eq!(reason(f.with_token("/", &unknown_iss)), "issuer");
+        let no_iss = f.token(json!({"exp": NOW + 60}));
+        assert_eq!(reason(f.with_token("/", &no_iss)), "issuer");
+    }
+
+    #[test]
+    fn an_issuer_without_keys_yet_is_503() {
+        let f = simple();
+        let t = f.token(json!({"iss": OTHER_ISSUER, "exp": NOW + 60}));
+        assert_eq!(
+            denial(f.with_token("/", &t)),
+            Denial::KeysUnavailable {
+                retry_after_seconds: 3
+            }
+        );
+    }
+
+    #[test]
+    fn a_token_in_a_location_its_issuer_does_not_list_is_refused() {
+        let f = fixture(json!({"providers": [provider(json!({})),
+            {"issuer": OTHER_ISSUER, "jwksUri": "https://o/jwks", "fromHeaders": [{"name": "x-token"}]}]}));
+        let d = denial(f.run("GET", "/", &[("x-token", &f.good_token())]));
+        assert_eq!(d.reason(), "malformed");
+    }
+
+    #[test]
+    fn two_tokens_and_encoded_slashes_are_bad_requests() {
+        let f = simple();
+        let t = f.good_token();
+        let d = denial(f.run(
+            "GET",
+            "/",
+            &[
+                ("authorization", &format!("Bearer {t}")),
+                ("authorization", &format!("Bearer {t}x")),
+            ],
+        ));
+        assert_eq!(d.reason(), "invalid_request");
+        assert_eq!(reason(f.with_token("/admin%2Fx", &t)), "invalid_request");
+    }
+
+    #[test]
+    fn cors_preflight_passes_without_a_token_unless_switched_off() {
+        let preflight = [
+            ("origin", "https://app"),
+            ("access-control-request-method", "POST"),
+        ];
+        assert!(matches!(
+            simple().run("OPTIONS", "/", &preflight),
+            Outcome::Allow(_)
+        ));
+        let strict =
+            fixture(json!({"providers": [provider(json!({}))], "bypassCorsPreflight": false}));
+        assert_eq!(
+            denial(strict.run("OPTIONS", "/", &preflight)),
+            Denial::MissingToken
+        );
+        // An OPTIONS request that is not a preflight needs a token.
+        assert_eq!(
+            denial(simple().run("OPTIONS", "/", &[])),
+            Denial::MissingToken
+        );
+    }
+
+    fn with_rules() -> Fixture {
+        fixture(json!({
+        "providers": [provider(json!({})),
+            {"issuer": OTHER_ISSUER, "jwksUri": "https://other.example.com/jwks"}],
+        "rules": [
+            {"match": {"paths": ["/public/*"]}, "allowAnonymous": true},
+            {"match": {"paths": ["/admin/*"]}, "deny": true},
+            {"match": {"paths": ["/orders/*"], "methods": ["GET"]},
+             "requires": {"scopes": ["orders:read"]}},
+            {"match": {"paths": ["/orders/*"]}, "requires": {"scopes": ["orders:write", "orders:read"]}},
+            {"match": {"paths": ["/editors/*"]},
+             "requires": {"claims": [{"claim": "roles", "anyOf": ["editor"]}]}},
+            {"match": {"paths": ["/other/*"]}, "requires": {"providers": [OTHER_ISSUER]}}
+        ]}))
+    }
+
+    #[test]
+    fn rules_decide_by_first_match() {
+        let f = with_rules();
+        let t = f.good_token();
+        assert!(matches!(f.run("GET", "/public/x", &[]), Outcome::Allow(_)));
+        assert_eq!(denial(f.with_token("/admin/x", &t)), Denial::Forbidden);
+        // Normalisation: a dot segment cannot walk around the deny rule.
+        assert_eq!(
+            denial(f.with_token("/public/../admin/x", &t)),
+            Denial::Forbidden
+        );
+        assert!(matches!(f.with_token("/orders/1", &t), Outcome::Allow(_)));
+        let post = f.run(
+            "POST",
+            "/orders/1",
+            &[("authorization", &format!("Bearer {t}"))],
+        );
+        assert_eq!(
+            denial(post),
+            Denial::MissingScopes(vec!["orders:write".into()])
+        );
+        assert_eq!(denial(f.with_token("/editors/x", &t)), Denial::ClaimFailed);
+        assert_eq!(reason(f.with_token("/other/x", &t)), "issuer");
+    }
+
+    #[test]
+    fn a_token_on_an_anonymous_route_is_still_verified() {
+        let f = with_rules();
+        assert_eq!(
+            reason(f.with_token("/public/x", "not.a.token")),
+            "malformed"
+        );
+    }
+
+    #[test]
+    fn unmatched_deny_refuses_whatever_the_token() {
+        let f = fixture(json!({"providers": [provider(json!({}))], "unmatched": "deny"}));
+        assert_eq!(
+            denial(f.with_token("/", &f.good_token())),
+            Denial::Forbidden
+        );
+    }
+
+    #[test]
+    fn report_mode_lets_refusals_through_but_still_clears_identity_headers() {
+        let f = fixture(json!({"providers": [provider(json!({}))], "mode": "report"}));
+        let a = allowed(f.run(
+            "GET",
+            "/",
+            &[("authorization", "Bearer x.y.z"), ("x-sub", "forged")],
+        ));
+        assert_eq!(a.edits, vec![HeaderEdit::Remove("x-sub".into())]);
+        assert_eq!(a.would_deny.map(|d| d.reason()), Some("malformed"));
+    }
+
+    #[test]
+    fn forwarding_keeps_the_token_and_payload_header_is_the_signed_segment() {
+        let f = fixture(json!({"providers": [provider(json!({
+            "forwardOriginalToken": true, "outputPayloadToHeader": "x-payload"}))]}));
+        let t = f.good_token();
+        let a = allowed(f.with_token("/", &t));
+        let segment = t.split('.').nth(1).unwrap().to_string();
+        assert!(!a
+            .edits
+            .contains(&HeaderEdit::Remove("authorization".into())));
+        assert!(a
+            .edits
+            .contains(&HeaderEdit::Set("x-payload".into(), segment)));
+    }
+
+    #[test]
+    fn tokens_in_params_and_cookies_do_not_travel_upstream() {
+        let f = fixture(json!({"providers": [provider(json!({
+            "fromParams": ["access_token"], "fromCookies": ["session"]}))]}));
+        let t = f.good_token();
+        let a = allowed(f.run("GET", &format!("/x?a=1&access_token={t}"), &[]));
+        assert!(a
+            .edits
+            .contains(&HeaderEdit::Set(":path".into(), "/x?a=1".into())));
+        let a = allowed(f.run(
+            "GET",
+            "/x",
+            &[("cookie", &format!("session={t}; theme=dark"))],
+        ));
+        assert!(a
+            .edits
+            .contains(&HeaderEdit::Set("cookie".into(), "theme=dark".into())));
+    }
+
+    #[test]
+    fn unsafe_claim_values_are_never_emitted() {
+        let f = simple();
+        let t = f.token(json!({"iss": ISSUER, "aud": "orders", "exp": NOW + 60,
+                               "sub": "alice\r\nx-admin: true"}));
+        let a = allowed(f.with_token("/", &t));
+        assert_eq!(a.skipped_headers, vec!["x-sub".to_string()]);
+        assert!(!a
+            .edits
+            .iter()
+            .any(|e| matches!(e, HeaderEdit::Set(n, _) if n == "x-sub")));
+    }
+
+    #[test]
+    fn claim_header_values_follow_their_json_type() {
+        assert_eq!(header_value(&json!("a")), Some("a".into()));
+        assert_eq!(header_value(&json!(["a", "b"])), Some("a,b".into()));
+        assert_eq!(header_value(&json!(42)), Some("42".into()));
+        assert_eq!(header_value(&json!(true)), Some("true".into()));
+        assert_eq!(header_value(&json!({"a": 1})), Some("{\"a\":1}".into()));
+        assert_eq!(header_value(&json!(null)), None);
+        assert_eq!(header_value(&json!("a\nb")), None);
+    }
 }

@@ -3,6 +3,7 @@
 //! reports problems as `field.path: problem`.
 
 use crate::alg::{Alg, AlgSet, KeyFamily};
+use crate::keys::JwksLimits;
 use serde_json::Value;
 
 #[derive(Debug, Clone)]
@@ -243,8 +244,18 @@ pub fn parse(json: &str) -> Parsed<Config> {
     // serde_json's syntax errors name a position, never the input text (which may hold keys).
     let value: Value = serde_json::from_str(json)
         .map_err(|e| error(WHOLE_CONFIG, format!("not valid JSON: {e}")))?;
-    parse_config(&value)
+    let config = parse_config(&value)?;
+    // serde_json keeps the last of two equal member names; a config must not say two things.
+    crate::json::parse_object(json.as_bytes(), CONFIG_JSON_LIMITS)
+        .map_err(|e| error(WHOLE_CONFIG, e.describe()))?;
+    Ok(config)
 }
+
+/// Generous: only duplicate member names are meant to trip this.
+const CONFIG_JSON_LIMITS: crate::json::JsonLimits = crate::json::JsonLimits {
+    max_depth: 64,
+    max_members: 1_000_000,
+};
 
 const CONFIG_FIELDS: &[&str] = &[
     "providers",
@@ -262,6 +273,13 @@ fn parse_config(value: &Value) -> Parsed<Config> {
     let rules = config
         .optional("rules", |value, path| parse_rules(value, path, &providers))?
         .unwrap_or_default();
+    let limits = config.optional("limits", parse_limits)?.unwrap_or_default();
+    for (i, provider) in providers.iter().enumerate() {
+        if let KeySource::Inline(jwks) = &provider.keys {
+            crate::keys::parse_jwks(jwks.as_bytes(), &JwksLimits::from(&limits), true)
+                .map_err(|e| error(&format!("providers[{i}].jwks"), e.describe()))?;
+        }
+    }
     Ok(Config {
         providers,
         rules,
@@ -275,7 +293,7 @@ fn parse_config(value: &Value) -> Parsed<Config> {
         mode: config
             .optional("mode", parse_mode)?
             .unwrap_or(Mode::Enforce),
-        limits: config.optional("limits", parse_limits)?.unwrap_or_default(),
+        limits,
     })
 }
 
@@ -499,26 +517,9 @@ fn discovery_url(issuer: &str) -> Option<HttpUrl> {
     HttpUrl::parse(url, "").ok()
 }
 
+/// Only the type here: the key set itself is checked once `limits` are known.
 fn parse_inline_jwks(value: &Value, path: &str) -> Parsed<String> {
-    let jwks = string(value, path)?;
-    validate_inline_jwks(&jwks).map_err(|problem| error(path, problem))?;
-    Ok(jwks)
-}
-
-/// Checks that an inline `jwks` is a JSON object with a `keys` list. The problem returned never
-/// quotes the document: it may hold secret (HMAC) keys.
-pub fn validate_inline_jwks(jwks: &str) -> Result<(), String> {
-    let document: Value =
-        serde_json::from_str(jwks).map_err(|_| "not a JSON document".to_owned())?;
-    let keys = document
-        .as_object()
-        .ok_or_else(|| "not a JSON object (a JWKS is {\"keys\": [...]})".to_owned())?
-        .get("keys");
-    match keys {
-        Some(Value::Array(_)) => Ok(()),
-        Some(_) => Err("its \"keys\" is not a list".to_owned()),
-        None => Err("has no \"keys\" list".to_owned()),
-    }
+    string(value, path)
 }
 
 /// A URL learnt at run time (a discovered `jwks_uri`) as a fetch target; `cluster` is the
@@ -1303,7 +1304,7 @@ mod tests {
     const ISSUER: &str = "https://idp.example.com";
     const JWKS_URI: &str = "https://idp.example.com/jwks";
     const INLINE_JWKS: &str =
-        r#"{"keys":[{"kty":"oct","kid":"k1","k":"c2VjcmV0LWtleS1vZi0zMi1ieXRlcy1sZW5ndGghIQ"}]}"#;
+        r#"{"keys":[{"kty":"oct","kid":"k1","k":"c2VjcmV0LWtleS1vZi0zMi1ieXRlcy1sZW5ndGghISE"}]}"#;
 
     fn ok(json: &str) -> Config {
         parse(json).unwrap_or_else(|e| panic!("config rejected: {e}"))
@@ -1735,19 +1736,33 @@ mod tests {
     fn inline_jwks_that_is_not_a_key_set_is_refused() {
         assert_problem(
             &inline_jwks(json!("{\"keys\": [")),
-            "providers[0].jwks: not a JSON document",
+            "providers[0].jwks: key set document is not JSON",
         );
         assert_problem(
             &inline_jwks(json!("[]")),
-            "providers[0].jwks: not a JSON object (a JWKS is {\"keys\": [...]})",
+            "providers[0].jwks: key set document has no keys array",
         );
         assert_problem(
             &inline_jwks(json!("{\"kty\": \"oct\"}")),
-            "providers[0].jwks: has no \"keys\" list",
+            "providers[0].jwks: key set document has no keys array",
         );
         assert_problem(
             &inline_jwks(json!("{\"keys\": {}}")),
-            "providers[0].jwks: its \"keys\" is not a list",
+            "providers[0].jwks: key set document has no keys array",
+        );
+        assert_problem(
+            &inline_jwks(json!(
+                "{\"keys\": [{\"kty\": \"RSA\", \"n\": \"AQAB\", \"e\": \"AQAB\"}]}"
+            )),
+            "providers[0].jwks: key set document has no usable signing key",
+        );
+    }
+
+    #[test]
+    fn duplicate_member_names_are_refused() {
+        assert_problem(
+            r#"{"providers":[{"issuer":"https://a","issuer":"https://b","jwksUri":"https://a/k"}]}"#,
+            "(config): duplicate member name",
         );
     }
 
@@ -2604,7 +2619,7 @@ mod tests {
             {
               "name": "internal",
               "issuer": "internal-ci",
-              "jwks": "{\"keys\": [{\"kty\": \"oct\", \"kid\": \"ci\", \"k\": \"c2VjcmV0\"}]}",
+              "jwks": "{\"keys\": [{\"kty\": \"oct\", \"kid\": \"ci\", \"k\": \"c2VjcmV0LWtleS1vZi0zMi1ieXRlcy1sZW5ndGghISE\"}]}",
               "algorithms": ["HS256"]
             }
           ],
@@ -2725,7 +2740,7 @@ mod tests {
 
     #[test]
     fn errors_never_quote_inline_keys() {
-        let secret = "c2VjcmV0LWtleS1vZi0zMi1ieXRlcy1sZW5ndGghIQ";
+        let secret = "c2VjcmV0LWtleS1vZi0zMi1ieXRlcy1sZW5ndGghISE";
         let broken = format!("{{\"keys\": [{{\"kty\": \"oct\", \"k\": \"{secret}\"");
         let message = problem(&inline_jwks(json!(broken)));
         assert!(!message.contains(secret), "{message}");

@@ -249,8 +249,25 @@ impl HttpContext for Filter {
             headers: &headers,
         };
         match authorize::authorize(&state.config, &state.keys, &request, now().as_secs()) {
-            Outcome::Allow(edits) => {
-                for edit in edits {
+            Outcome::Allow(allowed) => {
+                for header in &allowed.skipped_headers {
+                    log(
+                        LogLevel::Warn,
+                        &format!("header {header} not set: the claim holds characters unsafe in a header"),
+                    );
+                }
+                if let Some(denial) = &allowed.would_deny {
+                    log(
+                        LogLevel::Info,
+                        &format!(
+                            "report mode: would refuse {method} {} with {} ({})",
+                            path_without_query(&path),
+                            denial.render("").status,
+                            denial.reason()
+                        ),
+                    );
+                }
+                for edit in allowed.edits {
                     let result = match &edit {
                         HeaderEdit::Remove(name) => {
                             hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None)
@@ -280,6 +297,11 @@ impl HttpContext for Filter {
             }
         }
     }
+}
+
+/// Logs never carry the query string: it may hold a token.
+fn path_without_query(path: &str) -> &str {
+    path.split(['?', '#']).next().unwrap_or_default()
 }
 
 fn send_response(status: u32, headers: &[(&str, &str)], body: &[u8]) {

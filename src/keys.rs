@@ -19,6 +19,15 @@ pub struct JwksLimits {
     pub max_keys: usize,
 }
 
+impl From<&crate::config::Limits> for JwksLimits {
+    fn from(limits: &crate::config::Limits) -> Self {
+        JwksLimits {
+            max_bytes: limits.max_jwks_bytes,
+            max_keys: limits.max_jwks_keys,
+        }
+    }
+}
+
 /// The usable keys of one JWKS document.
 #[derive(Debug)]
 pub struct KeySet {

@@ -3,7 +3,7 @@
 //! back what came in; it never talks to the host itself.
 
 use crate::authorize::{KeyLookup, KeyState};
-use crate::config::{Config, HttpTarget, KeySource, Limits};
+use crate::config::{Config, HttpTarget, KeySource};
 use crate::keys::{self, JwksLimits, KeySet};
 
 /// The shortest refresh interval a `Cache-Control: max-age` can ask for.
@@ -57,7 +57,7 @@ pub struct KeyStore {
 impl KeyStore {
     /// Inline key sets are parsed here; `config` has already been validated.
     pub fn new(config: &Config) -> Result<KeyStore, String> {
-        let jwks_limits = jwks_limits(&config.limits);
+        let jwks_limits = JwksLimits::from(&config.limits);
         let mut entries = Vec::with_capacity(config.providers.len());
         for (i, provider) in config.providers.iter().enumerate() {
             let keys = match &provider.keys {
@@ -212,13 +212,6 @@ fn max_age(cache_control: &str) -> Option<u64> {
     })
 }
 
-fn jwks_limits(limits: &Limits) -> JwksLimits {
-    JwksLimits {
-        max_bytes: limits.max_jwks_bytes,
-        max_keys: limits.max_jwks_keys,
-    }
-}
-
 impl KeyLookup for KeyStore {
     fn keys(&self, provider: usize) -> KeyState<'_> {
         match self.entries.get(provider) {
@@ -242,5 +235,192 @@ impl Entry {
             .saturating_mul(1u64 << self.failures.min(16))
             .min(MAX_RETRY_MS)
             / 1000
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::testing::TestKey;
+    use serde_json::json;
+
+    const ISSUER: &str = "https://idp.example.com";
+
+    fn store(provider: serde_json::Value) -> (KeyStore, Config) {
+        let mut p = json!({"issuer": ISSUER});
+        for (k, v) in provider.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        let config = crate::config::parse(&json!({"providers": [p]}).to_string()).unwrap();
+        (KeyStore::new(&config).unwrap(), config)
+    }
+
+    fn jwks() -> Vec<u8> {
+        json!({"keys": [TestKey::ed25519().jwk(Some("k1"))]})
+            .to_string()
+            .into_bytes()
+    }
+
+    fn ok<'a>(body: &'a [u8], cache_control: Option<&'a str>) -> FetchAnswer<'a> {
+        FetchAnswer {
+            status: Some(200),
+            cache_control,
+            body,
+        }
+    }
+
+    fn ready(store: &KeyStore) -> bool {
+        matches!(store.keys(0), KeyState::Ready(_))
+    }
+
+    #[test]
+    fn remote_keys_are_fetched_at_once_and_only_once_at_a_time() {
+        let (mut s, _) = store(json!({"jwksUri": "https://idp.example.com/jwks"}));
+        assert!(!ready(&s));
+        let due = s.due(0);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].stage, Stage::Jwks);
+        assert_eq!(due[0].target.cluster, "outbound|443||idp.example.com");
+        assert_eq!(due[0].timeout_ms, 5000);
+        assert!(s.due(10).is_empty(), "one fetch in flight at a time");
+    }
+
+    #[test]
+    fn keys_are_refreshed_every_jwks_cache_seconds() {
+        let (mut s, _) =
+            store(json!({"jwksUri": "https://idp.example.com/jwks", "jwksCacheSeconds": 120}));
+        s.due(0);
+        assert_eq!(
+            s.on_answer(0, Stage::Jwks, ISSUER, &ok(&jwks(), None), 0),
+            Ok(1)
+        );
+        assert!(ready(&s));
+        assert!(s.due(119_999).is_empty());
+        assert_eq!(s.due(120_000).len(), 1);
+    }
+
+    #[test]
+    fn max_age_shortens_the_refresh_within_bounds() {
+        let (mut s, _) =
+            store(json!({"jwksUri": "https://idp.example.com/jwks", "jwksCacheSeconds": 600}));
+        s.due(0);
+        s.on_answer(
+            0,
+            Stage::Jwks,
+            ISSUER,
+            &ok(&jwks(), Some("public, max-age=90")),
+            0,
+        )
+        .unwrap();
+        assert_eq!(s.next_due_ms(0), Some(90_000));
+        s.due(90_000);
+        s.on_answer(
+            0,
+            Stage::Jwks,
+            ISSUER,
+            &ok(&jwks(), Some("max-age=1")),
+            90_000,
+        )
+        .unwrap();
+        assert_eq!(s.next_due_ms(90_000), Some(MIN_REFRESH_SECONDS * 1000));
+        s.due(200_000);
+        s.on_answer(
+            0,
+            Stage::Jwks,
+            ISSUER,
+            &ok(&jwks(), Some("max-age=99999")),
+            200_000,
+        )
+        .unwrap();
+        assert_eq!(s.next_due_ms(200_000), Some(600_000));
+    }
+
+    #[test]
+    fn failures_back_off_and_never_replace_good_keys() {
+        let (mut s, _) =
+            store(json!({"jwksUri": "https://idp.example.com/jwks", "jwksCacheSeconds": 60}));
+        s.due(0);
+        s.on_answer(0, Stage::Jwks, ISSUER, &ok(&jwks(), None), 0)
+            .unwrap();
+        let bad_answers: [FetchAnswer<'_>; 4] = [
+            FetchAnswer {
+                status: Some(500),
+                cache_control: None,
+                body: b"",
+            },
+            FetchAnswer {
+                status: None,
+                cache_control: None,
+                body: b"",
+            },
+            ok(b"<html>", None),
+            ok(br#"{"keys": []}"#, None),
+        ];
+        let mut now = 60_000;
+        let mut previous_gap = 0;
+        for answer in &bad_answers {
+            assert_eq!(s.due(now).len(), 1);
+            assert!(s.on_answer(0, Stage::Jwks, ISSUER, answer, now).is_err());
+            assert!(ready(&s), "last good keys stay");
+            let gap = s.next_due_ms(now).unwrap();
+            assert!(
+                gap > previous_gap,
+                "backoff grows: {gap} after {previous_gap}"
+            );
+            previous_gap = gap;
+            now += gap;
+        }
+    }
+
+    #[test]
+    fn an_over_size_key_set_is_refused() {
+        let (mut s, config) = store(json!({"jwksUri": "https://idp.example.com/jwks"}));
+        s.due(0);
+        let huge = vec![b' '; config.limits.max_jwks_bytes + 1];
+        assert!(s
+            .on_answer(0, Stage::Jwks, ISSUER, &ok(&huge, None), 0)
+            .is_err());
+        assert!(!ready(&s));
+    }
+
+    #[test]
+    fn discovery_finds_the_jwks_uri_then_fetches_keys() {
+        let (mut s, _) = store(json!({}));
+        let due = s.due(0);
+        assert_eq!(due[0].stage, Stage::Discovery);
+        assert_eq!(due[0].target.path, "/.well-known/openid-configuration");
+        let doc = json!({"issuer": ISSUER, "jwks_uri": "https://keys.example.com:8443/certs"})
+            .to_string();
+        s.on_answer(0, Stage::Discovery, ISSUER, &ok(doc.as_bytes(), None), 5)
+            .unwrap();
+        let due = s.due(5);
+        assert_eq!(due[0].stage, Stage::Jwks);
+        assert_eq!(due[0].target.cluster, "outbound|8443||keys.example.com");
+        assert_eq!(due[0].target.authority, "keys.example.com:8443");
+        assert_eq!(due[0].target.path, "/certs");
+    }
+
+    #[test]
+    fn discovery_for_another_issuer_is_refused() {
+        let (mut s, _) = store(json!({"jwksCluster": "idp-cluster"}));
+        s.due(0);
+        let doc =
+            json!({"issuer": "https://evil.example.com", "jwks_uri": "https://evil.example.com/k"})
+                .to_string();
+        assert!(s
+            .on_answer(0, Stage::Discovery, ISSUER, &ok(doc.as_bytes(), None), 0)
+            .is_err());
+        let due = s.due(10_000);
+        assert_eq!(due[0].stage, Stage::Discovery, "still discovering");
+        assert_eq!(due[0].target.cluster, "idp-cluster");
+    }
+
+    #[test]
+    fn inline_keys_are_ready_without_fetching() {
+        let jwk = TestKey::ed25519().jwk(Some("k1"));
+        let (mut s, _) = store(json!({"jwks": json!({"keys": [jwk]}).to_string()}));
+        assert!(ready(&s));
+        assert!(s.due(0).is_empty());
+        assert_eq!(s.next_due_ms(0), None);
     }
 }

@@ -89,7 +89,7 @@ impl TokenError {
     pub fn describe(&self) -> &'static str {
         match self {
             TokenError::TooLarge => "token is too large",
-            TokenError::NotCompact => "token is not a JWS in compact form",
+            TokenError::NotCompact => "token is malformed: not a JWS in compact form",
             TokenError::Jwe => "encrypted tokens (JWE) are not accepted",
             TokenError::NotBase64Url(Segment::Header) | TokenError::MalformedHeader(_) => {
                 "token header is malformed"
@@ -100,7 +100,7 @@ impl TokenError {
             TokenError::NotBase64Url(Segment::Signature) | TokenError::MalformedSignature => {
                 "token signature is malformed"
             }
-            TokenError::Unsecured => "unsecured tokens (alg none) are not accepted",
+            TokenError::Unsecured => "token algorithm none (unsecured) is not accepted",
             TokenError::UnsupportedAlgorithm => "token algorithm is not supported",
             TokenError::UnsupportedCritical => {
                 "token header lists critical extensions that are not supported"

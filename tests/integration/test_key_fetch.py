@@ -58,18 +58,36 @@ def send(envoy, keys, issuer):
     return envoy.request("/", headers={"Authorization": f"Bearer {keys.mint(ALG, claims(issuer, audience=None))}"})
 
 
-def test_keys_are_fetched_once_and_reused(fetch, keys):
+# Envoy runs one Wasm VM per worker plus one on the main thread; until keys are shared
+# between VMs (key-management issue) each VM fetches once.
+VMS_WITH_ONE_WORKER = 2
+
+
+def send_until_keys_loaded(envoy, keys, issuer, deadline_s=5.0):
+    """Before its keys exist a provider answers 503 (+ Retry-After); wait that out, bounded."""
+    end = time.monotonic() + deadline_s
+    while True:
+        resp = send(envoy, keys, issuer)
+        if resp.status != 503 or time.monotonic() > end:
+            return resp
+        time.sleep(0.05)
+
+
+def test_keys_are_fetched_once_per_vm_and_reused(fetch, keys):
+    assert send_until_keys_loaded(fetch["envoy"], keys, ISS_CACHED).status == 200
+    fetched = fetch["healthy"].count("/jwks.json")
+    assert 1 <= fetched <= VMS_WITH_ONE_WORKER
     for _ in range(5):
         assert send(fetch["envoy"], keys, ISS_CACHED).status == 200
-    assert fetch["healthy"].count("/jwks.json") == 1
+    assert fetch["healthy"].count("/jwks.json") == fetched
 
 
 def test_openid_connect_discovery(fetch, keys):
     idp = fetch["discovery"]
-    resp = send(fetch["envoy"], keys, idp.url)
+    resp = send_until_keys_loaded(fetch["envoy"], keys, idp.url)
     assert resp.status == 200, resp
-    assert idp.count(idp.DISCOVERY_PATH) == 1
-    assert idp.count("/jwks.json") == 1
+    assert 1 <= idp.count(idp.DISCOVERY_PATH) <= VMS_WITH_ONE_WORKER
+    assert 1 <= idp.count("/jwks.json") <= VMS_WITH_ONE_WORKER
 
 
 @pytest.mark.parametrize("issuer", [ISS_ANSWERS_500, ISS_GARBAGE, ISS_UNREACHABLE])
