@@ -43,16 +43,40 @@ pub struct Allowed {
 pub enum Outcome {
     Allow(Allowed),
     Deny(Denial),
+    /// Hold the request until the provider's keys change or the wait times out; `refetch`:
+    /// the token's kid is unknown and a key fetch should be asked for.
+    Wait {
+        provider: usize,
+        refetch: bool,
+    },
+}
+
+/// Why a decision stopped short of allowing.
+enum Halt {
+    Deny(Denial),
+    Wait { provider: usize, refetch: bool },
+}
+
+impl From<Denial> for Halt {
+    fn from(denial: Denial) -> Self {
+        Halt::Deny(denial)
+    }
 }
 
 pub enum KeyState<'a> {
     Ready(&'a KeySet),
-    Unavailable { retry_after_seconds: u64 },
+    /// No keys yet, but a fetch is under way or due soon: the request may wait for it.
+    Loading,
+    Unavailable {
+        retry_after_seconds: u64,
+    },
 }
 
 /// Where verified keys come from (the key store in the filter, fixed sets in tests).
 pub trait KeyLookup {
-    fn keys(&self, provider: usize) -> KeyState<'_>;
+    fn keys(&self, provider: usize, now_ms: u64) -> KeyState<'_>;
+    /// The token's kid is not among the keys: may a fetch still bring it?
+    fn refetch_possible(&self, provider: usize, now_ms: u64) -> bool;
 }
 
 /// A verified token: which provider accepted it, and its claims.
@@ -68,26 +92,59 @@ pub fn authorize(
     config: &Config,
     keys: &impl KeyLookup,
     request: &Request<'_>,
-    now: u64,
+    now_ms: u64,
 ) -> Outcome {
     // Identity headers are never taken from the client, whatever the decision or mode.
     let mut edits: Vec<HeaderEdit> = identity_headers(&config.providers)
         .map(|h| HeaderEdit::Remove(h.to_string()))
         .collect();
-    match decide(config, keys, request, now) {
+    match decide(config, keys, request, now_ms) {
         Ok(mut allowed) => {
             edits.append(&mut allowed.edits);
             allowed.edits = edits;
             Outcome::Allow(allowed)
         }
+        Err(Halt::Wait { provider, refetch }) => Outcome::Wait { provider, refetch },
+        Err(Halt::Deny(denial)) => refuse(config, edits, denial),
+    }
+}
+
+/// A held request whose wait ran out: the keys could not be had in time.
+pub fn wait_expired(
+    config: &Config,
+    keys: &impl KeyLookup,
+    provider: usize,
+    now_ms: u64,
+) -> Outcome {
+    let edits = identity_headers(&config.providers)
+        .map(|h| HeaderEdit::Remove(h.to_string()))
+        .collect();
+    let retry_after_seconds = match keys.keys(provider, now_ms) {
+        KeyState::Unavailable {
+            retry_after_seconds,
+        } => retry_after_seconds,
+        _ => 1,
+    };
+    refuse(
+        config,
+        edits,
+        Denial::KeysUnavailable {
+            retry_after_seconds,
+        },
+    )
+}
+
+fn refuse(config: &Config, identity_edits: Vec<HeaderEdit>, denial: Denial) -> Outcome {
+    if config.mode == Mode::Report {
         // Report mode lets everything through untouched but for the identity headers: the
         // token stays, since the application may still rely on it during the rollout.
-        Err(denial) if config.mode == Mode::Report => Outcome::Allow(Allowed {
-            edits,
+        Outcome::Allow(Allowed {
+            edits: identity_edits,
             skipped_headers: Vec::new(),
             would_deny: Some(denial),
-        }),
-        Err(denial) => Outcome::Deny(denial),
+        })
+    } else {
+        Outcome::Deny(denial)
     }
 }
 
@@ -95,8 +152,8 @@ fn decide(
     config: &Config,
     keys: &impl KeyLookup,
     request: &Request<'_>,
-    now: u64,
-) -> Result<Allowed, Denial> {
+    now_ms: u64,
+) -> Result<Allowed, Halt> {
     if config.bypass_cors_preflight && is_cors_preflight(request) {
         return Ok(Allowed::default());
     }
@@ -106,10 +163,11 @@ fn decide(
         Err(PathError::EncodedSlash) => {
             return Err(Denial::InvalidRequest(
                 "request path contains an encoded slash or backslash",
-            ))
+            )
+            .into())
         }
         Err(PathError::Malformed) => {
-            return Err(Denial::InvalidRequest("request path is malformed"))
+            return Err(Denial::InvalidRequest("request path is malformed").into())
         }
     };
     let facts = RequestFacts {
@@ -119,12 +177,12 @@ fn decide(
     };
     let action = match policy::select(config, &facts) {
         Applies::Rule(rule) => Need::Rule(&rule.action),
-        Applies::Unmatched(Unmatched::Deny) => return Err(Denial::Forbidden),
+        Applies::Unmatched(Unmatched::Deny) => return Err(Denial::Forbidden.into()),
         Applies::Unmatched(Unmatched::Anonymous) => Need::Anonymous,
         Applies::Unmatched(Unmatched::Authenticated) => Need::AnyValidToken,
     };
     if let Need::Rule(Action::Deny) = action {
-        return Err(Denial::Forbidden);
+        return Err(Denial::Forbidden.into());
     }
 
     let parts = RequestParts {
@@ -134,20 +192,20 @@ fn decide(
     let found = match extract::find_token(&config.providers, &parts) {
         Ok(found) => found,
         Err(ExtractError::MultipleTokens) => {
-            return Err(Denial::InvalidRequest("more than one token in the request"))
+            return Err(Denial::InvalidRequest("more than one token in the request").into())
         }
     };
     let Some(found) = found else {
         return match action {
             Need::Anonymous | Need::Rule(Action::AllowAnonymous) => Ok(Allowed::default()),
-            _ => Err(Denial::MissingToken),
+            _ => Err(Denial::MissingToken.into()),
         };
     };
 
     // A token that is present is always verified, on anonymous routes too.
-    let verified = verify_token(config, keys, found, now)?;
+    let verified = verify_token(config, keys, found, now_ms)?;
     let Some(provider) = config.providers.get(verified.provider) else {
-        return Err(invalid("token issuer is not trusted", "issuer"));
+        return Err(invalid("token issuer is not trusted", "issuer").into());
     };
 
     let requirement_check = match action {
@@ -168,13 +226,10 @@ fn decide(
     match requirement_check {
         Ok(()) => {}
         Err(Unmet::WrongProvider) => {
-            return Err(invalid(
-                "token issuer is not accepted for this resource",
-                "issuer",
-            ))
+            return Err(invalid("token issuer is not accepted for this resource", "issuer").into())
         }
-        Err(Unmet::MissingScopes(scopes)) => return Err(Denial::MissingScopes(scopes)),
-        Err(Unmet::ClaimFailed(_)) => return Err(Denial::ClaimFailed),
+        Err(Unmet::MissingScopes(scopes)) => return Err(Denial::MissingScopes(scopes).into()),
+        Err(Unmet::ClaimFailed(_)) => return Err(Denial::ClaimFailed.into()),
     }
 
     Ok(identity_edits(provider, &verified, request))
@@ -215,8 +270,8 @@ fn verify_token(
     config: &Config,
     keys: &impl KeyLookup,
     found: Found,
-    now: u64,
-) -> Result<Verified, Denial> {
+    now_ms: u64,
+) -> Result<Verified, Halt> {
     let limits = TokenLimits::from(&config.limits);
     let jws = token::parse(&found.token, &limits).map_err(|e| invalid(e.describe(), e.reason()))?;
     // The issuer selects the provider before the signature is checked; nothing from the
@@ -232,28 +287,47 @@ fn verify_token(
         return Err(invalid(
             "token was sent in a location its issuer is not configured for",
             "malformed",
-        ));
+        )
+        .into());
     }
-    let key_set = match keys.keys(index) {
+    let key_set = match keys.keys(index, now_ms) {
         KeyState::Ready(set) => set,
+        KeyState::Loading => {
+            return Err(Halt::Wait {
+                provider: index,
+                refetch: false,
+            })
+        }
         KeyState::Unavailable {
             retry_after_seconds,
         } => {
             return Err(Denial::KeysUnavailable {
                 retry_after_seconds,
-            })
+            }
+            .into())
         }
     };
-    verify::verify(
+    let verified = verify::verify(
         jws.header.alg,
         jws.header.kid.as_deref(),
         jws.signing_input,
         &jws.signature,
         key_set,
         provider.algorithms,
-    )
-    .map_err(|e| invalid(e.describe(), verify_reason(&e)))?;
-    claims::check(&jws.claims, provider, now).map_err(|e| invalid(e.describe(), e.reason()))?;
+    );
+    match verified {
+        Ok(_) => {}
+        // Rotation: a kid the keys lack may be a key the issuer just published.
+        Err(VerifyError::UnknownKey) if keys.refetch_possible(index, now_ms) => {
+            return Err(Halt::Wait {
+                provider: index,
+                refetch: true,
+            })
+        }
+        Err(e) => return Err(invalid(e.describe(), verify_reason(&e)).into()),
+    }
+    claims::check(&jws.claims, provider, now_ms / 1000)
+        .map_err(|e| invalid(e.describe(), e.reason()))?;
     let payload_segment = provider.output_payload_to_header.as_ref().and_then(|_| {
         let signing_input = std::str::from_utf8(jws.signing_input).ok()?;
         signing_input.split_once('.').map(|(_, p)| p.to_string())
@@ -361,17 +435,23 @@ mod tests {
         keys: FixedKeys,
     }
 
-    /// Keys for provider 0 only; every other provider has none yet.
-    struct FixedKeys(KeySet);
+    /// Keys for provider 0; provider 1 cannot have any; provider 2's are loading.
+    /// `refetch`: whether an unknown kid may still be fetched.
+    struct FixedKeys(KeySet, bool);
 
     impl KeyLookup for FixedKeys {
-        fn keys(&self, provider: usize) -> KeyState<'_> {
+        fn keys(&self, provider: usize, _now_ms: u64) -> KeyState<'_> {
             match provider {
                 0 => KeyState::Ready(&self.0),
+                2 => KeyState::Loading,
                 _ => KeyState::Unavailable {
                     retry_after_seconds: 3,
                 },
             }
+        }
+
+        fn refetch_possible(&self, _provider: usize, _now_ms: u64) -> bool {
+            self.1
         }
     }
 
@@ -383,7 +463,7 @@ mod tests {
             max_keys: 8,
         };
         Fixture {
-            keys: FixedKeys(parse_jwks(jwks.as_bytes(), &limits, false).unwrap()),
+            keys: FixedKeys(parse_jwks(jwks.as_bytes(), &limits, false).unwrap(), false),
             config: crate::config::parse(&config.to_string()).unwrap(),
             key,
         }
@@ -429,7 +509,7 @@ mod tests {
                 authority: "orders.example.com:8443",
                 headers: &headers,
             };
-            authorize(&self.config, &self.keys, &request, NOW)
+            authorize(&self.config, &self.keys, &request, NOW * 1000)
         }
 
         fn with_token(&self, path: &str, token: &str) -> Outcome {
@@ -444,14 +524,14 @@ mod tests {
     fn denial(outcome: Outcome) -> Denial {
         match outcome {
             Outcome::Deny(d) => d,
-            Outcome::Allow(a) => panic!("expected a refusal, got {a:?}"),
+            other => panic!("expected a refusal, got {other:?}"),
         }
     }
 
     fn allowed(outcome: Outcome) -> Allowed {
         match outcome {
             Outcome::Allow(a) => a,
-            Outcome::Deny(d) => panic!("expected to pass, got {d:?}"),
+            other => panic!("expected to pass, got {other:?}"),
         }
     }
 
@@ -512,6 +592,61 @@ mod tests {
                 retry_after_seconds: 3
             }
         );
+    }
+
+    fn three_providers() -> Fixture {
+        fixture(json!({"providers": [provider(json!({})),
+            {"issuer": OTHER_ISSUER, "jwksUri": "https://other.example.com/jwks"},
+            {"issuer": "https://loading.example.com", "jwksUri": "https://loading.example.com/jwks"}]}))
+    }
+
+    #[test]
+    fn a_token_waits_while_its_keys_load() {
+        let f = three_providers();
+        let t = f.token(json!({"iss": "https://loading.example.com", "exp": NOW + 60}));
+        assert_eq!(
+            f.with_token("/", &t),
+            Outcome::Wait {
+                provider: 2,
+                refetch: false
+            }
+        );
+    }
+
+    #[test]
+    fn an_unknown_kid_waits_for_a_refetch_only_while_one_is_possible() {
+        let mut f = simple();
+        let header = b64(json!({"alg": "EdDSA", "kid": "rotated"})
+            .to_string()
+            .as_bytes());
+        let payload = b64(json!({"iss": ISSUER, "aud": "orders", "exp": NOW + 60})
+            .to_string()
+            .as_bytes());
+        let input = format!("{header}.{payload}");
+        let t = format!("{input}.{}", b64(&f.key.sign(Alg::EdDSA, input.as_bytes())));
+        assert_eq!(reason(f.with_token("/", &t)), "unknown_key");
+        f.keys.1 = true;
+        assert_eq!(
+            f.with_token("/", &t),
+            Outcome::Wait {
+                provider: 0,
+                refetch: true
+            }
+        );
+    }
+
+    #[test]
+    fn an_expired_wait_is_503_or_reported() {
+        let f = three_providers();
+        assert_eq!(
+            denial(wait_expired(&f.config, &f.keys, 1, NOW * 1000)),
+            Denial::KeysUnavailable {
+                retry_after_seconds: 3
+            }
+        );
+        let report = fixture(json!({"providers": [provider(json!({}))], "mode": "report"}));
+        let a = allowed(wait_expired(&report.config, &report.keys, 0, NOW * 1000));
+        assert_eq!(a.would_deny.map(|d| d.reason()), Some("keys_unavailable"));
     }
 
     #[test]

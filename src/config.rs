@@ -44,6 +44,9 @@ pub struct Limits {
     pub max_jwks_bytes: usize,
     /// `limits.maxJwksKeys`, default 64.
     pub max_jwks_keys: usize,
+    /// `limits.maxHeldRequests`, default 1024: requests one worker holds while keys load;
+    /// past it, 503 at once.
+    pub max_held_requests: usize,
 }
 
 impl Default for Limits {
@@ -54,6 +57,7 @@ impl Default for Limits {
             max_json_members: 256,
             max_jwks_bytes: 256 * 1024,
             max_jwks_keys: 64,
+            max_held_requests: 1024,
         }
     }
 }
@@ -81,6 +85,12 @@ pub struct Provider {
     pub algorithms: AlgSet,
     /// `jwksCluster` as configured: discovered key URLs go through it too.
     pub jwks_cluster: Option<String>,
+    /// Project addition `jwksMinRefetchSeconds` (default 30): an unknown `kid` triggers a key
+    /// fetch at most this often per provider, for the whole sidecar.
+    pub jwks_min_refetch_seconds: u64,
+    /// Project addition `jwksMaxStaleSeconds` (default 24 h): how long the last good keys are
+    /// still used while the key server fails.
+    pub jwks_max_stale_seconds: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -339,6 +349,7 @@ fn parse_limits(value: &Value, path: &str) -> Parsed<Limits> {
             "maxJsonMembers",
             "maxJwksBytes",
             "maxJwksKeys",
+            "maxHeldRequests",
         ],
     )?;
     let defaults = Limits::default();
@@ -351,6 +362,7 @@ fn parse_limits(value: &Value, path: &str) -> Parsed<Limits> {
         max_json_members: limit("maxJsonMembers", defaults.max_json_members)?,
         max_jwks_bytes: limit("maxJwksBytes", defaults.max_jwks_bytes)?,
         max_jwks_keys: limit("maxJwksKeys", defaults.max_jwks_keys)?,
+        max_held_requests: limit("maxHeldRequests", defaults.max_held_requests)?,
     })
 }
 
@@ -376,11 +388,15 @@ const PROVIDER_FIELDS: &[&str] = &[
     "jwksCacheSeconds",
     "scopeClaims",
     "algorithms",
+    "jwksMinRefetchSeconds",
+    "jwksMaxStaleSeconds",
 ];
 
 const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 const DEFAULT_CLOCK_SKEW_SECONDS: u64 = 60;
 const DEFAULT_JWKS_CACHE_SECONDS: u64 = 600;
+const DEFAULT_JWKS_MIN_REFETCH_SECONDS: u64 = 30;
+const DEFAULT_JWKS_MAX_STALE_SECONDS: u64 = 24 * 3600;
 const DEFAULT_SCOPE_CLAIMS: [&str; 2] = ["scope", "scp"];
 
 fn parse_providers(value: &Value, path: &str) -> Parsed<Vec<Provider>> {
@@ -470,6 +486,12 @@ fn parse_provider(value: &Value, path: &str) -> Parsed<(Provider, bool)> {
             }),
         algorithms,
         jwks_cluster: provider.optional("jwksCluster", non_empty_string)?,
+        jwks_min_refetch_seconds: provider
+            .optional("jwksMinRefetchSeconds", non_negative_integer)?
+            .unwrap_or(DEFAULT_JWKS_MIN_REFETCH_SECONDS),
+        jwks_max_stale_seconds: provider
+            .optional("jwksMaxStaleSeconds", non_negative_integer)?
+            .unwrap_or(DEFAULT_JWKS_MAX_STALE_SECONDS),
     };
     Ok((parsed, name_given))
 }
@@ -2638,7 +2660,7 @@ mod tests {
           "realm": "orders",
           "bypassCorsPreflight": false,
           "mode": "report",
-          "limits": {"maxTokenBytes": 8192, "maxJsonDepth": 8, "maxJsonMembers": 128, "maxJwksBytes": 65536, "maxJwksKeys": 16}
+          "limits": {"maxTokenBytes": 8192, "maxJsonDepth": 8, "maxJsonMembers": 128, "maxJwksBytes": 65536, "maxJwksKeys": 16, "maxHeldRequests": 10}
         }"#);
         assert_eq!(config.providers.len(), 2);
         assert_eq!(config.rules.len(), 4);
@@ -2653,7 +2675,8 @@ mod tests {
                 max_json_depth: 8,
                 max_json_members: 128,
                 max_jwks_bytes: 65536,
-                max_jwks_keys: 16
+                max_jwks_keys: 16,
+                max_held_requests: 10
             }
         );
 
