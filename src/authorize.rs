@@ -1,6 +1,7 @@
 //! One request's decision, from headers to allow/deny, with no host calls: the filter
 //! glue gathers the request, calls [`authorize`], and applies the [`Outcome`].
 
+use crate::cache::{CachedToken, TokenCache};
 use crate::claims;
 use crate::config::{Action, Config, Mode, Provider, Unmatched};
 use crate::extract::{self, ExtractError, Found, Location, RequestParts};
@@ -11,6 +12,7 @@ use crate::response::Denial;
 use crate::token::{self, TokenLimits};
 use crate::verify::{self, VerifyError};
 use serde_json::{Map, Value};
+use std::rc::Rc;
 
 /// The request as the glue read it: pseudo-headers split out, every other header as sent.
 pub struct Request<'a> {
@@ -77,20 +79,23 @@ pub trait KeyLookup {
     fn keys(&self, provider: usize, now_ms: u64) -> KeyState<'_>;
     /// The token's kid is not among the keys: may a fetch still bring it?
     fn refetch_possible(&self, provider: usize, now_ms: u64) -> bool;
+    /// Changes whenever the provider's key set does (for the token cache).
+    fn key_version(&self, provider: usize) -> u64;
 }
 
 /// A verified token: which provider accepted it, and its claims.
 struct Verified {
     provider: usize,
-    claims: Map<String, Value>,
+    claims: Rc<Map<String, Value>>,
     found: Found,
     /// The payload segment exactly as signed, kept only when a provider forwards it.
-    payload_segment: Option<String>,
+    payload_segment: Option<Rc<str>>,
 }
 
 pub fn authorize(
     config: &Config,
     keys: &impl KeyLookup,
+    cache: &mut TokenCache,
     request: &Request<'_>,
     now_ms: u64,
 ) -> Outcome {
@@ -98,7 +103,7 @@ pub fn authorize(
     let mut edits: Vec<HeaderEdit> = identity_headers(&config.providers)
         .map(|h| HeaderEdit::Remove(h.to_string()))
         .collect();
-    match decide(config, keys, request, now_ms) {
+    match decide(config, keys, cache, request, now_ms) {
         Ok(mut allowed) => {
             edits.append(&mut allowed.edits);
             allowed.edits = edits;
@@ -151,6 +156,7 @@ fn refuse(config: &Config, identity_edits: Vec<HeaderEdit>, denial: Denial) -> O
 fn decide(
     config: &Config,
     keys: &impl KeyLookup,
+    cache: &mut TokenCache,
     request: &Request<'_>,
     now_ms: u64,
 ) -> Result<Allowed, Halt> {
@@ -203,7 +209,7 @@ fn decide(
     };
 
     // A token that is present is always verified, on anonymous routes too.
-    let verified = verify_token(config, keys, found, now_ms)?;
+    let verified = verify_token(config, keys, cache, found, now_ms)?;
     let Some(provider) = config.providers.get(verified.provider) else {
         return Err(invalid("token issuer is not trusted", "issuer").into());
     };
@@ -269,9 +275,27 @@ fn identity_headers(providers: &[Provider]) -> impl Iterator<Item = &str> {
 fn verify_token(
     config: &Config,
     keys: &impl KeyLookup,
+    cache: &mut TokenCache,
     found: Found,
     now_ms: u64,
 ) -> Result<Verified, Halt> {
+    let digest = cache.digest(&found.token);
+    if let Some(hit) = cache.get(digest).cloned() {
+        let outcome = cache_hit(config, keys, hit, &found, now_ms);
+        if let Some(Ok((claims, payload_segment, provider))) = outcome {
+            return Ok(Verified {
+                provider,
+                claims,
+                found,
+                payload_segment,
+            });
+        }
+        // Stale or no longer valid: forget it, and verify afresh or refuse.
+        cache.remove(digest);
+        if let Some(Err(halt)) = outcome {
+            return Err(halt);
+        }
+    }
     let limits = TokenLimits::from(&config.limits);
     let jws = token::parse(&found.token, &limits).map_err(|e| invalid(e.describe(), e.reason()))?;
     // The issuer selects the provider before the signature is checked; nothing from the
@@ -328,16 +352,58 @@ fn verify_token(
     }
     claims::check(&jws.claims, provider, now_ms / 1000)
         .map_err(|e| invalid(e.describe(), e.reason()))?;
-    let payload_segment = provider.output_payload_to_header.as_ref().and_then(|_| {
-        let signing_input = std::str::from_utf8(jws.signing_input).ok()?;
-        signing_input.split_once('.').map(|(_, p)| p.to_string())
-    });
+    let payload_segment: Option<Rc<str>> =
+        provider.output_payload_to_header.as_ref().and_then(|_| {
+            let signing_input = std::str::from_utf8(jws.signing_input).ok()?;
+            signing_input.split_once('.').map(|(_, p)| Rc::from(p))
+        });
+    let claims = Rc::new(jws.claims);
+    cache.insert(
+        digest,
+        CachedToken {
+            provider: index,
+            key_version: keys.key_version(index),
+            claims: Rc::clone(&claims),
+            payload_segment: payload_segment.clone(),
+        },
+    );
     Ok(Verified {
         provider: index,
-        claims: jws.claims,
+        claims,
         found,
         payload_segment,
     })
+}
+
+type HitParts = (Rc<Map<String, Value>>, Option<Rc<str>>, usize);
+
+/// A remembered token still stands only if its provider's keys are the ones that verified
+/// it; its time and audience are checked anew. `None`: the entry is stale, verify afresh.
+fn cache_hit(
+    config: &Config,
+    keys: &impl KeyLookup,
+    hit: CachedToken,
+    found: &Found,
+    now_ms: u64,
+) -> Option<Result<HitParts, Halt>> {
+    let provider = config.providers.get(hit.provider)?;
+    let keys_unchanged = matches!(keys.keys(hit.provider, now_ms), KeyState::Ready(_))
+        && keys.key_version(hit.provider) == hit.key_version;
+    if !keys_unchanged {
+        return None;
+    }
+    if !found.location.is_listed_by(provider) {
+        return Some(Err(invalid(
+            "token was sent in a location its issuer is not configured for",
+            "malformed",
+        )
+        .into()));
+    }
+    Some(
+        claims::check(&hit.claims, provider, now_ms / 1000)
+            .map(|()| (hit.claims, hit.payload_segment, hit.provider))
+            .map_err(|e| invalid(e.describe(), e.reason()).into()),
+    )
 }
 
 fn verify_reason(error: &VerifyError) -> &'static str {
@@ -389,7 +455,7 @@ fn identity_edits(provider: &Provider, verified: &Verified, request: &Request<'_
         &provider.output_payload_to_header,
         &verified.payload_segment,
     ) {
-        edits.push(HeaderEdit::Set(header.clone(), payload.clone()));
+        edits.push(HeaderEdit::Set(header.clone(), payload.to_string()));
     }
     allowed
 }
@@ -433,11 +499,12 @@ mod tests {
         key: TestKey,
         config: Config,
         keys: FixedKeys,
+        cache: std::cell::RefCell<TokenCache>,
     }
 
     /// Keys for provider 0; provider 1 cannot have any; provider 2's are loading.
     /// `refetch`: whether an unknown kid may still be fetched.
-    struct FixedKeys(KeySet, bool);
+    struct FixedKeys(KeySet, bool, u64);
 
     impl KeyLookup for FixedKeys {
         fn keys(&self, provider: usize, _now_ms: u64) -> KeyState<'_> {
@@ -453,6 +520,10 @@ mod tests {
         fn refetch_possible(&self, _provider: usize, _now_ms: u64) -> bool {
             self.1
         }
+
+        fn key_version(&self, _provider: usize) -> u64 {
+            self.2
+        }
     }
 
     fn fixture(config: serde_json::Value) -> Fixture {
@@ -463,7 +534,12 @@ mod tests {
             max_keys: 8,
         };
         Fixture {
-            keys: FixedKeys(parse_jwks(jwks.as_bytes(), &limits, false).unwrap(), false),
+            keys: FixedKeys(
+                parse_jwks(jwks.as_bytes(), &limits, false).unwrap(),
+                false,
+                1,
+            ),
+            cache: std::cell::RefCell::new(TokenCache::new(0)),
             config: crate::config::parse(&config.to_string()).unwrap(),
             key,
         }
@@ -509,7 +585,12 @@ mod tests {
                 authority: "orders.example.com:8443",
                 headers: &headers,
             };
-            authorize(&self.config, &self.keys, &request, NOW * 1000)
+            self.run_at(&request, NOW * 1000)
+        }
+
+        fn run_at(&self, request: &Request<'_>, now_ms: u64) -> Outcome {
+            let mut cache = self.cache.borrow_mut();
+            authorize(&self.config, &self.keys, &mut cache, request, now_ms)
         }
 
         fn with_token(&self, path: &str, token: &str) -> Outcome {
@@ -812,6 +893,55 @@ mod tests {
             .edits
             .iter()
             .any(|e| matches!(e, HeaderEdit::Set(n, _) if n == "x-sub")));
+    }
+
+    fn cached() -> Fixture {
+        let f = simple();
+        *f.cache.borrow_mut() = TokenCache::new(16);
+        f
+    }
+
+    fn empty_keys() -> KeySet {
+        let other = TestKey::ed25519();
+        let jwks = json!({"keys": [other.jwk(Some("other"))]}).to_string();
+        let limits = JwksLimits {
+            max_bytes: 64 * 1024,
+            max_keys: 8,
+        };
+        parse_jwks(jwks.as_bytes(), &limits, false).unwrap()
+    }
+
+    #[test]
+    fn a_cached_token_skips_verification_until_the_keys_change() {
+        let mut f = cached();
+        let t = f.good_token();
+        assert!(matches!(f.with_token("/", &t), Outcome::Allow(_)));
+        // The verifying key is gone but the key-set version is the same: the cache answers,
+        // with the same identity headers.
+        f.keys.0 = empty_keys();
+        let a = allowed(f.with_token("/", &t));
+        assert!(a
+            .edits
+            .contains(&HeaderEdit::Set("x-sub".into(), "alice".into())));
+        // A new key-set version: the entry no longer counts and the token is verified again.
+        f.keys.2 = 2;
+        assert_eq!(reason(f.with_token("/", &t)), "unknown_key");
+    }
+
+    #[test]
+    fn a_cached_token_still_expires_and_keeps_to_its_locations() {
+        let f = cached();
+        let t = f.token(json!({"iss": ISSUER, "aud": "orders", "exp": NOW + 60}));
+        assert!(matches!(f.with_token("/", &t), Outcome::Allow(_)));
+        let headers = vec![("authorization".to_string(), format!("Bearer {t}"))];
+        let later = Request {
+            method: "GET",
+            path: "/",
+            authority: "a",
+            headers: &headers,
+        };
+        assert_eq!(reason(f.run_at(&later, (NOW + 3600) * 1000)), "expired");
+        assert!(f.cache.borrow().is_empty(), "an expired entry is dropped");
     }
 
     #[test]

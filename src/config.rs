@@ -47,6 +47,9 @@ pub struct Limits {
     /// `limits.maxHeldRequests`, default 1024: requests one worker holds while keys load;
     /// past it, 503 at once.
     pub max_held_requests: usize,
+    /// `limits.maxCachedTokens`, default 1024: verified tokens remembered per worker;
+    /// 0 turns the cache off.
+    pub max_cached_tokens: usize,
 }
 
 impl Default for Limits {
@@ -58,6 +61,7 @@ impl Default for Limits {
             max_jwks_bytes: 256 * 1024,
             max_jwks_keys: 64,
             max_held_requests: 1024,
+            max_cached_tokens: 1024,
         }
     }
 }
@@ -350,11 +354,17 @@ fn parse_limits(value: &Value, path: &str) -> Parsed<Limits> {
             "maxJwksBytes",
             "maxJwksKeys",
             "maxHeldRequests",
+            "maxCachedTokens",
         ],
     )?;
     let defaults = Limits::default();
     let limit = |key: &str, default: usize| -> Parsed<usize> {
         Ok(limits.optional(key, positive_usize)?.unwrap_or(default))
+    };
+    let max_cached_tokens = match limits.optional("maxCachedTokens", non_negative_integer)? {
+        Some(n) => usize::try_from(n)
+            .map_err(|_| error(&limits.path_of("maxCachedTokens"), "too large"))?,
+        None => defaults.max_cached_tokens,
     };
     Ok(Limits {
         max_token_bytes: limit("maxTokenBytes", defaults.max_token_bytes)?,
@@ -363,6 +373,7 @@ fn parse_limits(value: &Value, path: &str) -> Parsed<Limits> {
         max_jwks_bytes: limit("maxJwksBytes", defaults.max_jwks_bytes)?,
         max_jwks_keys: limit("maxJwksKeys", defaults.max_jwks_keys)?,
         max_held_requests: limit("maxHeldRequests", defaults.max_held_requests)?,
+        max_cached_tokens,
     })
 }
 
@@ -2676,7 +2687,8 @@ mod tests {
                 max_json_members: 128,
                 max_jwks_bytes: 65536,
                 max_jwks_keys: 16,
-                max_held_requests: 10
+                max_held_requests: 10,
+                max_cached_tokens: 1024,
             }
         );
 

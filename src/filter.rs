@@ -3,6 +3,7 @@
 //! the worker's VM), so this file calls `hostcalls` directly and handles every error.
 
 use crate::authorize::{self, HeaderEdit, Outcome, Request};
+use crate::cache::TokenCache;
 use crate::config::{self, Config};
 use crate::keystore::{FetchAnswer, KeyStore, SharedStore, Stage};
 use crate::response::Denial;
@@ -63,6 +64,7 @@ struct State {
     root_id: u32,
     config: Config,
     keys: KeyStore,
+    cache: TokenCache,
     waiters: Vec<Waiter>,
     /// Dispatched key fetches by call token: provider index and stage.
     calls: HashMap<u32, (usize, Stage)>,
@@ -143,7 +145,8 @@ impl State {
                 authorize::wait_expired(&self.config, &self.keys, waiter.provider, now)
             } else {
                 let request = RequestHeaders::read();
-                authorize::authorize(&self.config, &self.keys, &request.view(), now)
+                let view = request.view();
+                authorize::authorize(&self.config, &self.keys, &mut self.cache, &view, now)
             };
             match outcome {
                 Outcome::Wait { provider, refetch } => {
@@ -378,6 +381,8 @@ impl RootContext for Root {
         };
         let state = State {
             root_id: self.context_id,
+            // Entries were verified under the old configuration: start afresh.
+            cache: TokenCache::new(config.limits.max_cached_tokens),
             config,
             keys,
             waiters,
@@ -439,7 +444,8 @@ impl HttpContext for Filter {
         };
         let request = RequestHeaders::read();
         let now = now_ms();
-        match authorize::authorize(&state.config, &state.keys, &request.view(), now) {
+        let view = request.view();
+        match authorize::authorize(&state.config, &state.keys, &mut state.cache, &view, now) {
             Outcome::Wait { provider, refetch } => {
                 if state.waiters.len() >= state.config.limits.max_held_requests {
                     let retry_after_seconds = state.keys.retry_after_seconds(provider, now);

@@ -524,6 +524,10 @@ impl KeyLookup for KeyStore {
         }
     }
 
+    fn key_version(&self, provider: usize) -> u64 {
+        self.entries.get(provider).map_or(0, |e| e.version)
+    }
+
     fn refetch_possible(&self, provider: usize, now_ms: u64) -> bool {
         self.entries.get(provider).is_some_and(|entry| {
             let meta = &entry.meta;

@@ -4,6 +4,7 @@
 
 pub mod alg;
 pub mod authorize;
+pub mod cache;
 pub mod claims;
 pub mod config;
 pub mod extract;

@@ -1,0 +1,135 @@
+//! Verified tokens, remembered per worker so a client that reuses its token (the common
+//! case) is not re-verified on every request. Keyed by a keyed 128-bit hash of the token,
+//! never the token itself; an entry is only a shortcut past parsing and the signature:
+//! time and audience claims are checked again on every hit, and an entry is ignored once
+//! its provider's keys changed.
+
+use serde_json::{Map, Value};
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::rc::Rc;
+
+#[derive(Debug, Clone)]
+pub struct CachedToken {
+    pub provider: usize,
+    /// The provider's key-set version that verified the token.
+    pub key_version: u64,
+    pub claims: Rc<Map<String, Value>>,
+    pub payload_segment: Option<Rc<str>>,
+}
+
+pub struct TokenCache {
+    capacity: usize,
+    entries: HashMap<u128, CachedToken>,
+    /// Insertion order, oldest first: the entry to evict when full.
+    order: VecDeque<u128>,
+    /// Two independent random keys: a 128-bit digest an attacker cannot compute offline.
+    hashers: (RandomState, RandomState),
+}
+
+impl TokenCache {
+    /// `capacity` 0 disables the cache.
+    pub fn new(capacity: usize) -> TokenCache {
+        TokenCache {
+            capacity,
+            entries: HashMap::with_capacity(capacity.min(4096)),
+            order: VecDeque::with_capacity(capacity.min(4096)),
+            hashers: (RandomState::new(), RandomState::new()),
+        }
+    }
+
+    pub fn digest(&self, token: &str) -> u128 {
+        let high = self.hashers.0.hash_one(token);
+        let low = self.hashers.1.hash_one(token);
+        (u128::from(high) << 64) | u128::from(low)
+    }
+
+    pub fn get(&self, digest: u128) -> Option<&CachedToken> {
+        self.entries.get(&digest)
+    }
+
+    pub fn insert(&mut self, digest: u128, token: CachedToken) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.entries.insert(digest, token).is_some() {
+            return;
+        }
+        self.order.push_back(digest);
+        while self.entries.len() > self.capacity {
+            match self.order.pop_front() {
+                Some(oldest) => {
+                    self.entries.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+    }
+
+    pub fn remove(&mut self, digest: u128) {
+        if self.entries.remove(&digest).is_some() {
+            self.order.retain(|d| *d != digest);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(provider: usize) -> CachedToken {
+        CachedToken {
+            provider,
+            key_version: 1,
+            claims: Rc::new(Map::new()),
+            payload_segment: None,
+        }
+    }
+
+    #[test]
+    fn digests_differ_per_token_and_per_cache() {
+        let a = TokenCache::new(4);
+        let b = TokenCache::new(4);
+        assert_eq!(a.digest("x.y.z"), a.digest("x.y.z"));
+        assert_ne!(a.digest("x.y.z"), a.digest("x.y.Z"));
+        assert_ne!(
+            a.digest("x.y.z"),
+            b.digest("x.y.z"),
+            "keys are random per cache"
+        );
+    }
+
+    #[test]
+    fn the_oldest_entry_goes_when_full() {
+        let mut cache = TokenCache::new(2);
+        let (d1, d2, d3) = (cache.digest("1"), cache.digest("2"), cache.digest("3"));
+        cache.insert(d1, entry(1));
+        cache.insert(d2, entry(2));
+        cache.insert(d3, entry(3));
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get(d1).is_none());
+        assert_eq!(cache.get(d3).map(|e| e.provider), Some(3));
+        cache.remove(d2);
+        assert_eq!(cache.len(), 1);
+        cache.insert(d1, entry(1));
+        cache.insert(d2, entry(2));
+        assert!(cache.get(d3).is_none(), "removal kept the order consistent");
+    }
+
+    #[test]
+    fn capacity_zero_disables_it() {
+        let mut cache = TokenCache::new(0);
+        let d = cache.digest("t");
+        cache.insert(d, entry(0));
+        assert!(cache.is_empty());
+    }
+}
