@@ -305,7 +305,13 @@ fn identity_edits(provider: &Provider, verified: &Verified, request: &Request<'_
         }
     }
     for output in &provider.output_claim_to_headers {
-        match output.claim.lookup(&verified.claims).map(header_value) {
+        // A null claim is absent, not unsafe: it must not be logged as an injection attempt.
+        match output
+            .claim
+            .lookup(&verified.claims)
+            .filter(|claim| !claim.is_null())
+            .map(header_value)
+        {
             Some(Some(value)) => edits.push(HeaderEdit::Set(output.header.clone(), value)),
             Some(None) => allowed.skipped_headers.push(output.header.clone()),
             None => {}
@@ -673,6 +679,18 @@ mod tests {
                                "sub": "alice\r\nx-admin: true"}));
         let a = allowed(f.with_token("/", &t));
         assert_eq!(a.skipped_headers, vec!["x-sub".to_string()]);
+        assert!(!a
+            .edits
+            .iter()
+            .any(|e| matches!(e, HeaderEdit::Set(n, _) if n == "x-sub")));
+    }
+
+    #[test]
+    fn a_null_claim_sets_no_header_and_is_not_reported_unsafe() {
+        let f = simple();
+        let t = f.token(json!({"iss": ISSUER, "aud": "orders", "exp": NOW + 60, "sub": null}));
+        let a = allowed(f.with_token("/", &t));
+        assert!(a.skipped_headers.is_empty());
         assert!(!a
             .edits
             .iter()

@@ -141,3 +141,14 @@ def test_forged_identity_headers_in_another_case_are_removed(envoy):
 def test_repeated_forged_identity_headers_are_all_removed(envoy, keys):
     seen = seen_by_upstream(envoy, keys, extra_headers=[("x-level", "1"), ("x-level", "2")], sub="dave")
     assert "x-level" not in seen
+
+
+def test_a_null_claim_sets_no_header_and_is_not_logged_as_unsafe(envoy, keys):
+    logged_before = len(log_lines(envoy, "mesh-oauth", "x-tenant"))
+    seen = seen_by_upstream(envoy, keys, extra_headers=[("x-tenant", "forged")], org={"id": None})
+    assert "x-tenant" not in seen
+    # One worker logs in order: once the next request's line is there, this one's would be too.
+    markers_before = len(log_lines(envoy, "mesh-oauth", "x-note"))
+    seen_by_upstream(envoy, keys, note="marker\n")
+    wait_for_log(envoy, "mesh-oauth", "x-note", seen=markers_before)
+    assert len(log_lines(envoy, "mesh-oauth", "x-tenant")) == logged_before, "a null claim is not unsafe"
