@@ -445,7 +445,13 @@ fn identity_edits(provider: &Provider, verified: &Verified, request: &Request<'_
         }
     }
     for output in &provider.output_claim_to_headers {
-        match output.claim.lookup(&verified.claims).map(header_value) {
+        // A null claim is absent, not unsafe: it must not be logged as an injection attempt.
+        match output
+            .claim
+            .lookup(&verified.claims)
+            .filter(|claim| !claim.is_null())
+            .map(header_value)
+        {
             Some(Some(value)) => edits.push(HeaderEdit::Set(output.header.clone(), value)),
             Some(None) => allowed.skipped_headers.push(output.header.clone()),
             None => {}
@@ -648,9 +654,11 @@ mod tests {
     fn each_invalid_token_names_its_cause() {
         let f = simple();
         let good = f.good_token();
-        let mut tampered = good.clone();
-        tampered.pop();
-        tampered.push(if good.ends_with('A') { 'B' } else { 'A' });
+        // The first signature character carries six signature bits; the last one of an
+        // Ed25519 signature only two, so changing it may break the base64 instead.
+        let (input, signature) = good.rsplit_once('.').unwrap();
+        let first = if signature.starts_with('A') { 'B' } else { 'A' };
+        let tampered = format!("{input}.{first}{}", &signature[1..]);
         assert_eq!(reason(f.with_token("/", &tampered)), "signature");
         assert_eq!(reason(f.with_token("/", "a.b")), "malformed");
         let expired = f.token(json!({"iss": ISSUER, "aud": "orders", "exp": NOW - 3600}));
@@ -942,6 +950,18 @@ mod tests {
         };
         assert_eq!(reason(f.run_at(&later, (NOW + 3600) * 1000)), "expired");
         assert!(f.cache.borrow().is_empty(), "an expired entry is dropped");
+    }
+
+    #[test]
+    fn a_null_claim_sets_no_header_and_is_not_reported_unsafe() {
+        let f = simple();
+        let t = f.token(json!({"iss": ISSUER, "aud": "orders", "exp": NOW + 60, "sub": null}));
+        let a = allowed(f.with_token("/", &t));
+        assert!(a.skipped_headers.is_empty());
+        assert!(!a
+            .edits
+            .iter()
+            .any(|e| matches!(e, HeaderEdit::Set(n, _) if n == "x-sub")));
     }
 
     #[test]
