@@ -160,10 +160,6 @@ fn decide(
     request: &Request<'_>,
     now_ms: u64,
 ) -> Result<Allowed, Halt> {
-    if config.bypass_cors_preflight && is_cors_preflight(request) {
-        return Ok(Allowed::default());
-    }
-
     let normalized = match path::normalize(request.path) {
         Ok(p) => p,
         Err(PathError::EncodedSlash) => {
@@ -189,6 +185,11 @@ fn decide(
     };
     if let Need::Rule(Action::Deny) = action {
         return Err(Denial::Forbidden.into());
+    }
+    // A CORS preflight carries no credentials (Fetch standard): it is spared the token, not
+    // the path check or a deny rule.
+    if config.bypass_cors_preflight && is_cors_preflight(request) {
+        return Ok(Allowed::default());
     }
 
     let parts = RequestParts {
@@ -783,6 +784,20 @@ mod tests {
             denial(simple().run("OPTIONS", "/", &[])),
             Denial::MissingToken
         );
+        // A preflight is spared the token only: deny rules and the path check still hold.
+        let rules = with_rules();
+        assert_eq!(
+            denial(rules.run("OPTIONS", "/admin/x", &preflight)),
+            Denial::Forbidden
+        );
+        assert_eq!(
+            reason(rules.run("OPTIONS", "/a%2Fb", &preflight)),
+            "invalid_request"
+        );
+        assert!(matches!(
+            rules.run("OPTIONS", "/orders/1", &preflight),
+            Outcome::Allow(_)
+        ));
     }
 
     fn with_rules() -> Fixture {

@@ -414,6 +414,13 @@ def test_cors_preflight_passes_a_rule_that_needs_scopes(envoy):
     assert resp.upstream["method"] == "OPTIONS"
 
 
+def test_cors_preflight_is_spared_the_token_but_not_a_deny_rule_or_the_path_check(envoy):
+    preflight = {"Host": HOST, "Origin": "https://app.example.com", "Access-Control-Request-Method": "GET"}
+    assert_forbidden(envoy.request("/admin/x", method="OPTIONS", headers=preflight))
+    resp = envoy.request("/reports%2Fq3", method="OPTIONS", headers=preflight)
+    assert resp.status == 400, resp
+
+
 @pytest.fixture(scope="module")
 def no_preflight_envoy(module_envoys, keys):
     config = {"bypassCorsPreflight": False,
