@@ -1,6 +1,7 @@
 //! One request's decision, from headers to allow/deny, with no host calls: the filter
 //! glue gathers the request, calls [`authorize`], and applies the [`Outcome`].
 
+use crate::alg::Alg;
 use crate::cache::{CachedToken, TokenCache};
 use crate::claims;
 use crate::config::{Action, Config, Mode, Provider, Unmatched};
@@ -53,6 +54,28 @@ pub enum Outcome {
     },
 }
 
+/// What a decision looked at: for metrics, the audit log and `explain`.
+#[derive(Debug, Clone, Default)]
+pub struct Trace {
+    /// Index of the rule that applied; `None`: `unmatched` (or decided before matching).
+    pub rule: Option<usize>,
+    pub location: Option<Location>,
+    /// The provider the token's `iss` selected.
+    pub provider: Option<usize>,
+    pub alg: Option<Alg>,
+    pub kid: Option<Rc<str>>,
+    /// The token's claims once parsed: verified only when the outcome allows.
+    pub claims: Option<Rc<Map<String, Value>>>,
+    /// The verified-token cache answered.
+    pub cached: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub outcome: Outcome,
+    pub trace: Trace,
+}
+
 /// Why a decision stopped short of allowing.
 enum Halt {
     Deny(Denial),
@@ -98,20 +121,22 @@ pub fn authorize(
     cache: &mut TokenCache,
     request: &Request<'_>,
     now_ms: u64,
-) -> Outcome {
+) -> Decision {
     // Identity headers are never taken from the client, whatever the decision or mode.
     let mut edits: Vec<HeaderEdit> = identity_headers(&config.providers)
         .map(|h| HeaderEdit::Remove(h.to_string()))
         .collect();
-    match decide(config, keys, cache, request, now_ms) {
+    let mut trace = Trace::default();
+    let outcome = match decide(config, keys, cache, request, now_ms, &mut trace) {
         Ok(mut allowed) => {
             edits.append(&mut allowed.edits);
             allowed.edits = edits;
             Outcome::Allow(allowed)
         }
         Err(Halt::Wait { provider, refetch }) => Outcome::Wait { provider, refetch },
-        Err(Halt::Deny(denial)) => refuse(config, edits, denial),
-    }
+        Err(Halt::Deny(denial)) => refuse(config, &trace, edits, denial),
+    };
+    Decision { outcome, trace }
 }
 
 /// A held request whose wait ran out: the keys could not be had in time.
@@ -120,7 +145,7 @@ pub fn wait_expired(
     keys: &impl KeyLookup,
     provider: usize,
     now_ms: u64,
-) -> Outcome {
+) -> Decision {
     let edits = identity_headers(&config.providers)
         .map(|h| HeaderEdit::Remove(h.to_string()))
         .collect();
@@ -130,17 +155,29 @@ pub fn wait_expired(
         } => retry_after_seconds,
         _ => 1,
     };
-    refuse(
-        config,
-        edits,
-        Denial::KeysUnavailable {
-            retry_after_seconds,
-        },
-    )
+    let trace = Trace {
+        provider: Some(provider),
+        ..Trace::default()
+    };
+    let denial = Denial::KeysUnavailable {
+        retry_after_seconds,
+    };
+    let outcome = refuse(config, &trace, edits, denial);
+    Decision { outcome, trace }
 }
 
-fn refuse(config: &Config, identity_edits: Vec<HeaderEdit>, denial: Denial) -> Outcome {
-    if config.mode == Mode::Report {
+/// The refusal, unless the top-level or the deciding rule's `mode` is `report`.
+fn refuse(
+    config: &Config,
+    trace: &Trace,
+    identity_edits: Vec<HeaderEdit>,
+    denial: Denial,
+) -> Outcome {
+    let rule_mode = trace
+        .rule
+        .and_then(|i| config.rules.get(i))
+        .and_then(|rule| rule.mode);
+    if rule_mode.unwrap_or(config.mode) == Mode::Report {
         // Report mode lets everything through untouched but for the identity headers: the
         // token stays, since the application may still rely on it during the rollout.
         Outcome::Allow(Allowed {
@@ -159,6 +196,7 @@ fn decide(
     cache: &mut TokenCache,
     request: &Request<'_>,
     now_ms: u64,
+    trace: &mut Trace,
 ) -> Result<Allowed, Halt> {
     let normalized = match path::normalize(request.path) {
         Ok(p) => p,
@@ -178,7 +216,10 @@ fn decide(
         host: request.authority,
     };
     let action = match policy::select(config, &facts) {
-        Applies::Rule(rule) => Need::Rule(&rule.action),
+        Applies::Rule(rule) => {
+            trace.rule = config.rules.iter().position(|r| std::ptr::eq(r, rule));
+            Need::Rule(&rule.action)
+        }
         Applies::Unmatched(Unmatched::Deny) => return Err(Denial::Forbidden.into()),
         Applies::Unmatched(Unmatched::Anonymous) => Need::Anonymous,
         Applies::Unmatched(Unmatched::Authenticated) => Need::AnyValidToken,
@@ -202,6 +243,7 @@ fn decide(
             return Err(Denial::InvalidRequest("more than one token in the request").into())
         }
     };
+    trace.location = found.as_ref().map(|f| f.location.clone());
     let Some(found) = found else {
         return match action {
             Need::Anonymous | Need::Rule(Action::AllowAnonymous) => Ok(Allowed::default()),
@@ -210,7 +252,7 @@ fn decide(
     };
 
     // A token that is present is always verified, on anonymous routes too.
-    let verified = verify_token(config, keys, cache, found, now_ms)?;
+    let verified = verify_token(config, keys, cache, found, now_ms, trace)?;
     let Some(provider) = config.providers.get(verified.provider) else {
         return Err(invalid("token issuer is not trusted", "issuer").into());
     };
@@ -279,16 +321,24 @@ fn verify_token(
     cache: &mut TokenCache,
     found: Found,
     now_ms: u64,
+    trace: &mut Trace,
 ) -> Result<Verified, Halt> {
     let digest = cache.digest(&found.token);
     if let Some(hit) = cache.get(digest).cloned() {
-        let outcome = cache_hit(config, keys, hit, &found, now_ms);
-        if let Some(Ok((claims, payload_segment, provider))) = outcome {
+        let outcome = cache_hit(config, keys, &hit, &found, now_ms);
+        if outcome.is_some() {
+            trace.cached = true;
+            trace.provider = Some(hit.provider);
+            trace.alg = Some(hit.alg);
+            trace.kid.clone_from(&hit.kid);
+            trace.claims = Some(Rc::clone(&hit.claims));
+        }
+        if let Some(Ok(())) = outcome {
             return Ok(Verified {
-                provider,
-                claims,
+                provider: hit.provider,
+                claims: hit.claims,
                 found,
-                payload_segment,
+                payload_segment: hit.payload_segment,
             });
         }
         // Stale or no longer valid: forget it, and verify afresh or refuse.
@@ -299,15 +349,21 @@ fn verify_token(
     }
     let limits = TokenLimits::from(&config.limits);
     let jws = token::parse(&found.token, &limits).map_err(|e| invalid(e.describe(), e.reason()))?;
+    let claims = Rc::new(jws.claims);
+    let kid: Option<Rc<str>> = jws.header.kid.as_deref().map(Rc::from);
+    trace.alg = Some(jws.header.alg);
+    trace.kid.clone_from(&kid);
+    trace.claims = Some(Rc::clone(&claims));
     // The issuer selects the provider before the signature is checked; nothing from the
     // payload is trusted until the provider's keys have verified it.
-    let issuer = claims::issuer(&jws.claims).ok_or(invalid("token has no issuer", "issuer"))?;
+    let issuer = claims::issuer(&claims).ok_or(invalid("token has no issuer", "issuer"))?;
     let (index, provider) = config
         .providers
         .iter()
         .enumerate()
         .find(|(_, p)| p.issuer == issuer)
         .ok_or(invalid("token issuer is not trusted", "issuer"))?;
+    trace.provider = Some(index);
     if !found.location.is_listed_by(provider) {
         return Err(invalid(
             "token was sent in a location its issuer is not configured for",
@@ -334,7 +390,7 @@ fn verify_token(
     };
     let verified = verify::verify(
         jws.header.alg,
-        jws.header.kid.as_deref(),
+        kid.as_deref(),
         jws.signing_input,
         &jws.signature,
         key_set,
@@ -351,19 +407,20 @@ fn verify_token(
         }
         Err(e) => return Err(invalid(e.describe(), verify_reason(&e)).into()),
     }
-    claims::check(&jws.claims, provider, now_ms / 1000)
+    claims::check(&claims, provider, now_ms / 1000)
         .map_err(|e| invalid(e.describe(), e.reason()))?;
     let payload_segment: Option<Rc<str>> =
         provider.output_payload_to_header.as_ref().and_then(|_| {
             let signing_input = std::str::from_utf8(jws.signing_input).ok()?;
             signing_input.split_once('.').map(|(_, p)| Rc::from(p))
         });
-    let claims = Rc::new(jws.claims);
     cache.insert(
         digest,
         CachedToken {
             provider: index,
             key_version: keys.key_version(index),
+            alg: jws.header.alg,
+            kid,
             claims: Rc::clone(&claims),
             payload_segment: payload_segment.clone(),
         },
@@ -376,17 +433,15 @@ fn verify_token(
     })
 }
 
-type HitParts = (Rc<Map<String, Value>>, Option<Rc<str>>, usize);
-
 /// A remembered token still stands only if its provider's keys are the ones that verified
 /// it; its time and audience are checked anew. `None`: the entry is stale, verify afresh.
 fn cache_hit(
     config: &Config,
     keys: &impl KeyLookup,
-    hit: CachedToken,
+    hit: &CachedToken,
     found: &Found,
     now_ms: u64,
-) -> Option<Result<HitParts, Halt>> {
+) -> Option<Result<(), Halt>> {
     let provider = config.providers.get(hit.provider)?;
     let keys_unchanged = matches!(keys.keys(hit.provider, now_ms), KeyState::Ready(_))
         && keys.key_version(hit.provider) == hit.key_version;
@@ -402,7 +457,6 @@ fn cache_hit(
     }
     Some(
         claims::check(&hit.claims, provider, now_ms / 1000)
-            .map(|()| (hit.claims, hit.payload_segment, hit.provider))
             .map_err(|e| invalid(e.describe(), e.reason()).into()),
     )
 }
@@ -597,7 +651,7 @@ mod tests {
 
         fn run_at(&self, request: &Request<'_>, now_ms: u64) -> Outcome {
             let mut cache = self.cache.borrow_mut();
-            authorize(&self.config, &self.keys, &mut cache, request, now_ms)
+            authorize(&self.config, &self.keys, &mut cache, request, now_ms).outcome
         }
 
         fn with_token(&self, path: &str, token: &str) -> Outcome {
@@ -729,13 +783,13 @@ mod tests {
     fn an_expired_wait_is_503_or_reported() {
         let f = three_providers();
         assert_eq!(
-            denial(wait_expired(&f.config, &f.keys, 1, NOW * 1000)),
+            denial(wait_expired(&f.config, &f.keys, 1, NOW * 1000).outcome),
             Denial::KeysUnavailable {
                 retry_after_seconds: 3
             }
         );
         let report = fixture(json!({"providers": [provider(json!({}))], "mode": "report"}));
-        let a = allowed(wait_expired(&report.config, &report.keys, 0, NOW * 1000));
+        let a = allowed(wait_expired(&report.config, &report.keys, 0, NOW * 1000).outcome);
         assert_eq!(a.would_deny.map(|d| d.reason()), Some("keys_unavailable"));
     }
 
@@ -977,6 +1031,59 @@ mod tests {
             .edits
             .iter()
             .any(|e| matches!(e, HeaderEdit::Set(n, _) if n == "x-sub")));
+    }
+
+    #[test]
+    fn a_rule_in_report_mode_refuses_nothing_beside_enforced_rules() {
+        let f = fixture(json!({
+        "providers": [provider(json!({}))],
+        "rules": [
+            {"name": "trial", "mode": "report", "match": {"paths": ["/new/*"]},
+             "requires": {"scopes": ["new:read"]}},
+            {"name": "old", "match": {"paths": ["/old/*"]}, "requires": {"scopes": ["old:read"]}}
+        ]}));
+        let t = f.good_token();
+        let a = allowed(f.with_token("/new/x", &t));
+        assert_eq!(
+            a.would_deny,
+            Some(Denial::MissingScopes(vec!["new:read".into()]))
+        );
+        assert_eq!(
+            denial(f.with_token("/old/x", &t)),
+            Denial::MissingScopes(vec!["old:read".into()])
+        );
+    }
+
+    #[test]
+    fn the_trace_tells_what_was_looked_at() {
+        let f = with_rules();
+        *f.cache.borrow_mut() = TokenCache::new(4);
+        let t = f.good_token();
+        let headers = vec![("authorization".to_string(), format!("Bearer {t}"))];
+        let request = Request {
+            method: "GET",
+            path: "/orders/7",
+            authority: "a",
+            headers: &headers,
+        };
+        let decide = || {
+            let mut cache = f.cache.borrow_mut();
+            authorize(&f.config, &f.keys, &mut cache, &request, NOW * 1000)
+        };
+        let first = decide();
+        assert!(matches!(first.outcome, Outcome::Allow(_)));
+        assert_eq!(first.trace.rule, Some(2));
+        assert_eq!(first.trace.provider, Some(0));
+        assert_eq!(first.trace.alg, Some(Alg::EdDSA));
+        assert_eq!(first.trace.kid.as_deref(), Some("k1"));
+        assert_eq!(
+            first.trace.claims.as_ref().and_then(|c| c.get("sub")),
+            Some(&json!("alice"))
+        );
+        assert!(!first.trace.cached);
+        let second = decide();
+        assert!(second.trace.cached);
+        assert_eq!(second.trace.kid.as_deref(), Some("k1"));
     }
 
     #[test]

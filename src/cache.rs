@@ -4,6 +4,7 @@
 //! time and audience claims are checked again on every hit, and an entry is ignored once
 //! its provider's keys changed.
 
+use crate::alg::Alg;
 use serde_json::{Map, Value};
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
@@ -15,6 +16,9 @@ pub struct CachedToken {
     pub provider: usize,
     /// The provider's key-set version that verified the token.
     pub key_version: u64,
+    /// Header facts kept for the audit log (the header itself is not kept).
+    pub alg: Alg,
+    pub kid: Option<Rc<str>>,
     pub claims: Rc<Map<String, Value>>,
     pub payload_segment: Option<Rc<str>>,
 }
@@ -90,6 +94,8 @@ mod tests {
         CachedToken {
             provider,
             key_version: 1,
+            alg: Alg::RS256,
+            kid: None,
             claims: Rc::new(Map::new()),
             payload_segment: None,
         }

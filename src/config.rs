@@ -158,6 +158,9 @@ pub struct Rule {
     pub name: String,
     pub matcher: RuleMatch,
     pub action: Action,
+    /// Project addition: `mode` per rule; `None` follows the top-level `mode`. A rule in
+    /// `report` mode refuses nothing, so a new rule can be tried beside enforced ones.
+    pub mode: Option<Mode>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -909,6 +912,7 @@ fn parse_rules(value: &Value, path: &str, providers: &[Provider]) -> Parsed<Vec<
                 "deny",
                 "requires",
                 "requiresAny",
+                "mode",
             ],
         )?;
         let given_name = rule.optional("name", non_empty_string)?;
@@ -931,6 +935,7 @@ fn parse_rules(value: &Value, path: &str, providers: &[Provider]) -> Parsed<Vec<
                 .optional("match", parse_rule_match)?
                 .unwrap_or_default(),
             action: parse_action(&rule, providers)?,
+            mode: rule.optional("mode", parse_mode)?,
         });
     }
     Ok(rules)

@@ -142,11 +142,11 @@ impl State {
                 continue; // the client has gone
             }
             let outcome = if expired {
-                authorize::wait_expired(&self.config, &self.keys, waiter.provider, now)
+                authorize::wait_expired(&self.config, &self.keys, waiter.provider, now).outcome
             } else {
                 let request = RequestHeaders::read();
                 let view = request.view();
-                authorize::authorize(&self.config, &self.keys, &mut self.cache, &view, now)
+                authorize::authorize(&self.config, &self.keys, &mut self.cache, &view, now).outcome
             };
             match outcome {
                 Outcome::Wait { provider, refetch } => {
@@ -445,12 +445,13 @@ impl HttpContext for Filter {
         let request = RequestHeaders::read();
         let now = now_ms();
         let view = request.view();
-        match authorize::authorize(&state.config, &state.keys, &mut state.cache, &view, now) {
+        match authorize::authorize(&state.config, &state.keys, &mut state.cache, &view, now).outcome
+        {
             Outcome::Wait { provider, refetch } => {
                 if state.waiters.len() >= state.config.limits.max_held_requests {
                     let retry_after_seconds = state.keys.retry_after_seconds(provider, now);
                     let outcome =
-                        authorize::wait_expired(&state.config, &state.keys, provider, now);
+                        authorize::wait_expired(&state.config, &state.keys, provider, now).outcome;
                     log(
                         LogLevel::Warn,
                         &format!("held requests at their limit: answering at once (retry after {retry_after_seconds} s)"),

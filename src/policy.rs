@@ -262,6 +262,7 @@ mod tests {
             name: name.to_string(),
             matcher,
             action: Action::Deny,
+            mode: None,
         }
     }
 
