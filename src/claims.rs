@@ -39,10 +39,8 @@ impl ClaimError {
             ClaimError::Expired => "expired",
             ClaimError::NotYetValid | ClaimError::IssuedInFuture => "not_yet_valid",
             ClaimError::Audience => "audience",
-            ClaimError::MissingExp
-            | ClaimError::NotNumericDate(_)
-            | ClaimError::MissingIat
-            | ClaimError::LifetimeTooLong => "claims",
+            ClaimError::MissingExp | ClaimError::NotNumericDate(_) => "malformed",
+            ClaimError::MissingIat | ClaimError::LifetimeTooLong => "lifetime",
         }
     }
 }

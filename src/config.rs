@@ -16,6 +16,35 @@ pub struct Config {
     pub bypass_cors_preflight: bool,
     pub mode: Mode,
     pub limits: Limits,
+    /// Project addition `audit`.
+    pub audit: Audit,
+}
+
+/// `audit`: one JSON line per decision in Envoy's log.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Audit {
+    /// `audit.level`: `off`, `debug`, `info` (default) or `warn`.
+    pub level: AuditLevel,
+    /// `audit.allowedSampleRate`, 0 to 1 (default 0.01): the share of allowed requests
+    /// logged; refusals are always logged.
+    pub allowed_sample_rate: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditLevel {
+    Off,
+    Debug,
+    Info,
+    Warn,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit {
+            level: AuditLevel::Info,
+            allowed_sample_rate: 0.01,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,6 +311,7 @@ const CONFIG_FIELDS: &[&str] = &[
     "bypassCorsPreflight",
     "mode",
     "limits",
+    "audit",
 ];
 
 fn parse_config(value: &Value) -> Parsed<Config> {
@@ -311,6 +341,43 @@ fn parse_config(value: &Value) -> Parsed<Config> {
             .optional("mode", parse_mode)?
             .unwrap_or(Mode::Enforce),
         limits,
+        audit: config.optional("audit", parse_audit)?.unwrap_or_default(),
+    })
+}
+
+fn parse_audit(value: &Value, path: &str) -> Parsed<Audit> {
+    let audit = Object::new(value, path, &["level", "allowedSampleRate"])?;
+    let defaults = Audit::default();
+    let level = match audit.optional("level", string)? {
+        None => defaults.level,
+        Some(level) => match level.as_str() {
+            "off" => AuditLevel::Off,
+            "debug" => AuditLevel::Debug,
+            "info" => AuditLevel::Info,
+            "warn" => AuditLevel::Warn,
+            _ => {
+                return Err(error(
+                    &audit.path_of("level"),
+                    "must be \"off\", \"debug\", \"info\" or \"warn\"",
+                ))
+            }
+        },
+    };
+    let allowed_sample_rate = match audit.optional("allowedSampleRate", |v, p| {
+        v.as_f64().ok_or_else(|| error(p, "expected a number"))
+    })? {
+        None => defaults.allowed_sample_rate,
+        Some(rate) if (0.0..=1.0).contains(&rate) => rate,
+        Some(_) => {
+            return Err(error(
+                &audit.path_of("allowedSampleRate"),
+                "must be between 0 and 1",
+            ))
+        }
+    };
+    Ok(Audit {
+        level,
+        allowed_sample_rate,
     })
 }
 

@@ -2,14 +2,16 @@
 //! Only host calls live here. The SDK's trait helpers `unwrap` host errors (a panic kills
 //! the worker's VM), so this file calls `hostcalls` directly and handles every error.
 
-use crate::authorize::{self, HeaderEdit, Outcome, Request};
+use crate::audit;
+use crate::authorize::{self, Decision, HeaderEdit, Outcome, Request};
 use crate::cache::TokenCache;
+use crate::config::AuditLevel;
 use crate::config::{self, Config};
 use crate::keystore::{FetchAnswer, KeyStore, SharedStore, Stage};
 use crate::response::Denial;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -70,7 +72,14 @@ struct State {
     calls: HashMap<u32, (usize, Stage)>,
     /// Set by a new configuration: held requests are decided again on the next tick.
     reconfigured: bool,
+    /// Metric ids by name.
+    metrics: HashMap<String, u32>,
+    rng: u64,
 }
+
+const HELD_GAUGE: &str = "mesh_oauth.held_requests";
+const CACHE_HIT: &str = "mesh_oauth.cache.hit";
+const CACHE_MISS: &str = "mesh_oauth.cache.miss";
 
 /// `None` until the first valid configuration. One cell for the VM's life: a new
 /// configuration replaces its contents, so requests already under way see it too.
@@ -132,41 +141,153 @@ impl State {
             return;
         }
         let waiters = std::mem::take(&mut self.waiters);
+        self.count(HELD_GAUGE, -(waiters.len() as i64));
         for waiter in waiters {
             let expired = now >= waiter.deadline_ms;
             if !expired && !changed.contains(&waiter.provider) {
-                self.waiters.push(waiter);
+                self.hold(waiter);
                 continue;
             }
             if hostcalls::set_effective_context(waiter.context_id).is_err() {
                 continue; // the client has gone
             }
-            let outcome = if expired {
-                authorize::wait_expired(&self.config, &self.keys, waiter.provider, now).outcome
-            } else {
-                let request = RequestHeaders::read();
-                let view = request.view();
-                authorize::authorize(&self.config, &self.keys, &mut self.cache, &view, now).outcome
-            };
-            match outcome {
-                Outcome::Wait { provider, refetch } => {
-                    if refetch {
-                        self.keys.want_refetch(provider, now);
-                    }
-                    self.waiters.push(Waiter { provider, ..waiter });
-                }
-                done => {
-                    if self.apply(done) == Action::Continue {
-                        let _ = hostcalls::resume_http_request();
-                    }
+            let expired_for = expired.then_some(waiter.provider);
+            if let Some(action) =
+                self.handle(waiter.context_id, expired_for, Some(waiter.deadline_ms))
+            {
+                if action == Action::Continue {
+                    let _ = hostcalls::resume_http_request();
                 }
             }
         }
         let _ = hostcalls::set_effective_context(self.root_id);
     }
 
+    /// Decides the current request and applies the decision, or holds the request; `None`
+    /// when it is held. `expired_for`: a held request whose wait for that provider ran out.
+    fn handle(
+        &mut self,
+        context_id: u32,
+        expired_for: Option<usize>,
+        deadline_ms: Option<u64>,
+    ) -> Option<Action> {
+        let request = RequestHeaders::read();
+        let now = now_ms();
+        let view = request.view();
+        let mut decision = match expired_for {
+            Some(provider) => authorize::wait_expired(&self.config, &self.keys, provider, now),
+            None => authorize::authorize(&self.config, &self.keys, &mut self.cache, &view, now),
+        };
+        if let Outcome::Wait { provider, refetch } = decision.outcome {
+            if self.waiters.len() < self.config.limits.max_held_requests {
+                if refetch {
+                    self.keys.want_refetch(provider, now);
+                }
+                let timeout_ms = self
+                    .config
+                    .providers
+                    .get(provider)
+                    .map_or(0, |p| p.timeout_ms);
+                self.hold(Waiter {
+                    context_id,
+                    provider,
+                    deadline_ms: deadline_ms.unwrap_or(now.saturating_add(timeout_ms)),
+                });
+                return None;
+            }
+            log(
+                LogLevel::Warn,
+                "held requests at their limit: answering at once",
+            );
+            decision = authorize::wait_expired(&self.config, &self.keys, provider, now);
+        }
+        self.observe(&decision, &view);
+        Some(self.apply(decision.outcome))
+    }
+
+    fn hold(&mut self, waiter: Waiter) {
+        self.waiters.push(waiter);
+        self.count(HELD_GAUGE, 1);
+    }
+
+    /// Metrics and the audit line for a final decision.
+    fn observe(&mut self, decision: &Decision, request: &Request<'_>) {
+        if let Some(name) = audit::request_metric(&self.config, decision) {
+            self.count(&name, 1);
+        }
+        if decision.trace.alg.is_some() {
+            let name = if decision.trace.cached {
+                CACHE_HIT
+            } else {
+                CACHE_MISS
+            };
+            self.count(name, 1);
+        }
+        let level = match self.config.audit.level {
+            AuditLevel::Off => return,
+            AuditLevel::Debug => LogLevel::Debug,
+            AuditLevel::Info => LogLevel::Info,
+            AuditLevel::Warn => LogLevel::Warn,
+        };
+        let logged = audit::Verdict::of(decision).always_logged()
+            || self.random() < self.config.audit.allowed_sample_rate;
+        if logged {
+            let request_id = request
+                .headers
+                .iter()
+                .find(|(n, _)| n == "x-request-id")
+                .map(|(_, v)| v.as_str());
+            let line = audit::audit_line(&self.config, decision, request, request_id);
+            let _ = hostcalls::log(level, &line);
+        }
+    }
+
+    /// Adds `delta` to a counter or gauge, defined on first use. Envoy keeps one stat per
+    /// name for the whole process, so every worker adds to the same one.
+    fn count(&mut self, name: &str, delta: i64) {
+        let id = match self.metrics.get(name) {
+            Some(id) => *id,
+            None => {
+                let kind = if name.ends_with("held_requests") || name.ends_with("keys_loaded") {
+                    MetricType::Gauge
+                } else {
+                    MetricType::Counter
+                };
+                let Ok(id) = hostcalls::define_metric(kind, name) else {
+                    return;
+                };
+                self.metrics.insert(name.to_string(), id);
+                id
+            }
+        };
+        let _ = hostcalls::increment_metric(id, delta);
+    }
+
+    /// Sets a gauge, defined on first use.
+    fn gauge(&mut self, name: &str, value: u64) {
+        let id = match self.metrics.get(name) {
+            Some(id) => *id,
+            None => {
+                let Ok(id) = hostcalls::define_metric(MetricType::Gauge, name) else {
+                    return;
+                };
+                self.metrics.insert(name.to_string(), id);
+                id
+            }
+        };
+        let _ = hostcalls::record_metric(id, value);
+    }
+
+    /// xorshift64 for audit sampling.
+    fn random(&mut self) -> f64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    }
+
     /// Applies a final outcome to the current request: edits, or a local response.
-    fn apply(&self, outcome: Outcome) -> Action {
+    fn apply(&mut self, outcome: Outcome) -> Action {
         match outcome {
             Outcome::Allow(allowed) => {
                 for header in &allowed.skipped_headers {
@@ -322,6 +443,12 @@ impl Context for Root {
             .keys
             .on_answer(&HostShared, provider, stage, &answer, now_ms());
         let name = state.provider_name(provider);
+        let label = audit::provider_label(&state.config, Some(provider));
+        let fetch_metric = if result.is_ok() { "success" } else { "failure" };
+        state.count(&format!("mesh_oauth.{label}.key_fetch.{fetch_metric}"), 1);
+        if let (Ok(count), Stage::Jwks) = (&result, stage) {
+            state.gauge(&format!("mesh_oauth.{label}.keys_loaded"), *count as u64);
+        }
         match (result, stage) {
             (Ok(_), Stage::Discovery) => {
                 log(
@@ -363,11 +490,11 @@ impl RootContext for Root {
         let seed = now_ms() ^ u64::from(self.context_id).rotate_left(32) ^ random_seed();
         let mut cell = self.state.borrow_mut();
         let previous = cell.take();
-        let (previous_keys, waiters) = match previous {
+        let (previous_keys, waiters, metrics) = match previous {
             // Answers to fetches started under the old configuration are dropped: their
             // lease runs out after the fetch timeout and the fetch is made again.
-            Some(old) => (Some(old.keys), old.waiters),
-            None => (None, Vec::new()),
+            Some(old) => (Some(old.keys), old.waiters, old.metrics),
+            None => (None, Vec::new(), HashMap::new()),
         };
         let keys = match KeyStore::new(&config, previous_keys, seed) {
             Ok(keys) => keys,
@@ -388,6 +515,8 @@ impl RootContext for Root {
             waiters,
             calls: HashMap::new(),
             reconfigured: true,
+            metrics,
+            rng: seed | 1,
         };
         *cell = Some(state);
         // Fetches start from the first tick, not from here: Envoy also configures VMs it
@@ -442,35 +571,9 @@ impl HttpContext for Filter {
             send_response(503, &[], b"");
             return Action::Pause;
         };
-        let request = RequestHeaders::read();
-        let now = now_ms();
-        let view = request.view();
-        match authorize::authorize(&state.config, &state.keys, &mut state.cache, &view, now).outcome
-        {
-            Outcome::Wait { provider, refetch } => {
-                if state.waiters.len() >= state.config.limits.max_held_requests {
-                    let retry_after_seconds = state.keys.retry_after_seconds(provider, now);
-                    let outcome =
-                        authorize::wait_expired(&state.config, &state.keys, provider, now).outcome;
-                    log(
-                        LogLevel::Warn,
-                        &format!("held requests at their limit: answering at once (retry after {retry_after_seconds} s)"),
-                    );
-                    return state.apply(outcome);
-                }
-                if refetch {
-                    state.keys.want_refetch(provider, now);
-                }
-                let timeout_ms = state
-                    .config
-                    .providers
-                    .get(provider)
-                    .map_or(0, |p| p.timeout_ms);
-                state.waiters.push(Waiter {
-                    context_id: self.context_id,
-                    provider,
-                    deadline_ms: now.saturating_add(timeout_ms),
-                });
+        match state.handle(self.context_id, None, None) {
+            Some(action) => action,
+            None => {
                 // Fetches start from the root (an answer must not depend on this request
                 // living on); wake it now rather than at its next tick.
                 if hostcalls::set_tick_period(WAKE).is_err() {
@@ -478,7 +581,6 @@ impl HttpContext for Filter {
                 }
                 Action::Pause
             }
-            outcome => state.apply(outcome),
         }
     }
 }

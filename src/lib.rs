@@ -3,6 +3,7 @@
 //! Everything but `filter` is plain Rust, testable natively.
 
 pub mod alg;
+pub mod audit;
 pub mod authorize;
 pub mod cache;
 pub mod claims;

@@ -254,6 +254,7 @@ mod tests {
             bypass_cors_preflight: true,
             mode: Mode::Enforce,
             limits: Limits::default(),
+            audit: crate::config::Audit::default(),
         }
     }
 
