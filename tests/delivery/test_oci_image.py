@@ -247,7 +247,11 @@ def test_pulled_module_serves_requests_in_envoy(pulled: Pulled, envoy_bin: Path,
         envoy = factory.start({"providers": [{"issuer": ISSUER, "audiences": ["orders"], "jwksUri": idp.jwks_uri}]},
                               idps=[idp])
         valid = keys.mint("RS256", claims(ISSUER, "orders"))
-        passed = envoy.request("/orders", headers={"Authorization": f"Bearer {valid}"})
+        # Until its first key fetch returns, the plugin answers 503 (with Retry-After).
+        deadline = time.monotonic() + 5
+        while (passed := envoy.request("/orders", headers={"Authorization": f"Bearer {valid}"})).status == 503:
+            assert time.monotonic() < deadline, "keys never loaded"
+            time.sleep(0.02)
         assert passed.status == 200 and passed.upstream["path"] == "/orders"
         wrong_audience = keys.mint("RS256", claims(ISSUER, "billing"))
         refused = envoy.request("/orders", headers={"Authorization": f"Bearer {wrong_audience}"})
