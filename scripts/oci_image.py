@@ -172,12 +172,14 @@ def main(argv: list[str]) -> None:
     if args.command == "build":
         module = args.module.read_bytes()
         digest = build_layout(module, args.layout)
-        print(f"image:  {args.layout} (OCI layout, one tar+gzip layer holding {PLUGIN_FILE})")
-        print(f"module sha256:          {sha256_hex(module)}")
-        print(f"image manifest digest:  {digest}")
-        print("wasm-plugin.yaml: for url: oci://… set sha256 to the image manifest digest (without")
-        print(f"  'sha256:'): {digest.removeprefix('sha256:')}  (Istio checks the manifest for OCI images;")
-        print("  the module sha256 is the one to use with an https:// or file:// url)")
+        module_sha = sha256_hex(module)
+        manifest_sha = digest.removeprefix("sha256:")
+        print(f"image: {args.layout} (OCI image layout; one tar+gzip layer holding {PLUGIN_FILE})")
+        print(f"module sha256:         {module_sha}")
+        print(f"image manifest digest: {digest}")
+        print("wasm-plugin.yaml `sha256`, by the kind of `url` (Istio checks different things):")
+        print(f"  oci://…              {manifest_sha}  (the image manifest)")
+        print(f"  https://…, file://…  {module_sha}  (the module file)")
     else:
         if not (args.layout / "index.json").is_file():
             raise SystemExit(f"no OCI layout at {args.layout}: run `make image` first")
