@@ -101,8 +101,8 @@ def build_layout(module: bytes, layout: Path) -> str:
         "manifests": [descriptor(MANIFEST_MEDIA_TYPE, manifest)],
     })
     blobs = layout / "blobs" / "sha256"
-    if layout.exists():
-        for stale in blobs.glob("*") if blobs.exists() else []:
+    if blobs.is_dir():
+        for stale in blobs.iterdir():  # a previous module's blobs
             stale.unlink()
     blobs.mkdir(parents=True, exist_ok=True)
     for blob in (layer, config, manifest):
