@@ -46,11 +46,42 @@ unit:
 integration: build venv
 	MESH_OAUTH_WASM=$(CURDIR)/$(MODULE) $(VENV)/bin/pytest -q tests/integration
 
-test: lint unit integration
+test: lint unit integration delivery-test
 
 demo: build venv
 	MESH_OAUTH_WASM=$(CURDIR)/$(MODULE) $(PY) examples/demo/demo.py
 
 clean:
 	cargo clean
-	rm -rf dist $(VENV) .cache
+	rm -rf dist $(VENV) .cache node_modules
+
+# ---------------------------------------------------------------- delivery: OCI image, push, checks
+# The image: one OCI tar+gzip layer holding plugin.wasm, reproducible (see scripts/oci_image.py).
+IMAGE_LAYOUT := dist/oci
+.PHONY: image push registry-tools node-deps delivery-test
+
+image: build
+	python3 scripts/oci_image.py build $(MODULE) $(IMAGE_LAYOUT)
+
+# make push IMAGE=<registry>/<repository>:<tag> [INSECURE=1]; credentials: skopeo's auth file
+# (`skopeo login`, $$REGISTRY_AUTH_FILE, ~/.docker/config.json) or REGISTRY_CREDS=user:password.
+push: image
+	@test -n "$(IMAGE)" || { echo "usage: make push IMAGE=<registry>/<repository>:<tag> [INSECURE=1]" >&2; exit 2; }
+	@command -v skopeo >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq skopeo >/dev/null; }
+	python3 scripts/oci_image.py push $(IMAGE_LAYOUT) $(IMAGE) $(if $(filter 1,$(INSECURE)),--insecure)
+
+# Debian's registry (CNCF distribution) and skopeo for the push/pull test. The test starts its own
+# registry on a free loopback port; on a machine with systemd the package also starts its service.
+registry-tools:
+	@if ! command -v skopeo >/dev/null || ! command -v docker-registry >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq skopeo docker-registry >/dev/null; \
+	fi
+
+# Istio's CRD schemas (npm @kubernetes-models/istio) for validating the WasmPlugin files.
+node-deps: node_modules/.stamp
+node_modules/.stamp: package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+delivery-test: build venv node-deps registry-tools
+	MESH_OAUTH_WASM=$(CURDIR)/$(MODULE) $(VENV)/bin/pytest -q tests/delivery
