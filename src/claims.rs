@@ -1,7 +1,7 @@
 //! Registered-claim checks after the signature holds: issuer, audience and time
 //! (RFC 7519 §4.1, RFC 9068 §4: `exp` is required).
 
-use crate::config::Provider;
+use crate::config::{Provider, Revoked};
 use serde_json::{Map, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +15,7 @@ pub enum ClaimError {
     MissingIat,
     LifetimeTooLong,
     Audience,
+    Revoked,
 }
 
 impl ClaimError {
@@ -30,6 +31,7 @@ impl ClaimError {
             ClaimError::MissingIat => "token has no issue time (iat), needed for its lifetime",
             ClaimError::LifetimeTooLong => "token lifetime exceeds the allowed maximum",
             ClaimError::Audience => "token audience is not accepted",
+            ClaimError::Revoked => "token revoked",
         }
     }
 
@@ -39,6 +41,7 @@ impl ClaimError {
             ClaimError::Expired => "expired",
             ClaimError::NotYetValid | ClaimError::IssuedInFuture => "not_yet_valid",
             ClaimError::Audience => "audience",
+            ClaimError::Revoked => "revoked",
             ClaimError::MissingExp | ClaimError::NotNumericDate(_) => "malformed",
             ClaimError::MissingIat | ClaimError::LifetimeTooLong => "lifetime",
         }
@@ -79,7 +82,29 @@ pub fn check(claims: &Map<String, Value>, provider: &Provider, now: u64) -> Resu
     {
         return Err(ClaimError::Audience);
     }
+    if !provider.revoked.is_empty() && is_revoked(claims, &provider.revoked, iat) {
+        return Err(ClaimError::Revoked);
+    }
     Ok(())
+}
+
+/// Checked with the other claims, so cached tokens meet a new revocation on their next use.
+fn is_revoked(claims: &Map<String, Value>, revoked: &Revoked, iat: Option<f64>) -> bool {
+    let text = |name: &str| claims.get(name).and_then(Value::as_str);
+    if text("jti").is_some_and(|jti| revoked.jtis.contains(jti)) {
+        return true;
+    }
+    let Some(sub) = text("sub") else {
+        return false;
+    };
+    if revoked.subjects.contains(sub) {
+        return true;
+    }
+    // Without an iat a token cannot show it was issued after the cut-off: fail closed.
+    revoked
+        .subjects_issued_before
+        .get(sub)
+        .is_some_and(|cutoff| iat.is_none_or(|iat| iat < *cutoff as f64))
 }
 
 fn numeric_date(
@@ -266,6 +291,42 @@ mod tests {
             ),
             Ok(())
         );
+    }
+
+    #[test]
+    fn revoked_jtis_subjects_and_tokens_issued_before_a_cutoff_are_refused() {
+        let p = provider(
+            r#","revoked":{"jtis":["j-1"],"subjects":["mallory"],"subjectsIssuedBefore":{"alice":1700000000}}"#,
+        );
+        let exp = NOW + 60;
+        let check_claims = |c: serde_json::Value| check(&claims(c), &p, NOW);
+        assert_eq!(
+            check_claims(json!({"exp": exp, "jti": "j-1", "sub": "bob"})),
+            Err(ClaimError::Revoked)
+        );
+        assert_eq!(
+            check_claims(json!({"exp": exp, "jti": "j-2", "sub": "bob"})),
+            Ok(())
+        );
+        assert_eq!(
+            check_claims(json!({"exp": exp, "sub": "mallory"})),
+            Err(ClaimError::Revoked)
+        );
+        assert_eq!(
+            check_claims(json!({"exp": exp, "sub": "alice", "iat": NOW - 10})),
+            Err(ClaimError::Revoked),
+            "issued before the cut-off"
+        );
+        assert_eq!(
+            check_claims(json!({"exp": exp, "sub": "alice", "iat": NOW})),
+            Ok(())
+        );
+        assert_eq!(
+            check_claims(json!({"exp": exp, "sub": "alice"})),
+            Err(ClaimError::Revoked),
+            "no iat: cannot prove it is newer"
+        );
+        assert_eq!(ClaimError::Revoked.describe(), "token revoked");
     }
 
     #[test]

@@ -124,6 +124,24 @@ pub struct Provider {
     /// Project addition `jwksMaxStaleSeconds` (default 24 h): how long the last good keys are
     /// still used while the key server fails.
     pub jwks_max_stale_seconds: u64,
+    /// Project addition `revoked`: identities refused although their tokens verify.
+    pub revoked: Revoked,
+}
+
+/// `revoked`: `{"jtis": [...], "subjects": [...], "subjectsIssuedBefore": {"<sub>": <time>}}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revoked {
+    pub jtis: std::collections::HashSet<String>,
+    pub subjects: std::collections::HashSet<String>,
+    /// Tokens of this subject issued (`iat`) before this time (Unix seconds) are refused:
+    /// the identity changed (password reset, role removed) and older tokens must go.
+    pub subjects_issued_before: std::collections::HashMap<String, u64>,
+}
+
+impl Revoked {
+    pub fn is_empty(&self) -> bool {
+        self.jtis.is_empty() && self.subjects.is_empty() && self.subjects_issued_before.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -345,6 +363,34 @@ fn parse_config(value: &Value) -> Parsed<Config> {
     })
 }
 
+fn parse_revoked(value: &Value, path: &str) -> Parsed<Revoked> {
+    let revoked = Object::new(value, path, &["jtis", "subjects", "subjectsIssuedBefore"])?;
+    let set = |key: &str| -> Parsed<std::collections::HashSet<String>> {
+        Ok(revoked
+            .optional(key, |v, p| items(v, p, non_empty_string))?
+            .unwrap_or_default()
+            .into_iter()
+            .collect())
+    };
+    let mut subjects_issued_before = std::collections::HashMap::new();
+    if let Some(map) = revoked.optional("subjectsIssuedBefore", |v, p| {
+        v.as_object()
+            .cloned()
+            .ok_or_else(|| error(p, "expected an object of subject: Unix time"))
+    })? {
+        let map_path = revoked.path_of("subjectsIssuedBefore");
+        for (subject, time) in &map {
+            let at = format!("{map_path}.{subject}");
+            subjects_issued_before.insert(subject.clone(), non_negative_integer(time, &at)?);
+        }
+    }
+    Ok(Revoked {
+        jtis: set("jtis")?,
+        subjects: set("subjects")?,
+        subjects_issued_before,
+    })
+}
+
 fn parse_audit(value: &Value, path: &str) -> Parsed<Audit> {
     let audit = Object::new(value, path, &["level", "allowedSampleRate"])?;
     let defaults = Audit::default();
@@ -471,6 +517,7 @@ const PROVIDER_FIELDS: &[&str] = &[
     "algorithms",
     "jwksMinRefetchSeconds",
     "jwksMaxStaleSeconds",
+    "revoked",
 ];
 
 const DEFAULT_TIMEOUT_MS: u64 = 5_000;
@@ -573,6 +620,9 @@ fn parse_provider(value: &Value, path: &str) -> Parsed<(Provider, bool)> {
         jwks_max_stale_seconds: provider
             .optional("jwksMaxStaleSeconds", non_negative_integer)?
             .unwrap_or(DEFAULT_JWKS_MAX_STALE_SECONDS),
+        revoked: provider
+            .optional("revoked", parse_revoked)?
+            .unwrap_or_default(),
     };
     Ok((parsed, name_given))
 }
@@ -1860,6 +1910,23 @@ mod tests {
                 "{\"keys\": [{\"kty\": \"RSA\", \"n\": \"AQAB\", \"e\": \"AQAB\"}]}"
             )),
             "providers[0].jwks: key set document has no usable signing key",
+        );
+    }
+
+    #[test]
+    fn revocations_are_read_and_checked() {
+        let p = provider(json!({"revoked": {"jtis": ["a"], "subjects": ["b"],
+                                            "subjectsIssuedBefore": {"c": 1700000000}}}));
+        assert!(p.revoked.jtis.contains("a"));
+        assert!(p.revoked.subjects.contains("b"));
+        assert_eq!(p.revoked.subjects_issued_before.get("c"), Some(&1_700_000_000));
+        assert_problem(
+            &provider_config(json!({"revoked": {"subjectsIssuedBefore": {"c": -1}}})),
+            "providers[0].revoked.subjectsIssuedBefore.c: must not be negative",
+        );
+        assert_problem(
+            &provider_config(json!({"revoked": {"jti": ["a"]}})),
+            "providers[0].revoked.jti: unknown field",
         );
     }
 
