@@ -104,6 +104,10 @@ pub trait KeyLookup {
     fn refetch_possible(&self, provider: usize, now_ms: u64) -> bool;
     /// Changes whenever the provider's key set does (for the token cache).
     fn key_version(&self, provider: usize) -> u64;
+    /// The provider's fetched revocation list, if it has one.
+    fn revocations(&self, _provider: usize) -> Option<&crate::config::Revoked> {
+        None
+    }
 }
 
 /// A verified token: which provider accepted it, and its claims.
@@ -256,6 +260,12 @@ fn decide(
     let Some(provider) = config.providers.get(verified.provider) else {
         return Err(invalid("token issuer is not trusted", "issuer").into());
     };
+    if keys
+        .revocations(verified.provider)
+        .is_some_and(|list| claims::is_revoked(&verified.claims, list))
+    {
+        return Err(invalid("token revoked", "revoked").into());
+    }
 
     let requirement_check = match action {
         Need::Rule(Action::Requires(req)) => policy::check_requirement(
@@ -1084,6 +1094,51 @@ mod tests {
         let second = decide();
         assert!(second.trace.cached);
         assert_eq!(second.trace.kid.as_deref(), Some("k1"));
+    }
+
+    /// Provider 0's keys with a fetched revocation list.
+    struct RevokingKeys(FixedKeys, crate::config::Revoked);
+
+    impl KeyLookup for RevokingKeys {
+        fn keys(&self, provider: usize, now_ms: u64) -> KeyState<'_> {
+            self.0.keys(provider, now_ms)
+        }
+        fn refetch_possible(&self, provider: usize, now_ms: u64) -> bool {
+            self.0.refetch_possible(provider, now_ms)
+        }
+        fn key_version(&self, provider: usize) -> u64 {
+            self.0.key_version(provider)
+        }
+        fn revocations(&self, _provider: usize) -> Option<&crate::config::Revoked> {
+            Some(&self.1)
+        }
+    }
+
+    #[test]
+    fn a_fetched_revocation_list_refuses_even_cached_tokens() {
+        let f = cached();
+        let t = f.good_token();
+        assert!(matches!(f.with_token("/", &t), Outcome::Allow(_)));
+        let mut list = crate::config::Revoked::default();
+        list.subjects.insert("alice".to_string());
+        let keys = RevokingKeys(FixedKeys(empty_keys(), false, 1), list);
+        let headers = vec![("authorization".to_string(), format!("Bearer {t}"))];
+        let request = Request {
+            method: "GET",
+            path: "/",
+            authority: "a",
+            headers: &headers,
+        };
+        let mut cache = f.cache.borrow_mut();
+        let decision = authorize(&f.config, &keys, &mut cache, &request, NOW * 1000);
+        assert!(decision.trace.cached, "the cache answered the signature");
+        assert_eq!(
+            decision.outcome,
+            Outcome::Deny(Denial::InvalidToken {
+                description: "token revoked",
+                reason: "revoked"
+            })
+        );
     }
 
     #[test]

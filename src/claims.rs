@@ -82,14 +82,16 @@ pub fn check(claims: &Map<String, Value>, provider: &Provider, now: u64) -> Resu
     {
         return Err(ClaimError::Audience);
     }
-    if !provider.revoked.is_empty() && is_revoked(claims, &provider.revoked, iat) {
+    if !provider.revoked.is_empty() && is_revoked(claims, &provider.revoked) {
         return Err(ClaimError::Revoked);
     }
     Ok(())
 }
 
-/// Checked with the other claims, so cached tokens meet a new revocation on their next use.
-fn is_revoked(claims: &Map<String, Value>, revoked: &Revoked, iat: Option<f64>) -> bool {
+/// Whether the token's `jti` or `sub` is revoked. Checked on every request (cached tokens
+/// too), so a new revocation applies on the token's next use.
+pub fn is_revoked(claims: &Map<String, Value>, revoked: &Revoked) -> bool {
+    let iat = claims.get("iat").and_then(Value::as_f64);
     let text = |name: &str| claims.get(name).and_then(Value::as_str);
     if text("jti").is_some_and(|jti| revoked.jtis.contains(jti)) {
         return true;

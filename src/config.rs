@@ -79,6 +79,8 @@ pub struct Limits {
     /// `limits.maxCachedTokens`, default 1024: verified tokens remembered per worker;
     /// 0 turns the cache off.
     pub max_cached_tokens: usize,
+    /// `limits.maxRevocationBytes`, default 1 MiB: a larger fetched revocation list is refused.
+    pub max_revocation_bytes: usize,
 }
 
 impl Default for Limits {
@@ -91,6 +93,7 @@ impl Default for Limits {
             max_jwks_keys: 64,
             max_held_requests: 1024,
             max_cached_tokens: 1024,
+            max_revocation_bytes: 1024 * 1024,
         }
     }
 }
@@ -126,6 +129,16 @@ pub struct Provider {
     pub jwks_max_stale_seconds: u64,
     /// Project addition `revoked`: identities refused although their tokens verify.
     pub revoked: Revoked,
+    /// Project addition `revocationUri` (+ `revocationCluster`, `revocationRefreshSeconds`):
+    /// a revocation list in the same shape as `revoked`, fetched like keys.
+    pub revocation: Option<RemoteRevocation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteRevocation {
+    pub target: HttpTarget,
+    /// `revocationRefreshSeconds`, default 60.
+    pub refresh_seconds: u64,
 }
 
 /// `revoked`: `{"jtis": [...], "subjects": [...], "subjectsIssuedBefore": {"<sub>": <time>}}`.
@@ -363,6 +376,34 @@ fn parse_config(value: &Value) -> Parsed<Config> {
     })
 }
 
+fn parse_remote_revocation(provider: &Object<'_>) -> Parsed<Option<RemoteRevocation>> {
+    let cluster = provider.optional("revocationCluster", non_empty_string)?;
+    let refresh = provider.optional("revocationRefreshSeconds", positive_integer)?;
+    let Some(url) = provider.optional("revocationUri", |value, path| {
+        HttpUrl::parse(string(value, path)?, path)
+    })?
+    else {
+        if cluster.is_some() || refresh.is_some() {
+            return Err(error(
+                &provider.path_of("revocationUri"),
+                "required when revocationCluster or revocationRefreshSeconds is given",
+            ));
+        }
+        return Ok(None);
+    };
+    Ok(Some(RemoteRevocation {
+        target: url.target(cluster),
+        refresh_seconds: refresh.unwrap_or(DEFAULT_REVOCATION_REFRESH_SECONDS),
+    }))
+}
+
+const DEFAULT_REVOCATION_REFRESH_SECONDS: u64 = 60;
+
+/// A fetched revocation list: the shape of a provider's `revoked`.
+pub fn parse_revocation_list(value: &Value) -> Result<Revoked, String> {
+    parse_revoked(value, "(revocation list)").map_err(|e| e.to_string())
+}
+
 fn parse_revoked(value: &Value, path: &str) -> Parsed<Revoked> {
     let revoked = Object::new(value, path, &["jtis", "subjects", "subjectsIssuedBefore"])?;
     let set = |key: &str| -> Parsed<std::collections::HashSet<String>> {
@@ -471,6 +512,7 @@ fn parse_limits(value: &Value, path: &str) -> Parsed<Limits> {
             "maxJwksKeys",
             "maxHeldRequests",
             "maxCachedTokens",
+            "maxRevocationBytes",
         ],
     )?;
     let defaults = Limits::default();
@@ -490,6 +532,7 @@ fn parse_limits(value: &Value, path: &str) -> Parsed<Limits> {
         max_jwks_keys: limit("maxJwksKeys", defaults.max_jwks_keys)?,
         max_held_requests: limit("maxHeldRequests", defaults.max_held_requests)?,
         max_cached_tokens,
+        max_revocation_bytes: limit("maxRevocationBytes", defaults.max_revocation_bytes)?,
     })
 }
 
@@ -518,6 +561,9 @@ const PROVIDER_FIELDS: &[&str] = &[
     "jwksMinRefetchSeconds",
     "jwksMaxStaleSeconds",
     "revoked",
+    "revocationUri",
+    "revocationCluster",
+    "revocationRefreshSeconds",
 ];
 
 const DEFAULT_TIMEOUT_MS: u64 = 5_000;
@@ -623,6 +669,7 @@ fn parse_provider(value: &Value, path: &str) -> Parsed<(Provider, bool)> {
         revoked: provider
             .optional("revoked", parse_revoked)?
             .unwrap_or_default(),
+        revocation: parse_remote_revocation(&provider)?,
     };
     Ok((parsed, name_given))
 }
@@ -1919,7 +1966,10 @@ mod tests {
                                             "subjectsIssuedBefore": {"c": 1700000000}}}));
         assert!(p.revoked.jtis.contains("a"));
         assert!(p.revoked.subjects.contains("b"));
-        assert_eq!(p.revoked.subjects_issued_before.get("c"), Some(&1_700_000_000));
+        assert_eq!(
+            p.revoked.subjects_issued_before.get("c"),
+            Some(&1_700_000_000)
+        );
         assert_problem(
             &provider_config(json!({"revoked": {"subjectsIssuedBefore": {"c": -1}}})),
             "providers[0].revoked.subjectsIssuedBefore.c: must not be negative",
@@ -2828,6 +2878,7 @@ mod tests {
                 max_jwks_keys: 16,
                 max_held_requests: 10,
                 max_cached_tokens: 1024,
+                max_revocation_bytes: 1024 * 1024,
             }
         );
 

@@ -128,7 +128,8 @@ impl State {
                             fetch.target.cluster
                         ),
                     );
-                    self.keys.dispatch_failed(&HostShared, fetch.provider, now);
+                    self.keys
+                        .dispatch_failed(&HostShared, fetch.provider, fetch.stage, now);
                     changed.push(fetch.provider);
                 }
             }
@@ -444,8 +445,16 @@ impl Context for Root {
             .on_answer(&HostShared, provider, stage, &answer, now_ms());
         let name = state.provider_name(provider);
         let label = audit::provider_label(&state.config, Some(provider));
+        let what = match stage {
+            Stage::Discovery | Stage::Jwks => "key",
+            Stage::Revocations => "revocation list",
+        };
         let fetch_metric = if result.is_ok() { "success" } else { "failure" };
-        state.count(&format!("mesh_oauth.{label}.key_fetch.{fetch_metric}"), 1);
+        let counter = match stage {
+            Stage::Discovery | Stage::Jwks => "key_fetch",
+            Stage::Revocations => "revocation_fetch",
+        };
+        state.count(&format!("mesh_oauth.{label}.{counter}.{fetch_metric}"), 1);
         if let (Ok(count), Stage::Jwks) = (&result, stage) {
             state.gauge(&format!("mesh_oauth.{label}.keys_loaded"), *count as u64);
         }
@@ -462,10 +471,16 @@ impl Context for Root {
                     &format!("provider \"{name}\": {count} signing keys loaded"),
                 );
             }
+            (Ok(count), Stage::Revocations) => {
+                log(
+                    LogLevel::Info,
+                    &format!("provider \"{name}\": revocation list of {count} entries loaded"),
+                );
+            }
             (Err(problem), _) => {
                 log(
                     LogLevel::Warn,
-                    &format!("provider \"{name}\": key fetch failed: {problem}"),
+                    &format!("provider \"{name}\": {what} fetch failed: {problem}"),
                 );
             }
         }

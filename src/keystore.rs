@@ -1,13 +1,14 @@
-//! Signing keys per provider, and when to fetch them, for the whole sidecar: a pure state
-//! machine over a [`SharedStore`] (Envoy's shared data in the filter, a map in tests).
+//! Signing keys (and revocation lists) per provider, and when to fetch them, for the whole
+//! sidecar: a pure state machine over a [`SharedStore`] (Envoy's shared data in the filter,
+//! a map in tests).
 //!
-//! Every worker VM keeps its own parsed keys, but the fetch schedule lives in the shared
-//! store, one small `meta` record per provider plus the raw key set. A worker that finds a
-//! fetch due claims it by compare-and-swap on `meta` (a lease until the fetch's timeout), so
-//! one fetch serves every worker; the others adopt the key set the winner stored.
+//! Every worker VM keeps its own parsed copy, but each fetched document has its schedule in
+//! the shared store: one small `meta` record plus the raw body. A worker that finds a fetch
+//! due claims it by compare-and-swap on `meta` (a lease until the fetch's timeout), so one
+//! fetch serves every worker; the others adopt the body the winner stored.
 
 use crate::authorize::{KeyLookup, KeyState};
-use crate::config::{Config, HttpTarget, KeySource, Provider};
+use crate::config::{self, Config, HttpTarget, KeySource, Provider, Revoked};
 use crate::keys::{self, JwksLimits, KeySet};
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +34,8 @@ pub enum Stage {
     /// `<issuer>/.well-known/openid-configuration`
     Discovery,
     Jwks,
+    /// The provider's `revocationUri`.
+    Revocations,
 }
 
 /// A fetch this worker has claimed and should dispatch now.
@@ -59,10 +62,10 @@ pub struct SyncResult {
     pub fetches: Vec<Fetch>,
 }
 
-/// The per-provider record every worker shares.
+/// The per-document record every worker shares.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Meta {
-    /// When the stored key set was fetched; 0: never. Also its version.
+    /// When the stored body was fetched; 0: never. Also its version.
     fetched_ms: u64,
     /// When the next refresh is due (jittered, so a fleet does not fetch in lockstep).
     refresh_ms: u64,
@@ -77,103 +80,294 @@ struct Meta {
     jwks_uri: Option<String>,
 }
 
-struct Entry {
-    /// Shared-data key prefix: the same provider (issuer, key source, cluster) in any
-    /// configuration shares its keys.
+/// One fetched document's schedule, as this worker last saw it.
+struct Doc {
+    /// Shared-data key prefix: the same source in any configuration shares its document.
     slot: String,
+    meta: Meta,
+    /// `fetched_ms` of the body parsed here; 0: none.
+    version: u64,
+    cache_seconds: u64,
+    timeout_ms: u64,
+    max_stale_ms: u64,
+}
+
+impl Doc {
+    fn new(slot: String, provider: &Provider, cache_seconds: u64) -> Doc {
+        Doc {
+            slot,
+            meta: Meta::default(),
+            version: 0,
+            cache_seconds,
+            timeout_ms: provider.timeout_ms,
+            max_stale_ms: provider.jwks_max_stale_seconds.saturating_mul(1000),
+        }
+    }
+
+    /// Reads the shared record; returns its CAS token and, when another worker stored a
+    /// newer body, that body with its version.
+    fn read(&mut self, store: &impl SharedStore) -> (Option<u32>, Option<(u64, Vec<u8>)>) {
+        let (meta, cas) = read_meta(store, &self.slot);
+        let newer = (meta.fetched_ms != self.version && meta.fetched_ms != 0)
+            .then(|| stored_body(store, &self.slot, meta.fetched_ms))
+            .flatten();
+        self.meta = meta;
+        (cas, newer)
+    }
+
+    fn stale(&self, now_ms: u64) -> bool {
+        self.version != 0 && now_ms.saturating_sub(self.version) > self.max_stale_ms
+    }
+
+    /// Whether a fetch is under way, or one will start, within `window_ms`.
+    fn fetch_expected_within(&self, now_ms: u64, window_ms: u64) -> bool {
+        let horizon = now_ms.saturating_add(window_ms);
+        self.meta.fetching_until_ms > now_ms || self.meta.retry_ms <= horizon
+    }
+
+    /// Claims the fetch when it is due (`extra_due`: an unknown kid asks for one) and nobody
+    /// else holds it. Compare-and-swap; retried when another worker wrote in between.
+    fn claim(
+        &mut self,
+        store: &impl SharedStore,
+        mut cas: Option<u32>,
+        now_ms: u64,
+        extra_due: impl Fn(&Meta) -> bool,
+    ) -> bool {
+        for _ in 0..CAS_ATTEMPTS {
+            let meta = &self.meta;
+            let due = meta.fetched_ms == 0 || now_ms >= meta.refresh_ms || extra_due(meta);
+            let blocked = meta.fetching_until_ms > now_ms || now_ms < meta.retry_ms;
+            if !due || blocked {
+                return false;
+            }
+            let mut claimed = meta.clone();
+            claimed.fetching_until_ms = now_ms
+                .saturating_add(self.timeout_ms)
+                .saturating_add(LEASE_MARGIN_MS);
+            claimed.attempted_ms = now_ms;
+            if write_meta(store, &self.slot, &claimed, cas) {
+                self.meta = claimed;
+                return true;
+            }
+            // Another worker wrote first: look again at what it did.
+            let (meta, fresh_cas) = read_meta(store, &self.slot);
+            self.meta = meta;
+            cas = fresh_cas;
+        }
+        false
+    }
+
+    /// Stores a good body for every worker and schedules the next refresh.
+    fn publish(&mut self, store: &impl SharedStore, body: &[u8], refresh_ms: u64, now_ms: u64) {
+        // 0 means "never fetched".
+        let version = now_ms.max(1);
+        // The body first, then the record that announces it.
+        let mut stored = version.to_be_bytes().to_vec();
+        stored.extend_from_slice(body);
+        store.set(&body_key(&self.slot), &stored, None);
+        self.update_meta(store, |meta| {
+            meta.fetched_ms = version;
+            meta.refresh_ms = now_ms.saturating_add(refresh_ms);
+            meta.fetching_until_ms = 0;
+            meta.retry_ms = 0;
+            meta.failures = 0;
+        });
+        self.version = version;
+    }
+
+    fn record_failure(
+        &mut self,
+        store: &impl SharedStore,
+        now_ms: u64,
+        jitter: f64,
+        also: impl Fn(&mut Meta),
+    ) {
+        self.update_meta(store, |meta| {
+            meta.failures = meta.failures.saturating_add(1);
+            let backoff = FIRST_RETRY_MS
+                .saturating_mul(1u64 << meta.failures.saturating_sub(1).min(16))
+                .min(MAX_RETRY_MS);
+            // Equal jitter: at least half the backoff, so retries spread but still back off.
+            meta.retry_ms = now_ms.saturating_add(jittered(backoff, 0.5, jitter));
+            meta.fetching_until_ms = 0;
+            also(meta);
+        });
+    }
+
+    /// Read-modify-write of the shared record, retried when another worker wrote between.
+    fn update_meta(&mut self, store: &impl SharedStore, change: impl Fn(&mut Meta)) {
+        for _ in 0..CAS_ATTEMPTS {
+            let (mut meta, cas) = read_meta(store, &self.slot);
+            change(&mut meta);
+            if write_meta(store, &self.slot, &meta, cas) {
+                self.meta = meta;
+                return;
+            }
+        }
+    }
+
+    /// `Cache-Control: max-age` may shorten the refresh interval, never below a floor
+    /// (a server cannot make us hammer it) and never beyond the configured interval.
+    fn refresh_ms(&self, cache_control: Option<&str>, jitter: f64) -> u64 {
+        let configured = self.cache_seconds;
+        let seconds = match cache_control.and_then(max_age) {
+            Some(age) => age.clamp(MIN_REFRESH_SECONDS.min(configured), configured),
+            None => configured,
+        };
+        jittered(seconds.saturating_mul(1000), 0.8, jitter)
+    }
+
+    fn retry_after_seconds(&self, now_ms: u64) -> u64 {
+        let wait_ms = self
+            .meta
+            .retry_ms
+            .max(self.meta.fetching_until_ms)
+            .saturating_sub(now_ms);
+        wait_ms.div_ceil(1000).max(1)
+    }
+}
+
+/// A provider's revocation list fetched from its `revocationUri`.
+struct RemoteRevocations {
+    doc: Doc,
+    target: HttpTarget,
+    list: Option<Revoked>,
+}
+
+struct Entry {
     issuer: String,
     source: KeySource,
     cluster_override: Option<String>,
-    cache_seconds: u64,
-    timeout_ms: u64,
-    min_refetch_ms: u64,
-    max_stale_ms: u64,
+    keys_doc: Doc,
     keys: Option<KeySet>,
-    /// `fetched_ms` of the keys held here.
-    version: u64,
-    /// The last shared record seen.
-    meta: Meta,
+    min_refetch_ms: u64,
     /// An unknown kid asked for a fetch at this time; cleared once a fetch started after it.
     refetch_wanted_ms: Option<u64>,
+    revocations: Option<RemoteRevocations>,
 }
 
 pub struct KeyStore {
     entries: Vec<Entry>,
     jwks_limits: JwksLimits,
+    max_revocation_bytes: usize,
     rng: u64,
 }
 
 impl KeyStore {
-    /// Inline key sets are parsed here; keys of providers unchanged from `previous` (a
-    /// reconfiguration) are kept. `seed` feeds the jitter.
+    /// Inline key sets are parsed here; what providers unchanged from `previous` (a
+    /// reconfiguration) had is kept. `seed` feeds the jitter.
     pub fn new(config: &Config, previous: Option<KeyStore>, seed: u64) -> Result<KeyStore, String> {
         let jwks_limits = JwksLimits::from(&config.limits);
         let mut previous: Vec<Entry> = previous.map(|p| p.entries).unwrap_or_default();
         let mut entries = Vec::with_capacity(config.providers.len());
         for (i, provider) in config.providers.iter().enumerate() {
-            let slot = slot_for(provider);
+            let slot = keys_slot(provider);
             let kept = previous
                 .iter()
-                .position(|e| e.slot == slot)
+                .position(|e| e.keys_doc.slot == slot)
                 .map(|at| previous.swap_remove(at));
-            let (keys, version, meta) = match (&provider.keys, kept) {
-                (KeySource::Inline(doc), _) => {
-                    let set = keys::parse_jwks(doc.as_bytes(), &jwks_limits, true)
-                        .map_err(|e| format!("providers[{i}].jwks: {}", e.describe()))?;
-                    (Some(set), 0, Meta::default())
-                }
-                (_, Some(old)) => (old.keys, old.version, old.meta),
-                (_, None) => (None, 0, Meta::default()),
+            let mut keys_doc = Doc::new(slot, provider, provider.jwks_cache_seconds);
+            let mut keys = match &provider.keys {
+                KeySource::Inline(doc) => Some(
+                    keys::parse_jwks(doc.as_bytes(), &jwks_limits, true)
+                        .map_err(|e| format!("providers[{i}].jwks: {}", e.describe()))?,
+                ),
+                _ => None,
             };
+            let mut revocations = provider
+                .revocation
+                .as_ref()
+                .map(|remote| RemoteRevocations {
+                    doc: Doc::new(
+                        revocations_slot(provider, &remote.target),
+                        provider,
+                        remote.refresh_seconds,
+                    ),
+                    target: remote.target.clone(),
+                    list: None,
+                });
+
+            if let Some(old) = kept {
+                if keys.is_none() {
+                    keys = old.keys;
+                    keys_doc.meta = old.keys_doc.meta;
+                    keys_doc.version = old.keys_doc.version;
+                }
+                if let (Some(new), Some(old)) = (&mut revocations, old.revocations) {
+                    if new.doc.slot == old.doc.slot {
+                        new.list = old.list;
+                        new.doc.meta = old.doc.meta;
+                        new.doc.version = old.doc.version;
+                    }
+                }
+            }
             entries.push(Entry {
-                slot,
                 issuer: provider.issuer.clone(),
                 source: provider.keys.clone(),
                 cluster_override: provider.jwks_cluster.clone(),
-                cache_seconds: provider.jwks_cache_seconds,
-                timeout_ms: provider.timeout_ms,
-                min_refetch_ms: provider.jwks_min_refetch_seconds.saturating_mul(1000),
-                max_stale_ms: provider.jwks_max_stale_seconds.saturating_mul(1000),
+                keys_doc,
                 keys,
-                version,
-                meta,
+                min_refetch_ms: provider.jwks_min_refetch_seconds.saturating_mul(1000),
                 refetch_wanted_ms: None,
+                revocations,
             });
         }
         Ok(KeyStore {
             entries,
             jwks_limits,
+            max_revocation_bytes: config.limits.max_revocation_bytes,
             rng: splitmix64(seed) | 1,
         })
     }
 
-    /// Reads the shared records, adopts key sets other workers fetched, drops keys stale
+    /// Reads the shared records, adopts what other workers fetched, drops documents stale
     /// beyond their bound, and claims the fetches that are due.
     pub fn sync(&mut self, store: &impl SharedStore, now_ms: u64) -> SyncResult {
         let mut result = SyncResult::default();
-        for provider in 0..self.entries.len() {
-            let limits = self.jwks_limits;
-            let Some(entry) = self.entries.get_mut(provider) else {
-                continue;
-            };
-            if matches!(entry.source, KeySource::Inline(_)) {
-                continue;
-            }
+        let limits = self.jwks_limits;
+        let max_revocation_bytes = self.max_revocation_bytes;
+        for (provider, entry) in self.entries.iter_mut().enumerate() {
             let before = entry.prospect(now_ms);
-            let (meta, cas) = read_meta(store, &entry.slot);
-            if meta.fetched_ms != entry.version && meta.fetched_ms != 0 {
-                entry.adopt(store, meta.fetched_ms, &limits);
+            if !matches!(entry.source, KeySource::Inline(_)) {
+                let (cas, newer) = entry.keys_doc.read(store);
+                if let Some((version, body)) = newer {
+                    if let Ok(set) = keys::parse_jwks(&body, &limits, false) {
+                        entry.keys = Some(set);
+                        entry.keys_doc.version = version;
+                    }
+                }
+                if entry.keys_doc.stale(now_ms) {
+                    // Fail closed: keys nobody could refresh for this long are not trusted.
+                    entry.keys = None;
+                    entry.keys_doc.version = 0;
+                }
+                if let Some(fetch) = entry.claim_keys_fetch(store, cas, provider, now_ms) {
+                    result.fetches.push(fetch);
+                }
             }
-            entry.meta = meta;
-            if entry.version != 0 && now_ms.saturating_sub(entry.version) > entry.max_stale_ms {
-                // Fail closed: keys nobody could refresh for this long are not trusted.
-                entry.keys = None;
-                entry.version = 0;
+            if let Some(remote) = &mut entry.revocations {
+                let (cas, newer) = remote.doc.read(store);
+                if let Some((version, body)) = newer {
+                    if let Ok(list) = parse_revocations(&body, max_revocation_bytes) {
+                        remote.list = Some(list);
+                        remote.doc.version = version;
+                    }
+                }
+                if remote.doc.stale(now_ms) {
+                    remote.list = None;
+                    remote.doc.version = 0;
+                }
+                if remote.doc.claim(store, cas, now_ms, |_| false) {
+                    result.fetches.push(Fetch {
+                        provider,
+                        stage: Stage::Revocations,
+                        target: remote.target.clone(),
+                        timeout_ms: remote.doc.timeout_ms,
+                    });
+                }
             }
-            if let Some(fetch) = entry.claim_fetch(store, cas, provider, now_ms) {
-                result.fetches.push(fetch);
-            }
-            if entry.prospect(now_ms) != before || entry.version != before.version {
+            if entry.prospect(now_ms) != before {
                 result.changed.push(provider);
             }
         }
@@ -193,16 +387,24 @@ impl KeyStore {
     }
 
     /// The host refused to dispatch a claimed fetch (e.g. unknown cluster).
-    pub fn dispatch_failed(&mut self, store: &impl SharedStore, provider: usize, now_ms: u64) {
+    pub fn dispatch_failed(
+        &mut self,
+        store: &impl SharedStore,
+        provider: usize,
+        stage: Stage,
+        now_ms: u64,
+    ) {
         let jitter = self.next_random();
         if let Some(entry) = self.entries.get_mut(provider) {
-            entry.record_failure(store, Stage::Jwks, now_ms, jitter);
+            if let Some(doc) = entry.doc_mut(stage) {
+                doc.record_failure(store, now_ms, jitter, |_| {});
+            }
         }
     }
 
     /// Feeds a fetch's answer in and publishes the outcome to every worker. `Ok` carries
-    /// how many keys are now loaded (0 after discovery); `Err` says why the answer was not
-    /// used: the last good keys stay.
+    /// how many keys (or revocation entries) are now loaded, 0 after discovery; `Err` says
+    /// why the answer was not used: the last good document stays.
     pub fn on_answer(
         &mut self,
         store: &impl SharedStore,
@@ -213,67 +415,69 @@ impl KeyStore {
     ) -> Result<usize, String> {
         let jitter = self.next_random();
         let limits = self.jwks_limits;
+        let max_revocation_bytes = self.max_revocation_bytes;
         let Some(entry) = self.entries.get_mut(provider) else {
             return Err("answer for a provider no longer configured".to_string());
         };
-        let outcome = match (answer.status, stage) {
-            (None, _) => Err("key server did not answer".to_string()),
-            (Some(200), Stage::Discovery) => entry.discovered_uri(answer.body),
-            (Some(200), Stage::Jwks) => keys::parse_jwks(answer.body, &limits, false)
-                .map(Learnt::Keys)
-                .map_err(|e| format!("key set refused: {}", e.describe())),
-            (Some(status), _) => Err(format!("key server answered status {status}")),
-        };
-        match outcome {
-            Ok(Learnt::JwksUri(uri)) => {
-                entry.update_meta(store, |meta| {
+        let result = match (answer.status, stage) {
+            (None, _) => Err("server did not answer".to_string()),
+            (Some(200), Stage::Discovery) => entry.discovered_uri(answer.body).map(|uri| {
+                entry.keys_doc.update_meta(store, |meta| {
                     meta.jwks_uri = Some(uri.clone());
-                    // Lease released and no backoff: the next sync claims the key fetch at once.
+                    // Lease released, no backoff: the next sync claims the key fetch at once.
                     meta.fetching_until_ms = 0;
                     meta.retry_ms = 0;
                 });
-                Ok(0)
-            }
-            Ok(Learnt::Keys(set)) => {
-                let loaded = set.len();
-                let refresh_ms = jittered(
-                    entry.refresh_seconds(answer.cache_control) * 1000,
-                    0.8,
-                    jitter,
-                );
-                // The key set first, then the record that announces it.
-                let mut stored = now_ms.max(1).to_be_bytes().to_vec();
-                stored.extend_from_slice(answer.body);
-                store.set(&keys_key(&entry.slot), &stored, None);
-                // 0 means "never fetched".
-                let version = now_ms.max(1);
-                entry.update_meta(store, |meta| {
-                    meta.fetched_ms = version;
-                    meta.refresh_ms = now_ms.saturating_add(refresh_ms);
-                    meta.fetching_until_ms = 0;
-                    meta.retry_ms = 0;
-                    meta.failures = 0;
+                0
+            }),
+            (Some(200), Stage::Jwks) => keys::parse_jwks(answer.body, &limits, false)
+                .map(|set| {
+                    let refresh_ms = entry.keys_doc.refresh_ms(answer.cache_control, jitter);
+                    entry
+                        .keys_doc
+                        .publish(store, answer.body, refresh_ms, now_ms);
+                    let loaded = set.len();
+                    entry.keys = Some(set);
+                    loaded
+                })
+                .map_err(|e| format!("key set refused: {}", e.describe())),
+            (Some(200), Stage::Revocations) => match &mut entry.revocations {
+                None => Err("no revocation list configured".to_string()),
+                Some(remote) => parse_revocations(answer.body, max_revocation_bytes).map(|list| {
+                    let refresh_ms = remote.doc.refresh_ms(answer.cache_control, jitter);
+                    remote.doc.publish(store, answer.body, refresh_ms, now_ms);
+                    let loaded =
+                        list.jtis.len() + list.subjects.len() + list.subjects_issued_before.len();
+                    remote.list = Some(list);
+                    loaded
+                }),
+            },
+            (Some(status), _) => Err(format!("server answered status {status}")),
+        };
+        if result.is_err() {
+            // The key URL may have moved: a failed key fetch after discovery asks again.
+            let rediscover =
+                matches!(entry.source, KeySource::Discovery(_)) && stage == Stage::Jwks;
+            if let Some(doc) = entry.doc_mut(stage) {
+                doc.record_failure(store, now_ms, jitter, |meta| {
+                    if rediscover {
+                        meta.jwks_uri = None;
+                    }
                 });
-                entry.keys = Some(set);
-                entry.version = version;
-                Ok(loaded)
-            }
-            Err(problem) => {
-                entry.record_failure(store, stage, now_ms, jitter);
-                Err(problem)
             }
         }
+        result
     }
 
     /// Seconds a client should wait before retrying when keys are unavailable.
     pub fn retry_after_seconds(&self, provider: usize, now_ms: u64) -> u64 {
         self.entries.get(provider).map_or(1, |e| {
-            let wait_ms = e
-                .meta
-                .retry_ms
-                .max(e.meta.fetching_until_ms)
-                .saturating_sub(now_ms);
-            wait_ms.div_ceil(1000).max(1)
+            let keys = e.keys_doc.retry_after_seconds(now_ms);
+            let revocations = e
+                .revocations
+                .as_ref()
+                .map_or(1, |r| r.doc.retry_after_seconds(now_ms));
+            keys.max(revocations)
         })
     }
 
@@ -286,103 +490,80 @@ impl KeyStore {
     }
 }
 
-enum Learnt {
-    JwksUri(String),
-    Keys(KeySet),
-}
-
-/// What a provider's keys look like to a request right now.
+/// What a provider looks like to a request right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Prospect {
-    ready: bool,
-    loading: bool,
-    version: u64,
+    keys_version: u64,
+    keys_loading: bool,
+    revocations_version: u64,
+    revocations_loading: bool,
 }
 
 impl Entry {
     fn prospect(&self, now_ms: u64) -> Prospect {
+        let keys_loading = self.keys.is_none()
+            && self
+                .keys_doc
+                .fetch_expected_within(now_ms, self.keys_doc.timeout_ms);
+        let (revocations_version, revocations_loading) =
+            self.revocations.as_ref().map_or((0, false), |r| {
+                let loading =
+                    r.list.is_none() && r.doc.fetch_expected_within(now_ms, r.doc.timeout_ms);
+                (r.doc.version, loading)
+            });
         Prospect {
-            ready: self.keys.is_some(),
-            loading: self.fetch_expected_within(now_ms, self.timeout_ms),
-            version: self.version,
+            keys_version: self.keys_doc.version + u64::from(self.keys.is_some()),
+            keys_loading,
+            revocations_version,
+            revocations_loading,
         }
     }
 
-    /// Whether a fetch is under way, or one will start, within `window_ms`.
-    fn fetch_expected_within(&self, now_ms: u64, window_ms: u64) -> bool {
-        let horizon = now_ms.saturating_add(window_ms);
-        self.meta.fetching_until_ms > now_ms || self.meta.retry_ms <= horizon
-    }
-
-    fn adopt(&mut self, store: &impl SharedStore, version: u64, limits: &JwksLimits) {
-        let (Some(stored), _) = store.get(&keys_key(&self.slot)) else {
-            return;
-        };
-        let Some((stamp, body)) = stored.split_first_chunk::<8>() else {
-            return;
-        };
-        // The record and the key set are written separately: adopt only a matching pair.
-        if u64::from_be_bytes(*stamp) != version {
-            return;
-        }
-        if let Ok(set) = keys::parse_jwks(body, limits, false) {
-            self.keys = Some(set);
-            self.version = version;
+    fn doc_mut(&mut self, stage: Stage) -> Option<&mut Doc> {
+        match stage {
+            Stage::Discovery | Stage::Jwks => Some(&mut self.keys_doc),
+            Stage::Revocations => self.revocations.as_mut().map(|r| &mut r.doc),
         }
     }
 
-    fn claim_fetch(
+    fn claim_keys_fetch(
         &mut self,
         store: &impl SharedStore,
-        mut cas: Option<u32>,
+        cas: Option<u32>,
         provider: usize,
         now_ms: u64,
     ) -> Option<Fetch> {
-        for _ in 0..CAS_ATTEMPTS {
-            let meta = &self.meta;
-            if let Some(since) = self.refetch_wanted_ms {
-                // A fetch started, or finished, since the unknown kid was seen: it is served.
-                if meta.attempted_ms >= since || meta.fetched_ms >= since {
-                    self.refetch_wanted_ms = None;
-                }
-            }
-            let refetch_due = self.refetch_wanted_ms.is_some()
-                && now_ms.saturating_sub(meta.attempted_ms) >= self.min_refetch_ms;
-            let due = meta.fetched_ms == 0 || now_ms >= meta.refresh_ms || refetch_due;
-            let blocked = meta.fetching_until_ms > now_ms || now_ms < meta.retry_ms;
-            if !due || blocked {
-                return None;
-            }
-            let (stage, target) = self.next_target()?;
-            let mut claimed = meta.clone();
-            claimed.fetching_until_ms = now_ms
-                .saturating_add(self.timeout_ms)
-                .saturating_add(LEASE_MARGIN_MS);
-            claimed.attempted_ms = now_ms;
-            if write_meta(store, &self.slot, &claimed, cas) {
-                self.meta = claimed;
+        let (stage, target) = self.next_target()?;
+        let wanted = self.refetch_wanted_ms;
+        let min_refetch_ms = self.min_refetch_ms;
+        let claimed = self.keys_doc.claim(store, cas, now_ms, |meta| {
+            wanted.is_some_and(|since| {
+                // A fetch that started or finished since the unknown kid was seen serves it.
+                meta.attempted_ms < since
+                    && meta.fetched_ms < since
+                    && now_ms.saturating_sub(meta.attempted_ms) >= min_refetch_ms
+            })
+        });
+        if let Some(since) = self.refetch_wanted_ms {
+            let meta = &self.keys_doc.meta;
+            if meta.attempted_ms >= since || meta.fetched_ms >= since {
                 self.refetch_wanted_ms = None;
-                return Some(Fetch {
-                    provider,
-                    stage,
-                    target,
-                    timeout_ms: self.timeout_ms,
-                });
             }
-            // Another worker wrote first: look again at what it did.
-            let (meta, fresh_cas) = read_meta(store, &self.slot);
-            self.meta = meta;
-            cas = fresh_cas;
         }
-        None
+        claimed.then_some(Fetch {
+            provider,
+            stage,
+            target,
+            timeout_ms: self.keys_doc.timeout_ms,
+        })
     }
 
     fn next_target(&self) -> Option<(Stage, HttpTarget)> {
         match &self.source {
             KeySource::Inline(_) => None,
             KeySource::Remote(target) => Some((Stage::Jwks, target.clone())),
-            KeySource::Discovery(discovery) => match &self.meta.jwks_uri {
-                Some(uri) => crate::config::http_target(uri, self.cluster_override.as_deref())
+            KeySource::Discovery(discovery) => match &self.keys_doc.meta.jwks_uri {
+                Some(uri) => config::http_target(uri, self.cluster_override.as_deref())
                     .ok()
                     .map(|target| (Stage::Jwks, target)),
                 None => Some((Stage::Discovery, discovery.clone())),
@@ -390,46 +571,7 @@ impl Entry {
         }
     }
 
-    fn record_failure(&mut self, store: &impl SharedStore, stage: Stage, now_ms: u64, jitter: f64) {
-        let rediscover = matches!(self.source, KeySource::Discovery(_)) && stage == Stage::Jwks;
-        self.update_meta(store, |meta| {
-            meta.failures = meta.failures.saturating_add(1);
-            let backoff = FIRST_RETRY_MS
-                .saturating_mul(1u64 << meta.failures.saturating_sub(1).min(16))
-                .min(MAX_RETRY_MS);
-            // Equal jitter: at least half the backoff, so retries spread but still back off.
-            meta.retry_ms = now_ms.saturating_add(jittered(backoff, 0.5, jitter));
-            meta.fetching_until_ms = 0;
-            if rediscover {
-                // The key URL may have moved: ask the discovery document again.
-                meta.jwks_uri = None;
-            }
-        });
-    }
-
-    /// Read-modify-write of the shared record, retried when another worker wrote between.
-    fn update_meta(&mut self, store: &impl SharedStore, change: impl Fn(&mut Meta)) {
-        for _ in 0..CAS_ATTEMPTS {
-            let (mut meta, cas) = read_meta(store, &self.slot);
-            change(&mut meta);
-            if write_meta(store, &self.slot, &meta, cas) {
-                self.meta = meta;
-                return;
-            }
-        }
-    }
-
-    /// `Cache-Control: max-age` may shorten the refresh interval, never below a floor
-    /// (a key server cannot make us hammer it) and never beyond `jwksCacheSeconds`.
-    fn refresh_seconds(&self, cache_control: Option<&str>) -> u64 {
-        let configured = self.cache_seconds;
-        match cache_control.and_then(max_age) {
-            Some(age) => age.clamp(MIN_REFRESH_SECONDS.min(configured), configured),
-            None => configured,
-        }
-    }
-
-    fn discovered_uri(&self, body: &[u8]) -> Result<Learnt, String> {
+    fn discovered_uri(&self, body: &[u8]) -> Result<String, String> {
         let doc: serde_json::Value = serde_json::from_slice(body)
             .map_err(|_| "discovery document is not JSON".to_string())?;
         if doc.get("issuer").and_then(|v| v.as_str()) != Some(self.issuer.as_str()) {
@@ -439,10 +581,19 @@ impl Entry {
             .get("jwks_uri")
             .and_then(|v| v.as_str())
             .ok_or("discovery document has no jwks_uri")?;
-        crate::config::http_target(uri, self.cluster_override.as_deref())
+        config::http_target(uri, self.cluster_override.as_deref())
             .map_err(|problem| format!("discovery jwks_uri: {problem}"))?;
-        Ok(Learnt::JwksUri(uri.to_string()))
+        Ok(uri.to_string())
     }
+}
+
+fn parse_revocations(body: &[u8], max_bytes: usize) -> Result<Revoked, String> {
+    if body.len() > max_bytes {
+        return Err("revocation list is too large".to_string());
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| "revocation list is not JSON".to_string())?;
+    config::parse_revocation_list(&value).map_err(|e| format!("revocation list refused: {e}"))
 }
 
 /// Spreads a small seed (a time, a context id) over all 64 bits for xorshift.
@@ -459,15 +610,8 @@ fn jittered(ms: u64, fraction: f64, random: f64) -> u64 {
     (ms as f64 * factor) as u64
 }
 
-fn slot_for(provider: &Provider) -> String {
-    let source = match &provider.keys {
-        KeySource::Inline(_) => String::new(),
-        KeySource::Remote(t) | KeySource::Discovery(t) => format!("{}\u{0}{}", t.url, t.cluster),
-    };
-    let digest = ring::digest::digest(
-        &ring::digest::SHA256,
-        format!("{}\u{0}{source}", provider.issuer).as_bytes(),
-    );
+fn slot_of(parts: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, parts.as_bytes());
     let hex: String = digest
         .as_ref()
         .iter()
@@ -477,7 +621,22 @@ fn slot_for(provider: &Provider) -> String {
     format!("mesh-oauth/v1/{hex}")
 }
 
-fn keys_key(slot: &str) -> String {
+fn keys_slot(provider: &Provider) -> String {
+    let source = match &provider.keys {
+        KeySource::Inline(_) => String::new(),
+        KeySource::Remote(t) | KeySource::Discovery(t) => format!("{}\u{0}{}", t.url, t.cluster),
+    };
+    slot_of(&format!("{}\u{0}{source}", provider.issuer))
+}
+
+fn revocations_slot(provider: &Provider, target: &HttpTarget) -> String {
+    slot_of(&format!(
+        "revocations\u{0}{}\u{0}{}\u{0}{}",
+        provider.issuer, target.url, target.cluster
+    ))
+}
+
+fn body_key(slot: &str) -> String {
     format!("{slot}/keys")
 }
 
@@ -500,6 +659,16 @@ fn write_meta(store: &impl SharedStore, slot: &str, meta: &Meta, cas: Option<u32
     }
 }
 
+/// The stored body of `version`: the record and the body are written separately, so only
+/// a matching pair is taken.
+fn stored_body(store: &impl SharedStore, slot: &str, version: u64) -> Option<(u64, Vec<u8>)> {
+    let (Some(stored), _) = store.get(&body_key(slot)) else {
+        return None;
+    };
+    let (stamp, body) = stored.split_first_chunk::<8>()?;
+    (u64::from_be_bytes(*stamp) == version).then(|| (version, body.to_vec()))
+}
+
 fn max_age(cache_control: &str) -> Option<u64> {
     cache_control.split(',').find_map(|directive| {
         let (name, value) = directive.trim().split_once('=')?;
@@ -511,13 +680,17 @@ fn max_age(cache_control: &str) -> Option<u64> {
 
 impl KeyLookup for KeyStore {
     fn keys(&self, provider: usize, now_ms: u64) -> KeyState<'_> {
-        match self.entries.get(provider) {
-            Some(Entry {
-                keys: Some(set), ..
-            }) => KeyState::Ready(set),
-            Some(entry) if entry.fetch_expected_within(now_ms, entry.timeout_ms) => {
-                KeyState::Loading
-            }
+        let Some(entry) = self.entries.get(provider) else {
+            return KeyState::Unavailable {
+                retry_after_seconds: 1,
+            };
+        };
+        let prospect = entry.prospect(now_ms);
+        // A provider with a revocation list is only usable once the list is in: fail closed.
+        let revocations_ready = entry.revocations.as_ref().is_none_or(|r| r.list.is_some());
+        match &entry.keys {
+            Some(set) if revocations_ready => KeyState::Ready(set),
+            _ if prospect.keys_loading || prospect.revocations_loading => KeyState::Loading,
             _ => KeyState::Unavailable {
                 retry_after_seconds: self.retry_after_seconds(provider, now_ms),
             },
@@ -525,16 +698,25 @@ impl KeyLookup for KeyStore {
     }
 
     fn key_version(&self, provider: usize) -> u64 {
-        self.entries.get(provider).map_or(0, |e| e.version)
+        self.entries.get(provider).map_or(0, |e| e.keys_doc.version)
     }
 
     fn refetch_possible(&self, provider: usize, now_ms: u64) -> bool {
         self.entries.get(provider).is_some_and(|entry| {
-            let meta = &entry.meta;
+            let meta = &entry.keys_doc.meta;
             !matches!(entry.source, KeySource::Inline(_))
                 && (meta.fetching_until_ms > now_ms
                     || now_ms.saturating_sub(meta.attempted_ms) >= entry.min_refetch_ms)
         })
+    }
+
+    fn revocations(&self, provider: usize) -> Option<&Revoked> {
+        self.entries
+            .get(provider)?
+            .revocations
+            .as_ref()?
+            .list
+            .as_ref()
     }
 }
 
@@ -689,12 +871,12 @@ mod tests {
         let mut a = store(json!({}));
         let mut b = store(json!({}));
         // Both read "no record" before either writes.
-        let (meta_a, cas_a) = read_meta(&shared, &a.entries[0].slot);
-        let (meta_b, cas_b) = read_meta(&shared, &b.entries[0].slot);
-        a.entries[0].meta = meta_a;
-        b.entries[0].meta = meta_b;
-        let claimed_a = a.entries[0].claim_fetch(&shared, cas_a, 0, 0);
-        let claimed_b = b.entries[0].claim_fetch(&shared, cas_b, 0, 0);
+        let (meta_a, cas_a) = read_meta(&shared, &a.entries[0].keys_doc.slot);
+        let (meta_b, cas_b) = read_meta(&shared, &b.entries[0].keys_doc.slot);
+        a.entries[0].keys_doc.meta = meta_a;
+        b.entries[0].keys_doc.meta = meta_b;
+        let claimed_a = a.entries[0].claim_keys_fetch(&shared, cas_a, 0, 0);
+        let claimed_b = b.entries[0].claim_keys_fetch(&shared, cas_b, 0, 0);
         assert!(claimed_a.is_some());
         assert!(
             claimed_b.is_none(),
@@ -709,7 +891,7 @@ mod tests {
         s.sync(&shared, 0);
         s.on_answer(&shared, 0, Stage::Jwks, &ok(&jwks(), None), 0)
             .unwrap();
-        let refresh = s.entries[0].meta.refresh_ms;
+        let refresh = s.entries[0].keys_doc.meta.refresh_ms;
         assert!(
             (80_000..=100_000).contains(&refresh),
             "refresh at {refresh}"
@@ -722,7 +904,7 @@ mod tests {
             .on_answer(&shared2, 0, Stage::Jwks, &ok(&jwks(), None), 0)
             .unwrap();
         assert_ne!(
-            other.entries[0].meta.refresh_ms, refresh,
+            other.entries[0].keys_doc.meta.refresh_ms, refresh,
             "different seeds spread"
         );
     }
@@ -733,8 +915,8 @@ mod tests {
         let mut s = store(json!({"jwksCacheSeconds": 600}));
         let mut refresh_after = |cache_control: &str, now: u64| {
             s.sync(&shared, now);
-            s.entries[0].meta.refresh_ms = now; // make the fetch due
-            s.entries[0].meta.fetching_until_ms = 0;
+            s.entries[0].keys_doc.meta.refresh_ms = now; // make the fetch due
+            s.entries[0].keys_doc.meta.fetching_until_ms = 0;
             let body = jwks();
             s.on_answer(
                 &shared,
@@ -744,7 +926,7 @@ mod tests {
                 now,
             )
             .unwrap();
-            s.entries[0].meta.refresh_ms - now
+            s.entries[0].keys_doc.meta.refresh_ms - now
         };
         let at = refresh_after("public, max-age=100", 0);
         assert!((80_000..=100_000).contains(&at), "{at}");
@@ -782,7 +964,7 @@ mod tests {
             assert_eq!(fetch.len(), 1, "a retry is due at {now}");
             assert!(s.on_answer(&shared, 0, Stage::Jwks, answer, now).is_err());
             assert_eq!(state(&s, now), "ready", "last good keys stay");
-            let gap = s.entries[0].meta.retry_ms - now;
+            let gap = s.entries[0].keys_doc.meta.retry_ms - now;
             assert!(
                 s.sync(&shared, now + gap - 1).fetches.is_empty(),
                 "no retry before the backoff"
@@ -830,7 +1012,7 @@ mod tests {
         let mut now = 0;
         for _ in 0..8 {
             let _ = s.on_answer(&shared, 0, Stage::Jwks, &failed(503), now);
-            now = s.entries[0].meta.retry_ms;
+            now = s.entries[0].keys_doc.meta.retry_ms;
             s.sync(&shared, now);
         }
         let _ = s.on_answer(&shared, 0, Stage::Jwks, &failed(503), now);
@@ -969,6 +1151,59 @@ mod tests {
             matches!(s.keys(1, 1), KeyState::Loading),
             "a new key source starts empty"
         );
+    }
+
+    #[test]
+    fn a_revocation_list_is_fetched_shared_and_required_before_use() {
+        let shared = Shared::default();
+        let cfg = config(json!({"revocationUri": "https://revoke.example.com/list",
+                                "revocationRefreshSeconds": 60}));
+        let mut a = KeyStore::new(&cfg, None, 1).unwrap();
+        let mut b = KeyStore::new(&cfg, None, 2).unwrap();
+        let fetches = a.sync(&shared, 0).fetches;
+        let stages: Vec<Stage> = fetches.iter().map(|f| f.stage).collect();
+        assert_eq!(stages, vec![Stage::Jwks, Stage::Revocations]);
+        assert_eq!(
+            fetches[1].target.cluster,
+            "outbound|443||revoke.example.com"
+        );
+        a.on_answer(&shared, 0, Stage::Jwks, &ok(&jwks(), None), 1)
+            .unwrap();
+        assert_eq!(state(&a, 1), "loading", "keys alone are not enough");
+        let list = br#"{"jtis": ["j1"], "subjects": ["mallory"]}"#;
+        assert_eq!(
+            a.on_answer(&shared, 0, Stage::Revocations, &ok(list, None), 2),
+            Ok(2)
+        );
+        assert_eq!(state(&a, 2), "ready");
+        assert!(a
+            .revocations(0)
+            .is_some_and(|r| r.subjects.contains("mallory")));
+        // The other worker adopts both without fetching.
+        assert!(b.sync(&shared, 3).fetches.is_empty());
+        assert_eq!(state(&b, 3), "ready");
+        assert!(b.revocations(0).is_some_and(|r| r.jtis.contains("j1")));
+        // A bad list later does not replace the good one.
+        let refresh = a.entries[0]
+            .revocations
+            .as_ref()
+            .unwrap()
+            .doc
+            .meta
+            .refresh_ms;
+        let due: Vec<Stage> = a
+            .sync(&shared, refresh)
+            .fetches
+            .iter()
+            .map(|f| f.stage)
+            .collect();
+        assert_eq!(due, vec![Stage::Revocations]);
+        assert!(a
+            .on_answer(&shared, 0, Stage::Revocations, &ok(b"[1,2]", None), refresh)
+            .is_err());
+        assert!(a
+            .revocations(0)
+            .is_some_and(|r| r.subjects.contains("mallory")));
     }
 
     #[test]
