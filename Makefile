@@ -10,7 +10,7 @@ PY          := $(VENV)/bin/python
 WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
                   --enable-mutable-globals --strip-debug --strip-producers
 
-.PHONY: build tools venv test lint unit integration demo clean
+.PHONY: build tools venv test lint unit integration demo mesh-scale clean
 
 # Toolchain pieces the wasm build needs: the target, clang for ring's C/asm, wasm-opt.
 tools: .cache/tools.stamp
@@ -50,6 +50,11 @@ test: lint unit integration delivery-test
 
 demo: build venv
 	MESH_OAUTH_WASM=$(CURDIR)/$(MODULE) $(PY) examples/demo/demo.py
+
+# N sidecars against one IdP, key rotated mid-run; not part of `make test` (about 2 minutes).
+N ?= 20
+mesh-scale: build venv
+	MESH_OAUTH_WASM=$(CURDIR)/$(MODULE) $(PY) scripts/mesh_scale.py --sidecars $(N)
 
 clean:
 	cargo clean

@@ -51,14 +51,23 @@ class _QuietHandler(BaseHTTPRequestHandler):
 
 
 class _Server:
-    """A ThreadingHTTPServer on a free loopback port, served from a daemon thread."""
+    """A ThreadingHTTPServer on a free loopback port, served from a daemon thread.
+    `listening=False`: the port is bound but refuses connections (a server that is down)
+    until `start_listening()`."""
 
-    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
-        self.httpd = ThreadingHTTPServer((LOOPBACK, 0), handler)
+    def __init__(self, handler: type[BaseHTTPRequestHandler], listening: bool = True) -> None:
+        self.httpd = ThreadingHTTPServer((LOOPBACK, 0), handler, bind_and_activate=False)
         self.httpd.daemon_threads = True
         self.httpd.owner = self  # type: ignore[attr-defined]
+        self.httpd.server_bind()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        if listening:
+            self.start_listening()
+
+    def start_listening(self) -> None:
+        # Bound without listen(), the kernel answers connections with a reset (refused).
+        self.httpd.server_activate()
         self.thread.start()
 
     @property
@@ -75,9 +84,11 @@ class _Server:
 
     def stop(self) -> None:
         self.stopping.set()  # wakes handlers sleeping on a configured delay
-        self.httpd.shutdown()
+        if self.thread.is_alive():
+            self.httpd.shutdown()  # waits for serve_forever: only when it runs
         self.httpd.server_close()
-        self.thread.join(STOP_TIMEOUT_S)
+        if self.thread.is_alive():
+            self.thread.join(STOP_TIMEOUT_S)
 
 
 @dataclass
@@ -93,27 +104,33 @@ class _IdpHandler(_QuietHandler):
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         idp: IdpServer = self.server.owner  # type: ignore[attr-defined]
         path = urllib.parse.urlsplit(self.path).path
-        reply = idp._record(path)
+        reply = idp._record(path, self.path)
         if reply is None:
             self._send(404, b"not found", {"Content-Type": "text/plain"})
             return
         if reply.delay_s and idp.stopping.wait(reply.delay_s):
             return
-        self._send(reply.status, reply.body, {"Content-Type": reply.content_type, **reply.headers})
+        try:
+            self._send(reply.status, reply.body, {"Content-Type": reply.content_type, **reply.headers})
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up first (a timeout, a body over its limit): part of the test
 
 
 class IdpServer(_Server):
     """An identity provider the test controls: `/jwks.json` and
-    `/.well-known/openid-configuration` by default, any path on demand; counts requests per path."""
+    `/.well-known/openid-configuration` by default, any path on demand; counts requests per path
+    and keeps every request's arrival time and target (path with query). `listening=False`: down
+    (connections refused) until `start_listening()`."""
 
     JWKS_PATH = "/jwks.json"
     DISCOVERY_PATH = "/.well-known/openid-configuration"
 
-    def __init__(self) -> None:
+    def __init__(self, listening: bool = True) -> None:
         self._lock = threading.Lock()
         self._replies: dict[str, Reply] = {}
         self._counts: collections.Counter[str] = collections.Counter()
-        super().__init__(_IdpHandler)
+        self._requests: list[tuple[float, str]] = []
+        super().__init__(_IdpHandler, listening)
         self.set_jwks({"keys": []})
         self.set_json(self.DISCOVERY_PATH, {"issuer": self.url, "jwks_uri": self.jwks_uri})
 
@@ -121,10 +138,16 @@ class IdpServer(_Server):
     def jwks_uri(self) -> str:
         return self.url + self.JWKS_PATH
 
-    def _record(self, path: str) -> Reply | None:
+    def _record(self, path: str, target: str = "") -> Reply | None:
         with self._lock:
             self._counts[path] += 1
+            self._requests.append((time.monotonic(), target or path))
             return self._replies.get(path)
+
+    def requests(self) -> list[tuple[float, str]]:
+        """(time.monotonic() at arrival, request target) of every request so far."""
+        with self._lock:
+            return list(self._requests)
 
     def respond(self, path: str, reply: Reply) -> None:
         with self._lock:
@@ -406,6 +429,15 @@ class Envoy:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    # A panic in the module, a VM that died (FAIL_RELOAD hides it from clients) or a module
+    # that would not load.
+    CRASH_SIGNS = ("panic", "Wasm VM failed", "failed to load", "Uncaught RuntimeError")
+
+    def crash_lines(self) -> list[str]:
+        """Log lines that show the module crashed or failed to load."""
+        return [line for line in self.log().splitlines()
+                if any(sign.lower() in line.lower() for sign in self.CRASH_SIGNS)]
 
     def stop(self) -> None:
         if self in Envoy._running:
