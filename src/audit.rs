@@ -86,7 +86,7 @@ pub fn audit_line(
             .as_ref()
             .and_then(|c| c.get(name))
             .and_then(Value::as_str)
-            .map_or(Value::Null, |s| Value::String(s.to_string()))
+            .map_or(Value::Null, |s| Value::String(clipped(s)))
     };
     let mut line = Map::new();
     line.insert("decision".into(), json!(verdict));
@@ -117,6 +117,16 @@ pub fn audit_line(
     let path = request.path.split(['?', '#']).next().unwrap_or_default();
     line.insert("path".into(), json!(path));
     Value::Object(line).to_string()
+}
+
+/// Claims of a refused token are the client's own words: a line stays bounded whatever it sent.
+const MAX_CLAIM_CHARS: usize = 256;
+
+fn clipped(text: &str) -> String {
+    match text.char_indices().nth(MAX_CLAIM_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
 }
 
 fn status_of(outcome: &Outcome) -> u32 {
@@ -191,6 +201,28 @@ mod tests {
             "no token, no signature"
         );
         assert!(!line.contains(r#""scope":"x""#), "no other claims");
+    }
+
+    #[test]
+    fn client_chosen_claims_are_clipped() {
+        let long = "x".repeat(5000);
+        let mut trace = token_trace();
+        let claims = json!({"iss": long, "sub": "é".repeat(300)});
+        trace.claims = Some(Rc::new(claims.as_object().unwrap().clone()));
+        let decision = Decision {
+            outcome: Outcome::Deny(Denial::MissingToken),
+            trace,
+        };
+        let line = audit_line(&config(), &decision, &request(&[]), None);
+        let parsed: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            parsed["iss"].as_str().unwrap().chars().count(),
+            MAX_CLAIM_CHARS + 1
+        );
+        assert_eq!(
+            parsed["sub"].as_str().unwrap().chars().count(),
+            MAX_CLAIM_CHARS + 1
+        );
     }
 
     #[test]

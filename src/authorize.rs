@@ -76,6 +76,25 @@ pub struct Decision {
     pub trace: Trace,
 }
 
+/// The same keys, but a held request that already had its refetch gets no other: it is
+/// decided with the keys as they now are.
+pub struct WithoutRefetch<'k>(pub &'k dyn KeyLookup);
+
+impl KeyLookup for WithoutRefetch<'_> {
+    fn keys(&self, provider: usize, now_ms: u64) -> KeyState<'_> {
+        self.0.keys(provider, now_ms)
+    }
+    fn refetch_possible(&self, _provider: usize, _now_ms: u64) -> bool {
+        false
+    }
+    fn key_version(&self, provider: usize) -> u64 {
+        self.0.key_version(provider)
+    }
+    fn revocations(&self, provider: usize) -> Option<&crate::config::Revoked> {
+        self.0.revocations(provider)
+    }
+}
+
 /// Why a decision stopped short of allowing.
 enum Halt {
     Deny(Denial),
@@ -121,7 +140,7 @@ struct Verified {
 
 pub fn authorize(
     config: &Config,
-    keys: &impl KeyLookup,
+    keys: &dyn KeyLookup,
     cache: &mut TokenCache,
     request: &Request<'_>,
     now_ms: u64,
@@ -146,7 +165,7 @@ pub fn authorize(
 /// A held request whose wait ran out: the keys could not be had in time.
 pub fn wait_expired(
     config: &Config,
-    keys: &impl KeyLookup,
+    keys: &dyn KeyLookup,
     provider: usize,
     now_ms: u64,
 ) -> Decision {
@@ -170,6 +189,15 @@ pub fn wait_expired(
     Decision { outcome, trace }
 }
 
+/// Whether this decision is only reported: the deciding rule's `mode`, else the top level's.
+fn reporting(config: &Config, trace: &Trace) -> bool {
+    let rule_mode = trace
+        .rule
+        .and_then(|i| config.rules.get(i))
+        .and_then(|rule| rule.mode);
+    rule_mode.unwrap_or(config.mode) == Mode::Report
+}
+
 /// The refusal, unless the top-level or the deciding rule's `mode` is `report`.
 fn refuse(
     config: &Config,
@@ -177,11 +205,7 @@ fn refuse(
     identity_edits: Vec<HeaderEdit>,
     denial: Denial,
 ) -> Outcome {
-    let rule_mode = trace
-        .rule
-        .and_then(|i| config.rules.get(i))
-        .and_then(|rule| rule.mode);
-    if rule_mode.unwrap_or(config.mode) == Mode::Report {
+    if reporting(config, trace) {
         // Report mode lets everything through untouched but for the identity headers: the
         // token stays, since the application may still rely on it during the rollout.
         Outcome::Allow(Allowed {
@@ -196,7 +220,7 @@ fn refuse(
 
 fn decide(
     config: &Config,
-    keys: &impl KeyLookup,
+    keys: &dyn KeyLookup,
     cache: &mut TokenCache,
     request: &Request<'_>,
     now_ms: u64,
@@ -291,7 +315,9 @@ fn decide(
         Err(Unmet::ClaimFailed(_)) => return Err(Denial::ClaimFailed.into()),
     }
 
-    Ok(identity_edits(provider, &verified, request))
+    // Report mode changes nothing upstream relies on: the token stays, valid or not.
+    let keep_token = provider.forward_original_token || reporting(config, trace);
+    Ok(identity_edits(provider, &verified, request, keep_token))
 }
 
 enum Need<'c> {
@@ -327,7 +353,7 @@ fn identity_headers(providers: &[Provider]) -> impl Iterator<Item = &str> {
 
 fn verify_token(
     config: &Config,
-    keys: &impl KeyLookup,
+    keys: &dyn KeyLookup,
     cache: &mut TokenCache,
     found: Found,
     now_ms: u64,
@@ -447,7 +473,7 @@ fn verify_token(
 /// it; its time and audience are checked anew. `None`: the entry is stale, verify afresh.
 fn cache_hit(
     config: &Config,
-    keys: &impl KeyLookup,
+    keys: &dyn KeyLookup,
     hit: &CachedToken,
     found: &Found,
     now_ms: u64,
@@ -481,10 +507,15 @@ fn verify_reason(error: &VerifyError) -> &'static str {
 
 /// What upstream gets from a verified token: the token itself removed (unless forwarded) and
 /// the configured claim and payload headers.
-fn identity_edits(provider: &Provider, verified: &Verified, request: &Request<'_>) -> Allowed {
+fn identity_edits(
+    provider: &Provider,
+    verified: &Verified,
+    request: &Request<'_>,
+    keep_token: bool,
+) -> Allowed {
     let mut allowed = Allowed::default();
     let edits = &mut allowed.edits;
-    if !provider.forward_original_token {
+    if !keep_token {
         match &verified.found.location {
             Location::Header { name, .. } => edits.push(HeaderEdit::Remove(name.clone())),
             Location::Param(name) => edits.push(HeaderEdit::Set(
@@ -1058,6 +1089,12 @@ mod tests {
             a.would_deny,
             Some(Denial::MissingScopes(vec!["new:read".into()]))
         );
+        // A valid token in report mode stays for upstream too.
+        let valid = fixture(json!({"providers": [provider(json!({}))], "mode": "report"}));
+        let a = allowed(valid.with_token("/", &valid.good_token()));
+        assert!(!a
+            .edits
+            .contains(&HeaderEdit::Remove("authorization".into())));
         assert_eq!(
             denial(f.with_token("/old/x", &t)),
             Denial::MissingScopes(vec!["old:read".into()])

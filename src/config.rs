@@ -23,7 +23,8 @@ pub struct Config {
 /// `audit`: one JSON line per decision in Envoy's log.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Audit {
-    /// `audit.level`: `off`, `debug`, `info` (default) or `warn`.
+    /// `audit.level`: `off`, `debug`, `info` or `warn` (default: an Istio sidecar logs Wasm
+    /// at `warning` unless told otherwise, so lower levels would be invisible there).
     pub level: AuditLevel,
     /// `audit.allowedSampleRate`, 0 to 1 (default 0.01): the share of allowed requests
     /// logged; refusals are always logged.
@@ -41,7 +42,7 @@ pub enum AuditLevel {
 impl Default for Audit {
     fn default() -> Self {
         Audit {
-            level: AuditLevel::Info,
+            level: AuditLevel::Warn,
             allowed_sample_rate: 0.01,
         }
     }

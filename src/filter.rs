@@ -3,7 +3,7 @@
 //! the worker's VM), so this file calls `hostcalls` directly and handles every error.
 
 use crate::audit;
-use crate::authorize::{self, Decision, HeaderEdit, Outcome, Request};
+use crate::authorize::{self, Decision, HeaderEdit, KeyLookup, Outcome, Request};
 use crate::cache::TokenCache;
 use crate::config::AuditLevel;
 use crate::config::{self, Config};
@@ -59,6 +59,9 @@ struct Waiter {
     context_id: u32,
     provider: usize,
     deadline_ms: u64,
+    /// Waiting for a refetch for an unknown kid: the provider's key version then. Once the
+    /// keys have changed the request is decided with them, without asking for another fetch.
+    refetch_from: Option<u64>,
 }
 
 /// What a worker VM's root and its request contexts share.
@@ -152,10 +155,7 @@ impl State {
             if hostcalls::set_effective_context(waiter.context_id).is_err() {
                 continue; // the client has gone
             }
-            let expired_for = expired.then_some(waiter.provider);
-            if let Some(action) =
-                self.handle(waiter.context_id, expired_for, Some(waiter.deadline_ms))
-            {
+            if let Some(action) = self.handle(waiter.context_id, Some((&waiter, expired))) {
                 if action == Action::Continue {
                     let _ = hostcalls::resume_http_request();
                 }
@@ -166,19 +166,25 @@ impl State {
 
     /// Decides the current request and applies the decision, or holds the request; `None`
     /// when it is held. `expired_for`: a held request whose wait for that provider ran out.
-    fn handle(
-        &mut self,
-        context_id: u32,
-        expired_for: Option<usize>,
-        deadline_ms: Option<u64>,
-    ) -> Option<Action> {
+    fn handle(&mut self, context_id: u32, held: Option<(&Waiter, bool)>) -> Option<Action> {
         let request = RequestHeaders::read();
         let now = now_ms();
         let view = request.view();
-        let mut decision = match expired_for {
-            Some(provider) => authorize::wait_expired(&self.config, &self.keys, provider, now),
-            None => authorize::authorize(&self.config, &self.keys, &mut self.cache, &view, now),
+        let refetched = held.is_some_and(|(w, _)| {
+            w.refetch_from
+                .is_some_and(|version| self.keys.key_version(w.provider) != version)
+        });
+        let mut decision = if refetched {
+            let keys = authorize::WithoutRefetch(&self.keys);
+            authorize::authorize(&self.config, &keys, &mut self.cache, &view, now)
+        } else {
+            authorize::authorize(&self.config, &self.keys, &mut self.cache, &view, now)
         };
+        // A held request past its deadline that would still wait: the keys could not be had.
+        if let (Outcome::Wait { provider, .. }, Some((_, true))) = (&decision.outcome, held) {
+            decision.outcome =
+                authorize::wait_expired(&self.config, &self.keys, *provider, now).outcome;
+        }
         if let Outcome::Wait { provider, refetch } = decision.outcome {
             if self.waiters.len() < self.config.limits.max_held_requests {
                 if refetch {
@@ -189,10 +195,16 @@ impl State {
                     .providers
                     .get(provider)
                     .map_or(0, |p| p.timeout_ms);
+                let deadline_ms =
+                    held.map_or(now.saturating_add(timeout_ms), |(w, _)| w.deadline_ms);
+                let refetch_from = held
+                    .and_then(|(w, _)| w.refetch_from)
+                    .or(refetch.then(|| self.keys.key_version(provider)));
                 self.hold(Waiter {
                     context_id,
                     provider,
-                    deadline_ms: deadline_ms.unwrap_or(now.saturating_add(timeout_ms)),
+                    deadline_ms,
+                    refetch_from,
                 });
                 return None;
             }
@@ -586,7 +598,7 @@ impl HttpContext for Filter {
             send_response(503, &[], b"");
             return Action::Pause;
         };
-        match state.handle(self.context_id, None, None) {
+        match state.handle(self.context_id, None) {
             Some(action) => action,
             None => {
                 // Fetches start from the root (an answer must not depend on this request
