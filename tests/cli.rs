@@ -354,7 +354,7 @@ fn check_config_refuses_yaml_the_filter_would_not_get_a_sound_config_from() {
 // ------------------------------------------------------------------------------ explain
 // Each case names the Envoy integration test that checks the filter's answer to it.
 
-/// test_upstream_headers / test_rules::test_required_scope_present_passes: 200, the token
+/// test_upstream_headers::test_claim_and_payload_headers, test_rules::test_required_scope_present_passes: 200, the token
 /// removed and the identity headers set.
 #[test]
 fn explain_a_valid_token_shows_each_step_and_the_upstream_headers() {
@@ -478,7 +478,8 @@ fn explain_a_token_signed_with_an_unknown_key() {
         .contains("error_description=\"token key id is unknown\""));
 }
 
-/// test_rejections (tampered signature): 401 invalid_token naming the signature.
+/// test_algorithms::test_token_with_a_flipped_signature_byte_is_refused: 401 invalid_token
+/// naming the signature.
 #[test]
 fn explain_a_token_with_a_bad_signature() {
     let idp = idp();
@@ -521,7 +522,8 @@ fn explain_a_token_without_the_required_scope() {
     );
 }
 
-/// test_rules (deny rule, unmatched deny): 403 without a challenge, whatever the token.
+/// test_rules_contract::test_deny_rule_refuses_a_token_that_has_everything (and its dot-segment
+/// case): 403 without a challenge, whatever the token.
 #[test]
 fn explain_a_deny_rule() {
     let idp = idp();
@@ -568,7 +570,8 @@ fn explain_an_anonymous_path() {
     assert_eq!(answer(&out)[0], "final: 401 Unauthorized (expired)");
 }
 
-/// test_missing_token: 401 with a bare challenge when a token is needed and none is found.
+/// test_missing_token::test_realm_defaults_to_the_requests_host: 401 with a bare challenge when a
+/// token is needed and none is found.
 #[test]
 fn explain_a_token_where_no_provider_looks() {
     let idp = idp();
@@ -585,8 +588,8 @@ fn explain_a_token_where_no_provider_looks() {
     );
 }
 
-/// test_key_fetch: a request waits while keys load, and gets 503 with Retry-After if they
-/// never come.
+/// test_key_fetch::test_key_server_slower_than_the_timeout_is_503_in_time: a request waits
+/// while keys load, and gets 503 with Retry-After if they do not come.
 #[test]
 fn explain_without_the_keys_of_a_fetching_provider() {
     let idp = idp();
