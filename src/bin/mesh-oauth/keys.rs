@@ -1,0 +1,55 @@
+//! The keys `explain` verifies with: a fixed set per provider, from the configuration's inline
+//! `jwks` or from `--jwks` (a file, or a URL fetched here the way the filter would fetch it).
+
+use mesh_oauth::authorize::{KeyLookup, KeyState};
+use mesh_oauth::keys::KeySet;
+use std::time::Duration;
+
+/// Keys as one request sees them; a provider without keys is still loading them, which is
+/// what the filter finds before its first fetch has answered.
+pub struct FixedKeys(pub Vec<Option<KeySet>>);
+
+impl KeyLookup for FixedKeys {
+    fn keys(&self, provider: usize, _now_ms: u64) -> KeyState<'_> {
+        match self.0.get(provider) {
+            Some(Some(set)) => KeyState::Ready(set),
+            _ => KeyState::Loading,
+        }
+    }
+
+    /// The keys given are what a fetch would bring: a refetch would change nothing.
+    fn refetch_possible(&self, _provider: usize, _now_ms: u64) -> bool {
+        false
+    }
+
+    fn key_version(&self, _provider: usize) -> u64 {
+        1
+    }
+}
+
+/// Reads `--jwks`: an `http(s)://` URL is fetched, anything else is a file.
+pub fn read_jwks(source: &str, max_bytes: usize, timeout_ms: u64) -> Result<Vec<u8>, String> {
+    let is_url = ["http://", "https://"].iter().any(|scheme| {
+        source
+            .get(..scheme.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+    });
+    if !is_url {
+        return std::fs::read(source).map_err(|e| format!("--jwks {source}: cannot read: {e}"));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_millis(timeout_ms)))
+        .build()
+        .into();
+    let mut response = agent
+        .get(source)
+        .call()
+        .map_err(|e| format!("--jwks {source}: fetch failed: {e}"))?;
+    // The filter refuses a key document over `limits.maxJwksBytes` too.
+    response
+        .body_mut()
+        .with_config()
+        .limit(u64::try_from(max_bytes).unwrap_or(u64::MAX))
+        .read_to_vec()
+        .map_err(|e| format!("--jwks {source}: reading the answer failed: {e}"))
+}

@@ -1,0 +1,123 @@
+//! Reading a configuration file the way the filter will receive it: the plugin's JSON as is,
+//! or the `spec.pluginConfig` of every `kind: WasmPlugin` document of an Istio YAML file
+//! (which Istio hands to the plugin as JSON).
+
+use mesh_oauth::config::{self, Config, ConfigError};
+use mesh_oauth::keystore::KeyStore;
+use serde_json::{Map, Number, Value};
+use yaml_rust2::{Yaml, YamlLoader};
+
+/// One configuration as the filter would get it.
+pub struct Plugin {
+    /// `WasmPlugin <namespace>/<name>` for a YAML document; empty for a JSON file.
+    pub label: String,
+    pub result: Result<Config, String>,
+}
+
+/// The configurations a file holds; `Err` when the file itself cannot be read as one.
+pub fn load(path: &str) -> Result<Vec<Plugin>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    // A JSON document goes to the parser as it is, so that its own checks (duplicate member
+    // names, exact syntax errors) see the text the filter would see.
+    if text.trim_start().starts_with('{') {
+        return Ok(vec![Plugin {
+            label: String::new(),
+            result: validate(&text).map_err(|e| located(&e, None)),
+        }]);
+    }
+    // yaml-rust2 refuses duplicate keys, as the JSON parser refuses duplicate members.
+    let documents = YamlLoader::load_from_str(&text).map_err(|e| format!("not valid YAML: {e}"))?;
+    let plugins: Vec<Plugin> = documents
+        .iter()
+        .enumerate()
+        .filter(|(_, doc)| doc["kind"].as_str() == Some("WasmPlugin"))
+        .map(|(index, doc)| Plugin {
+            label: format!("WasmPlugin {}", object_name(doc, index)),
+            result: from_plugin_config(&doc["spec"]["pluginConfig"]),
+        })
+        .collect();
+    if plugins.is_empty() {
+        return Err(
+            "neither a JSON plugin configuration nor YAML with a `kind: WasmPlugin` document"
+                .into(),
+        );
+    }
+    Ok(plugins)
+}
+
+/// What the filter checks when it is configured: the parser, then the key store (inline keys).
+fn validate(json: &str) -> Result<Config, ConfigError> {
+    let config = config::parse(json)?;
+    KeyStore::new(&config, None, 0).map_err(|problem| ConfigError {
+        path: String::new(),
+        problem,
+    })?;
+    Ok(config)
+}
+
+fn from_plugin_config(plugin_config: &Yaml) -> Result<Config, String> {
+    const BASE: &str = "spec.pluginConfig";
+    // No pluginConfig: the plugin is configured with nothing, which its parser refuses.
+    let json = match plugin_config {
+        Yaml::BadValue => String::new(),
+        yaml => to_json(yaml)
+            .map_err(|problem| format!("{BASE}: {problem}"))?
+            .to_string(),
+    };
+    validate(&json).map_err(|e| located(&e, Some(BASE)))
+}
+
+/// `path: problem`, the path within the YAML file when the config is part of one.
+fn located(error: &ConfigError, base: Option<&str>) -> String {
+    let ConfigError { path, problem } = error;
+    match (path.as_str(), base) {
+        // The key store names its field in the problem.
+        ("", _) => problem.clone(),
+        ("(config)", Some(base)) => format!("{base}: {problem}"),
+        (path, Some(base)) => format!("{base}.{path}: {problem}"),
+        (path, None) => format!("{path}: {problem}"),
+    }
+}
+
+fn object_name(doc: &Yaml, index: usize) -> String {
+    let metadata = &doc["metadata"];
+    match (metadata["namespace"].as_str(), metadata["name"].as_str()) {
+        (Some(namespace), Some(name)) => format!("{namespace}/{name}"),
+        (None, Some(name)) => name.to_string(),
+        _ => format!("(document {})", index.saturating_add(1)),
+    }
+}
+
+/// YAML (1.2 core schema) as the JSON Istio produces from it. Kubernetes reads YAML 1.1, where
+/// an unquoted `yes`/`no`/`on`/`off` is a boolean; here they stay strings, so quote such values.
+fn to_json(yaml: &Yaml) -> Result<Value, String> {
+    Ok(match yaml {
+        Yaml::Null => Value::Null,
+        Yaml::Boolean(b) => Value::Bool(*b),
+        Yaml::Integer(i) => Value::Number((*i).into()),
+        Yaml::Real(text) => {
+            let number = yaml
+                .as_f64()
+                .and_then(Number::from_f64)
+                .ok_or_else(|| format!("{text}: not a number JSON can hold"))?;
+            Value::Number(number)
+        }
+        Yaml::String(s) => Value::String(s.clone()),
+        Yaml::Array(items) => Value::Array(items.iter().map(to_json).collect::<Result<_, _>>()?),
+        Yaml::Hash(entries) => {
+            let mut object = Map::new();
+            for (key, value) in entries {
+                let key = match key {
+                    Yaml::String(s) => s.clone(),
+                    Yaml::Integer(i) => i.to_string(),
+                    Yaml::Real(s) => s.clone(),
+                    Yaml::Boolean(b) => b.to_string(),
+                    _ => return Err("a mapping key that is not a scalar".into()),
+                };
+                object.insert(key, to_json(value)?);
+            }
+            Value::Object(object)
+        }
+        Yaml::Alias(_) | Yaml::BadValue => return Err("a value that cannot be resolved".into()),
+    })
+}

@@ -1,0 +1,208 @@
+//! `mesh-oauth`: the filter's core on the command line.
+//!
+//!     mesh-oauth check-config FILE
+//!     mesh-oauth explain --config FILE --token TOKEN|- [--jwks FILE|URL] [--method M]
+//!                        [--path P] [--host H] [--now T] [--header NAME|--param NAME|--cookie NAME]
+
+mod explain;
+mod keys;
+mod load;
+mod time;
+
+use explain::{Options, Placement};
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage:
+  mesh-oauth check-config FILE
+      Validates a plugin configuration as the filter does: the plugin's JSON, or every
+      `kind: WasmPlugin` document's spec.pluginConfig in an Istio YAML file.
+  mesh-oauth explain --config FILE --token TOKEN [options]
+      Shows step by step how the filter decides a request carrying TOKEN, and its answer.
+      --token -             read the token from standard input
+      --jwks FILE|URL       keys (a JWKS document) for the provider the token's iss selects,
+                            when it fetches its keys (jwksUri or discovery)
+      --method M            default GET
+      --path P              default /
+      --host H              the :authority, default localhost
+      --now T               Unix seconds or RFC 3339 (2024-05-01T12:00:00Z); default: now
+      --header NAME | --param NAME | --cookie NAME
+                            where the token goes; default the Authorization header
+exit status: 0 done (for check-config: valid), 1 invalid input, 2 usage error";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.split_first() {
+        Some((command, rest)) if command == "check-config" => check_config(rest),
+        Some((command, rest)) if command == "explain" => explain_command(rest),
+        Some((flag, _)) if flag == "-h" || flag == "--help" => {
+            emit(&format!("{USAGE}\n"));
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => Err(Failure::Usage("a command is needed".into())),
+    };
+    match result {
+        Ok(code) => code,
+        Err(Failure::Invalid(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+enum Failure {
+    /// Input the tool cannot use: status 1.
+    Invalid(String),
+    /// A wrong command line: status 2.
+    Usage(String),
+}
+
+/// Writes to standard output; a closed pipe (`| head`) is not an error worth a panic.
+fn emit(text: &str) {
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+fn check_config(args: &[String]) -> Result<ExitCode, Failure> {
+    let [file] = args else {
+        return Err(Failure::Usage("check-config takes one FILE".into()));
+    };
+    let plugins = load::load(file).map_err(|e| Failure::Invalid(format!("{file}: {e}")))?;
+    let mut valid = true;
+    for plugin in plugins {
+        let label = match plugin.label.as_str() {
+            "" => String::new(),
+            label => format!("{label}: "),
+        };
+        match plugin.result {
+            Ok(config) => emit(&format!(
+                "ok: {label}{}, {}\n",
+                count(config.providers.len(), "provider"),
+                count(config.rules.len(), "rule")
+            )),
+            Err(problem) => {
+                eprintln!("error: {file}: {label}{problem}");
+                valid = false;
+            }
+        }
+    }
+    Ok(if valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+fn explain_command(args: &[String]) -> Result<ExitCode, Failure> {
+    let mut config_path = None;
+    let mut token = None;
+    let mut jwks = None;
+    let mut method = None;
+    let mut path = None;
+    let mut host = None;
+    let mut now = None;
+    let mut placement = None;
+    let mut rest = args.iter();
+    while let Some(flag) = rest.next() {
+        let value = rest
+            .next()
+            .cloned()
+            .ok_or_else(|| Failure::Usage(format!("{flag} needs a value")))?;
+        let (slot, value) = match flag.as_str() {
+            "--config" => (&mut config_path, value),
+            "--token" => (&mut token, value),
+            "--jwks" => (&mut jwks, value),
+            "--method" => (&mut method, value),
+            "--path" => (&mut path, value),
+            "--host" => (&mut host, value),
+            "--now" => (&mut now, value),
+            "--header" | "--param" | "--cookie" => {
+                if placement.is_some() {
+                    return Err(Failure::Usage(
+                        "one of --header, --param, --cookie at most".into(),
+                    ));
+                }
+                placement = Some(match flag.as_str() {
+                    "--header" => Placement::Header(value.to_ascii_lowercase()),
+                    "--param" => Placement::Param(value),
+                    _ => Placement::Cookie(value),
+                });
+                continue;
+            }
+            other => return Err(Failure::Usage(format!("unknown option {other}"))),
+        };
+        if slot.replace(value).is_some() {
+            return Err(Failure::Usage(format!("{flag} given twice")));
+        }
+    }
+    let config_path = config_path.ok_or_else(|| Failure::Usage("--config is needed".into()))?;
+    let token = read_token(token.ok_or_else(|| Failure::Usage("--token is needed".into()))?)?;
+    let now_ms = match now {
+        Some(text) => time::parse_now(&text).map_err(Failure::Usage)?,
+        None => system_now_ms(),
+    };
+
+    let mut plugins =
+        load::load(&config_path).map_err(|e| Failure::Invalid(format!("{config_path}: {e}")))?;
+    let plugin = match plugins.len() {
+        1 => plugins.remove(0),
+        n => {
+            return Err(Failure::Invalid(format!(
+                "{config_path}: holds {n} WasmPlugins; explain takes a file with one"
+            )))
+        }
+    };
+    let label = match plugin.label.as_str() {
+        "" => String::new(),
+        label => format!("{label}: "),
+    };
+    let config = plugin
+        .result
+        .map_err(|problem| Failure::Invalid(format!("{config_path}: {label}{problem}")))?;
+    let options = Options {
+        token,
+        jwks,
+        method: method.unwrap_or_else(|| "GET".into()),
+        path: path.unwrap_or_else(|| "/".into()),
+        host: host.unwrap_or_else(|| "localhost".into()),
+        now_ms,
+        placement: placement.unwrap_or(Placement::Header("authorization".into())),
+    };
+    let report = explain::explain(&config, &options).map_err(Failure::Invalid)?;
+    emit(&report);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_token(given: String) -> Result<String, Failure> {
+    let token = if given == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| Failure::Invalid(format!("--token -: cannot read standard input: {e}")))?;
+        text.trim().to_string()
+    } else {
+        given
+    };
+    if token.is_empty() {
+        return Err(Failure::Usage("the token is empty".into()));
+    }
+    Ok(token)
+}
+
+fn system_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,754 @@
+//! The `mesh-oauth` binary, run as a user runs it: `check-config` on the repository's Istio
+//! files and on broken configurations, `explain` on the cases the Envoy integration tests
+//! (tests/integration) put to the filter, with tokens minted here by ring.
+// The helpers below are test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ring::rand::SystemRandom;
+use ring::signature::{
+    Ed25519KeyPair, KeyPair, RsaKeyPair, RsaPublicKeyComponents, RSA_PKCS1_SHA256,
+};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mesh-oauth");
+const NOW: u64 = 1_700_000_000;
+const ISSUER: &str = "https://idp.example.com";
+const PARTNER: &str = "https://partner.example.com";
+const RSA_KID: &str = "rsa-a";
+const RSA_PKCS8: &[u8] = include_bytes!("fixtures/rsa2048-a.pk8.der");
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A file for one test in Cargo's scratch directory for integration tests.
+fn scratch(name: &str, contents: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(args: &[&str], stdin: Option<&str>) -> Run {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(input);
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().unwrap();
+    Run {
+        code: status.code().unwrap(),
+        stdout: String::from_utf8(stdout).unwrap(),
+        stderr: String::from_utf8(stderr).unwrap(),
+    }
+}
+
+/// The identity provider of these tests: an RSA key served from `jwksUri` (given to explain
+/// with --jwks) and a partner whose Ed25519 key is inline in the configuration.
+struct Idp {
+    rsa: RsaKeyPair,
+    ed25519: Ed25519KeyPair,
+}
+
+fn idp() -> Idp {
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+    Idp {
+        rsa: RsaKeyPair::from_pkcs8(RSA_PKCS8).unwrap(),
+        ed25519: Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap(),
+    }
+}
+
+impl Idp {
+    fn rsa_jwks(&self) -> String {
+        let public = RsaPublicKeyComponents::<Vec<u8>>::from(self.rsa.public());
+        json!({"keys": [{"kty": "RSA", "kid": RSA_KID, "use": "sig", "alg": "RS256",
+            "n": b64(&public.n), "e": b64(&public.e)}]})
+        .to_string()
+    }
+
+    fn ed25519_jwks(&self) -> String {
+        json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "ed-1",
+            "x": b64(self.ed25519.public_key().as_ref())}]})
+        .to_string()
+    }
+
+    fn rs256(&self, kid: &str, claims: &Value) -> String {
+        let input = signing_input(json!({"alg": "RS256", "kid": kid, "typ": "JWT"}), claims);
+        let mut signature = vec![0; self.rsa.public().modulus_len()];
+        self.rsa
+            .sign(
+                &RSA_PKCS1_SHA256,
+                &SystemRandom::new(),
+                input.as_bytes(),
+                &mut signature,
+            )
+            .unwrap();
+        format!("{input}.{}", b64(&signature))
+    }
+
+    fn eddsa(&self, claims: &Value) -> String {
+        let input = signing_input(json!({"alg": "EdDSA", "kid": "ed-1"}), claims);
+        let signature = self.ed25519.sign(input.as_bytes());
+        format!("{input}.{}", b64(signature.as_ref()))
+    }
+
+    fn config(&self) -> Value {
+        json!({
+            "providers": [
+                {"name": "idp", "issuer": ISSUER, "audiences": ["orders"],
+                 "jwksUri": "https://idp.example.com/jwks",
+                 "outputClaimToHeaders": [{"header": "x-sub", "claim": "sub"}]},
+                {"name": "partner", "issuer": PARTNER, "jwks": self.ed25519_jwks()}
+            ],
+            "rules": [
+                {"name": "health", "match": {"paths": ["/healthz"]}, "allowAnonymous": true},
+                {"name": "admin", "match": {"paths": ["/admin/*"]}, "deny": true},
+                {"name": "orders-write", "match": {"paths": ["/orders/*"], "methods": ["POST"]},
+                 "requires": {"scopes": ["orders:write"]}},
+                {"name": "orders-read", "match": {"paths": ["/orders/*"]},
+                 "requires": {"scopes": ["orders:read"]}}
+            ]
+        })
+    }
+
+    /// `explain` of `token` with this IdP's configuration and RSA keys, at `NOW`.
+    fn explain(&self, case: &str, token: &str, extra: &[&str]) -> Run {
+        let config = scratch(&format!("{case}.json"), &self.config().to_string());
+        let jwks = scratch(&format!("{case}.jwks.json"), &self.rsa_jwks());
+        let now = NOW.to_string();
+        let mut args = vec![
+            "explain",
+            "--config",
+            config.to_str().unwrap(),
+            "--jwks",
+            jwks.to_str().unwrap(),
+            "--token",
+            token,
+        ];
+        if !extra.contains(&"--now") {
+            args.extend(["--now", &now]);
+        }
+        args.extend_from_slice(extra);
+        let out = run(&args, None);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_secret_free(&out.stdout, token);
+        out
+    }
+}
+
+fn signing_input(header: Value, claims: &Value) -> String {
+    format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    )
+}
+
+fn claims(extra: Value) -> Value {
+    let mut claims = json!({"iss": ISSUER, "aud": "orders", "sub": "alice",
+        "iat": NOW - 60, "exp": NOW + 600, "scope": "orders:read"});
+    for (name, value) in extra.as_object().unwrap() {
+        claims[name] = value.clone();
+    }
+    claims
+}
+
+/// Neither the token nor its signature appear in what explain prints.
+fn assert_secret_free(stdout: &str, token: &str) {
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(!stdout.contains(token), "the token was printed:\n{stdout}");
+    assert!(
+        signature.len() < 8 || !stdout.contains(signature),
+        "the signature was printed:\n{stdout}"
+    );
+}
+
+/// The lines of the filter's answer: from the `final:` (or `held:`) line on.
+fn answer(out: &Run) -> Vec<&str> {
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with("final:") || l.starts_with("held:"))
+        .unwrap_or_else(|| panic!("no answer in:\n{}", out.stdout));
+    lines[start..].to_vec()
+}
+
+fn header<'o>(answer: &[&'o str], name: &str) -> Option<&'o str> {
+    let prefix = format!("  {name}: ");
+    answer.iter().find_map(|l| l.strip_prefix(prefix.as_str()))
+}
+
+// ------------------------------------------------------------------------------ check-config
+
+#[test]
+fn check_config_accepts_a_good_json_configuration() {
+    let path = scratch("good.json", &idp().config().to_string());
+    let out = run(&["check-config", path.to_str().unwrap()], None);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "ok: 2 providers, 4 rules\n")
+    );
+}
+
+#[test]
+fn check_config_names_the_offending_field() {
+    let mut config = idp().config();
+    config["providers"][1] = json!({"issuer": PARTNER, "jwksUri": "ftp://partner.example.com/k"});
+    let path = scratch("bad.json", &config.to_string());
+    let path = path.to_str().unwrap();
+    let out = run(&["check-config", path], None);
+    assert_eq!(out.code, 1);
+    assert_eq!(
+        out.stderr,
+        format!("error: {path}: providers[1].jwksUri: not an http(s) URL\n")
+    );
+    assert_eq!(out.stdout, "");
+}
+
+#[test]
+fn check_config_refuses_duplicate_members_as_the_filter_does() {
+    let path = scratch(
+        "duplicate.json",
+        r#"{"providers": [{"issuer": "https://a.example.com", "jwksUri": "https://a.example.com/k"}],
+            "unmatched": "deny", "unmatched": "anonymous"}"#,
+    );
+    let out = run(&["check-config", path.to_str().unwrap()], None);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("(config): "), "{}", out.stderr);
+}
+
+/// The repository's WasmPlugin files are what users apply: each pluginConfig must be one the
+/// plugin accepts (the delivery tests check the same in Envoy).
+#[test]
+fn check_config_accepts_every_wasm_plugin_of_the_repository() {
+    let mut files = vec![repo().join("wasm-plugin.yaml")];
+    let mut examples: Vec<PathBuf> = std::fs::read_dir(repo().join("examples"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    examples.sort();
+    assert!(examples.len() >= 6, "examples/*.yaml: {examples:?}");
+    files.extend(examples);
+    for file in files {
+        let out = run(&["check-config", file.to_str().unwrap()], None);
+        assert_eq!(out.code, 0, "{}: {}", file.display(), out.stderr);
+        assert!(
+            out.stdout.starts_with("ok: WasmPlugin ") && out.stdout.lines().count() == 1,
+            "{}: {}",
+            file.display(),
+            out.stdout
+        );
+    }
+}
+
+const PLUGIN_HEAD: &str = "\
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata:
+  name: mesh-oauth
+  namespace: shop
+spec:
+  url: oci://registry.example.com/mesh-oauth:0.1.0
+";
+
+#[test]
+fn check_config_checks_each_wasm_plugin_and_names_the_field_in_the_yaml() {
+    let yaml = format!(
+        "{PLUGIN_HEAD}  pluginConfig:
+    providers:
+      - issuer: https://idp.example.com
+        jwksUri: https://idp.example.com/jwks
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: unrelated}}
+data: {{providers: none}}
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{name: second, namespace: shop}}
+spec:
+  pluginConfig:
+    providers:
+      - issuer: https://idp.example.com
+        jwksUri: idp.example.com/jwks
+"
+    );
+    let path = scratch("two-plugins.yaml", &yaml);
+    let path = path.to_str().unwrap();
+    let out = run(&["check-config", path], None);
+    assert_eq!(out.code, 1);
+    assert_eq!(
+        out.stdout,
+        "ok: WasmPlugin shop/mesh-oauth: 1 provider, 0 rules\n"
+    );
+    assert_eq!(
+        out.stderr,
+        format!(
+            "error: {path}: WasmPlugin shop/second: spec.pluginConfig.providers[0].jwksUri: not an http(s) URL\n"
+        )
+    );
+}
+
+#[test]
+fn check_config_refuses_yaml_the_filter_would_not_get_a_sound_config_from() {
+    let cases = [
+        // Kubernetes would keep one of the two; which one the author meant is unknown.
+        (
+            "duplicate-key.yaml",
+            format!("{PLUGIN_HEAD}  pluginConfig:\n    unmatched: deny\n    unmatched: anonymous\n"),
+            "not valid YAML",
+        ),
+        (
+            "no-plugin-config.yaml",
+            PLUGIN_HEAD.to_string(),
+            "WasmPlugin shop/mesh-oauth: spec.pluginConfig: empty",
+        ),
+        (
+            "no-wasm-plugin.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n".to_string(),
+            "YAML with a `kind: WasmPlugin` document",
+        ),
+        (
+            "unknown-field.yaml",
+            format!(
+                "{PLUGIN_HEAD}  pluginConfig:\n    providers: [{{issuer: https://a.example.com, jwksUrl: https://a.example.com/k}}]\n"
+            ),
+            "spec.pluginConfig.providers[0].jwksUrl",
+        ),
+    ];
+    for (name, yaml, expected) in cases {
+        let path = scratch(name, &yaml);
+        let out = run(&["check-config", path.to_str().unwrap()], None);
+        assert_eq!(out.code, 1, "{name}: {}", out.stdout);
+        assert!(out.stderr.contains(expected), "{name}: {}", out.stderr);
+    }
+}
+
+// ------------------------------------------------------------------------------ explain
+// Each case names the Envoy integration test that checks the filter's answer to it.
+
+/// test_upstream_headers::test_claim_and_payload_headers, test_rules::test_required_scope_present_passes: 200, the token
+/// removed and the identity headers set.
+#[test]
+fn explain_a_valid_token_shows_each_step_and_the_upstream_headers() {
+    let idp = idp();
+    let token = idp.rs256(RSA_KID, &claims(json!({})));
+    let out = idp.explain("valid", &token, &["--path", "/orders/7"]);
+    let stdout = &out.stdout;
+    for expected in [
+        "1. path: \"/orders/7\" normalised to \"/orders/7\"",
+        "   rules[0] \"health\": no: path /orders/7 not in [/healthz]",
+        "   rules[2] \"orders-write\": no: method GET not in [POST]",
+        "   rules[3] \"orders-read\": matches (paths [/orders/*])",
+        "3. token location: found in header authorization (prefix \"Bearer \")",
+        "4. token header: alg RS256, kid \"rsa-a\", typ \"JWT\"",
+        "   claims (UNVERIFIED until the signature step says otherwise):",
+        "       \"sub\": \"alice\"",
+        "   providers[0] \"idp\": issuer matches: selected",
+        "   providers[1] \"partner\": issuer \"https://partner.example.com\" differs",
+        "   - kid \"rsa-a\": RSA, alg RS256",
+        "7. signature: verified by key kid \"rsa-a\" (RSA): the claims above are authentic",
+        "   exp 1700000600 (2023-11-14T22:23:20Z): pass, expires in 10 min 0 s",
+        "   aud \"orders\", accepted [\"orders\"]: pass",
+        "   scopes: required [orders:read], granted [orders:read] (from scope, scp): pass",
+        "   requirement met",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    assert_eq!(
+        answer(&out),
+        [
+            "final: allowed: the request goes on upstream",
+            "  upstream: remove x-sub",
+            "  upstream: remove authorization",
+            "  upstream: set x-sub: alice",
+        ]
+    );
+}
+
+/// test_rejections::test_expired: 401 invalid_token naming the expiry.
+#[test]
+fn explain_an_expired_token() {
+    let idp = idp();
+    let token = idp.rs256(
+        RSA_KID,
+        &claims(json!({"iat": NOW - 3600, "exp": NOW - 600})),
+    );
+    let out = idp.explain("expired", &token, &["--path", "/orders/7"]);
+    assert!(out
+        .stdout
+        .contains(
+        "exp 1699999400 (2023-11-14T22:03:20Z): FAIL, expired 10 min 0 s ago (9 min 0 s beyond the skew)"
+    ));
+    let answer = answer(&out);
+    assert_eq!(answer[0], "final: 401 Unauthorized (expired)");
+    assert_eq!(
+        header(&answer, "www-authenticate"),
+        Some(
+            "Bearer realm=\"localhost\", error=\"invalid_token\", error_description=\"token is expired\""
+        )
+    );
+    assert_eq!(
+        header(&answer, "body"),
+        Some(r#"{"error":"invalid_token","error_description":"token is expired"}"#)
+    );
+}
+
+/// Within the clock skew a token is still valid; `--now` as RFC 3339 is the same instant.
+#[test]
+fn explain_counts_the_skew_and_takes_rfc3339_times() {
+    let idp = idp();
+    let token = idp.rs256(RSA_KID, &claims(json!({"exp": NOW - 30})));
+    let out = idp.explain(
+        "skew",
+        &token,
+        &["--path", "/orders/7", "--now", "2023-11-14T22:13:20Z"],
+    );
+    assert!(out.stdout.contains(
+        "exp 1699999970 (2023-11-14T22:12:50Z): pass, expired 30 s ago but within the skew"
+    ));
+    assert_eq!(
+        answer(&out)[0],
+        "final: allowed: the request goes on upstream"
+    );
+}
+
+/// test_rejections::test_wrong_audience: 401 invalid_token naming the audience.
+#[test]
+fn explain_a_token_for_another_audience() {
+    let idp = idp();
+    let token = idp.rs256(RSA_KID, &claims(json!({"aud": "billing"})));
+    let out = idp.explain("audience", &token, &["--path", "/orders/7"]);
+    assert!(out
+        .stdout
+        .contains("   aud \"billing\", accepted [\"orders\"]: FAIL"));
+    let answer = answer(&out);
+    assert_eq!(answer[0], "final: 401 Unauthorized (audience)");
+    assert!(header(&answer, "www-authenticate")
+        .unwrap()
+        .contains("error_description=\"token audience is not accepted\""));
+}
+
+/// test_rejections::test_unknown_key_id: 401 invalid_token naming the key.
+#[test]
+fn explain_a_token_signed_with_an_unknown_key() {
+    let idp = idp();
+    let token = idp.rs256("rotated", &claims(json!({})));
+    let out = idp.explain("unknown-kid", &token, &["--path", "/orders/7"]);
+    assert!(out
+        .stdout
+        .contains("7. signature: NOT verified: token key id is unknown"));
+    assert!(out
+        .stdout
+        .contains("the filter first fetches the keys again"));
+    let answer = answer(&out);
+    assert_eq!(answer[0], "final: 401 Unauthorized (unknown_key)");
+    assert!(header(&answer, "www-authenticate")
+        .unwrap()
+        .contains("error_description=\"token key id is unknown\""));
+}
+
+/// test_algorithms::test_token_with_a_flipped_signature_byte_is_refused: 401 invalid_token
+/// naming the signature.
+#[test]
+fn explain_a_token_with_a_bad_signature() {
+    let idp = idp();
+    let good = idp.rs256(RSA_KID, &claims(json!({})));
+    // Another payload under the original signature.
+    let (header_segment, rest) = good.split_once('.').unwrap();
+    let signature = rest.split_once('.').unwrap().1;
+    let forged_payload = b64(claims(json!({"sub": "mallory"})).to_string().as_bytes());
+    let forged = format!("{header_segment}.{forged_payload}.{signature}");
+    let out = idp.explain("bad-signature", &forged, &["--path", "/orders/7"]);
+    assert_secret_free(&out.stdout, &good);
+    assert!(out.stdout.contains(
+        "7. signature: NOT verified: token signature is invalid: refused with 401 (the claims above are unverified)"
+    ));
+    let answer = answer(&out);
+    assert_eq!(answer[0], "final: 401 Unauthorized (signature)");
+    assert!(header(&answer, "www-authenticate")
+        .unwrap()
+        .contains("error_description=\"token signature is invalid\""));
+}
+
+/// test_rules::test_missing_scope_is_403_insufficient_scope_naming_it.
+#[test]
+fn explain_a_token_without_the_required_scope() {
+    let idp = idp();
+    let token = idp.rs256(RSA_KID, &claims(json!({})));
+    let out = idp.explain(
+        "scope",
+        &token,
+        &["--path", "/orders/7", "--method", "POST"],
+    );
+    assert!(out.stdout.contains(
+        "   scopes: required [orders:write], granted [orders:read] (from scope, scp): FAIL, missing orders:write"
+    ));
+    let answer = answer(&out);
+    assert_eq!(answer[0], "final: 403 Forbidden (scope)");
+    assert_eq!(
+        header(&answer, "www-authenticate"),
+        Some("Bearer realm=\"localhost\", error=\"insufficient_scope\", scope=\"orders:write\"")
+    );
+}
+
+/// test_rules_contract::test_deny_rule_refuses_a_token_that_has_everything (and its dot-segment
+/// case): 403 without a challenge, whatever the token.
+#[test]
+fn explain_a_deny_rule() {
+    let idp = idp();
+    let token = idp.rs256(RSA_KID, &claims(json!({})));
+    // Normalisation first: the dot segment cannot walk around the rule.
+    let out = idp.explain("deny", &token, &["--path", "/orders/../admin/users"]);
+    assert!(out
+        .stdout
+        .contains("   rules[1] \"admin\": matches (paths [/admin/*])"));
+    assert!(out
+        .stdout
+        .contains("   refused with 403 without looking at the token"));
+    assert!(!out.stdout.contains("4. token header"));
+    let answer = answer(&out);
+    assert_eq!(answer[0], "final: 403 Forbidden (deny_rule)");
+    assert_eq!(header(&answer, "www-authenticate"), None);
+}
+
+/// test_rules::test_anonymous_path_passes_without_a_token and
+/// test_anonymous_path_still_refuses_an_invalid_token.
+#[test]
+fn explain_an_anonymous_path() {
+    let idp = idp();
+    let token = idp.rs256(RSA_KID, &claims(json!({})));
+    // A header no provider reads: the request carries no token the filter sees.
+    let out = idp.explain(
+        "anonymous",
+        &token,
+        &["--path", "/healthz", "--header", "x-api-token"],
+    );
+    assert!(out
+        .stdout
+        .contains("   none is needed here: the request passes"));
+    assert_eq!(
+        answer(&out),
+        [
+            "final: allowed: the request goes on upstream",
+            "  upstream: remove x-sub"
+        ]
+    );
+
+    let expired = idp.rs256(RSA_KID, &claims(json!({"exp": NOW - 600})));
+    let out = idp.explain("anonymous-invalid", &expired, &["--path", "/healthz"]);
+    assert_eq!(answer(&out)[0], "final: 401 Unauthorized (expired)");
+}
+
+/// test_missing_token::test_realm_defaults_to_the_requests_host: 401 with a bare challenge when a
+/// token is needed and none is found.
+#[test]
+fn explain_a_token_where_no_provider_looks() {
+    let idp = idp();
+    let token = idp.rs256(RSA_KID, &claims(json!({})));
+    let out = idp.explain("nowhere", &token, &["--param", "access_token"]);
+    assert!(out
+        .stdout
+        .contains("sent as query parameter `access_token=<token>`"));
+    let answer = answer(&out);
+    assert_eq!(answer[0], "final: 401 Unauthorized (missing)");
+    assert_eq!(
+        header(&answer, "www-authenticate"),
+        Some("Bearer realm=\"localhost\"")
+    );
+}
+
+/// test_key_fetch::test_key_server_slower_than_the_timeout_is_503_in_time: a request waits
+/// while keys load, and gets 503 with Retry-After if they do not come.
+#[test]
+fn explain_without_the_keys_of_a_fetching_provider() {
+    let idp = idp();
+    let token = idp.rs256(RSA_KID, &claims(json!({})));
+    let config = scratch("no-keys.json", &idp.config().to_string());
+    let now = NOW.to_string();
+    let out = run(
+        &[
+            "explain",
+            "--config",
+            config.to_str().unwrap(),
+            "--token",
+            &token,
+            "--now",
+            &now,
+            "--path",
+            "/orders/7",
+        ],
+        None,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains(
+        "6. keys: none given to explain (the filter fetches https://idp.example.com/jwks through cluster outbound|443||idp.example.com); pass --jwks FILE|URL"
+    ));
+    let answer = answer(&out);
+    assert_eq!(
+        answer[0],
+        "held: keys loading for providers[0] \"idp\": the filter holds the request up to 5000 ms while it fetches them"
+    );
+    assert_eq!(
+        answer[2],
+        "final: 503 Service Unavailable (keys_unavailable)"
+    );
+    assert!(header(&answer, "retry-after").is_some());
+}
+
+/// Inline keys need no --jwks; the token can come from standard input.
+#[test]
+fn explain_reads_the_token_from_stdin_and_uses_inline_keys() {
+    let idp = idp();
+    let token = idp.eddsa(&json!({"iss": PARTNER, "sub": "svc", "exp": NOW + 60}));
+    let config = scratch("stdin.json", &idp.config().to_string());
+    let now = NOW.to_string();
+    let out = run(
+        &[
+            "explain",
+            "--config",
+            config.to_str().unwrap(),
+            "--token",
+            "-",
+            "--now",
+            &now,
+            "--host",
+            "orders.example.com",
+        ],
+        Some(&format!("{token}\n")),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_secret_free(&out.stdout, &token);
+    assert!(out
+        .stdout
+        .contains("6. keys: inline `jwks` of the configuration: 1 key usable"));
+    assert!(out
+        .stdout
+        .contains("   no rule matches: unmatched = authenticated"));
+    assert_eq!(
+        answer(&out),
+        [
+            "final: allowed: the request goes on upstream",
+            "  upstream: remove x-sub",
+            "  upstream: remove authorization",
+        ]
+    );
+}
+
+#[test]
+fn explain_refuses_an_invalid_configuration_and_a_wrong_command_line() {
+    let path = scratch("explain-bad.json", r#"{"providers": []}"#);
+    let out = run(
+        &[
+            "explain",
+            "--config",
+            path.to_str().unwrap(),
+            "--token",
+            "x",
+        ],
+        None,
+    );
+    assert_eq!(out.code, 1);
+    assert!(out
+        .stderr
+        .starts_with(&format!("error: {}: providers", path.to_str().unwrap())));
+    let out = run(&["explain", "--token", "x"], None);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.starts_with("error: --config is needed"));
+    let out = run(
+        &[
+            "explain",
+            "--config",
+            "c",
+            "--token",
+            "x",
+            "--now",
+            "yesterday",
+        ],
+        None,
+    );
+    assert_eq!(out.code, 2);
+}
+
+/// `--jwks URL`: the key document is fetched over HTTP, here from a one-shot server on the
+/// loopback interface.
+#[test]
+fn explain_fetches_keys_from_a_url() {
+    let idp = idp();
+    let jwks = idp.rsa_jwks();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        let mut buffer = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = std::io::Read::read(&mut stream, &mut buffer).unwrap();
+            assert!(n > 0, "the client closed before its request ended");
+            request.extend_from_slice(&buffer[..n]);
+        }
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{jwks}",
+            jwks.len()
+        );
+        stream.write_all(answer.as_bytes()).unwrap();
+        String::from_utf8(request).unwrap()
+    });
+    let token = idp.rs256(RSA_KID, &claims(json!({})));
+    let config = scratch("url.json", &idp.config().to_string());
+    let now = NOW.to_string();
+    let out = run(
+        &[
+            "explain",
+            "--config",
+            config.to_str().unwrap(),
+            "--token",
+            &token,
+            "--jwks",
+            &url,
+            "--now",
+            &now,
+            "--path",
+            "/orders/1",
+        ],
+        None,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let request = server.join().unwrap();
+    assert!(request.starts_with("GET /jwks HTTP/1.1\r\n"), "{request}");
+    assert!(out.stdout.contains(&format!("6. keys: --jwks {url} (")));
+    assert_eq!(
+        answer(&out)[0],
+        "final: allowed: the request goes on upstream"
+    );
+}
