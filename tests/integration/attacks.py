@@ -64,6 +64,7 @@ EXPIRED = "is expired"
 NBF_FUTURE = "not yet valid (nbf)"
 IAT_FUTURE = "iat in the future"
 AUDIENCE_REFUSED = "audience is not accepted"
+SUB_TYPE = "subject (sub) is not a string"
 ISSUER_UNTRUSTED = "issuer is not trusted"
 NO_ISSUER = "has no issuer"
 WRONG_LOCATION = "location its issuer is not configured for"
@@ -534,8 +535,8 @@ def _claim_cases() -> list[Case]:
         Case("iat-future-beyond-skew", g, relative("iat", 120), 401, IAT_FUTURE),
         Case("aud-string", g, token(aud=AUDIENCE), 200),
         Case("aud-list", g, token(aud=["other", AUDIENCE]), 200),
-        Case("aud-list-with-non-strings", g, token(aud=[1, {"a": 1}, None, AUDIENCE]), 200, None,
-             "non-string elements are ignored; the configured audience is present"),
+        Case("aud-list-with-non-strings", g, token(aud=[1, {"a": 1}, None, AUDIENCE]), 401, AUDIENCE_REFUSED,
+             "RFC 7519 §4.1.3: a list of strings; a malformed list is refused even if it names us"),
         Case("aud-list-only-non-strings", g, token(aud=[1, True, None]), 401, AUDIENCE_REFUSED),
         Case("aud-empty-list", g, token(aud=[]), 401, AUDIENCE_REFUSED),
         Case("aud-nested-list", g, token(aud=[[AUDIENCE]]), 401, AUDIENCE_REFUSED),
@@ -543,6 +544,10 @@ def _claim_cases() -> list[Case]:
         Case("aud-number", g, token(aud=1), 401, AUDIENCE_REFUSED),
         Case("aud-upper-case", g, token(aud=AUDIENCE.upper()), 401, AUDIENCE_REFUSED),
         Case("aud-missing", g, token(aud=DROP), 401, AUDIENCE_REFUSED),
+        Case("sub-number", g, token(sub=1234), 401, SUB_TYPE,
+             "RFC 7519 §4.1.2: a string; a number would slip past revoked.subjects"),
+        Case("sub-object", g, token(sub={"id": "user-1"}), 401, SUB_TYPE),
+        Case("sub-null-is-absent", g, token(sub=None), 200, None, "a null claim counts as absent"),
         Case("iss-trailing-slash", g, token(iss=ISS_MAIN + "/"), 401, ISSUER_UNTRUSTED),
         Case("iss-upper-case-host", g, token(iss=ISS_MAIN.upper()), 401, ISSUER_UNTRUSTED),
         Case("iss-leading-space", g, token(iss=" " + ISS_MAIN), 401, ISSUER_UNTRUSTED),
