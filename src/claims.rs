@@ -15,6 +15,9 @@ pub enum ClaimError {
     MissingIat,
     LifetimeTooLong,
     Audience,
+    /// `sub` neither a string (RFC 7519 §4.1.2) nor null (treated as absent, like any null
+    /// claim): a number would slip past `revoked.subjects`, which compares strings.
+    SubjectNotString,
     Revoked,
 }
 
@@ -31,6 +34,7 @@ impl ClaimError {
             ClaimError::MissingIat => "token has no issue time (iat), needed for its lifetime",
             ClaimError::LifetimeTooLong => "token lifetime exceeds the allowed maximum",
             ClaimError::Audience => "token audience is not accepted",
+            ClaimError::SubjectNotString => "token subject (sub) is not a string",
             ClaimError::Revoked => "token revoked",
         }
     }
@@ -42,7 +46,9 @@ impl ClaimError {
             ClaimError::NotYetValid | ClaimError::IssuedInFuture => "not_yet_valid",
             ClaimError::Audience => "audience",
             ClaimError::Revoked => "revoked",
-            ClaimError::MissingExp | ClaimError::NotNumericDate(_) => "malformed",
+            ClaimError::MissingExp
+            | ClaimError::NotNumericDate(_)
+            | ClaimError::SubjectNotString => "malformed",
             ClaimError::MissingIat | ClaimError::LifetimeTooLong => "lifetime",
         }
     }
@@ -62,6 +68,13 @@ pub fn check(claims: &Map<String, Value>, provider: &Provider, now: u64) -> Resu
     let exp = numeric_date(claims, "exp")?.ok_or(ClaimError::MissingExp)?;
     let nbf = numeric_date(claims, "nbf")?;
     let iat = numeric_date(claims, "iat")?;
+
+    if claims
+        .get("sub")
+        .is_some_and(|sub| !sub.is_string() && !sub.is_null())
+    {
+        return Err(ClaimError::SubjectNotString);
+    }
 
     if now >= exp + skew {
         return Err(ClaimError::Expired);
@@ -124,13 +137,14 @@ fn numeric_date(
 }
 
 /// `aud` is a string or a list of strings (RFC 7519 §4.1.3); any configured audience will do.
+/// A list holding anything but strings is malformed, whatever else it holds.
 fn audience_accepted(aud: Option<&Value>, accepted: &[String]) -> bool {
     match aud {
         Some(Value::String(a)) => accepted.iter().any(|x| x == a),
-        Some(Value::Array(list)) => list
-            .iter()
-            .filter_map(Value::as_str)
-            .any(|a| accepted.iter().any(|x| x == a)),
+        Some(Value::Array(list)) => {
+            let strings: Option<Vec<&str>> = list.iter().map(Value::as_str).collect();
+            strings.is_some_and(|list| list.iter().any(|a| accepted.iter().any(|x| x == a)))
+        }
         _ => false,
     }
 }
@@ -273,6 +287,8 @@ mod tests {
             json!(null),
             json!(7),
             json!([]),
+            json!([1, "orders"]),
+            json!([["orders"]]),
         ] {
             assert_eq!(
                 check(&claims(json!({"exp": exp, "aud": aud})), &p, NOW),
@@ -293,6 +309,28 @@ mod tests {
             ),
             Ok(())
         );
+    }
+
+    #[test]
+    fn subject_must_be_a_string_or_null() {
+        let p = provider("");
+        let exp = NOW + 60;
+        assert_eq!(
+            check(&claims(json!({"exp": exp, "sub": "u-1"})), &p, NOW),
+            Ok(())
+        );
+        assert_eq!(check(&claims(json!({"exp": exp})), &p, NOW), Ok(()));
+        assert_eq!(
+            check(&claims(json!({"exp": exp, "sub": null})), &p, NOW),
+            Ok(())
+        );
+        for sub in [json!(1234), json!({"id": 1}), json!(["u-1"]), json!(true)] {
+            assert_eq!(
+                check(&claims(json!({"exp": exp, "sub": sub})), &p, NOW),
+                Err(ClaimError::SubjectNotString),
+                "sub {sub} must be refused"
+            );
+        }
     }
 
     #[test]
