@@ -46,10 +46,12 @@ unit:
 integration: build venv
 	MESH_OAUTH_WASM=$(CURDIR)/$(MODULE) $(VENV)/bin/pytest -q tests/integration
 
-test: lint unit integration
+test: lint unit integration fuzz-smoke
 
 demo: build venv
 	MESH_OAUTH_WASM=$(CURDIR)/$(MODULE) $(PY) examples/demo/demo.py
+
+include fuzz/fuzz.mk
 
 clean:
 	cargo clean
