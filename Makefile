@@ -46,7 +46,7 @@ unit:
 integration: build venv
 	MESH_OAUTH_WASM=$(CURDIR)/$(MODULE) $(VENV)/bin/pytest -q tests/integration
 
-test: lint unit integration delivery-test
+test: lint unit integration delivery-test fuzz-smoke
 
 demo: build venv
 	MESH_OAUTH_WASM=$(CURDIR)/$(MODULE) $(PY) examples/demo/demo.py
@@ -55,6 +55,8 @@ demo: build venv
 N ?= 20
 mesh-scale: build venv
 	MESH_OAUTH_WASM=$(CURDIR)/$(MODULE) $(PY) scripts/mesh_scale.py --sidecars $(N)
+
+include fuzz/fuzz.mk
 
 clean:
 	cargo clean

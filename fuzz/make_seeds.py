@@ -1,0 +1,211 @@
+"""Writes the fuzz targets' fixed key set, config and seed corpora (fuzz/fixtures, fuzz/seeds).
+
+Run by hand when the seeds need to change (`.venv/bin/python fuzz/make_seeds.py`, after
+`make venv`); the output is committed. Tokens are signed
+with `cryptography` directly, never by the project. Each run makes new keys, so fixtures and
+seeds are always regenerated together. Private keys are not kept.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import shutil
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+FUZZ = Path(__file__).resolve().parent
+ISSUER = "https://idp.fuzz.test"
+AUDIENCE = "api"
+# The targets check tokens at this time (2023-11-14); seeds expire in 2100.
+NOW = 1_700_000_000
+EXP = 4_102_444_800
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def uint(value: int) -> bytes:
+    return value.to_bytes((value.bit_length() + 7) // 8, "big")
+
+
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+P256_KEY = ec.generate_private_key(ec.SECP256R1())
+P384_KEY = ec.generate_private_key(ec.SECP384R1())
+ED_KEY = ed25519.Ed25519PrivateKey.generate()
+HMAC_SECRET = os.urandom(64)
+
+
+def public_jwks() -> dict:
+    rsa_numbers = RSA_KEY.public_key().public_numbers()
+
+    def ec_jwk(key, crv, size, kid):
+        numbers = key.public_key().public_numbers()
+        return {"kty": "EC", "crv": crv, "kid": kid, "use": "sig",
+                "x": b64(numbers.x.to_bytes(size, "big")), "y": b64(numbers.y.to_bytes(size, "big"))}
+
+    ed_raw = ED_KEY.public_key().public_bytes_raw()
+    return {"keys": [
+        {"kty": "RSA", "kid": "rsa", "use": "sig", "n": b64(uint(rsa_numbers.n)), "e": b64(uint(rsa_numbers.e))},
+        ec_jwk(P256_KEY, "P-256", 32, "p256"),
+        ec_jwk(P384_KEY, "P-384", 48, "p384"),
+        {"kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": b64(ed_raw)},
+        {"kty": "oct", "kid": "hmac", "k": b64(HMAC_SECRET)},
+    ]}
+
+
+KID = {"RS": "rsa", "PS": "rsa", "ES256": "p256", "ES384": "p384", "EdDSA": "ed", "HS": "hmac"}
+ALGS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+        "HS256", "HS384", "HS512"]
+
+
+def kid_for(alg: str) -> str:
+    return KID.get(alg) or KID[alg[:2]]
+
+
+def sign(alg: str, signing_input: bytes) -> bytes:
+    digest = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}.get(alg[-3:])
+    if alg.startswith("HS"):
+        return hmac.new(HMAC_SECRET, signing_input, getattr(hashlib, f"sha{alg[-3:]}")).digest()
+    if alg.startswith("RS"):
+        return RSA_KEY.sign(signing_input, padding.PKCS1v15(), digest())
+    if alg.startswith("PS"):
+        return RSA_KEY.sign(signing_input, padding.PSS(padding.MGF1(digest()), digest.digest_size), digest())
+    if alg.startswith("ES"):
+        key, size = (P256_KEY, 32) if alg == "ES256" else (P384_KEY, 48)
+        r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(digest())))
+        return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+    return ED_KEY.sign(signing_input)
+
+
+def token(alg: str, claims: dict | None = None, header: dict | None = None, sign_as: str | None = None) -> str:
+    header = header if header is not None else {"alg": alg, "typ": "JWT", "kid": kid_for(alg)}
+    claims = claims if claims is not None else {
+        "iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "exp": EXP, "iat": NOW - 10,
+        "scope": "orders:read orders:write", "roles": ["admin"]}
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+    return f"{signing_input}.{b64(sign(sign_as or alg, signing_input.encode()))}"
+
+
+def valid_tokens() -> list[str]:
+    return [token(alg) for alg in ALGS]
+
+
+def invalid_tokens() -> list[str]:
+    good = token("ES256")
+    head, payload, sig = good.split(".")
+    none_header = b64(json.dumps({"alg": "none"}).encode())
+    return [
+        f"{none_header}.{payload}.",
+        f"{b64(json.dumps({'alg': 'nOnE'}).encode())}.{payload}.",
+        token("HS256", header={"alg": "HS256", "kid": "rsa"}),
+        token("ES256", header={"alg": "ES256", "kid": "p256", "crit": ["exp"]}),
+        token("ES256", header={"alg": "ES256", "kid": "p256", "b64": False}),
+        token("ES256", header={"alg": "ES256", "kid": "p256", "jku": "https://evil.test/jwks"}),
+        token("ES256", header={"alg": "ES256", "kid": "../../etc/passwd"}),
+        token("ES256", header={"alg": "ES384", "kid": "p256"}, sign_as="ES256"),
+        token("ES256", claims={"iss": ISSUER, "aud": AUDIENCE, "exp": 1}),
+        token("ES256", claims={"iss": ISSUER + "/", "aud": AUDIENCE, "exp": EXP}),
+        token("ES256", claims={"iss": ISSUER, "aud": [AUDIENCE, "x"], "exp": EXP, "nbf": EXP}),
+        token("ES256", claims={"iss": ISSUER, "aud": AUDIENCE, "exp": 1.5e300}),
+        f"{head}.{payload}.{sig[:-4]}",
+        f"{head}.{payload}",
+        f"{head}.{payload}.{sig}.x.y",
+        f"{head}={payload}.{sig}",
+        good[:-1] + ("A" if good[-1] != "A" else "E"),
+    ]
+
+
+def write(target: str, seeds: dict[str, str | bytes]) -> None:
+    directory = FUZZ / "seeds" / target
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    for name, content in seeds.items():
+        data = content.encode() if isinstance(content, str) else content
+        (directory / name).write_bytes(data)
+
+
+def main() -> None:
+    jwks = public_jwks()
+    config = {
+        "providers": [{
+            "issuer": ISSUER, "audiences": [AUDIENCE], "jwks": json.dumps(jwks),
+            "fromHeaders": [{"name": "Authorization", "prefix": "Bearer "}, {"name": "x-jwt", "prefix": ""}],
+            "outputClaimToHeaders": [{"header": "x-sub", "claim": "sub"}],
+            "outputPayloadToHeader": "x-jwt-payload",
+        }],
+        "rules": [
+            {"match": {"paths": ["/public/*"]}, "allowAnonymous": True},
+            {"match": {"paths": ["/admin/*"]}, "requires": {
+                "scopes": ["orders:write"], "claims": [{"claim": "roles", "anyOf": ["admin"]}]}},
+            {"match": {"paths": ["*.png"], "methods": ["GET"]}, "deny": True},
+            {"match": {"hosts": ["*.example.com"]}, "requiresAny": [
+                {"scopes": ["x"]}, {"claims": [{"claim": "sub", "present": True}]}]},
+        ],
+        "unmatched": "authenticated",
+    }
+    fixtures = FUZZ / "fixtures"
+    fixtures.mkdir(exist_ok=True)
+    (fixtures / "jwks.json").write_text(json.dumps(jwks, indent=1) + "\n")
+    (fixtures / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+
+    tokens = valid_tokens() + invalid_tokens()
+    write("token_verify", {f"token-{i:02}": t for i, t in enumerate(tokens)})
+
+    rsa_1024 = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key().public_numbers()
+    rsa_good = jwks["keys"][0]
+    write("jwks", {
+        "full": json.dumps(jwks),
+        "rsa-1024": json.dumps({"keys": [{"kty": "RSA", "n": b64(uint(rsa_1024.n)), "e": "AQAB"}]}),
+        "rsa-e1": json.dumps({"keys": [{**rsa_good, "e": "AQ"}]}),
+        "use-enc": json.dumps({"keys": [{**rsa_good, "use": "enc"}, {**rsa_good, "key_ops": ["encrypt"]}]}),
+        "private": json.dumps({"keys": [{**rsa_good, "d": "AQAB"}]}),
+        "mixed": json.dumps({"keys": [{"kty": "EC", "crv": "P-521", "x": "AA", "y": "AA"},
+                                      {"kty": "oct", "k": "c2hvcnQ"}, jwks["keys"][3]]}),
+        "alg-mismatch": json.dumps({"keys": [{**jwks["keys"][1], "alg": "ES384"}]}),
+        "not-jwks": "[1,2,3]",
+    })
+
+    write("config", {
+        "full": json.dumps(config),
+        "minimal": json.dumps({"providers": [{"issuer": ISSUER, "jwksUri": "https://idp.fuzz.test/jwks"}]}),
+        "discovery": json.dumps({"providers": [{"issuer": ISSUER, "timeout": "500ms", "clockSkewSeconds": 5,
+                                                "algorithms": ["RS256", "ES256"], "fromParams": ["access_token"],
+                                                "fromCookies": ["session"]}],
+                                 "mode": "report", "realm": "orders", "bypassCorsPreflight": False,
+                                 "limits": {"maxTokenBytes": 4096, "maxJwksKeys": 8}}),
+        "unknown-field": json.dumps({"providers": [{"issuer": ISSUER, "jwks": "{}"}], "extra": 1}),
+        "duplicate": '{"providers": [], "providers": []}',
+    })
+
+    paths = ["/", "/a/b/c", "/a//b/./c/../d", "/%2e%2e/admin", "/public/%2E%2E/admin/x", "/a%2Fb",
+             "/a%5cb", "/a\\b", "/x?y=1#z", "/%41%7e%20%zz", "relative", "/a/%00", "//admin",
+             "/admin/", "/public/../../admin/users?x=/public/", "/img/a.png", "/%E2%82%AC"]
+    write("path", {f"path-{i:02}": p for i, p in enumerate(paths)})
+
+    requests = []
+    for i, tok in enumerate(tokens):
+        path = ["/orders", "/admin/users", "/public/x", "/img/a.png"][i % 4]
+        requests.append(f"GET\n{path}\napi.example.com\nauthorization: Bearer {tok}\nx-sub: forged\n")
+    requests += [
+        f"POST\n/orders\norders.test:8443\nx-jwt: {tokens[0]}\n",
+        f"GET\n/orders\norders.test\nauthorization: Bearer {tokens[1]}\nx-jwt: {tokens[2]}\n",
+        "OPTIONS\n/orders\norders.test\norigin: https://a.test\naccess-control-request-method: POST\n",
+        "GET\n/public/../admin/x\norders.test\n",
+        "GET\n/a%2fb\norders.test\n",
+        f"GET\n/orders\norders.test\nauthorization: bearer  {tokens[3]}\n",
+    ]
+    write("authorize", {f"request-{i:02}": r for i, r in enumerate(requests)})
+    # The policy target reads structured input; a few byte strings give libFuzzer a start.
+    write("policy", {f"bytes-{i}": os.urandom(64 * (i + 1)) for i in range(3)})
+
+
+if __name__ == "__main__":
+    main()
