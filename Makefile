@@ -10,7 +10,7 @@ PY          := $(VENV)/bin/python
 WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
                   --enable-mutable-globals --strip-debug --strip-producers
 
-.PHONY: build tools venv test lint unit integration demo clean
+.PHONY: build tools venv test lint unit integration demo bench clean
 
 # Toolchain pieces the wasm build needs: the target, clang for ring's C/asm, wasm-opt.
 tools: .cache/tools.stamp
@@ -50,6 +50,15 @@ test: lint unit integration
 
 demo: build venv
 	MESH_OAUTH_WASM=$(CURDIR)/$(MODULE) $(PY) examples/demo/demo.py
+
+# Performance against jwt_authn and an empty Wasm filter (issue 6); not part of `make test`.
+# bench/bench.py installs wrk and taskset, builds, mints tokens, runs; BENCH_ARGS passes options.
+bench: venv $(VENV)/.bench-stamp
+	$(PY) bench/bench.py $(BENCH_ARGS)
+
+$(VENV)/.bench-stamp: bench/requirements.txt $(VENV)/.stamp
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r bench/requirements.txt
+	@touch $@
 
 clean:
 	cargo clean
