@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from harness import LOOPBACK, Envoy, locate_envoy, wasm_filter  # noqa: E402
-from tokens import KeySet, SigningKey, b64url  # noqa: E402
+from tokens import KeySet, SigningKey  # noqa: E402
 
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
