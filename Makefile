@@ -10,7 +10,7 @@ PY          := $(VENV)/bin/python
 WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
                   --enable-mutable-globals --strip-debug --strip-producers
 
-.PHONY: build tools venv test lint unit integration demo mesh-scale clean
+.PHONY: build tools venv test lint unit integration demo mesh-scale bench clean
 
 # Toolchain pieces the wasm build needs: the target, clang for ring's C/asm, wasm-opt.
 tools: .cache/tools.stamp
@@ -57,6 +57,15 @@ mesh-scale: build venv
 	MESH_OAUTH_WASM=$(CURDIR)/$(MODULE) $(PY) scripts/mesh_scale.py --sidecars $(N)
 
 include fuzz/fuzz.mk
+
+# Performance against jwt_authn and an empty Wasm filter (issue 6); not part of `make test`.
+# bench/bench.py installs wrk and taskset, builds, mints tokens, runs; BENCH_ARGS passes options.
+bench: venv $(VENV)/.bench-stamp
+	$(PY) bench/bench.py $(BENCH_ARGS)
+
+$(VENV)/.bench-stamp: bench/requirements.txt $(VENV)/.stamp
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r bench/requirements.txt
+	@touch $@
 
 clean:
 	cargo clean

@@ -1,0 +1,786 @@
+#!/usr/bin/env python3
+"""`make bench`: mesh-oauth against what Istio users have, and against the floor of any Wasm
+filter, in one Envoy binary on this machine (issue 6).
+
+Arms, interleaved A B C D E in every round, each a fresh Envoy (`--concurrency 1`, pinned to
+one core; wrk pinned to another, keep-alive, direct_response upstream):
+  A none            no auth filter
+  B jwt_authn       Envoy's native filter, the same provider (inline JWKS), no token cache
+  C jwt_authn+cache the same with `jwt_cache_config`
+  D empty-wasm      bench/empty-filter: reads and removes the token header, nothing else
+  E mesh-oauth      dist/mesh_oauth.wasm in V8
+Workloads: one RS256 token repeated; a unique token per request (RS256, ES256, EdDSA) from a
+pre-minted pool; every other request an invalid (bad-signature) token.
+
+Writes bench/results/{report.md, chart.png, runs.json} and prints a summary. Tokens are minted
+by cryptography (tests/integration/tokens.py), never by the project."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "integration"))
+
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+from harness import LOOPBACK, Envoy, locate_envoy, wasm_filter  # noqa: E402
+from tokens import KeySet, SigningKey  # noqa: E402
+
+BENCH = REPO / "bench"
+RESULTS = BENCH / "results"
+POOL_DIR = REPO / ".cache" / "bench" / "tokens"
+WASM_TARGET = "wasm32-wasip1"
+MODULE = REPO / "dist" / "mesh_oauth.wasm"
+EMPTY_FILTER_DIR = BENCH / "empty-filter"
+EMPTY_FILTER = EMPTY_FILTER_DIR / "target" / WASM_TARGET / "release" / "empty_filter.wasm"
+LUA = BENCH / "tokens.lua"
+
+ISSUER = "https://bench.idp.test"
+AUDIENCE = "api"
+ALGS = ["RS256", "ES256", "EdDSA"]
+# Both token caches hold this many tokens: mesh-oauth's default `limits.maxCachedTokens`.
+CACHE_SIZE = 1024
+# A pool outlives its tokens' use by a wide margin: tokens are valid for a day.
+TOKEN_LIFETIME_S = 86_400
+POOL_MAX_AGE_S = 12 * 3600
+ENVOY_CPU, LOAD_CPU = 0, 1
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MIB = 1024 * 1024
+
+# --------------------------------------------------------------------------- arms, workloads
+
+
+@dataclass(frozen=True)
+class Arm:
+    key: str
+    label: str
+    verifies: bool
+
+
+ARMS = [
+    Arm("A", "no auth", False),
+    Arm("B", "jwt_authn", True),
+    Arm("C", "jwt_authn+cache", True),
+    Arm("D", "empty wasm", False),
+    Arm("E", "mesh-oauth", True),
+]
+ARM = {arm.key: arm for arm in ARMS}
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    label: str
+    alg: str
+    mode: str  # tokens.lua mode: repeat, pool or mix
+
+
+WORKLOADS = [
+    Workload("repeat", "repeated RS256 token", "RS256", "repeat"),
+    Workload("unique-RS256", "unique RS256 tokens", "RS256", "pool"),
+    Workload("unique-ES256", "unique ES256 tokens", "ES256", "pool"),
+    Workload("unique-EdDSA", "unique EdDSA tokens", "EdDSA", "pool"),
+    Workload("mix", "50 % invalid (repeated valid / unique bad signature)", "RS256", "mix"),
+]
+
+# --------------------------------------------------------------------------- set-up
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=True, text=True, **kwargs)
+
+
+def ensure_tools() -> None:
+    """wrk and taskset from Debian when missing (a fresh machine has neither wrk nor, in a
+    slim image, util-linux's taskset)."""
+    missing = [pkg for tool, pkg in (("wrk", "wrk"), ("taskset", "util-linux")) if not shutil.which(tool)]
+    if not missing:
+        return
+    log(f"installing {' '.join(missing)} with apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run(["apt-get", "update", "-qq"], env=env)
+    run(["apt-get", "install", "-y", "-qq", *missing], env=env, stdout=subprocess.DEVNULL)
+
+
+def build(with_micro: bool) -> subprocess.Popen[str] | None:
+    """Builds the two Wasm modules; starts building the micro-benchmarks (an LTO build, the
+    slowest step on a fresh machine) in the background, to overlap with token minting."""
+    log("building the module (make build) and the empty filter")
+    run(["make", "build"], cwd=REPO)
+    run(["cargo", "build", "--release", "--target", WASM_TARGET], cwd=EMPTY_FILTER_DIR)
+    if not with_micro:
+        return None
+    log("building the micro-benchmarks in the background (cargo bench --no-run)")
+    return subprocess.Popen(["cargo", "bench", "--bench", "core", "--no-run"], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def finish(job: subprocess.Popen[str] | None) -> None:
+    if job is None:
+        return
+    output, _ = job.communicate()
+    if job.returncode != 0:
+        raise RuntimeError(f"cargo bench --no-run failed:\n{output}")
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+_MINT_KEYS: KeySet | None = None
+
+
+def _mint_range(job: tuple[str, int, int, int]) -> list[str]:
+    """Tokens `start..end` of one pool (in a forked worker: keys are inherited, not pickled)."""
+    alg, start, end, created = job
+    assert _MINT_KEYS is not None
+    key = _MINT_KEYS[alg]
+    header = json.dumps({"alg": alg, "kid": key.kid, "typ": "JWT"}, separators=(",", ":")).encode()
+    out = []
+    for n in range(start, end):
+        claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": f"user-{n % 1000}", "iat": created,
+                  "exp": created + TOKEN_LIFETIME_S, "jti": f"{alg}-{n}", "scope": "orders:read"}
+        out.append(_MINT_KEYS.sign_raw(alg, header, json.dumps(claims, separators=(",", ":")).encode()))
+    return out
+
+
+def tamper(token: str) -> str:
+    """The same token with one signature character changed: well-formed, bad signature."""
+    head, _, signature = token.rpartition(".")
+    middle = len(signature) // 2
+    replacement = "A" if signature[middle] != "A" else "B"
+    return f"{head}.{signature[:middle]}{replacement}{signature[middle + 1:]}"
+
+
+def _load_keys(meta: dict[str, Any]) -> KeySet:
+    keys = KeySet([])
+    for alg, entry in meta["keys"].items():
+        private = serialization.load_pem_private_key(entry["pem"].encode(), password=None)
+        keys.keys[alg] = SigningKey(alg, entry["kid"], private)
+    return keys
+
+
+def token_files(pool_sizes: dict[str, int]) -> tuple[KeySet, dict[str, Path]]:
+    """Keys and token files, reused from .cache/bench when young enough and large enough
+    (minting RSA tokens is the slow part of a fresh run). Files: `<alg>.repeat` (one token),
+    `<alg>.pool` (unique tokens), `RS256.invalid` (unique tokens with bad signatures)."""
+    global _MINT_KEYS
+    meta_path = POOL_DIR / "meta.json"
+    now = int(time.time())
+    try:
+        meta = json.loads(meta_path.read_text())
+        fresh = now - meta["created"] < POOL_MAX_AGE_S and all(
+            meta["sizes"].get(alg, 0) >= size for alg, size in pool_sizes.items())
+    except (OSError, ValueError, KeyError):
+        meta, fresh = {}, False
+    files = {name: POOL_DIR / name for name in
+             [f"{alg}.{kind}" for alg in ALGS for kind in ("repeat", "pool")] + ["RS256.invalid"]}
+    if fresh and all(path.exists() for path in files.values()):
+        log(f"reusing token pools from {POOL_DIR} (minted {(now - meta['created']) // 60} min ago)")
+        return _load_keys(meta), files
+
+    POOL_DIR.mkdir(parents=True, exist_ok=True)
+    keys = KeySet(ALGS)
+    _MINT_KEYS = keys
+    created = now - 60
+    started = time.monotonic()
+    workers = max(1, min(len(os.sched_getaffinity(0)), 4))
+    log(f"minting token pools ({', '.join(f'{alg} {n}' for alg, n in pool_sizes.items())}) "
+        f"with {workers} processes")
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        for alg in ALGS:
+            size = pool_sizes[alg]
+            chunk = max(1, size // (workers * 4))
+            jobs = [(alg, start, min(start + chunk, size + 1), created) for start in range(0, size + 1, chunk)]
+            tokens = [t for part in pool.map(_mint_range, jobs) for t in part]
+            # The repeated token is not in the pool, so a warm-up with it never warms a pool token.
+            files[f"{alg}.repeat"].write_text(tokens[0] + "\n")
+            files[f"{alg}.pool"].write_text("\n".join(tokens[1:]) + "\n")
+            if alg == "RS256":
+                files["RS256.invalid"].write_text("\n".join(tamper(t) for t in tokens[1:]) + "\n")
+    meta = {
+        "created": now,
+        "sizes": pool_sizes,
+        "keys": {alg: {"kid": key.kid, "pem": key.private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()).decode()} for alg, key in keys.keys.items()},
+    }
+    meta_path.write_text(json.dumps(meta))
+    log(f"minted in {time.monotonic() - started:.1f} s")
+    return keys, files
+
+
+# --------------------------------------------------------------------------- Envoy
+
+
+def jwt_authn_filter(jwks: str, cache: bool) -> dict[str, Any]:
+    provider: dict[str, Any] = {
+        "issuer": ISSUER,
+        "audiences": [AUDIENCE],
+        "local_jwks": {"inline_string": jwks},
+        "forward": False,
+        # Istio's generated provider puts the payload in dynamic metadata for its policies.
+        "payload_in_metadata": ISSUER,
+    }
+    if cache:
+        provider["jwt_cache_config"] = {"jwt_cache_size": CACHE_SIZE}
+    return {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"bench": provider},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}],
+        },
+    }
+
+
+def arm_filters(arm: str, jwks: str) -> list[dict[str, Any]]:
+    if arm == "A":
+        return []
+    if arm in ("B", "C"):
+        return [jwt_authn_filter(jwks, cache=arm == "C")]
+    if arm == "D":
+        return [wasm_filter(EMPTY_FILTER, "")]
+    plugin = {"providers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": jwks}]}
+    return [wasm_filter(MODULE, json.dumps(plugin))]
+
+
+def bootstrap(http_filters: list[dict[str, Any]]) -> dict[str, Any]:
+    """Listener and admin on kernel-chosen ports; every request that passes the filters is
+    answered by Envoy itself (direct_response), so only the filter's cost shows."""
+    router = {"name": "envoy.filters.http.router",
+              "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "ingress",
+        "codec_type": "HTTP1",
+        "route_config": {"name": "local", "virtual_hosts": [{
+            "name": "all", "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"},
+                        "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}],
+        }]},
+        "http_filters": [*http_filters, router],
+    }
+    return {
+        "admin": {"address": {"socket_address": {"address": LOOPBACK, "port_value": 0}}},
+        "static_resources": {"listeners": [{
+            "name": "main",
+            "address": {"socket_address": {"address": LOOPBACK, "port_value": 0}},
+            "filter_chains": [{"filters": [
+                {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
+        }]},
+    }
+
+
+def start_envoy(binary: Path, workdir: Path, filters: list[dict[str, Any]], concurrency: int,
+                pin: bool) -> Envoy:
+    """Envoy with every thread on ENVOY_CPU: the affinity is set around the fork, so the
+    process inherits it before it starts any thread."""
+    envoy = Envoy(binary, workdir, bootstrap(filters), concurrency)
+    saved = os.sched_getaffinity(0)
+    if pin:
+        os.sched_setaffinity(0, {ENVOY_CPU})
+    try:
+        envoy.start()
+    finally:
+        os.sched_setaffinity(0, saved)
+    return envoy
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of the whole process (all threads), in clock ticks."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def rss_bytes(pid: int) -> int:
+    match = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
+    assert match, "no VmRSS in /proc status"
+    return int(match.group(1)) * 1024
+
+
+def jwt_cache_hits(envoy: Envoy) -> int | None:
+    stats = envoy.admin("/stats?filter=jwt_cache_hit").body.decode()
+    counts = [int(m.group(1)) for m in re.finditer(r"jwt_cache_hit: (\d+)", stats)]
+    return sum(counts) if counts else None
+
+
+# --------------------------------------------------------------------------- load
+
+
+def wrk(port: int, seconds: int, connections: int, lua_args: list[str], pin: bool) -> dict[str, Any]:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
+           "-s", str(LUA), f"http://{LOOPBACK}:{port}/", "--", *lua_args]
+    if pin:
+        cmd = ["taskset", "-c", str(LOAD_CPU), *cmd]
+    out = subprocess.run(cmd, check=True, text=True, capture_output=True, timeout=seconds + 60).stdout
+    line = next((l for l in out.splitlines() if l.startswith("BENCH ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result:\n{out}")
+    return json.loads(line[len("BENCH "):])
+
+
+def lua_args(workload: Workload, files: dict[str, Path]) -> list[str]:
+    alg = workload.alg
+    if workload.mode == "repeat":
+        return ["repeat", str(files[f"{alg}.repeat"])]
+    if workload.mode == "pool":
+        return ["pool", str(files[f"{alg}.pool"])]
+    return ["mix", str(files[f"{alg}.repeat"]), str(files["RS256.invalid"])]
+
+
+@dataclass
+class Run:
+    round: int
+    workload: str
+    arm: str
+    rps: float
+    p50_us: int
+    p99_us: int
+    cpu_us_per_req: float
+    requests: int
+    non_2xx: int
+    errors: int
+    pool_tokens_used: int
+    pool_wraps: int
+    jwt_cache_hits: int | None
+    # Share of one core used over the timed window: Envoy well below 100 % means something else
+    # ran on its core; wrk near 100 % means the load generator, not Envoy, set the pace.
+    envoy_cpu_pct: float
+    wrk_cpu_pct: float
+    problems: list[str] = field(default_factory=list)
+
+
+def expected_refusals(workload: Workload, arm: Arm, result: dict[str, Any]) -> list[str]:
+    """What a run must show to mean anything: valid tokens all pass; in the mix, an arm that
+    verifies refuses every other request and one that does not refuses none."""
+    total, refused = result["requests"], result["non_2xx"]
+    errors = result["connect_errors"] + result["read_errors"] + result["write_errors"] + result["timeouts"]
+    problems = []
+    if total == 0:
+        return ["no requests completed"]
+    if errors:
+        problems.append(f"{errors} socket errors/timeouts")
+    if workload.mode == "mix" and arm.verifies:
+        if abs(refused / total - 0.5) > 0.01:
+            problems.append(f"{refused}/{total} refused, expected half")
+    elif refused:
+        problems.append(f"{refused}/{total} answered non-2xx, expected none")
+    return problems
+
+
+def measure(binary: Path, workdir: Path, arm: Arm, workload: Workload, files: dict[str, Path],
+            jwks: str, args: argparse.Namespace, round_no: int) -> Run:
+    envoy = start_envoy(binary, workdir, arm_filters(arm.key, jwks), 1, args.pin)
+    try:
+        assert envoy.port is not None and envoy.proc is not None
+        pid = envoy.proc.pid
+        # Warm-up with the algorithm's repeated token, which is not in any pool.
+        warm = Workload(workload.key, "", workload.alg, "repeat")
+        wrk(envoy.port, args.warmup, args.connections, lua_args(warm, files), args.pin)
+        # Requests still in Envoy when wrk stopped must not count in the timed window.
+        time.sleep(0.2)
+        hits_before = jwt_cache_hits(envoy) if arm.key == "C" else None
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        before = cpu_ticks(pid)
+        result = wrk(envoy.port, args.duration, args.connections, lua_args(workload, files), args.pin)
+        after = cpu_ticks(pid)
+        children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        problems = expected_refusals(workload, arm, result)
+        if envoy.proc.poll() is not None:
+            problems.append(f"envoy exited with {envoy.proc.returncode}")
+        if "panicked" in envoy.log():
+            problems.append("the Wasm VM panicked (see envoy.log)")
+        hits_after = jwt_cache_hits(envoy) if arm.key == "C" else None
+    finally:
+        envoy.stop()
+    requests = max(result["requests"], 1)
+    seconds = result["duration_us"] / 1e6
+    wrk_cpu = (children_after.ru_utime + children_after.ru_stime
+               - children_before.ru_utime - children_before.ru_stime)
+    return Run(
+        round=round_no, workload=workload.key, arm=arm.key,
+        rps=result["requests"] / seconds,
+        p50_us=result["p50_us"], p99_us=result["p99_us"],
+        cpu_us_per_req=(after - before) / CLK_TCK * 1e6 / requests,
+        requests=result["requests"], non_2xx=result["non_2xx"],
+        errors=result["connect_errors"] + result["read_errors"] + result["write_errors"] + result["timeouts"],
+        pool_tokens_used=result["pool_tokens_used"], pool_wraps=result["pool_wraps"],
+        jwt_cache_hits=None if hits_after is None or hits_before is None else hits_after - hits_before,
+        envoy_cpu_pct=100 * (after - before) / CLK_TCK / seconds, wrk_cpu_pct=100 * wrk_cpu / seconds,
+        problems=problems,
+    )
+
+
+def memory(binary: Path, workdir: Path, files: dict[str, Path], jwks: str,
+           args: argparse.Namespace) -> tuple[dict[str, dict[int, int]], dict[str, dict[int, int]]]:
+    """Envoy's RSS with 1 and 4 workers (each worker runs its own Wasm VM) after enough unique
+    tokens that every worker's token cache is full, however unevenly the kernel spreads the
+    connections over the workers: a 1 s probe gives the rate, a second run the rest. EdDSA
+    because it verifies fastest in Wasm; a cache entry is the same size for any algorithm.
+    Returns RSS and the requests each Envoy served, by arm and worker count."""
+    rss: dict[str, dict[int, int]] = {}
+    served: dict[str, dict[int, int]] = {}
+    pool = Workload("mem", "", "EdDSA", "pool")
+    for arm in ("A", "D", "E"):
+        rss[arm], served[arm] = {}, {}
+        for concurrency in (1, 4):
+            envoy = start_envoy(binary, workdir / f"mem-{arm}-{concurrency}", arm_filters(arm, jwks),
+                                concurrency, args.pin)
+            try:
+                assert envoy.port is not None and envoy.proc is not None
+                target = 4 * concurrency * CACHE_SIZE
+                probe = wrk(envoy.port, 1, args.connections, lua_args(pool, files), args.pin)["requests"]
+                total = probe
+                if probe < target:
+                    seconds = min(args.memory_traffic, -(-target // max(probe, 1)) + 1)
+                    total = wrk(envoy.port, seconds, args.connections, lua_args(pool, files),
+                                args.pin)["requests"]
+                time.sleep(0.3)
+                rss[arm][concurrency] = rss_bytes(envoy.proc.pid)
+                served[arm][concurrency] = total
+            finally:
+                envoy.stop()
+    return rss, served
+
+
+# --------------------------------------------------------------------------- micro-benchmarks
+
+
+def micro(args: argparse.Namespace) -> list[dict[str, Any]]:
+    log("micro-benchmarks (criterion)")
+    bench = subprocess.run(["cargo", "bench", "--bench", "core", "--", "--warm-up-time", str(args.micro_warmup),
+                            "--measurement-time", str(args.micro_time), "--noplot"],
+                           cwd=REPO, text=True, capture_output=True)
+    if bench.returncode != 0:
+        raise RuntimeError(f"cargo bench failed:\n{bench.stdout}\n{bench.stderr}")
+    meta = json.loads(run(["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=REPO,
+                          capture_output=True).stdout)
+    results = []
+    for bench_file in sorted(Path(meta["target_directory"], "criterion").glob("**/new/benchmark.json")):
+        estimates = json.loads((bench_file.parent / "estimates.json").read_text())
+        name = json.loads(bench_file.read_text())["full_id"]
+        results.append({"name": name, "median_ns": estimates["median"]["point_estimate"],
+                        "mean_ns": estimates["mean"]["point_estimate"]})
+    return results
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def ran(runs: list[Run]) -> list[Workload]:
+    return [w for w in WORKLOADS if any(r.workload == w.key for r in runs)]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def runs_of(runs: list[Run], workload: str, arm: str) -> list[Run]:
+    return [r for r in runs if r.workload == workload and r.arm == arm and not r.problems]
+
+
+def stat(runs: list[Run], workload: str, arm: str, pick: Callable[[Run], float]) -> float:
+    return median([pick(r) for r in runs_of(runs, workload, arm)])
+
+
+def ratio(runs: list[Run], workload: str, num: str, den: str, by_cpu: bool = False) -> float:
+    """Throughput ratio num/den: the median over rounds of each round's own ratio, so a round
+    slowed by the machine counts once, for both arms. `by_cpu`: the same from Envoy's
+    CPU-µs per request (den's cost over num's), which other work on Envoy's core disturbs less."""
+    per_round = []
+    for round_no in sorted({r.round for r in runs}):
+        a = [r for r in runs_of(runs, workload, num) if r.round == round_no]
+        b = [r for r in runs_of(runs, workload, den) if r.round == round_no]
+        if not (a and b):
+            continue
+        x, y = (b[0].cpu_us_per_req, a[0].cpu_us_per_req) if by_cpu else (a[0].rps, b[0].rps)
+        if y > 0:
+            per_round.append(x / y)
+    return median(per_round)
+
+
+@dataclass
+class Target:
+    name: str
+    value: float
+    goal: str
+    met: bool | None  # None: report only, or not measurable
+    by_cpu: float = float("nan")  # the same ratio from CPU-µs per request, as a cross-check
+
+
+def targets(runs: list[Run], module_bytes: int, extra_rss: float | None) -> list[Target]:
+    def at_least(name: str, workload: str, den: str, bound: float) -> Target:
+        value = ratio(runs, workload, "E", den)
+        return Target(name, value, f"≥ {bound}×", None if value != value else value >= bound,
+                      ratio(runs, workload, "E", den, by_cpu=True))
+
+    p99 = {arm: stat(runs, "repeat", arm, lambda r: r.p99_us) for arm in "ABE"}
+    added_e, added_b = p99["E"] - p99["A"], p99["B"] - p99["A"]
+    # Below zero is noise: the filter cannot take latency away. jwt_authn adding none: no ratio.
+    p99_ratio = max(added_e, 0) / added_b if added_b > 0 else float("nan")
+    result = [
+        at_least("repeated token vs jwt_authn (no cache)", "repeat", "B", 1.5),
+        at_least("repeated token vs jwt_authn with cache", "repeat", "C", 0.7),
+        at_least("repeated token vs empty Wasm filter", "repeat", "D", 0.85),
+        at_least("unique RS256 vs jwt_authn", "unique-RS256", "B", 0.7),
+        at_least("unique ES256 vs jwt_authn", "unique-ES256", "B", 0.5),
+        Target("unique EdDSA vs jwt_authn", ratio(runs, "unique-EdDSA", "E", "B"), "report", None,
+               ratio(runs, "unique-EdDSA", "E", "B", by_cpu=True)),
+        Target(f"added p99 over no-auth vs jwt_authn's (repeated; {added_e:.0f} µs vs {added_b:.0f} µs)",
+               p99_ratio, "≤ 1.5×", None if p99_ratio != p99_ratio else p99_ratio <= 1.5),
+        Target("module size (KiB)", module_bytes / 1024, "≤ 400 KiB", module_bytes <= 400 * 1024),
+    ]
+    if extra_rss is not None:
+        result.append(Target("extra RSS per worker VM (MiB)", extra_rss / MIB, "≤ 4 MiB", extra_rss <= 4 * MIB))
+    return result
+
+
+def verdict(target: Target) -> str:
+    return {True: "MET", False: "NOT MET", None: "report"}[target.met] if target.value == target.value \
+        else "no data"
+
+
+def per_worker(rss: dict[int, int]) -> float:
+    return (rss[4] - rss[1]) / 3
+
+
+# --------------------------------------------------------------------------- output
+
+
+def fmt(value: float, digits: int = 0) -> str:
+    return "–" if value != value else f"{value:,.{digits}f}"
+
+
+def write_report(path: Path, runs: list[Run], tgts: list[Target], rss: dict[str, dict[int, int]] | None,
+                 served: dict[str, dict[int, int]] | None, micro_results: list[dict[str, Any]], context: dict[str, Any]) -> None:
+    lines = ["# mesh-oauth benchmark", ""]
+    lines += [f"- {key}: {value}" for key, value in context.items()]
+    lines += ["", "Medians over rounds. Ratios are per-round throughput ratios, median over rounds. "
+              "CPU-µs/req: Envoy's utime+stime over the timed window ÷ requests.", ""]
+    lines += ["## Targets", "", "| target | value | goal | verdict | from CPU-µs/req |",
+              "| --- | ---: | --- | --- | ---: |"]
+    for t in tgts:
+        lines.append(f"| {t.name} | {fmt(t.value, 2)} | {t.goal} | {verdict(t)} | {fmt(t.by_cpu, 2)} |")
+    lines += ["", "Verdicts use throughput. The last column is the same ratio from Envoy's CPU cost "
+              "per request; on a quiet machine (Envoy CPU % near 100) the two agree."]
+    for workload in ran(runs):
+        lines += ["", f"## {workload.label}", "",
+                  "| arm | req/s | p50 µs | p99 µs | CPU-µs/req | E ÷ arm | E ÷ arm by CPU | Envoy CPU % "
+                  "| wrk CPU % | pool wraps | rounds |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for arm in ARMS:
+            good = runs_of(runs, workload.key, arm.key)
+            wraps = max((r.pool_wraps for r in good), default=0)
+            lines.append(
+                f"| {arm.key} {arm.label} | {fmt(stat(runs, workload.key, arm.key, lambda r: r.rps))} "
+                f"| {fmt(stat(runs, workload.key, arm.key, lambda r: r.p50_us))} "
+                f"| {fmt(stat(runs, workload.key, arm.key, lambda r: r.p99_us))} "
+                f"| {fmt(stat(runs, workload.key, arm.key, lambda r: r.cpu_us_per_req), 1)} "
+                f"| {fmt(ratio(runs, workload.key, 'E', arm.key), 2)} "
+                f"| {fmt(ratio(runs, workload.key, 'E', arm.key, by_cpu=True), 2)} "
+                f"| {fmt(stat(runs, workload.key, arm.key, lambda r: r.envoy_cpu_pct))} "
+                f"| {fmt(stat(runs, workload.key, arm.key, lambda r: r.wrk_cpu_pct))} | {wraps} | {len(good)} |")
+        lines += ["", "Throughput ratio row ÷ column:", "",
+                  "| | " + " | ".join(a.key for a in ARMS) + " |", "| --- |" + " ---: |" * len(ARMS)]
+        for row in ARMS:
+            cells = [fmt(ratio(runs, workload.key, row.key, col.key), 2) for col in ARMS]
+            lines.append(f"| {row.key} | " + " | ".join(cells) + " |")
+        hits = [r.jwt_cache_hits for r in runs_of(runs, workload.key, "C") if r.jwt_cache_hits is not None]
+        if hits:
+            lines.append(f"\njwt_authn cache hits in C's timed windows (per round): {hits}")
+    problems = [r for r in runs if r.problems]
+    if problems:
+        lines += ["", "## Runs left out", ""]
+        lines += [f"- round {r.round} {r.workload} {r.arm}: {'; '.join(r.problems)}" for r in problems]
+    if rss:
+        lines += ["", "## Resident memory (Envoy VmRSS after traffic, MiB)", "",
+                  "| arm | 1 worker | 4 workers | per extra worker | requests before (1 / 4 workers) |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for arm, values in rss.items():
+            counts = served[arm] if served else {1: 0, 4: 0}
+            lines.append(f"| {arm} {ARM[arm].label} | {values[1] / MIB:.1f} | {values[4] / MIB:.1f} "
+                         f"| {per_worker(values) / MIB:.2f} | {counts[1]:,} / {counts[4]:,} |")
+        lines.append(f"\nExtra per worker VM = (per extra worker with the filter) − (per extra worker "
+                     f"without any filter). Traffic: unique EdDSA tokens, aiming at "
+                     f"{4 * CACHE_SIZE:,} per worker so that every worker's token cache is full.")
+    if micro_results:
+        lines += ["", "## Native micro-benchmarks (criterion, median)", "", "| benchmark | µs |",
+                  "| --- | ---: |"]
+        lines += [f"| {m['name']} | {m['median_ns'] / 1000:.2f} |" for m in micro_results]
+    lines += ["", "## Notes", "",
+              "- Unique-token pools are walked once per run from the start; a wrap (column "
+              "`pool wraps`) reuses tokens only after the whole pool, which is larger than both "
+              f"token caches ({CACHE_SIZE} entries, evicting oldest/least recently used first): a "
+              "wrapped pool still never hits a cache.",
+              "- Arms A and D do not look at the token; their unique-token runs are the floor for "
+              "that token size.",
+              "- The mix: odd requests carry the repeated valid RS256 token, even ones a unique "
+              "RS256 token with a corrupted signature (full verification, then 401).",
+              "- Envoy CPU % is Envoy's share of its core over the timed window: well below 100 % "
+              "means other work ran on that core (noisy numbers) or the load generator was the "
+              "limit (then wrk CPU % is near 100).",
+              "- Micro-benchmarks are native, built with the release profile the module uses.",
+              "- `runs.json` holds every run of every round."]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_chart(path: Path, runs: list[Run]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, axes = plt.subplots(2, 1, figsize=(11, 8), sharex=True)
+    width = 0.16
+    workloads = ran(runs)
+    for i, arm in enumerate(ARMS):
+        xs = [w + (i - 2) * width for w in range(len(workloads))]
+        for ax, pick in ((axes[0], lambda r: r.rps), (axes[1], lambda r: r.cpu_us_per_req)):
+            values = [[pick(r) for r in runs_of(runs, w.key, arm.key)] for w in workloads]
+            mids = [median(v) if v else 0 for v in values]
+            low = [m - min(v) if v else 0 for m, v in zip(mids, values)]
+            high = [max(v) - m if v else 0 for m, v in zip(mids, values)]
+            ax.bar(xs, mids, width, yerr=[low, high], capsize=2, label=f"{arm.key} {arm.label}")
+    axes[0].set_ylabel("requests/s (median, min–max)")
+    axes[1].set_ylabel("Envoy CPU-µs per request")
+    axes[1].set_yscale("log")
+    axes[1].yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axes[1].set_xticks(range(len(workloads)), [w.key for w in workloads])
+    axes[0].legend(ncol=5, fontsize=8, loc="upper right")
+    axes[0].set_title("mesh-oauth vs jwt_authn vs the empty Wasm filter (one Envoy worker, one core)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def print_summary(runs: list[Run], tgts: list[Target]) -> None:
+    print("\n== req/s (median) ==")
+    print(f"{'workload':<14}" + "".join(f"{a.key + ' ' + a.label:>18}" for a in ARMS))
+    for w in ran(runs):
+        print(f"{w.key:<14}" + "".join(f"{fmt(stat(runs, w.key, a.key, lambda r: r.rps)):>18}" for a in ARMS))
+    print("\n== targets ==")
+    for t in tgts:
+        cpu = f"; {fmt(t.by_cpu, 2)} from CPU-µs/req" if t.by_cpu == t.by_cpu else ""
+        print(f"  {verdict(t):<8} {t.name}: {fmt(t.value, 2)} (goal {t.goal}{cpu})")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def machine_context(args: argparse.Namespace, binary: Path, module_bytes: int, empty_bytes: int) -> dict[str, Any]:
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor())
+    version = subprocess.run([str(binary), "--version"], text=True, capture_output=True).stdout.strip()
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": f"{cpu}, {os.cpu_count()} cores, {platform.release()}",
+        "load average at start": Path("/proc/loadavg").read_text().split()[0],
+        "envoy": version.split("version:")[-1].strip() if version else str(binary),
+        "setup": (f"--concurrency 1 pinned to CPU {ENVOY_CPU}, wrk -t1 -c{args.connections} on CPU "
+                  f"{LOAD_CPU}" if args.pin else "not pinned (fewer than 2 CPUs)")
+                 + f", {args.warmup} s warm-up + {args.duration} s per run, {args.rounds} rounds",
+        "module": f"{module_bytes:,} bytes ({module_bytes / 1024:.1f} KiB); empty filter {empty_bytes:,} bytes",
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=int, default=2, help="timed seconds per run (wrk takes whole seconds)")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up seconds per run")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--pool-rsa", type=int, default=30_000, help="unique RS256 tokens")
+    p.add_argument("--pool-ec", type=int, default=60_000, help="unique ES256 and EdDSA tokens each")
+    p.add_argument("--memory-traffic", type=int, default=5,
+                   help="at most this many seconds of traffic before reading RSS")
+    p.add_argument("--micro-time", type=float, default=1.0, help="criterion measurement seconds")
+    p.add_argument("--micro-warmup", type=float, default=0.5, help="criterion warm-up seconds")
+    p.add_argument("--workloads", default=",".join(w.key for w in WORKLOADS))
+    p.add_argument("--skip-build", action="store_true")
+    p.add_argument("--skip-micro", action="store_true")
+    p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    return p.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    started = time.monotonic()
+    args.pin = len(os.sched_getaffinity(0)) >= 2 and {ENVOY_CPU, LOAD_CPU} <= os.sched_getaffinity(0)
+    workloads = [w for w in WORKLOADS if w.key in args.workloads.split(",")]
+    runs_total = args.rounds * len(workloads) * len(ARMS)
+    # Per run: Envoy start and stop, about 1 s. Memory: six Envoys. Micro: 12 benchmarks.
+    estimate = runs_total * (args.warmup + args.duration + 1.0) \
+        + (0 if args.skip_memory else 40) \
+        + (0 if args.skip_micro else 12 * (args.micro_warmup + args.micro_time) + 20)
+    log(f"{runs_total} runs of {args.warmup}+{args.duration} s; about {estimate / 60:.1f} min once built "
+        "(a fresh machine adds a few minutes of installing, building and token minting)")
+    ensure_tools()
+    micro_build = None if args.skip_build else build(with_micro=not args.skip_micro)
+    binary = locate_envoy()
+    keys, files = token_files({"RS256": args.pool_rsa, "ES256": args.pool_ec, "EdDSA": args.pool_ec})
+    finish(micro_build)
+    jwks = keys.jwks_string(ALGS)
+    workdir = REPO / ".cache" / "bench" / "envoy"
+    shutil.rmtree(workdir, ignore_errors=True)
+
+    runs: list[Run] = []
+    for round_no in range(1, args.rounds + 1):
+        for workload in workloads:
+            for arm in ARMS:
+                result = measure(binary, workdir / f"r{round_no}-{workload.key}-{arm.key}", arm, workload,
+                                 files, jwks, args, round_no)
+                runs.append(result)
+                log(f"round {round_no} {workload.key:<13} {arm.key} {arm.label:<16} "
+                    f"{result.rps:>9,.0f} req/s  p50 {result.p50_us:>6} µs  p99 {result.p99_us:>6} µs  "
+                    f"{result.cpu_us_per_req:>7.1f} CPU-µs/req  Envoy {result.envoy_cpu_pct:>3.0f} % "
+                    f"wrk {result.wrk_cpu_pct:>3.0f} %"
+                    + (f"  wraps {result.pool_wraps}" if result.pool_wraps else "")
+                    + (f"  PROBLEM: {'; '.join(result.problems)}" if result.problems else ""))
+
+    rss, served = (None, None) if args.skip_memory else memory(binary, workdir, files, jwks, args)
+    extra_rss = per_worker(rss["E"]) - per_worker(rss["A"]) if rss else None
+    micro_results = [] if args.skip_micro else micro(args)
+
+    module_bytes, empty_bytes = MODULE.stat().st_size, EMPTY_FILTER.stat().st_size
+    tgts = targets(runs, module_bytes, extra_rss)
+    context = machine_context(args, binary, module_bytes, empty_bytes)
+    context["load average at end"] = Path("/proc/loadavg").read_text().split()[0]
+    context["wall time"] = f"{time.monotonic() - started:.0f} s"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "runs.json").write_text(json.dumps({
+        "context": context, "runs": [asdict(r) for r in runs], "rss": rss, "micro": micro_results,
+        "targets": [asdict(t) for t in tgts]}, indent=1))
+    write_report(args.out / "report.md", runs, tgts, rss, served, micro_results, context)
+    write_chart(args.out / "chart.png", runs)
+    print_summary(runs, tgts)
+    if rss:
+        print(f"\nRSS per extra worker VM: mesh-oauth {per_worker(rss['E']) / MIB:.2f} MiB, "
+              f"empty filter {per_worker(rss['D']) / MIB:.2f} MiB, no filter {per_worker(rss['A']) / MIB:.2f} MiB")
+    log(f"report: {args.out / 'report.md'}, chart: {args.out / 'chart.png'} "
+        f"({time.monotonic() - started:.0f} s in all)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
