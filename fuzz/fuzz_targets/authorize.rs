@@ -6,15 +6,22 @@
 use libfuzzer_sys::fuzz_target;
 use mesh_oauth::alg::AlgSet;
 use mesh_oauth::authorize::{self, HeaderEdit, Outcome, Request};
+use mesh_oauth::cache::TokenCache;
 use mesh_oauth::keystore::KeyStore;
 use mesh_oauth::token::{self, TokenLimits};
 use mesh_oauth::{path, verify};
 use mesh_oauth_fuzz::{config, key_set, NOW};
+use std::cell::RefCell;
 use std::sync::OnceLock;
+
+thread_local! {
+    /// Warm across inputs, so the cached path is fuzzed too.
+    static CACHE: RefCell<TokenCache> = RefCell::new(TokenCache::new(64));
+}
 
 fn store() -> &'static KeyStore {
     static STORE: OnceLock<KeyStore> = OnceLock::new();
-    STORE.get_or_init(|| KeyStore::new(config()).expect("inline keys parse"))
+    STORE.get_or_init(|| KeyStore::new(config(), None, 1).expect("inline keys parse"))
 }
 
 /// Whether any whitespace-separated piece of the token headers is a token our keys signed:
@@ -59,7 +66,9 @@ fuzz_target!(|data: &[u8]| {
         authority,
         headers: &headers,
     };
-    let outcome = authorize::authorize(config(), store(), &request, NOW);
+    let outcome = CACHE.with_borrow_mut(|cache| {
+        authorize::authorize(config(), store(), cache, &request, NOW * 1000).outcome
+    });
     let Outcome::Allow(allowed) = outcome else {
         return;
     };

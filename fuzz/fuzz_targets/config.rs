@@ -13,10 +13,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(config) = config::parse(text) else {
         return;
     };
-    match KeyStore::new(&config) {
-        Ok(mut store) => {
-            let _ = store.due(0);
-        }
+    match KeyStore::new(&config, None, 1) {
+        Ok(_) => {}
         Err(problem) => panic!("accepted config the key store refuses: {problem}"),
     }
 });

@@ -203,6 +203,7 @@ fn rule(index: usize, input: &RuleIn) -> Rule {
             hosts,
         },
         action,
+        mode: None,
     }
 }
 
@@ -288,6 +289,7 @@ fuzz_target!(|input: Input| {
         realm: None,
         bypass_cors_preflight: false,
         mode: Mode::Enforce,
+        audit: Default::default(),
         limits: Limits::default(),
     };
     let facts = RequestFacts {

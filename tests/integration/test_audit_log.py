@@ -82,7 +82,7 @@ def test_an_allowed_request_is_one_line_naming_who_and_what(envoy, keys):
         assert resp.status == 200, resp
 
     line = only_line(envoy, send)
-    assert line.level == "info"
+    assert line.level == "warning", "the default level: visible in an Istio sidecar"
     assert line.fields == {
         "decision": "allow", "status": 200, "reason": "valid", "rule": None, "provider": "orders-idp",
         "iss": ISS_ORDERS, "sub": "alice", "kid": keys["RS256"].kid, "alg": "RS256", "cached": False,

@@ -103,8 +103,6 @@ def test_report_mode_treats_a_valid_token_as_enforcement_would(envoys, keys):
     assert wait_for_audit(envoy, "report-valid").fields["decision"] == "allow"
 
 
-@pytest.mark.xfail(strict=True, reason="report mode removes a valid token but leaves an invalid one (authorize.rs "
-                   "identity_edits); an upstream relying on the token breaks on valid traffic during the dry run")
 def test_report_mode_leaves_a_valid_token_for_upstream_too(envoys, keys):
     token = keys.mint("RS256", claims())
     resp = envoys["report"].request("/items", headers={"Authorization": f"Bearer {token}"})
