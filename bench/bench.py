@@ -129,7 +129,7 @@ def build(with_micro: bool) -> subprocess.Popen[str] | None:
     if not with_micro:
         return None
     log("building the micro-benchmarks in the background (cargo bench --no-run)")
-    return subprocess.Popen(["cargo", "bench", "--bench", "core", "--no-run"], cwd=REPO, text=True,
+    return subprocess.Popen(["cargo", "bench", "--no-default-features", "--bench", "core", "--no-run"], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -467,7 +467,7 @@ def memory(binary: Path, workdir: Path, files: dict[str, Path], jwks: str,
 
 def micro(args: argparse.Namespace) -> list[dict[str, Any]]:
     log("micro-benchmarks (criterion)")
-    bench = subprocess.run(["cargo", "bench", "--bench", "core", "--", "--warm-up-time", str(args.micro_warmup),
+    bench = subprocess.run(["cargo", "bench", "--no-default-features", "--bench", "core", "--", "--warm-up-time", str(args.micro_warmup),
                             "--measurement-time", str(args.micro_time), "--noplot"],
                            cwd=REPO, text=True, capture_output=True)
     if bench.returncode != 0:

@@ -145,10 +145,7 @@ pub fn authorize(
     request: &Request<'_>,
     now_ms: u64,
 ) -> Decision {
-    // Identity headers are never taken from the client, whatever the decision or mode.
-    let mut edits: Vec<HeaderEdit> = identity_headers(&config.providers)
-        .map(|h| HeaderEdit::Remove(h.to_string()))
-        .collect();
+    let mut edits = identity_removals(config);
     let mut trace = Trace::default();
     let outcome = match decide(config, keys, cache, request, now_ms, &mut trace) {
         Ok(mut allowed) => {
@@ -169,9 +166,7 @@ pub fn wait_expired(
     provider: usize,
     now_ms: u64,
 ) -> Decision {
-    let edits = identity_headers(&config.providers)
-        .map(|h| HeaderEdit::Remove(h.to_string()))
-        .collect();
+    let edits = identity_removals(config);
     let retry_after_seconds = match keys.keys(provider, now_ms) {
         KeyState::Unavailable {
             retry_after_seconds,
@@ -326,6 +321,13 @@ enum Need<'c> {
     Rule(&'c Action),
 }
 
+fn wrong_location() -> Denial {
+    invalid(
+        "token was sent in a location its issuer is not configured for",
+        "malformed",
+    )
+}
+
 fn invalid(description: &'static str, reason: &'static str) -> Denial {
     Denial::InvalidToken {
         description,
@@ -342,13 +344,18 @@ fn is_cors_preflight(request: &Request<'_>) -> bool {
             .any(|(n, _)| n == "access-control-request-method")
 }
 
-fn identity_headers(providers: &[Provider]) -> impl Iterator<Item = &str> {
-    providers.iter().flat_map(|p| {
-        p.output_payload_to_header
-            .iter()
-            .map(String::as_str)
-            .chain(p.output_claim_to_headers.iter().map(|c| c.header.as_str()))
-    })
+/// Identity headers are never taken from the client, whatever the decision or mode.
+fn identity_removals(config: &Config) -> Vec<HeaderEdit> {
+    config
+        .providers
+        .iter()
+        .flat_map(|p| {
+            p.output_payload_to_header
+                .iter()
+                .chain(p.output_claim_to_headers.iter().map(|c| &c.header))
+        })
+        .map(|header| HeaderEdit::Remove(header.clone()))
+        .collect()
 }
 
 fn verify_token(
@@ -401,11 +408,7 @@ fn verify_token(
         .ok_or(invalid("token issuer is not trusted", "issuer"))?;
     trace.provider = Some(index);
     if !found.location.is_listed_by(provider) {
-        return Err(invalid(
-            "token was sent in a location its issuer is not configured for",
-            "malformed",
-        )
-        .into());
+        return Err(wrong_location().into());
     }
     let key_set = match keys.keys(index, now_ms) {
         KeyState::Ready(set) => set,
@@ -485,11 +488,7 @@ fn cache_hit(
         return None;
     }
     if !found.location.is_listed_by(provider) {
-        return Some(Err(invalid(
-            "token was sent in a location its issuer is not configured for",
-            "malformed",
-        )
-        .into()));
+        return Some(Err(wrong_location().into()));
     }
     Some(
         claims::check(&hit.claims, provider, now_ms / 1000)

@@ -7,7 +7,7 @@ use crate::authorize::{self, Decision, HeaderEdit, KeyLookup, Outcome, Request};
 use crate::cache::TokenCache;
 use crate::config::AuditLevel;
 use crate::config::{self, Config};
-use crate::keystore::{FetchAnswer, KeyStore, SharedStore, Stage};
+use crate::keystore::{FetchAnswer, KeyStore, SharedStore, Spread, Stage};
 use crate::response::Denial;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -77,7 +77,8 @@ struct State {
     reconfigured: bool,
     /// Metric ids by name.
     metrics: HashMap<String, u32>,
-    rng: u64,
+    /// Audit sampling.
+    rng: Spread,
 }
 
 const HELD_GAUGE: &str = "mesh_oauth.held_requests";
@@ -243,7 +244,7 @@ impl State {
             AuditLevel::Warn => LogLevel::Warn,
         };
         let logged = audit::Verdict::of(decision).always_logged()
-            || self.random() < self.config.audit.allowed_sample_rate;
+            || self.rng.sample() < self.config.audit.allowed_sample_rate;
         if logged {
             let request_id = request
                 .headers
@@ -255,48 +256,33 @@ impl State {
         }
     }
 
-    /// Adds `delta` to a counter or gauge, defined on first use. Envoy keeps one stat per
-    /// name for the whole process, so every worker adds to the same one.
+    /// Adds `delta` to a counter or gauge. Envoy keeps one stat per name for the whole
+    /// process, so every worker adds to the same one.
     fn count(&mut self, name: &str, delta: i64) {
-        let id = match self.metrics.get(name) {
-            Some(id) => *id,
-            None => {
-                let kind = if name.ends_with("held_requests") || name.ends_with("keys_loaded") {
-                    MetricType::Gauge
-                } else {
-                    MetricType::Counter
-                };
-                let Ok(id) = hostcalls::define_metric(kind, name) else {
-                    return;
-                };
-                self.metrics.insert(name.to_string(), id);
-                id
-            }
+        let kind = if name.ends_with("held_requests") || name.ends_with("keys_loaded") {
+            MetricType::Gauge
+        } else {
+            MetricType::Counter
         };
-        let _ = hostcalls::increment_metric(id, delta);
+        if let Some(id) = self.metric(kind, name) {
+            let _ = hostcalls::increment_metric(id, delta);
+        }
     }
 
-    /// Sets a gauge, defined on first use.
     fn gauge(&mut self, name: &str, value: u64) {
-        let id = match self.metrics.get(name) {
-            Some(id) => *id,
-            None => {
-                let Ok(id) = hostcalls::define_metric(MetricType::Gauge, name) else {
-                    return;
-                };
-                self.metrics.insert(name.to_string(), id);
-                id
-            }
-        };
-        let _ = hostcalls::record_metric(id, value);
+        if let Some(id) = self.metric(MetricType::Gauge, name) {
+            let _ = hostcalls::record_metric(id, value);
+        }
     }
 
-    /// xorshift64 for audit sampling.
-    fn random(&mut self) -> f64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    /// A metric's id, defined on first use.
+    fn metric(&mut self, kind: MetricType, name: &str) -> Option<u32> {
+        if let Some(id) = self.metrics.get(name) {
+            return Some(*id);
+        }
+        let id = hostcalls::define_metric(kind, name).ok()?;
+        self.metrics.insert(name.to_string(), id);
+        Some(id)
     }
 
     /// Applies a final outcome to the current request: edits, or a local response.
@@ -543,7 +529,7 @@ impl RootContext for Root {
             calls: HashMap::new(),
             reconfigured: true,
             metrics,
-            rng: seed | 1,
+            rng: Spread::new(seed),
         };
         *cell = Some(state);
         // Fetches start from the first tick, not from here: Envoy also configures VMs it

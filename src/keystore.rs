@@ -251,7 +251,7 @@ pub struct KeyStore {
     entries: Vec<Entry>,
     jwks_limits: JwksLimits,
     max_revocation_bytes: usize,
-    rng: u64,
+    rng: Spread,
 }
 
 impl KeyStore {
@@ -317,7 +317,7 @@ impl KeyStore {
             entries,
             jwks_limits,
             max_revocation_bytes: config.limits.max_revocation_bytes,
-            rng: splitmix64(seed) | 1,
+            rng: Spread::new(seed),
         })
     }
 
@@ -481,12 +481,26 @@ impl KeyStore {
         })
     }
 
-    /// xorshift64: jitter needs spread, not secrecy.
     fn next_random(&mut self) -> f64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+        self.rng.sample()
+    }
+}
+
+/// xorshift64: jitter and sampling need spread, not secrecy.
+pub struct Spread(u64);
+
+impl Spread {
+    /// Any seed will do: a small one (a time, a context id) is spread over 64 bits first.
+    pub fn new(seed: u64) -> Spread {
+        Spread(splitmix64(seed) | 1)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn sample(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
