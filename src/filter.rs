@@ -428,7 +428,12 @@ impl Context for Root {
         let cache_control = header("cache-control");
         // Read at most one byte past the cap: an over-size body is then refused by the core
         // without the rest of it ever being copied into the VM.
-        let cap = state.config.limits.max_jwks_bytes.saturating_add(1);
+        let limits = &state.config.limits;
+        let cap = match stage {
+            Stage::Discovery | Stage::Jwks => limits.max_jwks_bytes,
+            Stage::Revocations => limits.max_revocation_bytes,
+        }
+        .saturating_add(1);
         let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(cap))
             .ok()
             .flatten()
