@@ -15,9 +15,9 @@ pub enum ClaimError {
     MissingIat,
     LifetimeTooLong,
     Audience,
-    /// `sub` neither a string (RFC 7519 §4.1.2) nor null (treated as absent, like any null
-    /// claim): a number would slip past `revoked.subjects`, which compares strings.
-    SubjectNotString,
+    /// `sub` or `jti` neither a string (RFC 7519 §4.1.2, §4.1.7) nor null (treated as absent,
+    /// like any null claim): a number would slip past revocation, which compares strings.
+    NotAString(&'static str),
     Revoked,
 }
 
@@ -34,7 +34,8 @@ impl ClaimError {
             ClaimError::MissingIat => "token has no issue time (iat), needed for its lifetime",
             ClaimError::LifetimeTooLong => "token lifetime exceeds the allowed maximum",
             ClaimError::Audience => "token audience is not accepted",
-            ClaimError::SubjectNotString => "token subject (sub) is not a string",
+            ClaimError::NotAString("sub") => "token subject (sub) is not a string",
+            ClaimError::NotAString(_) => "token id (jti) is not a string",
             ClaimError::Revoked => "token revoked",
         }
     }
@@ -46,9 +47,9 @@ impl ClaimError {
             ClaimError::NotYetValid | ClaimError::IssuedInFuture => "not_yet_valid",
             ClaimError::Audience => "audience",
             ClaimError::Revoked => "revoked",
-            ClaimError::MissingExp
-            | ClaimError::NotNumericDate(_)
-            | ClaimError::SubjectNotString => "malformed",
+            ClaimError::MissingExp | ClaimError::NotNumericDate(_) | ClaimError::NotAString(_) => {
+                "malformed"
+            }
             ClaimError::MissingIat | ClaimError::LifetimeTooLong => "lifetime",
         }
     }
@@ -69,11 +70,13 @@ pub fn check(claims: &Map<String, Value>, provider: &Provider, now: u64) -> Resu
     let nbf = numeric_date(claims, "nbf")?;
     let iat = numeric_date(claims, "iat")?;
 
-    if claims
-        .get("sub")
-        .is_some_and(|sub| !sub.is_string() && !sub.is_null())
-    {
-        return Err(ClaimError::SubjectNotString);
+    for name in ["sub", "jti"] {
+        if claims
+            .get(name)
+            .is_some_and(|value| !value.is_string() && !value.is_null())
+        {
+            return Err(ClaimError::NotAString(name));
+        }
     }
 
     if now >= exp + skew {
@@ -327,10 +330,19 @@ mod tests {
         for sub in [json!(1234), json!({"id": 1}), json!(["u-1"]), json!(true)] {
             assert_eq!(
                 check(&claims(json!({"exp": exp, "sub": sub})), &p, NOW),
-                Err(ClaimError::SubjectNotString),
+                Err(ClaimError::NotAString("sub")),
                 "sub {sub} must be refused"
             );
+            assert_eq!(
+                check(&claims(json!({"exp": exp, "jti": sub})), &p, NOW),
+                Err(ClaimError::NotAString("jti")),
+                "jti {sub} must be refused: revocation compares strings"
+            );
         }
+        assert_eq!(
+            ClaimError::NotAString("jti").describe(),
+            "token id (jti) is not a string"
+        );
     }
 
     #[test]
