@@ -251,6 +251,10 @@ def jwt_authn_filter(jwks: str, cache: bool) -> dict[str, Any]:
     }
 
 
+# `--mesh-limits`: plugin `limits` for arm E, to measure a lever (e.g. the token cache off).
+MESH_LIMITS: dict[str, Any] = {}
+
+
 def arm_filters(arm: str, jwks: str) -> list[dict[str, Any]]:
     if arm == "A":
         return []
@@ -258,7 +262,9 @@ def arm_filters(arm: str, jwks: str) -> list[dict[str, Any]]:
         return [jwt_authn_filter(jwks, cache=arm == "C")]
     if arm == "D":
         return [wasm_filter(EMPTY_FILTER, "")]
-    plugin = {"providers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": jwks}]}
+    plugin: dict[str, Any] = {"providers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": jwks}]}
+    if MESH_LIMITS:
+        plugin["limits"] = MESH_LIMITS
     return [wasm_filter(MODULE, json.dumps(plugin))]
 
 
@@ -720,11 +726,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--skip-micro", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--mesh-limits", type=json.loads, default={},
+                   help='plugin "limits" for mesh-oauth, e.g. \'{"maxCachedTokens": 0}\' to measure without the cache')
     return p.parse_args()
 
 
 def main() -> int:
     args = parse_args()
+    MESH_LIMITS.update(args.mesh_limits)
     started = time.monotonic()
     args.pin = len(os.sched_getaffinity(0)) >= 2 and {ENVOY_CPU, LOAD_CPU} <= os.sched_getaffinity(0)
     workloads = [w for w in WORKLOADS if w.key in args.workloads.split(",")]
