@@ -153,13 +153,23 @@ fn query_values(query: Option<&str>, name: &str) -> Vec<String> {
     };
     query
         .split('&')
-        .filter_map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        .filter(|pair| is_param(pair, name))
+        .map(|pair| {
+            let (_, value) = split_pair(pair);
             // An undecodable value still counts as a token: it is refused later as malformed.
-            (percent_decode(key).as_deref() == Some(name))
-                .then(|| percent_decode(value).unwrap_or_else(|| value.to_string()))
+            percent_decode(value).unwrap_or_else(|| value.to_string())
         })
         .collect()
+}
+
+/// A query pair at its first `=`; without one, the value is empty.
+fn split_pair(pair: &str) -> (&str, &str) {
+    pair.split_once('=').unwrap_or((pair, ""))
+}
+
+/// Whether a query pair is the parameter `name` (compared after percent-decoding its key).
+fn is_param(pair: &str, name: &str) -> bool {
+    percent_decode(split_pair(pair).0).as_deref() == Some(name)
 }
 
 fn cookie_values<'h>(header: &'h str, name: &'h str) -> impl Iterator<Item = &'h str> + 'h {
@@ -206,10 +216,7 @@ pub fn path_without_param(path: &str, name: &str) -> String {
     };
     let kept: Vec<&str> = query
         .split('&')
-        .filter(|pair| {
-            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            percent_decode(key).as_deref() != Some(name)
-        })
+        .filter(|pair| !is_param(pair, name))
         .collect();
     let mut out = base.to_string();
     if !kept.is_empty() {

@@ -448,15 +448,11 @@ impl Context for Root {
             .on_answer(&HostShared, provider, stage, &answer, now_ms());
         let name = state.provider_name(provider);
         let label = audit::provider_label(&state.config, Some(provider));
-        let what = match stage {
-            Stage::Discovery | Stage::Jwks => "key",
-            Stage::Revocations => "revocation list",
+        let (what, counter) = match stage {
+            Stage::Discovery | Stage::Jwks => ("key", "key_fetch"),
+            Stage::Revocations => ("revocation list", "revocation_fetch"),
         };
         let fetch_metric = if result.is_ok() { "success" } else { "failure" };
-        let counter = match stage {
-            Stage::Discovery | Stage::Jwks => "key_fetch",
-            Stage::Revocations => "revocation_fetch",
-        };
         state.count(&format!("mesh_oauth.{label}.{counter}.{fetch_metric}"), 1);
         if let (Ok(count), Stage::Jwks) = (&result, stage) {
             state.gauge(&format!("mesh_oauth.{label}.keys_loaded"), *count as u64);

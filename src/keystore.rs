@@ -699,15 +699,18 @@ impl KeyLookup for KeyStore {
                 retry_after_seconds: 1,
             };
         };
-        let prospect = entry.prospect(now_ms);
         // A provider with a revocation list is only usable once the list is in: fail closed.
         let revocations_ready = entry.revocations.as_ref().is_none_or(|r| r.list.is_some());
-        match &entry.keys {
-            Some(set) if revocations_ready => KeyState::Ready(set),
-            _ if prospect.keys_loading || prospect.revocations_loading => KeyState::Loading,
-            _ => KeyState::Unavailable {
+        if let (Some(set), true) = (&entry.keys, revocations_ready) {
+            return KeyState::Ready(set);
+        }
+        let prospect = entry.prospect(now_ms);
+        if prospect.keys_loading || prospect.revocations_loading {
+            KeyState::Loading
+        } else {
+            KeyState::Unavailable {
                 retry_after_seconds: self.retry_after_seconds(provider, now_ms),
-            },
+            }
         }
     }
 
