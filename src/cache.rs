@@ -6,9 +6,10 @@
 
 use crate::alg::Alg;
 use serde_json::{Map, Value};
+use siphasher::sip128::{Hasher128, SipHasher13};
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
 #[derive(Debug, Clone)]
@@ -25,11 +26,32 @@ pub struct CachedToken {
 
 pub struct TokenCache {
     capacity: usize,
-    entries: HashMap<u128, CachedToken>,
+    entries: HashMap<u128, CachedToken, BuildHasherDefault<DigestHasher>>,
     /// Insertion order, oldest first: the entry to evict when full.
     order: VecDeque<u128>,
-    /// Two independent random keys: a 128-bit digest an attacker cannot compute offline.
-    hashers: (RandomState, RandomState),
+    /// Random secret keys per cache: a 128-bit digest an attacker cannot compute offline.
+    keys: (u64, u64),
+}
+
+/// Digests are already keyed random values: the map uses their low bits as they are
+/// instead of hashing them again.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u128(&mut self, digest: u128) {
+        self.0 = digest as u64;
+    }
 }
 
 impl TokenCache {
@@ -37,16 +59,21 @@ impl TokenCache {
     pub fn new(capacity: usize) -> TokenCache {
         TokenCache {
             capacity,
-            entries: HashMap::with_capacity(capacity.min(4096)),
+            entries: HashMap::with_capacity_and_hasher(capacity.min(4096), Default::default()),
             order: VecDeque::with_capacity(capacity.min(4096)),
-            hashers: (RandomState::new(), RandomState::new()),
+            // std's RandomState draws its keys from the system's random source (WASI
+            // `random_get` in the VM); a hash under it yields a random key for ours.
+            keys: (
+                RandomState::new().hash_one(0u8),
+                RandomState::new().hash_one(1u8),
+            ),
         }
     }
 
     pub fn digest(&self, token: &str) -> u128 {
-        let high = self.hashers.0.hash_one(token);
-        let low = self.hashers.1.hash_one(token);
-        (u128::from(high) << 64) | u128::from(low)
+        let mut hasher = SipHasher13::new_with_keys(self.keys.0, self.keys.1);
+        hasher.write(token.as_bytes());
+        hasher.finish128().as_u128()
     }
 
     pub fn get(&self, digest: u128) -> Option<&CachedToken> {
