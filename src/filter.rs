@@ -77,8 +77,35 @@ struct State {
     reconfigured: bool,
     /// Metric ids by name.
     metrics: HashMap<String, u32>,
+    /// Per-request counts not yet handed to Envoy.
+    tally: Tally,
     /// Audit sampling.
     rng: Spread,
+}
+
+/// Per-request counters, added up in the VM and handed to Envoy on the next tick (at most
+/// `TICK` late): two host calls per request cost more than a cached request's own work.
+#[derive(Default)]
+struct Tally {
+    /// By provider and verdict: the counter's id and the count not yet reported. A handful
+    /// of entries, scanned in order: a request neither formats nor hashes a metric name.
+    verdicts: Vec<(Option<usize>, audit::Verdict, u32, u64)>,
+    /// `CACHE_HIT` and `CACHE_MISS`: id once defined, count not yet reported.
+    cache: [(Option<u32>, u64); 2],
+}
+
+impl Tally {
+    fn flush(&mut self) {
+        let verdicts = self.verdicts.iter_mut().map(|(_, _, id, n)| (Some(*id), n));
+        let cache = self.cache.iter_mut().map(|(id, n)| (*id, n));
+        for (id, pending) in verdicts.chain(cache) {
+            if let (Some(id), 1..) = (id, *pending) {
+                let _ =
+                    hostcalls::increment_metric(id, i64::try_from(*pending).unwrap_or(i64::MAX));
+                *pending = 0;
+            }
+        }
+    }
 }
 
 const HELD_GAUGE: &str = "mesh_oauth.held_requests";
@@ -98,6 +125,7 @@ impl State {
     /// Starts due fetches, then looks again at held requests whose provider changed or
     /// whose deadline passed. Runs in the root context.
     fn pump(&mut self, mut changed: Vec<usize>) {
+        self.tally.flush();
         let now = now_ms();
         if std::mem::take(&mut self.reconfigured) {
             changed.extend(self.waiters.iter().map(|w| w.provider));
@@ -226,16 +254,18 @@ impl State {
 
     /// Metrics and the audit line for a final decision.
     fn observe(&mut self, decision: &Decision, request: &Request<'_>) {
-        if let Some(name) = audit::request_metric(&self.config, decision) {
-            self.count(&name, 1);
-        }
+        let verdict = audit::Verdict::of(decision);
+        self.count_verdict(decision, verdict);
         if decision.trace.alg.is_some() {
-            let name = if decision.trace.cached {
-                CACHE_HIT
+            let (slot, name) = if decision.trace.cached {
+                (0, CACHE_HIT)
             } else {
-                CACHE_MISS
+                (1, CACHE_MISS)
             };
-            self.count(name, 1);
+            if self.tally.cache[slot].0.is_none() {
+                self.tally.cache[slot].0 = self.metric(MetricType::Counter, name);
+            }
+            self.tally.cache[slot].1 += 1;
         }
         let level = match self.config.audit.level {
             AuditLevel::Off => return,
@@ -243,8 +273,8 @@ impl State {
             AuditLevel::Info => LogLevel::Info,
             AuditLevel::Warn => LogLevel::Warn,
         };
-        let logged = audit::Verdict::of(decision).always_logged()
-            || self.rng.sample() < self.config.audit.allowed_sample_rate;
+        let logged =
+            verdict.always_logged() || self.rng.sample() < self.config.audit.allowed_sample_rate;
         if logged {
             let request_id = request
                 .headers
@@ -253,6 +283,27 @@ impl State {
                 .map(|(_, v)| v.as_str());
             let line = audit::audit_line(&self.config, decision, request, request_id);
             let _ = hostcalls::log(level, &line);
+        }
+    }
+
+    /// Counts a decided request under its provider and verdict; the counter is defined on
+    /// first use.
+    fn count_verdict(&mut self, decision: &Decision, verdict: audit::Verdict) {
+        let provider = decision.trace.provider;
+        let known = self
+            .tally
+            .verdicts
+            .iter_mut()
+            .find(|(p, v, _, _)| *p == provider && *v == verdict);
+        if let Some((_, _, _, pending)) = known {
+            *pending += 1;
+            return;
+        }
+        let Some(name) = audit::request_metric(&self.config, decision) else {
+            return;
+        };
+        if let Some(id) = self.metric(MetricType::Counter, &name) {
+            self.tally.verdicts.push((provider, verdict, id, 1));
         }
     }
 
@@ -379,13 +430,18 @@ impl RequestHeaders {
             authority: String::new(),
             headers: Vec::with_capacity(raw.len()),
         };
-        for (name, value) in raw {
-            let value = String::from_utf8_lossy(&value).into_owned();
+        for (mut name, value) in raw {
+            // Reuses the host's buffers: no second copy of a header that is valid UTF-8.
+            let value = String::from_utf8(value)
+                .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned());
             match name.as_str() {
                 ":method" => request.method = value,
                 ":path" => request.path = value,
                 ":authority" => request.authority = value,
-                _ => request.headers.push((name.to_ascii_lowercase(), value)),
+                _ => {
+                    name.make_ascii_lowercase();
+                    request.headers.push((name, value));
+                }
             }
         }
         request
@@ -507,7 +563,10 @@ impl RootContext for Root {
         let (previous_keys, waiters, metrics) = match previous {
             // Answers to fetches started under the old configuration are dropped: their
             // lease runs out after the fetch timeout and the fetch is made again.
-            Some(old) => (Some(old.keys), old.waiters, old.metrics),
+            Some(mut old) => {
+                old.tally.flush();
+                (Some(old.keys), old.waiters, old.metrics)
+            }
             None => (None, Vec::new(), HashMap::new()),
         };
         let keys = match KeyStore::new(&config, previous_keys, seed) {
@@ -531,6 +590,8 @@ impl RootContext for Root {
             reconfigured: true,
             metrics,
             rng: Spread::new(seed),
+            // Provider indexes may mean other providers now: looked up afresh by name.
+            tally: Tally::default(),
         };
         *cell = Some(state);
         // Fetches start from the first tick, not from here: Envoy also configures VMs it

@@ -16,6 +16,9 @@ from harness import LOOPBACK, REQUEST_TIMEOUT_S, Envoy, Response
 # The namespace Envoy gives a Wasm module's own metrics in `/stats`; Prometheus output drops it.
 CUSTOM_NAMESPACE = "wasmcustom."
 GAUGE_SUFFIXES = ("held_requests", "keys_loaded")
+# Per-request counters are added up in the VM and handed to Envoy on the plugin's next tick
+# (every 100 ms): a reader waits for two ticks first.
+COUNTER_FLUSH_S = 0.25
 
 # `[time][thread][level][wasm] [source] wasm log <plugin> <root> <vm>: {json}`
 _AUDIT_LINE = re.compile(r"^\[[^\]]*\]\[(\d+)\]\[(\w+)\]\[wasm\] .*? wasm log [^:{]*: (\{.*\})$")
@@ -66,6 +69,7 @@ def is_gauge(name: str) -> bool:
 def stats(envoy: Envoy) -> dict[str, int]:
     """The plugin's metrics from `/stats`, keyed by the name the plugin defined (the
     `wasmcustom.` namespace Envoy adds is checked, then stripped)."""
+    time.sleep(COUNTER_FLUSH_S)
     resp = envoy.admin(r"/stats?filter=^wasmcustom\.mesh_oauth\.")
     assert resp.status == 200, resp
     result = {}
@@ -97,6 +101,7 @@ _PROM_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
 
 def prometheus(envoy: Envoy, prefix: str = "mesh_oauth_") -> dict[str, PrometheusSample]:
     """Samples from `/stats/prometheus` whose name starts with `prefix`, with their `# TYPE`."""
+    time.sleep(COUNTER_FLUSH_S)
     resp = envoy.admin("/stats/prometheus")
     assert resp.status == 200, resp
     types: dict[str, str] = {}

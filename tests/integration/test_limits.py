@@ -12,6 +12,7 @@ import pytest
 
 from checks import assert_invalid_token, assert_retry_after
 from harness import Envoy, IdpServer, Reply
+from observe import stats
 from tokens import SigningKey, b64url, generate_key
 
 AUDIENCE = "api"
@@ -180,8 +181,7 @@ def test_jwks_with_one_key_too_many_is_refused_fail_closed(capped, signing_keys)
 
 
 def cache_hits(envoy: Envoy) -> int:
-    stats = envoy.admin("/stats?filter=mesh_oauth.cache.hit").body.decode()
-    return sum(int(line.rsplit(":", 1)[1]) for line in stats.splitlines() if "mesh_oauth.cache.hit" in line)
+    return sum(value for name, value in stats(envoy).items() if name == "mesh_oauth.cache.hit")
 
 
 def test_max_cached_tokens_zero_turns_the_cache_off_and_tokens_still_work(capped, signing_keys):
