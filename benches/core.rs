@@ -256,11 +256,15 @@ fn request_headers(token: &str) -> Vec<(String, String)> {
 }
 
 fn run_authorize(fx: &Fixture, cache: &mut TokenCache, headers: &[(String, String)]) {
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
     let request = Request {
         method: "POST",
         path: "/orders/42?expand=items",
         authority: "orders.example.com",
-        headers,
+        headers: &headers,
     };
     match authorize::authorize(&fx.config, &fx.key_set, cache, black_box(&request), NOW_MS).outcome
     {

@@ -170,7 +170,7 @@ mod tests {
 
     const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl";
 
-    fn request<'a>(headers: &'a [(String, String)]) -> Request<'a> {
+    fn request<'a>(headers: &'a [(&'a str, &'a str)]) -> Request<'a> {
         Request {
             method: "GET",
             path: "/orders/1?access_token=secret-in-query",
@@ -185,7 +185,8 @@ mod tests {
             outcome: Outcome::Deny(Denial::MissingScopes(vec!["orders:read".into()])),
             trace: token_trace(),
         };
-        let headers = vec![("authorization".to_string(), format!("Bearer {TOKEN}"))];
+        let bearer = format!("Bearer {TOKEN}");
+        let headers = [("authorization", bearer.as_str())];
         let line = audit_line(&config(), &decision, &request(&headers), Some("req-1"));
         let parsed: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(

@@ -22,7 +22,7 @@ pub struct Request<'a> {
     pub path: &'a str,
     pub authority: &'a str,
     /// Lower-case names; repeated headers are separate entries.
-    pub headers: &'a [(String, String)],
+    pub headers: &'a [(&'a str, &'a str)],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -337,11 +337,11 @@ fn invalid(description: &'static str, reason: &'static str) -> Denial {
 
 fn is_cors_preflight(request: &Request<'_>) -> bool {
     request.method == "OPTIONS"
-        && request.headers.iter().any(|(n, _)| n == "origin")
+        && request.headers.iter().any(|(n, _)| *n == "origin")
         && request
             .headers
             .iter()
-            .any(|(n, _)| n == "access-control-request-method")
+            .any(|(n, _)| *n == "access-control-request-method")
 }
 
 /// Identity headers are never taken from the client, whatever the decision or mode.
@@ -525,8 +525,8 @@ fn identity_edits(
                 let cookies: Vec<&str> = request
                     .headers
                     .iter()
-                    .filter(|(n, _)| n == "cookie")
-                    .map(|(_, v)| v.as_str())
+                    .filter(|(n, _)| *n == "cookie")
+                    .map(|(_, v)| *v)
                     .collect();
                 edits.push(HeaderEdit::Remove("cookie".to_string()));
                 let kept: Vec<String> = cookies
@@ -676,15 +676,11 @@ mod tests {
         }
 
         fn run(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Outcome {
-            let headers: Vec<(String, String)> = headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect();
             let request = Request {
                 method,
                 path,
                 authority: "orders.example.com:8443",
-                headers: &headers,
+                headers,
             };
             self.run_at(&request, NOW * 1000)
         }
@@ -1050,7 +1046,8 @@ mod tests {
         let f = cached();
         let t = f.token(json!({"iss": ISSUER, "aud": "orders", "exp": NOW + 60}));
         assert!(matches!(f.with_token("/", &t), Outcome::Allow(_)));
-        let headers = vec![("authorization".to_string(), format!("Bearer {t}"))];
+        let bearer = format!("Bearer {t}");
+        let headers = [("authorization", bearer.as_str())];
         let later = Request {
             method: "GET",
             path: "/",
@@ -1105,7 +1102,8 @@ mod tests {
         let f = with_rules();
         *f.cache.borrow_mut() = TokenCache::new(4);
         let t = f.good_token();
-        let headers = vec![("authorization".to_string(), format!("Bearer {t}"))];
+        let bearer = format!("Bearer {t}");
+        let headers = [("authorization", bearer.as_str())];
         let request = Request {
             method: "GET",
             path: "/orders/7",
@@ -1158,7 +1156,8 @@ mod tests {
         let mut list = crate::config::Revoked::default();
         list.subjects.insert("alice".to_string());
         let keys = RevokingKeys(FixedKeys(empty_keys(), false, 1), list);
-        let headers = vec![("authorization".to_string(), format!("Bearer {t}"))];
+        let bearer = format!("Bearer {t}");
+        let headers = [("authorization", bearer.as_str())];
         let request = Request {
             method: "GET",
             path: "/",

@@ -43,7 +43,7 @@ impl Location {
 /// The request pieces extraction needs. `headers` holds every header the request carries,
 /// names lower-case, repeated names as separate entries.
 pub struct RequestParts<'a> {
-    pub headers: &'a [(String, String)],
+    pub headers: &'a [(&'a str, &'a str)],
     /// The raw `:path`, query included.
     pub path: &'a str,
 }
@@ -52,8 +52,8 @@ impl RequestParts<'_> {
     pub fn header_values<'h>(&'h self, name: &'h str) -> impl Iterator<Item = &'h str> + 'h {
         self.headers
             .iter()
-            .filter(move |(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .filter(move |(n, _)| *n == name)
+            .map(|(_, v)| *v)
     }
 
     pub fn query(&self) -> Option<&str> {
@@ -252,23 +252,15 @@ mod tests {
         crate::config::parse(&json).unwrap().providers
     }
 
-    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect()
-    }
-
     fn find(
         providers: &[Provider],
         pairs: &[(&str, &str)],
         path: &str,
     ) -> Result<Option<Found>, ExtractError> {
-        let headers = headers(pairs);
         find_token(
             providers,
             &RequestParts {
-                headers: &headers,
+                headers: pairs,
                 path,
             },
         )

@@ -7,6 +7,7 @@ use crate::authorize::{self, Decision, HeaderEdit, KeyLookup, Outcome, Request};
 use crate::cache::TokenCache;
 use crate::config::AuditLevel;
 use crate::config::{self, Config};
+use crate::header_map;
 use crate::keystore::{FetchAnswer, KeyStore, SharedStore, Spread, Stage};
 use crate::response::Denial;
 use proxy_wasm::hostcalls;
@@ -14,6 +15,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -196,9 +198,18 @@ impl State {
     /// Decides the current request and applies the decision, or holds the request; `None`
     /// when it is held. `expired_for`: a held request whose wait for that provider ran out.
     fn handle(&mut self, context_id: u32, held: Option<(&Waiter, bool)>) -> Option<Action> {
-        let request = RequestHeaders::read();
+        let Some(buffer) = HeaderBuffer::read() else {
+            log(
+                LogLevel::Warn,
+                "could not read the request headers: refused",
+            );
+            send_response(500, &[], b"");
+            return Some(Action::Pause);
+        };
+        let repairs = buffer.repairs();
+        let fields = buffer.fields(&repairs);
+        let view = fields.request();
         let now = now_ms();
-        let view = request.view();
         let refetched = held.is_some_and(|(w, _)| {
             w.refetch_from
                 .is_some_and(|version| self.keys.key_version(w.provider) != version)
@@ -279,8 +290,8 @@ impl State {
             let request_id = request
                 .headers
                 .iter()
-                .find(|(n, _)| n == "x-request-id")
-                .map(|(_, v)| v.as_str());
+                .find(|(n, _)| *n == "x-request-id")
+                .map(|(_, v)| *v);
             let line = audit::audit_line(&self.config, decision, request, request_id);
             let _ = hostcalls::log(level, &line);
         }
@@ -412,46 +423,108 @@ impl State {
     }
 }
 
-/// The current request's headers, read once: pseudo-headers split out.
-struct RequestHeaders {
-    method: String,
-    path: String,
-    authority: String,
-    headers: Vec<(String, String)>,
+/// The current request's headers: the host's one buffer, read once, that every name and
+/// value of the request borrows from.
+struct HeaderBuffer {
+    raw: Vec<u8>,
+    spans: Vec<(Range<usize>, Range<usize>)>,
 }
 
-impl RequestHeaders {
-    fn read() -> RequestHeaders {
-        // Bytes, not strings: the SDK's string getter panics on non-UTF-8 header values.
-        let raw = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
-        let mut request = RequestHeaders {
-            method: String::new(),
-            path: String::new(),
-            authority: String::new(),
-            headers: Vec::with_capacity(raw.len()),
+/// The request as the core sees it, borrowing from a `HeaderBuffer`.
+struct RequestFields<'a> {
+    method: &'a str,
+    path: &'a str,
+    authority: &'a str,
+    headers: Vec<(&'a str, &'a str)>,
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    /// The SDK's own reader copies every name and value into a `String` and a `Vec`.
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+}
+
+impl HeaderBuffer {
+    /// `None` when the host gives no map or one that breaks its own counts.
+    fn read() -> Option<HeaderBuffer> {
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        // SAFETY: on success the host has written a buffer it allocated through the SDK's
+        // `proxy_on_memory_allocate` (a boxed `[u8]` of exactly `size` bytes) and hands it
+        // over; the SDK's `get_map_bytes` takes ownership the same way.
+        let status = unsafe {
+            proxy_get_header_map_pairs(MapType::HttpRequestHeaders as u32, &mut data, &mut size)
         };
-        for (mut name, value) in raw {
-            // Reuses the host's buffers: no second copy of a header that is valid UTF-8.
-            let value = String::from_utf8(value)
-                .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned());
-            match name.as_str() {
-                ":method" => request.method = value,
-                ":path" => request.path = value,
-                ":authority" => request.authority = value,
-                _ => {
-                    name.make_ascii_lowercase();
-                    request.headers.push((name, value));
-                }
+        if status != 0 {
+            return None;
+        }
+        let mut raw = if data.is_null() {
+            Vec::new()
+        } else {
+            // SAFETY: see above.
+            unsafe { Vec::from_raw_parts(data, size, size) }
+        };
+        let spans = header_map::spans(&raw)?;
+        for (name, _) in &spans {
+            if let Some(name) = raw.get_mut(name.clone()) {
+                name.make_ascii_lowercase();
             }
         }
-        request
+        Some(HeaderBuffer { raw, spans })
     }
 
-    fn view(&self) -> Request<'_> {
+    /// Lossy copies of the names and values that are not UTF-8 (rare), in header order.
+    fn repairs(&self) -> Vec<String> {
+        self.spans
+            .iter()
+            .flat_map(|(name, value)| [name, value])
+            .filter_map(|span| {
+                let bytes = self.raw.get(span.clone()).unwrap_or_default();
+                std::str::from_utf8(bytes)
+                    .is_err()
+                    .then(|| String::from_utf8_lossy(bytes).into_owned())
+            })
+            .collect()
+    }
+
+    fn fields<'a>(&'a self, repairs: &'a [String]) -> RequestFields<'a> {
+        let mut repaired = repairs.iter();
+        let mut text = |span: &Range<usize>| -> &'a str {
+            let bytes = self.raw.get(span.clone()).unwrap_or_default();
+            match std::str::from_utf8(bytes) {
+                Ok(text) => text,
+                Err(_) => repaired.next().map_or("", String::as_str),
+            }
+        };
+        let mut fields = RequestFields {
+            method: "",
+            path: "",
+            authority: "",
+            headers: Vec::with_capacity(self.spans.len()),
+        };
+        for (name, value) in &self.spans {
+            let (name, value) = (text(name), text(value));
+            match name {
+                ":method" => fields.method = value,
+                ":path" => fields.path = value,
+                ":authority" => fields.authority = value,
+                _ => fields.headers.push((name, value)),
+            }
+        }
+        fields
+    }
+}
+
+impl RequestFields<'_> {
+    fn request(&self) -> Request<'_> {
         Request {
-            method: &self.method,
-            path: &self.path,
-            authority: &self.authority,
+            method: self.method,
+            path: self.path,
+            authority: self.authority,
             headers: &self.headers,
         }
     }

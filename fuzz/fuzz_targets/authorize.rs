@@ -60,11 +60,15 @@ fuzz_target!(|data: &[u8]| {
         .filter_map(|line| line.split_once(':'))
         .map(|(name, value)| (name.to_ascii_lowercase(), value.trim_start().to_string()))
         .collect();
+    let header_refs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
     let request = Request {
         method,
         path: raw_path,
         authority,
-        headers: &headers,
+        headers: &header_refs,
     };
     let outcome = CACHE.with_borrow_mut(|cache| {
         authorize::authorize(config(), store(), cache, &request, NOW * 1000).outcome

@@ -71,6 +71,10 @@ pub fn explain(config: &Config, options: &Options) -> Result<String, String> {
         "token: {} bytes, sent as {placed} (the token itself is never printed)",
         options.token.len()
     ));
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
     let request = Request {
         method: &options.method,
         path: &raw_path,
