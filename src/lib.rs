@@ -9,6 +9,7 @@ pub mod cache;
 pub mod claims;
 pub mod config;
 pub mod extract;
+pub mod host_verify;
 pub mod json;
 pub mod keys;
 pub mod keystore;
