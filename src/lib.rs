@@ -19,5 +19,7 @@ pub mod response;
 pub mod token;
 pub mod verify;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "filter"))]
 mod filter;
+#[cfg(target_arch = "wasm32")]
+pub mod host;
