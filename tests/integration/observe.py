@@ -15,7 +15,7 @@ from harness import LOOPBACK, REQUEST_TIMEOUT_S, Envoy, Response
 
 # The namespace Envoy gives a Wasm module's own metrics in `/stats`; Prometheus output drops it.
 CUSTOM_NAMESPACE = "wasmcustom."
-GAUGE_SUFFIXES = ("held_requests", "keys_loaded")
+GAUGE_SUFFIXES = ("held_requests", "keys_loaded", "host_signatures")
 
 # `[time][thread][level][wasm] [source] wasm log <plugin> <root> <vm>: {json}`
 _AUDIT_LINE = re.compile(r"^\[[^\]]*\]\[(\d+)\]\[(\w+)\]\[wasm\] .*? wasm log [^:{]*: (\{.*\})$")
