@@ -52,8 +52,9 @@ pub enum HostAnswer {
     Unavailable,
 }
 
-/// Whatever verifies for the module: Envoy in the filter, fakes in tests.
-pub trait SignatureHost {
+/// Whatever verifies for the module: Envoy in the filter, fakes in tests. `Sync` so that what
+/// carries a host (the key store) stays shareable across threads natively.
+pub trait SignatureHost: Sync {
     /// `spki`: DER SubjectPublicKeyInfo; `signature`: PKCS#1 v1.5 for an RSA key, a DER
     /// ECDSA-Sig-Value for an EC key; `message`: what was signed (the host hashes it).
     fn verify(&self, hash: HostHash, spki: &[u8], message: &[u8], signature: &[u8]) -> HostAnswer;
@@ -419,26 +420,43 @@ pub fn self_test(host: &dyn SignatureHost) -> Result<(), SelfTestFailure> {
 pub(crate) mod testing {
     use super::*;
     use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
-    use std::cell::{Cell, RefCell};
+    use std::sync::{Mutex, MutexGuard};
 
     #[derive(Default)]
     pub struct FakeHost {
         /// `Some`: answer this instead of verifying.
-        pub answer: Cell<Option<HostAnswer>>,
+        answer: Mutex<Option<HostAnswer>>,
         /// The hash and key of every call.
-        pub calls: RefCell<Vec<(HostHash, Vec<u8>)>>,
+        calls: Mutex<Vec<(HostHash, Vec<u8>)>>,
+    }
+
+    fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+        mutex
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     impl FakeHost {
         pub fn answering(answer: HostAnswer) -> FakeHost {
-            FakeHost {
-                answer: Cell::new(Some(answer)),
-                ..FakeHost::default()
-            }
+            let host = FakeHost::default();
+            host.set_answer(Some(answer));
+            host
+        }
+
+        pub fn set_answer(&self, answer: Option<HostAnswer>) {
+            *locked(&self.answer) = answer;
         }
 
         pub fn calls(&self) -> usize {
-            self.calls.borrow().len()
+            locked(&self.calls).len()
+        }
+
+        pub fn recorded(&self) -> Vec<(HostHash, Vec<u8>)> {
+            locked(&self.calls).clone()
+        }
+
+        pub fn clear_calls(&self) {
+            locked(&self.calls).clear();
         }
     }
 
@@ -481,8 +499,8 @@ pub(crate) mod testing {
             message: &[u8],
             signature: &[u8],
         ) -> HostAnswer {
-            self.calls.borrow_mut().push((hash, spki.to_vec()));
-            if let Some(answer) = self.answer.get() {
+            locked(&self.calls).push((hash, spki.to_vec()));
+            if let Some(answer) = *locked(&self.answer) {
                 return answer;
             }
             let Some((algorithm, key)) = split_spki(spki) else {

@@ -1262,7 +1262,7 @@ mod tests {
         let mut s = store(json!({"jwksUri": null, "jwks": jwks}));
         let host: &'static FakeHost = Box::leak(Box::default());
         let trusted = TrustedHost::check(host).unwrap();
-        host.calls.borrow_mut().clear();
+        host.clear_calls();
         s.use_signature_host(Some(trusted));
 
         let now_s = 1_700_000_000u64;

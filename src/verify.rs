@@ -520,7 +520,7 @@ mod tests {
     /// A ring-backed fake host that passed the known-answer test, its calls then cleared.
     fn trusted(host: &FakeHost) -> TrustedHost<'_> {
         let trusted = TrustedHost::check(host).unwrap();
-        host.calls.borrow_mut().clear();
+        host.clear_calls();
         trusted
     }
 
@@ -542,7 +542,7 @@ mod tests {
                 AlgSet::all(),
             );
             assert!(verified.is_ok(), "{alg}");
-            let calls = host.calls.borrow();
+            let calls = host.recorded();
             match HostHash::for_alg(alg) {
                 Some(hash) => {
                     assert_eq!(calls.len(), 1, "{alg}");
@@ -593,7 +593,7 @@ mod tests {
     fn host_unavailable_falls_back_to_ring() {
         let host = FakeHost::default();
         let trusted = trusted(&host);
-        host.answer.set(Some(HostAnswer::Unavailable));
+        host.set_answer(Some(HostAnswer::Unavailable));
         for alg in [Alg::RS384, Alg::ES256, Alg::ES384] {
             let key = TestKey::for_alg(alg);
             let keys = key_set(&[key.jwk(None)]);
@@ -637,15 +637,15 @@ mod tests {
             .map(|key| std::ptr::eq(key, &keys.keys()[1]))
         };
         // "Invalid" for a signature ring would accept: refused, after the next candidate.
-        host.answer.set(Some(HostAnswer::Invalid));
+        host.set_answer(Some(HostAnswer::Invalid));
         assert_eq!(check(&signature), Err(VerifyError::BadSignature));
         assert_eq!(host.calls(), 2);
         // "Valid" is taken as it is: the first candidate that the host accepts verifies.
-        host.answer.set(Some(HostAnswer::Valid));
+        host.set_answer(Some(HostAnswer::Valid));
         assert_eq!(check(&[0; 256]), Ok(false));
         assert_eq!(host.calls(), 3);
         // The host answering for real: key b refuses key a's signature and the reverse.
-        host.answer.set(None);
+        host.set_answer(None);
         assert_eq!(check(&rsa_b.sign(Alg::RS256, MESSAGE)), Ok(true));
         assert_eq!(host.calls(), 5);
     }
@@ -654,7 +654,7 @@ mod tests {
     fn malformed_ecdsa_signature_is_refused_without_asking_the_host() {
         let host = FakeHost::default();
         let trusted = trusted(&host);
-        host.answer.set(Some(HostAnswer::Valid));
+        host.set_answer(Some(HostAnswer::Valid));
         for alg in [Alg::ES256, Alg::ES384] {
             let key = TestKey::ec(alg);
             let keys = key_set(&[key.jwk(None)]);
