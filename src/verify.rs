@@ -104,9 +104,11 @@ pub fn verify_with<'k>(
 }
 
 /// The host's word on one key, `None` when ring must decide: an algorithm the host does not
-/// verify, or no answer from it. The key already fits `alg` (its size and exponent limits
-/// are ring's, checked when the key set was parsed), so the host never sees a key ring
-/// would refuse.
+/// verify, or no answer from it. The key already fits `alg` and passed ring's size and
+/// exponent rules when the key set was parsed, so the host never sees a key ring would refuse;
+/// and BoringSSL imports every such key (Envoy 1.40 answers a key it cannot import with
+/// "invalid", which would refuse tokens ring accepts; tests/integration/test_host_wycheproof.py
+/// checks both ends of the exponent rule).
 fn ask_host(
     host: TrustedHost<'_>,
     alg: Alg,

@@ -4,17 +4,17 @@
 //!
 //! Configuration: `{"groups": [{"alg": "RS256", "jwk": {..}, "tests": [{"id": "..",
 //! "msg": "<base64url>", "sig": "<base64url>"}, ..]}, ..]}` (other members are ignored).
-//! Answer: `{"selfTest": null or the failure, "results": [[id, accepted, path], ..]}`, where
-//! `path` says who decided: `host` (the host answered), `ring` (the host gave no answer),
-//! `none` (nobody: a signature refused before any call), `key-refused` (`parse_jwks` refused
-//! the key).
+//! Answer: `{"selfTest": null or the failure, "results": [[id, accepted, path], ..],
+//! "interface": {..}}`, where `path` says who decided: `host` (the host answered), `ring` (the
+//! host gave no answer), `none` (nobody: a signature refused before any call), `key-refused`
+//! (`parse_jwks` refused the key); `interface`: see [`interface`].
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use mesh_oauth::alg::{Alg, AlgSet};
 use mesh_oauth::host::Envoy;
 use mesh_oauth::host_verify::{HostAnswer, HostHash, SignatureHost, TrustedHost};
-use mesh_oauth::keys::{parse_jwks, JwksLimits};
+use mesh_oauth::keys::{parse_jwks, JwksLimits, KeySet};
 use mesh_oauth::verify::verify_with;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -77,21 +77,50 @@ fn run(config: &Value) -> Value {
                 results.push(json!([id, false, "key-refused"]));
                 continue;
             };
-            counting.answered.store(0, Ordering::Relaxed);
-            counting.unavailable.store(0, Ordering::Relaxed);
             let (msg, sig) = (decode(&test["msg"]), decode(&test["sig"]));
-            let accepted = verify_with(host, alg, None, &msg, &sig, keys, AlgSet::all()).is_ok();
-            let path = if counting.unavailable.load(Ordering::Relaxed) > 0 {
-                "ring"
-            } else if counting.answered.load(Ordering::Relaxed) > 0 {
-                "host"
-            } else {
-                "none"
-            };
+            let (accepted, path) = decide(counting, host, alg, keys, &msg, &sig);
             results.push(json!([id, accepted, path]));
         }
     }
-    json!({ "selfTest": self_test, "results": results })
+    json!({ "selfTest": self_test, "results": results, "interface": interface(counting, host) })
+}
+
+/// Verifies one signature as the filter does, and says who decided.
+fn decide(
+    counting: &Counting,
+    host: Option<TrustedHost<'_>>,
+    alg: Alg,
+    keys: &KeySet,
+    msg: &[u8],
+    sig: &[u8],
+) -> (bool, &'static str) {
+    counting.answered.store(0, Ordering::Relaxed);
+    counting.unavailable.store(0, Ordering::Relaxed);
+    let accepted = verify_with(host, alg, None, msg, sig, keys, AlgSet::all()).is_ok();
+    let path = if counting.unavailable.load(Ordering::Relaxed) > 0 {
+        "ring"
+    } else if counting.answered.load(Ordering::Relaxed) > 0 {
+        "host"
+    } else {
+        "none"
+    };
+    (accepted, path)
+}
+
+/// What the known-answer test does not ask: Envoy's answer for a key it cannot import, and who
+/// decides for a key the module accepts but BoringSSL will not import (an EC point off its
+/// curve).
+fn interface(counting: &Counting, host: Option<TrustedHost<'_>>) -> Value {
+    let der_signature = [0x30, 6, 2, 1, 1, 2, 1, 1];
+    let junk_key = Envoy.verify(HostHash::Sha256, b"not a key", b"m", &der_signature);
+    let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+    let off_curve =
+        json!({"keys": [{"kty": "EC", "crv": "P-256", "x": b64(&[1; 32]), "y": b64(&[2; 32])}]});
+    let off_curve = match parse_jwks(off_curve.to_string().as_bytes(), &LIMITS, false) {
+        Ok(keys) => json!(decide(counting, host, Alg::ES256, &keys, b"m", &[1; 64])),
+        Err(_) => Value::Null,
+    };
+    json!({ "junkKey": format!("{junk_key:?}"), "offCurveKey": off_curve })
 }
 
 struct Probe {
