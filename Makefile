@@ -10,7 +10,7 @@ PY          := $(VENV)/bin/python
 WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
                   --enable-mutable-globals --strip-debug --strip-producers
 
-.PHONY: build tools venv test lint unit integration demo mesh-scale bench clean
+.PHONY: build tools venv test lint unit integration host-probe demo mesh-scale bench clean
 
 # Toolchain pieces the wasm build needs: the target, clang for ring's C/asm, wasm-opt.
 tools: .cache/tools.stamp
@@ -39,12 +39,25 @@ lint: tools
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --target $(WASM_TARGET) --lib -- -D warnings
+	cd tests/host-probe && cargo fmt --check && \
+		cargo clippy --target $(WASM_TARGET) --target-dir $(CURDIR)/$(HOST_PROBE_DIR) -- -D warnings
 
 unit:
 	cargo test
 
-integration: build venv
-	MESH_OAUTH_WASM=$(CURDIR)/$(MODULE) $(VENV)/bin/pytest -q tests/integration
+integration: build venv host-probe
+	MESH_OAUTH_WASM=$(CURDIR)/$(MODULE) MESH_OAUTH_HOST_PROBE=$(CURDIR)/$(HOST_PROBE) \
+		MESH_OAUTH_HOST_VECTORS=$(CURDIR)/$(HOST_VECTORS) $(VENV)/bin/pytest -q tests/integration
+
+# The host signature probe (tests/host-probe: the core's verification with Envoy's
+# verify_signature, test-only) and the Wycheproof vectors it runs in Envoy, with the native
+# results (tests/integration/test_host_wycheproof.py).
+HOST_PROBE_DIR := target/host-probe
+HOST_PROBE     := $(HOST_PROBE_DIR)/$(WASM_TARGET)/release/mesh_oauth_host_probe.wasm
+HOST_VECTORS   := $(HOST_PROBE_DIR)/vectors.json
+host-probe: tools
+	cd tests/host-probe && cargo build --release --target $(WASM_TARGET) --target-dir $(CURDIR)/$(HOST_PROBE_DIR)
+	HOST_PROBE_VECTORS=$(CURDIR)/$(HOST_VECTORS) cargo test -q --test wycheproof -- --ignored host_probe_vectors
 
 test: lint unit integration delivery-test fuzz-smoke
 

@@ -6,6 +6,7 @@ use crate::cache::{CachedToken, TokenCache};
 use crate::claims;
 use crate::config::{Action, Config, Mode, Provider, Unmatched};
 use crate::extract::{self, ExtractError, Found, Location, RequestParts};
+use crate::host_verify::TrustedHost;
 use crate::keys::KeySet;
 use crate::path::{self, PathError};
 use crate::policy::{self, Applies, RequestFacts, Unmet};
@@ -93,6 +94,9 @@ impl KeyLookup for WithoutRefetch<'_> {
     fn revocations(&self, provider: usize) -> Option<&crate::config::Revoked> {
         self.0.revocations(provider)
     }
+    fn signature_host(&self) -> Option<TrustedHost<'_>> {
+        self.0.signature_host()
+    }
 }
 
 /// Why a decision stopped short of allowing.
@@ -125,6 +129,11 @@ pub trait KeyLookup {
     fn key_version(&self, provider: usize) -> u64;
     /// The provider's fetched revocation list, if it has one.
     fn revocations(&self, _provider: usize) -> Option<&crate::config::Revoked> {
+        None
+    }
+    /// The host that verifies RS*/ES* signatures, if it passed its known-answer test; `None`:
+    /// ring verifies everything.
+    fn signature_host(&self) -> Option<TrustedHost<'_>> {
         None
     }
 }
@@ -427,7 +436,8 @@ fn verify_token(
             .into())
         }
     };
-    let verified = verify::verify(
+    let verified = verify::verify_with(
+        keys.signature_host(),
         jws.header.alg,
         kid.as_deref(),
         jws.signing_input,

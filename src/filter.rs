@@ -8,6 +8,8 @@ use crate::cache::TokenCache;
 use crate::config::AuditLevel;
 use crate::config::{self, Config};
 use crate::header_map;
+use crate::host;
+use crate::host_verify::TrustedHost;
 use crate::keystore::{FetchAnswer, KeyStore, SharedStore, Spread, Stage};
 use crate::response::Denial;
 use proxy_wasm::hostcalls;
@@ -29,6 +31,7 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|context_id| Box::new(Root {
         context_id,
         state: Rc::new(RefCell::new(None)),
+        signature_host: None,
     }));
 }}
 
@@ -113,6 +116,8 @@ impl Tally {
 const HELD_GAUGE: &str = "mesh_oauth.held_requests";
 const CACHE_HIT: &str = "mesh_oauth.cache.hit";
 const CACHE_MISS: &str = "mesh_oauth.cache.miss";
+/// 1 while the host verifies RS*/ES* signatures, 0 while ring does.
+const HOST_SIGNATURES_GAUGE: &str = "mesh_oauth.host_signatures";
 
 /// `None` until the first valid configuration. One cell for the VM's life: a new
 /// configuration replaces its contents, so requests already under way see it too.
@@ -121,6 +126,9 @@ type SharedState = Rc<RefCell<Option<State>>>;
 struct Root {
     context_id: u32,
     state: SharedState,
+    /// The host's known-answer test, run at the first configuration (`None` until then):
+    /// `Some(None)` if it failed.
+    signature_host: Option<Option<TrustedHost<'static>>>,
 }
 
 impl State {
@@ -642,7 +650,7 @@ impl RootContext for Root {
             }
             None => (None, Vec::new(), HashMap::new()),
         };
-        let keys = match KeyStore::new(&config, previous_keys, seed) {
+        let mut keys = match KeyStore::new(&config, previous_keys, seed) {
             Ok(keys) => keys,
             Err(problem) => {
                 log(
@@ -652,7 +660,24 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let state = State {
+        let signature_host = *self.signature_host.get_or_insert_with(|| match host::checked() {
+            Ok(trusted) => {
+                log(
+                    LogLevel::Info,
+                    "signatures: RS*/ES* verified by the host (BoringSSL), others in the module (ring)",
+                );
+                Some(trusted)
+            }
+            Err(failure) => {
+                log(
+                    LogLevel::Info,
+                    &format!("signatures: verified in the module (ring): {failure}"),
+                );
+                None
+            }
+        });
+        keys.use_signature_host(signature_host);
+        let mut state = State {
             root_id: self.context_id,
             // Entries were verified under the old configuration: start afresh.
             cache: TokenCache::new(config.limits.max_cached_tokens),
@@ -666,6 +691,7 @@ impl RootContext for Root {
             // Provider indexes may mean other providers now: looked up afresh by name.
             tally: Tally::default(),
         };
+        state.gauge(HOST_SIGNATURES_GAUGE, u64::from(signature_host.is_some()));
         *cell = Some(state);
         // Fetches start from the first tick, not from here: Envoy also configures VMs it
         // never runs (e.g. to validate the configuration), and a fetch claimed by one of

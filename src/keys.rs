@@ -5,6 +5,7 @@
 //! Key material is decoded and checked once here, so verification does no parsing of its own.
 
 use crate::alg::{Alg, KeyFamily};
+use crate::host_verify::{self, Curve};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use ring::hmac;
@@ -59,6 +60,9 @@ pub struct Jwk {
     kid: Option<String>,
     alg: Option<Alg>,
     material: KeyMaterial,
+    /// DER SubjectPublicKeyInfo of an RSA or EC key, the form the host verifies with; built
+    /// here once, not per token.
+    spki: Option<Box<[u8]>>,
 }
 
 /// Public key material in the form ring verifies with.
@@ -138,6 +142,10 @@ impl Jwk {
 
     pub(crate) fn material(&self) -> &KeyMaterial {
         &self.material
+    }
+
+    pub(crate) fn spki(&self) -> Option<&[u8]> {
+        self.spki.as_deref()
     }
 }
 
@@ -244,10 +252,17 @@ fn parse_jwk(jwk: &Map<String, Value>, allow_symmetric: bool) -> Option<Jwk> {
         "oct" if allow_symmetric => oct_material(jwk)?,
         _ => return None,
     };
+    let spki = match &material {
+        KeyMaterial::Rsa(components) => host_verify::rsa_spki(&components.n, &components.e),
+        KeyMaterial::EcP256(point) => Some(host_verify::ec_spki(Curve::P256, point)),
+        KeyMaterial::EcP384(point) => Some(host_verify::ec_spki(Curve::P384, point)),
+        KeyMaterial::Ed25519(_) | KeyMaterial::Oct(_) => None,
+    };
     let mut key = Jwk {
         kid,
         alg: None,
         material,
+        spki: spki.map(Vec::into_boxed_slice),
     };
     // Checked before `alg` is recorded, so `fits` compares only key type, curve and length.
     if let Some(alg) = alg {

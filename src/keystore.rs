@@ -9,6 +9,7 @@
 
 use crate::authorize::{KeyLookup, KeyState};
 use crate::config::{self, Config, HttpTarget, KeySource, Provider, Revoked};
+use crate::host_verify::TrustedHost;
 use crate::keys::{self, JwksLimits, KeySet};
 use serde::{Deserialize, Serialize};
 
@@ -252,6 +253,8 @@ pub struct KeyStore {
     jwks_limits: JwksLimits,
     max_revocation_bytes: usize,
     rng: Spread,
+    /// Handed to verification with the keys (see [`KeyStore::use_signature_host`]).
+    signature_host: Option<TrustedHost<'static>>,
 }
 
 impl KeyStore {
@@ -318,7 +321,14 @@ impl KeyStore {
             jwks_limits,
             max_revocation_bytes: config.limits.max_revocation_bytes,
             rng: Spread::new(seed),
+            signature_host: None,
         })
+    }
+
+    /// The host that verifies RS*/ES* signatures for requests decided with these keys (the
+    /// filter sets it after the host's known-answer test); `None`, the default: ring alone.
+    pub fn use_signature_host(&mut self, host: Option<TrustedHost<'static>>) {
+        self.signature_host = host;
     }
 
     /// Reads the shared records, adopts what other workers fetched, drops documents stale
@@ -693,6 +703,10 @@ fn max_age(cache_control: &str) -> Option<u64> {
 }
 
 impl KeyLookup for KeyStore {
+    fn signature_host(&self) -> Option<TrustedHost<'_>> {
+        self.signature_host
+    }
+
     fn keys(&self, provider: usize, now_ms: u64) -> KeyState<'_> {
         let Some(entry) = self.entries.get(provider) else {
             return KeyState::Unavailable {
@@ -1231,5 +1245,52 @@ mod tests {
         assert_eq!(state(&s, 0), "ready");
         assert_eq!(s.sync(&shared, 0), SyncResult::default());
         assert!(!s.refetch_possible(0, 0));
+    }
+
+    /// The filter hands the host to verification through the key store: every decision made
+    /// with the store (held requests' too) asks it, and none does once it is taken away.
+    #[test]
+    fn decisions_with_the_store_ask_its_signature_host() {
+        use crate::alg::Alg;
+        use crate::authorize::{authorize, Outcome, Request, WithoutRefetch};
+        use crate::cache::TokenCache;
+        use crate::host_verify::testing::FakeHost;
+        use crate::keys::testing::{b64, RSA_A};
+
+        let key = TestKey::rsa(RSA_A);
+        let jwks = json!({"keys": [key.jwk(Some("k1"))]}).to_string();
+        let mut s = store(json!({"jwksUri": null, "jwks": jwks}));
+        let host: &'static FakeHost = Box::leak(Box::default());
+        let trusted = TrustedHost::check(host).unwrap();
+        host.clear_calls();
+        s.use_signature_host(Some(trusted));
+
+        let now_s = 1_700_000_000u64;
+        let header = b64(br#"{"alg":"RS256","kid":"k1"}"#);
+        let payload = b64(json!({"iss": ISSUER, "exp": now_s + 60})
+            .to_string()
+            .as_bytes());
+        let input = format!("{header}.{payload}");
+        let signature = b64(&key.sign(Alg::RS256, input.as_bytes()));
+        let bearer = format!("Bearer {input}.{signature}");
+        let headers = [("authorization", bearer.as_str())];
+        let request = Request {
+            method: "GET",
+            path: "/",
+            authority: "example.com",
+            headers: &headers,
+        };
+        let cfg = config(json!({"jwksUri": null, "jwks": jwks}));
+        let decide = |lookup: &dyn KeyLookup| {
+            let mut cache = TokenCache::new(0);
+            authorize(&cfg, lookup, &mut cache, &request, now_s * 1000).outcome
+        };
+        assert!(matches!(decide(&s), Outcome::Allow(_)));
+        assert_eq!(host.calls(), 1);
+        assert!(matches!(decide(&WithoutRefetch(&s)), Outcome::Allow(_)));
+        assert_eq!(host.calls(), 2);
+        s.use_signature_host(None);
+        assert!(matches!(decide(&s), Outcome::Allow(_)));
+        assert_eq!(host.calls(), 2);
     }
 }

@@ -10,6 +10,7 @@ pub mod claims;
 pub mod config;
 pub mod extract;
 pub mod header_map;
+pub mod host_verify;
 pub mod json;
 pub mod keys;
 pub mod keystore;
@@ -19,5 +20,7 @@ pub mod response;
 pub mod token;
 pub mod verify;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "filter"))]
 mod filter;
+#[cfg(target_arch = "wasm32")]
+pub mod host;

@@ -1,7 +1,9 @@
-//! Picks the key for a token and checks its signature with ring, through jwt-compact's
-//! `Algorithm` trait.
+//! Picks the key for a token and checks its signature: RS256/384/512 and ES256/384 by the
+//! host when it offers that and passed its known-answer test (`host_verify`), everything else,
+//! and anything the host gives no answer on, with ring through jwt-compact's `Algorithm` trait.
 
-use crate::alg::{Alg, AlgSet};
+use crate::alg::{Alg, AlgSet, KeyFamily};
+use crate::host_verify::{self, HostAnswer, HostHash, TrustedHost};
 use crate::keys::{Jwk, KeyMaterial, KeySet};
 use jwt_compact::{Algorithm, AlgorithmSignature};
 use ring::{hmac, signature};
@@ -58,6 +60,19 @@ pub fn verify<'k>(
     keys: &'k KeySet,
     allowed: AlgSet,
 ) -> Result<&'k Jwk, VerifyError> {
+    verify_with(None, alg, kid, signing_input, signature, keys, allowed)
+}
+
+/// [`verify`], asking `host` (when given) for the algorithms it verifies.
+pub fn verify_with<'k>(
+    host: Option<TrustedHost<'_>>,
+    alg: Alg,
+    kid: Option<&str>,
+    signing_input: &[u8],
+    signature: &[u8],
+    keys: &'k KeySet,
+    allowed: AlgSet,
+) -> Result<&'k Jwk, VerifyError> {
     if !allowed.contains(alg) {
         return Err(VerifyError::AlgorithmNotAllowed);
     }
@@ -79,10 +94,53 @@ pub fn verify<'k>(
         });
     }
     let ring_alg = RingAlg(alg);
-    let signature = RawSignature::from_bytes(signature);
+    let raw = RawSignature::from_bytes(signature);
     candidates
-        .find(|key| ring_alg.verify_signature(&signature, key, signing_input))
+        .find(|key| {
+            host.and_then(|host| ask_host(host, alg, key, signing_input, signature))
+                .unwrap_or_else(|| ring_alg.verify_signature(&raw, key, signing_input))
+        })
         .ok_or(VerifyError::BadSignature)
+}
+
+/// The host's word on one key, `None` when ring must decide: an algorithm the host does not
+/// verify, or no answer from it. The key already fits `alg` and passed ring's size and
+/// exponent rules when the key set was parsed, so the host never sees a key ring would refuse;
+/// and BoringSSL imports every such key (Envoy 1.40 answers a key it cannot import with
+/// "invalid", which would refuse tokens ring accepts; tests/integration/test_host_wycheproof.py
+/// checks both ends of the exponent rule).
+fn ask_host(
+    host: TrustedHost<'_>,
+    alg: Alg,
+    key: &Jwk,
+    message: &[u8],
+    signature: &[u8],
+) -> Option<bool> {
+    let hash = HostHash::for_alg(alg)?;
+    let spki = key.spki()?;
+    let der;
+    let signature = match key.material() {
+        KeyMaterial::Rsa(_) => signature,
+        KeyMaterial::EcP256(_) | KeyMaterial::EcP384(_) => {
+            let scalar_len = if key.family() == KeyFamily::EcP256 {
+                32
+            } else {
+                48
+            };
+            // Malformed (wrong length, zero r or s): refused as ring would, without a call.
+            let Some(converted) = host_verify::ecdsa_der(signature, scalar_len) else {
+                return Some(false);
+            };
+            der = converted;
+            &der
+        }
+        _ => return None,
+    };
+    match host.verify(hash, spki, message, signature) {
+        HostAnswer::Valid => Some(true),
+        HostAnswer::Invalid => Some(false),
+        HostAnswer::Unavailable => None,
+    }
 }
 
 /// A verify-only jwt-compact algorithm backed by ring.
@@ -175,6 +233,7 @@ impl Algorithm for RingAlg {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::host_verify::testing::FakeHost;
     use crate::keys::testing::*;
     use crate::keys::{parse_jwks, KeySet};
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -458,6 +517,201 @@ mod tests {
         assert_eq!(RingAlg(Alg::PS384).name(), "PS384");
         let signature = RawSignature::try_from_slice(&[1, 2, 3]).unwrap();
         assert_eq!(signature.as_bytes().as_ref(), [1, 2, 3]);
+    }
+
+    /// A ring-backed fake host that passed the known-answer test, its calls then cleared.
+    fn trusted(host: &FakeHost) -> TrustedHost<'_> {
+        let trusted = TrustedHost::check(host).unwrap();
+        host.clear_calls();
+        trusted
+    }
+
+    #[test]
+    fn host_is_asked_for_rs_and_es_only_with_the_key_and_hash() {
+        for alg in Alg::ALL {
+            let host = FakeHost::default();
+            let trusted = trusted(&host);
+            let key = TestKey::for_alg(alg);
+            let keys = key_set(&[key.jwk(Some("k1"))]);
+            let signature = key.sign(alg, MESSAGE);
+            let verified = verify_with(
+                Some(trusted),
+                alg,
+                None,
+                MESSAGE,
+                &signature,
+                &keys,
+                AlgSet::all(),
+            );
+            assert!(verified.is_ok(), "{alg}");
+            let calls = host.recorded();
+            match HostHash::for_alg(alg) {
+                Some(hash) => {
+                    assert_eq!(calls.len(), 1, "{alg}");
+                    assert_eq!(calls[0].0, hash, "{alg}");
+                    assert_eq!(Some(&calls[0].1[..]), keys.keys()[0].spki(), "{alg}");
+                }
+                None => assert!(calls.is_empty(), "{alg} went to the host"),
+            }
+        }
+    }
+
+    #[test]
+    fn through_the_host_every_algorithm_verifies_and_rejects_a_flipped_bit() {
+        let host = FakeHost::default();
+        let trusted = trusted(&host);
+        for alg in Alg::ALL {
+            let key = TestKey::for_alg(alg);
+            let keys = key_set(&[key.jwk(Some("k1"))]);
+            let signature = key.sign(alg, MESSAGE);
+            let check = |signature: &[u8]| {
+                verify_with(
+                    Some(trusted),
+                    alg,
+                    Some("k1"),
+                    MESSAGE,
+                    signature,
+                    &keys,
+                    AlgSet::all(),
+                )
+                .map(|_| ())
+            };
+            assert_eq!(check(&signature), Ok(()), "{alg}");
+            for index in [0, signature.len() / 2, signature.len() - 1] {
+                let mut flipped = signature.clone();
+                flipped[index] ^= 1;
+                assert_eq!(
+                    check(&flipped),
+                    Err(VerifyError::BadSignature),
+                    "{alg} byte {index}"
+                );
+            }
+        }
+        // RS256, RS384, RS512, ES256, ES384: one good and three flipped signatures each.
+        assert_eq!(host.calls(), 5 * 4);
+    }
+
+    #[test]
+    fn host_unavailable_falls_back_to_ring() {
+        let host = FakeHost::default();
+        let trusted = trusted(&host);
+        host.set_answer(Some(HostAnswer::Unavailable));
+        for alg in [Alg::RS384, Alg::ES256, Alg::ES384] {
+            let key = TestKey::for_alg(alg);
+            let keys = key_set(&[key.jwk(None)]);
+            let mut signature = key.sign(alg, MESSAGE);
+            let check = |signature: &[u8]| {
+                verify_with(
+                    Some(trusted),
+                    alg,
+                    None,
+                    MESSAGE,
+                    signature,
+                    &keys,
+                    AlgSet::all(),
+                )
+                .map(|_| ())
+            };
+            assert_eq!(check(&signature), Ok(()), "{alg}");
+            signature[3] ^= 1;
+            assert_eq!(check(&signature), Err(VerifyError::BadSignature), "{alg}");
+        }
+        assert_eq!(host.calls(), 6);
+    }
+
+    #[test]
+    fn host_answer_is_final_for_its_key() {
+        let host = FakeHost::default();
+        let trusted = trusted(&host);
+        let (rsa_a, rsa_b) = (TestKey::rsa(RSA_A), TestKey::rsa(RSA_B));
+        let keys = key_set(&[rsa_a.jwk(Some("dup")), rsa_b.jwk(Some("dup"))]);
+        let signature = rsa_a.sign(Alg::RS256, MESSAGE);
+        let check = |signature: &[u8]| {
+            verify_with(
+                Some(trusted),
+                Alg::RS256,
+                Some("dup"),
+                MESSAGE,
+                signature,
+                &keys,
+                AlgSet::all(),
+            )
+            .map(|key| std::ptr::eq(key, &keys.keys()[1]))
+        };
+        // "Invalid" for a signature ring would accept: refused, after the next candidate.
+        host.set_answer(Some(HostAnswer::Invalid));
+        assert_eq!(check(&signature), Err(VerifyError::BadSignature));
+        assert_eq!(host.calls(), 2);
+        // "Valid" is taken as it is: the first candidate that the host accepts verifies.
+        host.set_answer(Some(HostAnswer::Valid));
+        assert_eq!(check(&[0; 256]), Ok(false));
+        assert_eq!(host.calls(), 3);
+        // The host answering for real: key b refuses key a's signature and the reverse.
+        host.set_answer(None);
+        assert_eq!(check(&rsa_b.sign(Alg::RS256, MESSAGE)), Ok(true));
+        assert_eq!(host.calls(), 5);
+    }
+
+    #[test]
+    fn malformed_ecdsa_signature_is_refused_without_asking_the_host() {
+        let host = FakeHost::default();
+        let trusted = trusted(&host);
+        host.set_answer(Some(HostAnswer::Valid));
+        for alg in [Alg::ES256, Alg::ES384] {
+            let key = TestKey::ec(alg);
+            let keys = key_set(&[key.jwk(None)]);
+            let signature = key.sign(alg, MESSAGE);
+            let half = signature.len() / 2;
+            let mut zero_r = signature.clone();
+            zero_r[..half].fill(0);
+            let mut zero_s = signature.clone();
+            zero_s[half..].fill(0);
+            let der = key.sign_der(MESSAGE);
+            for wrong in [&zero_r[..], &zero_s, &signature[1..], &der, &[]] {
+                assert_eq!(
+                    verify_with(
+                        Some(trusted),
+                        alg,
+                        None,
+                        MESSAGE,
+                        wrong,
+                        &keys,
+                        AlgSet::all()
+                    )
+                    .unwrap_err(),
+                    VerifyError::BadSignature,
+                    "{alg} length {}",
+                    wrong.len()
+                );
+            }
+        }
+        assert_eq!(host.calls(), 0);
+    }
+
+    #[test]
+    fn host_that_failed_the_self_test_is_never_asked() {
+        // A host that calls everything valid fails the known-answer test, so it is not used:
+        // a forged signature goes to ring and is refused.
+        let host = FakeHost::answering(HostAnswer::Valid);
+        let trusted = TrustedHost::check(&host).ok();
+        assert!(trusted.is_none());
+        let asked_by_self_test = host.calls();
+        let key = TestKey::rsa(RSA_A);
+        let keys = key_set(&[key.jwk(None)]);
+        assert_eq!(
+            verify_with(
+                trusted,
+                Alg::RS256,
+                None,
+                MESSAGE,
+                &[0; 256],
+                &keys,
+                AlgSet::all()
+            )
+            .unwrap_err(),
+            VerifyError::BadSignature
+        );
+        assert_eq!(host.calls(), asked_by_self_test);
     }
 
     #[test]

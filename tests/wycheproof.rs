@@ -251,8 +251,7 @@ fn ecdsa_p1363_vectors() {
                 );
             }
         }
-        println!("{name:?} {:?}", tally.mismatches);
-        let _ = expected;
+        assert_tally(&format!("{name:?}"), set.number_of_tests, &tally, &expected);
     }
 }
 
@@ -323,8 +322,7 @@ fn rsa_pkcs1_v1_5_vectors() {
                 );
             }
         }
-        println!("{name:?} {:?}", tally.mismatches);
-        let _ = expected;
+        assert_tally(&format!("{name:?}"), set.number_of_tests, &tally, &expected);
     }
 }
 
@@ -487,4 +485,88 @@ fn rsa_pss_vectors() {
         }
         assert_tally(&format!("{name:?}"), set.number_of_tests, &tally, &expected);
     }
+}
+
+/// Writes the vectors the host signature path is checked with in real Envoy
+/// (`tests/integration/test_host_wycheproof.py` through the probe module `tests/host-probe`):
+/// every RSA PKCS#1 v1.5 and ECDSA P1363 vector above, each with its key as a JWK, Wycheproof's
+/// result, and what this native run (ring) answered. Run by `make host-probe`:
+/// `HOST_PROBE_VECTORS=<file> cargo test --test wycheproof -- --ignored host_probe_vectors`.
+#[test]
+#[ignore = "writes the vector file for the host probe; run by `make host-probe`"]
+fn host_probe_vectors() {
+    let path = std::env::var("HOST_PROBE_VECTORS").expect("HOST_PROBE_VECTORS: the file to write");
+    let mut groups = Vec::new();
+    let mut add_group = |file: String, alg: Alg, jwk: Value, vectors: Vec<Vector>| {
+        let keys = key_set(jwk.clone()).expect("every key of these files is accepted");
+        let tests: Vec<Value> = vectors
+            .iter()
+            .map(|v| {
+                let result = match v.result {
+                    TestResult::Valid => "valid",
+                    TestResult::Invalid => "invalid",
+                    TestResult::Acceptable => "acceptable",
+                };
+                json!({"id": format!("{file}/{}", v.tc_id), "msg": b64(v.msg), "sig": b64(v.sig),
+                       "result": result, "native": outcome(alg, &keys, v) == Expect::Accept})
+            })
+            .collect();
+        groups.push(json!({"file": file, "alg": alg.name(), "jwk": jwk, "tests": tests}));
+    };
+    {
+        use wycheproof::rsa_pkcs1_verify::{TestName, TestSet};
+        for (name, alg) in [
+            (TestName::Rsa2048Sha256, Alg::RS256),
+            (TestName::Rsa2048Sha384, Alg::RS384),
+            (TestName::Rsa2048Sha512, Alg::RS512),
+            (TestName::Rsa3072Sha256, Alg::RS256),
+            (TestName::Rsa3072Sha384, Alg::RS384),
+            (TestName::Rsa3072Sha512, Alg::RS512),
+            (TestName::Rsa4096Sha256, Alg::RS256),
+            (TestName::Rsa4096Sha384, Alg::RS384),
+            (TestName::Rsa4096Sha512, Alg::RS512),
+            (TestName::Rsa8192Sha256, Alg::RS256),
+            (TestName::Rsa8192Sha384, Alg::RS384),
+            (TestName::Rsa8192Sha512, Alg::RS512),
+        ] {
+            let set = TestSet::load(name).expect("vectors load");
+            for group in &set.test_groups {
+                let vectors = group
+                    .tests
+                    .iter()
+                    .map(|t| vector(t.tc_id, &t.msg, &t.sig, t.result))
+                    .collect();
+                add_group(
+                    format!("{name:?}"),
+                    alg,
+                    rsa_jwk(&group.key.n, &group.key.e),
+                    vectors,
+                );
+            }
+        }
+    }
+    {
+        use wycheproof::ecdsa::{TestName, TestSet};
+        for (name, alg, crv, coordinate_len) in [
+            (TestName::EcdsaSecp256r1Sha256P1363, Alg::ES256, "P-256", 32),
+            (TestName::EcdsaSecp384r1Sha384P1363, Alg::ES384, "P-384", 48),
+        ] {
+            let set = TestSet::load(name).expect("vectors load");
+            for group in &set.test_groups {
+                let (0x04, xy) = group.key.key.split_first().expect("a point") else {
+                    panic!("{name:?}: group key is not an uncompressed point");
+                };
+                let (x, y) = xy.split_at(coordinate_len);
+                let jwk = json!({"kty": "EC", "crv": crv, "x": b64(x), "y": b64(y)});
+                let vectors = group
+                    .tests
+                    .iter()
+                    .map(|t| vector(t.tc_id, &t.msg, &t.sig, t.result))
+                    .collect();
+                add_group(format!("{name:?}"), alg, jwk, vectors);
+            }
+        }
+    }
+    let document = serde_json::to_vec(&json!({ "groups": groups })).expect("JSON");
+    std::fs::write(&path, document).expect("vector file written");
 }

@@ -121,6 +121,8 @@ def observed(module_envoys, module_idps, keys):
         f"{PARTNER}.key_fetch.success": 1,
         f"{ORDERS}.keys_loaded": len(ORDERS_ALGS),
         f"{PARTNER}.keys_loaded": len(PARTNER_ALGS),
+        # Envoy 1.40 verifies RS*/ES* signatures for the module (test_host_signatures.py).
+        "host_signatures": 1,
     })
     return {
         "envoy": envoy,
