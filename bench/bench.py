@@ -512,6 +512,11 @@ def ratio(runs: list[Run], workload: str, num: str, den: str, by_cpu: bool = Fal
     """Throughput ratio num/den: the median over rounds of each round's own ratio, so a round
     slowed by the machine counts once, for both arms. `by_cpu`: the same from Envoy's
     CPU-µs per request (den's cost over num's), which other work on Envoy's core disturbs less."""
+    return median(round_ratios(runs, workload, num, den, by_cpu))
+
+
+def round_ratios(runs: list[Run], workload: str, num: str, den: str, by_cpu: bool = False) -> list[float]:
+    """Each round's own ratio num/den (see `ratio`), in round order."""
     per_round = []
     for round_no in sorted({r.round for r in runs}):
         a = [r for r in runs_of(runs, workload, num) if r.round == round_no]
@@ -521,7 +526,7 @@ def ratio(runs: list[Run], workload: str, num: str, den: str, by_cpu: bool = Fal
         x, y = (b[0].cpu_us_per_req, a[0].cpu_us_per_req) if by_cpu else (a[0].rps, b[0].rps)
         if y > 0:
             per_round.append(x / y)
-    return median(per_round)
+    return per_round
 
 
 @dataclass
@@ -531,13 +536,14 @@ class Target:
     goal: str
     met: bool | None  # None: report only, or not measurable
     by_cpu: float = float("nan")  # the same ratio from CPU-µs per request, as a cross-check
+    rounds: list[float] = field(default_factory=list)  # each round's throughput ratio
 
 
 def targets(runs: list[Run], module_bytes: int, extra_rss: float | None) -> list[Target]:
     def at_least(name: str, workload: str, den: str, bound: float) -> Target:
         value = ratio(runs, workload, "E", den)
         return Target(name, value, f"≥ {bound}×", None if value != value else value >= bound,
-                      ratio(runs, workload, "E", den, by_cpu=True))
+                      ratio(runs, workload, "E", den, by_cpu=True), round_ratios(runs, workload, "E", den))
 
     p99 = {arm: stat(runs, "repeat", arm, lambda r: r.p99_us) for arm in "ABE"}
     added_e, added_b = p99["E"] - p99["A"], p99["B"] - p99["A"]
@@ -550,7 +556,7 @@ def targets(runs: list[Run], module_bytes: int, extra_rss: float | None) -> list
         at_least("unique RS256 vs jwt_authn", "unique-RS256", "B", 0.7),
         at_least("unique ES256 vs jwt_authn", "unique-ES256", "B", 0.5),
         Target("unique EdDSA vs jwt_authn", ratio(runs, "unique-EdDSA", "E", "B"), "report", None,
-               ratio(runs, "unique-EdDSA", "E", "B", by_cpu=True)),
+               ratio(runs, "unique-EdDSA", "E", "B", by_cpu=True), round_ratios(runs, "unique-EdDSA", "E", "B")),
         Target(f"added p99 over no-auth vs jwt_authn's (repeated; {added_e:.0f} µs vs {added_b:.0f} µs)",
                p99_ratio, "≤ 1.5×", None if p99_ratio != p99_ratio else p99_ratio <= 1.5),
         Target("module size (KiB)", module_bytes / 1024, "≤ 400 KiB", module_bytes <= 400 * 1024),
@@ -582,10 +588,11 @@ def write_report(path: Path, runs: list[Run], tgts: list[Target], rss: dict[str,
     lines += [f"- {key}: {value}" for key, value in context.items()]
     lines += ["", "Medians over rounds. Ratios are per-round throughput ratios, median over rounds. "
               "CPU-µs/req: Envoy's utime+stime over the timed window ÷ requests.", ""]
-    lines += ["## Targets", "", "| target | value | goal | verdict | from CPU-µs/req |",
-              "| --- | ---: | --- | --- | ---: |"]
+    lines += ["## Targets", "", "| target | value | goal | verdict | from CPU-µs/req | each round |",
+              "| --- | ---: | --- | --- | ---: | --- |"]
     for t in tgts:
-        lines.append(f"| {t.name} | {fmt(t.value, 2)} | {t.goal} | {verdict(t)} | {fmt(t.by_cpu, 2)} |")
+        each = " ".join(fmt(r, 2) for r in t.rounds) or "–"
+        lines.append(f"| {t.name} | {fmt(t.value, 2)} | {t.goal} | {verdict(t)} | {fmt(t.by_cpu, 2)} | {each} |")
     lines += ["", "Verdicts use throughput. The last column is the same ratio from Envoy's CPU cost "
               "per request; on a quiet machine (Envoy CPU % near 100) the two agree."]
     for workload in ran(runs):
@@ -704,7 +711,8 @@ def machine_context(args: argparse.Namespace, binary: Path, module_bytes: int, e
         "envoy": version.split("version:")[-1].strip() if version else str(binary),
         "setup": (f"--concurrency 1 pinned to CPU {ENVOY_CPU}, wrk -t1 -c{args.connections} on CPU "
                   f"{LOAD_CPU}" if args.pin else "not pinned (fewer than 2 CPUs)")
-                 + f", {args.warmup} s warm-up + {args.duration} s per run, {args.rounds} rounds",
+                 + f", {args.warmup} s warm-up + {args.duration} s per run, {args.rounds} rounds "
+                 f"({max(args.rounds, args.repeat_rounds)} for the repeated token)",
         "module": f"{module_bytes:,} bytes ({module_bytes / 1024:.1f} KiB); empty filter {empty_bytes:,} bytes",
     }
 
@@ -714,6 +722,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--duration", type=int, default=2, help="timed seconds per run (wrk takes whole seconds)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up seconds per run")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--repeat-rounds", type=int, default=5,
+                   help="rounds for the repeated-token workload, whose ratio to the empty Wasm filter "
+                        "is the closest call: more paired rounds steady its median")
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--pool-rsa", type=int, default=30_000, help="unique RS256 tokens")
     p.add_argument("--pool-ec", type=int, default=60_000, help="unique ES256 and EdDSA tokens each")
@@ -737,7 +748,9 @@ def main() -> int:
     started = time.monotonic()
     args.pin = len(os.sched_getaffinity(0)) >= 2 and {ENVOY_CPU, LOAD_CPU} <= os.sched_getaffinity(0)
     workloads = [w for w in WORKLOADS if w.key in args.workloads.split(",")]
-    runs_total = args.rounds * len(workloads) * len(ARMS)
+    rounds_of = {w.key: max(args.rounds, args.repeat_rounds) if w.key == "repeat" else args.rounds
+                 for w in workloads}
+    runs_total = sum(rounds_of.values()) * len(ARMS)
     # Per run: Envoy start and stop, about 1 s. Memory: six Envoys. Micro: 12 benchmarks.
     estimate = runs_total * (args.warmup + args.duration + 1.0) \
         + (0 if args.skip_memory else 40) \
@@ -754,8 +767,8 @@ def main() -> int:
     shutil.rmtree(workdir, ignore_errors=True)
 
     runs: list[Run] = []
-    for round_no in range(1, args.rounds + 1):
-        for workload in workloads:
+    for round_no in range(1, max(rounds_of.values(), default=0) + 1):
+        for workload in (w for w in workloads if round_no <= rounds_of[w.key]):
             for arm in ARMS:
                 result = measure(binary, workdir / f"r{round_no}-{workload.key}-{arm.key}", arm, workload,
                                  files, jwks, args, round_no)

@@ -206,7 +206,7 @@ impl State {
     /// Decides the current request and applies the decision, or holds the request; `None`
     /// when it is held. `expired_for`: a held request whose wait for that provider ran out.
     fn handle(&mut self, context_id: u32, held: Option<(&Waiter, bool)>) -> Option<Action> {
-        let Some(buffer) = HeaderBuffer::read() else {
+        let Some(buffer) = HeaderBuffer::read(MapType::HttpRequestHeaders) else {
             log(
                 LogLevel::Warn,
                 "could not read the request headers: refused",
@@ -431,8 +431,8 @@ impl State {
     }
 }
 
-/// The current request's headers: the host's one buffer, read once, that every name and
-/// value of the request borrows from.
+/// A header map (the request's, or a key fetch's answer): the host's one buffer, read once,
+/// that every name and value borrows from. Names are lower-cased in place.
 struct HeaderBuffer {
     raw: Vec<u8>,
     spans: Vec<(Range<usize>, Range<usize>)>,
@@ -458,15 +458,14 @@ extern "C" {
 
 impl HeaderBuffer {
     /// `None` when the host gives no map or one that breaks its own counts.
-    fn read() -> Option<HeaderBuffer> {
+    fn read(map: MapType) -> Option<HeaderBuffer> {
         let mut data: *mut u8 = std::ptr::null_mut();
         let mut size: usize = 0;
         // SAFETY: on success the host has written a buffer it allocated through the SDK's
         // `proxy_on_memory_allocate` (a boxed `[u8]` of exactly `size` bytes) and hands it
-        // over; the SDK's `get_map_bytes` takes ownership the same way.
-        let status = unsafe {
-            proxy_get_header_map_pairs(MapType::HttpRequestHeaders as u32, &mut data, &mut size)
-        };
+        // over; the SDK's `get_map_bytes` takes ownership the same way (and is not used: it
+        // copies every name and value into its own `String` and `Vec`).
+        let status = unsafe { proxy_get_header_map_pairs(map as u32, &mut data, &mut size) };
         if status != 0 {
             return None;
         }
@@ -483,6 +482,15 @@ impl HeaderBuffer {
             }
         }
         Some(HeaderBuffer { raw, spans })
+    }
+
+    /// The first value of a header, lossy where it is not UTF-8.
+    fn value(&self, name: &str) -> Option<String> {
+        self.spans
+            .iter()
+            .find(|(n, _)| self.raw.get(n.clone()) == Some(name.as_bytes()))
+            .and_then(|(_, v)| self.raw.get(v.clone()))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
     }
 
     /// Lossy copies of the names and values that are not UTF-8 (rare), in header order.
@@ -553,14 +561,9 @@ impl Context for Root {
         let Some((provider, stage)) = state.calls.remove(&token_id) else {
             return;
         };
-        let headers =
-            hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default();
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-        };
+        // No headers (a reset call) or unreadable ones: no status, a failed fetch.
+        let headers = HeaderBuffer::read(MapType::HttpCallResponseHeaders);
+        let header = |name: &str| headers.as_ref().and_then(|h| h.value(name));
         let status = header(":status").and_then(|s| s.parse::<u32>().ok());
         let cache_control = header("cache-control");
         // Read at most one byte past the cap: an over-size body is then refused by the core
