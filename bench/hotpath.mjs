@@ -1,0 +1,100 @@
+// The Wasm side of one cached request, in V8 without Envoy: `make bench` runs this on the
+// empty filter and on mesh-oauth to separate the module's own work from Envoy's. Node (V8)
+// instantiates the module with a stand-in proxy-wasm host that answers from memory and counts
+// host calls, replays the same allowed request many times, and prints one JSON line:
+//   node bench/hotpath.mjs MODULE FIXTURE [iterations] [rounds]
+// FIXTURE: {"config": plugin configuration JSON, "token": a token the configuration accepts}.
+// Per request: the minimum over rounds of the mean time (other work only adds time), and host
+// calls by kind. The stand-in host's own JavaScript is included (small: its answers are
+// serialized once).
+import fs from "node:fs";
+import crypto from "node:crypto";
+const [,, path, fixturePath, itArg, roundArg] = process.argv;
+const fx = JSON.parse(fs.readFileSync(fixturePath));
+const enc = new TextEncoder(), dec = new TextDecoder();
+let inst, mem = () => new DataView(inst.exports.memory.buffer), u8 = () => new Uint8Array(inst.exports.memory.buffer);
+const counts = {};
+const count = (n) => { counts[n] = (counts[n] || 0) + 1; };
+function give(bytes, retPtr, retSize) {
+  const p = inst.exports.proxy_on_memory_allocate(bytes.length);
+  u8().set(bytes, p);
+  mem().setUint32(retPtr, p, true); mem().setUint32(retSize, bytes.length, true);
+}
+const str = (p, n) => dec.decode(u8().subarray(p, p + n));
+let headers = []; let serialized;
+function serialize(pairs) {
+  let size = 4 + pairs.length * 8;
+  const enc2 = pairs.map(([k, v]) => [enc.encode(k), enc.encode(v)]);
+  for (const [k, v] of enc2) size += k.length + v.length + 2;
+  const out = new Uint8Array(size); const dv = new DataView(out.buffer);
+  dv.setUint32(0, pairs.length, true);
+  let o = 4; for (const [k, v] of enc2) { dv.setUint32(o, k.length, true); dv.setUint32(o + 4, v.length, true); o += 8; }
+  for (const [k, v] of enc2) { out.set(k, o); o += k.length + 1; out.set(v, o); o += v.length + 1; }
+  return out;
+}
+const config = enc.encode(fx.config);
+const shared = new Map(); let metricId = 1; let local = null;
+const env = {
+  proxy_log: (l, p, n) => { count("log"); if (process.env.LOG) console.log("log", l, str(p, n)); return 0; },
+  proxy_get_buffer_bytes: (t, start, max, rp, rs) => { count("get_buffer"); if (t === 7) { give(config, rp, rs); return 0; } return 1; },
+  proxy_get_header_map_pairs: (t, rp, rs) => { count("get_map_pairs"); give(serialized, rp, rs); return 0; },
+  proxy_get_header_map_value: (t, kp, kn, rp, rs) => { count("get_map_value"); const k = str(kp, kn); const h = headers.find(([n]) => n === k); if (!h) return 1; give(enc.encode(h[1]), rp, rs); return 0; },
+  proxy_remove_header_map_value: (t, kp, kn) => { count("remove_header"); return 0; },
+  proxy_replace_header_map_value: () => { count("replace_header"); return 0; },
+  proxy_add_header_map_value: () => { count("add_header"); return 0; },
+  proxy_set_header_map_pairs: () => 0,
+  proxy_get_current_time_nanoseconds: (rp) => { count("time"); mem().setBigUint64(rp, BigInt(Date.now()) * 1000000n, true); return 0; },
+  proxy_define_metric: (t, p, n, rp) => { count("define_metric"); mem().setUint32(rp, metricId++, true); return 0; },
+  proxy_increment_metric: () => { count("increment_metric"); return 0; },
+  proxy_record_metric: () => { count("record_metric"); return 0; },
+  proxy_get_shared_data: (kp, kn, rp, rs, cp) => { count("get_shared"); const v = shared.get(str(kp, kn)); if (!v) return 1; give(v[0], rp, rs); mem().setUint32(cp, v[1], true); return 0; },
+  proxy_set_shared_data: (kp, kn, vp, vn, cas) => { count("set_shared"); const k = str(kp, kn); const v = shared.get(k); if (cas !== 0 && (v ? v[1] : 0) !== cas && !(cas === 0xffffffff && !v)) return 6; shared.set(k, [u8().slice(vp, vp + vn), (v ? v[1] : 0) + 1]); return 0; },
+  proxy_set_tick_period_milliseconds: () => 0,
+  proxy_send_local_response: (status) => { count("local_response"); local = status; return 0; },
+  proxy_http_call: () => { count("http_call"); return 2; },
+  proxy_call_foreign_function: () => { count("foreign"); return 1; },
+  proxy_set_effective_context: () => 0, proxy_continue_stream: () => 0, proxy_close_stream: () => 0, proxy_done: () => 0,
+  proxy_get_property: () => 1, proxy_set_property: () => 0, proxy_set_buffer_bytes: () => 0, proxy_get_status: () => 1,
+};
+for (const n of ["proxy_grpc_cancel","proxy_grpc_stream","proxy_grpc_close","proxy_grpc_call","proxy_grpc_send","proxy_dequeue_shared_queue","proxy_enqueue_shared_queue","proxy_resolve_shared_queue","proxy_register_shared_queue"]) env[n] = () => 1;
+const wasi = {
+  random_get: (p, n) => { crypto.randomFillSync(u8().subarray(p, p + n)); return 0; },
+  environ_get: () => 0, environ_sizes_get: (a, b) => { mem().setUint32(a, 0, true); mem().setUint32(b, 0, true); return 0; },
+  fd_write: (fd, iov, n, wp) => { mem().setUint32(wp, 0, true); return 0; }, proc_exit: (c) => { throw new Error("exit " + c); },
+  clock_time_get: (id, prec, rp) => { mem().setBigUint64(rp, process.hrtime.bigint(), true); return 0; },
+};
+const mod = new WebAssembly.Module(fs.readFileSync(path));
+const imports = { env, wasi_snapshot_preview1: wasi };
+for (const i of WebAssembly.Module.imports(mod)) { const ns = imports[i.module]; if (!(i.name in ns)) { ns[i.name] = () => { throw new Error("missing " + i.name); }; } }
+inst = new WebAssembly.Instance(mod, imports);
+const x = inst.exports;
+x._initialize && x._initialize();
+x.proxy_on_context_create(1, 0);
+x.proxy_on_vm_start && x.proxy_on_vm_start(1, 0);
+if (!x.proxy_on_configure(1, config.length)) throw new Error("configure failed");
+x.proxy_on_tick(1);
+headers = [[":authority", "127.0.0.1:10000"], [":path", "/"], [":method", "GET"], [":scheme", "http"],
+  ["authorization", "Bearer " + fx.token], ["x-forwarded-proto", "http"], ["x-request-id", crypto.randomUUID()]];
+serialized = serialize(headers);
+let ctx = 2;
+function request() {
+  const id = ctx++;
+  x.proxy_on_context_create(id, 1);
+  const a = x.proxy_on_request_headers(id, headers.length, 1);
+  if (a !== 0 || local !== null) throw new Error("not allowed: action " + a + " local " + local);
+  x.proxy_on_response_headers(id, 2, 1);
+  x.proxy_on_log(id); x.proxy_on_done(id); x.proxy_on_delete(id);
+}
+const iterations = Number(itArg || 20000), rounds = Number(roundArg || 15);
+for (let i = 0; i < 20000; i++) request();
+for (const k in counts) delete counts[k];
+const times = [];
+for (let r = 0; r < rounds; r++) {
+  const t0 = process.hrtime.bigint();
+  for (let i = 0; i < iterations; i++) request();
+  times.push(Number(process.hrtime.bigint() - t0) / iterations);
+}
+times.sort((a, b) => a - b);
+const per = Object.fromEntries(Object.entries(counts).map(([k, v]) => [k, +(v / (iterations * rounds)).toFixed(2)]));
+console.log(JSON.stringify({ module: path.split("/").pop(), min_us: times[0] / 1000,
+  median_us: times[times.length >> 1] / 1000, host_calls: per }));
