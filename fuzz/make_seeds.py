@@ -1,7 +1,8 @@
 """Writes the fuzz targets' fixed key set, config and seed corpora (fuzz/fixtures, fuzz/seeds).
 
 Run by hand when the seeds need to change (`.venv/bin/python fuzz/make_seeds.py`, after
-`make venv`); the output is committed. Tokens are signed
+`make venv`); the output is committed. `make_seeds.py wire` writes only the wire seeds, which
+hold no keys or tokens, and leaves the rest as it is. Tokens are signed
 with `cryptography` directly, never by the project. Each run makes new keys, so fixtures and
 seeds are always regenerated together. Private keys are not kept.
 """
@@ -14,6 +15,8 @@ import hmac
 import json
 import os
 import shutil
+import struct
+import sys
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
@@ -132,7 +135,45 @@ def write(target: str, seeds: dict[str, str | bytes]) -> None:
         (directory / name).write_bytes(data)
 
 
+def header_buffer(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    """The host's header map: a u32 count, (name length, value length) u32 pairs, then each
+    name and value followed by a NUL."""
+    out = struct.pack("<I", len(pairs))
+    for name, value in pairs:
+        out += struct.pack("<II", len(name), len(value))
+    for name, value in pairs:
+        out += name + b"\0" + value + b"\0"
+    return out
+
+
+def wire_seeds() -> dict[str, bytes]:
+    """The wire target: first byte 0 the host's VerifySignatureResult, 1 a raw ECDSA
+    signature, 2 a header map buffer; the rest is that parser's input."""
+    p256 = bytes.fromhex("98268f92589f07e6f361aec71706e16a74c205e65440cf95dccd2d4315dfb2dc"
+                         "296be3436e048b5e3a6c00c66b08a64756762ea0aac5e385516fee3dba74f6ea")
+    return {
+        "result-true": b"\0\x08\x01",
+        "result-error": b"\0\x12\x05error",
+        "result-unknown": b"\0\x08\x01\x18\x96\x01\x21" + bytes(range(8)) + b"\x2a\x02\x09\x09\x35\x01\x02\x03\x04",
+        "result-truncated": b"\0\x12\x05err",
+        "result-long-varint": b"\0\x18" + b"\xff" * 10 + b"\x01",
+        "ecdsa-p256": b"\1" + p256,
+        "ecdsa-p256-zero-r": b"\1" + bytes(32) + p256[32:],
+        "ecdsa-p384-max": b"\1" + b"\xff" * 96,
+        "ecdsa-p384-small": b"\1" + bytes(47) + b"\x01" + bytes(46) + b"\x7f\x80",
+        "ecdsa-short": b"\1" + p256[:63],
+        "headers": b"\2" + header_buffer([(b":path", b"/a?b=c"), (b"authorization", b"Bearer x"), (b"x-empty", b"")]),
+        "headers-none": b"\2" + header_buffer([]),
+        "headers-truncated": b"\2" + header_buffer([(b"a", b"1"), (b"b", b"2")])[:-1],
+        "headers-huge-count": b"\2" + b"\xff\xff\xff\xff" + header_buffer([(b"a", b"1")])[4:],
+        "headers-missing-nul": b"\2" + header_buffer([(b"host", b"x")]).replace(b"host\0", b"hostx"),
+    }
+
+
 def main() -> None:
+    if sys.argv[1:] == ["wire"]:
+        write("wire", wire_seeds())
+        return
     jwks = public_jwks()
     config = {
         "providers": [{
@@ -205,6 +246,7 @@ def main() -> None:
     write("authorize", {f"request-{i:02}": r for i, r in enumerate(requests)})
     # The policy target reads structured input; a few byte strings give libFuzzer a start.
     write("policy", {f"bytes-{i}": os.urandom(64 * (i + 1)) for i in range(3)})
+    write("wire", wire_seeds())
 
 
 if __name__ == "__main__":
