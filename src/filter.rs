@@ -214,8 +214,15 @@ impl State {
             send_response(500, &[], b"");
             return Some(Action::Pause);
         };
-        let repairs = buffer.repairs();
-        let fields = buffer.fields(&repairs);
+        let repairs;
+        let fields = match buffer.fields(&[]) {
+            Some(fields) => fields,
+            None => {
+                repairs = buffer.repairs();
+                // Every piece that is not UTF-8 now has its lossy copy.
+                buffer.fields(&repairs).unwrap_or_default()
+            }
+        };
         let view = fields.request();
         let now = now_ms();
         let refetched = held.is_some_and(|(w, _)| {
@@ -439,6 +446,7 @@ struct HeaderBuffer {
 }
 
 /// The request as the core sees it, borrowing from a `HeaderBuffer`.
+#[derive(Default)]
 struct RequestFields<'a> {
     method: &'a str,
     path: &'a str,
@@ -507,13 +515,16 @@ impl HeaderBuffer {
             .collect()
     }
 
-    fn fields<'a>(&'a self, repairs: &'a [String]) -> RequestFields<'a> {
+    /// The request's fields; `None` when a name or value is not UTF-8 and `repairs` (from
+    /// [`HeaderBuffer::repairs`]) has no copy for it. Each piece is checked once here: the
+    /// common request, all UTF-8, needs no `repairs` pass at all.
+    fn fields<'a>(&'a self, repairs: &'a [String]) -> Option<RequestFields<'a>> {
         let mut repaired = repairs.iter();
-        let mut text = |span: &Range<usize>| -> &'a str {
+        let mut text = |span: &Range<usize>| -> Option<&'a str> {
             let bytes = self.raw.get(span.clone()).unwrap_or_default();
             match std::str::from_utf8(bytes) {
-                Ok(text) => text,
-                Err(_) => repaired.next().map_or("", String::as_str),
+                Ok(text) => Some(text),
+                Err(_) => repaired.next().map(String::as_str),
             }
         };
         let mut fields = RequestFields {
@@ -523,7 +534,7 @@ impl HeaderBuffer {
             headers: Vec::with_capacity(self.spans.len()),
         };
         for (name, value) in &self.spans {
-            let (name, value) = (text(name), text(value));
+            let (name, value) = (text(name)?, text(value)?);
             match name {
                 ":method" => fields.method = value,
                 ":path" => fields.path = value,
@@ -531,7 +542,7 @@ impl HeaderBuffer {
                 _ => fields.headers.push((name, value)),
             }
         }
-        fields
+        Some(fields)
     }
 }
 
