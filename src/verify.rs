@@ -2,7 +2,7 @@
 //! host when it offers that and passed its known-answer test (`host_verify`), everything else,
 //! and anything the host gives no answer on, with ring through jwt-compact's `Algorithm` trait.
 
-use crate::alg::{Alg, AlgSet, KeyFamily};
+use crate::alg::{Alg, AlgSet};
 use crate::host_verify::{self, HostAnswer, HostHash, TrustedHost};
 use crate::keys::{Jwk, KeyMaterial, KeySet};
 use jwt_compact::{Algorithm, AlgorithmSignature};
@@ -118,15 +118,16 @@ fn ask_host(
 ) -> Option<bool> {
     let hash = HostHash::for_alg(alg)?;
     let spki = key.spki()?;
+    let scalar_len = match key.material() {
+        KeyMaterial::Rsa(_) => None,
+        KeyMaterial::EcP256(_) => Some(32),
+        KeyMaterial::EcP384(_) => Some(48),
+        _ => return None,
+    };
     let der;
-    let signature = match key.material() {
-        KeyMaterial::Rsa(_) => signature,
-        KeyMaterial::EcP256(_) | KeyMaterial::EcP384(_) => {
-            let scalar_len = if key.family() == KeyFamily::EcP256 {
-                32
-            } else {
-                48
-            };
+    let signature = match scalar_len {
+        None => signature,
+        Some(scalar_len) => {
             // Malformed (wrong length, zero r or s): refused as ring would, without a call.
             let Some(converted) = host_verify::ecdsa_der(signature, scalar_len) else {
                 return Some(false);
@@ -134,7 +135,6 @@ fn ask_host(
             der = converted;
             &der
         }
-        _ => return None,
     };
     match host.verify(hash, spki, message, signature) {
         HostAnswer::Valid => Some(true),
