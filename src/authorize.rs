@@ -193,6 +193,21 @@ pub fn wait_expired(
     Decision { outcome, trace }
 }
 
+/// A held request whose provider a new configuration removed is refused as "issuer not
+/// trusted"; its reason says why, so an operator can tell a rollout from a forged issuer.
+pub fn provider_removed(outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Deny(Denial::InvalidToken {
+            description,
+            reason: "issuer",
+        }) => Outcome::Deny(Denial::InvalidToken {
+            description,
+            reason: "provider_removed",
+        }),
+        other => other,
+    }
+}
+
 /// Whether this decision is only reported: the deciding rule's `mode`, else the top level's.
 fn reporting(config: &Config, trace: &Trace) -> bool {
     let rule_mode = trace

@@ -25,6 +25,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const TICK: Duration = Duration::from_millis(100);
 /// A request that starts waiting wakes the root at once with this tick.
 const WAKE: Duration = Duration::from_millis(1);
+/// An owner root silent for this long (ten ticks) is taken over by another root.
+const OWNER_SILENT_MS: u64 = 1_000;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -67,11 +69,18 @@ struct Waiter {
     /// Waiting for a refetch for an unknown kid: the provider's key version then. Once the
     /// keys have changed the request is decided with them, without asking for another fetch.
     refetch_from: Option<u64>,
+    /// A new configuration no longer has the provider it waited for.
+    provider_removed: bool,
 }
 
 /// What a worker VM's root and its request contexts share.
 struct State {
-    root_id: u32,
+    /// The root context that fetches and wakes held requests: the one configured last.
+    /// After a push Envoy drops the old root with its calls' answers, so only one pumps.
+    owner_root: u32,
+    /// When the owner last pumped: a root that stays silent (Envoy never ran it) is
+    /// replaced by any other root that shares the state.
+    last_pump_ms: u64,
     config: Config,
     keys: KeyStore,
     cache: TokenCache,
@@ -133,10 +142,18 @@ struct Root {
 
 impl State {
     /// Starts due fetches, then looks again at held requests whose provider changed or
-    /// whose deadline passed. Runs in the root context.
-    fn pump(&mut self, mut changed: Vec<usize>) {
-        self.tally.flush();
+    /// whose deadline passed. Runs in the root context `root_id`: after a push, the old
+    /// root and the new one share this state, and either may pump it.
+    fn pump(&mut self, root_id: u32, mut changed: Vec<usize>) {
         let now = now_ms();
+        if root_id != self.owner_root {
+            if now.saturating_sub(self.last_pump_ms) < OWNER_SILENT_MS {
+                return;
+            }
+            self.owner_root = root_id;
+        }
+        self.last_pump_ms = now;
+        self.tally.flush();
         if std::mem::take(&mut self.reconfigured) {
             changed.extend(self.waiters.iter().map(|w| w.provider));
         }
@@ -176,10 +193,10 @@ impl State {
                 }
             }
         }
-        self.wake_waiters(&changed, now);
+        self.wake_waiters(root_id, &changed, now);
     }
 
-    fn wake_waiters(&mut self, changed: &[usize], now: u64) {
+    fn wake_waiters(&mut self, root_id: u32, changed: &[usize], now: u64) {
         if self.waiters.is_empty() {
             return;
         }
@@ -200,7 +217,7 @@ impl State {
                 }
             }
         }
-        let _ = hostcalls::set_effective_context(self.root_id);
+        let _ = hostcalls::set_effective_context(root_id);
     }
 
     /// Decides the current request and applies the decision, or holds the request; `None`
@@ -225,20 +242,20 @@ impl State {
         };
         let view = fields.request();
         let now = now_ms();
-        let refetched = held.is_some_and(|(w, _)| {
+        // A held unknown kid is decided with the keys as they are once its fetch came, or
+        // once its wait ran out: the kid is unknown (401), the keys are there.
+        let refetch_over = held.is_some_and(|(w, expired)| {
             w.refetch_from
-                .is_some_and(|version| self.keys.key_version(w.provider) != version)
+                .is_some_and(|version| expired || self.keys.key_version(w.provider) != version)
         });
-        let mut decision = if refetched {
-            let keys = authorize::WithoutRefetch(&self.keys);
-            authorize::authorize(&self.config, &keys, &mut self.cache, &view, now)
-        } else {
-            authorize::authorize(&self.config, &self.keys, &mut self.cache, &view, now)
-        };
+        let mut decision = self.decide(&view, now, refetch_over);
         // A held request past its deadline that would still wait: the keys could not be had.
         if let (Outcome::Wait { provider, .. }, Some((_, true))) = (&decision.outcome, held) {
             decision.outcome =
                 authorize::wait_expired(&self.config, &self.keys, *provider, now).outcome;
+        }
+        if held.is_some_and(|(w, _)| w.provider_removed) {
+            decision.outcome = authorize::provider_removed(decision.outcome);
         }
         if let Outcome::Wait { provider, refetch } = decision.outcome {
             if self.waiters.len() < self.config.limits.max_held_requests {
@@ -260,6 +277,7 @@ impl State {
                     provider,
                     deadline_ms,
                     refetch_from,
+                    provider_removed: false,
                 });
                 return None;
             }
@@ -267,10 +285,24 @@ impl State {
                 LogLevel::Warn,
                 "held requests at their limit: answering at once",
             );
-            decision = authorize::wait_expired(&self.config, &self.keys, provider, now);
+            decision = if refetch {
+                self.decide(&view, now, true)
+            } else {
+                authorize::wait_expired(&self.config, &self.keys, provider, now)
+            };
         }
         self.observe(&decision, &view);
         Some(self.apply(decision.outcome))
+    }
+
+    /// `without_refetch`: an unknown kid is refused rather than waited for.
+    fn decide(&mut self, view: &Request<'_>, now: u64, without_refetch: bool) -> Decision {
+        if without_refetch {
+            let keys = authorize::WithoutRefetch(&self.keys);
+            authorize::authorize(&self.config, &keys, &mut self.cache, view, now)
+        } else {
+            authorize::authorize(&self.config, &self.keys, &mut self.cache, view, now)
+        }
     }
 
     fn hold(&mut self, waiter: Waiter) {
@@ -635,7 +667,7 @@ impl Context for Root {
             }
         }
         // Discovery done: fetch the keys at once; keys in: release the held requests.
-        state.pump(vec![provider]);
+        state.pump(self.context_id, vec![provider]);
     }
 }
 
@@ -653,16 +685,44 @@ impl RootContext for Root {
             }
         };
         let seed = now_ms() ^ u64::from(self.context_id).rotate_left(32) ^ random_seed();
+        // Inline key sets checked before anything is taken over: a refused push leaves the
+        // running configuration as it was.
+        if let Err(problem) = KeyStore::new(&config, None, seed) {
+            log(
+                LogLevel::Error,
+                &format!("invalid configuration: {problem}"),
+            );
+            return false;
+        }
+        self.state = plugin_state(&self.state);
         let mut cell = self.state.borrow_mut();
-        let previous = cell.take();
-        let (previous_keys, waiters, metrics) = match previous {
-            // Answers to fetches started under the old configuration are dropped: their
-            // lease runs out after the fetch timeout and the fetch is made again.
+        let (previous_keys, waiters, abandoned, metrics) = match cell.take() {
             Some(mut old) => {
                 old.tally.flush();
-                (Some(old.keys), old.waiters, old.metrics)
+                // Held requests follow their provider (by issuer) to its new index.
+                let new_index = |provider: usize| {
+                    let issuer = &old.config.providers.get(provider)?.issuer;
+                    config.providers.iter().position(|p| &p.issuer == issuer)
+                };
+                let waiters = std::mem::take(&mut old.waiters)
+                    .into_iter()
+                    .map(|mut waiter| {
+                        match new_index(waiter.provider) {
+                            Some(index) => waiter.provider = index,
+                            None => waiter.provider_removed = true,
+                        }
+                        waiter
+                    })
+                    .collect();
+                // Envoy drops the old root context with its calls: their answers never come.
+                let abandoned: Vec<(usize, Stage)> = old
+                    .calls
+                    .values()
+                    .filter_map(|(provider, stage)| Some((new_index(*provider)?, *stage)))
+                    .collect();
+                (Some(old.keys), waiters, abandoned, old.metrics)
             }
-            None => (None, Vec::new(), HashMap::new()),
+            None => (None, Vec::new(), Vec::new(), HashMap::new()),
         };
         let mut keys = match KeyStore::new(&config, previous_keys, seed) {
             Ok(keys) => keys,
@@ -674,6 +734,9 @@ impl RootContext for Root {
                 return false;
             }
         };
+        for (provider, stage) in abandoned {
+            keys.abandon_fetch(&HostShared, provider, stage);
+        }
         let signature_host = *self.signature_host.get_or_insert_with(|| match host::checked() {
             Ok(trusted) => {
                 log(
@@ -692,7 +755,8 @@ impl RootContext for Root {
         });
         keys.use_signature_host(signature_host);
         let mut state = State {
-            root_id: self.context_id,
+            owner_root: self.context_id,
+            last_pump_ms: now_ms(),
             // Entries were verified under the old configuration: start afresh.
             cache: TokenCache::new(config.limits.max_cached_tokens),
             config,
@@ -716,7 +780,7 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         if let Some(state) = self.state.borrow_mut().as_mut() {
-            state.pump(Vec::new());
+            state.pump(self.context_id, Vec::new());
         }
         let _ = hostcalls::set_tick_period(TICK);
     }
@@ -731,6 +795,31 @@ impl RootContext for Root {
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
+}
+
+thread_local! {
+    /// Each plugin's state in this VM, by plugin name. Envoy gives a pushed configuration a
+    /// new root context in the same VM: it takes over the old one's state (keys, held
+    /// requests, fetches in flight, metrics) instead of starting cold beside it, and the
+    /// requests held under the old configuration are decided with the new one.
+    static PLUGIN_STATES: RefCell<Vec<(String, SharedState)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The state this VM keeps for the plugin being configured; `own` the first time.
+fn plugin_state(own: &SharedState) -> SharedState {
+    let plugin = hostcalls::get_property(vec!["plugin_name"])
+        .ok()
+        .flatten()
+        .map(|name| String::from_utf8_lossy(&name).into_owned())
+        .unwrap_or_default();
+    PLUGIN_STATES.with(|states| {
+        let mut states = states.borrow_mut();
+        if let Some((_, state)) = states.iter().find(|(name, _)| *name == plugin) {
+            return state.clone();
+        }
+        states.push((plugin, own.clone()));
+        own.clone()
+    })
 }
 
 /// Entropy for the refresh jitter from WASI; the time alone would start every sidecar of a

@@ -72,11 +72,20 @@ struct Meta {
     refresh_ms: u64,
     /// A worker's fetch is under way until then.
     fetching_until_ms: u64,
-    /// When the last fetch started: the base of the unknown-kid rate limit.
+    /// When the last fetch started: a fetch that started after an unknown kid was seen
+    /// serves it.
     attempted_ms: u64,
+    /// When the last fetch asked for by an unknown kid started: the base of the unknown-kid
+    /// rate limit. Scheduled refreshes leave it alone, so they never push back first use.
+    #[serde(default)]
+    kid_refetch_ms: u64,
     /// No attempt before then: backoff after failures.
     retry_ms: u64,
     failures: u32,
+    /// The configured interval `refresh_ms` was scheduled with: a configuration with
+    /// another one reschedules at once rather than one refresh late.
+    #[serde(default)]
+    cache_seconds: u64,
     /// The `jwks_uri` learnt through discovery.
     jwks_uri: Option<String>,
 }
@@ -91,6 +100,8 @@ struct Doc {
     cache_seconds: u64,
     timeout_ms: u64,
     max_stale_ms: u64,
+    /// Until the first sync: the shared schedule may come from another configuration.
+    schedule_unchecked: bool,
 }
 
 impl Doc {
@@ -102,7 +113,27 @@ impl Doc {
             cache_seconds,
             timeout_ms: provider.timeout_ms,
             max_stale_ms: provider.jwks_max_stale_seconds.saturating_mul(1000),
+            schedule_unchecked: true,
         }
+    }
+
+    /// A refresh scheduled under another `jwksCacheSeconds` (or `revocationRefreshSeconds`)
+    /// is moved to this configuration's interval, once, by the first worker to see it.
+    fn adopt_schedule(&mut self, store: &impl SharedStore, now_ms: u64, jitter: f64) {
+        if !std::mem::take(&mut self.schedule_unchecked)
+            || self.meta.fetched_ms == 0
+            || self.meta.cache_seconds == self.cache_seconds
+        {
+            return;
+        }
+        let interval_ms = self.refresh_ms(None, jitter);
+        let cache_seconds = self.cache_seconds;
+        self.update_meta(store, |meta| {
+            if meta.cache_seconds != cache_seconds && meta.fetched_ms != 0 {
+                meta.cache_seconds = cache_seconds;
+                meta.refresh_ms = meta.fetched_ms.saturating_add(interval_ms).max(now_ms);
+            }
+        });
     }
 
     /// Reads the shared record; returns its CAS token and, when another worker stored a
@@ -137,9 +168,10 @@ impl Doc {
     ) -> bool {
         for _ in 0..CAS_ATTEMPTS {
             let meta = &self.meta;
-            let due = meta.fetched_ms == 0 || now_ms >= meta.refresh_ms || extra_due(meta);
+            let scheduled = meta.fetched_ms == 0 || now_ms >= meta.refresh_ms;
+            let extra = !scheduled && extra_due(meta);
             let blocked = meta.fetching_until_ms > now_ms || now_ms < meta.retry_ms;
-            if !due || blocked {
+            if !(scheduled || extra) || blocked {
                 return false;
             }
             let mut claimed = meta.clone();
@@ -147,6 +179,9 @@ impl Doc {
                 .saturating_add(self.timeout_ms)
                 .saturating_add(LEASE_MARGIN_MS);
             claimed.attempted_ms = now_ms;
+            if extra {
+                claimed.kid_refetch_ms = now_ms;
+            }
             if write_meta(store, &self.slot, &claimed, cas) {
                 self.meta = claimed;
                 return true;
@@ -167,9 +202,11 @@ impl Doc {
         let mut stored = version.to_be_bytes().to_vec();
         stored.extend_from_slice(body);
         store.set(&body_key(&self.slot), &stored, None);
+        let cache_seconds = self.cache_seconds;
         self.update_meta(store, |meta| {
             meta.fetched_ms = version;
             meta.refresh_ms = now_ms.saturating_add(refresh_ms);
+            meta.cache_seconds = cache_seconds;
             meta.fetching_until_ms = 0;
             meta.retry_ms = 0;
             meta.failures = 0;
@@ -340,12 +377,18 @@ impl KeyStore {
         for (provider, entry) in self.entries.iter_mut().enumerate() {
             let before = entry.prospect(now_ms);
             if !matches!(entry.source, KeySource::Inline(_)) {
-                let (cas, newer) = entry.keys_doc.read(store);
+                let (mut cas, newer) = entry.keys_doc.read(store);
                 if let Some((version, body)) = newer {
                     if let Ok(set) = keys::parse_jwks(&body, &limits, false) {
                         entry.keys = Some(set);
                         entry.keys_doc.version = version;
                     }
+                }
+                if entry.keys_doc.schedule_unchecked {
+                    entry
+                        .keys_doc
+                        .adopt_schedule(store, now_ms, self.rng.sample());
+                    cas = read_meta(store, &entry.keys_doc.slot).1;
                 }
                 if entry.keys_doc.stale(now_ms) {
                     // Fail closed: keys nobody could refresh for this long are not trusted.
@@ -357,12 +400,16 @@ impl KeyStore {
                 }
             }
             if let Some(remote) = &mut entry.revocations {
-                let (cas, newer) = remote.doc.read(store);
+                let (mut cas, newer) = remote.doc.read(store);
                 if let Some((version, body)) = newer {
                     if let Ok(list) = parse_revocations(&body, max_revocation_bytes) {
                         remote.list = Some(list);
                         remote.doc.version = version;
                     }
+                }
+                if remote.doc.schedule_unchecked {
+                    remote.doc.adopt_schedule(store, now_ms, self.rng.sample());
+                    cas = read_meta(store, &remote.doc.slot).1;
                 }
                 if remote.doc.stale(now_ms) {
                     remote.list = None;
@@ -394,6 +441,26 @@ impl KeyStore {
             }
         }
         possible
+    }
+
+    /// A fetch this worker started will not be answered (the root context that made it is
+    /// gone): its lease is freed, so the next sync fetches again at once rather than after
+    /// the fetch timeout.
+    pub fn abandon_fetch(&mut self, store: &impl SharedStore, provider: usize, stage: Stage) {
+        if let Some(doc) = self
+            .entries
+            .get_mut(provider)
+            .and_then(|e| e.doc_mut(stage))
+        {
+            let lease = doc.meta.fetching_until_ms;
+            if lease != 0 {
+                doc.update_meta(store, |meta| {
+                    if meta.fetching_until_ms == lease {
+                        meta.fetching_until_ms = 0;
+                    }
+                });
+            }
+        }
     }
 
     /// The host refused to dispatch a claimed fetch (e.g. unknown cluster).
@@ -565,7 +632,7 @@ impl Entry {
                 // A fetch that started or finished since the unknown kid was seen serves it.
                 meta.attempted_ms < since
                     && meta.fetched_ms < since
-                    && now_ms.saturating_sub(meta.attempted_ms) >= min_refetch_ms
+                    && now_ms.saturating_sub(meta.kid_refetch_ms) >= min_refetch_ms
             })
         });
         if let Some(since) = self.refetch_wanted_ms {
@@ -732,12 +799,21 @@ impl KeyLookup for KeyStore {
         self.entries.get(provider).map_or(0, |e| e.keys_doc.version)
     }
 
+    /// Yes when a fetch is under way or the next one (a refetch once the rate window allows
+    /// it, or the scheduled refresh, whichever is sooner) starts within the provider's
+    /// timeout: a held request never waits longer than that.
     fn refetch_possible(&self, provider: usize, now_ms: u64) -> bool {
         self.entries.get(provider).is_some_and(|entry| {
-            let meta = &entry.keys_doc.meta;
+            let doc = &entry.keys_doc;
+            let meta = &doc.meta;
+            let next_fetch_ms = meta
+                .kid_refetch_ms
+                .saturating_add(entry.min_refetch_ms)
+                .min(meta.refresh_ms)
+                .max(meta.retry_ms);
             !matches!(entry.source, KeySource::Inline(_))
                 && (meta.fetching_until_ms > now_ms
-                    || now_ms.saturating_sub(meta.attempted_ms) >= entry.min_refetch_ms)
+                    || next_fetch_ms <= now_ms.saturating_add(doc.timeout_ms))
         })
     }
 
@@ -1095,6 +1171,10 @@ mod tests {
         s.on_answer(&shared, 0, Stage::Jwks, &ok(&jwks(), None), 0)
             .unwrap();
         assert!(!s.refetch_possible(0, 10_000), "rate limited");
+        assert!(
+            s.refetch_possible(0, 26_000),
+            "the window opens within the timeout: wait for it"
+        );
         assert!(s.refetch_possible(0, 30_000));
         assert!(s.want_refetch(0, 30_000));
         let fetches = s.sync(&shared, 30_000).fetches;
@@ -1109,6 +1189,100 @@ mod tests {
             !s.refetch_possible(0, 30_200),
             "fetched: the kid is really unknown"
         );
+    }
+
+    #[test]
+    fn scheduled_refreshes_leave_the_unknown_kid_refetch_free() {
+        let shared = Shared::default();
+        let cfg = config(json!({"jwksCacheSeconds": 5, "jwksMinRefetchSeconds": 30}));
+        let mut workers: Vec<KeyStore> = (0..4)
+            .map(|i| KeyStore::new(&cfg, None, i + 3).unwrap())
+            .collect();
+        // A minute of scheduled refreshes, the last one just before the new kid is seen.
+        let scheduled = run_fleet(&shared, &mut workers, 0, 60_000, 100, &jwks());
+        assert!(scheduled >= 12, "{scheduled} scheduled fetches");
+        let last = workers[0].entries[0].keys_doc.meta.attempted_ms;
+        let seen = last + 100;
+        assert!(workers[1].want_refetch(0, seen), "a refetch is allowed");
+        let fetches = workers[1].sync(&shared, seen).fetches;
+        assert_eq!(fetches.len(), 1, "refetched at once, not after the window");
+    }
+
+    #[test]
+    fn an_unknown_kid_inside_the_rate_window_waits_for_the_scheduled_refresh() {
+        let shared = Shared::default();
+        let mut s = store(json!({"jwksCacheSeconds": 5, "jwksMinRefetchSeconds": 30}));
+        let start = 100_000;
+        s.sync(&shared, start);
+        s.on_answer(&shared, 0, Stage::Jwks, &ok(&jwks(), None), start)
+            .unwrap();
+        let refresh = s.entries[0].keys_doc.meta.refresh_ms;
+        // An unknown-kid refetch uses up the window...
+        let now = refresh - 3_000;
+        assert!(s.want_refetch(0, now));
+        assert_eq!(s.sync(&shared, now).fetches.len(), 1);
+        s.on_answer(&shared, 0, Stage::Jwks, &ok(&jwks(), None), now)
+            .unwrap();
+        // ...so the next new kid waits for the scheduled refresh, due within the timeout.
+        let next = s.entries[0].keys_doc.meta.refresh_ms;
+        let seen = next - 2_000;
+        assert!(s.want_refetch(0, seen));
+        assert!(s.sync(&shared, seen).fetches.is_empty(), "rate limited");
+        assert_eq!(
+            s.sync(&shared, next).fetches.len(),
+            1,
+            "the refresh serves it"
+        );
+    }
+
+    #[test]
+    fn an_unknown_kid_is_refused_when_no_fetch_can_come_within_the_timeout() {
+        let shared = Shared::default();
+        let mut s = store(json!({"jwksCacheSeconds": 1200, "jwksMinRefetchSeconds": 30}));
+        s.sync(&shared, 0);
+        s.on_answer(&shared, 0, Stage::Jwks, &ok(&jwks(), None), 0)
+            .unwrap();
+        assert!(s.want_refetch(0, 40_000));
+        assert_eq!(s.sync(&shared, 40_000).fetches.len(), 1);
+        s.on_answer(&shared, 0, Stage::Jwks, &ok(&jwks(), None), 40_050)
+            .unwrap();
+        // Window closed until 70 s, refresh 16 minutes away, timeout 5 s.
+        assert!(!s.want_refetch(0, 50_000));
+        assert!(
+            s.want_refetch(0, 65_000),
+            "the window opens within the timeout"
+        );
+        assert!(s.sync(&shared, 65_000).fetches.is_empty());
+        assert_eq!(s.sync(&shared, 70_000).fetches.len(), 1);
+    }
+
+    #[test]
+    fn a_pushed_cache_interval_applies_to_the_next_refresh() {
+        let shared = Shared::default();
+        let mut old = store(json!({"jwksCacheSeconds": 600}));
+        old.sync(&shared, 0);
+        old.on_answer(&shared, 0, Stage::Jwks, &ok(&jwks(), None), 1_000)
+            .unwrap();
+        // A push makes a new root context: a store without `previous`, the same shared record.
+        let mut shorter = store(json!({"jwksCacheSeconds": 5}));
+        assert!(shorter.sync(&shared, 2_000).fetches.is_empty());
+        assert!(
+            shorter.entries[0].keys_doc.meta.refresh_ms <= 6_000,
+            "rescheduled from the fetch at 1 s"
+        );
+        assert_eq!(shorter.sync(&shared, 6_000).fetches.len(), 1);
+        shorter
+            .on_answer(&shared, 0, Stage::Jwks, &ok(&jwks(), None), 6_000)
+            .unwrap();
+
+        let mut longer = store(json!({"jwksCacheSeconds": 1200}));
+        longer.sync(&shared, 7_000);
+        let refresh = longer.entries[0].keys_doc.meta.refresh_ms;
+        assert!(refresh >= 6_000 + 960_000, "{refresh}");
+        // Workers of the same configuration do not move it again.
+        let mut peer = store(json!({"jwksCacheSeconds": 1200}));
+        peer.sync(&shared, 8_000);
+        assert_eq!(peer.entries[0].keys_doc.meta.refresh_ms, refresh);
     }
 
     #[test]

@@ -283,6 +283,33 @@ def wasm_filter(module: Path, plugin_config: str) -> dict[str, Any]:
     }
 
 
+WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+
+
+def discovered_filter(path: Path) -> dict[str, Any]:
+    """The filter as Istio delivers a WasmPlugin: through ECDS, here from a file whose
+    replacement is a configuration push."""
+    return {
+        "name": "envoy.filters.http.wasm",
+        "config_discovery": {
+            "config_source": {"path_config_source": {"path": str(path)}, "resource_api_version": "V3"},
+            "type_urls": [WASM_TYPE],
+        },
+    }
+
+
+def write_discovery_response(path: Path, filter_config: dict[str, Any]) -> None:
+    """Atomically: Envoy reloads the file when one is moved onto its name."""
+    response = {"resources": [{
+        "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+        "name": filter_config["name"],
+        "typed_config": filter_config["typed_config"],
+    }]}
+    staged = path.with_suffix(".staged")
+    staged.write_text(json.dumps(response))
+    os.replace(staged, path)
+
+
 def static_cluster(name: str, port: int) -> dict[str, Any]:
     return {
         "name": name,
@@ -322,6 +349,8 @@ def bootstrap(http_filters: list[dict[str, Any]], clusters: Mapping[str, int]) -
         ],
     }
     return {
+        # Config discovery (ECDS) needs a node identity.
+        "node": {"id": "mesh-oauth-test", "cluster": "mesh-oauth-test"},
         "admin": {"address": {"socket_address": {"address": LOOPBACK, "port_value": 0}}},
         "static_resources": {
             "listeners": [
@@ -360,6 +389,9 @@ class Envoy:
         self.config_path = workdir / "envoy.yaml"
         self.log_path = workdir / "envoy.log"
         self.admin_address_path = workdir / "admin.address"
+        # Set by `EnvoyFactory.build(pushable=True)`.
+        self.module: Path | None = None
+        self.discovery_path: Path | None = None
 
     def start(self) -> "Envoy":
         # JSON is YAML; Envoy picks the parser from the file extension.
@@ -420,6 +452,23 @@ class Envoy:
         assert self.admin_port is not None
         return http_request(self.admin_port, path, timeout=timeout)
 
+    def push(self, plugin_config: Mapping[str, Any] | str) -> None:
+        """A configuration push, as istiod makes one (Envoys built with `pushable=True`);
+        returns once Envoy has taken it (its ECDS update counter moved)."""
+        assert self.module is not None and self.discovery_path is not None, "built without pushable=True"
+        before = self.ecds_updates()
+        text = plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
+        write_discovery_response(self.discovery_path, wasm_filter(self.module, text))
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while self.ecds_updates() == before:
+            if time.monotonic() > deadline:
+                raise EnvoyStartError("configuration push not taken", self.log(), None)
+            time.sleep(0.05)
+
+    def ecds_updates(self) -> int:
+        stats = self.admin("/stats?filter=extension_config_discovery.*config_reload$").body.decode()
+        return sum(int(line.rsplit(":", 1)[1]) for line in stats.splitlines() if ":" in line)
+
     def request(self, path: str = "/", **kwargs: Any) -> Response:
         assert self.port is not None, "envoy not started"
         return http_request(self.port, path, **kwargs)
@@ -468,6 +517,7 @@ class EnvoyFactory:
         idps: Iterable[IdpServer] = (),
         extra_clusters: Mapping[str, int] | None = None,
         concurrency: int = 1,
+        pushable: bool = False,
     ) -> Envoy:
         """An Envoy (not yet started). `plugin_config` None: no wasm filter at all (harness
         check). Each IdP gets the cluster Istio would name for its host and port."""
@@ -480,7 +530,15 @@ class EnvoyFactory:
                 raise RuntimeError("no wasm module configured")
             text = plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
             filters.append(wasm_filter(self.module, text))
-        envoy = Envoy(self.binary, self.workdir / f"envoy-{len(self.started)}", bootstrap(filters, clusters), concurrency)
+        workdir = self.workdir / f"envoy-{len(self.started)}"
+        discovery_path = workdir / "mesh-oauth.ecds.json"
+        if pushable and filters:
+            workdir.mkdir(parents=True, exist_ok=True)
+            write_discovery_response(discovery_path, filters[0])
+            filters = [discovered_filter(discovery_path)]
+        envoy = Envoy(self.binary, workdir, bootstrap(filters, clusters), concurrency)
+        if pushable:
+            envoy.module, envoy.discovery_path = self.module, discovery_path
         self.started.append(envoy)
         return envoy
 

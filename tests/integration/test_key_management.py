@@ -244,6 +244,9 @@ STORM_MIN_REFETCH_S = 3
 STORM_REQUESTS = 2000
 STORM_DURATION_S = 6.0
 STORM_CLIENTS = 16
+# A random kid waits for the next refetch only when it comes within the provider's timeout:
+# shorter than the window here, so most of the storm is refused at once and the test stays short.
+STORM_TIMEOUT_S = 1
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +268,7 @@ def rotation(module_envoys, module_idps):
          "jwksMinRefetchSeconds": ROTATION_MIN_REFETCH_S, **long_cache},
         {"issuer": ISS_NO_LIMIT, "jwksUri": idp.url + "/no-limit.json", "jwksMinRefetchSeconds": 0,
          "timeout": f"{NO_LIMIT_TIMEOUT_S}s", **long_cache},
-        {"issuer": ISS_STORM, "jwksUri": idp.url + "/storm.json",
+        {"issuer": ISS_STORM, "jwksUri": idp.url + "/storm.json", "timeout": f"{STORM_TIMEOUT_S}s",
          "jwksMinRefetchSeconds": STORM_MIN_REFETCH_S, **long_cache},
         {"issuer": ISS_DUPLICATE, "jwksUri": idp.url + "/duplicate.json", **long_cache},
     ]}, idps=[idp])
@@ -358,6 +361,82 @@ def test_kid_storm_is_refused_without_a_fetch_storm(rotation):
     allowed = int(duration // STORM_MIN_REFETCH_S) + 1
     assert 1 <= fetches <= allowed, f"{fetches} fetches in {duration:.1f}s"
     assert send(envoy, storm, ISS_STORM).status == 200
+
+
+# --------------------------------------------------------------------------- first use, 4 workers
+
+ISS_SHORT = "https://short-cache.idp.test"
+ISS_LONG = "https://long-cache.idp.test"
+SHORT_CACHE_S = 5
+LONG_CACHE_S = 1200
+FIRST_USE_WORKERS = 4
+# Default jwksMinRefetchSeconds (30) and timeout (5 s): the settings users run with.
+DEFAULT_TIMEOUT_S = 5
+
+
+@pytest.fixture(scope="module")
+def first_use(module_envoys, module_idps):
+    idp = module_idps()
+    current = new_key()
+    idp.set_json("/short.json", jwks_of(current))
+    idp.set_json("/long.json", jwks_of(current))
+    envoy = module_envoys.start({"providers": [
+        {"issuer": ISS_SHORT, "jwksUri": idp.url + "/short.json", "jwksCacheSeconds": SHORT_CACHE_S},
+        {"issuer": ISS_LONG, "jwksUri": idp.url + "/long.json", "jwksCacheSeconds": LONG_CACHE_S},
+    ]}, idps=[idp], concurrency=FIRST_USE_WORKERS)
+    send_until_ok(envoy, current, ISS_SHORT)
+    send_until_ok(envoy, current, ISS_LONG)
+    return {"envoy": envoy, "idp": idp, "current": current}
+
+
+def rotate_and_send(envoy, idp: IdpServer, path: str, issuer: str, keys: list[KeySet]) -> tuple[Response, float, int]:
+    """Publishes one more key, sends its first token at once: answer, seconds, fetches made."""
+    upcoming = new_key()
+    keys.append(upcoming)
+    idp.set_json(path, jwks_of(*keys))
+    before = idp.count(path)
+    resp, elapsed = timed(lambda: send(envoy, upcoming, issuer))
+    return resp, elapsed, idp.count(path) - before
+
+
+def test_short_cache_new_key_is_accepted_on_first_use_right_after_a_scheduled_refresh(first_use, record_property):
+    """Scheduled refreshes every ~5 s do not use up the unknown-kid refetch: a key published
+    right after one is fetched for at once. The next new key, inside the 30 s refetch window,
+    waits for the next scheduled refresh (under 5 s away) instead of being refused."""
+    envoy, idp, keys = first_use["envoy"], first_use["idp"], [first_use["current"]]
+    fetches = idp.count("/short.json")
+    wait_for(lambda: idp.count("/short.json") > fetches, SHORT_CACHE_S + SLACK_S, "a scheduled refresh")
+
+    resp, refetched_s, fetched = rotate_and_send(envoy, idp, "/short.json", ISS_SHORT, keys)
+    assert resp.status == 200, resp
+    assert fetched == 1 and refetched_s < SLACK_S, f"{fetched} fetches, {refetched_s:.2f}s"
+
+    time.sleep(1.0)  # inside the refetch window: the scheduled refresh must serve the next key
+    resp, scheduled_s, fetched = rotate_and_send(envoy, idp, "/short.json", ISS_SHORT, keys)
+    assert resp.status == 200, resp
+    assert fetched == 1 and scheduled_s < SHORT_CACHE_S, f"{fetched} fetches, {scheduled_s:.2f}s"
+    record_property("first_use_short_cache_s", [refetched_s, scheduled_s])
+    print(f"\njwksCacheSeconds {SHORT_CACHE_S}, {FIRST_USE_WORKERS} workers: new key accepted in "
+          f"{1000 * refetched_s:.0f} ms right after a scheduled refresh (refetch), "
+          f"{1000 * scheduled_s:.0f} ms inside the refetch window (next scheduled refresh)")
+
+
+def test_long_cache_new_key_is_accepted_on_first_use_right_after_the_first_fetch(first_use, record_property):
+    """The first fetch does not use up the refetch either. A second new key inside the window,
+    with the next refresh 16-20 minutes away, is refused at once: no fetch can come within
+    the timeout."""
+    envoy, idp, keys = first_use["envoy"], first_use["idp"], [first_use["current"]]
+    resp, refetched_s, fetched = rotate_and_send(envoy, idp, "/long.json", ISS_LONG, keys)
+    assert resp.status == 200, resp
+    assert fetched == 1 and refetched_s < SLACK_S, f"{fetched} fetches, {refetched_s:.2f}s"
+
+    resp, refused_s, fetched = rotate_and_send(envoy, idp, "/long.json", ISS_LONG, keys)
+    assert_invalid_token(resp, "key id")
+    assert fetched == 0 and refused_s < SLACK_S, f"{fetched} fetches, {refused_s:.2f}s"
+    record_property("first_use_long_cache_s", refetched_s)
+    print(f"\njwksCacheSeconds {LONG_CACHE_S}, {FIRST_USE_WORKERS} workers: new key accepted in "
+          f"{1000 * refetched_s:.0f} ms (refetch); the next one inside the refetch window refused "
+          f"in {1000 * refused_s:.0f} ms")
 
 
 # --------------------------------------------------------------------------- workers
