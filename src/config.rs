@@ -1,4 +1,4 @@
-//! The plugin configuration (`../shared/spec/plugin-config.md`), parsed and validated.
+//! The plugin configuration (`docs/configuration.md`), parsed and validated.
 //! Every name here maps to a field of the contract; the parser rejects unknown fields and
 //! reports problems as `field.path: problem`.
 
