@@ -56,11 +56,7 @@ pub fn request_metric(config: &Config, decision: &Decision) -> Option<String> {
 /// A provider's name as one metric-name segment.
 pub fn provider_label(config: &Config, provider: Option<usize>) -> String {
     match provider.and_then(|i| config.providers.get(i)) {
-        Some(p) => p
-            .name
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect(),
+        Some(p) => crate::config::metric_label(&p.name),
         None => "none".to_string(),
     }
 }

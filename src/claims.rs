@@ -9,10 +9,12 @@ pub enum ClaimError {
     MissingExp,
     /// A time claim that is not a JSON number (e.g. `"exp": "1700000000"`).
     NotNumericDate(&'static str),
+    /// A time claim past the end of year 9999 (or of a signed 64-bit count of seconds): no
+    /// clock reaches it, so a token that never expires could pass (RFC 8725 §3.10).
+    DateOutOfRange(&'static str),
     Expired,
     NotYetValid,
     IssuedInFuture,
-    MissingIat,
     LifetimeTooLong,
     Audience,
     /// `sub` or `jti` neither a string (RFC 7519 §4.1.2, §4.1.7) nor null (treated as absent,
@@ -28,10 +30,12 @@ impl ClaimError {
             ClaimError::NotNumericDate("exp") => "token expiry (exp) is not a number",
             ClaimError::NotNumericDate("nbf") => "token not-before (nbf) is not a number",
             ClaimError::NotNumericDate(_) => "token issue time (iat) is not a number",
+            ClaimError::DateOutOfRange("exp") => "token expiry (exp) is beyond year 9999",
+            ClaimError::DateOutOfRange("nbf") => "token not-before (nbf) is beyond year 9999",
+            ClaimError::DateOutOfRange(_) => "token issue time (iat) is beyond year 9999",
             ClaimError::Expired => "token is expired",
             ClaimError::NotYetValid => "token is not yet valid (nbf)",
             ClaimError::IssuedInFuture => "token is not yet valid (iat in the future)",
-            ClaimError::MissingIat => "token has no issue time (iat), needed for its lifetime",
             ClaimError::LifetimeTooLong => "token lifetime exceeds the allowed maximum",
             ClaimError::Audience => "token audience is not accepted",
             ClaimError::NotAString("sub") => "token subject (sub) is not a string",
@@ -47,10 +51,11 @@ impl ClaimError {
             ClaimError::NotYetValid | ClaimError::IssuedInFuture => "not_yet_valid",
             ClaimError::Audience => "audience",
             ClaimError::Revoked => "revoked",
-            ClaimError::MissingExp | ClaimError::NotNumericDate(_) | ClaimError::NotAString(_) => {
-                "malformed"
-            }
-            ClaimError::MissingIat | ClaimError::LifetimeTooLong => "lifetime",
+            ClaimError::MissingExp
+            | ClaimError::NotNumericDate(_)
+            | ClaimError::DateOutOfRange(_)
+            | ClaimError::NotAString(_) => "malformed",
+            ClaimError::LifetimeTooLong => "lifetime",
         }
     }
 }
@@ -88,9 +93,9 @@ pub fn check(claims: &Map<String, Value>, provider: &Provider, now: u64) -> Resu
     if iat.is_some_and(|iat| iat > now + skew) {
         return Err(ClaimError::IssuedInFuture);
     }
+    // Without `iat` the lifetime left counts: an absurd `exp` is refused however it is written.
     if let Some(max) = provider.max_lifetime_seconds {
-        let iat = iat.ok_or(ClaimError::MissingIat)?;
-        if exp - iat > max as f64 {
+        if exp - iat.unwrap_or(now) > max as f64 {
             return Err(ClaimError::LifetimeTooLong);
         }
     }
@@ -125,6 +130,9 @@ pub fn is_revoked(claims: &Map<String, Value>, revoked: &Revoked) -> bool {
         .is_some_and(|cutoff| iat.is_none_or(|iat| iat < *cutoff as f64))
 }
 
+/// 9999-12-31T23:59:59Z: also well inside a signed 64-bit count of seconds.
+pub const LAST_SECOND_OF_9999: f64 = 253_402_300_799.0;
+
 fn numeric_date(
     claims: &Map<String, Value>,
     name: &'static str,
@@ -132,7 +140,10 @@ fn numeric_date(
     match claims.get(name) {
         None => Ok(None),
         Some(Value::Number(n)) => match n.as_f64() {
-            Some(v) if v.is_finite() && v >= 0.0 => Ok(Some(v)),
+            Some(v) if (0.0..=LAST_SECOND_OF_9999).contains(&v) => Ok(Some(v)),
+            Some(v) if v.is_finite() && v > 0.0 => Err(ClaimError::DateOutOfRange(name)),
+            // Beyond f64's range serde_json gives no number (1e400 is infinite).
+            None if n.is_u64() || n.is_i64() => Err(ClaimError::DateOutOfRange(name)),
             _ => Err(ClaimError::NotNumericDate(name)),
         },
         Some(_) => Err(ClaimError::NotNumericDate(name)),
@@ -262,10 +273,55 @@ mod tests {
             check(&claims(json!({"exp": NOW + 3601, "iat": NOW})), &p, NOW),
             Err(ClaimError::LifetimeTooLong)
         );
+        // Without iat, the lifetime left.
+        assert_eq!(check(&claims(json!({"exp": NOW + 3600})), &p, NOW), Ok(()));
         assert_eq!(
-            check(&claims(json!({"exp": NOW + 60})), &p, NOW),
-            Err(ClaimError::MissingIat)
+            check(&claims(json!({"exp": NOW + 3601})), &p, NOW),
+            Err(ClaimError::LifetimeTooLong)
         );
+    }
+
+    #[test]
+    fn time_claims_beyond_year_9999_are_malformed() {
+        let p = provider(r#","maxLifetimeSeconds":0"#);
+        for exp in [
+            json!(1e30),
+            json!(1e300),
+            json!(u64::MAX),
+            json!(253_402_300_800u64),
+        ] {
+            let error = check(&claims(json!({ "exp": exp })), &p, NOW).unwrap_err();
+            assert_eq!(error, ClaimError::DateOutOfRange("exp"), "{exp}");
+            assert_eq!(error.reason(), "malformed");
+        }
+        let huge: Map<String, Value> =
+            serde_json::from_str(r#"{"exp": 1000000000000000000000000000000}"#).unwrap();
+        assert_eq!(
+            check(&huge, &p, NOW),
+            Err(ClaimError::DateOutOfRange("exp"))
+        );
+        for name in ["nbf", "iat"] {
+            let c = claims(json!({"exp": NOW + 60, name: 1e20}));
+            assert_eq!(check(&c, &p, NOW), Err(ClaimError::DateOutOfRange(name)));
+        }
+        assert_eq!(
+            check(&claims(json!({"exp": 253_402_300_799u64})), &p, NOW),
+            Ok(()),
+            "year 9999 itself is a date, refused only by the lifetime cap when it is on"
+        );
+    }
+
+    #[test]
+    fn the_lifetime_cap_is_seven_days_unless_configured() {
+        let p = provider("");
+        assert_eq!(p.max_lifetime_seconds, Some(604_800));
+        let week = claims(json!({"exp": NOW + 604_800, "iat": NOW}));
+        assert_eq!(check(&week, &p, NOW), Ok(()));
+        let longer = claims(json!({"exp": NOW + 604_801, "iat": NOW}));
+        assert_eq!(check(&longer, &p, NOW), Err(ClaimError::LifetimeTooLong));
+        let off = provider(r#","maxLifetimeSeconds":0"#);
+        assert_eq!(off.max_lifetime_seconds, None);
+        assert_eq!(check(&longer, &off, NOW), Ok(()));
     }
 
     #[test]

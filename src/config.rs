@@ -569,6 +569,7 @@ const PROVIDER_FIELDS: &[&str] = &[
 
 const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 const DEFAULT_CLOCK_SKEW_SECONDS: u64 = 60;
+const DEFAULT_MAX_LIFETIME_SECONDS: u64 = 7 * 24 * 3600;
 const DEFAULT_JWKS_CACHE_SECONDS: u64 = 600;
 const DEFAULT_JWKS_MIN_REFETCH_SECONDS: u64 = 30;
 const DEFAULT_JWKS_MAX_STALE_SECONDS: u64 = 24 * 3600;
@@ -600,9 +601,32 @@ fn parse_providers(value: &Value, path: &str) -> Parsed<Vec<Provider>> {
             };
             return Err(error(&format!("{item_path}.{field}"), problem));
         }
+        // Metrics name providers by label: two that share one would share their counters.
+        let label = metric_label(&provider.name);
+        if let Some(index) = providers
+            .iter()
+            .position(|p| metric_label(&p.name) == label)
+        {
+            let field = if name_given { "name" } else { "issuer" };
+            return Err(error(
+                &format!("{item_path}.{field}"),
+                format!(
+                    "the name \"{}\" and the name of providers[{index}] are both \"{label}\" in metric names: rename one",
+                    provider.name
+                ),
+            ));
+        }
         providers.push(provider);
     }
     Ok(providers)
+}
+
+/// A provider's name as one metric-name segment: anything but ASCII letters and digits
+/// becomes `_`.
+pub fn metric_label(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }
 
 /// Returns the provider and whether its `name` was given (rather than defaulted to the issuer).
@@ -645,7 +669,12 @@ fn parse_provider(value: &Value, path: &str) -> Parsed<(Provider, bool)> {
         clock_skew_seconds: provider
             .optional("clockSkewSeconds", non_negative_integer)?
             .unwrap_or(DEFAULT_CLOCK_SKEW_SECONDS),
-        max_lifetime_seconds: provider.optional("maxLifetimeSeconds", positive_integer)?,
+        // Access tokens are short-lived: 7 days covers every major IdP's default; 0: off.
+        max_lifetime_seconds: match provider.optional("maxLifetimeSeconds", non_negative_integer)? {
+            None => Some(DEFAULT_MAX_LIFETIME_SECONDS),
+            Some(0) => None,
+            seconds => seconds,
+        },
         jwks_cache_seconds: provider
             .optional("jwksCacheSeconds", positive_integer)?
             .unwrap_or(DEFAULT_JWKS_CACHE_SECONDS),
@@ -1745,7 +1774,10 @@ mod tests {
         assert!(!provider.forward_original_token);
         assert_eq!(provider.timeout_ms, 5_000);
         assert_eq!(provider.clock_skew_seconds, 60);
-        assert_eq!(provider.max_lifetime_seconds, None);
+        assert_eq!(
+            provider.max_lifetime_seconds,
+            Some(DEFAULT_MAX_LIFETIME_SECONDS)
+        );
         assert_eq!(provider.jwks_cache_seconds, 600);
         assert_eq!(
             provider.scope_claims,
@@ -2086,6 +2118,24 @@ mod tests {
     }
 
     #[test]
+    fn provider_names_alike_in_metric_names_are_refused() {
+        let config = json!({"providers": [
+            {"name": "a-b", "issuer": ISSUER, "jwksUri": JWKS_URI},
+            {"name": "a.b", "issuer": "https://other.example.com", "jwksUri": JWKS_URI}
+        ]});
+        assert_problem(
+            &config.to_string(),
+            "providers[1].name: the name \"a.b\" and the name of providers[0] are both \"a_b\" in metric names: rename one",
+        );
+        let defaulted = json!({"providers": [
+            {"name": "https_//other_example_com", "issuer": ISSUER, "jwksUri": JWKS_URI},
+            {"issuer": "https://other.example.com", "jwksUri": JWKS_URI}
+        ]});
+        let problem = crate::config::parse(&defaulted.to_string()).unwrap_err();
+        assert_eq!(problem.path, "providers[1].issuer", "{problem}");
+    }
+
+    #[test]
     fn duplicate_defaulted_provider_name_is_reported_on_the_issuer() {
         let config = json!({"providers": [
             {"name": "https://other.example.com", "issuer": ISSUER, "jwksUri": JWKS_URI},
@@ -2326,11 +2376,7 @@ mod tests {
     }
 
     #[test]
-    fn zero_lifetime_or_cache_time_is_refused_but_zero_skew_is_fine() {
-        assert_problem(
-            &provider_config(json!({"maxLifetimeSeconds": 0})),
-            "providers[0].maxLifetimeSeconds: must be greater than zero",
-        );
+    fn zero_cache_time_is_refused_but_zero_skew_or_lifetime_is_fine() {
         assert_problem(
             &provider_config(json!({"jwksCacheSeconds": 0})),
             "providers[0].jwksCacheSeconds: must be greater than zero",

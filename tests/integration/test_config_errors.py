@@ -32,8 +32,12 @@ VALID_PROVIDER = {"issuer": "https://idp.example.com", "jwksUri": "https://idp.e
         ({"providers": [{"issuer": "https://a", "jwks_uri": "https://a/jwks"}]}, ["providers[0]", "jwks_uri"]),
         ({"providers": []}, ["providers"]),
         ({"providers": [VALID_PROVIDER], "unmatched": "maybe"}, ["unmatched"]),
+        ({"providers": [{**VALID_PROVIDER, "name": "a-b"},
+                        {"name": "a.b", "issuer": "https://b", "jwksUri": "https://b/jwks"}]},
+         ["providers[1].name", "a_b", "metric names"]),
     ],
-    ids=["jwksUri-not-a-url", "unknown-top-level-field", "unknown-provider-field", "no-providers", "bad-unmatched"],
+    ids=["jwksUri-not-a-url", "unknown-top-level-field", "unknown-provider-field", "no-providers", "bad-unmatched",
+         "names-alike-in-metrics"],
 )
 def test_invalid_config_is_refused_and_the_field_is_logged(envoys, config, must_name):
     log = refused_start(envoys, config)

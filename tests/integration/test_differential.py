@@ -37,8 +37,6 @@ DELIBERATE: dict[str, tuple[str, str]] = {
                                  "input; unsupported, so refused; jwt_authn ignores it"),
     "exp-missing": ("deny", "RFC 9068 §2.2: exp is REQUIRED in a JWT access token (jwt_authn: only "
                             "with require_expiration: true)"),
-    "exp-1e300": ("allow", "RFC 7519 §2: a NumericDate is any JSON number, fractions included; jwt_authn "
-                           "refuses values outside its integer range. Far future, so not expired"),
     "iat-future": ("deny", "RFC 7519 §4.1.6 with the contract: a token issued after now + skew is not "
                            "valid yet; jwt_authn checks only exp and nbf"),
     "ES256/sig-extended": ("deny", "RFC 7518 §3.4: an ES256 signature is exactly 64 bytes (R || S); "

@@ -516,6 +516,7 @@ impl<'a> Narration<'a> {
         let line = match exp {
             NumericDate::Absent => "exp: absent, but required: fail".to_string(),
             NumericDate::NotANumber => "exp: not a number: fail".to_string(),
+            NumericDate::OutOfRange => "exp: beyond year 9999: FAIL".to_string(),
             NumericDate::At(exp) if now < exp => format!(
                 "exp {} ({}): pass, expires in {}",
                 json_number(exp),
@@ -541,6 +542,7 @@ impl<'a> Narration<'a> {
             let line = match numeric_date(token_claims, name) {
                 NumericDate::Absent => format!("{name}: absent"),
                 NumericDate::NotANumber => format!("{name}: not a number: fail"),
+                NumericDate::OutOfRange => format!("{name}: beyond year 9999: FAIL"),
                 NumericDate::At(at) if at <= now + skew => {
                     format!("{name} {} ({}): pass", json_number(at), time::show(at))
                 }
@@ -554,7 +556,7 @@ impl<'a> Narration<'a> {
             self.out.line(format!("   {line}"));
         }
         let lifetime = match (provider.max_lifetime_seconds, exp, iat) {
-            (None, _, _) => "lifetime: not limited (no maxLifetimeSeconds)".to_string(),
+            (None, _, _) => "lifetime: not limited (maxLifetimeSeconds: 0)".to_string(),
             (Some(max), NumericDate::At(exp), NumericDate::At(iat)) => {
                 let verdict = if exp - iat > max as f64 {
                     "FAIL"
@@ -566,8 +568,16 @@ impl<'a> Narration<'a> {
                     json_number(exp - iat)
                 )
             }
-            (Some(max), _, NumericDate::Absent) => {
-                format!("lifetime: at most {max} s, but the token has no iat: fail")
+            (Some(max), NumericDate::At(exp), NumericDate::Absent) => {
+                let verdict = if exp - now > max as f64 {
+                    "FAIL"
+                } else {
+                    "pass"
+                };
+                format!(
+                    "lifetime: no iat, exp - now = {} s, at most {max} s: {verdict}",
+                    json_number(exp - now)
+                )
             }
             (Some(max), _, _) => format!("lifetime: at most {max} s: cannot be computed"),
         };
@@ -1034,6 +1044,8 @@ fn count(n: usize, noun: &str) -> String {
 enum NumericDate {
     Absent,
     NotANumber,
+    /// Past year 9999: refused as malformed.
+    OutOfRange,
     At(f64),
 }
 
@@ -1042,7 +1054,11 @@ fn numeric_date(token_claims: &Map<String, Value>, name: &str) -> NumericDate {
     match token_claims.get(name) {
         None => NumericDate::Absent,
         Some(Value::Number(n)) => match n.as_f64() {
-            Some(v) if v.is_finite() && v >= 0.0 => NumericDate::At(v),
+            Some(v) if v.is_finite() && (0.0..=claims::LAST_SECOND_OF_9999).contains(&v) => {
+                NumericDate::At(v)
+            }
+            Some(v) if v > 0.0 => NumericDate::OutOfRange,
+            None if n.is_u64() => NumericDate::OutOfRange,
             _ => NumericDate::NotANumber,
         },
         Some(_) => NumericDate::NotANumber,
