@@ -371,7 +371,6 @@ SHORT_CACHE_S = 5
 LONG_CACHE_S = 1200
 FIRST_USE_WORKERS = 4
 # Default jwksMinRefetchSeconds (30) and timeout (5 s): the settings users run with.
-DEFAULT_TIMEOUT_S = 5
 
 
 @pytest.fixture(scope="module")
