@@ -3,7 +3,7 @@
 //! the worker's VM), so this file calls `hostcalls` directly and handles every error.
 
 use crate::audit;
-use crate::authorize::{self, Decision, HeaderEdit, KeyLookup, Outcome, Request};
+use crate::authorize::{self, Decision, HeaderEdit, Outcome, Request};
 use crate::cache::TokenCache;
 use crate::config::AuditLevel;
 use crate::config::{self, Config};
@@ -66,9 +66,10 @@ struct Waiter {
     context_id: u32,
     provider: usize,
     deadline_ms: u64,
-    /// Waiting for a refetch for an unknown kid: the provider's key version then. Once the
-    /// keys have changed the request is decided with them, without asking for another fetch.
-    refetch_from: Option<u64>,
+    /// Waiting for a refetch for an unknown kid: when it started waiting. Once keys fetched
+    /// by a fetch that started since are in, the request is decided with them, without
+    /// asking for another fetch (one in flight before may predate the key).
+    refetch_since: Option<u64>,
     /// A new configuration no longer has the provider it waited for.
     provider_removed: bool,
 }
@@ -245,8 +246,8 @@ impl State {
         // A held unknown kid is decided with the keys as they are once its fetch came, or
         // once its wait ran out: the kid is unknown (401), the keys are there.
         let refetch_over = held.is_some_and(|(w, expired)| {
-            w.refetch_from
-                .is_some_and(|version| expired || self.keys.key_version(w.provider) != version)
+            w.refetch_since
+                .is_some_and(|since| expired || self.keys.fetched_since(w.provider, since))
         });
         let mut decision = self.decide(&view, now, refetch_over);
         // A held request past its deadline that would still wait: the keys could not be had.
@@ -269,14 +270,14 @@ impl State {
                     .map_or(0, |p| p.timeout_ms);
                 let deadline_ms =
                     held.map_or(now.saturating_add(timeout_ms), |(w, _)| w.deadline_ms);
-                let refetch_from = held
-                    .and_then(|(w, _)| w.refetch_from)
-                    .or(refetch.then(|| self.keys.key_version(provider)));
+                let refetch_since = held
+                    .and_then(|(w, _)| w.refetch_since)
+                    .or(refetch.then_some(now));
                 self.hold(Waiter {
                     context_id,
                     provider,
                     deadline_ms,
-                    refetch_from,
+                    refetch_since,
                     provider_removed: false,
                 });
                 return None;

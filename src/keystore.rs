@@ -68,6 +68,9 @@ pub struct SyncResult {
 struct Meta {
     /// When the stored body was fetched; 0: never. Also its version.
     fetched_ms: u64,
+    /// When the fetch of the stored body started.
+    #[serde(default)]
+    fetch_started_ms: u64,
     /// When the next refresh is due (jittered, so a fleet does not fetch in lockstep).
     refresh_ms: u64,
     /// A worker's fetch is under way until then.
@@ -204,6 +207,7 @@ impl Doc {
         store.set(&body_key(&self.slot), &stored, None);
         let cache_seconds = self.cache_seconds;
         self.update_meta(store, |meta| {
+            meta.fetch_started_ms = meta.attempted_ms;
             meta.fetched_ms = version;
             meta.refresh_ms = now_ms.saturating_add(refresh_ms);
             meta.cache_seconds = cache_seconds;
@@ -463,6 +467,17 @@ impl KeyStore {
         }
     }
 
+    /// Whether the provider's keys now come from a fetch that started at `since_ms` or later
+    /// (what a held unknown kid waits for).
+    pub fn fetched_since(&self, provider: usize, since_ms: u64) -> bool {
+        self.entries.get(provider).is_some_and(|entry| {
+            let doc = &entry.keys_doc;
+            doc.version != 0
+                && doc.version == doc.meta.fetched_ms
+                && doc.meta.fetch_started_ms >= since_ms
+        })
+    }
+
     /// The host refused to dispatch a claimed fetch (e.g. unknown cluster).
     pub fn dispatch_failed(
         &mut self,
@@ -629,15 +644,15 @@ impl Entry {
         let min_refetch_ms = self.min_refetch_ms;
         let claimed = self.keys_doc.claim(store, cas, now_ms, |meta| {
             wanted.is_some_and(|since| {
-                // A fetch that started or finished since the unknown kid was seen serves it.
+                // A fetch that started since the unknown kid was seen serves it; one that was
+                // in flight then may have missed the key.
                 meta.attempted_ms < since
-                    && meta.fetched_ms < since
                     && now_ms.saturating_sub(meta.kid_refetch_ms) >= min_refetch_ms
             })
         });
         if let Some(since) = self.refetch_wanted_ms {
             let meta = &self.keys_doc.meta;
-            if meta.attempted_ms >= since || meta.fetched_ms >= since {
+            if meta.attempted_ms >= since {
                 self.refetch_wanted_ms = None;
             }
         }
@@ -1206,6 +1221,27 @@ mod tests {
         assert!(workers[1].want_refetch(0, seen), "a refetch is allowed");
         let fetches = workers[1].sync(&shared, seen).fetches;
         assert_eq!(fetches.len(), 1, "refetched at once, not after the window");
+    }
+
+    #[test]
+    fn a_fetch_in_flight_when_the_kid_was_seen_does_not_serve_it() {
+        let shared = Shared::default();
+        let mut s = store(json!({"jwksCacheSeconds": 5, "jwksMinRefetchSeconds": 30}));
+        s.sync(&shared, 100_000);
+        s.on_answer(&shared, 0, Stage::Jwks, &ok(&jwks(), None), 100_000)
+            .unwrap();
+        let refresh = s.entries[0].keys_doc.meta.refresh_ms;
+        assert_eq!(s.sync(&shared, refresh).fetches.len(), 1, "scheduled");
+        // The IdP publishes a key while that fetch is under way; its first token comes.
+        let seen = refresh + 20;
+        assert!(s.want_refetch(0, seen), "a fetch is in flight");
+        s.on_answer(&shared, 0, Stage::Jwks, &ok(&jwks(), None), refresh + 40)
+            .unwrap();
+        assert!(!s.fetched_since(0, seen), "that fetch may predate the key");
+        assert_eq!(s.sync(&shared, refresh + 50).fetches.len(), 1, "refetched");
+        s.on_answer(&shared, 0, Stage::Jwks, &ok(&jwks(), None), refresh + 60)
+            .unwrap();
+        assert!(s.fetched_since(0, seen));
     }
 
     #[test]

@@ -367,6 +367,9 @@ def test_kid_storm_is_refused_without_a_fetch_storm(rotation):
 
 ISS_SHORT = "https://short-cache.idp.test"
 ISS_LONG = "https://long-cache.idp.test"
+ISS_IN_FLIGHT = "https://in-flight.idp.test"
+IN_FLIGHT_DELAY_S = 0.5
+IN_FLIGHT_CACHE_S = 2
 SHORT_CACHE_S = 5
 LONG_CACHE_S = 1200
 FIRST_USE_WORKERS = 4
@@ -379,12 +382,15 @@ def first_use(module_envoys, module_idps):
     current = new_key()
     idp.set_json("/short.json", jwks_of(current))
     idp.set_json("/long.json", jwks_of(current))
+    idp.set_json("/in-flight.json", jwks_of(current), delay_s=IN_FLIGHT_DELAY_S)
     envoy = module_envoys.start({"providers": [
+        {"issuer": ISS_IN_FLIGHT, "jwksUri": idp.url + "/in-flight.json", "jwksCacheSeconds": IN_FLIGHT_CACHE_S},
         {"issuer": ISS_SHORT, "jwksUri": idp.url + "/short.json", "jwksCacheSeconds": SHORT_CACHE_S},
         {"issuer": ISS_LONG, "jwksUri": idp.url + "/long.json", "jwksCacheSeconds": LONG_CACHE_S},
     ]}, idps=[idp], concurrency=FIRST_USE_WORKERS)
     send_until_ok(envoy, current, ISS_SHORT)
     send_until_ok(envoy, current, ISS_LONG)
+    send_until_ok(envoy, current, ISS_IN_FLIGHT)
     return {"envoy": envoy, "idp": idp, "current": current}
 
 
@@ -436,6 +442,20 @@ def test_long_cache_new_key_is_accepted_on_first_use_right_after_the_first_fetch
     print(f"\njwksCacheSeconds {LONG_CACHE_S}, {FIRST_USE_WORKERS} workers: new key accepted in "
           f"{1000 * refetched_s:.0f} ms (refetch); the next one inside the refetch window refused "
           f"in {1000 * refused_s:.0f} ms")
+
+
+def test_a_key_published_while_a_refresh_is_under_way_is_fetched_for(first_use):
+    """The refresh in flight when the first token comes may have left the IdP before the key
+    was published: it does not count as the token's refetch, a new fetch does."""
+    envoy, idp, current = first_use["envoy"], first_use["idp"], first_use["current"]
+    fetches = idp.count("/in-flight.json")
+    wait_for(lambda: idp.count("/in-flight.json") > fetches, IN_FLIGHT_CACHE_S + SLACK_S, "a scheduled refresh")
+    upcoming = new_key()  # published while that refresh's answer (without it) is on its way
+    idp.set_json("/in-flight.json", jwks_of(current, upcoming), delay_s=IN_FLIGHT_DELAY_S)
+    before = idp.count("/in-flight.json")
+    resp, elapsed = timed(lambda: send(envoy, upcoming, ISS_IN_FLIGHT))
+    assert resp.status == 200, f"{resp} after {elapsed:.2f}s"
+    assert idp.count("/in-flight.json") - before == 1
 
 
 # --------------------------------------------------------------------------- workers
