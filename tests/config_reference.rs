@@ -1,5 +1,5 @@
 //! The configuration reference, `docs/configuration.md`, kept honest against the parser:
-//! every field name `src/config.rs` accepts must be documented there, every JSON example on the
+//! every field name the parser in `src/config/` accepts must be documented there, every JSON example on the
 //! page must be a configuration the parser accepts, and nothing points outside the repository.
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 const REFERENCE: &str = "docs/configuration.md";
-const PARSER: &str = "src/config.rs";
+/// The parser: every file of the module but its unit tests.
+const PARSER: &str = "src/config/";
 /// The field lists that are named constants rather than inline `&[...]` arrays.
 const FIELD_CONSTS: [&str; 2] = ["CONFIG_FIELDS", "PROVIDER_FIELDS"];
 /// Far fewer than the parser accepts: extraction that silently finds (almost) nothing fails.
@@ -172,14 +173,22 @@ fn const_fields(source: &str, name: &str) -> Vec<String> {
     string_literals(list)
 }
 
-/// The parser proper: `src/config.rs` without its unit tests.
+/// The parser proper: the files of `src/config/`, without its unit tests, in name order.
 fn parser_source() -> String {
-    let source = read(PARSER);
-    let parser = match source.find("\nmod tests {") {
-        Some(at) => &source[..at],
-        None => &source,
-    };
-    strip_line_comments(parser)
+    let dir = repo().join(PARSER);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "rs"))
+        .filter(|path| path.file_name().is_some_and(|n| n != "tests.rs"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "{PARSER} holds {files:?}");
+    let source: Vec<String> = files
+        .iter()
+        .map(|path| std::fs::read_to_string(path).unwrap())
+        .collect();
+    strip_line_comments(&source.join("\n"))
 }
 
 /// Every field name the parser accepts: the names in the field constants and in the list of

@@ -1,0 +1,549 @@
+//! The plugin configuration (`docs/configuration.md`), parsed and validated.
+//! Every name here maps to a field of the contract; the parser rejects unknown fields and
+//! reports problems as `field.path: problem`.
+
+use crate::alg::{Alg, AlgSet, KeyFamily};
+use crate::keys::JwksLimits;
+use serde_json::Value;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub providers: Vec<Provider>,
+    pub rules: Vec<Rule>,
+    pub unmatched: Unmatched,
+    /// `None`: the request's `:authority` is the realm.
+    pub realm: Option<String>,
+    pub bypass_cors_preflight: bool,
+    pub mode: Mode,
+    pub limits: Limits,
+    /// Project addition `audit`.
+    pub audit: Audit,
+}
+
+/// `audit`: one JSON line per decision in Envoy's log.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Audit {
+    /// `audit.level`: `off`, `debug`, `info` or `warn` (default: an Istio sidecar logs Wasm
+    /// at `warning` unless told otherwise, so lower levels would be invisible there).
+    pub level: AuditLevel,
+    /// `audit.allowedSampleRate`, 0 to 1 (default 0.01): the share of allowed requests
+    /// logged; refusals are always logged.
+    pub allowed_sample_rate: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditLevel {
+    Off,
+    Debug,
+    Info,
+    Warn,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit {
+            level: AuditLevel::Warn,
+            allowed_sample_rate: 0.01,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmatched {
+    Authenticated,
+    Anonymous,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Enforce,
+    Report,
+}
+
+/// Caps on hostile input (project addition: top-level `limits`, every field optional).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `limits.maxTokenBytes`, default 16 KiB.
+    pub max_token_bytes: usize,
+    /// `limits.maxJsonDepth`, default 16: nesting of token header/payload JSON.
+    pub max_json_depth: usize,
+    /// `limits.maxJsonMembers`, default 256: members+elements in one token header/payload.
+    pub max_json_members: usize,
+    /// `limits.maxJwksBytes`, default 256 KiB.
+    pub max_jwks_bytes: usize,
+    /// `limits.maxJwksKeys`, default 64.
+    pub max_jwks_keys: usize,
+    /// `limits.maxHeldRequests`, default 1024: requests one worker holds while keys load;
+    /// past it, 503 at once.
+    pub max_held_requests: usize,
+    /// `limits.maxCachedTokens`, default 1024: verified tokens remembered per worker;
+    /// 0 turns the cache off.
+    pub max_cached_tokens: usize,
+    /// `limits.maxRevocationBytes`, default 1 MiB: a larger fetched revocation list is refused.
+    pub max_revocation_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_token_bytes: 16 * 1024,
+            max_json_depth: 16,
+            max_json_members: 256,
+            max_jwks_bytes: 256 * 1024,
+            max_jwks_keys: 64,
+            max_held_requests: 1024,
+            max_cached_tokens: 1024,
+            max_revocation_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Provider {
+    /// `name`, default the issuer.
+    pub name: String,
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub keys: KeySource,
+    pub from_headers: Vec<HeaderLocation>,
+    pub from_params: Vec<String>,
+    pub from_cookies: Vec<String>,
+    /// Lower-cased header name.
+    pub output_payload_to_header: Option<String>,
+    pub output_claim_to_headers: Vec<ClaimToHeader>,
+    pub forward_original_token: bool,
+    /// `timeout`, default 5 s.
+    pub timeout_ms: u64,
+    pub clock_skew_seconds: u64,
+    pub max_lifetime_seconds: Option<u64>,
+    pub jwks_cache_seconds: u64,
+    pub scope_claims: Vec<ClaimPath>,
+    pub algorithms: AlgSet,
+    /// `jwksCluster` as configured: discovered key URLs go through it too.
+    pub jwks_cluster: Option<String>,
+    /// Project addition `jwksMinRefetchSeconds` (default 30): an unknown `kid` triggers a key
+    /// fetch at most this often per provider, for the whole sidecar.
+    pub jwks_min_refetch_seconds: u64,
+    /// Project addition `jwksMaxStaleSeconds` (default 24 h): how long the last good keys are
+    /// still used while the key server fails.
+    pub jwks_max_stale_seconds: u64,
+    /// Project addition `revoked`: identities refused although their tokens verify.
+    pub revoked: Revoked,
+    /// Project addition `revocationUri` (+ `revocationCluster`, `revocationRefreshSeconds`):
+    /// a revocation list in the same shape as `revoked`, fetched like keys.
+    pub revocation: Option<RemoteRevocation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteRevocation {
+    pub target: HttpTarget,
+    /// `revocationRefreshSeconds`, default 60.
+    pub refresh_seconds: u64,
+}
+
+/// `revoked`: `{"jtis": [...], "subjects": [...], "subjectsIssuedBefore": {"<sub>": <time>}}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revoked {
+    pub jtis: std::collections::HashSet<String>,
+    pub subjects: std::collections::HashSet<String>,
+    /// Tokens of this subject issued (`iat`) before this time (Unix seconds) are refused:
+    /// the identity changed (password reset, role removed) and older tokens must go.
+    pub subjects_issued_before: std::collections::HashMap<String, u64>,
+}
+
+impl Revoked {
+    pub fn is_empty(&self) -> bool {
+        self.jtis.is_empty() && self.subjects.is_empty() && self.subjects_issued_before.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `jwks`: the inline JWKS document as given (validated by `keys::parse_jwks`).
+    Inline(String),
+    /// `jwksUri` (+ `jwksCluster`, defaulted the way Istio names clusters).
+    Remote(HttpTarget),
+    /// Neither: OpenID Connect discovery at `<issuer>/.well-known/openid-configuration`.
+    Discovery(HttpTarget),
+}
+
+/// Where a dispatched HTTP call goes: the Envoy cluster, and the `:authority` and `:path` to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpTarget {
+    pub url: String,
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderLocation {
+    /// Lower-cased header name.
+    pub name: String,
+    /// The prefix as configured; matched case-insensitively. May be empty.
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimToHeader {
+    /// Lower-cased header name.
+    pub header: String,
+    pub claim: ClaimPath,
+}
+
+/// A claim path: `"realm_access.roles"` (split on dots) or `["https://example.com/roles"]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimPath(pub Vec<String>);
+
+impl ClaimPath {
+    /// Looks the path up in a JSON object (the token payload).
+    pub fn lookup<'a>(&self, claims: &'a serde_json::Map<String, Value>) -> Option<&'a Value> {
+        let (first, rest) = self.0.split_first()?;
+        let mut value = claims.get(first)?;
+        for name in rest {
+            value = value.as_object()?.get(name)?;
+        }
+        Some(value)
+    }
+
+    /// The path as written in logs: names joined with dots.
+    pub fn display(&self) -> String {
+        self.0.join(".")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// `name`, default `rules[i]`.
+    pub name: String,
+    pub matcher: RuleMatch,
+    pub action: Action,
+    /// Project addition: `mode` per rule; `None` follows the top-level `mode`. A rule in
+    /// `report` mode refuses nothing, so a new rule can be tried beside enforced ones.
+    pub mode: Option<Mode>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RuleMatch {
+    /// `None`: the list was absent and matches everything.
+    pub paths: Option<Vec<PathPattern>>,
+    /// Upper-case methods.
+    pub methods: Option<Vec<String>>,
+    pub hosts: Option<Vec<HostPattern>>,
+}
+
+/// Istio path syntax.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathPattern {
+    /// `*`
+    Any,
+    /// `/a/b`
+    Exact(String),
+    /// `/a/*`: stored without the `*` (`/a/`).
+    Prefix(String),
+    /// `*.png`: stored without the `*` (`.png`).
+    Suffix(String),
+}
+
+/// `:authority` pattern, lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// `orders.example.com`
+    Exact(String),
+    /// `*.example.com`: stored as `.example.com`.
+    WildcardSuffix(String),
+    /// `*`
+    Any,
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    AllowAnonymous,
+    Deny,
+    Requires(Requirement),
+    RequiresAny(Vec<Requirement>),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Requirement {
+    /// Indexes into `Config::providers`; `None`: any provider.
+    pub providers: Option<Vec<usize>>,
+    pub scopes: Vec<String>,
+    pub claims: Vec<ClaimCondition>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClaimCondition {
+    pub claim: ClaimPath,
+    pub test: ClaimTest,
+}
+
+#[derive(Debug, Clone)]
+pub enum ClaimTest {
+    /// Values compare by JSON type: `"true"` is not `true`.
+    AnyOf(Vec<Value>),
+    AllOf(Vec<Value>),
+    Present,
+}
+
+/// A configuration problem: the JSON path of the offending field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub problem: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The path used for problems with the configuration as a whole.
+const WHOLE_CONFIG: &str = "(config)";
+
+fn error(path: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+type Parsed<T> = Result<T, ConfigError>;
+
+/// Parses and validates the plugin configuration JSON.
+pub fn parse(json: &str) -> Parsed<Config> {
+    if json.trim().is_empty() {
+        return Err(error(WHOLE_CONFIG, "empty; expected a JSON object"));
+    }
+    // serde_json's syntax errors name a position, never the input text (which may hold keys).
+    let value: Value = serde_json::from_str(json)
+        .map_err(|e| error(WHOLE_CONFIG, format!("not valid JSON: {e}")))?;
+    let config = parse_config(&value)?;
+    // serde_json keeps the last of two equal member names; a config must not say two things.
+    crate::json::parse_object(json.as_bytes(), CONFIG_JSON_LIMITS)
+        .map_err(|e| error(WHOLE_CONFIG, e.describe()))?;
+    Ok(config)
+}
+
+/// Generous: only duplicate member names are meant to trip this.
+const CONFIG_JSON_LIMITS: crate::json::JsonLimits = crate::json::JsonLimits {
+    max_depth: 64,
+    max_members: 1_000_000,
+};
+
+const CONFIG_FIELDS: &[&str] = &[
+    "providers",
+    "rules",
+    "unmatched",
+    "realm",
+    "bypassCorsPreflight",
+    "mode",
+    "limits",
+    "audit",
+];
+
+fn parse_config(value: &Value) -> Parsed<Config> {
+    let config = Object::new(value, "", CONFIG_FIELDS)?;
+    let providers = config.required("providers", parse_providers)?;
+    let rules = config
+        .optional("rules", |value, path| parse_rules(value, path, &providers))?
+        .unwrap_or_default();
+    let limits = config.optional("limits", parse_limits)?.unwrap_or_default();
+    for (i, provider) in providers.iter().enumerate() {
+        if let KeySource::Inline(jwks) = &provider.keys {
+            crate::keys::parse_jwks(jwks.as_bytes(), &JwksLimits::from(&limits), true)
+                .map_err(|e| error(&format!("providers[{i}].jwks"), e.describe()))?;
+        }
+    }
+    Ok(Config {
+        providers,
+        rules,
+        unmatched: config
+            .optional("unmatched", parse_unmatched)?
+            .unwrap_or(Unmatched::Authenticated),
+        realm: config.optional("realm", parse_realm)?,
+        bypass_cors_preflight: config
+            .optional("bypassCorsPreflight", boolean)?
+            .unwrap_or(true),
+        mode: config
+            .optional("mode", parse_mode)?
+            .unwrap_or(Mode::Enforce),
+        limits,
+        audit: config.optional("audit", parse_audit)?.unwrap_or_default(),
+    })
+}
+
+fn parse_remote_revocation(provider: &Object<'_>) -> Parsed<Option<RemoteRevocation>> {
+    let cluster = provider.optional("revocationCluster", non_empty_string)?;
+    let refresh = provider.optional("revocationRefreshSeconds", positive_integer)?;
+    let Some(url) = provider.optional("revocationUri", |value, path| {
+        HttpUrl::parse(string(value, path)?, path)
+    })?
+    else {
+        if cluster.is_some() || refresh.is_some() {
+            return Err(error(
+                &provider.path_of("revocationUri"),
+                "required when revocationCluster or revocationRefreshSeconds is given",
+            ));
+        }
+        return Ok(None);
+    };
+    Ok(Some(RemoteRevocation {
+        target: url.target(cluster),
+        refresh_seconds: refresh.unwrap_or(DEFAULT_REVOCATION_REFRESH_SECONDS),
+    }))
+}
+
+const DEFAULT_REVOCATION_REFRESH_SECONDS: u64 = 60;
+
+/// A fetched revocation list: the shape of a provider's `revoked`.
+pub fn parse_revocation_list(value: &Value) -> Result<Revoked, String> {
+    parse_revoked(value, "(revocation list)").map_err(|e| e.to_string())
+}
+
+fn parse_revoked(value: &Value, path: &str) -> Parsed<Revoked> {
+    let revoked = Object::new(value, path, &["jtis", "subjects", "subjectsIssuedBefore"])?;
+    let set = |key: &str| -> Parsed<std::collections::HashSet<String>> {
+        Ok(revoked
+            .optional(key, |v, p| items(v, p, non_empty_string))?
+            .unwrap_or_default()
+            .into_iter()
+            .collect())
+    };
+    let mut subjects_issued_before = std::collections::HashMap::new();
+    if let Some(map) = revoked.optional("subjectsIssuedBefore", |v, p| {
+        v.as_object()
+            .cloned()
+            .ok_or_else(|| error(p, "expected an object of subject: Unix time"))
+    })? {
+        let map_path = revoked.path_of("subjectsIssuedBefore");
+        for (subject, time) in &map {
+            let at = format!("{map_path}.{subject}");
+            subjects_issued_before.insert(subject.clone(), non_negative_integer(time, &at)?);
+        }
+    }
+    Ok(Revoked {
+        jtis: set("jtis")?,
+        subjects: set("subjects")?,
+        subjects_issued_before,
+    })
+}
+
+fn parse_audit(value: &Value, path: &str) -> Parsed<Audit> {
+    let audit = Object::new(value, path, &["level", "allowedSampleRate"])?;
+    let defaults = Audit::default();
+    let level = match audit.optional("level", string)? {
+        None => defaults.level,
+        Some(level) => match level.as_str() {
+            "off" => AuditLevel::Off,
+            "debug" => AuditLevel::Debug,
+            "info" => AuditLevel::Info,
+            "warn" => AuditLevel::Warn,
+            _ => {
+                return Err(error(
+                    &audit.path_of("level"),
+                    "must be \"off\", \"debug\", \"info\" or \"warn\"",
+                ))
+            }
+        },
+    };
+    let allowed_sample_rate = match audit.optional("allowedSampleRate", |v, p| {
+        v.as_f64().ok_or_else(|| error(p, "expected a number"))
+    })? {
+        None => defaults.allowed_sample_rate,
+        Some(rate) if (0.0..=1.0).contains(&rate) => rate,
+        Some(_) => {
+            return Err(error(
+                &audit.path_of("allowedSampleRate"),
+                "must be between 0 and 1",
+            ))
+        }
+    };
+    Ok(Audit {
+        level,
+        allowed_sample_rate,
+    })
+}
+
+fn parse_unmatched(value: &Value, path: &str) -> Parsed<Unmatched> {
+    match string(value, path)?.as_str() {
+        "authenticated" => Ok(Unmatched::Authenticated),
+        "anonymous" => Ok(Unmatched::Anonymous),
+        "deny" => Ok(Unmatched::Deny),
+        _ => Err(error(
+            path,
+            "must be \"authenticated\", \"anonymous\" or \"deny\"",
+        )),
+    }
+}
+
+fn parse_mode(value: &Value, path: &str) -> Parsed<Mode> {
+    match string(value, path)?.as_str() {
+        "enforce" => Ok(Mode::Enforce),
+        "report" => Ok(Mode::Report),
+        _ => Err(error(path, "must be \"enforce\" or \"report\"")),
+    }
+}
+
+/// The realm goes into a quoted string of `WWW-Authenticate`, so it must not be able to end it.
+fn parse_realm(value: &Value, path: &str) -> Parsed<String> {
+    let realm = non_empty_string(value, path)?;
+    if !fits_quoted_string(&realm) {
+        return Err(error(
+            path,
+            "must be printable ASCII without '\"' or '\\' (it is sent in WWW-Authenticate)",
+        ));
+    }
+    Ok(realm)
+}
+
+fn parse_limits(value: &Value, path: &str) -> Parsed<Limits> {
+    let limits = Object::new(
+        value,
+        path,
+        &[
+            "maxTokenBytes",
+            "maxJsonDepth",
+            "maxJsonMembers",
+            "maxJwksBytes",
+            "maxJwksKeys",
+            "maxHeldRequests",
+            "maxCachedTokens",
+            "maxRevocationBytes",
+        ],
+    )?;
+    let defaults = Limits::default();
+    let limit = |key: &str, default: usize| -> Parsed<usize> {
+        Ok(limits.optional(key, positive_usize)?.unwrap_or(default))
+    };
+    let max_cached_tokens = match limits.optional("maxCachedTokens", non_negative_integer)? {
+        Some(n) => usize::try_from(n)
+            .map_err(|_| error(&limits.path_of("maxCachedTokens"), "too large"))?,
+        None => defaults.max_cached_tokens,
+    };
+    Ok(Limits {
+        max_token_bytes: limit("maxTokenBytes", defaults.max_token_bytes)?,
+        max_json_depth: limit("maxJsonDepth", defaults.max_json_depth)?,
+        max_json_members: limit("maxJsonMembers", defaults.max_json_members)?,
+        max_jwks_bytes: limit("maxJwksBytes", defaults.max_jwks_bytes)?,
+        max_jwks_keys: limit("maxJwksKeys", defaults.max_jwks_keys)?,
+        max_held_requests: limit("maxHeldRequests", defaults.max_held_requests)?,
+        max_cached_tokens,
+        max_revocation_bytes: limit("maxRevocationBytes", defaults.max_revocation_bytes)?,
+    })
+}
+
+mod fields;
+mod providers;
+mod rules;
+#[cfg(test)]
+mod tests;
+
+use fields::*;
+use providers::*;
+pub use providers::{http_target, metric_label};
+use rules::*;

@@ -1,0 +1,297 @@
+//! The `rules` part of the configuration: which rule a request meets, and what it must show.
+
+use super::*;
+
+pub(super) fn parse_rules(value: &Value, path: &str, providers: &[Provider]) -> Parsed<Vec<Rule>> {
+    let mut rules: Vec<Rule> = Vec::new();
+    for (item_path, item) in list(value, path)? {
+        let rule = Object::new(
+            item,
+            &item_path,
+            &[
+                "name",
+                "match",
+                "allowAnonymous",
+                "deny",
+                "requires",
+                "requiresAny",
+                "mode",
+            ],
+        )?;
+        let given_name = rule.optional("name", non_empty_string)?;
+        let name_given = given_name.is_some();
+        let name = given_name.unwrap_or_else(|| item_path.clone());
+        if let Some(index) = rules.iter().position(|other| other.name == name) {
+            let at = if name_given {
+                rule.path_of("name")
+            } else {
+                item_path.clone()
+            };
+            return Err(error(
+                &at,
+                format!("rules[{index}] already has the name \"{name}\""),
+            ));
+        }
+        rules.push(Rule {
+            name,
+            matcher: rule
+                .optional("match", parse_rule_match)?
+                .unwrap_or_default(),
+            action: parse_action(&rule, providers)?,
+            mode: rule.optional("mode", parse_mode)?,
+        });
+    }
+    Ok(rules)
+}
+
+pub(super) fn parse_action(rule: &Object<'_>, providers: &[Provider]) -> Parsed<Action> {
+    let mut actions: Vec<(&str, Action)> = Vec::new();
+    for (key, action) in [
+        ("allowAnonymous", Action::AllowAnonymous),
+        ("deny", Action::Deny),
+    ] {
+        match rule.optional(key, boolean)? {
+            Some(true) => actions.push((key, action)),
+            Some(false) => {
+                return Err(error(
+                    &rule.path_of(key),
+                    "false has no meaning; leave the field out",
+                ))
+            }
+            None => {}
+        }
+    }
+    if let Some(requirement) = rule.optional("requires", |value, path| {
+        parse_requirement(value, path, providers)
+    })? {
+        actions.push(("requires", Action::Requires(requirement)));
+    }
+    if let Some(requirements) = rule.optional("requiresAny", |value, path| {
+        non_empty_items(value, path, |value, path| {
+            parse_requirement(value, path, providers)
+        })
+    })? {
+        actions.push(("requiresAny", Action::RequiresAny(requirements)));
+    }
+    let mut actions = actions.into_iter();
+    match (actions.next(), actions.next()) {
+        (Some((_, action)), None) => Ok(action),
+        (None, _) => Err(error(
+            &rule.path,
+            "needs one of allowAnonymous: true, deny: true, requires or requiresAny",
+        )),
+        (Some((first, _)), Some((second, _))) => Err(error(
+            &rule.path,
+            format!("has both {first} and {second}; give exactly one"),
+        )),
+    }
+}
+
+pub(super) fn parse_rule_match(value: &Value, path: &str) -> Parsed<RuleMatch> {
+    let matcher = Object::new(value, path, &["paths", "methods", "hosts"])?;
+    Ok(RuleMatch {
+        paths: match_list(&matcher, "paths", parse_path_pattern)?,
+        methods: match_list(&matcher, "methods", parse_method)?,
+        hosts: match_list(&matcher, "hosts", parse_host_pattern)?,
+    })
+}
+
+/// An empty list would match no request at all, which is never what a rule means.
+pub(super) fn match_list<T>(
+    matcher: &Object<'_>,
+    key: &str,
+    item: fn(&Value, &str) -> Parsed<T>,
+) -> Parsed<Option<Vec<T>>> {
+    matcher.optional(key, |value, path| {
+        let list = items(value, path, item)?;
+        if list.is_empty() {
+            return Err(error(
+                path,
+                "is empty and would match nothing; leave it out to match everything",
+            ));
+        }
+        Ok(list)
+    })
+}
+
+pub(super) fn parse_path_pattern(value: &Value, path: &str) -> Parsed<PathPattern> {
+    let pattern = non_empty_string(value, path)?;
+    if !pattern.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(error(
+            path,
+            "contains a character a request path cannot have (space, control or non-ASCII)",
+        ));
+    }
+    if pattern.contains(['?', '#']) {
+        return Err(error(
+            path,
+            "must not contain '?' or '#': paths are matched without the query string",
+        ));
+    }
+    if pattern == "*" {
+        return Ok(PathPattern::Any);
+    }
+    let misplaced_star = || {
+        error(
+            path,
+            "'*' is only allowed alone, at the start (suffix) or at the end (prefix)",
+        )
+    };
+    if let Some(suffix) = pattern.strip_prefix('*') {
+        if suffix.contains('*') {
+            return Err(misplaced_star());
+        }
+        return Ok(PathPattern::Suffix(suffix.to_owned()));
+    }
+    let (pattern, is_prefix) = match pattern.strip_suffix('*') {
+        Some(prefix) => (prefix, true),
+        None => (pattern.as_str(), false),
+    };
+    if pattern.contains('*') {
+        return Err(misplaced_star());
+    }
+    if !pattern.starts_with('/') {
+        return Err(error(path, "must start with '/' (or '*' for a suffix)"));
+    }
+    // Requests are matched after normalisation, so these would silently never match.
+    if pattern.contains("//")
+        || pattern
+            .split('/')
+            .any(|segment| segment == "." || segment == "..")
+    {
+        return Err(error(
+            path,
+            "never matches: request paths are normalised (no '//', '.' or '..' segments)",
+        ));
+    }
+    Ok(if is_prefix {
+        PathPattern::Prefix(pattern.to_owned())
+    } else {
+        PathPattern::Exact(pattern.to_owned())
+    })
+}
+
+pub(super) fn parse_method(value: &Value, path: &str) -> Parsed<String> {
+    let method = non_empty_string(value, path)?;
+    if !is_token(&method) {
+        return Err(error(path, "not an HTTP method"));
+    }
+    if method.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(error(path, "methods must be upper-case"));
+    }
+    Ok(method)
+}
+
+pub(super) fn parse_host_pattern(value: &Value, path: &str) -> Parsed<HostPattern> {
+    let host = non_empty_string(value, path)?.to_ascii_lowercase();
+    if host == "*" {
+        return Ok(HostPattern::Any);
+    }
+    if host.starts_with('[') && host.ends_with(']') {
+        return Ok(HostPattern::Exact(host));
+    }
+    if host.contains(':') {
+        return Err(error(
+            path,
+            "must not include a port: hosts are matched without it",
+        ));
+    }
+    let (name, wildcard) = match host.strip_prefix("*.") {
+        Some(name) => (name, true),
+        None => (host.as_str(), false),
+    };
+    if !is_host_name(name) {
+        return Err(error(
+            path,
+            "not a host name, \"*\" or \"*.\" followed by a domain",
+        ));
+    }
+    Ok(if wildcard {
+        HostPattern::WildcardSuffix(format!(".{name}"))
+    } else {
+        HostPattern::Exact(host)
+    })
+}
+
+pub(super) fn parse_requirement(
+    value: &Value,
+    path: &str,
+    providers: &[Provider],
+) -> Parsed<Requirement> {
+    let requirement = Object::new(value, path, &["providers", "scopes", "claims"])?;
+    let provider_indexes = requirement.optional("providers", |value, path| {
+        let indexes = non_empty_items(value, path, |value, path| {
+            let name = string(value, path)?;
+            providers
+                .iter()
+                .position(|provider| provider.name == name)
+                .ok_or_else(|| error(path, format!("no provider is named \"{name}\"")))
+        })?;
+        reject_duplicates(&indexes, path)?;
+        Ok(indexes)
+    })?;
+    Ok(Requirement {
+        providers: provider_indexes,
+        scopes: requirement
+            .optional("scopes", |value, path| items(value, path, parse_scope))?
+            .unwrap_or_default(),
+        claims: requirement
+            .optional("claims", |value, path| {
+                items(value, path, parse_claim_condition)
+            })?
+            .unwrap_or_default(),
+    })
+}
+
+/// Printable ASCII that cannot end or escape an HTTP quoted-string (RFC 9110 §5.6.4).
+pub(super) fn fits_quoted_string(text: &str) -> bool {
+    text.bytes()
+        .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\')
+}
+
+/// RFC 6749 §3.3 scope-token; it is also echoed inside the quoted `scope="…"` of `WWW-Authenticate`.
+pub(super) fn parse_scope(value: &Value, path: &str) -> Parsed<String> {
+    let scope = non_empty_string(value, path)?;
+    if scope.contains(' ') || !fits_quoted_string(&scope) {
+        return Err(error(
+            path,
+            "not a scope: printable ASCII without spaces, '\"' or '\\'",
+        ));
+    }
+    Ok(scope)
+}
+
+pub(super) fn parse_claim_condition(value: &Value, path: &str) -> Parsed<ClaimCondition> {
+    let condition = Object::new(value, path, &["claim", "anyOf", "allOf", "present"])?;
+    let claim = condition.required("claim", parse_claim_path)?;
+    let mut tests: Vec<ClaimTest> = Vec::new();
+    if let Some(values) = condition.optional("anyOf", claim_values)? {
+        tests.push(ClaimTest::AnyOf(values));
+    }
+    if let Some(values) = condition.optional("allOf", claim_values)? {
+        tests.push(ClaimTest::AllOf(values));
+    }
+    match condition.optional("present", boolean)? {
+        Some(true) => tests.push(ClaimTest::Present),
+        Some(false) => {
+            return Err(error(
+                &condition.path_of("present"),
+                "only true is supported; leave it out otherwise",
+            ))
+        }
+        None => {}
+    }
+    let mut tests = tests.into_iter();
+    match (tests.next(), tests.next()) {
+        (Some(test), None) => Ok(ClaimCondition { claim, test }),
+        (None, _) => Err(error(path, "needs one of anyOf, allOf or present: true")),
+        (Some(_), Some(_)) => Err(error(path, "give only one of anyOf, allOf or present")),
+    }
+}
+
+pub(super) fn claim_values(value: &Value, path: &str) -> Parsed<Vec<Value>> {
+    non_empty_items(value, path, |value, path| match value {
+        Value::String(_) | Value::Number(_) | Value::Bool(_) => Ok(value.clone()),
+        _ => Err(error(path, "expected a string, number or boolean")),
+    })
+}
