@@ -1050,18 +1050,12 @@ enum NumericDate {
 }
 
 /// A time claim read as `claims::check` reads it.
-fn numeric_date(token_claims: &Map<String, Value>, name: &str) -> NumericDate {
-    match token_claims.get(name) {
-        None => NumericDate::Absent,
-        Some(Value::Number(n)) => match n.as_f64() {
-            Some(v) if v.is_finite() && (0.0..=claims::LAST_SECOND_OF_9999).contains(&v) => {
-                NumericDate::At(v)
-            }
-            Some(v) if v > 0.0 => NumericDate::OutOfRange,
-            None if n.is_u64() => NumericDate::OutOfRange,
-            _ => NumericDate::NotANumber,
-        },
-        Some(_) => NumericDate::NotANumber,
+fn numeric_date(token_claims: &Map<String, Value>, name: &'static str) -> NumericDate {
+    match claims::numeric_date(token_claims, name) {
+        Ok(None) => NumericDate::Absent,
+        Ok(Some(at)) => NumericDate::At(at),
+        Err(claims::ClaimError::DateOutOfRange(_)) => NumericDate::OutOfRange,
+        Err(_) => NumericDate::NotANumber,
     }
 }
 
