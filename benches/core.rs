@@ -11,7 +11,8 @@ use mesh_oauth::authorize::{self, KeyLookup, KeyState, Outcome, Request};
 use mesh_oauth::cache::TokenCache;
 use mesh_oauth::config::{self, Action, Config};
 use mesh_oauth::keys::{parse_jwks, JwksLimits, KeySet};
-use mesh_oauth::policy::{self, Applies, RequestFacts};
+use mesh_oauth::peer::NoPeer;
+use mesh_oauth::policy::{self, Applies, RequestFacts, TokenClaims};
 use mesh_oauth::token::{self, TokenLimits};
 use mesh_oauth::verify;
 use ring::rand::SystemRandom;
@@ -232,11 +233,15 @@ fn bench_policy(c: &mut Criterion, fx: &Fixture) {
         method: "POST",
         path: "/orders/42",
         host: "orders.example.com:8443",
+        headers: &[],
+        peer: &NoPeer,
     };
+    let no_token = &mut || Ok::<TokenClaims, ()>(None);
     let scope_claims = &fx.config.providers[0].scope_claims;
     c.bench_function("policy/select+check", |b| {
         b.iter(|| {
-            let Applies::Rule(rule) = policy::select(&fx.config, black_box(&facts)) else {
+            let selection = policy::select(&fx.config, black_box(&facts), no_token).unwrap();
+            let Applies::Rule(rule) = selection.applies else {
                 panic!("the orders-write rule should apply")
             };
             let Action::Requires(requirement) = &rule.action else {
@@ -265,6 +270,7 @@ fn run_authorize(fx: &Fixture, cache: &mut TokenCache, headers: &[(String, Strin
         path: "/orders/42?expand=items",
         authority: "orders.example.com",
         headers: &headers,
+        peer: &NoPeer,
     };
     match authorize::authorize(&fx.config, &fx.key_set, cache, black_box(&request), NOW_MS).outcome
     {

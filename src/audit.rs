@@ -172,6 +172,7 @@ mod tests {
             path: "/orders/1?access_token=secret-in-query",
             authority: "orders.example.com",
             headers,
+            peer: &crate::peer::NoPeer,
         }
     }
 

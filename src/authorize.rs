@@ -24,6 +24,8 @@ pub struct Request<'a> {
     pub authority: &'a str,
     /// Lower-case names; repeated headers are separate entries.
     pub headers: &'a [(&'a str, &'a str)],
+    /// The connection, read only where a rule's `match` asks about it.
+    pub peer: &'a dyn crate::peer::Peer,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,11 +263,27 @@ fn decide(
         method: request.method,
         path: &normalized,
         host: request.authority,
+        headers: request.headers,
+        peer: request.peer,
     };
-    let action = match policy::select(config, &facts) {
+    // The token is found and verified at most once: by the first rule whose `match` names
+    // token facts, or after selection when the rule's action needs it.
+    let mut token: Option<Option<Verified>> = None;
+    let selection = {
+        let mut claims = || {
+            let verified = token_once(&mut token, config, keys, cache, request, now_ms, trace)?;
+            Ok(verified.map(|v| Rc::clone(&v.claims)))
+        };
+        policy::select::<Halt>(config, &facts, &mut claims)?
+    };
+    let action = match selection.applies {
         Applies::Rule(rule) => {
             trace.rule = config.rules.iter().position(|r| std::ptr::eq(r, rule));
             Need::Rule(&rule.action)
+        }
+        // A rule would have let the request in with a token: ask for one.
+        Applies::Unmatched(Unmatched::Deny) if selection.token_would_help => {
+            return Err(Denial::MissingToken.into())
         }
         Applies::Unmatched(Unmatched::Deny) => return Err(Denial::Forbidden.into()),
         Applies::Unmatched(Unmatched::Anonymous) => Need::Anonymous,
@@ -280,35 +298,16 @@ fn decide(
         return Ok(Allowed::default());
     }
 
-    let parts = RequestParts {
-        headers: request.headers,
-        path: request.path,
-    };
-    let found = match extract::find_token(&config.providers, &parts) {
-        Ok(found) => found,
-        Err(ExtractError::MultipleTokens) => {
-            return Err(Denial::InvalidRequest("more than one token in the request").into())
-        }
-    };
-    trace.location = found.as_ref().map(|f| f.location.clone());
-    let Some(found) = found else {
+    let Some(verified) = token_once(&mut token, config, keys, cache, request, now_ms, trace)?
+    else {
         return match action {
             Need::Anonymous | Need::Rule(Action::AllowAnonymous) => Ok(Allowed::default()),
             _ => Err(Denial::MissingToken.into()),
         };
     };
-
-    // A token that is present is always verified, on anonymous routes too.
-    let verified = verify_token(config, keys, cache, found, now_ms, trace)?;
     let Some(provider) = config.providers.get(verified.provider) else {
         return Err(invalid("token issuer is not trusted", "issuer").into());
     };
-    if keys
-        .revocations(verified.provider)
-        .is_some_and(|list| claims::is_revoked(&verified.claims, list))
-    {
-        return Err(invalid("token revoked", "revoked").into());
-    }
 
     let requirement_check = match action {
         Need::Rule(Action::Requires(req)) => policy::check_requirement(
@@ -336,7 +335,58 @@ fn decide(
 
     // Report mode changes nothing upstream relies on: the token stays, valid or not.
     let keep_token = provider.forward_original_token || reporting(config, trace);
-    Ok(identity_edits(provider, &verified, request, keep_token))
+    Ok(identity_edits(provider, verified, request, keep_token))
+}
+
+/// The request's token, found and verified on first use and remembered; `None`: no token.
+/// A token that is present is always verified, on anonymous routes too.
+fn token_once<'t>(
+    memo: &'t mut Option<Option<Verified>>,
+    config: &Config,
+    keys: &dyn KeyLookup,
+    cache: &mut TokenCache,
+    request: &Request<'_>,
+    now_ms: u64,
+    trace: &mut Trace,
+) -> Result<Option<&'t Verified>, Halt> {
+    if memo.is_none() {
+        *memo = Some(find_and_verify(
+            config, keys, cache, request, now_ms, trace,
+        )?);
+    }
+    Ok(memo.as_ref().and_then(Option::as_ref))
+}
+
+fn find_and_verify(
+    config: &Config,
+    keys: &dyn KeyLookup,
+    cache: &mut TokenCache,
+    request: &Request<'_>,
+    now_ms: u64,
+    trace: &mut Trace,
+) -> Result<Option<Verified>, Halt> {
+    let parts = RequestParts {
+        headers: request.headers,
+        path: request.path,
+    };
+    let found = match extract::find_token(&config.providers, &parts) {
+        Ok(found) => found,
+        Err(ExtractError::MultipleTokens) => {
+            return Err(Denial::InvalidRequest("more than one token in the request").into())
+        }
+    };
+    trace.location = found.as_ref().map(|f| f.location.clone());
+    let Some(found) = found else {
+        return Ok(None);
+    };
+    let verified = verify_token(config, keys, cache, found, now_ms, trace)?;
+    if keys
+        .revocations(verified.provider)
+        .is_some_and(|list| claims::is_revoked(&verified.claims, list))
+    {
+        return Err(invalid("token revoked", "revoked").into());
+    }
+    Ok(Some(verified))
 }
 
 enum Need<'c> {
@@ -706,6 +756,7 @@ mod tests {
                 path,
                 authority: "orders.example.com:8443",
                 headers,
+                peer: &crate::peer::NoPeer,
             };
             self.run_at(&request, NOW * 1000)
         }
@@ -915,6 +966,56 @@ mod tests {
         ));
     }
 
+    fn istio_style() -> Fixture {
+        fixture(json!({
+            "providers": [provider(json!({}))],
+            "rules": [
+                {"name": "no-mallory", "match": {"requestPrincipals": [format!("{ISSUER}/mallory")]}, "deny": true},
+                {"name": "health", "match": {"paths": ["/healthz"]}, "allowAnonymous": true},
+                {"name": "users", "match": {"paths": ["/api/*"], "requestPrincipals": ["*"]}, "allowAnonymous": true}
+            ],
+            "unmatched": "deny"
+        }))
+    }
+
+    #[test]
+    fn a_rule_on_request_principals_verifies_the_token_first() {
+        let fx = istio_style();
+        let bearer = |token: String| format!("Bearer {token}");
+        let mallory = fx.token(json!({"iss": ISSUER, "aud": "orders", "sub": "mallory",
+                                      "exp": NOW + 300, "iat": NOW}));
+        let auth = bearer(mallory);
+        let outcome = fx.run("GET", "/api/x", &[("authorization", &auth)]);
+        assert_eq!(outcome, Outcome::Deny(Denial::Forbidden));
+        let auth = bearer(fx.good_token());
+        assert!(matches!(
+            fx.run("GET", "/api/x", &[("authorization", &auth)]),
+            Outcome::Allow(_)
+        ));
+        // A token that does not verify is refused as such, before any rule decides.
+        let forged = format!("{}x", fx.good_token());
+        let auth = bearer(forged);
+        let outcome = fx.run("GET", "/healthz", &[("authorization", &auth)]);
+        assert!(matches!(
+            outcome,
+            Outcome::Deny(Denial::InvalidToken { .. })
+        ));
+    }
+
+    #[test]
+    fn a_missing_token_where_a_rule_needs_one_is_401_not_403() {
+        let fx = istio_style();
+        assert_eq!(
+            fx.run("GET", "/api/x", &[]),
+            Outcome::Deny(Denial::MissingToken)
+        );
+        assert_eq!(
+            fx.run("GET", "/other", &[]),
+            Outcome::Deny(Denial::Forbidden)
+        );
+        assert!(matches!(fx.run("GET", "/healthz", &[]), Outcome::Allow(_)));
+    }
+
     fn with_rules() -> Fixture {
         fixture(json!({
         "providers": [provider(json!({})),
@@ -1078,6 +1179,7 @@ mod tests {
             path: "/",
             authority: "a",
             headers: &headers,
+            peer: &crate::peer::NoPeer,
         };
         assert_eq!(reason(f.run_at(&later, (NOW + 3600) * 1000)), "expired");
         assert!(f.cache.borrow().is_empty(), "an expired entry is dropped");
@@ -1134,6 +1236,7 @@ mod tests {
             path: "/orders/7",
             authority: "a",
             headers: &headers,
+            peer: &crate::peer::NoPeer,
         };
         let decide = || {
             let mut cache = f.cache.borrow_mut();
@@ -1188,6 +1291,7 @@ mod tests {
             path: "/",
             authority: "a",
             headers: &headers,
+            peer: &crate::peer::NoPeer,
         };
         let mut cache = f.cache.borrow_mut();
         let decision = authorize(&f.config, &keys, &mut cache, &request, NOW * 1000);

@@ -11,11 +11,12 @@ use crate::header_map;
 use crate::host;
 use crate::host_verify::TrustedHost;
 use crate::keystore::{FetchAnswer, KeyStore, SharedStore, Spread, Stage};
+use crate::peer::Peer;
 use crate::response::Denial;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::rc::Rc;
@@ -241,7 +242,8 @@ impl State {
                 buffer.fields(&repairs).unwrap_or_default()
             }
         };
-        let view = fields.request();
+        let peer = HostPeer::default();
+        let view = fields.request(&peer);
         let now = now_ms();
         // A held unknown kid is decided with the keys as they are once its fetch came, or
         // once its wait ran out: the kid is unknown (401), the keys are there.
@@ -580,13 +582,49 @@ impl HeaderBuffer {
 }
 
 impl RequestFields<'_> {
-    fn request(&self) -> Request<'_> {
+    fn request<'a>(&'a self, peer: &'a HostPeer) -> Request<'a> {
         Request {
             method: self.method,
             path: self.path,
             authority: self.authority,
             headers: &self.headers,
+            peer,
         }
+    }
+}
+
+/// The connection's properties, each read from Envoy on first use only: a configuration
+/// whose rules never ask about the connection makes no property call at all.
+#[derive(Default)]
+struct HostPeer {
+    uri_san: OnceCell<Option<String>>,
+    source_address: OnceCell<Option<String>>,
+    destination_address: OnceCell<Option<String>>,
+    sni: OnceCell<Option<String>>,
+}
+
+impl HostPeer {
+    fn read<'a>(cell: &'a OnceCell<Option<String>>, path: [&str; 2]) -> Option<&'a str> {
+        cell.get_or_init(|| {
+            let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
+            String::from_utf8(bytes).ok()
+        })
+        .as_deref()
+    }
+}
+
+impl Peer for HostPeer {
+    fn uri_san(&self) -> Option<&str> {
+        Self::read(&self.uri_san, ["connection", "uri_san_peer_certificate"])
+    }
+    fn source_address(&self) -> Option<&str> {
+        Self::read(&self.source_address, ["source", "address"])
+    }
+    fn destination_address(&self) -> Option<&str> {
+        Self::read(&self.destination_address, ["destination", "address"])
+    }
+    fn sni(&self) -> Option<&str> {
+        Self::read(&self.sni, ["connection", "requested_server_name"])
     }
 }
 

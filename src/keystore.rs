@@ -1489,6 +1489,7 @@ mod tests {
             path: "/",
             authority: "example.com",
             headers: &headers,
+            peer: &crate::peer::NoPeer,
         };
         let cfg = config(json!({"jwksUri": null, "jwks": jwks}));
         let decide = |lookup: &dyn KeyLookup| {

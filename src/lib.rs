@@ -15,6 +15,7 @@ pub mod json;
 pub mod keys;
 pub mod keystore;
 pub mod path;
+pub mod peer;
 pub mod policy;
 pub mod response;
 pub mod token;

@@ -364,8 +364,8 @@ fn explain_a_valid_token_shows_each_step_and_the_upstream_headers() {
     let stdout = &out.stdout;
     for expected in [
         "1. path: \"/orders/7\" normalised to \"/orders/7\"",
-        "   rules[0] \"health\": no: path /orders/7 not in [/healthz]",
-        "   rules[2] \"orders-write\": no: method GET not in [POST]",
+        "   rules[0] \"health\": no: paths: /orders/7 not in [/healthz]",
+        "   rules[2] \"orders-write\": no: methods: GET not in [POST]",
         "   rules[3] \"orders-read\": matches (paths [/orders/*])",
         "3. token location: found in header authorization (prefix \"Bearer \")",
         "4. token header: alg RS256, kid \"rsa-a\", typ \"JWT\"",

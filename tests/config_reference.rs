@@ -11,7 +11,8 @@ const REFERENCE: &str = "docs/configuration.md";
 /// The parser: every file of the module but its unit tests.
 const PARSER: &str = "src/config/";
 /// The field lists that are named constants rather than inline `&[...]` arrays.
-const FIELD_CONSTS: [&str; 2] = ["CONFIG_FIELDS", "PROVIDER_FIELDS"];
+/// `MATCH_FIELDS` is a table whose rows start with the field name.
+const FIELD_CONSTS: [&str; 3] = ["CONFIG_FIELDS", "PROVIDER_FIELDS", "MATCH_FIELDS"];
 /// Far fewer than the parser accepts: extraction that silently finds (almost) nothing fails.
 const MIN_FIELDS: usize = 40;
 /// `Object::new` is called for each kind of object in the configuration.
@@ -162,9 +163,10 @@ fn slice_literal(text: &str) -> Option<&str> {
     Some(&text[start + 1..end])
 }
 
-/// The names in `const <name>: &[&str] = &[ ... ];`.
+/// The names in `const <name>: &[&str] = &[ ... ];` (or a table of rows that start with a name,
+/// where the name is the row's only string).
 fn const_fields(source: &str, name: &str) -> Vec<String> {
-    let declaration = format!("const {name}: &[&str] =");
+    let declaration = format!("const {name}: &[");
     let at = source
         .find(&declaration)
         .unwrap_or_else(|| panic!("{PARSER} no longer declares `{declaration}`"));

@@ -69,6 +69,7 @@ fuzz_target!(|data: &[u8]| {
         path: raw_path,
         authority,
         headers: &header_refs,
+        peer: &mesh_oauth::peer::NoPeer,
     };
     let outcome = CACHE.with_borrow_mut(|cache| {
         authorize::authorize(config(), store(), cache, &request, NOW * 1000).outcome

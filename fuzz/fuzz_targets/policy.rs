@@ -6,10 +6,11 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use mesh_oauth::config::{
-    Action, ClaimCondition, ClaimPath, ClaimTest, Config, HostPattern, Limits, Mode, PathPattern,
-    Requirement, Rule, RuleMatch, Unmatched,
+    Action, ClaimCondition, ClaimPath, ClaimTest, Condition, Config, Fact, HostPattern, Limits,
+    Mode, PathPattern, Pattern, Requirement, Rule, RuleMatch, Unmatched,
 };
-use mesh_oauth::policy::{self, Applies, RequestFacts, Unmet};
+use mesh_oauth::peer::NoPeer;
+use mesh_oauth::policy::{self, Applies, RequestFacts, TokenClaims, Unmet};
 use serde_json::{Map, Number, Value};
 
 #[derive(Arbitrary, Debug)]
@@ -163,7 +164,10 @@ struct Input {
     host: String,
 }
 
-fn rule(index: usize, input: &RuleIn) -> Rule {
+/// The rule's `match` lists as the configuration would hold them.
+type Lists = (Option<Vec<PathPattern>>, Option<Vec<String>>, Option<Vec<HostPattern>>);
+
+fn lists(input: &RuleIn) -> Lists {
     let paths = input.paths.as_ref().map(|paths| {
         paths
             .iter()
@@ -187,6 +191,22 @@ fn rule(index: usize, input: &RuleIn) -> Rule {
             })
             .collect()
     });
+    (paths, input.methods.clone(), hosts)
+}
+
+fn rule(index: usize, input: &RuleIn) -> Rule {
+    let (paths, methods, hosts) = lists(input);
+    let mut conditions = Vec::new();
+    if let Some(paths) = paths {
+        conditions.push(Condition::any_of("paths", Fact::Path, paths.into_iter().map(Pattern::Path)));
+    }
+    if let Some(methods) = methods {
+        let methods = methods.into_iter().map(Pattern::Method);
+        conditions.push(Condition::any_of("methods", Fact::Method, methods));
+    }
+    if let Some(hosts) = hosts {
+        conditions.push(Condition::any_of("hosts", Fact::Host, hosts.into_iter().map(Pattern::Host)));
+    }
     let action = match &input.action {
         ActionIn::Anonymous => Action::AllowAnonymous,
         ActionIn::Deny => Action::Deny,
@@ -197,30 +217,18 @@ fn rule(index: usize, input: &RuleIn) -> Rule {
     };
     Rule {
         name: format!("rules[{index}]"),
-        matcher: RuleMatch {
-            paths,
-            methods: input.methods.clone(),
-            hosts,
-        },
+        matcher: RuleMatch { conditions },
         action,
         mode: None,
     }
 }
 
 /// The documented meaning of a rule's `match`, from the public matchers.
-fn matches(matcher: &RuleMatch, facts: &RequestFacts) -> bool {
-    matcher
-        .paths
-        .as_ref()
-        .is_none_or(|p| p.iter().any(|p| policy::path_matches(p, facts.path)))
-        && matcher
-            .methods
-            .as_ref()
-            .is_none_or(|m| m.iter().any(|m| m.eq_ignore_ascii_case(facts.method)))
-        && matcher
-            .hosts
-            .as_ref()
-            .is_none_or(|h| h.iter().any(|h| policy::host_matches(h, facts.host)))
+fn matches(input: &RuleIn, facts: &RequestFacts) -> bool {
+    let (paths, methods, hosts) = lists(input);
+    paths.is_none_or(|p| p.iter().any(|p| policy::path_matches(p, facts.path)))
+        && methods.is_none_or(|m| m.iter().any(|m| m.eq_ignore_ascii_case(facts.method)))
+        && hosts.is_none_or(|h| h.iter().any(|h| policy::host_matches(h, facts.host)))
 }
 
 fuzz_target!(|input: Input| {
@@ -296,9 +304,17 @@ fuzz_target!(|input: Input| {
         method: &input.method,
         path: &input.path,
         host: &input.host,
+        headers: &[],
+        peer: &NoPeer,
     };
-    let first_match = config.rules.iter().find(|r| matches(&r.matcher, &facts));
-    match (policy::select(&config, &facts), first_match) {
+    let first_match = input
+        .rules
+        .iter()
+        .position(|r| matches(r, &facts))
+        .and_then(|i| config.rules.get(i));
+    let no_token = &mut || Ok::<TokenClaims, ()>(None);
+    let selected = policy::select(&config, &facts, no_token).map(|s| s.applies);
+    match (selected.expect("no token is ever asked for"), first_match) {
         (Applies::Rule(selected), Some(first)) => {
             assert!(std::ptr::eq(selected, first), "not the first matching rule")
         }

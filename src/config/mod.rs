@@ -224,13 +224,170 @@ pub struct Rule {
     pub mode: Option<Mode>,
 }
 
+/// A rule's `match`: every condition must hold; no condition matches every request.
 #[derive(Debug, Clone, Default)]
 pub struct RuleMatch {
-    /// `None`: the list was absent and matches everything.
-    pub paths: Option<Vec<PathPattern>>,
-    /// Upper-case methods.
-    pub methods: Option<Vec<String>>,
-    pub hosts: Option<Vec<HostPattern>>,
+    /// In the order the fields are read: request, then peer, then token conditions, so a
+    /// rule that fails on the request never reads the connection or verifies a token.
+    pub conditions: Vec<Condition>,
+}
+
+/// One `match` field (`paths`, `notPaths`, …) or one `when` entry: a fact of the request and
+/// the patterns it must (`any_of`) or must not (`none_of`) meet.
+#[derive(Debug, Clone)]
+pub struct Condition {
+    /// Where it was written: `paths`, `notPrincipals`, `when[0]` …, for `explain`.
+    pub field: String,
+    pub fact: Fact,
+    /// Holds when one pattern matches one of the fact's values.
+    pub any_of: Option<Vec<Pattern>>,
+    /// Holds when no pattern matches any of the fact's values (an absent fact holds).
+    pub none_of: Option<Vec<Pattern>>,
+}
+
+impl Condition {
+    pub fn any_of(field: &str, fact: Fact, patterns: impl IntoIterator<Item = Pattern>) -> Self {
+        Condition {
+            field: field.to_owned(),
+            fact,
+            any_of: Some(patterns.into_iter().collect()),
+            none_of: None,
+        }
+    }
+
+    pub fn none_of(field: &str, fact: Fact, patterns: impl IntoIterator<Item = Pattern>) -> Self {
+        Condition {
+            field: field.to_owned(),
+            fact,
+            any_of: None,
+            none_of: Some(patterns.into_iter().collect()),
+        }
+    }
+}
+
+/// What a condition looks at, with the Istio attribute it corresponds to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fact {
+    /// `paths`: the normalised path, without the query.
+    Path,
+    /// `methods`.
+    Method,
+    /// `hosts`: `:authority` without its port.
+    Host,
+    /// `ports`, `destination.port`: the port the connection came in on.
+    DestinationPort,
+    /// `principals`, `source.principal`: the peer certificate's SPIFFE ID without `spiffe://`.
+    Principal,
+    /// `namespaces`, `source.namespace`: the `ns` segment of the principal.
+    Namespace,
+    /// `ipBlocks`, `source.ip`: the directly connected peer.
+    DirectIp,
+    /// `remoteIpBlocks`, `remote.ip`: the client as Envoy's `x-forwarded-for` handling found it.
+    RemoteIp,
+    /// `destination.ip`.
+    DestinationIp,
+    /// `connection.sni`.
+    Sni,
+    /// `request.headers[name]`: lower-case name; repeated headers joined with `,` as Envoy does.
+    Header(String),
+    /// `requestPrincipals`, `request.auth.principal`: `iss/sub` of the verified token.
+    RequestPrincipal,
+    /// `request.auth.audiences`: each `aud` entry.
+    Audiences,
+    /// `request.auth.presenter`: `azp`.
+    Presenter,
+    /// `request.auth.claims[a][b]`: a string claim, or each string in a list claim.
+    Claim(ClaimPath),
+}
+
+impl Fact {
+    /// Facts only a verified token can give.
+    pub fn needs_token(&self) -> bool {
+        matches!(
+            self,
+            Fact::RequestPrincipal | Fact::Audiences | Fact::Presenter | Fact::Claim(_)
+        )
+    }
+
+    /// Facts read from the connection (host calls in the filter).
+    pub fn needs_peer(&self) -> bool {
+        matches!(
+            self,
+            Fact::DestinationPort
+                | Fact::Principal
+                | Fact::Namespace
+                | Fact::DirectIp
+                | Fact::RemoteIp
+                | Fact::DestinationIp
+                | Fact::Sni
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pattern {
+    Path(PathPattern),
+    /// Upper-case; compared case-insensitively.
+    Method(String),
+    Host(HostPattern),
+    Port(u16),
+    Text(TextPattern),
+    Ip(IpBlock),
+}
+
+/// Istio's string match: exact, `prefix*`, `*suffix`, or `*` (present, any value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TextPattern {
+    Any,
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+}
+
+/// A CIDR block (`10.0.0.0/8`, `2001:db8::/32`); a bare address is a block of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpBlock {
+    pub network: std::net::IpAddr,
+    pub prefix_len: u8,
+}
+
+impl IpBlock {
+    /// The block's first address: the network with the bits after the prefix cleared.
+    pub fn masked(&self) -> std::net::IpAddr {
+        use std::net::IpAddr;
+        match self.network {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix_len))
+                    .unwrap_or(0);
+                IpAddr::V4((u32::from(v4) & mask).into())
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix_len))
+                    .unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        }
+    }
+
+    /// An IPv4 address never falls in an IPv6 block, nor the reverse (as Envoy's CIDR match);
+    /// an IPv4-mapped IPv6 peer (`::ffff:10.0.0.1`) is compared as the IPv4 address it is.
+    pub fn contains(&self, address: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let address = match address {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
+            v4 => v4,
+        };
+        let same_family = address.is_ipv4() == self.network.is_ipv4();
+        same_family
+            && IpBlock {
+                network: address,
+                prefix_len: self.prefix_len,
+            }
+            .masked()
+                == self.masked()
+    }
 }
 
 /// Istio path syntax.
@@ -539,6 +696,7 @@ fn parse_limits(value: &Value, path: &str) -> Parsed<Limits> {
 
 mod fields;
 mod providers;
+mod request_match;
 mod rules;
 #[cfg(test)]
 mod tests;
@@ -546,4 +704,5 @@ mod tests;
 use fields::*;
 use providers::*;
 pub use providers::{http_target, metric_label};
+use request_match::*;
 use rules::*;

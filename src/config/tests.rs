@@ -979,9 +979,7 @@ fn absent_match_matches_everything() {
         rule(json!({"deny": true})),
         rule(json!({"match": {}, "deny": true})),
     ] {
-        assert!(parsed.matcher.paths.is_none());
-        assert!(parsed.matcher.methods.is_none());
-        assert!(parsed.matcher.hosts.is_none());
+        assert!(parsed.matcher.conditions.is_empty());
     }
 }
 
@@ -995,11 +993,41 @@ fn empty_match_list_is_refused() {
     }
 }
 
+/// The patterns of one `match` field, as parsed.
+fn listed<'a>(matcher: &'a RuleMatch, field: &str) -> Vec<&'a Pattern> {
+    matcher
+        .conditions
+        .iter()
+        .filter(|c| c.field == field)
+        .flat_map(|c| c.any_of.iter().chain(c.none_of.iter()).flatten())
+        .collect()
+}
+
+fn listed_paths(matcher: &RuleMatch) -> Vec<PathPattern> {
+    listed(matcher, "paths")
+        .into_iter()
+        .filter_map(|p| match p {
+            Pattern::Path(path) => Some(path.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn listed_hosts(matcher: &RuleMatch) -> Vec<HostPattern> {
+    listed(matcher, "hosts")
+        .into_iter()
+        .filter_map(|p| match p {
+            Pattern::Host(host) => Some(host.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn paths(patterns: Value) -> Result<Vec<PathPattern>, String> {
     parse(&rule_config(
         json!({"match": {"paths": patterns}, "deny": true}),
     ))
-    .map(|mut config| config.rules.remove(0).matcher.paths.unwrap())
+    .map(|mut config| listed_paths(&config.rules.remove(0).matcher))
     .map_err(|e| e.to_string())
 }
 
@@ -1083,7 +1111,7 @@ fn hosts(patterns: Value) -> Result<Vec<HostPattern>, String> {
     parse(&rule_config(
         json!({"match": {"hosts": patterns}, "deny": true}),
     ))
-    .map(|mut config| config.rules.remove(0).matcher.hosts.unwrap())
+    .map(|mut config| listed_hosts(&config.rules.remove(0).matcher))
     .map_err(|e| e.to_string())
 }
 
@@ -1440,28 +1468,28 @@ fn full_config_with_every_field() {
 
     let health = &config.rules[0];
     assert_eq!(
-        health.matcher.paths,
-        Some(vec![
+        listed_paths(&health.matcher),
+        (vec![
             PathPattern::Exact("/healthz".to_owned()),
             PathPattern::Prefix("/metrics".to_owned())
         ])
     );
     assert!(matches!(health.action, Action::AllowAnonymous));
     assert_eq!(
-        config.rules[1].matcher.hosts,
-        Some(vec![HostPattern::WildcardSuffix(
+        listed_hosts(&config.rules[1].matcher),
+        (vec![HostPattern::WildcardSuffix(
             ".internal.example.com".to_owned()
         )])
     );
     assert!(matches!(config.rules[1].action, Action::Deny));
     let orders = &config.rules[2];
     assert_eq!(
-        orders.matcher.methods,
-        Some(vec![
-            "POST".to_owned(),
-            "PUT".to_owned(),
-            "DELETE".to_owned()
-        ])
+        listed(&orders.matcher, "methods"),
+        [
+            &Pattern::Method("POST".to_owned()),
+            &Pattern::Method("PUT".to_owned()),
+            &Pattern::Method("DELETE".to_owned())
+        ]
     );
     let Action::Requires(requirement) = &orders.action else {
         panic!("expected requires");
@@ -1481,4 +1509,62 @@ fn errors_never_quote_inline_keys() {
     let broken = format!("{{\"keys\": [{{\"kty\": \"oct\", \"k\": \"{secret}\"");
     let message = problem(&inline_jwks(json!(broken)));
     assert!(!message.contains(secret), "{message}");
+}
+
+#[test]
+fn match_vocabulary_errors_name_the_field() {
+    let cases = [
+        (json!({"when": [{"key": "request.time", "values": ["x"]}]}), "rules[0].match.when[0].key: unknown key \"request.time\""),
+        (json!({"when": [{"key": "request.headers[x-a]"}]}), "rules[0].match.when[0]: needs values, notValues or both"),
+        (json!({"when": [{"key": "request.headers[bad name]", "values": ["x"]}]}), "rules[0].match.when[0].key: unknown key"),
+        (json!({"when": [{"key": "request.auth.claims[]", "values": ["x"]}]}), "rules[0].match.when[0].key: unknown key"),
+        (json!({"principals": ["spiffe://cluster.local/ns/a/sa/b"]}), "rules[0].match.principals[0]: write principals as Istio does, without \"spiffe://\""),
+        (json!({"ipBlocks": ["10.1.2.3/8"]}), "rules[0].match.ipBlocks[0]: has bits set after the prefix length; the block is 10.0.0.0/8"),
+        (json!({"ipBlocks": ["10.0.0.0/33"]}), "rules[0].match.ipBlocks[0]: the prefix length must be 0 to 32"),
+        (json!({"remoteIpBlocks": ["example.com"]}), "rules[0].match.remoteIpBlocks[0]: not an IP address or CIDR block"),
+        (json!({"ports": ["0"]}), "rules[0].match.ports[0]: not a port: 1 to 65535"),
+        (json!({"notPorts": ["http"]}), "rules[0].match.notPorts[0]: not a port: 1 to 65535"),
+        (json!({"namespaces": ["a*b"]}), "rules[0].match.namespaces[0]: '*' is only allowed alone"),
+        (json!({"notPaths": []}), "rules[0].match.notPaths: is empty and would match nothing"),
+        (json!({"requestPrincipals": [""]}), "rules[0].match.requestPrincipals[0]: must not be empty"),
+    ];
+    for (matcher, expected) in cases {
+        let got = problem(&rule_config(json!({"match": matcher, "deny": true})));
+        assert!(got.starts_with(expected), "{matcher}: {got}");
+    }
+}
+
+#[test]
+fn match_conditions_are_ordered_request_then_peer_then_token() {
+    let parsed = rule(json!({"match": {
+        "requestPrincipals": ["*"],
+        "principals": ["cluster.local/ns/a/sa/b"],
+        "when": [{"key": "request.auth.claims[org][id]", "values": ["7"]},
+                 {"key": "request.headers[X-Tenant]", "notValues": ["test*"]}],
+        "notPaths": ["/healthz"]
+    }, "allowAnonymous": true}));
+    let fields: Vec<&str> = parsed
+        .matcher
+        .conditions
+        .iter()
+        .map(|c| c.field.as_str())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "notPaths",
+            "when request.headers[X-Tenant]",
+            "principals",
+            "requestPrincipals",
+            "when request.auth.claims[org][id]"
+        ]
+    );
+    assert_eq!(
+        parsed.matcher.conditions[1].fact,
+        Fact::Header("x-tenant".into())
+    );
+    assert_eq!(
+        parsed.matcher.conditions[4].fact,
+        Fact::Claim(ClaimPath(vec!["org".into(), "id".into()]))
+    );
 }

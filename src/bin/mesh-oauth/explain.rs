@@ -10,13 +10,16 @@ use mesh_oauth::authorize::{self, Allowed, HeaderEdit, Outcome, Request, Trace};
 use mesh_oauth::cache::TokenCache;
 use mesh_oauth::claims;
 use mesh_oauth::config::{
-    Action, ClaimTest, Config, HostPattern, KeySource, Mode, PathPattern, Provider, Requirement,
+    Action, ClaimTest, Condition, Config, Fact, KeySource, Mode, Pattern, Provider, Requirement,
     Rule, RuleMatch, Unmatched,
 };
 use mesh_oauth::extract::{self, ExtractError, Found, Location, RequestParts};
 use mesh_oauth::keys::{parse_jwks, JwksLimits, KeySet};
 use mesh_oauth::path::{self, PathError};
-use mesh_oauth::policy::{self, Applies, RequestFacts, Unmet};
+use mesh_oauth::peer::FixedPeer;
+use mesh_oauth::policy::{
+    self, Applies, Miss, MissReason, Observed, RequestFacts, TokenClaims, Unmet,
+};
 use mesh_oauth::response::Denial;
 use mesh_oauth::token::{self, Jws, TokenLimits};
 use mesh_oauth::verify::{self, VerifyError};
@@ -30,6 +33,10 @@ pub struct Options {
     pub host: String,
     pub now_ms: u64,
     pub placement: Placement,
+    /// Other request headers (`--request-header`), lower-case names.
+    pub headers: Vec<(String, String)>,
+    /// The connection: `--peer`, `--source`, `--destination`, `--sni`.
+    pub peer: FixedPeer,
 }
 
 /// Where the token is put in the request.
@@ -71,8 +78,16 @@ pub fn explain(config: &Config, options: &Options) -> Result<String, String> {
         "token: {} bytes, sent as {placed} (the token itself is never printed)",
         options.token.len()
     ));
+    let asks_peer = config.rules.iter().any(|rule| {
+        let conditions = &rule.matcher.conditions;
+        conditions.iter().any(|c| c.fact.needs_peer())
+    });
+    if asks_peer || options.peer.uri_san.is_some() {
+        describe_connection(&options.peer, &mut out);
+    }
     let headers: Vec<(&str, &str)> = headers
         .iter()
+        .chain(&options.headers)
         .map(|(name, value)| (name.as_str(), value.as_str()))
         .collect();
     let request = Request {
@@ -80,6 +95,7 @@ pub fn explain(config: &Config, options: &Options) -> Result<String, String> {
         path: &raw_path,
         authority: &options.host,
         headers: &headers,
+        peer: &options.peer,
     };
     let mut narration = Narration {
         config,
@@ -94,6 +110,24 @@ pub fn explain(config: &Config, options: &Options) -> Result<String, String> {
     }
     final_answer(config, &keys, &request, options.now_ms, &mut out);
     Ok(out.0)
+}
+
+fn describe_connection(peer: &FixedPeer, out: &mut Out) {
+    let identity = match peer.uri_san.as_deref() {
+        None => "no mTLS (no peer certificate: rules on principals and namespaces do not match)"
+            .to_string(),
+        Some(uri_san) => match mesh_oauth::peer::principal(uri_san) {
+            Some(principal) => format!("mTLS, principal {principal}"),
+            None => format!("mTLS, URI SAN {uri_san} (not a SPIFFE ID: no principal)"),
+        },
+    };
+    let or_unset = |value: &Option<String>| value.clone().unwrap_or_else(|| "unset".to_string());
+    out.line(format!(
+        "connection: {identity}; source {}, destination {}, SNI {}",
+        or_unset(&peer.source_address),
+        or_unset(&peer.destination_address),
+        or_unset(&peer.sni)
+    ));
 }
 
 /// The request headers and `:path` with the token in place, and where that is, for humans.
@@ -265,13 +299,26 @@ impl<'a> Narration<'a> {
             method: self.request.method,
             path: normalized,
             host: self.request.authority,
+            headers: self.request.headers,
+            peer: self.request.peer,
         };
-        let applies = policy::select(config, &facts);
+        let (keys, request, now_ms) = (self.keys, self.request, self.now_ms);
+        let mut token = || verified_claims(config, keys, request, now_ms);
+        self.out.line("2. rules (the first that matches decides):");
+        let selection = match policy::select(config, &facts, &mut token) {
+            Ok(selection) => selection,
+            Err(why) => {
+                self.out.line(format!(
+                    "   a rule's match names token facts, and the token does not pass: {why}"
+                ));
+                return None;
+            }
+        };
+        let applies = selection.applies;
         let chosen = match applies {
             Applies::Rule(rule) => config.rules.iter().position(|r| std::ptr::eq(r, rule)),
             Applies::Unmatched(_) => None,
         };
-        self.out.line("2. rules (the first that matches decides):");
         for (index, rule) in config.rules.iter().enumerate() {
             if Some(index) == chosen {
                 self.out.line(format!(
@@ -281,11 +328,18 @@ impl<'a> Narration<'a> {
                 ));
                 break;
             }
-            self.out.line(format!(
-                "   {}: no: {}",
-                rule_label(index, rule),
-                misses(&rule.matcher, &facts).join("; ")
-            ));
+            let why = match policy::check_rule(rule, &facts, &mut token) {
+                Ok(Err(miss)) => describe_miss(rule, &miss, &facts, &mut token),
+                _ => "does not match".to_string(),
+            };
+            self.out
+                .line(format!("   {}: no: {why}", rule_label(index, rule)));
+        }
+        if selection.token_would_help {
+            self.out.line(
+                "   a rule would let the request in with a token, and it has none: refused with 401 (not 403), so the client can authenticate",
+            );
+            return None;
         }
         let (need, mode) = match applies {
             Applies::Rule(rule) => {
@@ -892,18 +946,11 @@ fn provider_locations(provider: &Provider) -> Vec<String> {
 }
 
 fn describe_match(matcher: &RuleMatch) -> String {
-    let mut parts = Vec::new();
-    if let Some(paths) = &matcher.paths {
-        let shown: Vec<String> = paths.iter().map(path_pattern).collect();
-        parts.push(format!("paths [{}]", shown.join(", ")));
-    }
-    if let Some(methods) = &matcher.methods {
-        parts.push(format!("methods [{}]", methods.join(", ")));
-    }
-    if let Some(hosts) = &matcher.hosts {
-        let shown: Vec<String> = hosts.iter().map(host_pattern).collect();
-        parts.push(format!("hosts [{}]", shown.join(", ")));
-    }
+    let parts: Vec<String> = matcher
+        .conditions
+        .iter()
+        .map(|c| format!("{} {}", c.field, describe_patterns(c)))
+        .collect();
     if parts.is_empty() {
         "matches every request".to_string()
     } else {
@@ -911,47 +958,109 @@ fn describe_match(matcher: &RuleMatch) -> String {
     }
 }
 
-/// Why a rule's `match` does not match, list by list, with the core's matchers.
-fn misses(matcher: &RuleMatch, facts: &RequestFacts<'_>) -> Vec<String> {
-    let mut misses = Vec::new();
-    if let Some(paths) = &matcher.paths {
-        if !paths.iter().any(|p| policy::path_matches(p, facts.path)) {
-            let shown: Vec<String> = paths.iter().map(path_pattern).collect();
-            misses.push(format!("path {} not in [{}]", facts.path, shown.join(", ")));
+fn describe_patterns(condition: &Condition) -> String {
+    let list = |patterns: &[Pattern]| {
+        let shown: Vec<String> = patterns.iter().map(policy::describe_pattern).collect();
+        format!("[{}]", shown.join(", "))
+    };
+    match (&condition.any_of, &condition.none_of) {
+        (Some(any), None) if !condition.field.starts_with("when") => list(any),
+        (None, Some(none)) if !condition.field.starts_with("when") => list(none),
+        (any, none) => {
+            let mut parts = Vec::new();
+            if let Some(any) = any {
+                parts.push(format!("values {}", list(any)));
+            }
+            if let Some(none) = none {
+                parts.push(format!("notValues {}", list(none)));
+            }
+            parts.join(" ")
         }
-    }
-    if let Some(methods) = &matcher.methods {
-        if !methods.iter().any(|m| m.eq_ignore_ascii_case(facts.method)) {
-            misses.push(format!(
-                "method {} not in [{}]",
-                facts.method,
-                methods.join(", ")
-            ));
-        }
-    }
-    if let Some(hosts) = &matcher.hosts {
-        if !hosts.iter().any(|h| policy::host_matches(h, facts.host)) {
-            let shown: Vec<String> = hosts.iter().map(host_pattern).collect();
-            misses.push(format!("host {} not in [{}]", facts.host, shown.join(", ")));
-        }
-    }
-    misses
-}
-
-fn path_pattern(pattern: &PathPattern) -> String {
-    match pattern {
-        PathPattern::Any => "*".to_string(),
-        PathPattern::Exact(path) => path.clone(),
-        PathPattern::Prefix(prefix) => format!("{prefix}*"),
-        PathPattern::Suffix(suffix) => format!("*{suffix}"),
     }
 }
 
-fn host_pattern(pattern: &HostPattern) -> String {
-    match pattern {
-        HostPattern::Any => "*".to_string(),
-        HostPattern::Exact(host) => host.clone(),
-        HostPattern::WildcardSuffix(suffix) => format!("*{suffix}"),
+/// Why a rule's `match` does not hold, with the value the core read.
+fn describe_miss(
+    rule: &Rule,
+    miss: &Miss,
+    facts: &RequestFacts<'_>,
+    token: &mut dyn FnMut() -> Result<TokenClaims, String>,
+) -> String {
+    let Some(condition) = rule.matcher.conditions.get(miss.condition) else {
+        return "does not match".to_string();
+    };
+    let field = &condition.field;
+    match &miss.why {
+        MissReason::Absent(what) => {
+            let consequence = match condition.fact {
+                Fact::Principal | Fact::Namespace => {
+                    ": a rule that needs the caller's identity does not match without mTLS"
+                }
+                _ => "",
+            };
+            format!("{field}: {what}{consequence}")
+        }
+        MissReason::Unknown(what) => {
+            format!("{field}: {what}: unknown, so only a deny rule would count it as matching")
+        }
+        MissReason::Unmet => {
+            let claims = if condition.fact.needs_token() {
+                token().ok().flatten()
+            } else {
+                None
+            };
+            let observed = policy::observe(&condition.fact, facts, claims.as_ref());
+            let shown = match &observed {
+                Observed::Text(values) => values.join(", "),
+                Observed::Ip(ip) => ip.to_string(),
+                Observed::Port(port) => port.to_string(),
+                Observed::Absent(what) | Observed::Unknown(what) => (*what).to_string(),
+            };
+            let in_any = condition
+                .any_of
+                .as_ref()
+                .is_none_or(|ps| ps.iter().any(|p| policy::pattern_matches(p, &observed)));
+            if in_any {
+                format!(
+                    "{field}: {shown} is listed {}",
+                    describe_patterns(condition)
+                )
+            } else {
+                format!("{field}: {shown} not in {}", describe_patterns(condition))
+            }
+        }
+    }
+}
+
+/// The token's verified claims, as the filter would have them; `Err`: why it does not verify.
+fn verified_claims(
+    config: &Config,
+    keys: &Keys,
+    request: &Request<'_>,
+    now_ms: u64,
+) -> Result<TokenClaims, String> {
+    // The filter itself, with no rule to choose: only the token is looked at.
+    let probe = Config {
+        rules: Vec::new(),
+        unmatched: Unmatched::Anonymous,
+        mode: Mode::Enforce,
+        ..config.clone()
+    };
+    let decision = authorize::authorize(
+        &probe,
+        &keys.lookup,
+        &mut TokenCache::new(0),
+        request,
+        now_ms,
+    );
+    match decision.outcome {
+        Outcome::Allow(_) => Ok(decision.trace.claims),
+        Outcome::Deny(denial) => Err(format!(
+            "refused with {} ({})",
+            denial.render("").status,
+            denial.reason()
+        )),
+        Outcome::Wait { .. } => Err("its provider's keys are not at hand".to_string()),
     }
 }
 

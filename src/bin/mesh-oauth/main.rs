@@ -3,6 +3,8 @@
 //!     mesh-oauth check-config FILE
 //!     mesh-oauth explain --config FILE --token TOKEN|- [--jwks FILE|URL] [--method M]
 //!                        [--path P] [--host H] [--now T] [--header NAME|--param NAME|--cookie NAME]
+//!                        [--request-header 'NAME: VALUE']... [--peer URI] [--source ADDR]
+//!                        [--destination ADDR] [--sni NAME]
 
 mod explain;
 mod keys;
@@ -10,6 +12,7 @@ mod load;
 mod time;
 
 use explain::{Options, Placement};
+use mesh_oauth::peer::FixedPeer;
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
@@ -29,6 +32,13 @@ usage:
       --now T               Unix seconds or RFC 3339 (2024-05-01T12:00:00Z); default: now
       --header NAME | --param NAME | --cookie NAME
                             where the token goes; default the Authorization header
+      --request-header 'NAME: VALUE'
+                            another request header (repeatable)
+      --peer URI            the client certificate's URI SAN (spiffe://TD/ns/NS/sa/SA);
+                            default: no mTLS
+      --source ADDR         the client address as Envoy reports it (10.0.0.1:5000)
+      --destination ADDR    the address the request came in on (10.0.0.2:8080)
+      --sni NAME            the TLS server name the client asked for
 exit status: 0 done (for check-config: valid), 1 invalid input, 2 usage error";
 
 fn main() -> ExitCode {
@@ -114,6 +124,8 @@ fn explain_command(args: &[String]) -> Result<ExitCode, Failure> {
     let mut host = None;
     let mut now = None;
     let mut placement = None;
+    let mut headers = Vec::new();
+    let mut peer = FixedPeer::default();
     let mut rest = args.iter();
     while let Some(flag) = rest.next() {
         let value = rest
@@ -128,6 +140,20 @@ fn explain_command(args: &[String]) -> Result<ExitCode, Failure> {
             "--path" => (&mut path, value),
             "--host" => (&mut host, value),
             "--now" => (&mut now, value),
+            "--peer" => (&mut peer.uri_san, value),
+            "--source" => (&mut peer.source_address, value),
+            "--destination" => (&mut peer.destination_address, value),
+            "--sni" => (&mut peer.sni, value),
+            "--request-header" => {
+                let (name, header_value) = value.split_once(':').ok_or_else(|| {
+                    Failure::Usage(format!("--request-header {value}: expected 'NAME: VALUE'"))
+                })?;
+                headers.push((
+                    name.trim().to_ascii_lowercase(),
+                    header_value.trim().to_string(),
+                ));
+                continue;
+            }
             "--header" | "--param" | "--cookie" => {
                 if placement.is_some() {
                     return Err(Failure::Usage(
@@ -179,6 +205,8 @@ fn explain_command(args: &[String]) -> Result<ExitCode, Failure> {
         host: host.unwrap_or_else(|| "localhost".into()),
         now_ms,
         placement: placement.unwrap_or(Placement::Header("authorization".into())),
+        headers,
+        peer,
     };
     let report = explain::explain(&config, &options).map_err(Failure::Invalid)?;
     emit(&report);

@@ -1,60 +1,14 @@
 //! Authorization: which rule applies to a request, and whether a verified token's claims meet
 //! what the rule requires. Pure functions over the configuration model.
 
-use crate::config::{
-    ClaimCondition, ClaimPath, ClaimTest, Config, HostPattern, PathPattern, Requirement, Rule,
-    RuleMatch, Unmatched,
-};
+use crate::config::{ClaimCondition, ClaimPath, ClaimTest, HostPattern, PathPattern, Requirement};
 use serde_json::{Map, Number, Value};
 
-/// What rule selection looks at.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestFacts<'a> {
-    pub method: &'a str,
-    /// Already normalised by [`crate::path::normalize`].
-    pub path: &'a str,
-    /// The raw `:authority`, port included.
-    pub host: &'a str,
-}
-
-/// What decides a request: its first matching rule, or the configured fallback.
-#[derive(Debug, Clone, Copy)]
-pub enum Applies<'c> {
-    Rule(&'c Rule),
-    Unmatched(Unmatched),
-}
-
-/// The first rule whose `match` matches (every given list must match); else `unmatched`.
-pub fn select<'c>(config: &'c Config, request: &RequestFacts) -> Applies<'c> {
-    config
-        .rules
-        .iter()
-        .find(|rule| rule_matches(&rule.matcher, request))
-        .map_or(Applies::Unmatched(config.unmatched), Applies::Rule)
-}
-
-/// An absent list matches everything; a given list matches when one of its entries does
-/// (so an empty list matches nothing).
-fn rule_matches(matcher: &RuleMatch, request: &RequestFacts) -> bool {
-    let paths_match = matcher.paths.as_ref().is_none_or(|patterns| {
-        patterns
-            .iter()
-            .any(|pattern| path_matches(pattern, request.path))
-    });
-    // HTTP methods are case-sensitive tokens, but servers that accept `delete` as DELETE
-    // exist; matching case-insensitively keeps a rule from being sidestepped that way.
-    let methods_match = matcher.methods.as_ref().is_none_or(|methods| {
-        methods
-            .iter()
-            .any(|method| method.eq_ignore_ascii_case(request.method))
-    });
-    let hosts_match = matcher.hosts.as_ref().is_none_or(|patterns| {
-        patterns
-            .iter()
-            .any(|pattern| host_matches(pattern, request.host))
-    });
-    paths_match && methods_match && hosts_match
-}
+mod request_match;
+pub use request_match::{
+    check_rule, describe_pattern, observe, pattern_matches, select, text_matches, Applies, Miss,
+    MissReason, Observed, RequestFacts, Selection, TokenClaims,
+};
 
 /// Istio path semantics, case-sensitive. `Prefix` is a plain string prefix, exactly as Istio
 /// turns `/a/*` into Envoy's `prefix: "/a/"`: it matches `/a/` and `/a/x` but not `/a`.
@@ -78,6 +32,25 @@ pub fn host_matches(pattern: &HostPattern, authority: &str) -> bool {
         HostPattern::Any => true,
         HostPattern::Exact(exact) => host == *exact,
         HostPattern::WildcardSuffix(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+    }
+}
+
+/// A path pattern as written in the configuration.
+pub fn describe_path(pattern: &PathPattern) -> String {
+    match pattern {
+        PathPattern::Any => "*".to_string(),
+        PathPattern::Exact(path) => path.clone(),
+        PathPattern::Prefix(prefix) => format!("{prefix}*"),
+        PathPattern::Suffix(suffix) => format!("*{suffix}"),
+    }
+}
+
+/// A host pattern as written in the configuration.
+pub fn describe_host(pattern: &HostPattern) -> String {
+    match pattern {
+        HostPattern::Any => "*".to_string(),
+        HostPattern::Exact(host) => host.clone(),
+        HostPattern::WildcardSuffix(suffix) => format!("*{suffix}"),
     }
 }
 
@@ -240,7 +213,9 @@ fn numbers_equal(a: &Number, b: &Number) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Action, Limits, Mode};
+    use crate::config::{
+        Action, Condition, Config, Fact, Limits, Mode, Pattern, Rule, RuleMatch, Unmatched,
+    };
     use serde_json::json;
 
     // ---- builders ----
@@ -268,10 +243,32 @@ mod tests {
     }
 
     fn paths(patterns: &[PathPattern]) -> RuleMatch {
-        RuleMatch {
-            paths: Some(patterns.to_vec()),
-            ..RuleMatch::default()
-        }
+        matching(vec![paths_are(patterns)])
+    }
+
+    fn matching(conditions: Vec<Condition>) -> RuleMatch {
+        RuleMatch { conditions }
+    }
+
+    fn paths_are(patterns: &[PathPattern]) -> Condition {
+        Condition::any_of(
+            "paths",
+            Fact::Path,
+            patterns.iter().cloned().map(Pattern::Path),
+        )
+    }
+
+    fn methods_are(methods: &[&str]) -> Condition {
+        let methods = methods.iter().map(|m| Pattern::Method(m.to_string()));
+        Condition::any_of("methods", Fact::Method, methods)
+    }
+
+    fn hosts_are(hosts: &[&str]) -> Condition {
+        Condition::any_of(
+            "hosts",
+            Fact::Host,
+            hosts.iter().map(|h| Pattern::Host(host(h))),
+        )
     }
 
     fn exact(path: &str) -> PathPattern {
@@ -294,15 +291,20 @@ mod tests {
         }
     }
 
-    fn facts<'a>(method: &'a str, path: &'a str, host: &'a str) -> RequestFacts<'a> {
-        RequestFacts { method, path, host }
-    }
-
     /// The name of the selected rule, or `unmatched:<fallback>`.
     fn selected(config: &Config, method: &str, path: &str, host: &str) -> String {
-        match select(config, &facts(method, path, host)) {
-            Applies::Rule(rule) => rule.name.clone(),
-            Applies::Unmatched(fallback) => format!("unmatched:{fallback:?}"),
+        let facts = RequestFacts {
+            method,
+            path,
+            host,
+            headers: &[],
+            peer: &crate::peer::NoPeer,
+        };
+        let no_token = &mut || Ok::<TokenClaims, ()>(None);
+        match select(config, &facts, no_token).map(|s| s.applies) {
+            Ok(Applies::Rule(rule)) => rule.name.clone(),
+            Ok(Applies::Unmatched(fallback)) => format!("unmatched:{fallback:?}"),
+            Err(()) => "token error".to_string(),
         }
     }
 
@@ -491,11 +493,11 @@ mod tests {
 
     #[test]
     fn all_given_lists_must_match() {
-        let write = RuleMatch {
-            paths: Some(vec![prefix("/orders/")]),
-            methods: Some(vec!["POST".to_string(), "DELETE".to_string()]),
-            hosts: Some(vec![host("orders.example.com")]),
-        };
+        let write = matching(vec![
+            paths_are(&[prefix("/orders/")]),
+            methods_are(&["POST", "DELETE"]),
+            hosts_are(&["orders.example.com"]),
+        ]);
         let cfg = config(vec![rule("write", write)], Unmatched::Authenticated);
         assert_eq!(
             selected(&cfg, "POST", "/orders/1", "orders.example.com:443"),
@@ -533,10 +535,7 @@ mod tests {
 
     #[test]
     fn methods_match_whatever_the_request_case() {
-        let delete = RuleMatch {
-            methods: Some(vec!["DELETE".to_string()]),
-            ..RuleMatch::default()
-        };
+        let delete = matching(vec![methods_are(&["DELETE"])]);
         let cfg = config(vec![rule("delete", delete)], Unmatched::Anonymous);
         assert_eq!(selected(&cfg, "DELETE", "/", "h"), "delete");
         assert_eq!(selected(&cfg, "delete", "/", "h"), "delete");
@@ -548,11 +547,10 @@ mod tests {
         let cfg = config(
             vec![rule(
                 "static",
-                RuleMatch {
-                    paths: Some(vec![suffix(".png"), suffix(".css")]),
-                    hosts: Some(vec![host("cdn.example.com"), host("*.static.example.com")]),
-                    ..RuleMatch::default()
-                },
+                matching(vec![
+                    paths_are(&[suffix(".png"), suffix(".css")]),
+                    hosts_are(&["cdn.example.com", "*.static.example.com"]),
+                ]),
             )],
             Unmatched::Deny,
         );
