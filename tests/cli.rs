@@ -138,7 +138,11 @@ impl Idp {
 
     /// `explain` of `token` with this IdP's configuration and RSA keys, at `NOW`.
     fn explain(&self, case: &str, token: &str, extra: &[&str]) -> Run {
-        let config = scratch(&format!("{case}.json"), &self.config().to_string());
+        self.explain_with(case, &self.config(), token, extra)
+    }
+
+    fn explain_with(&self, case: &str, config: &Value, token: &str, extra: &[&str]) -> Run {
+        let config = scratch(&format!("{case}.json"), &config.to_string());
         let jwks = scratch(&format!("{case}.jwks.json"), &self.rsa_jwks());
         let now = NOW.to_string();
         let mut args = vec![
@@ -750,5 +754,233 @@ fn explain_fetches_keys_from_a_url() {
     assert_eq!(
         answer(&out)[0],
         "final: allowed: the request goes on upstream"
+    );
+}
+
+// ---- the calling workload --------------------------------------------------------------
+
+fn workload_rules() -> Value {
+    json!({
+        "providers": [{"issuer": ISSUER, "jwksUri": "https://idp.example.com/jwks"}],
+        "rules": [
+            {"name": "checkout", "match": {"principals": ["cluster.local/ns/shop/sa/checkout"]},
+             "allowAnonymous": true},
+            {"name": "office", "match": {"ipBlocks": ["192.0.2.0/24"]}, "allowAnonymous": true}
+        ],
+        "unmatched": "deny"
+    })
+}
+
+#[test]
+fn explain_says_a_principal_rule_needs_mtls() {
+    let idp = idp();
+    let token = idp.rs256(RSA_KID, &claims(json!({})));
+    let out = idp.explain_with("no-mtls", &workload_rules(), &token, &[]);
+    assert!(out.stdout.contains(
+        "connection: no mTLS (no peer certificate: rules on principals and namespaces do not match)"
+    ), "{}", out.stdout);
+    assert!(out.stdout.contains(
+        "   rules[0] \"checkout\": no: principals: no mTLS: the connection has no peer certificate: a rule that needs the caller's identity does not match without mTLS"
+    ), "{}", out.stdout);
+    assert_eq!(answer(&out)[0], "final: 403 Forbidden (deny_rule)");
+
+    let peer = "spiffe://cluster.local/ns/shop/sa/checkout";
+    let out = idp.explain_with("mtls", &workload_rules(), &token, &["--peer", peer]);
+    assert!(out
+        .stdout
+        .contains("connection: mTLS, principal cluster.local/ns/shop/sa/checkout"));
+    assert!(out.stdout.contains(
+        "   rules[0] \"checkout\": matches (principals [cluster.local/ns/shop/sa/checkout])"
+    ));
+    assert!(
+        answer(&out)[0].starts_with("final: allowed"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn explain_says_the_direct_peer_is_unknown_behind_x_forwarded_for() {
+    let idp = idp();
+    let token = idp.rs256(RSA_KID, &claims(json!({})));
+    let args = [
+        "--source",
+        "192.0.2.7:5000",
+        "--request-header",
+        "X-Forwarded-For: 192.0.2.7",
+    ];
+    let out = idp.explain_with("xff", &workload_rules(), &token, &args);
+    assert!(out.stdout.contains(
+        "   rules[1] \"office\": no: ipBlocks: the direct peer address is not visible to the filter when the request has x-forwarded-for: unknown, so only a deny rule would count it as matching"
+    ), "{}", out.stdout);
+    let out = idp.explain_with("direct", &workload_rules(), &token, &args[..2]);
+    assert!(
+        out.stdout
+            .contains("   rules[1] \"office\": matches (ipBlocks [192.0.2.0/24])"),
+        "{}",
+        out.stdout
+    );
+}
+
+// ---- convert --------------------------------------------------------------------------
+
+const ISTIO_PAIR: &str = r#"
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  jwtRules:
+  - issuer: https://idp.example.com
+    jwksUri: https://idp.example.com/jwks
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-users, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  rules:
+  - from:
+    - source: {requestPrincipals: ["https://idp.example.com/*"]}
+    - source: {serviceAccounts: ["shop/checkout"]}
+    to:
+    - operation: {methods: [GET], paths: ["/api/*"]}
+    when:
+    - key: request.auth.claims[groups]
+      values: [dev]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-outside, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: DENY
+  rules:
+  - from:
+    - source: {notIpBlocks: ["10.1.2.3/8"]}
+    to:
+    - operation: {notPaths: ["/healthz"]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: httpbin, namespace: foo}
+"#;
+
+fn convert(name: &str, yaml: &str, extra: &[&str]) -> Run {
+    let file = scratch(name, yaml);
+    let mut args = vec!["convert", file.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    run(&args, None)
+}
+
+/// The single WasmPlugin's pluginConfig, as YAML text, after check-config accepted the output.
+fn plugin_config(name: &str, yaml: &str) -> String {
+    let file = scratch(&format!("{name}.converted.yaml"), yaml);
+    let check = run(&["check-config", file.to_str().unwrap()], None);
+    assert_eq!(
+        check.code, 0,
+        "check-config refused the output: {}",
+        check.stderr
+    );
+    let docs = yaml_rust2::YamlLoader::load_from_str(yaml).unwrap();
+    assert_eq!(docs.len(), 1, "{yaml}");
+    let mut out = String::new();
+    yaml_rust2::YamlEmitter::new(&mut out)
+        .dump(&docs[0]["spec"]["pluginConfig"])
+        .unwrap();
+    out
+}
+
+#[test]
+fn convert_puts_deny_before_allow_and_denies_what_no_allow_matches() {
+    let out = convert("pair.yaml", ISTIO_PAIR, &["--check"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("ok: WasmPlugin foo/mesh-oauth-httpbin: 1 provider, 3 rules"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("document 4 (Deployment) is neither a RequestAuthentication nor an AuthorizationPolicy: skipped"));
+    assert!(out
+        .stderr
+        .contains("Istio's default token locations written out"));
+    let text = plugin_config("pair", &out.stdout);
+    let order: Vec<usize> = [
+        "foo/deny-outside[0]",
+        "foo/allow-users[0].from[0].to[0]",
+        "foo/allow-users[0].from[1].to[0]",
+    ]
+    .iter()
+    .map(|name| {
+        text.find(name)
+            .unwrap_or_else(|| panic!("{name} missing in {text}"))
+    })
+    .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+    for expected in [
+        "unmatched: deny",
+        "- 10.0.0.0/8",
+        "- \"*/ns/shop/sa/checkout\"",
+        "key: \"request.auth.claims[groups]\"",
+        "- access_token",
+    ] {
+        assert!(text.contains(expected), "{expected} missing in {text}");
+    }
+    assert!(out
+        .stdout
+        .contains("selector:\n    matchLabels:\n      app: httpbin"));
+}
+
+#[test]
+fn convert_refuses_what_it_cannot_express_and_names_it() {
+    let policy = |spec: &str| {
+        format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: foo}}\nspec:\n{spec}\n")
+    };
+    let cases = [
+        (policy("  action: CUSTOM\n  provider: {name: opa}"), "AuthorizationPolicy foo/p: spec.action: CUSTOM (external authorization) is not supported by mesh-oauth"),
+        (policy("  action: AUDIT"), "AuthorizationPolicy foo/p: spec.action: AUDIT is not supported"),
+        (policy("  rules:\n  - to:\n    - operation: {methods: [get]}"), "AuthorizationPolicy foo/p: spec.rules[0].to[0].operation.methods: get: a lower-case method never matches in Istio"),
+        (policy("  rules:\n  - to:\n    - operation: {paths: [\"/a/{*}/b\"]}"), "spec.rules[0].to[0].operation.paths: /a/{*}/b: path templates"),
+        (policy("  rules:\n  - from:\n    - source: {principal: [x]}"), "AuthorizationPolicy foo/p: spec.rules[0].from[0].source.principal: not a field mesh-oauth can convert"),
+        (policy("  rules:\n  - when:\n    - key: request.regex.headers[x]\n      values: [a]"), "from foo/p[0]: the converted configuration is refused: rules[0].match.when[0].key: unknown key \"request.regex.headers[x]\""),
+        (policy("  rules:\n  - {}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: q, namespace: foo}\nspec:\n  selector: {matchLabels: {app: a}}\n  rules: [{}]"), "AuthorizationPolicy foo/p: an ALLOW policy for a whole namespace cannot be combined with the policies of"),
+    ];
+    for (yaml, expected) in cases {
+        let out = convert("refused.yaml", &yaml, &[]);
+        assert_eq!(out.code, 1, "{yaml}: {}", out.stdout);
+        assert!(
+            out.stderr.contains(expected),
+            "{yaml}\nwanted: {expected}\ngot: {}",
+            out.stderr
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "printed despite the error: {}",
+            out.stdout
+        );
+    }
+}
+
+#[test]
+fn convert_keeps_istio_meaning_of_empty_policies() {
+    // An ALLOW policy without rules allows nothing: everything is denied.
+    let deny_all = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: foo}\nspec: {}\n";
+    let out = convert("deny-all.yaml", deny_all, &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = plugin_config("deny-all", &out.stdout);
+    assert!(
+        text.contains("rules: []")
+            && text.contains("unmatched: deny")
+            && text.contains("providers: []"),
+        "{text}"
+    );
+    // `rules: [{}]` matches every request: everything is allowed.
+    let allow_all = deny_all.replace("spec: {}", "spec:\n  rules: [{}]");
+    let out = convert("allow-all.yaml", &allow_all, &[]);
+    let text = plugin_config("allow-all", &out.stdout);
+    assert!(
+        text.contains("allowAnonymous: true") && !text.contains("match:"),
+        "{text}"
     );
 }

@@ -509,6 +509,17 @@ fn parse_config(value: &Value) -> Parsed<Config> {
     let rules = config
         .optional("rules", |value, path| parse_rules(value, path, &providers))?
         .unwrap_or_default();
+    let unmatched = config
+        .optional("unmatched", parse_unmatched)?
+        .unwrap_or(Unmatched::Authenticated);
+    if providers.is_empty() {
+        if let Some(needs) = needs_a_token(&rules, unmatched) {
+            return Err(error(
+                "providers",
+                format!("is empty, and {needs} needs a token; list at least one provider"),
+            ));
+        }
+    }
     let limits = config.optional("limits", parse_limits)?.unwrap_or_default();
     for (i, provider) in providers.iter().enumerate() {
         if let KeySource::Inline(jwks) = &provider.keys {
@@ -519,9 +530,7 @@ fn parse_config(value: &Value) -> Parsed<Config> {
     Ok(Config {
         providers,
         rules,
-        unmatched: config
-            .optional("unmatched", parse_unmatched)?
-            .unwrap_or(Unmatched::Authenticated),
+        unmatched,
         realm: config.optional("realm", parse_realm)?,
         bypass_cors_preflight: config
             .optional("bypassCorsPreflight", boolean)?
@@ -532,6 +541,22 @@ fn parse_config(value: &Value) -> Parsed<Config> {
         limits,
         audit: config.optional("audit", parse_audit)?.unwrap_or_default(),
     })
+}
+
+/// A configuration without providers decides on the request and its connection only (a
+/// converted AuthorizationPolicy without a RequestAuthentication): nothing may ask for a token.
+fn needs_a_token(rules: &[Rule], unmatched: Unmatched) -> Option<String> {
+    let by_rule = rules.iter().enumerate().find(|(_, rule)| {
+        matches!(rule.action, Action::Requires(_) | Action::RequiresAny(_))
+            || rule.matcher.conditions.iter().any(|c| c.fact.needs_token())
+    });
+    match by_rule {
+        Some((index, _)) => Some(format!("rules[{index}]")),
+        None if unmatched == Unmatched::Authenticated => {
+            Some("unmatched (authenticated, the default)".to_owned())
+        }
+        None => None,
+    }
 }
 
 fn parse_remote_revocation(provider: &Object<'_>) -> Parsed<Option<RemoteRevocation>> {

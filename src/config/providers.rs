@@ -40,9 +40,6 @@ pub(super) const DEFAULT_SCOPE_CLAIMS: [&str; 2] = ["scope", "scp"];
 
 pub(super) fn parse_providers(value: &Value, path: &str) -> Parsed<Vec<Provider>> {
     let items = list(value, path)?;
-    if items.is_empty() {
-        return Err(error(path, "must list at least one provider"));
-    }
     let mut providers: Vec<Provider> = Vec::with_capacity(items.len());
     for (item_path, item) in items {
         let (provider, name_given) = parse_provider(item, &item_path)?;

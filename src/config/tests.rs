@@ -97,8 +97,21 @@ fn providers_are_required() {
     assert_problem("{}", "providers: required");
     assert_problem(
         r#"{"providers": []}"#,
-        "providers: must list at least one provider",
+        "providers: is empty, and unmatched (authenticated, the default) needs a token; list at least one provider",
     );
+    assert_problem(
+        r#"{"providers": [], "unmatched": "deny", "rules": [{"match": {"paths": ["/a"]}, "allowAnonymous": true}, {"requires": {}}]}"#,
+        "providers: is empty, and rules[1] needs a token; list at least one provider",
+    );
+    assert_problem(
+        r#"{"providers": [], "unmatched": "deny", "rules": [{"match": {"requestPrincipals": ["*"]}, "allowAnonymous": true}]}"#,
+        "providers: is empty, and rules[0] needs a token; list at least one provider",
+    );
+    // Request and connection only: a converted AuthorizationPolicy without RequestAuthentication.
+    let policy_only = ok(
+        r#"{"providers": [], "unmatched": "deny", "rules": [{"match": {"namespaces": ["shop"]}, "allowAnonymous": true}]}"#,
+    );
+    assert!(policy_only.providers.is_empty());
     assert_problem(r#"{"providers": {}}"#, "providers: expected a list");
 }
 

@@ -46,7 +46,7 @@ pub fn load(path: &str) -> Result<Vec<Plugin>, String> {
 }
 
 /// What the filter checks when it is configured: the parser, then the key store (inline keys).
-fn validate(json: &str) -> Result<Config, ConfigError> {
+pub fn validate(json: &str) -> Result<Config, ConfigError> {
     let config = config::parse(json)?;
     KeyStore::new(&config, None, 0).map_err(|problem| ConfigError {
         path: String::new(),
@@ -90,7 +90,7 @@ fn object_name(doc: &Yaml, index: usize) -> String {
 
 /// YAML (1.2 core schema) as the JSON Istio produces from it. Kubernetes reads YAML 1.1, where
 /// an unquoted `yes`/`no`/`on`/`off` is a boolean; here they stay strings, so quote such values.
-fn to_json(yaml: &Yaml) -> Result<Value, String> {
+pub fn to_json(yaml: &Yaml) -> Result<Value, String> {
     Ok(match yaml {
         Yaml::Null => Value::Null,
         Yaml::Boolean(b) => Value::Bool(*b),

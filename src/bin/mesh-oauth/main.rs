@@ -1,11 +1,13 @@
 //! `mesh-oauth`: the filter's core on the command line.
 //!
 //!     mesh-oauth check-config FILE
+//!     mesh-oauth convert FILE... [--check] [--root-namespace NS] [--url URL]
 //!     mesh-oauth explain --config FILE --token TOKEN|- [--jwks FILE|URL] [--method M]
 //!                        [--path P] [--host H] [--now T] [--header NAME|--param NAME|--cookie NAME]
 //!                        [--request-header 'NAME: VALUE']... [--peer URI] [--source ADDR]
 //!                        [--destination ADDR] [--sni NAME]
 
+mod convert;
 mod explain;
 mod keys;
 mod load;
@@ -21,6 +23,14 @@ usage:
   mesh-oauth check-config FILE
       Validates a plugin configuration as the filter does: the plugin's JSON, or every
       `kind: WasmPlugin` document's spec.pluginConfig in an Istio YAML file.
+  mesh-oauth convert FILE... [--check] [--root-namespace NS] [--url URL]
+      Turns Istio RequestAuthentication and AuthorizationPolicy resources (Kubernetes YAML,
+      several documents per file) into one WasmPlugin per workload selector or targetRefs,
+      printed on standard output, deciding as Istio does. What mesh-oauth cannot express is
+      an error naming the resource and the field.
+      --check               also validate each pluginConfig as check-config does, and say so
+      --root-namespace NS   Istio's root namespace (mesh-wide policies), default istio-system
+      --url URL             the module's url in each WasmPlugin
   mesh-oauth explain --config FILE --token TOKEN [options]
       Shows step by step how the filter decides a request carrying TOKEN, and its answer.
       --token -             read the token from standard input
@@ -46,6 +56,7 @@ fn main() -> ExitCode {
     let result = match args.split_first() {
         Some((command, rest)) if command == "check-config" => check_config(rest),
         Some((command, rest)) if command == "explain" => explain_command(rest),
+        Some((command, rest)) if command == "convert" => convert_command(rest),
         Some((flag, _)) if flag == "-h" || flag == "--help" => {
             emit(&format!("{USAGE}\n"));
             Ok(ExitCode::SUCCESS)
@@ -105,6 +116,60 @@ fn check_config(args: &[String]) -> Result<ExitCode, Failure> {
     } else {
         ExitCode::from(1)
     })
+}
+
+const DEFAULT_URL: &str = "oci://registry.example.com/platform/mesh-oauth:0.1.0";
+
+fn convert_command(args: &[String]) -> Result<ExitCode, Failure> {
+    let mut options = convert::Options {
+        files: Vec::new(),
+        root_namespace: "istio-system".into(),
+        url: DEFAULT_URL.into(),
+    };
+    let mut check = false;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let mut value = || {
+            rest.next()
+                .cloned()
+                .ok_or_else(|| Failure::Usage(format!("{arg} needs a value")))
+        };
+        match arg.as_str() {
+            "--check" => check = true,
+            "--root-namespace" => options.root_namespace = value()?,
+            "--url" => options.url = value()?,
+            flag if flag.starts_with("--") => {
+                return Err(Failure::Usage(format!("unknown option {flag}")))
+            }
+            file => options.files.push(file.to_string()),
+        }
+    }
+    if options.files.is_empty() {
+        return Err(Failure::Usage("convert takes at least one FILE".into()));
+    }
+    let conversion = convert::convert(&options).map_err(Failure::Invalid)?;
+    for note in &conversion.notes {
+        eprintln!("note: {note}");
+    }
+    if options.url == DEFAULT_URL {
+        eprintln!("note: each WasmPlugin's url is the placeholder {DEFAULT_URL}; pass --url");
+    }
+    if check {
+        for (label, config) in &conversion.plugins {
+            match load::validate(&config.to_string()) {
+                Ok(config) => eprintln!(
+                    "ok: {label}: {}, {}",
+                    count(config.providers.len(), "provider"),
+                    count(config.rules.len(), "rule")
+                ),
+                Err(problem) => {
+                    return Err(Failure::Invalid(format!("{label}: {problem}")));
+                }
+            }
+        }
+    }
+    emit(&conversion.yaml);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn count(n: usize, noun: &str) -> String {
