@@ -883,10 +883,14 @@ fn plugin_config(name: &str, yaml: &str) -> String {
         check.stderr
     );
     let docs = yaml_rust2::YamlLoader::load_from_str(yaml).unwrap();
-    assert_eq!(docs.len(), 1, "{yaml}");
+    let plugins: Vec<_> = docs
+        .iter()
+        .filter(|doc| doc["kind"].as_str() == Some("WasmPlugin"))
+        .collect();
+    assert_eq!(plugins.len(), 1, "{yaml}");
     let mut out = String::new();
     yaml_rust2::YamlEmitter::new(&mut out)
-        .dump(&docs[0]["spec"]["pluginConfig"])
+        .dump(&plugins[0]["spec"]["pluginConfig"])
         .unwrap();
     out
 }
@@ -983,4 +987,20 @@ fn convert_keeps_istio_meaning_of_empty_policies() {
         text.contains("allowAnonymous: true") && !text.contains("match:"),
         "{text}"
     );
+}
+
+/// examples/migration.yaml is what the converter writes for examples/migration/istio-policies.yaml:
+/// regenerate it with the command in its header when the converter changes.
+#[test]
+fn the_migration_example_is_the_converters_output() {
+    let input = repo().join("examples/migration/istio-policies.yaml");
+    let out = run(&["convert", input.to_str().unwrap()], None);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let committed = std::fs::read_to_string(repo().join("examples/migration.yaml")).unwrap();
+    let body: String = committed
+        .lines()
+        .skip_while(|line| line.starts_with('#'))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert_eq!(body, out.stdout, "regenerate examples/migration.yaml");
 }

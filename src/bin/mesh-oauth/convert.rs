@@ -14,6 +14,9 @@ pub struct Options {
     pub root_namespace: String,
     /// The module's `url` in each WasmPlugin.
     pub url: String,
+    /// `mode: report` in each pluginConfig: the plugin refuses nothing and logs what it would,
+    /// for a cut-over beside the policies it replaces.
+    pub report: bool,
 }
 
 /// What `convert` prints: the WasmPlugins, and notes for the operator (on standard error).
@@ -79,16 +82,23 @@ pub fn convert(options: &Options) -> Result<Conversion, String> {
         for (index, document) in documents.iter().enumerate() {
             let value = load::to_json(document)
                 .map_err(|e| format!("{file}: document {}: {e}", index + 1))?;
-            match read_resource(&value, &options.root_namespace)
-                .map_err(|e| format!("{file}: {e}"))?
-            {
-                Some(resource) => resources.push(resource),
-                None if value.is_null() => {}
-                None => notes.push(format!(
-                    "{file}: document {} ({}) is neither a RequestAuthentication nor an AuthorizationPolicy: skipped",
-                    index + 1,
-                    value["kind"].as_str().unwrap_or("no kind")
-                )),
+            // `kubectl get … -o yaml` wraps what it lists in a `kind: List`.
+            let objects = match (&value["kind"], &value["items"]) {
+                (Value::String(kind), Value::Array(items)) if kind == "List" => items.clone(),
+                _ => vec![value],
+            };
+            for object in objects {
+                match read_resource(&object, &options.root_namespace)
+                    .map_err(|e| format!("{file}: {e}"))?
+                {
+                    Some(resource) => resources.push(resource),
+                    None if object.is_null() => {}
+                    None => notes.push(format!(
+                        "{file}: document {} ({}) is neither a RequestAuthentication nor an AuthorizationPolicy: skipped",
+                        index + 1,
+                        object["kind"].as_str().unwrap_or("no kind")
+                    )),
+                }
             }
         }
     }
@@ -98,12 +108,23 @@ pub fn convert(options: &Options) -> Result<Conversion, String> {
     let groups = group(&resources)?;
     let mut yaml = String::new();
     let mut plugins = Vec::new();
+    let mut egress: Vec<(String, String, u16)> = Vec::new();
     for target in groups {
         let members: Vec<&Resource> = resources
             .iter()
             .filter(|r| r.target.covers(&target))
             .collect();
-        let plugin_config = plugin_config(&members, &mut notes)?;
+        let mut plugin_config = plugin_config(&members, &mut notes)?;
+        if options.report {
+            plugin_config["mode"] = "report".into();
+        }
+        let namespace = target.namespace(&options.root_namespace).to_owned();
+        for (host, port) in key_hosts(&plugin_config) {
+            let entry = (namespace.clone(), host, port);
+            if !egress.contains(&entry) {
+                egress.push(entry);
+            }
+        }
         let plugin = wasm_plugin(
             &target,
             &options.root_namespace,
@@ -118,6 +139,12 @@ pub fn convert(options: &Options) -> Result<Conversion, String> {
         yaml.push_str(&to_yaml(&plugin)?);
         yaml.push('\n');
         plugins.push((label, plugin_config));
+    }
+    for (namespace, host, port) in &egress {
+        for object in key_host_egress(namespace, host, *port) {
+            yaml.push_str(&to_yaml(&object)?);
+            yaml.push('\n');
+        }
     }
     Ok(Conversion {
         yaml,
@@ -662,6 +689,53 @@ fn known_fields(
     }
 }
 
+/// Where the plugin fetches keys from: each provider's `jwksUri`, or its issuer for discovery.
+fn key_hosts(plugin_config: &Value) -> Vec<(String, u16)> {
+    let providers = plugin_config["providers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    providers
+        .iter()
+        .filter(|p| p.get("jwks").is_none())
+        .filter_map(|p| {
+            p["jwksUri"]
+                .as_str()
+                .or(p["issuer"].as_str())
+                .map(str::to_owned)
+        })
+        .filter_map(|url| {
+            let rest = url.strip_prefix("https://")?;
+            let authority = rest.split(['/', '?', '#']).next()?;
+            match authority.rsplit_once(':') {
+                Some((host, port)) => Some((host.to_owned(), port.parse().ok()?)),
+                None => Some((authority.to_owned(), 443)),
+            }
+        })
+        .collect()
+}
+
+/// The plugin fetches keys from inside the sidecar, not through istiod: each key host needs a
+/// ServiceEntry, and a DestinationRule through which the sidecar adds TLS to the plain-HTTP call.
+fn key_host_egress(namespace: &str, host: &str, port: u16) -> [Value; 2] {
+    let name = dns_label(host);
+    [
+        json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "ServiceEntry",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"hosts": [host], "location": "MESH_EXTERNAL", "resolution": "DNS",
+                     "ports": [{"number": port, "name": "https", "protocol": "HTTPS"}]},
+        }),
+        json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"host": host, "trafficPolicy": {"tls": {"mode": "SIMPLE", "sni": host}}},
+        }),
+    ]
+}
+
 fn wasm_plugin(target: &Target, root: &str, url: &str, plugin_config: &Value) -> Value {
     let namespace = target.namespace(root);
     let mut spec = Map::new();
@@ -683,6 +757,7 @@ fn wasm_plugin(target: &Target, root: &str, url: &str, plugin_config: &Value) ->
         spec.insert("match".into(), json!([{"mode": "SERVER"}]));
     }
     spec.insert("url".into(), url.into());
+    spec.insert("imagePullPolicy".into(), "IfNotPresent".into());
     spec.insert("phase".into(), "AUTHN".into());
     spec.insert("failStrategy".into(), "FAIL_CLOSE".into());
     spec.insert("pluginConfig".into(), plugin_config.clone());
@@ -729,14 +804,18 @@ const KEY_ORDER: &[&str] = &[
     "targetRefs",
     "match",
     "url",
+    "imagePullPolicy",
     "phase",
     "failStrategy",
     "pluginConfig",
+    "mode",
     "providers",
     "issuer",
     "rules",
     "unmatched",
     "key",
+    "hosts",
+    "host",
 ];
 
 fn from_json(value: &Value) -> Yaml {

@@ -1,7 +1,7 @@
 //! `mesh-oauth`: the filter's core on the command line.
 //!
 //!     mesh-oauth check-config FILE
-//!     mesh-oauth convert FILE... [--check] [--root-namespace NS] [--url URL]
+//!     mesh-oauth convert FILE... [--check] [--report] [--root-namespace NS] [--url URL]
 //!     mesh-oauth explain --config FILE --token TOKEN|- [--jwks FILE|URL] [--method M]
 //!                        [--path P] [--host H] [--now T] [--header NAME|--param NAME|--cookie NAME]
 //!                        [--request-header 'NAME: VALUE']... [--peer URI] [--source ADDR]
@@ -23,12 +23,14 @@ usage:
   mesh-oauth check-config FILE
       Validates a plugin configuration as the filter does: the plugin's JSON, or every
       `kind: WasmPlugin` document's spec.pluginConfig in an Istio YAML file.
-  mesh-oauth convert FILE... [--check] [--root-namespace NS] [--url URL]
+  mesh-oauth convert FILE... [--check] [--report] [--root-namespace NS] [--url URL]
       Turns Istio RequestAuthentication and AuthorizationPolicy resources (Kubernetes YAML,
-      several documents per file) into one WasmPlugin per workload selector or targetRefs,
-      printed on standard output, deciding as Istio does. What mesh-oauth cannot express is
-      an error naming the resource and the field.
+      several documents per file, or `kubectl get -o yaml` lists) into one WasmPlugin per
+      workload selector or targetRefs, deciding as Istio does, with the ServiceEntry and
+      DestinationRule each key host needs, on standard output. What mesh-oauth cannot
+      express is an error naming the resource and the field.
       --check               also validate each pluginConfig as check-config does, and say so
+      --report              mode: report, to run beside the policies it replaces
       --root-namespace NS   Istio's root namespace (mesh-wide policies), default istio-system
       --url URL             the module's url in each WasmPlugin
   mesh-oauth explain --config FILE --token TOKEN [options]
@@ -125,6 +127,7 @@ fn convert_command(args: &[String]) -> Result<ExitCode, Failure> {
         files: Vec::new(),
         root_namespace: "istio-system".into(),
         url: DEFAULT_URL.into(),
+        report: false,
     };
     let mut check = false;
     let mut rest = args.iter();
@@ -136,6 +139,7 @@ fn convert_command(args: &[String]) -> Result<ExitCode, Failure> {
         };
         match arg.as_str() {
             "--check" => check = true,
+            "--report" => options.report = true,
             "--root-namespace" => options.root_namespace = value()?,
             "--url" => options.url = value()?,
             flag if flag.starts_with("--") => {
