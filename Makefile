@@ -10,7 +10,7 @@ PY          := $(VENV)/bin/python
 WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
                   --enable-mutable-globals --strip-debug --strip-producers
 
-.PHONY: build tools venv test lint unit integration host-probe demo mesh-scale bench clean
+.PHONY: build tools venv test lint unit integration cli host-probe demo mesh-scale bench clean
 
 # Toolchain pieces the wasm build needs: the target, clang for ring's C/asm, wasm-opt.
 tools: .cache/tools.stamp
@@ -45,9 +45,15 @@ lint: tools
 unit:
 	cargo test
 
-integration: build venv host-probe
+# The command-line tool: the policy parity tests run `mesh-oauth convert`.
+CLI := target/debug/mesh-oauth
+cli:
+	cargo build --bin mesh-oauth
+
+integration: build venv host-probe cli
 	MESH_OAUTH_WASM=$(CURDIR)/$(MODULE) MESH_OAUTH_HOST_PROBE=$(CURDIR)/$(HOST_PROBE) \
-		MESH_OAUTH_HOST_VECTORS=$(CURDIR)/$(HOST_VECTORS) $(VENV)/bin/pytest -q tests/integration
+		MESH_OAUTH_HOST_VECTORS=$(CURDIR)/$(HOST_VECTORS) MESH_OAUTH_CLI=$(CURDIR)/$(CLI) \
+		$(VENV)/bin/pytest -q tests/integration
 
 # The host signature probe (tests/host-probe: the core's verification with Envoy's
 # verify_signature, test-only) and the Wycheproof vectors it runs in Envoy, with the native
