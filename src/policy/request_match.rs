@@ -720,6 +720,64 @@ mod tests {
         assert_eq!(elsewhere.selects(&config), "unmatched");
     }
 
+    /// A peer that counts what it is asked: each read is a host call in the filter.
+    #[derive(Default)]
+    struct CountingPeer(std::cell::Cell<usize>);
+
+    impl Peer for CountingPeer {
+        fn uri_san(&self) -> Option<&str> {
+            self.0.set(self.0.get() + 1);
+            None
+        }
+        fn source_address(&self) -> Option<&str> {
+            self.0.set(self.0.get() + 1);
+            None
+        }
+        fn destination_address(&self) -> Option<&str> {
+            self.0.set(self.0.get() + 1);
+            None
+        }
+        fn sni(&self) -> Option<&str> {
+            self.0.set(self.0.get() + 1);
+            None
+        }
+    }
+
+    #[test]
+    fn the_connection_is_read_only_for_rules_that_ask_about_it() {
+        let peer = CountingPeer::default();
+        let select_with = |config: &Config, path: &str| {
+            let facts = RequestFacts {
+                method: "GET",
+                path,
+                host: "h",
+                headers: &[],
+                peer: &peer,
+            };
+            let no_token = &mut || Ok::<TokenClaims, ()>(None);
+            matches!(
+                select(config, &facts, no_token).unwrap().applies,
+                Applies::Rule(_)
+            )
+        };
+        let request_only = rules(
+            json!([{"match": {"paths": ["/a"], "notMethods": ["POST"]}, "allowAnonymous": true}]),
+            "deny",
+        );
+        assert!(select_with(&request_only, "/a"));
+        assert!(!select_with(&request_only, "/b"));
+        assert_eq!(peer.0.get(), 0);
+        // The request's own conditions come first: a rule that misses on the path reads nothing.
+        let with_peer = rules(
+            json!([{"match": {"principals": ["*"], "paths": ["/a"]}, "allowAnonymous": true}]),
+            "deny",
+        );
+        assert!(!select_with(&with_peer, "/b"));
+        assert_eq!(peer.0.get(), 0);
+        assert!(!select_with(&with_peer, "/a"));
+        assert_eq!(peer.0.get(), 1);
+    }
+
     #[test]
     fn report_mode_rules_are_still_selected_by_the_new_fields() {
         let config = rules(
