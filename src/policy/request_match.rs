@@ -94,6 +94,9 @@ pub fn select<'c, E>(
 
 const NO_TOKEN: &str = "the request has no token";
 
+/// The claims Istio matches word by word.
+const SPACE_DELIMITED: [&str; 2] = ["scope", "permission"];
+
 /// Whether one rule's `match` holds, and if not, why (the outer error is the token's).
 pub fn check_rule<E>(
     rule: &Rule,
@@ -294,7 +297,23 @@ fn token_fact<'a>(fact: &Fact, claims: &'a Map<String, Value>) -> Observed<'a> {
             None => Observed::Absent("the token has no azp"),
         },
         Fact::Audiences => strings(claims.get("aud"), "the token has no aud"),
-        Fact::Claim(path) => strings(path.lookup(claims), "the token has no such claim"),
+        Fact::Claim(path) => {
+            let observed = strings(path.lookup(claims), "the token has no such claim");
+            match (&observed, path.0.as_slice()) {
+                // Istio has Envoy split these on spaces before matching (jwt_authn's
+                // `space_delimited_claims`): `scope: "a b"` meets `values: [a]`.
+                (Observed::Text(values), [name]) if SPACE_DELIMITED.contains(&name.as_str()) => {
+                    Observed::Text(
+                        values
+                            .iter()
+                            .flat_map(|v| v.split(' ').filter(|part| !part.is_empty()))
+                            .map(|part| Cow::Owned(part.to_owned()))
+                            .collect(),
+                    )
+                }
+                _ => observed,
+            }
+        }
         _ => Observed::Absent(NO_TOKEN),
     }
 }
