@@ -1004,3 +1004,20 @@ fn the_migration_example_is_the_converters_output() {
         .collect();
     assert_eq!(body, out.stdout, "regenerate examples/migration.yaml");
 }
+
+#[test]
+fn convert_writes_istio_hosts_with_ports_as_the_host() {
+    let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: h, namespace: foo}\nspec:\n  rules:\n  - to:\n    - operation: {hosts: [\"httpbin.foo\", \"httpbin.foo:*\", \"api.example.com:8443\", \"[::1]:80\"]}\n";
+    let out = convert("hosts.yaml", yaml, &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = plugin_config("hosts", &out.stdout);
+    assert!(
+        text.contains(
+            "hosts:\n        - httpbin.foo\n        - api.example.com\n        - \"[::1]\"\n"
+        ),
+        "{text}"
+    );
+    assert!(out.stderr.contains(
+        "spec.rules[0].to[0].operation.hosts: api.example.com:8443: matched as api.example.com, whatever the port in :authority"
+    ), "{}", out.stderr);
+}

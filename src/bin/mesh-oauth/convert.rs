@@ -316,7 +316,7 @@ fn plugin_config(members: &[&Resource], notes: &mut Vec<String>) -> Result<Value
                     ));
                 }
                 any_allow |= is_allow;
-                rules.extend(convert_rules(resource, is_allow)?);
+                rules.extend(convert_rules(resource, is_allow, notes)?);
             }
         }
     }
@@ -449,7 +449,11 @@ const OPERATION_FIELDS: &[&str] = &[
 
 /// Each Istio rule matches when one of its `from` and one of its `to` entries match and every
 /// `when` holds: one plugin rule per `from` × `to` pair, each with all the `when` conditions.
-fn convert_rules(resource: &Resource, is_allow: bool) -> Result<Vec<Value>, String> {
+fn convert_rules(
+    resource: &Resource,
+    is_allow: bool,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Value>, String> {
     let rules = match resource.spec.get("rules") {
         None => return Ok(Vec::new()),
         Some(Value::Array(rules)) => rules,
@@ -475,7 +479,7 @@ fn convert_rules(resource: &Resource, is_allow: bool) -> Result<Vec<Value>, Stri
                 let source_at = format!("{at}.from[{j}].source");
                 add_source(&mut matcher, source, resource, &source_at)?;
                 let operation_at = format!("{at}.to[{k}].operation");
-                add_operation(&mut matcher, operation, resource, &operation_at)?;
+                add_operation(&mut matcher, operation, resource, &operation_at, notes)?;
                 if !when.is_empty() {
                     matcher.insert("when".into(), Value::Array(when.clone()));
                 }
@@ -603,6 +607,7 @@ fn add_operation(
     operation: &Map<String, Value>,
     resource: &Resource,
     at: &str,
+    notes: &mut Vec<String>,
 ) -> Result<(), String> {
     for (field, value) in operation {
         let field_at = format!("{at}.{field}");
@@ -624,9 +629,48 @@ fn add_operation(
                 return Err(format!("{}: {field_at}: {text}: {problem}", resource.label));
             }
         }
+        let list = match field.as_str() {
+            "hosts" | "notHosts" => without_ports(list, resource, &field_at, notes),
+            _ => list,
+        };
         matcher.insert(field.clone(), Value::Array(list));
     }
     Ok(())
+}
+
+/// Istio compares `:authority` as a whole string, so its users list `host` and `host:*` (or
+/// `host:8000`); the plugin matches the host whatever the port, so both become `host`.
+fn without_ports(
+    list: Vec<Value>,
+    resource: &Resource,
+    at: &str,
+    notes: &mut Vec<String>,
+) -> Vec<Value> {
+    let mut hosts: Vec<Value> = Vec::new();
+    for item in list {
+        let text = item.as_str().unwrap_or("");
+        let (host, port) = match text.strip_prefix('[') {
+            Some(bracketed) => match bracketed.split_once("]:") {
+                Some((address, port)) => (format!("[{address}]"), Some(port)),
+                None => (text.to_owned(), None),
+            },
+            None => match text.rsplit_once(':') {
+                Some((host, port)) if !host.contains(':') => (host.to_owned(), Some(port)),
+                _ => (text.to_owned(), None),
+            },
+        };
+        if port.is_some_and(|port| port != "*") {
+            notes.push(format!(
+                "{}: {at}: {text}: matched as {host}, whatever the port in :authority",
+                resource.label
+            ));
+        }
+        let host = Value::String(host);
+        if !hosts.contains(&host) {
+            hosts.push(host);
+        }
+    }
+    hosts
 }
 
 /// Istio takes an empty list as not set.
