@@ -9,7 +9,7 @@
 and allow/deny must agree on every request. (A) is itself checked against the verdict Istio's
 documented semantics give (the `expect` column), so the reference is what Istio does, not what
 this file's translation happens to do. Every deliberate difference of mesh-oauth is listed in
-`DELIBERATE` with its reason; the test fails on any other difference, and on a listed one that
+`DELIBERATE` with its reason (mirrored in docs/security.md); the test fails on any other difference, and on a listed one that
 no longer differs, so the list stays true.
 
 (B) runs the CLI at `$MESH_OAUTH_CLI` (default target/debug/mesh-oauth, which `make cli` builds);
