@@ -1021,3 +1021,92 @@ fn convert_writes_istio_hosts_with_ports_as_the_host() {
         "spec.rules[0].to[0].operation.hosts: api.example.com:8443: matched as api.example.com, whatever the port in :authority"
     ), "{}", out.stderr);
 }
+
+#[test]
+fn convert_makes_a_plugin_per_selection_and_shares_namespace_denies() {
+    let yaml = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-plaintext, namespace: foo}
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source: {notPrincipals: ["*"]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-frontend, namespace: foo}
+spec:
+  selector: {matchLabels: {app: api}}
+  rules:
+  - from:
+    - source: {namespaces: [frontend]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: gateway, namespace: foo}
+spec:
+  targetRefs:
+  - {kind: Gateway, group: gateway.networking.k8s.io, name: ingress}
+  rules:
+  - to:
+    - operation: {paths: ["/public/*"]}
+"#;
+    let out = convert("selections.yaml", yaml, &["--check"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let docs = yaml_rust2::YamlLoader::load_from_str(&out.stdout).unwrap();
+    let names: Vec<&str> = docs
+        .iter()
+        .map(|d| d["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["mesh-oauth", "mesh-oauth-api", "mesh-oauth-ingress"]
+    );
+    let rule_names = |doc: &yaml_rust2::Yaml| -> Vec<String> {
+        let rules = doc["spec"]["pluginConfig"]["rules"].as_vec().unwrap();
+        rules
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // The namespace's DENY runs in its own plugin on every workload, and is part of each
+    // narrower plugin too, before that plugin's ALLOW rules.
+    assert_eq!(rule_names(&docs[0]), ["foo/no-plaintext[0]"]);
+    assert_eq!(
+        docs[0]["spec"]["pluginConfig"]["unmatched"].as_str(),
+        Some("anonymous")
+    );
+    assert_eq!(
+        rule_names(&docs[1]),
+        ["foo/no-plaintext[0]", "foo/only-frontend[0]"]
+    );
+    assert_eq!(
+        docs[1]["spec"]["pluginConfig"]["unmatched"].as_str(),
+        Some("deny")
+    );
+    assert_eq!(
+        docs[1]["spec"]["selector"]["matchLabels"]["app"].as_str(),
+        Some("api")
+    );
+    assert_eq!(
+        docs[2]["spec"]["targetRefs"][0]["name"].as_str(),
+        Some("ingress")
+    );
+    assert!(
+        docs[2]["spec"]["match"].is_badvalue(),
+        "targetRefs plugins take no match"
+    );
+    for plugin in [
+        "foo/mesh-oauth: 0 providers, 1 rule",
+        "foo/mesh-oauth-api: 0 providers, 2 rules",
+        "foo/mesh-oauth-ingress: 0 providers, 2 rules",
+    ] {
+        assert!(
+            out.stderr.contains(&format!("ok: WasmPlugin {plugin}")),
+            "{}",
+            out.stderr
+        );
+    }
+}
