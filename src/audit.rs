@@ -169,6 +169,7 @@ mod tests {
     fn request<'a>(headers: &'a [(&'a str, &'a str)]) -> Request<'a> {
         Request {
             method: "GET",
+            scheme: "https",
             path: "/orders/1?access_token=secret-in-query",
             authority: "orders.example.com",
             headers,

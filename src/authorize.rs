@@ -11,6 +11,9 @@ use crate::keys::KeySet;
 use crate::path::{self, PathError};
 use crate::policy::{self, Applies, RequestFacts, Unmet};
 use crate::response::Denial;
+use crate::sender::dpop::Proof;
+use crate::sender::replay::Admission;
+use crate::sender::{self, BindingRequest, Presented};
 use crate::token::{self, TokenLimits};
 use crate::verify::{self, VerifyError};
 use serde_json::{Map, Value};
@@ -19,6 +22,8 @@ use std::rc::Rc;
 /// The request as the glue read it: pseudo-headers split out, every other header as sent.
 pub struct Request<'a> {
     pub method: &'a str,
+    /// `:scheme`.
+    pub scheme: &'a str,
     /// Raw `:path`, query included.
     pub path: &'a str,
     pub authority: &'a str,
@@ -99,6 +104,9 @@ impl KeyLookup for WithoutRefetch<'_> {
     fn signature_host(&self) -> Option<TrustedHost<'_>> {
         self.0.signature_host()
     }
+    fn admit_proof(&self, proof: &Proof, now_s: u64) -> Admission {
+        self.0.admit_proof(proof, now_s)
+    }
 }
 
 /// Why a decision stopped short of allowing.
@@ -137,6 +145,11 @@ pub trait KeyLookup {
     /// ring verifies everything.
     fn signature_host(&self) -> Option<TrustedHost<'_>> {
         None
+    }
+    /// Records a DPoP proof for the whole sidecar: has it been seen before? Without a
+    /// memory, no proof can be promised single use: refused.
+    fn admit_proof(&self, _proof: &Proof, _now_s: u64) -> Admission {
+        Admission::Unavailable
     }
 }
 
@@ -386,6 +399,33 @@ fn find_and_verify(
     {
         return Err(invalid("token revoked", "revoked").into());
     }
+    let Some(provider) = config.providers.get(verified.provider) else {
+        return Err(invalid("token issuer is not trusted", "issuer").into());
+    };
+    let presented = if verified.found.location.is_dpop() {
+        Presented::Dpop
+    } else {
+        Presented::Bearer
+    };
+    let binding = BindingRequest {
+        method: request.method,
+        scheme: request.scheme,
+        authority: request.authority,
+        path: request.path,
+        headers: request.headers,
+        peer: request.peer,
+    };
+    sender::check(
+        provider,
+        &verified.claims,
+        &verified.found.token,
+        presented,
+        &binding,
+        now_ms,
+        &TokenLimits::from(&config.limits),
+        keys.signature_host(),
+        &mut |proof| keys.admit_proof(proof, now_ms / 1000),
+    )?;
     Ok(Some(verified))
 }
 
@@ -680,7 +720,7 @@ mod tests {
 
     /// Keys for provider 0; provider 1 cannot have any; provider 2's are loading.
     /// `refetch`: whether an unknown kid may still be fetched.
-    struct FixedKeys(KeySet, bool, u64);
+    struct FixedKeys(KeySet, bool, u64, crate::sender::replay::LocalReplay);
 
     impl KeyLookup for FixedKeys {
         fn keys(&self, provider: usize, _now_ms: u64) -> KeyState<'_> {
@@ -700,6 +740,10 @@ mod tests {
         fn key_version(&self, _provider: usize) -> u64 {
             self.2
         }
+
+        fn admit_proof(&self, proof: &Proof, now_s: u64) -> Admission {
+            self.3.admit(proof.replay_id, proof.expires_s, now_s)
+        }
     }
 
     fn fixture(config: serde_json::Value) -> Fixture {
@@ -714,6 +758,7 @@ mod tests {
                 parse_jwks(jwks.as_bytes(), &limits, false).unwrap(),
                 false,
                 1,
+                Default::default(),
             ),
             cache: std::cell::RefCell::new(TokenCache::new(0)),
             config: crate::config::parse(&config.to_string()).unwrap(),
@@ -753,6 +798,7 @@ mod tests {
         fn run(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Outcome {
             let request = Request {
                 method,
+                scheme: "https",
                 path,
                 authority: "orders.example.com:8443",
                 headers,
@@ -966,6 +1012,78 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn a_dpop_bound_token_needs_its_proof_once() {
+        use crate::sender::{b64url, dpop::thumbprint, sha256};
+        let fx = fixture(json!({"providers": [provider(json!({"dpop": {"mode": "required"}}))]}));
+        let client = TestKey::ec(Alg::ES256);
+        let mut jwk = client.jwk(None);
+        jwk.as_object_mut().unwrap().remove("alg");
+        let jkt = thumbprint(jwk.as_object().unwrap()).unwrap();
+        let token = fx.token(json!({"iss": ISSUER, "aud": "orders", "sub": "alice",
+                                    "exp": NOW + 300, "iat": NOW, "cnf": {"jkt": jkt}}));
+        let proof = |jti: &str| {
+            let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk});
+            let claims = json!({"jti": jti, "htm": "GET", "iat": NOW,
+                                "htu": "https://orders.example.com:8443/orders/1",
+                                "ath": b64url(&sha256(token.as_bytes()))});
+            let input = format!(
+                "{}.{}",
+                b64(header.to_string().as_bytes()),
+                b64(claims.to_string().as_bytes())
+            );
+            let signature = client.sign(Alg::ES256, input.as_bytes());
+            format!("{input}.{}", b64(&signature))
+        };
+        let dpop = format!("DPoP {token}");
+        let first = proof("one");
+        let run = |auth: &str, proof: &str| {
+            fx.run(
+                "GET",
+                "/orders/1",
+                &[("authorization", auth), ("dpop", proof)],
+            )
+        };
+        assert!(matches!(run(&dpop, &first), Outcome::Allow(_)));
+        let replayed = run(&dpop, &first);
+        assert!(
+            matches!(
+                replayed,
+                Outcome::Deny(Denial::InvalidProof {
+                    reason: "dpop_replay",
+                    ..
+                })
+            ),
+            "{replayed:?}"
+        );
+        assert!(matches!(run(&dpop, &proof("two")), Outcome::Allow(_)));
+        let bearer = format!("Bearer {token}");
+        let downgraded = run(&bearer, &proof("three"));
+        assert!(
+            matches!(
+                downgraded,
+                Outcome::Deny(Denial::InvalidToken {
+                    reason: "dpop_downgrade",
+                    ..
+                })
+            ),
+            "{downgraded:?}"
+        );
+        // A plain bearer token for a provider that requires DPoP.
+        let plain = format!("Bearer {}", fx.good_token());
+        let outcome = fx.run("GET", "/orders/1", &[("authorization", &plain)]);
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Deny(Denial::InvalidToken {
+                    reason: "dpop_required",
+                    ..
+                })
+            ),
+            "{outcome:?}"
+        );
+    }
+
     fn istio_style() -> Fixture {
         fixture(json!({
             "providers": [provider(json!({}))],
@@ -1176,6 +1294,7 @@ mod tests {
         let headers = [("authorization", bearer.as_str())];
         let later = Request {
             method: "GET",
+            scheme: "https",
             path: "/",
             authority: "a",
             headers: &headers,
@@ -1233,6 +1352,7 @@ mod tests {
         let headers = [("authorization", bearer.as_str())];
         let request = Request {
             method: "GET",
+            scheme: "https",
             path: "/orders/7",
             authority: "a",
             headers: &headers,
@@ -1283,11 +1403,12 @@ mod tests {
         assert!(matches!(f.with_token("/", &t), Outcome::Allow(_)));
         let mut list = crate::config::Revoked::default();
         list.subjects.insert("alice".to_string());
-        let keys = RevokingKeys(FixedKeys(empty_keys(), false, 1), list);
+        let keys = RevokingKeys(FixedKeys(empty_keys(), false, 1, Default::default()), list);
         let bearer = format!("Bearer {t}");
         let headers = [("authorization", bearer.as_str())];
         let request = Request {
             method: "GET",
+            scheme: "https",
             path: "/",
             authority: "a",
             headers: &headers,

@@ -1,7 +1,7 @@
 //! Finding the bearer token in a request: configured headers (prefix matched
 //! case-insensitively), query parameters and cookies of every provider.
 
-use crate::config::Provider;
+use crate::config::{Binding, Provider};
 
 /// Where a token was found; the provider that verifies it must list this location.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,13 +27,32 @@ pub enum ExtractError {
     MultipleTokens,
 }
 
+/// RFC 9449 §7.1: a DPoP-bound token arrives as `Authorization: DPoP <token>`.
+pub const DPOP_PREFIX: &str = "DPoP ";
+
+/// The header locations a provider reads: its `fromHeaders`, and the DPoP scheme when it
+/// accepts DPoP.
+fn header_locations(provider: &Provider) -> impl Iterator<Item = (&str, &str)> {
+    let dpop = (provider.dpop.mode != Binding::Off).then_some(("authorization", DPOP_PREFIX));
+    provider
+        .from_headers
+        .iter()
+        .map(|h| (h.name.as_str(), h.prefix.as_str()))
+        .chain(dpop)
+}
+
 impl Location {
+    /// Whether the token came with the DPoP scheme.
+    pub fn is_dpop(&self) -> bool {
+        matches!(self, Location::Header { name, prefix }
+            if name == "authorization" && prefix.eq_ignore_ascii_case(DPOP_PREFIX))
+    }
+
     pub fn is_listed_by(&self, provider: &Provider) -> bool {
         match self {
-            Location::Header { name, prefix } => provider
-                .from_headers
-                .iter()
-                .any(|h| &h.name == name && h.prefix.eq_ignore_ascii_case(prefix)),
+            Location::Header { name, prefix } => {
+                header_locations(provider).any(|(n, p)| n == name && p.eq_ignore_ascii_case(prefix))
+            }
             Location::Param(name) => provider.from_params.contains(name),
             Location::Cookie(name) => provider.from_cookies.contains(name),
         }
@@ -84,33 +103,31 @@ pub fn find_token(
     let mut params_seen: Vec<&str> = Vec::new();
     let mut cookies_seen: Vec<&str> = Vec::new();
     for provider in providers {
-        for location in &provider.from_headers {
-            let key = (location.name.as_str(), location.prefix.as_str());
+        for key in header_locations(provider) {
+            let (name, prefix) = key;
             if headers_seen
                 .iter()
-                .any(|(n, p)| *n == key.0 && p.eq_ignore_ascii_case(key.1))
+                .any(|(n, p)| *n == name && p.eq_ignore_ascii_case(prefix))
             {
                 continue;
             }
             headers_seen.push(key);
-            for value in request.header_values(&location.name) {
+            for value in request.header_values(name) {
                 // Envoy folds repeated headers into one value joined by commas; a JWT never
                 // holds a comma, so two prefixed pieces are two tokens.
                 let prefixed = value
                     .split(',')
-                    .filter(|piece| {
-                        strip_prefix_ignore_case(piece.trim_start(), &location.prefix).is_some()
-                    })
+                    .filter(|piece| strip_prefix_ignore_case(piece.trim_start(), prefix).is_some())
                     .count();
                 if prefixed > 1 {
                     return Err(ExtractError::MultipleTokens);
                 }
-                if let Some(token) = strip_prefix_ignore_case(value, &location.prefix) {
+                if let Some(token) = strip_prefix_ignore_case(value, prefix) {
                     record(
                         token.to_string(),
                         Location::Header {
-                            name: location.name.clone(),
-                            prefix: location.prefix.clone(),
+                            name: name.to_owned(),
+                            prefix: prefix.to_owned(),
                         },
                     )?;
                 }

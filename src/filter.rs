@@ -3,7 +3,7 @@
 //! the worker's VM), so this file calls `hostcalls` directly and handles every error.
 
 use crate::audit;
-use crate::authorize::{self, Decision, HeaderEdit, Outcome, Request};
+use crate::authorize::{self, Decision, HeaderEdit, KeyLookup, KeyState, Outcome, Request};
 use crate::cache::TokenCache;
 use crate::config::AuditLevel;
 use crate::config::{self, Config};
@@ -12,7 +12,9 @@ use crate::host;
 use crate::host_verify::TrustedHost;
 use crate::keystore::{FetchAnswer, KeyStore, SharedStore, Spread, Stage};
 use crate::peer::Peer;
-use crate::response::Denial;
+use crate::response::{Challenges, Denial};
+use crate::sender::dpop::Proof;
+use crate::sender::replay::{self, Admission};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
@@ -59,6 +61,39 @@ impl SharedStore for HostShared {
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
         hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+    }
+}
+
+/// The worker's keys, and the sidecar's memory of DPoP proofs in shared data.
+struct Sidecar<'k> {
+    keys: &'k KeyStore,
+    max_dpop_proofs: usize,
+}
+
+impl KeyLookup for Sidecar<'_> {
+    fn keys(&self, provider: usize, now_ms: u64) -> KeyState<'_> {
+        self.keys.keys(provider, now_ms)
+    }
+    fn refetch_possible(&self, provider: usize, now_ms: u64) -> bool {
+        self.keys.refetch_possible(provider, now_ms)
+    }
+    fn key_version(&self, provider: usize) -> u64 {
+        self.keys.key_version(provider)
+    }
+    fn revocations(&self, provider: usize) -> Option<&config::Revoked> {
+        self.keys.revocations(provider)
+    }
+    fn signature_host(&self) -> Option<TrustedHost<'_>> {
+        self.keys.signature_host()
+    }
+    fn admit_proof(&self, proof: &Proof, now_s: u64) -> Admission {
+        replay::admit_shared(
+            &HostShared,
+            self.max_dpop_proofs,
+            proof.replay_id,
+            proof.expires_s,
+            now_s,
+        )
     }
 }
 
@@ -300,11 +335,15 @@ impl State {
 
     /// `without_refetch`: an unknown kid is refused rather than waited for.
     fn decide(&mut self, view: &Request<'_>, now: u64, without_refetch: bool) -> Decision {
+        let sidecar = Sidecar {
+            keys: &self.keys,
+            max_dpop_proofs: self.config.limits.max_dpop_proofs,
+        };
         if without_refetch {
-            let keys = authorize::WithoutRefetch(&self.keys);
+            let keys = authorize::WithoutRefetch(&sidecar);
             authorize::authorize(&self.config, &keys, &mut self.cache, view, now)
         } else {
-            authorize::authorize(&self.config, &self.keys, &mut self.cache, view, now)
+            authorize::authorize(&self.config, &sidecar, &mut self.cache, view, now)
         }
     }
 
@@ -455,7 +494,7 @@ impl State {
             .map(|v| String::from_utf8_lossy(&v).into_owned())
             .unwrap_or_default();
         let realm = self.config.realm.as_deref().unwrap_or(&authority);
-        let response = denial.render(realm);
+        let response = denial.render_for(realm, &Challenges::for_config(&self.config));
         let headers: Vec<(&str, &str)> = response
             .headers
             .iter()
@@ -484,6 +523,7 @@ struct HeaderBuffer {
 #[derive(Default)]
 struct RequestFields<'a> {
     method: &'a str,
+    scheme: &'a str,
     path: &'a str,
     authority: &'a str,
     headers: Vec<(&'a str, &'a str)>,
@@ -564,6 +604,7 @@ impl HeaderBuffer {
         };
         let mut fields = RequestFields {
             method: "",
+            scheme: "",
             path: "",
             authority: "",
             headers: Vec::with_capacity(self.spans.len()),
@@ -572,6 +613,7 @@ impl HeaderBuffer {
             let (name, value) = (text(name)?, text(value)?);
             match name {
                 ":method" => fields.method = value,
+                ":scheme" => fields.scheme = value,
                 ":path" => fields.path = value,
                 ":authority" => fields.authority = value,
                 _ => fields.headers.push((name, value)),
@@ -585,6 +627,7 @@ impl RequestFields<'_> {
     fn request<'a>(&'a self, peer: &'a HostPeer) -> Request<'a> {
         Request {
             method: self.method,
+            scheme: self.scheme,
             path: self.path,
             authority: self.authority,
             headers: &self.headers,
@@ -601,6 +644,7 @@ struct HostPeer {
     source_address: OnceCell<Option<String>>,
     destination_address: OnceCell<Option<String>>,
     sni: OnceCell<Option<String>>,
+    certificate_digest: OnceCell<Option<String>>,
 }
 
 impl HostPeer {
@@ -625,6 +669,12 @@ impl Peer for HostPeer {
     }
     fn sni(&self) -> Option<&str> {
         Self::read(&self.sni, ["connection", "requested_server_name"])
+    }
+    fn certificate_digest(&self) -> Option<&str> {
+        Self::read(
+            &self.certificate_digest,
+            ["connection", "sha256_peer_certificate_digest"],
+        )
     }
 }
 
@@ -775,6 +825,13 @@ impl RootContext for Root {
         };
         for (provider, stage) in abandoned {
             keys.abandon_fetch(&HostShared, provider, stage);
+        }
+        if config
+            .providers
+            .iter()
+            .any(|p| p.dpop.mode != config::Binding::Off)
+        {
+            replay::prepare_slots(&HostShared, config.limits.max_dpop_proofs);
         }
         let signature_host = *self.signature_host.get_or_insert_with(|| match host::checked() {
             Ok(trusted) => {

@@ -218,6 +218,28 @@ pub fn parse_jwks(
     Ok(KeySet { keys, skipped })
 }
 
+/// Why a DPoP proof's `jwk` cannot be the key it is verified with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProofKeyError {
+    /// Private members (or a symmetric `k`): RFC 9449 §4.3 check 7.
+    Private,
+    /// Not a public key of a supported kind, curve and size.
+    Unusable,
+}
+
+/// The public key a DPoP proof carries in its header, as a set of one, with the same rules as
+/// a provider's keys (sizes, curves, `alg`, `use`).
+pub fn proof_key(jwk: &Map<String, Value>) -> Result<KeySet, ProofKeyError> {
+    if PRIVATE_MEMBERS.iter().any(|name| jwk.contains_key(*name)) || jwk.contains_key("k") {
+        return Err(ProofKeyError::Private);
+    }
+    let key = parse_jwk(jwk, false).ok_or(ProofKeyError::Unusable)?;
+    Ok(KeySet {
+        keys: vec![key],
+        skipped: 0,
+    })
+}
+
 /// Members that only a private key has (RFC 7518 §6.2.2, §6.3.2; RFC 8037 §2).
 const PRIVATE_MEMBERS: [&str; 7] = ["d", "p", "q", "dp", "dq", "qi", "oth"];
 

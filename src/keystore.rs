@@ -843,7 +843,7 @@ impl KeyLookup for KeyStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::keys::testing::TestKey;
     use serde_json::json;
@@ -856,7 +856,7 @@ mod tests {
     /// Envoy's shared-data semantics: a CAS token per value, bumped on every write; a write
     /// with a stale token fails; creating a value is unconditional.
     #[derive(Default)]
-    struct Shared(RefCell<HashMap<String, (Vec<u8>, u32)>>);
+    pub(crate) struct Shared(pub(crate) RefCell<HashMap<String, (Vec<u8>, u32)>>);
 
     impl SharedStore for Shared {
         fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
@@ -1486,6 +1486,7 @@ mod tests {
         let headers = [("authorization", bearer.as_str())];
         let request = Request {
             method: "GET",
+            scheme: "https",
             path: "/",
             authority: "example.com",
             headers: &headers,

@@ -18,6 +18,7 @@ pub mod path;
 pub mod peer;
 pub mod policy;
 pub mod response;
+pub mod sender;
 pub mod token;
 pub mod verify;
 

@@ -15,6 +15,8 @@ pub trait Peer {
     fn destination_address(&self) -> Option<&str>;
     /// `connection.requested_server_name`.
     fn sni(&self) -> Option<&str>;
+    /// `connection.sha256_peer_certificate_digest`: the client certificate's SHA-256, hex.
+    fn certificate_digest(&self) -> Option<&str>;
 }
 
 /// A request with nothing known about its connection (and for requests whose configuration
@@ -34,6 +36,9 @@ impl Peer for NoPeer {
     fn sni(&self) -> Option<&str> {
         None
     }
+    fn certificate_digest(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Values given up front: `explain`, tests.
@@ -43,6 +48,7 @@ pub struct FixedPeer {
     pub source_address: Option<String>,
     pub destination_address: Option<String>,
     pub sni: Option<String>,
+    pub certificate_digest: Option<String>,
 }
 
 impl Peer for FixedPeer {
@@ -57,6 +63,9 @@ impl Peer for FixedPeer {
     }
     fn sni(&self) -> Option<&str> {
         self.sni.as_deref()
+    }
+    fn certificate_digest(&self) -> Option<&str> {
+        self.certificate_digest.as_deref()
     }
 }
 

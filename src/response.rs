@@ -22,6 +22,54 @@ pub enum Denial {
     Forbidden,
     /// 503: no signing keys could be had for the token's issuer.
     KeysUnavailable { retry_after_seconds: u64 },
+    /// 401 `invalid_dpop_proof` (RFC 9449 §7.1): the DPoP proof failed a check.
+    InvalidProof {
+        description: &'static str,
+        reason: &'static str,
+    },
+    /// 503: the sidecar could not record a DPoP proof, so it cannot promise single use.
+    ReplayUnavailable,
+}
+
+/// The authentication schemes a configuration accepts, for the challenges of a refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenges {
+    pub bearer: bool,
+    /// `algs` of the DPoP challenge (RFC 9449 §7.1) when some provider accepts DPoP.
+    pub dpop_algs: Option<String>,
+}
+
+impl Challenges {
+    pub const BEARER: Challenges = Challenges {
+        bearer: true,
+        dpop_algs: None,
+    };
+
+    /// Bearer unless every provider requires DPoP; DPoP with the union of the algorithms of
+    /// the providers that accept it.
+    pub fn for_config(config: &crate::config::Config) -> Challenges {
+        use crate::config::Binding;
+        let dpop: Vec<&crate::config::Provider> = config
+            .providers
+            .iter()
+            .filter(|p| p.dpop.mode != Binding::Off)
+            .collect();
+        let mut algs = crate::alg::AlgSet::EMPTY;
+        for provider in &dpop {
+            for alg in provider.dpop.algorithms.iter() {
+                algs.insert(alg);
+            }
+        }
+        let names: Vec<&str> = algs.iter().map(|alg| alg.name()).collect();
+        Challenges {
+            bearer: config.providers.is_empty()
+                || config
+                    .providers
+                    .iter()
+                    .any(|p| p.dpop.mode != Binding::Required),
+            dpop_algs: (!dpop.is_empty()).then(|| names.join(" ")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,59 +90,105 @@ impl Denial {
             Denial::ClaimFailed => "claim",
             Denial::Forbidden => "deny_rule",
             Denial::KeysUnavailable { .. } => "keys_unavailable",
+            Denial::InvalidProof { reason, .. } => reason,
+            Denial::ReplayUnavailable => "dpop_replay_unavailable",
         }
     }
 
+    /// The answer for a configuration that accepts bearer tokens only.
     pub fn render(&self, realm: &str) -> Response {
+        self.render_for(realm, &Challenges::BEARER)
+    }
+
+    pub fn render_for(&self, realm: &str, schemes: &Challenges) -> Response {
         let realm = quoted_safe(realm);
-        let (status, challenge, error, description) = match self {
-            Denial::InvalidRequest(description) => (400, None, "invalid_request", *description),
+        // Parameters of the challenge, for each accepted scheme; `None`: no challenge.
+        let (status, params, error, description): (u32, Option<String>, &str, &str) = match self {
+            Denial::InvalidRequest(description) => (400, None, "invalid_request", description),
+            // RFC 6750 §3.1: no error code in the challenge when no token was sent.
             Denial::MissingToken => (
                 401,
-                Some(format!("Bearer realm=\"{realm}\"")),
-                // RFC 6750 §3.1: no error code in the challenge when no token was sent.
+                Some(String::new()),
                 "missing_token",
                 "a bearer token is required",
             ),
             Denial::InvalidToken { description, .. } => (
                 401,
                 Some(format!(
-                    "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{description}\""
+                    ", error=\"invalid_token\", error_description=\"{description}\""
                 )),
                 "invalid_token",
-                *description,
+                description,
             ),
-            Denial::MissingScopes(scopes) => {
-                let scopes = scopes.join(" ");
-                let challenge = format!(
-                    "Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{}\"",
-                    quoted_safe(&scopes)
-                );
-                (403, Some(challenge), "insufficient_scope", "token lacks a required scope")
-            }
+            Denial::MissingScopes(scopes) => (
+                403,
+                Some(format!(
+                    ", error=\"insufficient_scope\", scope=\"{}\"",
+                    quoted_safe(&scopes.join(" "))
+                )),
+                "insufficient_scope",
+                "token lacks a required scope",
+            ),
             Denial::ClaimFailed => (
                 403,
-                Some(format!("Bearer realm=\"{realm}\", error=\"insufficient_scope\"")),
+                Some(", error=\"insufficient_scope\"".to_string()),
                 "insufficient_scope",
                 "token lacks a required claim value",
             ),
-            Denial::Forbidden => (403, None, "access_denied", "access to this resource is denied"),
+            Denial::Forbidden => (
+                403,
+                None,
+                "access_denied",
+                "access to this resource is denied",
+            ),
             Denial::KeysUnavailable { .. } => (
                 503,
                 None,
                 "temporarily_unavailable",
                 "signing keys for the token issuer are not available",
             ),
+            Denial::InvalidProof { description, .. } => (
+                401,
+                Some(format!(
+                    ", error=\"invalid_dpop_proof\", error_description=\"{description}\""
+                )),
+                "invalid_dpop_proof",
+                description,
+            ),
+            Denial::ReplayUnavailable => (
+                503,
+                None,
+                "temporarily_unavailable",
+                "the DPoP replay memory is full; retry with a new proof",
+            ),
         };
         let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
-        if let Some(challenge) = challenge {
-            headers.push(("www-authenticate".to_string(), challenge));
+        if let Some(params) = params {
+            let proof_error = matches!(self, Denial::InvalidProof { .. });
+            // A proof error concerns the DPoP scheme only; the Bearer challenge stays plain.
+            if schemes.bearer || schemes.dpop_algs.is_none() {
+                let bearer_params = if proof_error { "" } else { params.as_str() };
+                headers.push((
+                    "www-authenticate".to_string(),
+                    format!("Bearer realm=\"{realm}\"{bearer_params}"),
+                ));
+            }
+            if let Some(algs) = &schemes.dpop_algs {
+                headers.push((
+                    "www-authenticate".to_string(),
+                    format!("DPoP realm=\"{realm}\", algs=\"{algs}\"{params}"),
+                ));
+            }
         }
-        if let Denial::KeysUnavailable {
-            retry_after_seconds,
-        } = self
-        {
-            headers.push(("retry-after".to_string(), retry_after_seconds.to_string()));
+        let retry_after = match self {
+            Denial::KeysUnavailable {
+                retry_after_seconds,
+            } => Some(*retry_after_seconds),
+            Denial::ReplayUnavailable => Some(1),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            headers.push(("retry-after".to_string(), seconds.to_string()));
         }
         let body = json!({ "error": error, "error_description": description }).to_string();
         Response {
@@ -202,6 +296,53 @@ mod tests {
         assert_eq!(
             header(&r, "www-authenticate"),
             Some("Bearer realm=\"evilx: y\"")
+        );
+    }
+
+    #[test]
+    fn dpop_challenges_name_the_algorithms_and_carry_the_error() {
+        let challenges_of = |r: &Response| -> Vec<String> {
+            r.headers
+                .iter()
+                .filter(|(n, _)| n == "www-authenticate")
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        let dpop_only = Challenges {
+            bearer: false,
+            dpop_algs: Some("ES256 EdDSA".into()),
+        };
+        let both = Challenges {
+            bearer: true,
+            dpop_algs: Some("ES256".into()),
+        };
+        assert_eq!(
+            challenges_of(&Denial::MissingToken.render_for("r", &dpop_only)),
+            ["DPoP realm=\"r\", algs=\"ES256 EdDSA\""]
+        );
+        let proof = Denial::InvalidProof {
+            description: "DPoP proof htm does not match the request method",
+            reason: "dpop_htm",
+        };
+        let answer = proof.render_for("r", &both);
+        assert_eq!(answer.status, 401);
+        assert_eq!(
+            challenges_of(&answer),
+            [
+                "Bearer realm=\"r\"".to_string(),
+                "DPoP realm=\"r\", algs=\"ES256\", error=\"invalid_dpop_proof\", error_description=\"DPoP proof htm does not match the request method\"".to_string()
+            ]
+        );
+        assert!(answer.body.contains("invalid_dpop_proof"));
+        let replay = Denial::ReplayUnavailable.render_for("r", &both);
+        assert_eq!(replay.status, 503);
+        assert!(replay
+            .headers
+            .contains(&("retry-after".to_string(), "1".to_string())));
+        // Bearer only, as before.
+        assert_eq!(
+            challenges_of(&Denial::MissingToken.render("r")),
+            ["Bearer realm=\"r\""]
         );
     }
 }

@@ -18,13 +18,16 @@ pub struct Jws<'a> {
     pub signature: Vec<u8>,
 }
 
-/// The header members the verifier needs. Key-locating members (`jku`, `x5u`, `jwk`, `x5c`)
-/// are dropped: keys come only from the provider's configuration.
+/// The header members the verifier needs. Key-locating members (`jku`, `x5u`, `x5c`) are
+/// dropped: a token's keys come only from the provider's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
     pub alg: Alg,
     pub kid: Option<String>,
     pub typ: Option<String>,
+    /// Read by the DPoP proof check only (RFC 9449 §4.2: the proof carries its public key);
+    /// token verification never looks at it.
+    pub jwk: Option<Map<String, Value>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -194,6 +197,11 @@ fn parse_header(bytes: &[u8], limits: JsonLimits) -> Result<Header, TokenError> 
         alg,
         kid: optional_string(members.remove("kid"), HeaderFault::Kid)?,
         typ: optional_string(members.remove("typ"), HeaderFault::Typ)?,
+        jwk: match members.remove("jwk") {
+            Some(Value::Object(jwk)) => Some(jwk),
+            // Not an object: not a key, which the proof check reports as a missing one.
+            _ => None,
+        },
     })
 }
 
@@ -275,6 +283,7 @@ mod tests {
                     alg: Alg::RS256,
                     kid: Some("key-1".to_owned()),
                     typ: Some("at+jwt".to_owned()),
+                    jwk: None,
                 },
                 json!({"iss":"https://idp.example","sub":"alice","exp":1700000000}),
                 signing_input.as_bytes(),
@@ -296,7 +305,8 @@ mod tests {
                 Ok(Header {
                     alg,
                     kid: None,
-                    typ: None
+                    typ: None,
+                    jwk: None
                 })
             );
         }
@@ -487,13 +497,17 @@ mod tests {
 
     #[test]
     fn key_locating_header_members_are_ignored() {
+        // `jwk` is kept for the DPoP proof check alone; verification never reads it (tested in
+        // verify and authorize: a token whose jwk would verify it is still refused).
         let header = r#"{"alg":"ES256","kid":"k","jku":"https://evil.example/jwks","x5u":"https://evil.example/cert","jwk":{"kty":"EC"},"x5c":["MII"]}"#;
+        let jwk = json!({"kty": "EC"}).as_object().cloned();
         assert_eq!(
             header_of(&with_header(header)),
             Ok(Header {
                 alg: Alg::ES256,
                 kid: Some("k".to_owned()),
-                typ: None
+                typ: None,
+                jwk
             })
         );
     }

@@ -82,6 +82,9 @@ pub struct Limits {
     pub max_cached_tokens: usize,
     /// `limits.maxRevocationBytes`, default 1 MiB: a larger fetched revocation list is refused.
     pub max_revocation_bytes: usize,
+    /// `limits.maxDpopProofs`, default 65536: DPoP proofs the sidecar remembers within their
+    /// window (24 bytes each in shared data); a proof that finds no room is refused (503).
+    pub max_dpop_proofs: usize,
 }
 
 impl Default for Limits {
@@ -94,6 +97,7 @@ impl Default for Limits {
             max_jwks_keys: 64,
             max_held_requests: 1024,
             max_cached_tokens: 1024,
+            max_dpop_proofs: 65536,
             max_revocation_bytes: 1024 * 1024,
         }
     }
@@ -133,6 +137,30 @@ pub struct Provider {
     /// Project addition `revocationUri` (+ `revocationCluster`, `revocationRefreshSeconds`):
     /// a revocation list in the same shape as `revoked`, fetched like keys.
     pub revocation: Option<RemoteRevocation>,
+    /// `dpop`: DPoP-bound tokens (RFC 9449).
+    pub dpop: Dpop,
+    /// `certificateBound`: tokens bound to the client certificate (RFC 8705 §3).
+    pub certificate_bound: Binding,
+}
+
+/// Whether a provider's tokens must, may or need not be bound to their sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Binding {
+    #[default]
+    Off,
+    Allowed,
+    Required,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dpop {
+    pub mode: Binding,
+    /// Asymmetric only.
+    pub algorithms: AlgSet,
+    /// How old a proof's `iat` may be, on top of the provider's clock skew.
+    pub max_age_seconds: u64,
+    /// Normalised `scheme://host[:port]`s a proof's `htu` may name; `None`: the request's own.
+    pub origins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -696,6 +724,7 @@ fn parse_limits(value: &Value, path: &str) -> Parsed<Limits> {
             "maxHeldRequests",
             "maxCachedTokens",
             "maxRevocationBytes",
+            "maxDpopProofs",
         ],
     )?;
     let defaults = Limits::default();
@@ -716,6 +745,7 @@ fn parse_limits(value: &Value, path: &str) -> Parsed<Limits> {
         max_held_requests: limit("maxHeldRequests", defaults.max_held_requests)?,
         max_cached_tokens,
         max_revocation_bytes: limit("maxRevocationBytes", defaults.max_revocation_bytes)?,
+        max_dpop_proofs: limit("maxDpopProofs", defaults.max_dpop_proofs)?,
     })
 }
 
@@ -723,6 +753,7 @@ mod fields;
 mod providers;
 mod request_match;
 mod rules;
+mod sender;
 #[cfg(test)]
 mod tests;
 
@@ -731,3 +762,4 @@ use providers::*;
 pub use providers::{http_target, metric_label};
 use request_match::*;
 use rules::*;
+use sender::*;

@@ -28,6 +28,8 @@ pub(super) const PROVIDER_FIELDS: &[&str] = &[
     "revocationUri",
     "revocationCluster",
     "revocationRefreshSeconds",
+    "dpop",
+    "certificateBound",
 ];
 
 pub(super) const DEFAULT_TIMEOUT_MS: u64 = 5_000;
@@ -160,6 +162,13 @@ pub(super) fn parse_provider(value: &Value, path: &str) -> Parsed<(Provider, boo
             .optional("revoked", parse_revoked)?
             .unwrap_or_default(),
         revocation: parse_remote_revocation(&provider)?,
+        dpop: match provider.optional("dpop", parse_dpop)? {
+            Some(dpop) => dpop,
+            None => parse_dpop(&serde_json::json!({}), &provider.path_of("dpop"))?,
+        },
+        certificate_bound: provider
+            .optional("certificateBound", parse_binding)?
+            .unwrap_or(Binding::Off),
     };
     Ok((parsed, name_given))
 }

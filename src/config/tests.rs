@@ -1432,6 +1432,7 @@ fn full_config_with_every_field() {
             max_held_requests: 10,
             max_cached_tokens: 1024,
             max_revocation_bytes: 1024 * 1024,
+            max_dpop_proofs: 65536,
         }
     );
 
@@ -1580,4 +1581,73 @@ fn match_conditions_are_ordered_request_then_peer_then_token() {
         parsed.matcher.conditions[4].fact,
         Fact::Claim(ClaimPath(vec!["org".into(), "id".into()]))
     );
+}
+
+#[test]
+fn sender_binding_settings() {
+    let config = ok(&provider_config(json!({
+        "dpop": {"mode": "allowed", "algorithms": ["ES256"], "maxAgeSeconds": 30,
+                 "origins": ["HTTPS://API.example.com:443", "http://localhost:8080"]},
+        "certificateBound": "required"
+    })));
+    let provider = &config.providers[0];
+    assert_eq!(provider.dpop.mode, Binding::Allowed);
+    assert!(provider.dpop.algorithms.iter().eq([Alg::ES256]));
+    assert_eq!(provider.dpop.max_age_seconds, 30);
+    assert_eq!(
+        provider.dpop.origins,
+        Some(vec![
+            "https://api.example.com".to_owned(),
+            "http://localhost:8080".to_owned()
+        ])
+    );
+    assert_eq!(provider.certificate_bound, Binding::Required);
+    let plain = ok(&provider_config(json!({})));
+    assert_eq!(plain.providers[0].dpop.mode, Binding::Off);
+    let defaults = plain.providers[0].dpop.algorithms;
+    assert_eq!(defaults.iter().count(), 5);
+    for alg in [Alg::ES256, Alg::ES384, Alg::EdDSA, Alg::PS256, Alg::RS256] {
+        assert!(defaults.contains(alg), "{alg}");
+    }
+    for (patch, expected) in [
+        (
+            json!({"dpop": {"mode": "yes"}}),
+            "providers[0].dpop.mode: expected \"required\", \"allowed\" or \"off\"",
+        ),
+        (
+            json!({"dpop": {"algorithms": ["HS256"]}}),
+            "providers[0].dpop.algorithms[0]: HS256 needs the HMAC key inline in jwks",
+        ),
+        (
+            json!({"dpop": {"algorithms": ["none"]}}),
+            "providers[0].dpop.algorithms[0]: unsecured tokens cannot be allowed",
+        ),
+        (
+            json!({"dpop": {"maxAgeSeconds": 0}}),
+            "providers[0].dpop.maxAgeSeconds: must be greater than zero",
+        ),
+        (
+            json!({"dpop": {"maxAgeSeconds": 7200}}),
+            "providers[0].dpop.maxAgeSeconds: at most 3600",
+        ),
+        (
+            json!({"dpop": {"origins": ["https://api.example.com/v1"]}}),
+            "providers[0].dpop.origins[0]: expected an origin",
+        ),
+        (
+            json!({"dpop": {"origins": []}}),
+            "providers[0].dpop.origins: must not be empty",
+        ),
+        (
+            json!({"dpop": {"nonce": true}}),
+            "providers[0].dpop.nonce: unknown field",
+        ),
+        (
+            json!({"certificateBound": true}),
+            "providers[0].certificateBound: expected a string",
+        ),
+    ] {
+        let got = problem(&provider_config(patch.clone()));
+        assert!(got.starts_with(expected), "{patch}: {got}");
+    }
 }

@@ -760,6 +760,10 @@ mod tests {
             self.0.set(self.0.get() + 1);
             None
         }
+        fn certificate_digest(&self) -> Option<&str> {
+            self.0.set(self.0.get() + 1);
+            None
+        }
     }
 
     #[test]

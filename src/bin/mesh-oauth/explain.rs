@@ -92,6 +92,7 @@ pub fn explain(config: &Config, options: &Options) -> Result<String, String> {
         .collect();
     let request = Request {
         method: &options.method,
+        scheme: "https",
         path: &raw_path,
         authority: &options.host,
         headers: &headers,

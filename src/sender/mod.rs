@@ -1,0 +1,230 @@
+//! Sender-constrained tokens: a verified token that is bound to a key (DPoP, RFC 9449) or to
+//! a client certificate (RFC 8705 §3) is accepted only from that sender. A stage of its own,
+//! after the token is verified and before any rule reads its claims.
+
+pub mod dpop;
+pub mod replay;
+
+use crate::config::{Binding, Provider};
+use crate::host_verify::TrustedHost;
+use crate::peer::Peer;
+use crate::response::Denial;
+use crate::token::TokenLimits;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use dpop::ProofError;
+use replay::Admission;
+use serde_json::{Map, Value};
+
+/// What the binding checks read of the request.
+#[derive(Clone, Copy)]
+pub struct BindingRequest<'a> {
+    pub method: &'a str,
+    /// `:scheme`: with `:authority`, the origin a proof's `htu` must name when the provider
+    /// lists no `origins`.
+    pub scheme: &'a str,
+    pub authority: &'a str,
+    /// The raw `:path`.
+    pub path: &'a str,
+    pub headers: &'a [(&'a str, &'a str)],
+    pub peer: &'a dyn Peer,
+}
+
+/// How the token came: `Authorization: DPoP …` or any bearer location.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presented {
+    Bearer,
+    Dpop,
+}
+
+/// Checks the token's binding to its sender. `admit` remembers a proof for the sidecar and
+/// says whether it was seen before.
+#[allow(clippy::too_many_arguments)]
+pub fn check(
+    provider: &Provider,
+    claims: &Map<String, Value>,
+    token: &str,
+    presented: Presented,
+    request: &BindingRequest<'_>,
+    now_ms: u64,
+    limits: &TokenLimits,
+    host: Option<TrustedHost<'_>>,
+    admit: &mut dyn FnMut(&dpop::Proof) -> Admission,
+) -> Result<(), Denial> {
+    check_dpop(
+        provider, claims, token, presented, request, now_ms, limits, host, admit,
+    )?;
+    check_certificate(provider.certificate_bound, claims, request.peer)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_dpop(
+    provider: &Provider,
+    claims: &Map<String, Value>,
+    token: &str,
+    presented: Presented,
+    request: &BindingRequest<'_>,
+    now_ms: u64,
+    limits: &TokenLimits,
+    host: Option<TrustedHost<'_>>,
+    admit: &mut dyn FnMut(&dpop::Proof) -> Admission,
+) -> Result<(), Denial> {
+    let jkt = cnf(claims, "jkt");
+    match (presented, provider.dpop.mode) {
+        (Presented::Dpop, Binding::Off) => Err(invalid(
+            "the DPoP scheme is not accepted for this issuer",
+            "dpop_not_accepted",
+        )),
+        (Presented::Dpop, _) => {
+            let Some(jkt) = jkt else {
+                return Err(invalid(
+                    "token is not DPoP-bound (no cnf.jkt) but was sent with the DPoP scheme",
+                    "dpop_unbound",
+                ));
+            };
+            let proof_text = dpop::proof_header(request).map_err(proof_denial)?;
+            let proof = dpop::check_proof(
+                proof_text,
+                token,
+                &provider.dpop,
+                provider.clock_skew_seconds,
+                request,
+                now_ms / 1000,
+                limits,
+                host,
+                &mut Vec::new(),
+            )
+            .map_err(proof_denial)?;
+            if proof.jkt != jkt {
+                return Err(Denial::InvalidProof {
+                    description: "DPoP proof key is not the key the token is bound to (cnf.jkt)",
+                    reason: "dpop_binding",
+                });
+            }
+            match admit(&proof) {
+                Admission::Fresh => Ok(()),
+                Admission::Replayed => Err(Denial::InvalidProof {
+                    description: "DPoP proof was already used",
+                    reason: "dpop_replay",
+                }),
+                Admission::Full | Admission::Unavailable => Err(Denial::ReplayUnavailable),
+            }
+        }
+        // RFC 9449 §7.1: a bound token sent as a bearer token is a downgrade, whatever the mode.
+        (Presented::Bearer, _) if jkt.is_some() => Err(invalid(
+            "token is DPoP-bound (cnf.jkt): send it with the DPoP scheme and a proof",
+            "dpop_downgrade",
+        )),
+        (Presented::Bearer, Binding::Required) => {
+            Err(invalid("a DPoP-bound token is required", "dpop_required"))
+        }
+        (Presented::Bearer, _) => Ok(()),
+    }
+}
+
+/// RFC 8705 §3: `cnf["x5t#S256"]` is the base64url SHA-256 of the client certificate; Envoy
+/// gives the certificate's SHA-256 in hex.
+fn check_certificate(
+    mode: Binding,
+    claims: &Map<String, Value>,
+    peer: &dyn Peer,
+) -> Result<(), Denial> {
+    if mode == Binding::Off {
+        return Ok(());
+    }
+    let Some(bound) = cnf(claims, "x5t#S256") else {
+        return match mode {
+            Binding::Required => Err(invalid(
+                "token is not bound to a client certificate (no cnf x5t#S256)",
+                "cert_unbound",
+            )),
+            _ => Ok(()),
+        };
+    };
+    let presented = peer.certificate_digest().and_then(hex_to_base64url);
+    match presented {
+        None => Err(invalid(
+            "token is bound to a client certificate and the connection presented none",
+            "cert_missing",
+        )),
+        Some(digest) if digest == bound => Ok(()),
+        Some(_) => Err(invalid(
+            "token is bound to another client certificate",
+            "cert_mismatch",
+        )),
+    }
+}
+
+fn cnf<'c>(claims: &'c Map<String, Value>, member: &str) -> Option<&'c str> {
+    claims.get("cnf")?.get(member)?.as_str()
+}
+
+fn invalid(description: &'static str, reason: &'static str) -> Denial {
+    Denial::InvalidToken {
+        description,
+        reason,
+    }
+}
+
+fn proof_denial(error: ProofError) -> Denial {
+    Denial::InvalidProof {
+        description: error.describe(),
+        reason: error.reason(),
+    }
+}
+
+/// `scheme://host[:port]` lower-cased, the default port dropped (RFC 3986 §6.2.2, §6.2.3);
+/// `None` for anything else (a path, query, userinfo, another scheme).
+pub fn normalize_origin(text: &str) -> Option<String> {
+    let (scheme, authority) = text.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "https" => "443",
+        "http" => "80",
+        _ => return None,
+    };
+    let authority = authority.strip_suffix('/').unwrap_or(authority);
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+        return None;
+    }
+    let authority = authority.to_ascii_lowercase();
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, Some(port)),
+        _ => (authority.as_str(), None),
+    };
+    if host.is_empty() {
+        return None;
+    }
+    match port {
+        None => Some(format!("{scheme}://{host}")),
+        Some(port) if port == default_port => Some(format!("{scheme}://{host}")),
+        Some(port) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(format!("{scheme}://{host}:{port}"))
+        }
+        Some(_) => None,
+    }
+}
+
+fn hex_to_base64url(hex: &str) -> Option<String> {
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    bytes.map(|bytes| b64url(&bytes))
+}
+
+pub(crate) fn sha256(bytes: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
+}
+
+pub(crate) fn b64url(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests;
