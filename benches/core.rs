@@ -267,6 +267,7 @@ fn run_authorize(fx: &Fixture, cache: &mut TokenCache, headers: &[(String, Strin
         .collect();
     let request = Request {
         method: "POST",
+        scheme: "https",
         path: "/orders/42?expand=items",
         authority: "orders.example.com",
         headers: &headers,

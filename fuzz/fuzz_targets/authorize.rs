@@ -66,6 +66,7 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let request = Request {
         method,
+        scheme: "https",
         path: raw_path,
         authority,
         headers: &header_refs,
