@@ -1110,3 +1110,88 @@ spec:
         );
     }
 }
+
+// ---- sender-constrained tokens ----------------------------------------------------------
+
+/// A DPoP client: an Ed25519 key of its own, proofs signed here with ring.
+struct DpopClient(Ed25519KeyPair);
+
+impl DpopClient {
+    fn new() -> DpopClient {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        DpopClient(Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap())
+    }
+
+    fn x(&self) -> String {
+        b64(self.0.public_key().as_ref())
+    }
+
+    /// RFC 7638, computed here independently of the filter.
+    fn jkt(&self) -> String {
+        let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, self.x());
+        b64(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()).as_ref())
+    }
+
+    fn proof(&self, htm: &str, htu: &str, token: &str) -> String {
+        let header = json!({"typ": "dpop+jwt", "alg": "EdDSA",
+                            "jwk": {"kty": "OKP", "crv": "Ed25519", "x": self.x()}});
+        let ath = b64(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
+        let input = signing_input(
+            header,
+            &json!({"jti": "proof-1", "htm": htm, "htu": htu, "iat": NOW, "ath": ath}),
+        );
+        format!("{input}.{}", b64(self.0.sign(input.as_bytes()).as_ref()))
+    }
+}
+
+#[test]
+fn explain_shows_each_dpop_proof_check() {
+    let idp = idp();
+    let client = DpopClient::new();
+    let config = json!({
+        "providers": [{"issuer": ISSUER, "jwksUri": "https://idp.example.com/jwks",
+                       "dpop": {"mode": "required", "algorithms": ["EdDSA", "ES256"]}}]
+    });
+    let token = idp.rs256(RSA_KID, &claims(json!({"cnf": {"jkt": client.jkt()}})));
+    let proof = client.proof("GET", "https://localhost/orders/7", &token);
+    let args = ["--path", "/orders/7", "--dpop", proof.as_str()];
+    let out = idp.explain_with("dpop-ok", &config, &token, &args);
+    assert!(out.stdout.contains(
+        "   DPoP proof checks passed: well-formed JWS, typ dpop+jwt, alg accepted, public jwk, signature, jti, htm, htu, iat, ath"
+    ), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("   bound to its sender: pass"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        answer(&out)[0].starts_with("final: allowed"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains(&proof), "the proof is never printed");
+
+    let wrong_method = client.proof("POST", "https://localhost/orders/7", &token);
+    let args = ["--path", "/orders/7", "--dpop", wrong_method.as_str()];
+    let out = idp.explain_with("dpop-htm", &config, &token, &args);
+    assert!(
+        out.stdout
+            .contains("   DPoP proof: FAILED: DPoP proof htm does not match the request method"),
+        "{}",
+        out.stdout
+    );
+    let answer = answer(&out);
+    assert_eq!(answer[0], "final: 401 Unauthorized (dpop_htm)");
+    assert_eq!(
+        header(&answer, "www-authenticate"),
+        Some("DPoP realm=\"localhost\", algs=\"ES256 EdDSA\", error=\"invalid_dpop_proof\", error_description=\"DPoP proof htm does not match the request method\"")
+    );
+
+    // The same token as a bearer token: a downgrade.
+    let out = idp.explain_with("dpop-bearer", &config, &token, &["--path", "/orders/7"]);
+    assert!(
+        out.stdout.contains("   refused with 401 (dpop_downgrade)"),
+        "{}",
+        out.stdout
+    );
+}

@@ -10,8 +10,8 @@ use mesh_oauth::authorize::{self, Allowed, HeaderEdit, Outcome, Request, Trace};
 use mesh_oauth::cache::TokenCache;
 use mesh_oauth::claims;
 use mesh_oauth::config::{
-    Action, ClaimTest, Condition, Config, Fact, KeySource, Mode, Pattern, Provider, Requirement,
-    Rule, RuleMatch, Unmatched,
+    Action, Binding, ClaimTest, Condition, Config, Fact, KeySource, Mode, Pattern, Provider,
+    Requirement, Rule, RuleMatch, Unmatched,
 };
 use mesh_oauth::extract::{self, ExtractError, Found, Location, RequestParts};
 use mesh_oauth::keys::{parse_jwks, JwksLimits, KeySet};
@@ -20,7 +20,9 @@ use mesh_oauth::peer::FixedPeer;
 use mesh_oauth::policy::{
     self, Applies, Miss, MissReason, Observed, RequestFacts, TokenClaims, Unmet,
 };
-use mesh_oauth::response::Denial;
+use mesh_oauth::response::{Challenges, Denial};
+use mesh_oauth::sender::replay::Admission;
+use mesh_oauth::sender::{self, dpop, BindingRequest, Presented};
 use mesh_oauth::token::{self, Jws, TokenLimits};
 use mesh_oauth::verify::{self, VerifyError};
 use serde_json::{Map, Value};
@@ -35,8 +37,12 @@ pub struct Options {
     pub placement: Placement,
     /// Other request headers (`--request-header`), lower-case names.
     pub headers: Vec<(String, String)>,
-    /// The connection: `--peer`, `--source`, `--destination`, `--sni`.
+    /// The connection: `--peer`, `--source`, `--destination`, `--sni`, `--client-cert-sha256`.
     pub peer: FixedPeer,
+    /// `--dpop PROOF`: the token goes as `Authorization: DPoP`, with this proof.
+    pub dpop: Option<String>,
+    /// `:scheme`, for the origin a DPoP proof's `htu` names.
+    pub scheme: String,
 }
 
 /// Where the token is put in the request.
@@ -92,7 +98,7 @@ pub fn explain(config: &Config, options: &Options) -> Result<String, String> {
         .collect();
     let request = Request {
         method: &options.method,
-        scheme: "https",
+        scheme: &options.scheme,
         path: &raw_path,
         authority: &options.host,
         headers: &headers,
@@ -134,6 +140,16 @@ fn describe_connection(peer: &FixedPeer, out: &mut Out) {
 /// The request headers and `:path` with the token in place, and where that is, for humans.
 fn place_token(config: &Config, options: &Options) -> (Vec<(String, String)>, String, String) {
     let token = &options.token;
+    if let Some(proof) = &options.dpop {
+        return (
+            vec![
+                ("authorization".to_string(), format!("DPoP {token}")),
+                ("dpop".to_string(), proof.clone()),
+            ],
+            options.path.clone(),
+            "header `authorization: DPoP <token>` with the proof in `dpop`".to_string(),
+        );
+    }
     match &options.placement {
         Placement::Header(name) => {
             let prefix = config
@@ -268,6 +284,7 @@ impl<'a> Narration<'a> {
         let (index, provider) = self.provider_step(&jws, &found)?;
         self.signature_step(&jws, index, provider)?;
         self.claims_step(&jws.claims, provider)?;
+        self.binding_step(&found, provider, &jws.claims)?;
         self.requirement_step(&need, index, provider, &jws.claims)
     }
 
@@ -664,6 +681,99 @@ impl<'a> Narration<'a> {
         }
     }
 
+    /// Sender-constrained tokens: the DPoP proof, check by check, and the binding verdict of
+    /// the core itself.
+    fn binding_step(
+        &mut self,
+        found: &Found,
+        provider: &Provider,
+        token_claims: &Map<String, Value>,
+    ) -> Option<()> {
+        let bound = token_claims.get("cnf").is_some();
+        let asks = provider.dpop.mode != Binding::Off || provider.certificate_bound != Binding::Off;
+        if !bound && !asks && !found.location.is_dpop() {
+            return Some(());
+        }
+        self.out.line(format!(
+            "9. sender binding: dpop {:?}, certificateBound {:?}",
+            provider.dpop.mode, provider.certificate_bound
+        ));
+        let binding = BindingRequest {
+            method: self.request.method,
+            scheme: self.request.scheme,
+            authority: self.request.authority,
+            path: self.request.path,
+            headers: self.request.headers,
+            peer: self.request.peer,
+        };
+        let limits = TokenLimits::from(&self.config.limits);
+        if found.location.is_dpop() {
+            if let Ok(proof) = dpop::proof_header(&binding) {
+                let mut passed = Vec::new();
+                let checked = dpop::check_proof(
+                    proof,
+                    &found.token,
+                    &provider.dpop,
+                    provider.clock_skew_seconds,
+                    &binding,
+                    self.now_ms / 1000,
+                    &limits,
+                    None,
+                    &mut passed,
+                );
+                self.out.line(format!(
+                    "   DPoP proof checks passed: {}",
+                    passed.join(", ")
+                ));
+                match &checked {
+                    Ok(proof) => self.out.line(format!(
+                        "   proof key thumbprint {}; token cnf.jkt {}",
+                        proof.jkt,
+                        token_claims
+                            .get("cnf")
+                            .and_then(|c| c.get("jkt"))
+                            .map_or("absent".to_string(), Value::to_string)
+                    )),
+                    Err(e) => self
+                        .out
+                        .line(format!("   DPoP proof: FAILED: {}", e.describe())),
+                }
+                self.out.line(
+                    "   replay: not checked here (the sidecar remembers each proof within its window)",
+                );
+            }
+        }
+        let verdict = sender::check(
+            provider,
+            token_claims,
+            &found.token,
+            if found.location.is_dpop() {
+                Presented::Dpop
+            } else {
+                Presented::Bearer
+            },
+            &binding,
+            self.now_ms,
+            &limits,
+            None,
+            &mut |_| Admission::Fresh,
+        );
+        match verdict {
+            Ok(()) => {
+                self.out.line("   bound to its sender: pass");
+                Some(())
+            }
+            Err(denial) => {
+                self.out.line(format!(
+                    "   refused with {} ({})",
+                    denial.render("").status,
+                    denial.reason()
+                ));
+                None
+            }
+        }
+    }
+
     fn requirement_step(
         &mut self,
         need: &Need<'_>,
@@ -674,21 +784,21 @@ impl<'a> Narration<'a> {
         let verdict = match need {
             Need::AnyValidToken => {
                 self.out
-                    .line("9. requirement: any valid token (unmatched: authenticated): met");
+                    .line("10. requirement: any valid token (unmatched: authenticated): met");
                 return Some(());
             }
             Need::Anonymous | Need::Rule(Action::AllowAnonymous) | Need::Rule(Action::Deny) => {
                 self.out
-                    .line("9. requirement: none (anonymous route); the valid token passes");
+                    .line("10. requirement: none (anonymous route); the valid token passes");
                 return Some(());
             }
             Need::Rule(Action::Requires(requirement)) => {
-                self.out.line("9. requirement:");
+                self.out.line("10. requirement:");
                 self.requirement_lines(requirement, index, provider, token_claims, "   ");
                 policy::check_requirement(requirement, index, token_claims, &provider.scope_claims)
             }
             Need::Rule(Action::RequiresAny(requirements)) => {
-                self.out.line("9. requirement: any one of");
+                self.out.line("10. requirement: any one of");
                 for (n, requirement) in requirements.iter().enumerate() {
                     self.out.line(format!("   ({}):", n.saturating_add(1)));
                     self.requirement_lines(requirement, index, provider, token_claims, "     ");
@@ -810,7 +920,7 @@ fn final_answer(config: &Config, keys: &Keys, request: &Request<'_>, now_ms: u64
 fn outcome_lines(out: &mut Out, config: &Config, outcome: &Outcome, realm: &str) {
     match outcome {
         Outcome::Allow(allowed) => allowed_lines(out, config, allowed, realm),
-        Outcome::Deny(denial) => denial_lines(out, denial, realm, "final: "),
+        Outcome::Deny(denial) => denial_lines(out, config, denial, realm, "final: "),
         Outcome::Wait { .. } => out.line("final: held"),
     }
 }
@@ -825,7 +935,13 @@ fn allowed_lines(out: &mut Out, config: &Config, allowed: &Allowed, realm: &str)
         None => out.line("final: allowed: the request goes on upstream"),
         Some(denial) => {
             out.line("final: allowed (report mode): the request goes on upstream");
-            denial_lines(out, denial, realm, "  enforcing, the filter would answer: ");
+            denial_lines(
+                out,
+                config,
+                denial,
+                realm,
+                "  enforcing, the filter would answer: ",
+            );
         }
     }
     for edit in &allowed.edits {
@@ -848,8 +964,8 @@ fn allowed_lines(out: &mut Out, config: &Config, allowed: &Allowed, realm: &str)
     }
 }
 
-fn denial_lines(out: &mut Out, denial: &Denial, realm: &str, lead: &str) {
-    let response = denial.render(realm);
+fn denial_lines(out: &mut Out, config: &Config, denial: &Denial, realm: &str, lead: &str) {
+    let response = denial.render_for(realm, &Challenges::for_config(config));
     out.line(format!(
         "{lead}{} {} ({})",
         response.status,

@@ -3,6 +3,8 @@
 
 use mesh_oauth::authorize::{KeyLookup, KeyState};
 use mesh_oauth::keys::KeySet;
+use mesh_oauth::sender::dpop::Proof;
+use mesh_oauth::sender::replay::Admission;
 use std::time::Duration;
 
 /// Keys as one request sees them; a provider without keys is still loading them, which is
@@ -24,6 +26,11 @@ impl KeyLookup for FixedKeys {
 
     fn key_version(&self, _provider: usize) -> u64 {
         1
+    }
+
+    /// explain sees one request: whether a proof was used before is the sidecar's memory.
+    fn admit_proof(&self, _proof: &Proof, _now_s: u64) -> Admission {
+        Admission::Fresh
     }
 }
 

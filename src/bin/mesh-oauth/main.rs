@@ -5,7 +5,8 @@
 //!     mesh-oauth explain --config FILE --token TOKEN|- [--jwks FILE|URL] [--method M]
 //!                        [--path P] [--host H] [--now T] [--header NAME|--param NAME|--cookie NAME]
 //!                        [--request-header 'NAME: VALUE']... [--peer URI] [--source ADDR]
-//!                        [--destination ADDR] [--sni NAME]
+//!                        [--destination ADDR] [--sni NAME] [--client-cert-sha256 HEX]
+//!                        [--dpop PROOF] [--scheme S]
 
 mod convert;
 mod explain;
@@ -51,6 +52,10 @@ usage:
       --source ADDR         the client address as Envoy reports it (10.0.0.1:5000)
       --destination ADDR    the address the request came in on (10.0.0.2:8080)
       --sni NAME            the TLS server name the client asked for
+      --client-cert-sha256 HEX
+                            the client certificate's SHA-256 (certificate-bound tokens)
+      --dpop PROOF          send the token as `Authorization: DPoP` with this DPoP proof
+      --scheme S            the request's :scheme, default https
 exit status: 0 done (for check-config: valid), 1 invalid input, 2 usage error";
 
 fn main() -> ExitCode {
@@ -195,6 +200,8 @@ fn explain_command(args: &[String]) -> Result<ExitCode, Failure> {
     let mut placement = None;
     let mut headers = Vec::new();
     let mut peer = FixedPeer::default();
+    let mut dpop = None;
+    let mut scheme = None;
     let mut rest = args.iter();
     while let Some(flag) = rest.next() {
         let value = rest
@@ -213,6 +220,9 @@ fn explain_command(args: &[String]) -> Result<ExitCode, Failure> {
             "--source" => (&mut peer.source_address, value),
             "--destination" => (&mut peer.destination_address, value),
             "--sni" => (&mut peer.sni, value),
+            "--client-cert-sha256" => (&mut peer.certificate_digest, value),
+            "--dpop" => (&mut dpop, value),
+            "--scheme" => (&mut scheme, value),
             "--request-header" => {
                 let (name, header_value) = value.split_once(':').ok_or_else(|| {
                     Failure::Usage(format!("--request-header {value}: expected 'NAME: VALUE'"))
@@ -276,6 +286,8 @@ fn explain_command(args: &[String]) -> Result<ExitCode, Failure> {
         placement: placement.unwrap_or(Placement::Header("authorization".into())),
         headers,
         peer,
+        dpop,
+        scheme: scheme.unwrap_or_else(|| "https".into()),
     };
     let report = explain::explain(&config, &options).map_err(Failure::Invalid)?;
     emit(&report);
