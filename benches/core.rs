@@ -13,6 +13,9 @@ use mesh_oauth::config::{self, Action, Config};
 use mesh_oauth::keys::{parse_jwks, JwksLimits, KeySet};
 use mesh_oauth::peer::NoPeer;
 use mesh_oauth::policy::{self, Applies, RequestFacts, TokenClaims};
+use mesh_oauth::sender::dpop::{self, Proof};
+use mesh_oauth::sender::replay::Admission;
+use mesh_oauth::sender::BindingRequest;
 use mesh_oauth::token::{self, TokenLimits};
 use mesh_oauth::verify;
 use ring::rand::SystemRandom;
@@ -111,11 +114,18 @@ impl TestKey {
 
     /// A token as an IdP issues them: a few ordinary claims, scopes and a role.
     fn mint(&self) -> String {
+        self.mint_with(json!({}))
+    }
+
+    fn mint_with(&self, extra: Value) -> String {
         let header = json!({"alg": self.alg.name(), "kid": self.alg.name(), "typ": "JWT"});
-        let claims = json!({"iss": ISSUER, "aud": "api", "sub": "user-1234",
+        let mut claims = json!({"iss": ISSUER, "aud": "api", "sub": "user-1234",
                             "iat": NOW_S, "exp": NOW_S + 600, "jti": "b1e2c3",
                             "scope": "orders:read orders:write",
                             "realm_access": {"roles": ["editor", "viewer"]}});
+        for (name, value) in extra.as_object().unwrap() {
+            claims[name] = value.clone();
+        }
         let input = format!(
             "{}.{}",
             b64(header.to_string().as_bytes()),
@@ -140,6 +150,11 @@ impl KeyLookup for FixedKeys {
 
     fn key_version(&self, _provider: usize) -> u64 {
         1
+    }
+
+    /// Replay memory is the sidecar's shared data, measured in Envoy; here every proof is new.
+    fn admit_proof(&self, _proof: &Proof, _now_s: u64) -> Admission {
+        Admission::Fresh
     }
 }
 
@@ -261,6 +276,15 @@ fn request_headers(token: &str) -> Vec<(String, String)> {
 }
 
 fn run_authorize(fx: &Fixture, cache: &mut TokenCache, headers: &[(String, String)]) {
+    run_authorize_with(&fx.config, fx, cache, headers);
+}
+
+fn run_authorize_with(
+    config: &Config,
+    fx: &Fixture,
+    cache: &mut TokenCache,
+    headers: &[(String, String)],
+) {
     let headers: Vec<(&str, &str)> = headers
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))
@@ -273,8 +297,7 @@ fn run_authorize(fx: &Fixture, cache: &mut TokenCache, headers: &[(String, Strin
         headers: &headers,
         peer: &NoPeer,
     };
-    match authorize::authorize(&fx.config, &fx.key_set, cache, black_box(&request), NOW_MS).outcome
-    {
+    match authorize::authorize(config, &fx.key_set, cache, black_box(&request), NOW_MS).outcome {
         Outcome::Allow(_) => {}
         other => panic!("the benchmark token should be allowed: {other:?}"),
     }
@@ -299,12 +322,75 @@ fn bench_authorize(c: &mut Criterion, fx: &Fixture) {
     group.finish();
 }
 
+/// A DPoP-bound ES256 token with an ES256 proof: the proof check alone, and the whole request
+/// with the token already verified once (the proof is checked on every request).
+fn bench_dpop(c: &mut Criterion, fx: &Fixture) {
+    let client = TestKey::new(Alg::ES256);
+    let mut jwk = client.jwk.clone();
+    jwk.as_object_mut().unwrap().remove("kid");
+    let jkt = dpop::thumbprint(jwk.as_object().unwrap()).unwrap();
+    let token = fx.key(Alg::ES256).mint_with(json!({"cnf": {"jkt": jkt}}));
+    let ath = b64(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
+    let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk});
+    let claims = json!({"jti": "4b1e1c54-ec02", "htm": "POST", "iat": NOW_S, "ath": ath,
+                        "htu": "https://orders.example.com/orders/42"});
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let proof = format!("{input}.{}", b64(&client.sign(input.as_bytes())));
+    let mut config = fx.config.clone();
+    config.providers[0].dpop.mode = config::Binding::Allowed;
+    let headers = vec![
+        ("authorization".to_string(), format!("DPoP {token}")),
+        ("dpop".to_string(), proof.clone()),
+        ("user-agent".to_string(), "wrk".to_string()),
+        ("accept".to_string(), "*/*".to_string()),
+    ];
+    let pairs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let binding = BindingRequest {
+        method: "POST",
+        scheme: "https",
+        authority: "orders.example.com",
+        path: "/orders/42?expand=items",
+        headers: &pairs,
+        peer: &NoPeer,
+    };
+    let limits = token_limits();
+    c.bench_function("sender/dpop_proof/ES256", |b| {
+        b.iter(|| {
+            dpop::check_proof(
+                black_box(&proof),
+                &token,
+                &config.providers[0].dpop,
+                60,
+                &binding,
+                NOW_S,
+                &limits,
+                None,
+                &mut Vec::new(),
+            )
+            .unwrap()
+        })
+    });
+    let mut warm = TokenCache::new(1024);
+    run_authorize_with(&config, fx, &mut warm, &headers);
+    c.bench_function("authorize/dpop_cache_hit/ES256", |b| {
+        b.iter(|| run_authorize_with(&config, fx, &mut warm, &headers))
+    });
+}
+
 fn benches(c: &mut Criterion) {
     let fx = Fixture::new();
     bench_parse(c, &fx);
     bench_verify(c, &fx);
     bench_policy(c, &fx);
     bench_authorize(c, &fx);
+    bench_dpop(c, &fx);
 }
 
 criterion_group!(core, benches);
