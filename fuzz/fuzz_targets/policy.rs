@@ -165,7 +165,11 @@ struct Input {
 }
 
 /// The rule's `match` lists as the configuration would hold them.
-type Lists = (Option<Vec<PathPattern>>, Option<Vec<String>>, Option<Vec<HostPattern>>);
+type Lists = (
+    Option<Vec<PathPattern>>,
+    Option<Vec<String>>,
+    Option<Vec<HostPattern>>,
+);
 
 fn lists(input: &RuleIn) -> Lists {
     let paths = input.paths.as_ref().map(|paths| {
@@ -198,14 +202,22 @@ fn rule(index: usize, input: &RuleIn) -> Rule {
     let (paths, methods, hosts) = lists(input);
     let mut conditions = Vec::new();
     if let Some(paths) = paths {
-        conditions.push(Condition::any_of("paths", Fact::Path, paths.into_iter().map(Pattern::Path)));
+        conditions.push(Condition::any_of(
+            "paths",
+            Fact::Path,
+            paths.into_iter().map(Pattern::Path),
+        ));
     }
     if let Some(methods) = methods {
         let methods = methods.into_iter().map(Pattern::Method);
         conditions.push(Condition::any_of("methods", Fact::Method, methods));
     }
     if let Some(hosts) = hosts {
-        conditions.push(Condition::any_of("hosts", Fact::Host, hosts.into_iter().map(Pattern::Host)));
+        conditions.push(Condition::any_of(
+            "hosts",
+            Fact::Host,
+            hosts.into_iter().map(Pattern::Host),
+        ));
     }
     let action = match &input.action {
         ActionIn::Anonymous => Action::AllowAnonymous,
