@@ -50,7 +50,7 @@ CLI := target/debug/mesh-oauth
 cli:
 	cargo build --bin mesh-oauth
 
-integration: build venv host-probe cli
+integration: build venv host-probe cli node-deps
 	MESH_OAUTH_WASM=$(CURDIR)/$(MODULE) MESH_OAUTH_HOST_PROBE=$(CURDIR)/$(HOST_PROBE) \
 		MESH_OAUTH_HOST_VECTORS=$(CURDIR)/$(HOST_VECTORS) MESH_OAUTH_CLI=$(CURDIR)/$(CLI) \
 		$(VENV)/bin/pytest -q tests/integration

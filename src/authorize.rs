@@ -630,6 +630,10 @@ fn identity_edits(
     let mut allowed = Allowed::default();
     let edits = &mut allowed.edits;
     if !keep_token {
+        // The proof goes with the token it was made for.
+        if verified.found.location.is_dpop() {
+            edits.push(HeaderEdit::Remove("dpop".to_string()));
+        }
         match &verified.found.location {
             Location::Header { name, .. } => edits.push(HeaderEdit::Remove(name.clone())),
             Location::Param(name) => edits.push(HeaderEdit::Set(

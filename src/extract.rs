@@ -99,6 +99,7 @@ pub fn find_token(
         }
     };
 
+    let every_location: Vec<(&str, &str)> = providers.iter().flat_map(header_locations).collect();
     let mut headers_seen: Vec<(&str, &str)> = Vec::new();
     let mut params_seen: Vec<&str> = Vec::new();
     let mut cookies_seen: Vec<&str> = Vec::new();
@@ -115,9 +116,15 @@ pub fn find_token(
             for value in request.header_values(name) {
                 // Envoy folds repeated headers into one value joined by commas; a JWT never
                 // holds a comma, so two prefixed pieces are two tokens.
+                // Any scheme counts: `DPoP <a>, Bearer <b>` is two tokens, not one odd one.
                 let prefixed = value
                     .split(',')
-                    .filter(|piece| strip_prefix_ignore_case(piece.trim_start(), prefix).is_some())
+                    .filter(|piece| {
+                        every_location
+                            .iter()
+                            .filter(|(n, _)| *n == name)
+                            .any(|(_, p)| strip_prefix_ignore_case(piece.trim_start(), p).is_some())
+                    })
                     .count();
                 if prefixed > 1 {
                     return Err(ExtractError::MultipleTokens);
@@ -335,6 +342,29 @@ mod tests {
         assert_eq!(
             find(&p, &[("authorization", "Bearer a, bearer b")], "/"),
             Err(ExtractError::MultipleTokens)
+        );
+    }
+
+    #[test]
+    fn a_dpop_token_and_a_bearer_token_folded_together_are_two_tokens() {
+        let p = providers(r#","dpop":{"mode":"allowed"}"#);
+        for value in ["DPoP a, Bearer b", "Bearer b, DPoP a", "DPoP a,DPoP b"] {
+            assert_eq!(
+                find(&p, &[("authorization", value)], "/"),
+                Err(ExtractError::MultipleTokens),
+                "{value}"
+            );
+        }
+        let found = find(&p, &[("authorization", "DPoP a")], "/")
+            .unwrap()
+            .unwrap();
+        assert!(found.location.is_dpop());
+        assert_eq!(found.token, "a");
+        // Without DPoP accepted, the scheme is not a token location at all.
+        let bearer_only = providers("");
+        assert_eq!(
+            find(&bearer_only, &[("authorization", "DPoP a")], "/"),
+            Ok(None)
         );
     }
 

@@ -129,6 +129,24 @@ impl TokenError {
 
 /// Parses a compact JWS without verifying it.
 pub fn parse<'a>(raw: &'a str, limits: &TokenLimits) -> Result<Jws<'a>, TokenError> {
+    parse_named(raw, limits, Alg::from_name)
+}
+
+/// A DPoP proof: as a token, but `alg` may also be `Ed25519`, RFC 9864's fully-specified name
+/// for EdDSA with Ed25519, which DPoP clients (npm `dpop` 2) sign with. Tokens keep one
+/// spelling per algorithm.
+pub fn parse_proof<'a>(raw: &'a str, limits: &TokenLimits) -> Result<Jws<'a>, TokenError> {
+    parse_named(raw, limits, |name| match name {
+        "Ed25519" => Some(Alg::EdDSA),
+        other => Alg::from_name(other),
+    })
+}
+
+fn parse_named<'a>(
+    raw: &'a str,
+    limits: &TokenLimits,
+    alg_named: fn(&str) -> Option<Alg>,
+) -> Result<Jws<'a>, TokenError> {
     if raw.len() > limits.max_token_bytes {
         return Err(TokenError::TooLarge);
     }
@@ -149,7 +167,7 @@ pub fn parse<'a>(raw: &'a str, limits: &TokenLimits) -> Result<Jws<'a>, TokenErr
     let payload_bytes = decode(payload_b64, Segment::Payload)?;
     let signature = decode(signature_b64, Segment::Signature)?;
 
-    let header = parse_header(&header_bytes, limits.json)?;
+    let header = parse_header(&header_bytes, limits.json, alg_named)?;
     if signature.is_empty() {
         return Err(TokenError::MalformedSignature);
     }
@@ -171,7 +189,11 @@ fn decode(segment: &str, which: Segment) -> Result<Vec<u8>, TokenError> {
         .map_err(|_| TokenError::NotBase64Url(which))
 }
 
-fn parse_header(bytes: &[u8], limits: JsonLimits) -> Result<Header, TokenError> {
+fn parse_header(
+    bytes: &[u8],
+    limits: JsonLimits,
+    alg_named: fn(&str) -> Option<Alg>,
+) -> Result<Header, TokenError> {
     let mut members = json::parse_object(bytes, limits)
         .map_err(|cause| TokenError::MalformedHeader(HeaderFault::Json(cause)))?;
     // Checked before `alg`: a JWE header names key-management algorithms, and "encrypted"
@@ -183,9 +205,7 @@ fn parse_header(bytes: &[u8], limits: JsonLimits) -> Result<Header, TokenError> 
         Some(Value::String(name)) if name.eq_ignore_ascii_case("none") => {
             return Err(TokenError::Unsecured)
         }
-        Some(Value::String(name)) => {
-            Alg::from_name(name).ok_or(TokenError::UnsupportedAlgorithm)?
-        }
+        Some(Value::String(name)) => alg_named(name).ok_or(TokenError::UnsupportedAlgorithm)?,
         _ => return Err(TokenError::MalformedHeader(HeaderFault::Alg)),
     };
     // RFC 7515 §4.1.11: a recipient must refuse extensions it does not implement, and we

@@ -119,7 +119,7 @@ pub fn check_proof(
     host: Option<TrustedHost<'_>>,
     passed: &mut Vec<&'static str>,
 ) -> Result<Proof, ProofError> {
-    let jws = token::parse(proof, limits).map_err(|e| match e {
+    let jws = token::parse_proof(proof, limits).map_err(|e| match e {
         token::TokenError::Unsecured | token::TokenError::UnsupportedAlgorithm => {
             ProofError::Algorithm
         }

@@ -327,6 +327,22 @@ fn each_check_refuses_on_its_own() {
 }
 
 #[test]
+fn ed25519_is_eddsa_in_proofs_only() {
+    // RFC 9864's fully-specified name, which npm `dpop` 2 signs with.
+    let client = Client::new(Alg::EdDSA);
+    let proof = client.proof_with(json!({"alg": "Ed25519"}), json!({}));
+    assert_eq!(
+        checked(&proof, &settings()).map(|p| p.jkt),
+        Ok(client.jkt())
+    );
+    let limits = TokenLimits::from(&config::Limits::default());
+    assert!(matches!(
+        crate::token::parse(&proof, &limits),
+        Err(crate::token::TokenError::UnsupportedAlgorithm)
+    ));
+}
+
+#[test]
 fn htu_is_compared_after_normalisation() {
     let client = Client::new(Alg::EdDSA);
     for htu in [
