@@ -262,7 +262,8 @@ fn bench_policy(c: &mut Criterion, fx: &Fixture) {
             let Action::Requires(requirement) = &rule.action else {
                 panic!("the orders-write rule requires a token")
             };
-            policy::check_requirement(requirement, 0, black_box(&claims), scope_claims).unwrap()
+            policy::check_requirement(requirement, 0, black_box(&claims), scope_claims, NOW_S)
+                .unwrap()
         })
     });
 }

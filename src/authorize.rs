@@ -328,12 +328,14 @@ fn decide(
             verified.provider,
             &verified.claims,
             &provider.scope_claims,
+            now_ms / 1000,
         ),
         Need::Rule(Action::RequiresAny(reqs)) => policy::check_any(
             reqs,
             verified.provider,
             &verified.claims,
             &provider.scope_claims,
+            now_ms / 1000,
         ),
         _ => Ok(()),
     };
@@ -344,6 +346,16 @@ fn decide(
         }
         Err(Unmet::MissingScopes(scopes)) => return Err(Denial::MissingScopes(scopes).into()),
         Err(Unmet::ClaimFailed(_)) => return Err(Denial::ClaimFailed.into()),
+        Err(Unmet::StepUp {
+            acr_values,
+            max_age,
+        }) => {
+            return Err(Denial::StepUp {
+                acr_values,
+                max_age,
+            }
+            .into())
+        }
     }
 
     // Report mode changes nothing upstream relies on: the token stays, valid or not.

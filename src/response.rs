@@ -29,6 +29,11 @@ pub enum Denial {
     },
     /// 503: the sidecar could not record a DPoP proof, so it cannot promise single use.
     ReplayUnavailable,
+    /// 401 `insufficient_user_authentication` (RFC 9470): authenticate again, as described.
+    StepUp {
+        acr_values: Option<Vec<String>>,
+        max_age: Option<u64>,
+    },
 }
 
 /// The authentication schemes a configuration accepts, for the challenges of a refusal.
@@ -92,6 +97,7 @@ impl Denial {
             Denial::KeysUnavailable { .. } => "keys_unavailable",
             Denial::InvalidProof { reason, .. } => reason,
             Denial::ReplayUnavailable => "dpop_replay_unavailable",
+            Denial::StepUp { .. } => "step_up",
         }
     }
 
@@ -161,6 +167,30 @@ impl Denial {
                 "temporarily_unavailable",
                 "the DPoP replay memory is full; retry with a new proof",
             ),
+            Denial::StepUp {
+                acr_values,
+                max_age,
+            } => {
+                let description = "a stronger or more recent user authentication is required";
+                let mut params = format!(
+                    ", error=\"insufficient_user_authentication\", error_description=\"{description}\""
+                );
+                if let Some(acr_values) = acr_values {
+                    params.push_str(&format!(
+                        ", acr_values=\"{}\"",
+                        quoted_safe(&acr_values.join(" "))
+                    ));
+                }
+                if let Some(max_age) = max_age {
+                    params.push_str(&format!(", max_age={max_age}"));
+                }
+                (
+                    401,
+                    Some(params),
+                    "insufficient_user_authentication",
+                    description,
+                )
+            }
         };
         let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
         if let Some(params) = params {
@@ -344,5 +374,26 @@ mod tests {
             challenges_of(&Denial::MissingToken.render("r")),
             ["Bearer realm=\"r\""]
         );
+    }
+
+    #[test]
+    fn step_up_challenge_carries_acr_values_and_max_age() {
+        let answer = Denial::StepUp {
+            acr_values: Some(vec!["urn:mfa".into(), "phr".into()]),
+            max_age: Some(300),
+        }
+        .render("r");
+        assert_eq!(answer.status, 401);
+        assert_eq!(
+            answer.headers[1].1,
+            "Bearer realm=\"r\", error=\"insufficient_user_authentication\", error_description=\"a stronger or more recent user authentication is required\", acr_values=\"urn:mfa phr\", max_age=300"
+        );
+        let only_age = Denial::StepUp {
+            acr_values: None,
+            max_age: Some(60),
+        }
+        .render("r");
+        assert!(only_age.headers[1].1.ends_with("required\", max_age=60"));
+        assert!(answer.body.contains("insufficient_user_authentication"));
     }
 }

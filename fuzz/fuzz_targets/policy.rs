@@ -112,6 +112,8 @@ impl Req {
                     },
                 })
                 .collect(),
+            acr_values: None,
+            max_auth_age_seconds: None,
         }
     }
 }
@@ -257,7 +259,7 @@ fuzz_target!(|input: Input| {
     let requirements: Vec<Requirement> = input.requirements.iter().map(Req::requirement).collect();
     let mut any_holds = false;
     for req in &requirements {
-        match policy::check_requirement(req, provider, &claims, &scope_claims) {
+        match policy::check_requirement(req, provider, &claims, &scope_claims, 0) {
             Ok(()) => {
                 any_holds = true;
                 assert!(
@@ -284,9 +286,10 @@ fuzz_target!(|input: Input| {
                     .is_some_and(|p| !p.contains(&provider)));
             }
             Err(Unmet::ClaimFailed(_)) => {}
+            Err(Unmet::StepUp { .. }) => panic!("step-up reported without step-up conditions"),
         }
     }
-    let any = policy::check_any(&requirements, provider, &claims, &scope_claims);
+    let any = policy::check_any(&requirements, provider, &claims, &scope_claims, 0);
     assert_eq!(
         any.is_ok(),
         any_holds,

@@ -456,6 +456,10 @@ pub struct Requirement {
     pub providers: Option<Vec<usize>>,
     pub scopes: Vec<String>,
     pub claims: Vec<ClaimCondition>,
+    /// `acrValues` (RFC 9470): the token's `acr` must be one of these.
+    pub acr_values: Option<Vec<String>>,
+    /// `maxAuthAgeSeconds` (RFC 9470): `auth_time` no older than this.
+    pub max_auth_age_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone)]

@@ -92,7 +92,17 @@ pub(super) fn parse_requirement(
     path: &str,
     providers: &[Provider],
 ) -> Parsed<Requirement> {
-    let requirement = Object::new(value, path, &["providers", "scopes", "claims"])?;
+    let requirement = Object::new(
+        value,
+        path,
+        &[
+            "providers",
+            "scopes",
+            "claims",
+            "acrValues",
+            "maxAuthAgeSeconds",
+        ],
+    )?;
     let provider_indexes = requirement.optional("providers", |value, path| {
         let indexes = non_empty_items(value, path, |value, path| {
             let name = string(value, path)?;
@@ -114,6 +124,13 @@ pub(super) fn parse_requirement(
                 items(value, path, parse_claim_condition)
             })?
             .unwrap_or_default(),
+        // Echoed space-separated inside the quoted `acr_values="…"` of the challenge.
+        acr_values: requirement.optional("acrValues", |value, path| {
+            let values = non_empty_items(value, path, parse_acr)?;
+            reject_duplicates(&values, path)?;
+            Ok(values)
+        })?,
+        max_auth_age_seconds: requirement.optional("maxAuthAgeSeconds", non_negative_integer)?,
     })
 }
 
@@ -133,6 +150,18 @@ pub(super) fn parse_scope(value: &Value, path: &str) -> Parsed<String> {
         ));
     }
     Ok(scope)
+}
+
+/// An `acr` value; echoed space-separated in the quoted `acr_values="…"` of a challenge.
+fn parse_acr(value: &Value, path: &str) -> Parsed<String> {
+    let acr = non_empty_string(value, path)?;
+    if acr.contains(' ') || !fits_quoted_string(&acr) {
+        return Err(error(
+            path,
+            "not an acr value: printable ASCII without spaces, '\"' or '\\'",
+        ));
+    }
+    Ok(acr)
 }
 
 pub(super) fn parse_claim_condition(value: &Value, path: &str) -> Parsed<ClaimCondition> {

@@ -1651,3 +1651,22 @@ fn sender_binding_settings() {
         assert!(got.starts_with(expected), "{patch}: {got}");
     }
 }
+
+#[test]
+fn step_up_requirements() {
+    let parsed = rule(json!({"requires": {"acrValues": ["urn:mfa", "phr"], "maxAuthAgeSeconds": 300}}));
+    let Action::Requires(requirement) = parsed.action else {
+        panic!("expected requires");
+    };
+    assert_eq!(requirement.acr_values, Some(vec!["urn:mfa".to_owned(), "phr".to_owned()]));
+    assert_eq!(requirement.max_auth_age_seconds, Some(300));
+    for (requires, expected) in [
+        (json!({"acrValues": []}), "rules[0].requires.acrValues: must not be empty"),
+        (json!({"acrValues": ["a b"]}), "rules[0].requires.acrValues[0]: not an acr value"),
+        (json!({"acrValues": ["a", "a"]}), "rules[0].requires.acrValues[1]: listed twice"),
+        (json!({"maxAuthAgeSeconds": -1}), "rules[0].requires.maxAuthAgeSeconds: must not be negative"),
+    ] {
+        let got = problem(&rule_config(json!({"requires": requires})));
+        assert!(got.starts_with(expected), "{got}");
+    }
+}

@@ -96,6 +96,31 @@ pub enum Unmet {
     MissingScopes(Vec<String>),
     /// The first claim condition that failed, named by its claim path.
     ClaimFailed(String),
+    /// RFC 9470: the user must authenticate again, with one of `acr_values` and/or within
+    /// `max_age` seconds (the requirement's own values, for the challenge).
+    StepUp {
+        acr_values: Option<Vec<String>>,
+        max_age: Option<u64>,
+    },
+}
+
+/// `acrValues`: the token's `acr` is one of them; `maxAuthAgeSeconds`: its `auth_time` is no
+/// older. A token without the claim does not meet the requirement.
+fn step_up_met(req: &Requirement, claims: &Map<String, Value>, now_s: u64) -> bool {
+    let acr_met = req.acr_values.as_ref().is_none_or(|accepted| {
+        claims
+            .get("acr")
+            .and_then(Value::as_str)
+            .is_some_and(|acr| accepted.iter().any(|a| a == acr))
+    });
+    let age_met = req.max_auth_age_seconds.is_none_or(|max_age| {
+        claims
+            .get("auth_time")
+            .and_then(Value::as_f64)
+            .filter(|t| t.is_finite())
+            .is_some_and(|auth_time| now_s as f64 - auth_time <= max_age as f64)
+    });
+    acr_met && age_met
 }
 
 /// Checks one requirement against a token verified by `config.providers[provider]`.
@@ -105,11 +130,19 @@ pub fn check_requirement(
     provider: usize,
     claims: &Map<String, Value>,
     scope_claims: &[ClaimPath],
+    now_s: u64,
 ) -> Result<(), Unmet> {
     if let Some(providers) = &req.providers {
         if !providers.contains(&provider) {
             return Err(Unmet::WrongProvider);
         }
+    }
+    // Who authenticated, and how, before what they may do: a new login may also bring scopes.
+    if !step_up_met(req, claims, now_s) {
+        return Err(Unmet::StepUp {
+            acr_values: req.acr_values.clone(),
+            max_age: req.max_auth_age_seconds,
+        });
     }
     if !req.scopes.is_empty() {
         let granted = granted_scopes(claims, scope_claims);
@@ -143,10 +176,11 @@ pub fn check_any(
     provider: usize,
     claims: &Map<String, Value>,
     scope_claims: &[ClaimPath],
+    now_s: u64,
 ) -> Result<(), Unmet> {
     let mut best = Unmet::WrongProvider;
     for req in reqs {
-        let unmet = match check_requirement(req, provider, claims, scope_claims) {
+        let unmet = match check_requirement(req, provider, claims, scope_claims, now_s) {
             Ok(()) => return Ok(()),
             Err(unmet) => unmet,
         };
@@ -157,10 +191,12 @@ pub fn check_any(
     Err(best)
 }
 
+/// What the client can act on comes first: scopes it can ask for, then a new login.
 fn more_useful(candidate: &Unmet, current: &Unmet) -> bool {
     match (candidate, current) {
         (Unmet::MissingScopes(new), Unmet::MissingScopes(old)) => new.len() < old.len(),
         (Unmet::MissingScopes(_), _) => true,
+        (Unmet::StepUp { .. }, Unmet::ClaimFailed(_) | Unmet::WrongProvider) => true,
         (Unmet::ClaimFailed(_), Unmet::WrongProvider) => true,
         _ => false,
     }
@@ -346,7 +382,7 @@ mod tests {
     }
 
     fn holds(req: &Requirement, claims: &Value) -> Result<(), Unmet> {
-        check_requirement(req, 0, &payload(claims.clone()), &default_scope_claims())
+        check_requirement(req, 0, &payload(claims.clone()), &default_scope_claims(), 0)
     }
 
     fn missing(names: &[&str]) -> Result<(), Unmet> {
@@ -636,21 +672,25 @@ mod tests {
                 claim: claim_path("x"),
                 test: ClaimTest::Present,
             }],
+            ..Requirement::default()
         };
         let empty = payload(json!({}));
         let scopes = default_scope_claims();
         assert_eq!(
-            check_requirement(&req, 0, &empty, &scopes),
+            check_requirement(&req, 0, &empty, &scopes, 0),
             Err(Unmet::WrongProvider)
         );
-        assert_eq!(check_requirement(&req, 2, &empty, &scopes), missing(&["s"]));
+        assert_eq!(
+            check_requirement(&req, 2, &empty, &scopes, 0),
+            missing(&["s"])
+        );
         let with_scope = payload(json!({ "scope": "s" }));
         assert_eq!(
-            check_requirement(&req, 2, &with_scope, &scopes),
+            check_requirement(&req, 2, &with_scope, &scopes, 0),
             claim_failed("x")
         );
         let full = payload(json!({ "scope": "s", "x": 1 }));
-        assert_eq!(check_requirement(&req, 1, &full, &scopes), Ok(()));
+        assert_eq!(check_requirement(&req, 1, &full, &scopes, 0), Ok(()));
     }
 
     #[test]
@@ -660,7 +700,8 @@ mod tests {
                 &Requirement::default(),
                 5,
                 &Map::new(),
-                &default_scope_claims()
+                &default_scope_claims(),
+                0
             ),
             Ok(())
         );
@@ -859,7 +900,7 @@ mod tests {
         let reqs = [scopes(&["a"]), scopes(&["b"])];
         let claims = payload(json!({ "scope": "b" }));
         assert_eq!(
-            check_any(&reqs, 0, &claims, &default_scope_claims()),
+            check_any(&reqs, 0, &claims, &default_scope_claims(), 0),
             Ok(())
         );
     }
@@ -872,7 +913,7 @@ mod tests {
             scopes(&["f", "g"]),
         ];
         assert_eq!(
-            check_any(&reqs, 0, &Map::new(), &default_scope_claims()),
+            check_any(&reqs, 0, &Map::new(), &default_scope_claims(), 0),
             missing(&["d", "e"])
         );
     }
@@ -892,7 +933,8 @@ mod tests {
                 &[wrong_provider.clone(), claim.clone(), scope.clone()],
                 0,
                 &claims,
-                &sc
+                &sc,
+                0
             ),
             missing(&["s"])
         );
@@ -901,16 +943,17 @@ mod tests {
                 &[scope, claim.clone(), wrong_provider.clone()],
                 0,
                 &claims,
-                &sc
+                &sc,
+                0
             ),
             missing(&["s"])
         );
         assert_eq!(
-            check_any(&[wrong_provider.clone(), claim], 0, &claims, &sc),
+            check_any(&[wrong_provider.clone(), claim], 0, &claims, &sc, 0),
             claim_failed("x")
         );
         assert_eq!(
-            check_any(&[wrong_provider], 0, &claims, &sc),
+            check_any(&[wrong_provider], 0, &claims, &sc, 0),
             Err(Unmet::WrongProvider)
         );
     }
@@ -928,7 +971,8 @@ mod tests {
                 &[keycloak_only, claim],
                 0,
                 &Map::new(),
-                &default_scope_claims()
+                &default_scope_claims(),
+                0
             ),
             claim_failed("x")
         );
@@ -937,7 +981,7 @@ mod tests {
     #[test]
     fn empty_requires_any_holds_for_no_token() {
         assert_eq!(
-            check_any(&[], 0, &Map::new(), &default_scope_claims()),
+            check_any(&[], 0, &Map::new(), &default_scope_claims(), 0),
             Err(Unmet::WrongProvider)
         );
     }
@@ -970,6 +1014,7 @@ mod tests {
                     test: all_of(json!(["writer"])),
                 },
             ],
+            ..Requirement::default()
         };
         assert_eq!(holds(&req, &token), Ok(()));
         let mut viewer = token.clone();
@@ -1002,10 +1047,13 @@ mod tests {
             ..Requirement::default()
         };
         let claims = payload(token);
-        assert_eq!(check_requirement(&req, 0, &claims, &scope_claims), Ok(()));
+        assert_eq!(
+            check_requirement(&req, 0, &claims, &scope_claims, 0),
+            Ok(())
+        );
         // With only the standard scope claims, `permissions` does not count.
         assert_eq!(
-            check_requirement(&req, 0, &claims, &default_scope_claims()),
+            check_requirement(&req, 0, &claims, &default_scope_claims(), 0),
             missing(&["write:orders"])
         );
     }
@@ -1032,5 +1080,52 @@ mod tests {
         assert_eq!(holds(&req, &app_only), missing(&["Orders.Write"]));
         let roles_only = condition(claim_path("roles"), all_of(json!(["Orders.Admin"])));
         assert_eq!(holds(&roles_only, &app_only), Ok(()));
+    }
+
+    #[test]
+    fn step_up_needs_the_acr_and_a_recent_authentication() {
+        let req = Requirement {
+            acr_values: Some(vec!["urn:mfa".into(), "phr".into()]),
+            max_auth_age_seconds: Some(300),
+            scopes: vec!["pay".into()],
+            ..Requirement::default()
+        };
+        let now = 1_700_000_000;
+        let check = |claims: Value| {
+            check_requirement(&req, 0, &payload(claims), &default_scope_claims(), now)
+        };
+        let step_up = Err(Unmet::StepUp {
+            acr_values: Some(vec!["urn:mfa".into(), "phr".into()]),
+            max_age: Some(300),
+        });
+        assert_eq!(check(json!({"acr": "phr", "auth_time": now - 300, "scope": "pay"})), Ok(()));
+        assert_eq!(check(json!({"acr": "pwd", "auth_time": now, "scope": "pay"})), step_up);
+        assert_eq!(check(json!({"acr": "phr", "auth_time": now - 301, "scope": "pay"})), step_up);
+        assert_eq!(check(json!({"acr": "phr", "scope": "pay"})), step_up);
+        assert_eq!(check(json!({"auth_time": now, "scope": "pay"})), step_up);
+        // A new login comes before scopes: it may bring them.
+        assert_eq!(check(json!({"acr": "pwd", "auth_time": now})), step_up);
+        assert_eq!(
+            check(json!({"acr": "phr", "auth_time": now})),
+            Err(Unmet::MissingScopes(vec!["pay".into()]))
+        );
+    }
+
+    #[test]
+    fn requires_any_prefers_scopes_then_step_up() {
+        let mfa = Requirement {
+            acr_values: Some(vec!["mfa".into()]),
+            ..Requirement::default()
+        };
+        let claim = condition(claim_path("role"), ClaimTest::Present);
+        let claims = payload(json!({"acr": "pwd"}));
+        assert!(matches!(
+            check_any(&[claim.clone(), mfa.clone()], 0, &claims, &default_scope_claims(), 0),
+            Err(Unmet::StepUp { .. })
+        ));
+        assert_eq!(
+            check_any(&[mfa, scopes(&["x"])], 0, &claims, &default_scope_claims(), 0),
+            Err(Unmet::MissingScopes(vec!["x".into()]))
+        );
     }
 }

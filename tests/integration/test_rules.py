@@ -1,5 +1,7 @@
 """Rules and `unmatched`: deny by default, anonymous paths."""
 
+import time
+
 import pytest
 
 from checks import assert_invalid_token, assert_missing_token, error_body, www_authenticate
@@ -110,3 +112,38 @@ def test_report_mode_refuses_nothing(report_envoy, keys):
     assert report_envoy.request("/orders").status == 200
     resp = report_envoy.request("/orders", headers=bearer(keys, iss="https://unknown.idp.test"))
     assert resp.status == 200, resp
+
+
+@pytest.fixture(scope="module")
+def step_up_envoy(module_envoys, module_idps, keys):
+    idp = module_idps()
+    config = {
+        "providers": [rsa_provider(idp, keys)],
+        "rules": [
+            {"name": "payments", "match": {"paths": ["/payments/*"]},
+             "requires": {"acrValues": ["urn:mfa"], "maxAuthAgeSeconds": 300, "scopes": ["pay"]}},
+        ],
+    }
+    return module_envoys.start(config, idps=[idp])
+
+
+def test_step_up_asks_for_a_stronger_and_recent_login(step_up_envoy, keys):
+    """RFC 9470: a password-only login, or one too long ago, is sent back to authenticate with the
+    challenge naming what is needed; a fresh MFA login with the scope passes."""
+    now = int(time.time())
+    expected = ('Bearer realm="localhost", error="insufficient_user_authentication", '
+                'error_description="a stronger or more recent user authentication is required", '
+                'acr_values="urn:mfa", max_age=300')
+    for extra in ({"acr": "pwd", "auth_time": now}, {"acr": "urn:mfa", "auth_time": now - 900}, {"scope": "pay"}):
+        resp = step_up_envoy.request("/payments/1", headers={**bearer(keys, **{"scope": "pay", **extra}),
+                                                             "Host": "localhost"})
+        assert resp.status == 401, (extra, resp)
+        assert resp.headers_named("www-authenticate") == [expected], (extra, resp)
+        assert error_body(resp)["error"] == "insufficient_user_authentication"
+    ok = step_up_envoy.request("/payments/1", headers={**bearer(keys, scope="pay", acr="urn:mfa", auth_time=now - 10),
+                                                       "Host": "localhost"})
+    assert ok.status == 200, ok
+    # The login is good; the scope is missing: 403, as before.
+    no_scope = step_up_envoy.request("/payments/1", headers={**bearer(keys, acr="urn:mfa", auth_time=now),
+                                                             "Host": "localhost"})
+    assert no_scope.status == 403, no_scope

@@ -795,7 +795,13 @@ impl<'a> Narration<'a> {
             Need::Rule(Action::Requires(requirement)) => {
                 self.out.line("10. requirement:");
                 self.requirement_lines(requirement, index, provider, token_claims, "   ");
-                policy::check_requirement(requirement, index, token_claims, &provider.scope_claims)
+                policy::check_requirement(
+                    requirement,
+                    index,
+                    token_claims,
+                    &provider.scope_claims,
+                    self.now_ms / 1000,
+                )
             }
             Need::Rule(Action::RequiresAny(requirements)) => {
                 self.out.line("10. requirement: any one of");
@@ -803,7 +809,13 @@ impl<'a> Narration<'a> {
                     self.out.line(format!("   ({}):", n.saturating_add(1)));
                     self.requirement_lines(requirement, index, provider, token_claims, "     ");
                 }
-                policy::check_any(requirements, index, token_claims, &provider.scope_claims)
+                policy::check_any(
+                    requirements,
+                    index,
+                    token_claims,
+                    &provider.scope_claims,
+                    self.now_ms / 1000,
+                )
             }
         };
         let text = match verdict {
@@ -818,6 +830,7 @@ impl<'a> Narration<'a> {
             Err(Unmet::ClaimFailed(claim)) => {
                 format!("not met: claim {claim} fails its condition: refused with 403")
             }
+            Err(Unmet::StepUp { .. }) => "not met: the user must authenticate again (step-up): refused with 401 insufficient_user_authentication".to_string(),
         };
         self.out.line(format!("   requirement {text}"));
         Some(())
@@ -864,15 +877,44 @@ impl<'a> Narration<'a> {
                 sources.join(", ")
             ));
         }
+        if let Some(accepted) = &requirement.acr_values {
+            let acr = token_claims.get("acr").and_then(Value::as_str);
+            let met = acr.is_some_and(|acr| accepted.iter().any(|a| a == acr));
+            self.out.line(format!(
+                "{indent}acr: one of [{}], the token has {}: {}",
+                accepted.join(", "),
+                acr.map_or("none".to_string(), |a| format!("{a:?}")),
+                if met { "pass" } else { "FAIL" }
+            ));
+        }
+        if let Some(max_age) = requirement.max_auth_age_seconds {
+            let now = (self.now_ms / 1000) as f64;
+            let line = match token_claims.get("auth_time").and_then(Value::as_f64) {
+                Some(auth_time) if now - auth_time <= max_age as f64 => format!(
+                    "auth_time {} s ago, at most {max_age}: pass",
+                    json_number(now - auth_time)
+                ),
+                Some(auth_time) => format!(
+                    "auth_time {} s ago, at most {max_age}: FAIL",
+                    json_number(now - auth_time)
+                ),
+                None => format!("auth_time absent, at most {max_age} s ago required: FAIL"),
+            };
+            self.out.line(format!("{indent}{line}"));
+        }
         for condition in &requirement.claims {
             let alone = Requirement {
-                providers: None,
-                scopes: Vec::new(),
                 claims: vec![condition.clone()],
+                ..Requirement::default()
             };
-            let holds =
-                policy::check_requirement(&alone, index, token_claims, &provider.scope_claims)
-                    .is_ok();
+            let holds = policy::check_requirement(
+                &alone,
+                index,
+                token_claims,
+                &provider.scope_claims,
+                self.now_ms / 1000,
+            )
+            .is_ok();
             let value = condition
                 .claim
                 .lookup(token_claims)
