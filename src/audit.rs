@@ -17,6 +17,8 @@ pub enum Verdict {
     WouldDeny(&'static str),
     /// Held while keys load; counted once it is decided.
     Held,
+    /// Answered by the filter itself (protected resource metadata).
+    Served,
 }
 
 impl Verdict {
@@ -29,6 +31,7 @@ impl Verdict {
             },
             Outcome::Deny(denial) => Verdict::Denied(denial.reason()),
             Outcome::Wait { .. } => Verdict::Held,
+            Outcome::Answer(_) => Verdict::Served,
         }
     }
 
@@ -49,6 +52,7 @@ pub fn request_metric(config: &Config, decision: &Decision) -> Option<String> {
         Verdict::Denied(reason) => format!("denied.{reason}"),
         Verdict::WouldDeny(reason) => format!("would_deny.{reason}"),
         Verdict::Held => return None,
+        Verdict::Served => "metadata".to_string(),
     };
     Some(format!("mesh_oauth.{provider}.{outcome}"))
 }
@@ -75,6 +79,7 @@ pub fn audit_line(
         Verdict::Denied(reason) => ("deny", reason, status_of(&decision.outcome)),
         Verdict::WouldDeny(reason) => ("would_deny", reason, 200),
         Verdict::Held => ("held", "keys_loading", 0),
+        Verdict::Served => ("serve", "metadata", status_of(&decision.outcome)),
     };
     let claim = |name: &str| -> Value {
         trace
@@ -130,6 +135,7 @@ fn status_of(outcome: &Outcome) -> u32 {
         Outcome::Deny(denial) => denial.render("").status,
         Outcome::Allow(_) => 200,
         Outcome::Wait { .. } => 0,
+        Outcome::Answer(answer) => answer.status,
     }
 }
 

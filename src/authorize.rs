@@ -60,6 +60,8 @@ pub enum Outcome {
         provider: usize,
         refetch: bool,
     },
+    /// The filter answers itself: the protected resource metadata (RFC 9728).
+    Answer(crate::response::Response),
 }
 
 /// What a decision looked at: for metrics, the audit log and `explain`.
@@ -169,6 +171,12 @@ pub fn authorize(
     request: &Request<'_>,
     now_ms: u64,
 ) -> Decision {
+    if let Some(answer) = crate::resource::metadata_answer(config, request.method, request.path) {
+        return Decision {
+            outcome: Outcome::Answer(answer),
+            trace: Trace::default(),
+        };
+    }
     let mut edits = identity_removals(config);
     let mut trace = Trace::default();
     let outcome = match decide(config, keys, cache, request, now_ms, &mut trace) {

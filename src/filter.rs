@@ -477,6 +477,15 @@ impl State {
                 self.send_denial(&denial);
                 Action::Pause
             }
+            Outcome::Answer(answer) => {
+                let headers: Vec<(&str, &str)> = answer
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
+                send_response(answer.status, &headers, answer.body.as_bytes());
+                Action::Pause
+            }
             // Callers resolve waits before applying.
             Outcome::Wait { .. } => {
                 self.send_denial(&Denial::KeysUnavailable {

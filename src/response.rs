@@ -42,12 +42,15 @@ pub struct Challenges {
     pub bearer: bool,
     /// `algs` of the DPoP challenge (RFC 9449 §7.1) when some provider accepts DPoP.
     pub dpop_algs: Option<String>,
+    /// RFC 9728 §5.1: where a 401's client finds how to get a token.
+    pub resource_metadata: Option<String>,
 }
 
 impl Challenges {
     pub const BEARER: Challenges = Challenges {
         bearer: true,
         dpop_algs: None,
+        resource_metadata: None,
     };
 
     /// Bearer unless every provider requires DPoP; DPoP with the union of the algorithms of
@@ -73,6 +76,10 @@ impl Challenges {
                     .iter()
                     .any(|p| p.dpop.mode != Binding::Required),
             dpop_algs: (!dpop.is_empty()).then(|| names.join(" ")),
+            resource_metadata: config
+                .protected_resource
+                .as_ref()
+                .map(|resource| resource.metadata_url.clone()),
         }
     }
 }
@@ -193,7 +200,10 @@ impl Denial {
             }
         };
         let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
-        if let Some(params) = params {
+        if let Some(mut params) = params {
+            if let (401, Some(url)) = (status, &schemes.resource_metadata) {
+                params.push_str(&format!(", resource_metadata=\"{}\"", quoted_safe(url)));
+            }
             let proof_error = matches!(self, Denial::InvalidProof { .. });
             // A proof error concerns the DPoP scheme only; the Bearer challenge stays plain.
             if schemes.bearer || schemes.dpop_algs.is_none() {
@@ -341,10 +351,12 @@ mod tests {
         let dpop_only = Challenges {
             bearer: false,
             dpop_algs: Some("ES256 EdDSA".into()),
+            resource_metadata: None,
         };
         let both = Challenges {
             bearer: true,
             dpop_algs: Some("ES256".into()),
+            resource_metadata: None,
         };
         assert_eq!(
             challenges_of(&Denial::MissingToken.render_for("r", &dpop_only)),
@@ -395,5 +407,28 @@ mod tests {
         .render("r");
         assert!(only_age.headers[1].1.ends_with("required\", max_age=60"));
         assert!(answer.body.contains("insufficient_user_authentication"));
+    }
+
+    #[test]
+    fn every_401_names_the_resource_metadata() {
+        let schemes = Challenges {
+            bearer: true,
+            dpop_algs: None,
+            resource_metadata: Some("https://h/.well-known/oauth-protected-resource/mcp".into()),
+        };
+        let named = "resource_metadata=\"https://h/.well-known/oauth-protected-resource/mcp\"";
+        for denial in [
+            Denial::MissingToken,
+            Denial::InvalidToken {
+                description: "token expired",
+                reason: "expired",
+            },
+        ] {
+            let answer = denial.render_for("r", &schemes);
+            assert!(answer.headers[1].1.ends_with(named), "{:?}", answer.headers);
+        }
+        // A 403 is not about getting a token.
+        let scope = Denial::MissingScopes(vec!["tools:call".into()]).render_for("r", &schemes);
+        assert!(!scope.headers[1].1.contains("resource_metadata"));
     }
 }

@@ -313,6 +313,7 @@ fuzz_target!(|input: Input| {
         bypass_cors_preflight: false,
         mode: Mode::Enforce,
         audit: Default::default(),
+        protected_resource: None,
         limits: Limits::default(),
     };
     let facts = RequestFacts {

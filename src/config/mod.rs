@@ -18,6 +18,24 @@ pub struct Config {
     pub limits: Limits,
     /// Project addition `audit`.
     pub audit: Audit,
+    /// `protectedResource` (RFC 9728).
+    pub protected_resource: Option<ProtectedResource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtectedResource {
+    /// `resource`: the canonical URI clients name in `resource` and `aud` (RFC 8707).
+    pub resource: String,
+    /// Default: the providers' issuers.
+    pub authorization_servers: Vec<String>,
+    /// Default: the scopes the rules require.
+    pub scopes_supported: Vec<String>,
+    pub resource_name: Option<String>,
+    pub resource_documentation: Option<String>,
+    /// The request paths the filter answers with the metadata document.
+    pub metadata_paths: Vec<String>,
+    /// What every 401 names in `resource_metadata` (RFC 9728 §5.1).
+    pub metadata_url: String,
 }
 
 /// `audit`: one JSON line per decision in Envoy's log.
@@ -533,6 +551,7 @@ const CONFIG_FIELDS: &[&str] = &[
     "mode",
     "limits",
     "audit",
+    "protectedResource",
 ];
 
 fn parse_config(value: &Value) -> Parsed<Config> {
@@ -553,6 +572,22 @@ fn parse_config(value: &Value) -> Parsed<Config> {
         }
     }
     let limits = config.optional("limits", parse_limits)?.unwrap_or_default();
+    let mut providers = providers;
+    let protected_resource = config.optional("protectedResource", parse_protected_resource)?;
+    let protected_resource = protected_resource.map(|mut resource| {
+        // RFC 8707: a token for this resource names it in `aud`; a provider that lists its own
+        // audiences keeps them.
+        for provider in providers.iter_mut().filter(|p| p.audiences.is_empty()) {
+            provider.audiences.push(resource.resource.clone());
+        }
+        if resource.authorization_servers.is_empty() {
+            resource.authorization_servers = providers.iter().map(|p| p.issuer.clone()).collect();
+        }
+        if resource.scopes_supported.is_empty() {
+            resource.scopes_supported = rule_scopes(&rules);
+        }
+        resource
+    });
     for (i, provider) in providers.iter().enumerate() {
         if let KeySource::Inline(jwks) = &provider.keys {
             crate::keys::parse_jwks(jwks.as_bytes(), &JwksLimits::from(&limits), true)
@@ -572,7 +607,26 @@ fn parse_config(value: &Value) -> Parsed<Config> {
             .unwrap_or(Mode::Enforce),
         limits,
         audit: config.optional("audit", parse_audit)?.unwrap_or_default(),
+        protected_resource,
     })
+}
+
+/// Every scope a rule requires, in first-appearance order.
+fn rule_scopes(rules: &[Rule]) -> Vec<String> {
+    let mut scopes: Vec<String> = Vec::new();
+    for rule in rules {
+        let requirements: &[Requirement] = match &rule.action {
+            Action::Requires(requirement) => std::slice::from_ref(requirement),
+            Action::RequiresAny(requirements) => requirements,
+            _ => &[],
+        };
+        for scope in requirements.iter().flat_map(|r| &r.scopes) {
+            if !scopes.contains(scope) {
+                scopes.push(scope.clone());
+            }
+        }
+    }
+    scopes
 }
 
 /// A configuration without providers decides on the request and its connection only (a
@@ -756,6 +810,7 @@ fn parse_limits(value: &Value, path: &str) -> Parsed<Limits> {
 mod fields;
 mod providers;
 mod request_match;
+mod resource;
 mod rules;
 mod sender;
 #[cfg(test)]
@@ -765,5 +820,7 @@ use fields::*;
 use providers::*;
 pub use providers::{http_target, metric_label};
 use request_match::*;
+pub use resource::METADATA_PATH;
+use resource::*;
 use rules::*;
 use sender::*;

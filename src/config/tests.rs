@@ -1654,19 +1654,67 @@ fn sender_binding_settings() {
 
 #[test]
 fn step_up_requirements() {
-    let parsed = rule(json!({"requires": {"acrValues": ["urn:mfa", "phr"], "maxAuthAgeSeconds": 300}}));
+    let parsed =
+        rule(json!({"requires": {"acrValues": ["urn:mfa", "phr"], "maxAuthAgeSeconds": 300}}));
     let Action::Requires(requirement) = parsed.action else {
         panic!("expected requires");
     };
-    assert_eq!(requirement.acr_values, Some(vec!["urn:mfa".to_owned(), "phr".to_owned()]));
+    assert_eq!(
+        requirement.acr_values,
+        Some(vec!["urn:mfa".to_owned(), "phr".to_owned()])
+    );
     assert_eq!(requirement.max_auth_age_seconds, Some(300));
     for (requires, expected) in [
-        (json!({"acrValues": []}), "rules[0].requires.acrValues: must not be empty"),
-        (json!({"acrValues": ["a b"]}), "rules[0].requires.acrValues[0]: not an acr value"),
-        (json!({"acrValues": ["a", "a"]}), "rules[0].requires.acrValues[1]: listed twice"),
-        (json!({"maxAuthAgeSeconds": -1}), "rules[0].requires.maxAuthAgeSeconds: must not be negative"),
+        (
+            json!({"acrValues": []}),
+            "rules[0].requires.acrValues: must not be empty",
+        ),
+        (
+            json!({"acrValues": ["a b"]}),
+            "rules[0].requires.acrValues[0]: not an acr value",
+        ),
+        (
+            json!({"acrValues": ["a", "a"]}),
+            "rules[0].requires.acrValues[1]: listed twice",
+        ),
+        (
+            json!({"maxAuthAgeSeconds": -1}),
+            "rules[0].requires.maxAuthAgeSeconds: must not be negative",
+        ),
     ] {
         let got = problem(&rule_config(json!({"requires": requires})));
         assert!(got.starts_with(expected), "{got}");
+    }
+}
+
+#[test]
+fn protected_resource_is_checked() {
+    for (resource, expected) in [
+        (json!({}), "protectedResource.resource: required"),
+        (
+            json!({"resource": "tools.example.com/mcp"}),
+            "protectedResource.resource: expected an absolute http(s) URI",
+        ),
+        (
+            json!({"resource": "https://h/mcp?x=1"}),
+            "protectedResource.resource: expected an absolute http(s) URI",
+        ),
+        (
+            json!({"resource": "https://h", "resourceDocumentation": "docs"}),
+            "protectedResource.resourceDocumentation: expected an http(s) URL",
+        ),
+        (
+            json!({"resource": "https://h", "authorizationServers": []}),
+            "protectedResource.authorizationServers: must not be empty",
+        ),
+        (
+            json!({"resource": "https://h", "scopes": []}),
+            "protectedResource.scopes: unknown field",
+        ),
+    ] {
+        let mut config: Value = serde_json::from_str(&provider_config(json!({}))).unwrap();
+        config["protectedResource"] = resource.clone();
+        let got = problem(&config.to_string());
+        assert!(got.starts_with(expected), "{resource}: {got}");
     }
 }

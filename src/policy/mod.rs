@@ -266,6 +266,7 @@ mod tests {
             mode: Mode::Enforce,
             limits: Limits::default(),
             audit: crate::config::Audit::default(),
+            protected_resource: None,
         }
     }
 
@@ -1098,9 +1099,18 @@ mod tests {
             acr_values: Some(vec!["urn:mfa".into(), "phr".into()]),
             max_age: Some(300),
         });
-        assert_eq!(check(json!({"acr": "phr", "auth_time": now - 300, "scope": "pay"})), Ok(()));
-        assert_eq!(check(json!({"acr": "pwd", "auth_time": now, "scope": "pay"})), step_up);
-        assert_eq!(check(json!({"acr": "phr", "auth_time": now - 301, "scope": "pay"})), step_up);
+        assert_eq!(
+            check(json!({"acr": "phr", "auth_time": now - 300, "scope": "pay"})),
+            Ok(())
+        );
+        assert_eq!(
+            check(json!({"acr": "pwd", "auth_time": now, "scope": "pay"})),
+            step_up
+        );
+        assert_eq!(
+            check(json!({"acr": "phr", "auth_time": now - 301, "scope": "pay"})),
+            step_up
+        );
         assert_eq!(check(json!({"acr": "phr", "scope": "pay"})), step_up);
         assert_eq!(check(json!({"auth_time": now, "scope": "pay"})), step_up);
         // A new login comes before scopes: it may bring them.
@@ -1120,11 +1130,23 @@ mod tests {
         let claim = condition(claim_path("role"), ClaimTest::Present);
         let claims = payload(json!({"acr": "pwd"}));
         assert!(matches!(
-            check_any(&[claim.clone(), mfa.clone()], 0, &claims, &default_scope_claims(), 0),
+            check_any(
+                &[claim.clone(), mfa.clone()],
+                0,
+                &claims,
+                &default_scope_claims(),
+                0
+            ),
             Err(Unmet::StepUp { .. })
         ));
         assert_eq!(
-            check_any(&[mfa, scopes(&["x"])], 0, &claims, &default_scope_claims(), 0),
+            check_any(
+                &[mfa, scopes(&["x"])],
+                0,
+                &claims,
+                &default_scope_claims(),
+                0
+            ),
             Err(Unmet::MissingScopes(vec!["x".into()]))
         );
     }

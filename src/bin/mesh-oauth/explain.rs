@@ -964,6 +964,10 @@ fn outcome_lines(out: &mut Out, config: &Config, outcome: &Outcome, realm: &str)
         Outcome::Allow(allowed) => allowed_lines(out, config, allowed, realm),
         Outcome::Deny(denial) => denial_lines(out, config, denial, realm, "final: "),
         Outcome::Wait { .. } => out.line("final: held"),
+        Outcome::Answer(answer) => out.line(format!(
+            "final: {} answered by the filter itself: the protected resource metadata",
+            answer.status
+        )),
     }
 }
 
@@ -1220,6 +1224,7 @@ fn verified_claims(
             denial.reason()
         )),
         Outcome::Wait { .. } => Err("its provider's keys are not at hand".to_string()),
+        Outcome::Answer(_) => Ok(None),
     }
 }
 
