@@ -330,7 +330,7 @@ impl State {
             };
         }
         self.observe(&decision, &view);
-        Some(self.apply(decision.outcome))
+        Some(self.apply(decision.outcome, decision.trace.rule))
     }
 
     /// `without_refetch`: an unknown kid is refused rather than waited for.
@@ -437,7 +437,8 @@ impl State {
     }
 
     /// Applies a final outcome to the current request: edits, or a local response.
-    fn apply(&mut self, outcome: Outcome) -> Action {
+    /// `rule`: the deciding rule, whose scopes a refusal names.
+    fn apply(&mut self, outcome: Outcome, rule: Option<usize>) -> Action {
         match outcome {
             Outcome::Allow(allowed) => {
                 for header in &allowed.skipped_headers {
@@ -474,7 +475,7 @@ impl State {
                 Action::Continue
             }
             Outcome::Deny(denial) => {
-                self.send_denial(&denial);
+                self.send_denial(&denial, rule);
                 Action::Pause
             }
             Outcome::Answer(answer) => {
@@ -488,22 +489,25 @@ impl State {
             }
             // Callers resolve waits before applying.
             Outcome::Wait { .. } => {
-                self.send_denial(&Denial::KeysUnavailable {
-                    retry_after_seconds: 1,
-                });
+                self.send_denial(
+                    &Denial::KeysUnavailable {
+                        retry_after_seconds: 1,
+                    },
+                    rule,
+                );
                 Action::Pause
             }
         }
     }
 
-    fn send_denial(&self, denial: &Denial) {
+    fn send_denial(&self, denial: &Denial, rule: Option<usize>) {
         let authority = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":authority")
             .ok()
             .flatten()
             .map(|v| String::from_utf8_lossy(&v).into_owned())
             .unwrap_or_default();
         let realm = self.config.realm.as_deref().unwrap_or(&authority);
-        let response = denial.render_for(realm, &Challenges::for_config(&self.config));
+        let response = denial.render_for(realm, &Challenges::for_request(&self.config, rule));
         let headers: Vec<(&str, &str)> = response
             .headers
             .iter()

@@ -44,6 +44,9 @@ pub struct Challenges {
     pub dpop_algs: Option<String>,
     /// RFC 9728 §5.1: where a 401's client finds how to get a token.
     pub resource_metadata: Option<String>,
+    /// The scopes the deciding rule requires, so a client asks for them (RFC 6750 §3, the MCP
+    /// specification's scope selection).
+    pub scope: Option<String>,
 }
 
 impl Challenges {
@@ -51,7 +54,32 @@ impl Challenges {
         bearer: true,
         dpop_algs: None,
         resource_metadata: None,
+        scope: None,
     };
+
+    /// The configuration's challenges; for a protected resource (RFC 9728) also the scopes of
+    /// the rule that decided (`rule`: its index; the first alternative's for `requiresAny`).
+    /// Without `protectedResource` a missing token's challenge stays `Bearer realm="…"`, as the
+    /// configuration contract gives it.
+    pub fn for_request(config: &crate::config::Config, rule: Option<usize>) -> Challenges {
+        use crate::config::Action;
+        let scopes = rule
+            .filter(|_| config.protected_resource.is_some())
+            .and_then(|index| config.rules.get(index))
+            .and_then(|rule| match &rule.action {
+                Action::Requires(requirement) => Some(&requirement.scopes),
+                Action::RequiresAny(alternatives) => alternatives
+                    .iter()
+                    .map(|r| &r.scopes)
+                    .find(|scopes| !scopes.is_empty()),
+                _ => None,
+            })
+            .filter(|scopes| !scopes.is_empty());
+        Challenges {
+            scope: scopes.map(|scopes| scopes.join(" ")),
+            ..Challenges::for_config(config)
+        }
+    }
 
     /// Bearer unless every provider requires DPoP; DPoP with the union of the algorithms of
     /// the providers that accept it.
@@ -80,6 +108,7 @@ impl Challenges {
                 .protected_resource
                 .as_ref()
                 .map(|resource| resource.metadata_url.clone()),
+            scope: None,
         }
     }
 }
@@ -201,6 +230,11 @@ impl Denial {
         };
         let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
         if let Some(mut params) = params {
+            // A missing-scopes refusal names the scopes it lacks already.
+            if let (Some(scope), false) = (&schemes.scope, matches!(self, Denial::MissingScopes(_)))
+            {
+                params.push_str(&format!(", scope=\"{}\"", quoted_safe(scope)));
+            }
             if let (401, Some(url)) = (status, &schemes.resource_metadata) {
                 params.push_str(&format!(", resource_metadata=\"{}\"", quoted_safe(url)));
             }
@@ -352,11 +386,13 @@ mod tests {
             bearer: false,
             dpop_algs: Some("ES256 EdDSA".into()),
             resource_metadata: None,
+            scope: None,
         };
         let both = Challenges {
             bearer: true,
             dpop_algs: Some("ES256".into()),
             resource_metadata: None,
+            scope: None,
         };
         assert_eq!(
             challenges_of(&Denial::MissingToken.render_for("r", &dpop_only)),
@@ -415,6 +451,7 @@ mod tests {
             bearer: true,
             dpop_algs: None,
             resource_metadata: Some("https://h/.well-known/oauth-protected-resource/mcp".into()),
+            scope: None,
         };
         let named = "resource_metadata=\"https://h/.well-known/oauth-protected-resource/mcp\"";
         for denial in [
@@ -430,5 +467,24 @@ mod tests {
         // A 403 is not about getting a token.
         let scope = Denial::MissingScopes(vec!["tools:call".into()]).render_for("r", &schemes);
         assert!(!scope.headers[1].1.contains("resource_metadata"));
+    }
+
+    #[test]
+    fn the_deciding_rules_scopes_are_named() {
+        let schemes = Challenges {
+            scope: Some("tools:call tools:list".into()),
+            ..Challenges::BEARER
+        };
+        let missing = Denial::MissingToken.render_for("r", &schemes);
+        assert_eq!(
+            missing.headers[1].1,
+            "Bearer realm=\"r\", scope=\"tools:call tools:list\""
+        );
+        // The refusal for missing scopes names the missing ones only.
+        let lacking = Denial::MissingScopes(vec!["tools:list".into()]).render_for("r", &schemes);
+        assert_eq!(
+            lacking.headers[1].1,
+            "Bearer realm=\"r\", error=\"insufficient_scope\", scope=\"tools:list\""
+        );
     }
 }

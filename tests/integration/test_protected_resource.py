@@ -53,6 +53,8 @@ def test_every_401_names_the_metadata(resource_envoy, keys):
     url = f'resource_metadata="https://tools.example.com{METADATA}"'
     missing = resource_envoy.request("/mcp")
     assert missing.status == 401 and url in missing.header("www-authenticate"), missing
+    # The rule's scopes, so an MCP client knows what to ask for.
+    assert 'scope="tools:call"' in missing.header("www-authenticate"), missing
     expired = keys.mint("RS256", claims(ISS_RSA, audience=RESOURCE, lifetime=-3600, scope="tools:call"))
     invalid = resource_envoy.request("/mcp", headers={"Authorization": f"Bearer {expired}"})
     assert invalid.status == 401 and url in invalid.header("www-authenticate"), invalid

@@ -941,6 +941,11 @@ fn final_answer(config: &Config, keys: &Keys, request: &Request<'_>, now_ms: u64
         describe_trace(config, &decision.trace)
     ));
     let realm = config.realm.as_deref().unwrap_or(request.authority);
+    let challenges = Challenges::for_request(config, decision.trace.rule);
+    let answering = Answering {
+        realm,
+        challenges: &challenges,
+    };
     match decision.outcome {
         Outcome::Wait { provider, .. } => {
             let name = config
@@ -953,16 +958,22 @@ fn final_answer(config: &Config, keys: &Keys, request: &Request<'_>, now_ms: u64
             ));
             out.line("  if they do not come in time:");
             let expired = authorize::wait_expired(config, &keys.lookup, provider, now_ms);
-            outcome_lines(out, config, &expired.outcome, realm);
+            outcome_lines(out, config, &expired.outcome, &answering);
         }
-        outcome => outcome_lines(out, config, &outcome, realm),
+        outcome => outcome_lines(out, config, &outcome, &answering),
     }
 }
 
-fn outcome_lines(out: &mut Out, config: &Config, outcome: &Outcome, realm: &str) {
+/// How the filter would answer this request: its realm, and the challenges of its schemes.
+struct Answering<'a> {
+    realm: &'a str,
+    challenges: &'a Challenges,
+}
+
+fn outcome_lines(out: &mut Out, config: &Config, outcome: &Outcome, answering: &Answering<'_>) {
     match outcome {
-        Outcome::Allow(allowed) => allowed_lines(out, config, allowed, realm),
-        Outcome::Deny(denial) => denial_lines(out, config, denial, realm, "final: "),
+        Outcome::Allow(allowed) => allowed_lines(out, config, allowed, answering),
+        Outcome::Deny(denial) => denial_lines(out, denial, answering, "final: "),
         Outcome::Wait { .. } => out.line("final: held"),
         Outcome::Answer(answer) => out.line(format!(
             "final: {} answered by the filter itself: the protected resource metadata",
@@ -971,7 +982,7 @@ fn outcome_lines(out: &mut Out, config: &Config, outcome: &Outcome, realm: &str)
     }
 }
 
-fn allowed_lines(out: &mut Out, config: &Config, allowed: &Allowed, realm: &str) {
+fn allowed_lines(out: &mut Out, config: &Config, allowed: &Allowed, answering: &Answering<'_>) {
     let payload_headers: Vec<&str> = config
         .providers
         .iter()
@@ -983,9 +994,8 @@ fn allowed_lines(out: &mut Out, config: &Config, allowed: &Allowed, realm: &str)
             out.line("final: allowed (report mode): the request goes on upstream");
             denial_lines(
                 out,
-                config,
                 denial,
-                realm,
+                answering,
                 "  enforcing, the filter would answer: ",
             );
         }
@@ -1010,8 +1020,8 @@ fn allowed_lines(out: &mut Out, config: &Config, allowed: &Allowed, realm: &str)
     }
 }
 
-fn denial_lines(out: &mut Out, config: &Config, denial: &Denial, realm: &str, lead: &str) {
-    let response = denial.render_for(realm, &Challenges::for_config(config));
+fn denial_lines(out: &mut Out, denial: &Denial, answering: &Answering<'_>, lead: &str) {
+    let response = denial.render_for(answering.realm, answering.challenges);
     out.line(format!(
         "{lead}{} {} ({})",
         response.status,
