@@ -109,6 +109,13 @@ pub fn audit_line(
     );
     line.insert("iss".into(), claim("iss"));
     line.insert("sub".into(), claim("sub"));
+    // Who acts for the subject: the client, and the actor chain (RFC 8693), subjects only.
+    let client = match claim("client_id") {
+        Value::Null => claim("azp"),
+        client => client,
+    };
+    line.insert("client_id".into(), client);
+    line.insert("actors".into(), actor_chain(trace.claims.as_deref()));
     line.insert("kid".into(), json!(trace.kid.as_deref()));
     line.insert("alg".into(), json!(trace.alg.map(|a| a.name())));
     line.insert("cached".into(), json!(trace.cached));
@@ -118,6 +125,31 @@ pub fn audit_line(
     let path = request.path.split(['?', '#']).next().unwrap_or_default();
     line.insert("path".into(), json!(path));
     Value::Object(line).to_string()
+}
+
+/// The `act` chain's subjects, current actor first; at most a few, each clipped.
+fn actor_chain(claims: Option<&serde_json::Map<String, Value>>) -> Value {
+    const MAX_ACTORS: usize = 8;
+    let mut actors = Vec::new();
+    let mut current = claims.and_then(|c| c.get("act"));
+    while let Some(Value::Object(level)) = current {
+        if actors.len() == MAX_ACTORS {
+            actors.push(json!("…"));
+            break;
+        }
+        actors.push(
+            level
+                .get("sub")
+                .and_then(Value::as_str)
+                .map_or(Value::Null, |s| Value::String(clipped(s))),
+        );
+        current = level.get("act");
+    }
+    if actors.is_empty() {
+        Value::Null
+    } else {
+        Value::Array(actors)
+    }
 }
 
 /// Claims of a refused token are the client's own words: a line stays bounded whatever it sent.
@@ -159,7 +191,9 @@ mod tests {
     }
 
     fn token_trace() -> Trace {
-        let claims = json!({"iss": "https://idp.example.com", "sub": "alice", "scope": "x"});
+        let claims = json!({"iss": "https://idp.example.com", "sub": "alice", "scope": "x",
+                            "client_id": "agent-app",
+                            "act": {"sub": "agent-7", "act": {"sub": "planner"}}});
         Trace {
             rule: Some(0),
             provider: Some(0),
@@ -197,6 +231,7 @@ mod tests {
             parsed,
             json!({"decision": "deny", "status": 403, "reason": "scope", "rule": "orders",
                    "provider": "key cloak", "iss": "https://idp.example.com", "sub": "alice",
+                   "client_id": "agent-app", "actors": ["agent-7", "planner"],
                    "kid": "k1", "alg": "RS256", "cached": false, "request_id": "req-1",
                    "method": "GET", "path": "/orders/1"})
         );

@@ -354,6 +354,9 @@ fn decide(
         }
         Err(Unmet::MissingScopes(scopes)) => return Err(Denial::MissingScopes(scopes).into()),
         Err(Unmet::ClaimFailed(_)) => return Err(Denial::ClaimFailed.into()),
+        Err(Unmet::Delegation(description)) => {
+            return Err(Denial::DelegationRefused(description).into())
+        }
         Err(Unmet::StepUp {
             acr_values,
             max_age,

@@ -20,6 +20,8 @@ pub enum Denial {
     ClaimFailed,
     /// 403 by a `deny` rule or `unmatched: deny`.
     Forbidden,
+    /// 403: the client or actor (RFC 8693 delegation) is not one the rule accepts.
+    DelegationRefused(&'static str),
     /// 503: no signing keys could be had for the token's issuer.
     KeysUnavailable { retry_after_seconds: u64 },
     /// 401 `invalid_dpop_proof` (RFC 9449 §7.1): the DPoP proof failed a check.
@@ -130,6 +132,7 @@ impl Denial {
             Denial::MissingScopes(_) => "scope",
             Denial::ClaimFailed => "claim",
             Denial::Forbidden => "deny_rule",
+            Denial::DelegationRefused(_) => "delegation",
             Denial::KeysUnavailable { .. } => "keys_unavailable",
             Denial::InvalidProof { reason, .. } => reason,
             Denial::ReplayUnavailable => "dpop_replay_unavailable",
@@ -182,6 +185,14 @@ impl Denial {
                 None,
                 "access_denied",
                 "access to this resource is denied",
+            ),
+            Denial::DelegationRefused(description) => (
+                403,
+                Some(format!(
+                    ", error=\"insufficient_scope\", error_description=\"{description}\""
+                )),
+                "insufficient_scope",
+                description,
             ),
             Denial::KeysUnavailable { .. } => (
                 503,

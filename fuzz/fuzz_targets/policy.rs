@@ -114,6 +114,10 @@ impl Req {
                 .collect(),
             acr_values: None,
             max_auth_age_seconds: None,
+            clients: None,
+            actors: None,
+            max_delegation_depth: None,
+            delegation_forbidden: false,
         }
     }
 }
@@ -287,6 +291,7 @@ fuzz_target!(|input: Input| {
             }
             Err(Unmet::ClaimFailed(_)) => {}
             Err(Unmet::StepUp { .. }) => panic!("step-up reported without step-up conditions"),
+            Err(Unmet::Delegation(_)) => panic!("delegation refused without delegation conditions"),
         }
     }
     let any = policy::check_any(&requirements, provider, &claims, &scope_claims, 0);

@@ -478,6 +478,14 @@ pub struct Requirement {
     pub acr_values: Option<Vec<String>>,
     /// `maxAuthAgeSeconds` (RFC 9470): `auth_time` no older than this.
     pub max_auth_age_seconds: Option<u64>,
+    /// `clients`: the token's `client_id` (RFC 9068) or `azp` is one of these.
+    pub clients: Option<Vec<String>>,
+    /// `actor`: the current actor, `act.sub` of the outermost `act` (RFC 8693 §4.1), is one of these.
+    pub actors: Option<Vec<String>>,
+    /// `maxDelegationDepth`: at most this many nested `act` levels.
+    pub max_delegation_depth: Option<u64>,
+    /// `delegation: "forbidden"`: a token with an `act` claim does not meet the requirement.
+    pub delegation_forbidden: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -101,6 +101,10 @@ pub(super) fn parse_requirement(
             "claims",
             "acrValues",
             "maxAuthAgeSeconds",
+            "clients",
+            "actor",
+            "maxDelegationDepth",
+            "delegation",
         ],
     )?;
     let provider_indexes = requirement.optional("providers", |value, path| {
@@ -131,6 +135,23 @@ pub(super) fn parse_requirement(
             Ok(values)
         })?,
         max_auth_age_seconds: requirement.optional("maxAuthAgeSeconds", non_negative_integer)?,
+        clients: requirement.optional("clients", |value, path| {
+            non_empty_items(value, path, non_empty_string)
+        })?,
+        actors: requirement.optional("actor", |value, path| {
+            non_empty_items(value, path, non_empty_string)
+        })?,
+        max_delegation_depth: requirement.optional("maxDelegationDepth", non_negative_integer)?,
+        delegation_forbidden: match requirement.optional("delegation", string)?.as_deref() {
+            None | Some("allowed") => false,
+            Some("forbidden") => true,
+            Some(_) => {
+                return Err(error(
+                    &requirement.path_of("delegation"),
+                    "expected \"allowed\" or \"forbidden\"",
+                ))
+            }
+        },
     })
 }
 

@@ -1718,3 +1718,25 @@ fn protected_resource_is_checked() {
         assert!(got.starts_with(expected), "{resource}: {got}");
     }
 }
+
+#[test]
+fn delegation_requirements() {
+    let parsed = rule(
+        json!({"requires": {"clients": ["a"], "actor": ["agent-7"], "maxDelegationDepth": 2, "delegation": "allowed"}}),
+    );
+    let Action::Requires(requirement) = parsed.action else {
+        panic!("expected requires");
+    };
+    assert_eq!(requirement.clients, Some(vec!["a".to_owned()]));
+    assert_eq!(requirement.actors, Some(vec!["agent-7".to_owned()]));
+    assert_eq!(requirement.max_delegation_depth, Some(2));
+    assert!(!requirement.delegation_forbidden);
+    assert_problem(
+        &rule_config(json!({"requires": {"delegation": "never"}})),
+        "rules[0].requires.delegation: expected \"allowed\" or \"forbidden\"",
+    );
+    assert_problem(
+        &rule_config(json!({"requires": {"clients": []}})),
+        "rules[0].requires.clients: must not be empty",
+    );
+}

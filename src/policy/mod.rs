@@ -96,12 +96,55 @@ pub enum Unmet {
     MissingScopes(Vec<String>),
     /// The first claim condition that failed, named by its claim path.
     ClaimFailed(String),
+    /// The client or the actor chain is not one the requirement accepts (named here).
+    Delegation(&'static str),
     /// RFC 9470: the user must authenticate again, with one of `acr_values` and/or within
     /// `max_age` seconds (the requirement's own values, for the challenge).
     StepUp {
         acr_values: Option<Vec<String>>,
         max_age: Option<u64>,
     },
+}
+
+/// RFC 8693 §4.1: the outermost `act` is the current actor, nested ones are prior actors;
+/// RFC 9068 §2.2: `client_id` names the client (`azp` where an IdP uses that).
+fn delegation_refusal(req: &Requirement, claims: &Map<String, Value>) -> Option<&'static str> {
+    fn text(value: Option<&Value>) -> Option<&str> {
+        value.and_then(Value::as_str)
+    }
+    if let Some(clients) = &req.clients {
+        let client = text(claims.get("client_id")).or(text(claims.get("azp")));
+        if !client.is_some_and(|c| clients.iter().any(|known| known == c)) {
+            return Some("the token's client is not accepted here");
+        }
+    }
+    let act = claims.get("act");
+    if req.delegation_forbidden && act.is_some() {
+        return Some("delegated tokens (act) are not accepted here");
+    }
+    if let Some(actors) = &req.actors {
+        let actor = text(act.and_then(|a| a.get("sub")));
+        if !actor.is_some_and(|a| actors.iter().any(|known| known == a)) {
+            return Some("the token's actor is not accepted here");
+        }
+    }
+    if let Some(max_depth) = req.max_delegation_depth {
+        if delegation_depth(act) > max_depth {
+            return Some("the token's delegation chain is too deep");
+        }
+    }
+    None
+}
+
+/// How many `act` levels a token carries (0: none); an `act` that is not an object ends it.
+pub fn delegation_depth(act: Option<&Value>) -> u64 {
+    let mut depth = 0;
+    let mut current = act;
+    while let Some(Value::Object(level)) = current {
+        depth += 1;
+        current = level.get("act");
+    }
+    depth
 }
 
 /// `acrValues`: the token's `acr` is one of them; `maxAuthAgeSeconds`: its `auth_time` is no
@@ -136,6 +179,9 @@ pub fn check_requirement(
         if !providers.contains(&provider) {
             return Err(Unmet::WrongProvider);
         }
+    }
+    if let Some(refusal) = delegation_refusal(req, claims) {
+        return Err(Unmet::Delegation(refusal));
     }
     // Who authenticated, and how, before what they may do: a new login may also bring scopes.
     if !step_up_met(req, claims, now_s) {
@@ -196,7 +242,11 @@ fn more_useful(candidate: &Unmet, current: &Unmet) -> bool {
     match (candidate, current) {
         (Unmet::MissingScopes(new), Unmet::MissingScopes(old)) => new.len() < old.len(),
         (Unmet::MissingScopes(_), _) => true,
-        (Unmet::StepUp { .. }, Unmet::ClaimFailed(_) | Unmet::WrongProvider) => true,
+        (
+            Unmet::StepUp { .. },
+            Unmet::ClaimFailed(_) | Unmet::Delegation(_) | Unmet::WrongProvider,
+        ) => true,
+        (Unmet::Delegation(_), Unmet::WrongProvider) => true,
         (Unmet::ClaimFailed(_), Unmet::WrongProvider) => true,
         _ => false,
     }
@@ -1148,6 +1198,65 @@ mod tests {
                 0
             ),
             Err(Unmet::MissingScopes(vec!["x".into()]))
+        );
+    }
+
+    #[test]
+    fn delegation_rules_name_the_client_and_the_current_actor() {
+        let req = Requirement {
+            clients: Some(vec!["shop-agent".into()]),
+            actors: Some(vec!["agent-7".into()]),
+            max_delegation_depth: Some(1),
+            ..Requirement::default()
+        };
+        let check = |claims: Value| check_requirement(&req, 0, &payload(claims), &[], 0);
+        assert_eq!(
+            check(json!({"client_id": "shop-agent", "act": {"sub": "agent-7"}})),
+            Ok(())
+        );
+        assert_eq!(
+            check(json!({"azp": "shop-agent", "act": {"sub": "agent-7"}})),
+            Ok(())
+        );
+        // client_id wins over azp where both are there.
+        assert!(
+            check(json!({"client_id": "x", "azp": "shop-agent", "act": {"sub": "agent-7"}}))
+                .is_err()
+        );
+        // Only the outermost act is the current actor (RFC 8693 §4.1).
+        assert_eq!(
+            check(
+                json!({"client_id": "shop-agent", "act": {"sub": "planner", "act": {"sub": "agent-7"}}})
+            ),
+            Err(Unmet::Delegation("the token's actor is not accepted here"))
+        );
+        assert_eq!(
+            check(
+                json!({"client_id": "shop-agent", "act": {"sub": "agent-7", "act": {"sub": "p"}}})
+            ),
+            Err(Unmet::Delegation(
+                "the token's delegation chain is too deep"
+            ))
+        );
+        let forbidden = Requirement {
+            delegation_forbidden: true,
+            ..Requirement::default()
+        };
+        assert!(check_requirement(
+            &forbidden,
+            0,
+            &payload(json!({"act": {"sub": "a"}})),
+            &[],
+            0
+        )
+        .is_err());
+        assert_eq!(
+            check_requirement(&forbidden, 0, &payload(json!({})), &[], 0),
+            Ok(())
+        );
+        assert_eq!(
+            delegation_depth(Some(&json!({"sub": "a", "act": {"sub": "b", "act": "x"}}))),
+            2
         );
     }
 }

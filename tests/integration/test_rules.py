@@ -147,3 +147,37 @@ def test_step_up_asks_for_a_stronger_and_recent_login(step_up_envoy, keys):
     no_scope = step_up_envoy.request("/payments/1", headers={**bearer(keys, acr="urn:mfa", auth_time=now),
                                                              "Host": "localhost"})
     assert no_scope.status == 403, no_scope
+
+
+@pytest.fixture(scope="module")
+def delegation_envoy(module_envoys, module_idps, keys):
+    idp = module_idps()
+    config = {
+        "providers": [rsa_provider(idp, keys)],
+        "rules": [
+            {"name": "payouts", "match": {"paths": ["/payouts"]},
+             "requires": {"delegation": "forbidden"}},
+            {"name": "agents", "match": {"paths": ["/orders"]},
+             "requires": {"clients": ["shop-agent"], "actor": ["agent-7"], "maxDelegationDepth": 1}},
+        ],
+    }
+    return module_envoys.start(config, idps=[idp])
+
+
+@pytest.mark.parametrize("path,extra,status,why", [
+    ("/orders", {"client_id": "shop-agent", "act": {"sub": "agent-7"}}, 200, "the agent acting for the user"),
+    ("/orders", {"azp": "shop-agent", "act": {"sub": "agent-7"}}, 200, "azp names the client where client_id is absent"),
+    ("/orders", {"client_id": "other-app", "act": {"sub": "agent-7"}}, 403, "the token's client is not accepted here"),
+    ("/orders", {"client_id": "shop-agent", "act": {"sub": "agent-9"}}, 403, "the token's actor is not accepted here"),
+    ("/orders", {"client_id": "shop-agent"}, 403, "the token's actor is not accepted here"),
+    ("/orders", {"client_id": "shop-agent", "act": {"sub": "agent-7", "act": {"sub": "planner"}}}, 403,
+     "the token's delegation chain is too deep"),
+    ("/payouts", {"act": {"sub": "agent-7"}}, 403, "delegated tokens (act) are not accepted here"),
+    ("/payouts", {}, 200, "the user in person"),
+])
+def test_delegation_rules_say_which_agent_may_act_for_whom(delegation_envoy, keys, path, extra, status, why):
+    resp = delegation_envoy.request(path, headers=bearer(keys, **extra))
+    assert resp.status == status, (why, resp)
+    if status == 403:
+        assert error_body(resp)["error_description"] == why, resp
+        assert f'error_description="{why}"' in resp.header("www-authenticate"), resp

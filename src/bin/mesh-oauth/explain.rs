@@ -830,6 +830,7 @@ impl<'a> Narration<'a> {
             Err(Unmet::ClaimFailed(claim)) => {
                 format!("not met: claim {claim} fails its condition: refused with 403")
             }
+            Err(Unmet::Delegation(why)) => format!("not met: {why}: refused with 403"),
             Err(Unmet::StepUp { .. }) => "not met: the user must authenticate again (step-up): refused with 401 insufficient_user_authentication".to_string(),
         };
         self.out.line(format!("   requirement {text}"));
