@@ -246,7 +246,8 @@ impl Denial {
             {
                 params.push_str(&format!(", scope=\"{}\"", quoted_safe(scope)));
             }
-            if let (401, Some(url)) = (status, &schemes.resource_metadata) {
+            // RFC 9728 §5.1; the MCP specification names it on a 403 scope challenge too.
+            if let (401 | 403, Some(url)) = (status, &schemes.resource_metadata) {
                 params.push_str(&format!(", resource_metadata=\"{}\"", quoted_safe(url)));
             }
             let proof_error = matches!(self, Denial::InvalidProof { .. });
@@ -475,9 +476,9 @@ mod tests {
             let answer = denial.render_for("r", &schemes);
             assert!(answer.headers[1].1.ends_with(named), "{:?}", answer.headers);
         }
-        // A 403 is not about getting a token.
+        // And a 403 scope challenge, where the client may need to ask again (MCP).
         let scope = Denial::MissingScopes(vec!["tools:call".into()]).render_for("r", &schemes);
-        assert!(!scope.headers[1].1.contains("resource_metadata"));
+        assert!(scope.headers[1].1.ends_with(named), "{:?}", scope.headers);
     }
 
     #[test]
