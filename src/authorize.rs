@@ -171,7 +171,9 @@ pub fn authorize(
     request: &Request<'_>,
     now_ms: u64,
 ) -> Decision {
-    if let Some(answer) = crate::resource::metadata_answer(config, request.method, request.path) {
+    if let Some(answer) =
+        crate::resource::metadata_answer(config, request.method, request.path, request.authority)
+    {
         return Decision {
             outcome: Outcome::Answer(answer),
             trace: Trace::default(),
@@ -374,6 +376,14 @@ fn decide(
     Ok(identity_edits(provider, verified, request, keep_token))
 }
 
+fn names_audience(claims: &Map<String, Value>, resource: &str) -> bool {
+    match claims.get("aud") {
+        Some(Value::String(aud)) => aud == resource,
+        Some(Value::Array(auds)) => auds.iter().any(|aud| aud.as_str() == Some(resource)),
+        _ => false,
+    }
+}
+
 /// The request's token, found and verified on first use and remembered; `None`: no token.
 /// A token that is present is always verified, on anonymous routes too.
 fn token_once<'t>(
@@ -425,6 +435,13 @@ fn find_and_verify(
     let Some(provider) = config.providers.get(verified.provider) else {
         return Err(invalid("token issuer is not trusted", "issuer").into());
     };
+    // RFC 8707: a protected resource accepts tokens issued for itself, unless the provider
+    // names its own audiences.
+    if let Some(resource) = config.resource_for(request.authority) {
+        if provider.audiences.is_empty() && !names_audience(&verified.claims, &resource.resource) {
+            return Err(invalid("token audience is not this resource", "audience").into());
+        }
+    }
     let presented = if verified.found.location.is_dpop() {
         Presented::Dpop
     } else {

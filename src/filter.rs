@@ -507,7 +507,8 @@ impl State {
             .map(|v| String::from_utf8_lossy(&v).into_owned())
             .unwrap_or_default();
         let realm = self.config.realm.as_deref().unwrap_or(&authority);
-        let response = denial.render_for(realm, &Challenges::for_request(&self.config, rule));
+        let challenges = Challenges::for_request(&self.config, rule, &authority);
+        let response = denial.render_for(realm, &challenges);
         let headers: Vec<(&str, &str)> = response
             .headers
             .iter()

@@ -7,8 +7,13 @@ use crate::response::Response;
 use serde_json::{json, Map, Value};
 
 /// The answer for a request to one of the metadata paths; `None` for every other request.
-pub fn metadata_answer(config: &Config, method: &str, raw_path: &str) -> Option<Response> {
-    let resource = config.protected_resource.as_ref()?;
+pub fn metadata_answer(
+    config: &Config,
+    method: &str,
+    raw_path: &str,
+    authority: &str,
+) -> Option<Response> {
+    let resource = config.resource_for(authority)?;
     let path = raw_path.split(['?', '#']).next().unwrap_or_default();
     if !resource.metadata_paths.iter().any(|p| p == path) {
         return None;
@@ -140,7 +145,7 @@ mod tests {
     #[test]
     fn metadata_is_served_at_the_path_inserted_and_root_urls() {
         let config = mcp();
-        let resource = config.protected_resource.as_ref().unwrap();
+        let resource = config.resource_for("h.example.com").unwrap();
         assert_eq!(
             resource.metadata_url,
             "https://h.example.com/.well-known/oauth-protected-resource/mcp"
@@ -150,7 +155,7 @@ mod tests {
             "/.well-known/oauth-protected-resource",
             "/.well-known/oauth-protected-resource?x=1",
         ] {
-            let answer = metadata_answer(&config, "GET", path).unwrap();
+            let answer = metadata_answer(&config, "GET", path, "h.example.com").unwrap();
             assert_eq!(answer.status, 200, "{path}");
             let doc: Value = serde_json::from_str(&answer.body).unwrap();
             assert_eq!(
@@ -167,17 +172,32 @@ mod tests {
                 })
             );
         }
-        let head =
-            metadata_answer(&config, "HEAD", "/.well-known/oauth-protected-resource").unwrap();
+        let head = metadata_answer(
+            &config,
+            "HEAD",
+            "/.well-known/oauth-protected-resource",
+            "h.example.com",
+        )
+        .unwrap();
         assert_eq!((head.status, head.body.as_str()), (200, ""));
         assert_eq!(
-            metadata_answer(&config, "OPTIONS", "/.well-known/oauth-protected-resource")
-                .unwrap()
-                .status,
+            metadata_answer(
+                &config,
+                "OPTIONS",
+                "/.well-known/oauth-protected-resource",
+                "h.example.com"
+            )
+            .unwrap()
+            .status,
             204
         );
-        let post =
-            metadata_answer(&config, "POST", "/.well-known/oauth-protected-resource").unwrap();
+        let post = metadata_answer(
+            &config,
+            "POST",
+            "/.well-known/oauth-protected-resource",
+            "h.example.com",
+        )
+        .unwrap();
         assert_eq!(post.status, 405);
         assert!(post
             .headers
@@ -185,26 +205,54 @@ mod tests {
         assert!(metadata_answer(
             &config,
             "GET",
-            "/.well-known/oauth-protected-resource/other"
+            "/.well-known/oauth-protected-resource/other",
+            "h"
         )
         .is_none());
-        assert!(metadata_answer(&config, "GET", "/mcp").is_none());
+        assert!(metadata_answer(&config, "GET", "/mcp", "h").is_none());
     }
 
     #[test]
-    fn the_resource_is_the_audience_of_providers_without_their_own() {
-        let config = mcp();
-        assert_eq!(config.providers[0].audiences, ["https://h.example.com/mcp"]);
-        let own = config::parse(
-            &json!({"providers": [{"issuer": "https://as", "jwksUri": "https://as/jwks", "audiences": ["api"]}],
-                    "protectedResource": {"resource": "https://h.example.com"}})
+    fn a_gateway_serves_one_resource_per_host() {
+        let config = config::parse(
+            &json!({"providers": [{"issuer": "https://as", "jwksUri": "https://as/jwks"}],
+            "protectedResource": [
+                {"hosts": ["tools.example.com"], "resource": "https://tools.example.com/mcp"},
+                {"resource": "https://api.example.com"}
+            ]})
             .to_string(),
         )
         .unwrap();
-        assert_eq!(own.providers[0].audiences, ["api"]);
+        let doc = |host: &str| {
+            let answer = metadata_answer(
+                &config,
+                "GET",
+                "/.well-known/oauth-protected-resource",
+                host,
+            )
+            .unwrap();
+            serde_json::from_str::<Value>(&answer.body).unwrap()["resource"].clone()
+        };
         assert_eq!(
-            own.protected_resource.unwrap().metadata_paths,
+            doc("tools.example.com:443"),
+            json!("https://tools.example.com/mcp")
+        );
+        assert_eq!(doc("api.example.com"), json!("https://api.example.com"));
+        assert_eq!(
+            config
+                .resource_for("api.example.com")
+                .unwrap()
+                .metadata_paths,
             ["/.well-known/oauth-protected-resource"]
+        );
+        let two_defaults = config::parse(
+            &json!({"providers": [{"issuer": "https://as", "jwksUri": "https://as/jwks"}],
+                    "protectedResource": [{"resource": "https://a"}, {"resource": "https://b"}]})
+            .to_string(),
+        );
+        assert_eq!(
+            two_defaults.unwrap_err().to_string(),
+            "protectedResource: more than one resource without hosts: give each but one its hosts"
         );
     }
 }

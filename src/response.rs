@@ -63,10 +63,15 @@ impl Challenges {
     /// the rule that decided (`rule`: its index; the first alternative's for `requiresAny`).
     /// Without `protectedResource` a missing token's challenge stays `Bearer realm="…"`, as the
     /// configuration contract gives it.
-    pub fn for_request(config: &crate::config::Config, rule: Option<usize>) -> Challenges {
+    pub fn for_request(
+        config: &crate::config::Config,
+        rule: Option<usize>,
+        authority: &str,
+    ) -> Challenges {
         use crate::config::Action;
+        let resource = config.resource_for(authority);
         let scopes = rule
-            .filter(|_| config.protected_resource.is_some())
+            .filter(|_| resource.is_some())
             .and_then(|index| config.rules.get(index))
             .and_then(|rule| match &rule.action {
                 Action::Requires(requirement) => Some(&requirement.scopes),
@@ -79,6 +84,7 @@ impl Challenges {
             .filter(|scopes| !scopes.is_empty());
         Challenges {
             scope: scopes.map(|scopes| scopes.join(" ")),
+            resource_metadata: resource.map(|r| r.metadata_url.clone()),
             ..Challenges::for_config(config)
         }
     }
@@ -106,10 +112,7 @@ impl Challenges {
                     .iter()
                     .any(|p| p.dpop.mode != Binding::Required),
             dpop_algs: (!dpop.is_empty()).then(|| names.join(" ")),
-            resource_metadata: config
-                .protected_resource
-                .as_ref()
-                .map(|resource| resource.metadata_url.clone()),
+            resource_metadata: None,
             scope: None,
         }
     }

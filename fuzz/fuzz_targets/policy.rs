@@ -318,7 +318,7 @@ fuzz_target!(|input: Input| {
         bypass_cors_preflight: false,
         mode: Mode::Enforce,
         audit: Default::default(),
-        protected_resource: None,
+        protected_resources: Vec::new(),
         limits: Limits::default(),
     };
     let facts = RequestFacts {

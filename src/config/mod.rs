@@ -18,8 +18,23 @@ pub struct Config {
     pub limits: Limits,
     /// Project addition `audit`.
     pub audit: Audit,
-    /// `protectedResource` (RFC 9728).
-    pub protected_resource: Option<ProtectedResource>,
+    /// `protectedResource` (RFC 9728): one, or one per host for a gateway serving several.
+    pub protected_resources: Vec<ProtectedResource>,
+}
+
+impl Config {
+    /// The protected resource a request to `authority` is for: the first whose `hosts` match,
+    /// else the one without `hosts`.
+    pub fn resource_for(&self, authority: &str) -> Option<&ProtectedResource> {
+        let listed = self.protected_resources.iter().find(|r| {
+            r.hosts.as_ref().is_some_and(|hosts| {
+                hosts
+                    .iter()
+                    .any(|h| crate::policy::host_matches(h, authority))
+            })
+        });
+        listed.or_else(|| self.protected_resources.iter().find(|r| r.hosts.is_none()))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +51,8 @@ pub struct ProtectedResource {
     pub metadata_paths: Vec<String>,
     /// What every 401 names in `resource_metadata` (RFC 9728 §5.1).
     pub metadata_url: String,
+    /// `hosts`: the `:authority`s this resource is served under; `None`: every other one.
+    pub hosts: Option<Vec<HostPattern>>,
 }
 
 /// `audit`: one JSON line per decision in Envoy's log.
@@ -580,22 +597,17 @@ fn parse_config(value: &Value) -> Parsed<Config> {
         }
     }
     let limits = config.optional("limits", parse_limits)?.unwrap_or_default();
-    let mut providers = providers;
-    let protected_resource = config.optional("protectedResource", parse_protected_resource)?;
-    let protected_resource = protected_resource.map(|mut resource| {
-        // RFC 8707: a token for this resource names it in `aud`; a provider that lists its own
-        // audiences keeps them.
-        for provider in providers.iter_mut().filter(|p| p.audiences.is_empty()) {
-            provider.audiences.push(resource.resource.clone());
-        }
+    let mut protected_resources = config
+        .optional("protectedResource", parse_protected_resources)?
+        .unwrap_or_default();
+    for resource in &mut protected_resources {
         if resource.authorization_servers.is_empty() {
             resource.authorization_servers = providers.iter().map(|p| p.issuer.clone()).collect();
         }
         if resource.scopes_supported.is_empty() {
             resource.scopes_supported = rule_scopes(&rules);
         }
-        resource
-    });
+    }
     for (i, provider) in providers.iter().enumerate() {
         if let KeySource::Inline(jwks) = &provider.keys {
             crate::keys::parse_jwks(jwks.as_bytes(), &JwksLimits::from(&limits), true)
@@ -615,7 +627,7 @@ fn parse_config(value: &Value) -> Parsed<Config> {
             .unwrap_or(Mode::Enforce),
         limits,
         audit: config.optional("audit", parse_audit)?.unwrap_or_default(),
-        protected_resource,
+        protected_resources,
     })
 }
 

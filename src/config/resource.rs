@@ -7,11 +7,31 @@ use super::*;
 /// resource's own path (if any) appended.
 pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
-pub(super) fn parse_protected_resource(value: &Value, path: &str) -> Parsed<ProtectedResource> {
+/// One resource, or a list of them with `hosts` (a gateway serving several).
+pub(super) fn parse_protected_resources(
+    value: &Value,
+    path: &str,
+) -> Parsed<Vec<ProtectedResource>> {
+    if !value.is_array() {
+        return Ok(vec![parse_protected_resource(value, path)?]);
+    }
+    let resources = non_empty_items(value, path, parse_protected_resource)?;
+    let defaults = resources.iter().filter(|r| r.hosts.is_none()).count();
+    if defaults > 1 {
+        return Err(error(
+            path,
+            "more than one resource without hosts: give each but one its hosts",
+        ));
+    }
+    Ok(resources)
+}
+
+fn parse_protected_resource(value: &Value, path: &str) -> Parsed<ProtectedResource> {
     let resource = Object::new(
         value,
         path,
         &[
+            "hosts",
             "resource",
             "authorizationServers",
             "scopesSupported",
@@ -55,6 +75,7 @@ pub(super) fn parse_protected_resource(value: &Value, path: &str) -> Parsed<Prot
             .unwrap_or_default(),
         resource_name: resource.optional("resourceName", non_empty_string)?,
         resource_documentation: documentation,
+        hosts: match_list(&resource, "hosts", parse_host_pattern)?,
     })
 }
 

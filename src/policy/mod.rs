@@ -316,7 +316,7 @@ mod tests {
             mode: Mode::Enforce,
             limits: Limits::default(),
             audit: crate::config::Audit::default(),
-            protected_resource: None,
+            protected_resources: Vec::new(),
         }
     }
 

@@ -67,3 +67,34 @@ def test_tokens_must_name_the_resource(resource_envoy, keys):
     theirs = keys.mint("RS256", claims(ISS_RSA, audience="https://other.example.com/mcp", scope="tools:call"))
     resp = resource_envoy.request("/mcp", headers={"Authorization": f"Bearer {theirs}"})
     assert resp.status == 401 and 'error="invalid_token"' in resp.header("www-authenticate"), resp
+
+
+@pytest.fixture(scope="module")
+def gateway_envoy(module_envoys, module_idps, keys):
+    idp = module_idps()
+    config = {
+        "providers": [{"issuer": ISS_RSA, "jwksUri": serve_family_jwks(idp, keys)[ISS_RSA]}],
+        "protectedResource": [
+            {"hosts": ["tools.example.com"], "resource": RESOURCE},
+            {"resource": "https://api.example.com"},
+        ],
+        "unmatched": "authenticated",
+    }
+    return module_envoys.start(config, idps=[idp])
+
+
+def test_a_gateway_serves_each_host_its_own_resource(gateway_envoy, keys):
+    """One plugin at an ingress gateway, two resources: each host gets its own metadata, and a
+    token issued for one resource does not pass at the other's host."""
+    tools = gateway_envoy.request(METADATA, headers={"Host": "tools.example.com"})
+    assert tools.status == 200 and tools.json()["resource"] == RESOURCE, tools
+    api = gateway_envoy.request("/.well-known/oauth-protected-resource", headers={"Host": "api.example.com"})
+    assert api.status == 200 and api.json()["resource"] == "https://api.example.com", api
+    for_tools = keys.mint("RS256", claims(ISS_RSA, audience=RESOURCE))
+    auth = {"Authorization": f"Bearer {for_tools}"}
+    assert gateway_envoy.request("/mcp", headers={**auth, "Host": "tools.example.com"}).status == 200
+    crossed = gateway_envoy.request("/orders", headers={**auth, "Host": "api.example.com"})
+    assert crossed.status == 401, crossed
+    assert 'error_description="token audience is not this resource"' in crossed.header("www-authenticate"), crossed
+    assert 'resource_metadata="https://api.example.com/.well-known/oauth-protected-resource"' in crossed.header(
+        "www-authenticate"), crossed

@@ -942,7 +942,7 @@ fn final_answer(config: &Config, keys: &Keys, request: &Request<'_>, now_ms: u64
         describe_trace(config, &decision.trace)
     ));
     let realm = config.realm.as_deref().unwrap_or(request.authority);
-    let challenges = Challenges::for_request(config, decision.trace.rule);
+    let challenges = Challenges::for_request(config, decision.trace.rule, request.authority);
     let answering = Answering {
         realm,
         challenges: &challenges,
