@@ -1195,3 +1195,36 @@ fn explain_shows_each_dpop_proof_check() {
         out.stdout
     );
 }
+
+#[test]
+fn explain_shows_the_step_up_checks_and_challenge() {
+    let idp = idp();
+    let config = json!({
+        "providers": [{"issuer": ISSUER, "jwksUri": "https://idp.example.com/jwks"}],
+        "rules": [{"name": "payments", "match": {"paths": ["/pay"]},
+                   "requires": {"acrValues": ["urn:mfa"], "maxAuthAgeSeconds": 300}}]
+    });
+    let token = idp.rs256(
+        RSA_KID,
+        &claims(json!({"acr": "pwd", "auth_time": NOW - 600})),
+    );
+    let out = idp.explain_with("step-up", &config, &token, &["--path", "/pay"]);
+    assert!(
+        out.stdout
+            .contains("   acr: one of [urn:mfa], the token has \"pwd\": FAIL"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("   auth_time 600 s ago, at most 300: FAIL"),
+        "{}",
+        out.stdout
+    );
+    let answer = answer(&out);
+    assert_eq!(answer[0], "final: 401 Unauthorized (step_up)");
+    assert_eq!(
+        header(&answer, "www-authenticate"),
+        Some("Bearer realm=\"localhost\", error=\"insufficient_user_authentication\", error_description=\"a stronger or more recent user authentication is required\", acr_values=\"urn:mfa\", max_age=300")
+    );
+}
