@@ -99,7 +99,6 @@ pub fn find_token(
         }
     };
 
-    let every_location: Vec<(&str, &str)> = providers.iter().flat_map(header_locations).collect();
     let mut headers_seen: Vec<(&str, &str)> = Vec::new();
     let mut params_seen: Vec<&str> = Vec::new();
     let mut cookies_seen: Vec<&str> = Vec::new();
@@ -120,8 +119,9 @@ pub fn find_token(
                 let prefixed = value
                     .split(',')
                     .filter(|piece| {
-                        every_location
+                        providers
                             .iter()
+                            .flat_map(header_locations)
                             .filter(|(n, _)| *n == name)
                             .any(|(_, p)| strip_prefix_ignore_case(piece.trim_start(), p).is_some())
                     })
