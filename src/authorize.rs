@@ -356,6 +356,13 @@ fn decide(
         }
         Err(Unmet::MissingScopes(scopes)) => return Err(Denial::MissingScopes(scopes).into()),
         Err(Unmet::ClaimFailed(_)) => return Err(Denial::ClaimFailed.into()),
+        Err(Unmet::Audience) => {
+            return Err(invalid(
+                "token audience is not accepted for this resource",
+                "audience",
+            )
+            .into())
+        }
         Err(Unmet::Delegation(description)) => {
             return Err(Denial::DelegationRefused(description).into())
         }

@@ -1228,3 +1228,23 @@ fn explain_shows_the_step_up_checks_and_challenge() {
         Some("Bearer realm=\"localhost\", error=\"insufficient_user_authentication\", error_description=\"a stronger or more recent user authentication is required\", acr_values=\"urn:mfa\", max_age=300")
     );
 }
+
+#[test]
+fn explain_shows_a_rules_audiences() {
+    let idp = idp();
+    let config = json!({
+        "providers": [{"issuer": ISSUER, "jwksUri": "https://idp.example.com/jwks"}],
+        "rules": [{"name": "billing", "match": {"paths": ["/billing"]},
+                   "requires": {"audiences": ["billing"]}}]
+    });
+    let token = idp.rs256(RSA_KID, &claims(json!({"aud": ["orders", "web"]})));
+    let out = idp.explain_with("audiences", &config, &token, &["--path", "/billing"]);
+    assert!(
+        out.stdout
+            .contains("   audiences: one of [billing], the token has [\"orders\",\"web\"]: FAIL"),
+        "{}",
+        out.stdout
+    );
+    let answer = answer(&out);
+    assert_eq!(answer[0], "final: 401 Unauthorized (audience)");
+}

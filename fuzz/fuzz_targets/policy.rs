@@ -118,6 +118,7 @@ impl Req {
             actors: None,
             max_delegation_depth: None,
             delegation_forbidden: false,
+            audiences: None,
         }
     }
 }
@@ -292,6 +293,7 @@ fuzz_target!(|input: Input| {
             Err(Unmet::ClaimFailed(_)) => {}
             Err(Unmet::StepUp { .. }) => panic!("step-up reported without step-up conditions"),
             Err(Unmet::Delegation(_)) => panic!("delegation refused without delegation conditions"),
+            Err(Unmet::Audience) => panic!("audience refused without audiences"),
         }
     }
     let any = policy::check_any(&requirements, provider, &claims, &scope_claims, 0);

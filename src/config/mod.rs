@@ -503,6 +503,8 @@ pub struct Requirement {
     pub max_delegation_depth: Option<u64>,
     /// `delegation: "forbidden"`: a token with an `act` claim does not meet the requirement.
     pub delegation_forbidden: bool,
+    /// `audiences`: the token's `aud` names one of these (after the provider's own check).
+    pub audiences: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]

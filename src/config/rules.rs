@@ -101,6 +101,7 @@ pub(super) fn parse_requirement(
             "claims",
             "acrValues",
             "maxAuthAgeSeconds",
+            "audiences",
             "clients",
             "actor",
             "maxDelegationDepth",
@@ -142,6 +143,9 @@ pub(super) fn parse_requirement(
             non_empty_items(value, path, non_empty_string)
         })?,
         max_delegation_depth: requirement.optional("maxDelegationDepth", non_negative_integer)?,
+        audiences: requirement.optional("audiences", |value, path| {
+            non_empty_items(value, path, non_empty_string)
+        })?,
         delegation_forbidden: match requirement.optional("delegation", string)?.as_deref() {
             None | Some("allowed") => false,
             Some("forbidden") => true,

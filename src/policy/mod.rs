@@ -96,6 +96,8 @@ pub enum Unmet {
     MissingScopes(Vec<String>),
     /// The first claim condition that failed, named by its claim path.
     ClaimFailed(String),
+    /// The token's `aud` names none of the requirement's `audiences`.
+    Audience,
     /// The client or the actor chain is not one the requirement accepts (named here).
     Delegation(&'static str),
     /// RFC 9470: the user must authenticate again, with one of `acr_values` and/or within
@@ -104,6 +106,16 @@ pub enum Unmet {
         acr_values: Option<Vec<String>>,
         max_age: Option<u64>,
     },
+}
+
+/// `aud`, a string or a list of strings, names one of `accepted`.
+fn audience_named(claims: &Map<String, Value>, accepted: &[String]) -> bool {
+    let named = |aud: &str| accepted.iter().any(|a| a == aud);
+    match claims.get("aud") {
+        Some(Value::String(aud)) => named(aud),
+        Some(Value::Array(auds)) => auds.iter().filter_map(Value::as_str).any(named),
+        _ => false,
+    }
 }
 
 /// RFC 8693 §4.1: the outermost `act` is the current actor, nested ones are prior actors;
@@ -180,6 +192,12 @@ pub fn check_requirement(
             return Err(Unmet::WrongProvider);
         }
     }
+    // One issuer, several services: a token for one cannot cross to another.
+    if let Some(accepted) = &req.audiences {
+        if !audience_named(claims, accepted) {
+            return Err(Unmet::Audience);
+        }
+    }
     if let Some(refusal) = delegation_refusal(req, claims) {
         return Err(Unmet::Delegation(refusal));
     }
@@ -246,7 +264,9 @@ fn more_useful(candidate: &Unmet, current: &Unmet) -> bool {
             Unmet::StepUp { .. },
             Unmet::ClaimFailed(_) | Unmet::Delegation(_) | Unmet::WrongProvider,
         ) => true,
-        (Unmet::Delegation(_), Unmet::WrongProvider) => true,
+        (Unmet::Delegation(_), Unmet::WrongProvider | Unmet::Audience) => true,
+        (Unmet::ClaimFailed(_), Unmet::Audience) => true,
+        (Unmet::StepUp { .. }, Unmet::Audience) => true,
         (Unmet::ClaimFailed(_), Unmet::WrongProvider) => true,
         _ => false,
     }
@@ -1257,6 +1277,27 @@ mod tests {
         assert_eq!(
             delegation_depth(Some(&json!({"sub": "a", "act": {"sub": "b", "act": "x"}}))),
             2
+        );
+    }
+
+    #[test]
+    fn audiences_per_rule_keep_tokens_from_crossing_services() {
+        let orders = Requirement {
+            audiences: Some(vec!["orders".into(), "https://orders.example.com".into()]),
+            ..Requirement::default()
+        };
+        let check =
+            |aud: Value| check_requirement(&orders, 0, &payload(json!({"aud": aud})), &[], 0);
+        assert_eq!(check(json!("orders")), Ok(()));
+        assert_eq!(
+            check(json!(["billing", "https://orders.example.com"])),
+            Ok(())
+        );
+        assert_eq!(check(json!("billing")), Err(Unmet::Audience));
+        assert_eq!(check(json!([1, "billing"])), Err(Unmet::Audience));
+        assert_eq!(
+            check_requirement(&orders, 0, &payload(json!({})), &[], 0),
+            Err(Unmet::Audience)
         );
     }
 }

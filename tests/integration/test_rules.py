@@ -181,3 +181,24 @@ def test_delegation_rules_say_which_agent_may_act_for_whom(delegation_envoy, key
     if status == 403:
         assert error_body(resp)["error_description"] == why, resp
         assert f'error_description="{why}"' in resp.header("www-authenticate"), resp
+
+
+@pytest.fixture(scope="module")
+def audiences_envoy(module_envoys, module_idps, keys):
+    idp = module_idps()
+    config = {
+        "providers": [rsa_provider(idp, keys)],
+        "rules": [
+            {"name": "orders", "match": {"paths": ["/orders/*"]}, "requires": {"audiences": ["orders"]}},
+            {"name": "billing", "match": {"paths": ["/billing/*"]}, "requires": {"audiences": ["billing"]}},
+        ],
+    }
+    return module_envoys.start(config, idps=[idp])
+
+
+def test_audiences_per_rule_keep_tokens_from_crossing_services(audiences_envoy, keys):
+    """One issuer, two services: a token for orders is refused at billing, as an invalid token."""
+    for_orders = {"Authorization": f"Bearer {keys.mint('RS256', claims(ISS_RSA, audience=['orders', 'web']))}"}
+    assert audiences_envoy.request("/orders/1", headers=for_orders).status == 200
+    crossed = audiences_envoy.request("/billing/1", headers=for_orders)
+    assert_invalid_token(crossed, "token audience is not accepted for this resource")

@@ -831,6 +831,7 @@ impl<'a> Narration<'a> {
                 format!("not met: claim {claim} fails its condition: refused with 403")
             }
             Err(Unmet::Delegation(why)) => format!("not met: {why}: refused with 403"),
+            Err(Unmet::Audience) => "not met: the token's aud names none of the rule's audiences: refused with 401".to_string(),
             Err(Unmet::StepUp { .. }) => "not met: the user must authenticate again (step-up): refused with 401 insufficient_user_authentication".to_string(),
         };
         self.out.line(format!("   requirement {text}"));
@@ -876,6 +877,17 @@ impl<'a> Narration<'a> {
                 requirement.scopes.join(" "),
                 granted.join(" "),
                 sources.join(", ")
+            ));
+        }
+        if let Some(accepted) = &requirement.audiences {
+            let given = token_claims
+                .get("aud")
+                .map_or("absent".to_string(), Value::to_string);
+            let met = audience_accepted(token_claims.get("aud"), accepted);
+            self.out.line(format!(
+                "{indent}audiences: one of [{}], the token has {given}: {}",
+                accepted.join(", "),
+                if met { "pass" } else { "FAIL" }
             ));
         }
         if let Some(accepted) = &requirement.acr_values {
