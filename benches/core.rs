@@ -15,7 +15,6 @@ use mesh_oauth::peer::NoPeer;
 use mesh_oauth::policy::{self, Applies, RequestFacts, TokenClaims};
 use mesh_oauth::sender::dpop::{self, Proof};
 use mesh_oauth::sender::replay::Admission;
-use mesh_oauth::sender::BindingRequest;
 use mesh_oauth::token::{self, TokenLimits};
 use mesh_oauth::verify;
 use ring::rand::SystemRandom;
@@ -353,7 +352,7 @@ fn bench_dpop(c: &mut Criterion, fx: &Fixture) {
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
-    let binding = BindingRequest {
+    let binding = Request {
         method: "POST",
         scheme: "https",
         authority: "orders.example.com",

@@ -13,7 +13,7 @@ use crate::policy::{self, Applies, RequestFacts, Unmet};
 use crate::response::Denial;
 use crate::sender::dpop::Proof;
 use crate::sender::replay::Admission;
-use crate::sender::{self, BindingRequest, Presented};
+use crate::sender::{self, Presented};
 use crate::token::{self, TokenLimits};
 use crate::verify::{self, VerifyError};
 use serde_json::{Map, Value};
@@ -454,20 +454,13 @@ fn find_and_verify(
     } else {
         Presented::Bearer
     };
-    let binding = BindingRequest {
-        method: request.method,
-        scheme: request.scheme,
-        authority: request.authority,
-        path: request.path,
-        headers: request.headers,
-        peer: request.peer,
-    };
+
     sender::check(
         provider,
         &verified.claims,
         &verified.found.token,
         presented,
-        &binding,
+        request,
         now_ms,
         &TokenLimits::from(&config.limits),
         keys.signature_host(),

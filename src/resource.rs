@@ -83,7 +83,6 @@ pub fn document(config: &Config, resource: &ProtectedResource) -> Value {
             methods.push("query");
         }
     }
-    methods.dedup();
     methods.sort_unstable();
     methods.dedup();
     doc.insert("bearer_methods_supported".into(), json!(methods));

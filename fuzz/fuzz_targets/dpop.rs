@@ -6,10 +6,10 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use libfuzzer_sys::fuzz_target;
+use mesh_oauth::authorize::Request;
 use mesh_oauth::config;
 use mesh_oauth::peer::NoPeer;
 use mesh_oauth::sender::dpop::{check_proof, thumbprint};
-use mesh_oauth::sender::BindingRequest;
 use mesh_oauth::token::TokenLimits;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::{json, Map, Value};
@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
         .dpop
         .clone();
     let headers = [("dpop", proof.as_str())];
-    let request = BindingRequest {
+    let request = Request {
         method: "POST",
         scheme: "https",
         authority: "api.example.com",

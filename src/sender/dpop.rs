@@ -2,8 +2,9 @@
 //! token is bound to. Parsed with the token parser and its caps, verified by the token verify
 //! layer; every check refuses on its own, with its own reason.
 
-use super::{b64url, normalize_origin, sha256, BindingRequest};
+use super::{b64url, normalize_origin, sha256};
 use crate::alg::KeyFamily;
+use crate::authorize::Request;
 use crate::config::Dpop;
 use crate::host_verify::TrustedHost;
 use crate::keys::{self, ProofKeyError};
@@ -95,7 +96,7 @@ const MAX_JTI_BYTES: usize = 256;
 
 /// The request's one `DPoP` header (RFC 9449 §4.3 check 1). A JWS never holds a comma, so a
 /// value with one is two proofs folded together.
-pub fn proof_header<'r>(request: &BindingRequest<'r>) -> Result<&'r str, ProofError> {
+pub fn proof_header<'r>(request: &Request<'r>) -> Result<&'r str, ProofError> {
     let mut values = request.headers.iter().filter(|(n, _)| *n == "dpop");
     match (values.next(), values.next()) {
         (None, _) => Err(ProofError::Missing),
@@ -113,7 +114,7 @@ pub fn check_proof(
     token: &str,
     settings: &Dpop,
     skew_s: u64,
-    request: &BindingRequest<'_>,
+    request: &Request<'_>,
     now_s: u64,
     limits: &TokenLimits,
     host: Option<TrustedHost<'_>>,
@@ -218,7 +219,7 @@ pub fn check_proof(
 fn check_htu(
     claims: &Map<String, Value>,
     settings: &Dpop,
-    request: &BindingRequest<'_>,
+    request: &Request<'_>,
 ) -> Result<(), ProofError> {
     let htu = claims
         .get("htu")

@@ -5,6 +5,7 @@
 pub mod dpop;
 pub mod replay;
 
+use crate::authorize::Request;
 use crate::config::{Binding, Provider};
 use crate::host_verify::TrustedHost;
 use crate::peer::Peer;
@@ -15,20 +16,6 @@ use base64::Engine as _;
 use dpop::ProofError;
 use replay::Admission;
 use serde_json::{Map, Value};
-
-/// What the binding checks read of the request.
-#[derive(Clone, Copy)]
-pub struct BindingRequest<'a> {
-    pub method: &'a str,
-    /// `:scheme`: with `:authority`, the origin a proof's `htu` must name when the provider
-    /// lists no `origins`.
-    pub scheme: &'a str,
-    pub authority: &'a str,
-    /// The raw `:path`.
-    pub path: &'a str,
-    pub headers: &'a [(&'a str, &'a str)],
-    pub peer: &'a dyn Peer,
-}
 
 /// How the token came: `Authorization: DPoP …` or any bearer location.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +32,7 @@ pub fn check(
     claims: &Map<String, Value>,
     token: &str,
     presented: Presented,
-    request: &BindingRequest<'_>,
+    request: &Request<'_>,
     now_ms: u64,
     limits: &TokenLimits,
     host: Option<TrustedHost<'_>>,
@@ -63,7 +50,7 @@ fn check_dpop(
     claims: &Map<String, Value>,
     token: &str,
     presented: Presented,
-    request: &BindingRequest<'_>,
+    request: &Request<'_>,
     now_ms: u64,
     limits: &TokenLimits,
     host: Option<TrustedHost<'_>>,

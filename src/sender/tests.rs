@@ -3,6 +3,7 @@ use super::dpop::{check_proof, thumbprint, Proof, ProofError};
 use super::replay::{Admission, LocalReplay};
 use super::*;
 use crate::alg::Alg;
+use crate::authorize::Request;
 use crate::config;
 use crate::keys::testing::{b64, TestKey, RSA_A};
 use crate::peer::{FixedPeer, NoPeer};
@@ -164,8 +165,8 @@ fn settings() -> config::Dpop {
     parsed.providers[0].dpop.clone()
 }
 
-fn request<'a>(headers: &'a [(&'a str, &'a str)]) -> BindingRequest<'a> {
-    BindingRequest {
+fn request<'a>(headers: &'a [(&'a str, &'a str)]) -> Request<'a> {
+    Request {
         method: "POST",
         scheme: "https",
         authority: "api.example.com",

@@ -22,7 +22,7 @@ use mesh_oauth::policy::{
 };
 use mesh_oauth::response::{Challenges, Denial};
 use mesh_oauth::sender::replay::Admission;
-use mesh_oauth::sender::{self, dpop, BindingRequest, Presented};
+use mesh_oauth::sender::{self, dpop, Presented};
 use mesh_oauth::token::{self, Jws, TokenLimits};
 use mesh_oauth::verify::{self, VerifyError};
 use serde_json::{Map, Value};
@@ -698,24 +698,16 @@ impl<'a> Narration<'a> {
             "9. sender binding: dpop {:?}, certificateBound {:?}",
             provider.dpop.mode, provider.certificate_bound
         ));
-        let binding = BindingRequest {
-            method: self.request.method,
-            scheme: self.request.scheme,
-            authority: self.request.authority,
-            path: self.request.path,
-            headers: self.request.headers,
-            peer: self.request.peer,
-        };
         let limits = TokenLimits::from(&self.config.limits);
         if found.location.is_dpop() {
-            if let Ok(proof) = dpop::proof_header(&binding) {
+            if let Ok(proof) = dpop::proof_header(self.request) {
                 let mut passed = Vec::new();
                 let checked = dpop::check_proof(
                     proof,
                     &found.token,
                     &provider.dpop,
                     provider.clock_skew_seconds,
-                    &binding,
+                    self.request,
                     self.now_ms / 1000,
                     &limits,
                     None,
@@ -752,7 +744,7 @@ impl<'a> Narration<'a> {
             } else {
                 Presented::Bearer
             },
-            &binding,
+            self.request,
             self.now_ms,
             &limits,
             None,
