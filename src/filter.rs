@@ -132,6 +132,8 @@ struct State {
     tally: Tally,
     /// Audit sampling.
     rng: Spread,
+    /// The keys-age gauge per provider as last recorded, in seconds: recorded when it moves.
+    keys_age_s: Vec<Option<u64>>,
 }
 
 /// Per-request counters, added up in the VM and handed to Envoy on the next tick (at most
@@ -196,6 +198,7 @@ impl State {
         }
         let sync = self.keys.sync(&HostShared, now);
         changed.extend(sync.changed);
+        self.record_keys_age(now);
         for fetch in sync.fetches {
             let headers = vec![
                 (":method", "GET"),
@@ -231,6 +234,25 @@ impl State {
             }
         }
         self.wake_waiters(root_id, &changed, now);
+    }
+
+    /// `mesh_oauth.<provider>.keys_age_seconds`: how long ago the keys in use were fetched,
+    /// so "serving stale keys since N s" shows before the keys are dropped.
+    fn record_keys_age(&mut self, now: u64) {
+        for provider in 0..self.config.providers.len() {
+            let age_s = self.keys.keys_age_ms(provider, now).map(|ms| ms / 1000);
+            if age_s.is_none() || self.keys_age_s.get(provider) == Some(&age_s) {
+                continue;
+            }
+            if let Some(slot) = self.keys_age_s.get_mut(provider) {
+                *slot = age_s;
+            }
+            let label = audit::provider_label(&self.config, Some(provider));
+            self.gauge(
+                &format!("mesh_oauth.{label}.keys_age_seconds"),
+                age_s.unwrap_or(0),
+            );
+        }
     }
 
     fn wake_waiters(&mut self, root_id: u32, changed: &[usize], now: u64) {
@@ -864,6 +886,7 @@ impl RootContext for Root {
             }
         });
         keys.use_signature_host(signature_host);
+        let config_providers = config.providers.len();
         let mut state = State {
             owner_root: self.context_id,
             last_pump_ms: now_ms(),
@@ -876,6 +899,7 @@ impl RootContext for Root {
             reconfigured: true,
             metrics,
             rng: Spread::new(seed),
+            keys_age_s: vec![None; config_providers],
             // Provider indexes may mean other providers now: looked up afresh by name.
             tally: Tally::default(),
         };
@@ -927,9 +951,26 @@ fn plugin_state(own: &SharedState) -> SharedState {
         if let Some((_, state)) = states.iter().find(|(name, _)| *name == plugin) {
             return state.clone();
         }
+        count_vm_start(&plugin);
         states.push((plugin, own.clone()));
         own.clone()
     })
+}
+
+/// `mesh_oauth.vm_starts.<plugin>`: this VM configures the plugin for the first time. A VM
+/// Envoy reloads after a crash (`FAIL_RELOAD`) starts empty and counts again, so a crash loop
+/// shows as a climbing counter.
+fn count_vm_start(plugin: &str) {
+    let label = match config::metric_label(plugin) {
+        label if label.is_empty() => "unnamed".to_string(),
+        label => label,
+    };
+    if let Ok(id) = hostcalls::define_metric(
+        MetricType::Counter,
+        &format!("mesh_oauth.vm_starts.{label}"),
+    ) {
+        let _ = hostcalls::increment_metric(id, 1);
+    }
 }
 
 /// Entropy for the refresh jitter from WASI; the time alone would start every sidecar of a

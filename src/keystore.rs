@@ -467,6 +467,22 @@ impl KeyStore {
         }
     }
 
+    /// How old the provider's fetched keys are: those in use, or, once dropped as stale,
+    /// the last ones fetched. `None`: inline keys, or never fetched.
+    pub fn keys_age_ms(&self, provider: usize, now_ms: u64) -> Option<u64> {
+        let entry = self.entries.get(provider)?;
+        if matches!(entry.source, KeySource::Inline(_)) {
+            return None;
+        }
+        let doc = &entry.keys_doc;
+        let fetched = if doc.version != 0 {
+            doc.version
+        } else {
+            doc.meta.fetched_ms
+        };
+        (fetched != 0).then(|| now_ms.saturating_sub(fetched))
+    }
+
     /// Whether the provider's keys now come from a fetch that started at `since_ms` or later
     /// (what a held unknown kid waits for).
     pub fn fetched_since(&self, provider: usize, since_ms: u64) -> bool {
@@ -1121,6 +1137,42 @@ pub(crate) mod tests {
         }
         s.sync(&shared, 3_600_010);
         assert_ne!(state(&s, 3_600_010), "ready");
+    }
+
+    #[test]
+    fn keys_age_grows_while_refreshes_fail_and_restarts_at_a_good_fetch() {
+        let shared = Shared::default();
+        let mut s = store(json!({"jwksCacheSeconds": 60, "jwksMaxStaleSeconds": 120}));
+        assert_eq!(s.keys_age_ms(0, 5), None, "never fetched");
+        s.sync(&shared, 1_000);
+        s.on_answer(&shared, 0, Stage::Jwks, &ok(&jwks(), None), 1_000)
+            .unwrap();
+        assert_eq!(s.keys_age_ms(0, 31_000), Some(30_000));
+        for now in [61_000, 91_000, 121_000, 200_000] {
+            for fetch in s.sync(&shared, now).fetches {
+                let _ = s.on_answer(&shared, fetch.provider, fetch.stage, &failed(503), now);
+            }
+        }
+        assert_ne!(state(&s, 200_000), "ready", "dropped as stale");
+        assert_eq!(
+            s.keys_age_ms(0, 200_000),
+            Some(199_000),
+            "still counting once dropped"
+        );
+        s.on_answer(&shared, 0, Stage::Jwks, &ok(&jwks(), None), 201_000)
+            .unwrap();
+        assert_eq!(s.keys_age_ms(0, 202_000), Some(1_000));
+        let inline = KeyStore::new(
+            &config(json!({"jwksUri": null, "jwks": String::from_utf8(jwks()).unwrap()})),
+            None,
+            7,
+        )
+        .unwrap();
+        assert_eq!(
+            inline.keys_age_ms(0, 10_000),
+            None,
+            "inline keys have no age"
+        );
     }
 
     #[test]

@@ -137,6 +137,12 @@ def test_every_counter_and_gauge_in_stats_is_exactly_what_the_mix_implies(observ
     seen = dict(observed["stats"])
     # Defined once a request was held for keys; back to 0 once they came.
     assert seen.pop("mesh_oauth.held_requests", 0) == 0
+    # The keys were fetched moments ago, when the mix began.
+    for label in (ORDERS, PARTNER):
+        assert 0 <= seen.pop(f"mesh_oauth.{label}.keys_age_seconds") < 30
+    # One VM per worker, and the main thread's (Envoy also configures one it only validates
+    # with): a count that climbs after start-up is a VM Envoy reloaded.
+    assert 3 <= seen.pop("mesh_oauth.vm_starts.mesh_oauth") <= 4
     assert seen == observed["expected"]
 
 
@@ -145,6 +151,9 @@ def test_prometheus_shows_the_same_values_without_the_wasmcustom_namespace(obser
     seen = dict(observed["prometheus"])
     held = seen.pop("mesh_oauth_held_requests", None)
     assert held is None or held.value == 0
+    assert seen.pop("mesh_oauth_vm_starts_mesh_oauth").value >= 3
+    for label in (ORDERS, PARTNER):
+        assert seen.pop(f"mesh_oauth_{label}_keys_age_seconds").type == "gauge"
     assert {name: sample.value for name, sample in seen.items()} == expected
     assert "mesh_oauth_orders_idp_denied_not_yet_valid" in seen, "dots become underscores"
     for name, sample in seen.items():
