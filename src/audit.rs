@@ -75,6 +75,7 @@ pub fn audit_line(
     let trace = &decision.trace;
     let (verdict, reason, status) = match Verdict::of(decision) {
         Verdict::Allowed => ("allow", "valid", 200),
+        Verdict::Anonymous if trace.ignored.is_some() => ("allow", "token_ignored", 200),
         Verdict::Anonymous => ("allow", "anonymous", 200),
         Verdict::Denied(reason) => ("deny", reason, status_of(&decision.outcome)),
         Verdict::WouldDeny(reason) => ("would_deny", reason, 200),
@@ -119,6 +120,9 @@ pub fn audit_line(
     line.insert("kid".into(), json!(trace.kid.as_deref()));
     line.insert("alg".into(), json!(trace.alg.map(|a| a.name())));
     line.insert("cached".into(), json!(trace.cached));
+    if let Some(ignored) = trace.ignored {
+        line.insert("ignored".into(), json!(ignored));
+    }
     line.insert("request_id".into(), json!(request_id));
     line.insert("method".into(), json!(request.method));
     // The query string may carry a token: never logged.

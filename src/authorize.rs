@@ -78,6 +78,9 @@ pub struct Trace {
     pub claims: Option<Rc<Map<String, Value>>>,
     /// The verified-token cache answered.
     pub cached: bool,
+    /// `invalidToken: "ignore"`: the request went on as anonymous; why its token was not
+    /// accepted.
+    pub ignored: Option<&'static str>,
 }
 
 #[derive(Debug, Clone)]
@@ -321,8 +324,24 @@ fn decide(
         return Ok(Allowed::default());
     }
 
-    let Some(verified) = token_once(&mut token, config, keys, cache, request, now_ms, trace)?
-    else {
+    let ignores_invalid = matches!(action, Need::Rule(Action::AllowAnonymous))
+        && trace
+            .rule
+            .and_then(|i| config.rules.get(i))
+            .is_some_and(|rule| rule.ignore_invalid_token);
+    let verified = match token_once(&mut token, config, keys, cache, request, now_ms, trace) {
+        // A public route that opted in treats a token it cannot accept as no token (an API
+        // key or an opaque token meant for someone else); never one it must wait for.
+        Err(Halt::Deny(denial @ (Denial::InvalidToken { .. } | Denial::InvalidProof { .. })))
+            if ignores_invalid =>
+        {
+            trace.ignored = Some(denial.reason());
+            trace.claims = None;
+            return Ok(Allowed::default());
+        }
+        other => other?,
+    };
+    let Some(verified) = verified else {
         return match action {
             Need::Anonymous | Need::Rule(Action::AllowAnonymous) => Ok(Allowed::default()),
             _ => Err(Denial::MissingToken.into()),
@@ -905,6 +924,74 @@ mod tests {
         let anon = fixture(json!({"providers": [provider(json!({}))], "unmatched": "anonymous"}));
         let a = allowed(anon.run("GET", "/", &[("x-sub", "forged")]));
         assert_eq!(a.edits, vec![HeaderEdit::Remove("x-sub".into())]);
+    }
+
+    #[test]
+    fn a_public_rule_that_ignores_invalid_tokens_serves_them_as_anonymous() {
+        let f = fixture(json!({"providers": [provider(json!({}))], "rules": [
+            {"name": "public", "match": {"paths": ["/public/*"]}, "allowAnonymous": true,
+             "invalidToken": "ignore"},
+            {"name": "strict-public", "match": {"paths": ["/open/*"]}, "allowAnonymous": true}]}));
+        let expired = f.token(json!({"iss": ISSUER, "aud": "orders", "sub": "alice",
+                                     "exp": NOW - 300, "iat": NOW - 900}));
+        let good = f.good_token();
+        let (input, signature) = good.rsplit_once('.').unwrap();
+        let flipped = if signature.starts_with('A') { 'B' } else { 'A' };
+        let forged = format!("{input}.{flipped}{}", &signature[1..]);
+        for (token, why) in [
+            ("an-api-key", "malformed"),
+            (expired.as_str(), "expired"),
+            (forged.as_str(), "signature"),
+        ] {
+            let request = Request {
+                method: "GET",
+                scheme: "https",
+                path: "/public/page",
+                authority: "orders.example.com",
+                headers: &[
+                    ("authorization", &format!("Bearer {token}")),
+                    ("x-sub", "forged"),
+                ],
+                peer: &crate::peer::NoPeer,
+            };
+            let decision = authorize(
+                &f.config,
+                &f.keys,
+                &mut f.cache.borrow_mut(),
+                &request,
+                NOW * 1000,
+            );
+            assert_eq!(decision.trace.ignored, Some(why), "{token}");
+            assert_eq!(
+                crate::audit::Verdict::of(&decision),
+                crate::audit::Verdict::Anonymous
+            );
+            let line = crate::audit::audit_line(&f.config, &decision, &request, None);
+            assert!(line.contains(r#""reason":"token_ignored""#), "{line}");
+            assert!(line.contains(&format!(r#""ignored":"{why}""#)), "{line}");
+            let Outcome::Allow(allowed) = decision.outcome else {
+                panic!("{token}: refused");
+            };
+            assert_eq!(
+                allowed.edits,
+                [HeaderEdit::Remove("x-sub".into())],
+                "no identity"
+            );
+            // The default stays strict: a token that does not verify is refused.
+            assert_eq!(reason(f.with_token("/open/page", token)), why);
+        }
+        // A valid token still brings its identity.
+        let valid = allowed(f.with_token("/public/page", &f.good_token()));
+        assert!(valid
+            .edits
+            .contains(&HeaderEdit::Set("x-sub".into(), "alice".into())));
+        // More than one token is not "no token".
+        let two = f.run(
+            "GET",
+            "/public/page",
+            &[("authorization", "Bearer a"), ("authorization", "Bearer b")],
+        );
+        assert_eq!(denial(two).reason(), "invalid_request");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::host;
 use crate::host_verify::TrustedHost;
 use crate::keystore::{FetchAnswer, KeyStore, SharedStore, Spread, Stage};
 use crate::peer::Peer;
-use crate::response::{Challenges, Denial};
+use crate::response::{Challenges, Denial, Presentation};
 use crate::sender::dpop::Proof;
 use crate::sender::replay::{self, Admission};
 use proxy_wasm::hostcalls;
@@ -352,7 +352,7 @@ impl State {
             };
         }
         self.observe(&decision, &view);
-        Some(self.apply(decision.outcome, decision.trace.rule))
+        Some(self.apply(decision.outcome, decision.trace.rule, &view))
     }
 
     /// `without_refetch`: an unknown kid is refused rather than waited for.
@@ -460,7 +460,7 @@ impl State {
 
     /// Applies a final outcome to the current request: edits, or a local response.
     /// `rule`: the deciding rule, whose scopes a refusal names.
-    fn apply(&mut self, outcome: Outcome, rule: Option<usize>) -> Action {
+    fn apply(&mut self, outcome: Outcome, rule: Option<usize>, request: &Request<'_>) -> Action {
         match outcome {
             Outcome::Allow(allowed) => {
                 for header in &allowed.skipped_headers {
@@ -497,7 +497,7 @@ impl State {
                 Action::Continue
             }
             Outcome::Deny(denial) => {
-                self.send_denial(&denial, rule);
+                self.send_denial(&denial, rule, request);
                 Action::Pause
             }
             Outcome::Answer(answer) => {
@@ -516,27 +516,35 @@ impl State {
                         retry_after_seconds: 1,
                     },
                     rule,
+                    request,
                 );
                 Action::Pause
             }
         }
     }
 
-    fn send_denial(&self, denial: &Denial, rule: Option<usize>) {
-        let authority = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":authority")
-            .ok()
-            .flatten()
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
-            .unwrap_or_default();
-        let realm = self.config.realm.as_deref().unwrap_or(&authority);
-        let challenges = Challenges::for_request(&self.config, rule, &authority);
-        let response = denial.render_for(realm, &challenges);
+    fn send_denial(&self, denial: &Denial, rule: Option<usize>, request: &Request<'_>) {
+        let realm = self.config.realm.as_deref().unwrap_or(request.authority);
+        let challenges = Challenges::for_request(&self.config, rule, request.authority);
+        let how = Presentation::of(
+            &self.config,
+            rule,
+            request.method,
+            request.path,
+            request.headers,
+        );
+        let response = denial.answer(realm, &challenges, &how);
         let headers: Vec<(&str, &str)> = response
             .headers
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
-        send_response(response.status, &headers, response.body.as_bytes());
+        send_local_response(
+            response.status,
+            &headers,
+            response.body.as_bytes(),
+            response.grpc_status,
+        );
     }
 
     fn provider_name(&self, provider: usize) -> String {
@@ -572,6 +580,18 @@ extern "C" {
         map_type: u32,
         return_map_data: *mut *mut u8,
         return_map_size: *mut usize,
+    ) -> u32;
+    /// The SDK's own sender panics when the host refuses.
+    #[allow(clippy::too_many_arguments)]
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
     ) -> u32;
 }
 
@@ -1014,7 +1034,37 @@ impl HttpContext for Filter {
 }
 
 fn send_response(status: u32, headers: &[(&str, &str)], body: &[u8]) {
-    if hostcalls::send_http_response(status, headers.to_vec(), Some(body)).is_err() {
+    send_local_response(status, headers, body, None);
+}
+
+/// The SDK's `send_http_response` panics when the host refuses, which would take the VM
+/// down; here a refusal is logged. `grpc_status`: what a gRPC client reads, with `body` as
+/// its `grpc-message`.
+fn send_local_response(
+    status: u32,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    grpc_status: Option<u32>,
+) {
+    let headers = header_map::serialize(headers);
+    let grpc_status = grpc_status
+        .and_then(|s| i32::try_from(s).ok())
+        .unwrap_or(-1);
+    // SAFETY: every pointer and length describes a live buffer of this function, which the
+    // host only reads during the call.
+    let result = unsafe {
+        proxy_send_local_response(
+            status,
+            std::ptr::null(),
+            0,
+            body.as_ptr(),
+            body.len(),
+            headers.as_ptr(),
+            headers.len(),
+            grpc_status,
+        )
+    };
+    if result != 0 {
         log(LogLevel::Warn, "could not send the local response");
     }
 }

@@ -38,24 +38,27 @@ pub fn spans(buffer: &[u8]) -> Option<Vec<(Range<usize>, Range<usize>)>> {
     Some(spans)
 }
 
+/// A header map in that layout, for the host to read (a local response's headers). Lengths
+/// past `u32::MAX` cannot occur: every header here is a few hundred bytes.
+pub fn serialize(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    let mut out = len(pairs.len()).to_vec();
+    for (name, value) in pairs {
+        out.extend(len(name.len()));
+        out.extend(len(value.len()));
+    }
+    for (name, value) in pairs {
+        out.extend(name.as_bytes());
+        out.push(0);
+        out.extend(value.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn serialize(pairs: &[(&str, &str)]) -> Vec<u8> {
-        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
-        for (name, value) in pairs {
-            out.extend((name.len() as u32).to_le_bytes());
-            out.extend((value.len() as u32).to_le_bytes());
-        }
-        for (name, value) in pairs {
-            out.extend(name.as_bytes());
-            out.push(0);
-            out.extend(value.as_bytes());
-            out.push(0);
-        }
-        out
-    }
 
     fn read(buffer: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
         Some(

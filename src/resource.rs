@@ -42,6 +42,7 @@ pub fn metadata_answer(
                 status: 200,
                 headers,
                 body,
+                grpc_status: None,
             }
         }
         "OPTIONS" => {
@@ -50,6 +51,7 @@ pub fn metadata_answer(
                 status: 204,
                 headers,
                 body: String::new(),
+                grpc_status: None,
             }
         }
         _ => {
@@ -58,6 +60,7 @@ pub fn metadata_answer(
                 status: 405,
                 headers,
                 body: String::new(),
+                grpc_status: None,
             }
         }
     })

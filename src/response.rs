@@ -1,5 +1,6 @@
 //! Turning a refusal into the answer OAuth clients expect (RFC 6750 §3).
 
+use crate::config::{Answers, BodyPiece, DenyWith, LoginRedirect};
 use serde_json::json;
 
 /// Why a request is refused. Descriptions are fixed strings: they never echo token contents.
@@ -123,6 +124,8 @@ pub struct Response {
     pub status: u32,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// For a gRPC client: the status it reads (`grpc-status`), with `body` as `grpc-message`.
+    pub grpc_status: Option<u32>,
 }
 
 impl Denial {
@@ -149,6 +152,21 @@ impl Denial {
     }
 
     pub fn render_for(&self, realm: &str, schemes: &Challenges) -> Response {
+        self.answer(realm, schemes, &Presentation::default())
+    }
+
+    /// The refusal as this client gets it: `answers`, the deciding rule's `denyWith`, and
+    /// gRPC or a browser shape it; the decision and its reason stay as they are.
+    pub fn answer(&self, realm: &str, schemes: &Challenges, how: &Presentation<'_>) -> Response {
+        let minimal = how.answers == Answers::Minimal;
+        // `, error_description="…"`, unless the answers are minimal.
+        let described = |description: &str| {
+            if minimal {
+                String::new()
+            } else {
+                format!(", error_description=\"{description}\"")
+            }
+        };
         let realm = quoted_safe(realm);
         // Parameters of the challenge, for each accepted scheme; `None`: no challenge.
         let (status, params, error, description): (u32, Option<String>, &str, &str) = match self {
@@ -163,7 +181,8 @@ impl Denial {
             Denial::InvalidToken { description, .. } => (
                 401,
                 Some(format!(
-                    ", error=\"invalid_token\", error_description=\"{description}\""
+                    ", error=\"invalid_token\"{}",
+                    described(description)
                 )),
                 "invalid_token",
                 description,
@@ -192,7 +211,8 @@ impl Denial {
             Denial::DelegationRefused(description) => (
                 403,
                 Some(format!(
-                    ", error=\"insufficient_scope\", error_description=\"{description}\""
+                    ", error=\"insufficient_scope\"{}",
+                    described(description)
                 )),
                 "insufficient_scope",
                 description,
@@ -206,7 +226,8 @@ impl Denial {
             Denial::InvalidProof { description, .. } => (
                 401,
                 Some(format!(
-                    ", error=\"invalid_dpop_proof\", error_description=\"{description}\""
+                    ", error=\"invalid_dpop_proof\"{}",
+                    described(description)
                 )),
                 "invalid_dpop_proof",
                 description,
@@ -223,7 +244,8 @@ impl Denial {
             } => {
                 let description = "a stronger or more recent user authentication is required";
                 let mut params = format!(
-                    ", error=\"insufficient_user_authentication\", error_description=\"{description}\""
+                    ", error=\"insufficient_user_authentication\"{}",
+                    described(description)
                 );
                 if let Some(acr_values) = acr_values {
                     params.push_str(&format!(
@@ -242,7 +264,7 @@ impl Denial {
                 )
             }
         };
-        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+        let mut headers: Vec<(String, String)> = Vec::new();
         if let Some(mut params) = params {
             // A missing-scopes refusal names the scopes it lacks already.
             if let (Some(scope), false) = (&schemes.scope, matches!(self, Denial::MissingScopes(_)))
@@ -279,12 +301,178 @@ impl Denial {
         if let Some(seconds) = retry_after {
             headers.push(("retry-after".to_string(), seconds.to_string()));
         }
-        let body = json!({ "error": error, "error_description": description }).to_string();
-        Response {
+        let mut response = Response {
             status,
             headers,
-            body,
+            body: String::new(),
+            grpc_status: None,
+        };
+        if !minimal {
+            response.set_body(
+                "application/json",
+                json!({ "error": error, "error_description": description }).to_string(),
+            );
         }
+        if let Some(deny_with) = how.deny_with {
+            if let (Some(login), true, 401) = (&deny_with.login, how.browser && !how.grpc, status) {
+                return login_redirect(login, how.path, &deny_with.headers);
+            }
+            response.apply(deny_with, error, how.request_id);
+        }
+        if how.grpc {
+            // Envoy answers a gRPC request with a trailers-only response: this status, and
+            // the body as `grpc-message`.
+            response.grpc_status = Some(grpc_status_of(response.status));
+            response.headers.retain(|(name, _)| name != "content-type");
+            response.body = if minimal { error } else { description }.to_string();
+        }
+        response
+    }
+}
+
+impl Response {
+    fn set_body(&mut self, content_type: &str, body: String) {
+        self.headers.retain(|(name, _)| name != "content-type");
+        self.headers
+            .insert(0, ("content-type".to_string(), content_type.to_string()));
+        self.body = body;
+    }
+
+    /// `denyWith`: a status never below the refusal's own (a changed status drops the
+    /// challenges, which speak for the original one), extra headers, a body of safe values.
+    fn apply(&mut self, deny_with: &DenyWith, error: &str, request_id: Option<&str>) {
+        if let Some(status) = deny_with.status.filter(|s| *s > self.status) {
+            self.status = status;
+            self.headers.retain(|(name, _)| name != "www-authenticate");
+        }
+        self.headers.extend(deny_with.headers.iter().cloned());
+        if let Some(template) = &deny_with.body {
+            let request_id = request_id.filter(|id| safe_request_id(id)).unwrap_or("");
+            let mut body = String::new();
+            for piece in &template.0 {
+                match piece {
+                    BodyPiece::Text(text) => body.push_str(text),
+                    BodyPiece::Error => body.push_str(error),
+                    BodyPiece::Status => body.push_str(&self.status.to_string()),
+                    BodyPiece::RequestId => body.push_str(request_id),
+                }
+            }
+            let content_type = deny_with
+                .content_type
+                .as_deref()
+                .unwrap_or("text/plain; charset=utf-8");
+            self.set_body(content_type, body);
+        }
+    }
+}
+
+/// What shapes a refusal besides the denial itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Presentation<'a> {
+    pub answers: Answers,
+    /// The deciding rule's `denyWith`, else the top-level one.
+    pub deny_with: Option<&'a DenyWith>,
+    /// `content-type: application/grpc…`: the refusal is a gRPC status.
+    pub grpc: bool,
+    /// A browser navigation: GET or HEAD that accepts `text/html`.
+    pub browser: bool,
+    /// `:path` as sent.
+    pub path: &'a str,
+    /// `x-request-id`, only if it holds nothing but safe characters.
+    pub request_id: Option<&'a str>,
+}
+
+impl<'a> Presentation<'a> {
+    pub fn of(
+        config: &'a crate::config::Config,
+        rule: Option<usize>,
+        method: &str,
+        path: &'a str,
+        headers: &[(&'a str, &'a str)],
+    ) -> Presentation<'a> {
+        let header = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+        let accepts_html = headers
+            .iter()
+            .filter(|(n, _)| *n == "accept")
+            .flat_map(|(_, v)| v.split(','))
+            .any(|media| {
+                let media = media.split(';').next().unwrap_or("").trim();
+                media.eq_ignore_ascii_case("text/html")
+            });
+        Presentation {
+            answers: config.answers,
+            deny_with: rule
+                .and_then(|index| config.rules.get(index))
+                .and_then(|rule| rule.deny_with.as_ref())
+                .or(config.deny_with.as_ref()),
+            grpc: header("content-type").is_some_and(is_grpc),
+            browser: accepts_html && matches!(method, "GET" | "HEAD"),
+            path,
+            request_id: header("x-request-id"),
+        }
+    }
+}
+
+/// `application/grpc`, `application/grpc+proto`, `application/grpc;…` (not gRPC-Web, which
+/// its own filter turns into gRPC before us).
+fn is_grpc(content_type: &str) -> bool {
+    let lower = content_type.trim().to_ascii_lowercase();
+    lower
+        .strip_prefix("application/grpc")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('+') || rest.starts_with(';'))
+}
+
+/// The gRPC status a client reads for an HTTP status (gRPC's HTTP-to-gRPC mapping), except
+/// 400: our 400s are the caller's malformed request, INVALID_ARGUMENT, not INTERNAL.
+pub fn grpc_status_of(http_status: u32) -> u32 {
+    match http_status {
+        400 => 3,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+fn safe_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+/// 302 to the login URL with the path the browser asked for (no query: it may hold a
+/// token), which is always a path on this host, never a URL elsewhere.
+fn login_redirect(login: &LoginRedirect, path: &str, extra: &[(String, String)]) -> Response {
+    let path = path.split(['?', '#']).next().unwrap_or("/");
+    let path = if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') {
+        path
+    } else {
+        "/"
+    };
+    let mut encoded = String::with_capacity(path.len());
+    for byte in path.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    let separator = if login.url.contains('?') { '&' } else { '?' };
+    let mut headers = vec![
+        (
+            "location".to_string(),
+            format!("{}{separator}{}={encoded}", login.url, login.parameter),
+        ),
+        ("cache-control".to_string(), "no-store".to_string()),
+    ];
+    headers.extend(extra.iter().cloned());
+    Response {
+        status: 302,
+        headers,
+        body: String::new(),
+        grpc_status: None,
     }
 }
 
@@ -500,6 +688,218 @@ mod tests {
         assert_eq!(
             lacking.headers[1].1,
             "Bearer realm=\"r\", error=\"insufficient_scope\", scope=\"tools:list\""
+        );
+    }
+
+    fn configured(json: serde_json::Value) -> crate::config::Config {
+        let mut config =
+            json!({"providers": [{"issuer": "https://idp", "jwksUri": "https://idp/k"}]});
+        for (k, v) in json.as_object().unwrap() {
+            config[k] = v.clone();
+        }
+        crate::config::parse(&config.to_string()).unwrap()
+    }
+
+    fn answered(
+        config: &crate::config::Config,
+        denial: &Denial,
+        headers: &[(&str, &str)],
+    ) -> Response {
+        answered_at(config, denial, "GET", "/orders/7?x=1", headers)
+    }
+
+    fn answered_at(
+        config: &crate::config::Config,
+        denial: &Denial,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Response {
+        let rule = (!config.rules.is_empty()).then_some(0);
+        let how = Presentation::of(config, rule, method, path, headers);
+        denial.answer("r", &Challenges::BEARER, &how)
+    }
+
+    const EXPIRED: Denial = Denial::InvalidToken {
+        description: "token is expired",
+        reason: "expired",
+    };
+
+    #[test]
+    fn minimal_answers_keep_the_error_code_and_drop_the_description_and_body() {
+        let config = configured(json!({"answers": "minimal"}));
+        let r = answered(&config, &EXPIRED, &[]);
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            r.headers,
+            [(
+                "www-authenticate".to_string(),
+                "Bearer realm=\"r\", error=\"invalid_token\"".to_string()
+            )]
+        );
+        assert_eq!(r.body, "");
+        let scopes = answered(&config, &Denial::MissingScopes(vec!["a".into()]), &[]);
+        assert_eq!(
+            header(&scopes, "www-authenticate"),
+            Some("Bearer realm=\"r\", error=\"insufficient_scope\", scope=\"a\""),
+            "the scopes to ask for are not a detail of why"
+        );
+        assert_eq!(
+            EXPIRED.reason(),
+            "expired",
+            "the reason stays for logs and metrics"
+        );
+    }
+
+    #[test]
+    fn deny_with_never_lowers_the_status_and_fills_only_safe_variables() {
+        let config = configured(json!({"denyWith": {
+            "status": 404,
+            "headers": {"x-frame-options": "DENY"},
+            "body": "{{\"error\":\"{error}\",\"status\":{status},\"id\":\"{request_id}\"}}",
+            "contentType": "application/json"}}));
+        let hidden = answered(&config, &EXPIRED, &[("x-request-id", "abc-123")]);
+        assert_eq!(hidden.status, 404);
+        assert_eq!(
+            header(&hidden, "www-authenticate"),
+            None,
+            "a 404 challenges nothing"
+        );
+        assert_eq!(header(&hidden, "x-frame-options"), Some("DENY"));
+        assert_eq!(header(&hidden, "content-type"), Some("application/json"));
+        assert_eq!(
+            hidden.body,
+            r#"{"error":"invalid_token","status":404,"id":"abc-123"}"#
+        );
+        let unavailable = answered(
+            &config,
+            &Denial::KeysUnavailable {
+                retry_after_seconds: 2,
+            },
+            &[("x-request-id", "\"><script>")],
+        );
+        assert_eq!(unavailable.status, 503, "never below the refusal's own");
+        assert_eq!(header(&unavailable, "retry-after"), Some("2"));
+        assert_eq!(
+            unavailable.body, r#"{"error":"temporarily_unavailable","status":503,"id":""}"#,
+            "an unsafe request id is left out"
+        );
+    }
+
+    #[test]
+    fn a_rules_deny_with_replaces_the_top_level_one() {
+        let config = configured(json!({
+            "denyWith": {"status": 404},
+            "rules": [{"match": {"paths": ["/"]}, "requires": {"scopes": ["a"]},
+                       "denyWith": {"headers": {"x-rule": "1"}}}]}));
+        let r = answered(&config, &EXPIRED, &[]);
+        assert_eq!(r.status, 401);
+        assert_eq!(header(&r, "x-rule"), Some("1"));
+        assert!(header(&r, "www-authenticate").is_some());
+    }
+
+    #[test]
+    fn a_browser_without_a_valid_token_is_sent_to_log_in_with_its_path() {
+        let config = configured(json!({"denyWith": {
+            "login": {"url": "https://login.example.com/start?app=shop", "parameter": "next"}}}));
+        let browser = [("accept", "text/html,application/xhtml+xml;q=0.9")];
+        let r = answered_at(
+            &config,
+            &Denial::MissingToken,
+            "GET",
+            "/orders/7 x?access_token=t",
+            &browser,
+        );
+        assert_eq!(r.status, 302);
+        assert_eq!(
+            header(&r, "location"),
+            Some("https://login.example.com/start?app=shop&next=/orders/7%20x"),
+            "the path only: the query may hold a token"
+        );
+        assert_eq!(header(&r, "cache-control"), Some("no-store"));
+        let elsewhere = answered_at(
+            &config,
+            &Denial::MissingToken,
+            "GET",
+            "//evil.example/x",
+            &browser,
+        );
+        assert_eq!(
+            header(&elsewhere, "location"),
+            Some("https://login.example.com/start?app=shop&next=/"),
+            "never a path another origin could be read from"
+        );
+        // Not a navigation, not a 401, or not a browser: the refusal as it is.
+        for (method, denial, headers) in [
+            ("POST", Denial::MissingToken, &browser[..]),
+            ("GET", Denial::Forbidden, &browser[..]),
+            (
+                "GET",
+                Denial::MissingToken,
+                &[("accept", "application/json")][..],
+            ),
+            (
+                "GET",
+                Denial::MissingToken,
+                &[
+                    ("accept", "text/html"),
+                    ("content-type", "application/grpc"),
+                ][..],
+            ),
+        ] {
+            let r = answered_at(&config, &denial, method, "/x", headers);
+            assert_ne!(r.status, 302, "{method} {denial:?} {headers:?}");
+        }
+    }
+
+    #[test]
+    fn grpc_clients_get_a_grpc_status_with_the_description_as_message() {
+        let config = configured(json!({}));
+        let grpc = [("content-type", "application/grpc+proto")];
+        for (denial, code) in [
+            (EXPIRED, 16),
+            (Denial::MissingToken, 16),
+            (Denial::MissingScopes(vec!["a".into()]), 7),
+            (Denial::Forbidden, 7),
+            (
+                Denial::KeysUnavailable {
+                    retry_after_seconds: 1,
+                },
+                14,
+            ),
+            (
+                Denial::InvalidRequest("more than one token in the request"),
+                3,
+            ),
+        ] {
+            let r = answered(&config, &denial, &grpc);
+            assert_eq!(r.grpc_status, Some(code), "{denial:?}");
+            assert_eq!(
+                header(&r, "content-type"),
+                None,
+                "Envoy writes application/grpc"
+            );
+        }
+        let r = answered(&config, &EXPIRED, &grpc);
+        assert_eq!(r.body, "token is expired");
+        assert!(
+            header(&r, "www-authenticate").is_some(),
+            "the challenge stays"
+        );
+        let minimal = configured(json!({"answers": "minimal"}));
+        assert_eq!(answered(&minimal, &EXPIRED, &grpc).body, "invalid_token");
+        assert_eq!(
+            answered(
+                &config,
+                &EXPIRED,
+                &[("content-type", "application/grpc-web")]
+            )
+            .grpc_status,
+            None
+        );
+        assert_eq!(
+            answered(&config, &EXPIRED, &[("content-type", "application/json")]).grpc_status,
+            None
         );
     }
 }

@@ -239,6 +239,8 @@ fn rule(index: usize, input: &RuleIn) -> Rule {
         matcher: RuleMatch { conditions },
         action,
         mode: None,
+        deny_with: None,
+        ignore_invalid_token: false,
     }
 }
 
@@ -321,6 +323,8 @@ fuzz_target!(|input: Input| {
         mode: Mode::Enforce,
         audit: Default::default(),
         protected_resources: Vec::new(),
+        answers: Default::default(),
+        deny_with: None,
         limits: Limits::default(),
     };
     let facts = RequestFacts {

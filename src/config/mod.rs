@@ -20,6 +20,10 @@ pub struct Config {
     pub audit: Audit,
     /// `protectedResource` (RFC 9728): one, or one per host for a gateway serving several.
     pub protected_resources: Vec<ProtectedResource>,
+    /// `answers`: how much a refusal tells the client.
+    pub answers: Answers,
+    /// `denyWith` for refusals no rule's own `denyWith` covers.
+    pub deny_with: Option<DenyWith>,
 }
 
 impl Config {
@@ -285,6 +289,11 @@ pub struct Rule {
     /// Project addition: `mode` per rule; `None` follows the top-level `mode`. A rule in
     /// `report` mode refuses nothing, so a new rule can be tried beside enforced ones.
     pub mode: Option<Mode>,
+    /// `denyWith`: how this rule's refusals look; `None`: the top-level one.
+    pub deny_with: Option<DenyWith>,
+    /// `invalidToken: "ignore"` (only with `allowAnonymous`): a token that does not verify
+    /// counts as no token here, rather than a 401.
+    pub ignore_invalid_token: bool,
 }
 
 /// A rule's `match`: every condition must hold; no condition matches every request.
@@ -579,6 +588,8 @@ const CONFIG_FIELDS: &[&str] = &[
     "limits",
     "audit",
     "protectedResource",
+    "answers",
+    "denyWith",
 ];
 
 fn parse_config(value: &Value) -> Parsed<Config> {
@@ -630,6 +641,10 @@ fn parse_config(value: &Value) -> Parsed<Config> {
         limits,
         audit: config.optional("audit", parse_audit)?.unwrap_or_default(),
         protected_resources,
+        answers: config
+            .optional("answers", parse_answers)?
+            .unwrap_or_default(),
+        deny_with: config.optional("denyWith", parse_deny_with)?,
     })
 }
 
@@ -829,6 +844,7 @@ fn parse_limits(value: &Value, path: &str) -> Parsed<Limits> {
     })
 }
 
+mod answers;
 mod fields;
 mod providers;
 mod request_match;
@@ -838,6 +854,7 @@ mod sender;
 #[cfg(test)]
 mod tests;
 
+pub use answers::*;
 use fields::*;
 use providers::*;
 pub use providers::{http_target, metric_label};

@@ -16,6 +16,8 @@ pub(super) fn parse_rules(value: &Value, path: &str, providers: &[Provider]) -> 
                 "requires",
                 "requiresAny",
                 "mode",
+                "denyWith",
+                "invalidToken",
             ],
         )?;
         let given_name = rule.optional("name", non_empty_string)?;
@@ -39,9 +41,28 @@ pub(super) fn parse_rules(value: &Value, path: &str, providers: &[Provider]) -> 
                 .unwrap_or_default(),
             action: parse_action(&rule, providers)?,
             mode: rule.optional("mode", parse_mode)?,
+            deny_with: rule.optional("denyWith", parse_deny_with)?,
+            ignore_invalid_token: parse_invalid_token(&rule)?,
         });
     }
     Ok(rules)
+}
+
+/// `invalidToken`: `"refuse"` (the default) or `"ignore"`, which only a public rule may say:
+/// elsewhere a token that does not verify must never pass for no token.
+fn parse_invalid_token(rule: &Object<'_>) -> Parsed<bool> {
+    let ignore = rule.optional("invalidToken", |value, path| match value.as_str() {
+        Some("refuse") => Ok(false),
+        Some("ignore") => Ok(true),
+        _ => Err(error(path, "must be \"refuse\" or \"ignore\"")),
+    })?;
+    if ignore == Some(true) && rule.optional("allowAnonymous", boolean)? != Some(true) {
+        return Err(error(
+            &rule.path_of("invalidToken"),
+            "\"ignore\" is only for a rule with allowAnonymous: true",
+        ));
+    }
+    Ok(ignore.unwrap_or(false))
 }
 
 pub(super) fn parse_action(rule: &Object<'_>, providers: &[Provider]) -> Parsed<Action> {

@@ -1740,3 +1740,76 @@ fn delegation_requirements() {
         "rules[0].requires.clients: must not be empty",
     );
 }
+
+#[test]
+fn answers_and_deny_with_are_checked_before_any_request() {
+    assert_eq!(
+        ok(&with_fields(json!({"answers": "minimal"}))).answers,
+        Answers::Minimal
+    );
+    assert_eq!(ok(&with_fields(json!({}))).answers, Answers::Full);
+    for (fields, expected) in [
+        (json!({"answers": "terse"}), "answers: must be \"full\" or \"minimal\""),
+        (json!({"denyWith": {"status": 200}}), "denyWith.status: must be an error status from 400 to 599; it never lowers the refusal's own"),
+        (json!({"denyWith": {"status": 302}}), "denyWith.status: must be an error status from 400 to 599; it never lowers the refusal's own"),
+        (json!({"denyWith": {"headers": {"www-authenticate": "x"}}}), "denyWith.headers.www-authenticate: is set by the refusal itself and cannot be configured"),
+        (json!({"denyWith": {"headers": {"Location": "https://x"}}}), "denyWith.headers.Location: is set by the refusal itself and cannot be configured"),
+        (json!({"denyWith": {"headers": {"x-a": "1\r\nx-b: 2"}}}), "denyWith.headers.x-a: holds characters not allowed in a header value"),
+        (json!({"denyWith": {"headers": {"bad name": "1"}}}), "denyWith.headers.bad name: not a valid HTTP header name"),
+        (json!({"denyWith": {"body": "{sub}"}}), "denyWith.body: names {sub}; a body may use {error}, {status} and {request_id}"),
+        (json!({"denyWith": {"body": "{error"}}), "denyWith.body: has a '{' without its '}'; write '{{' for a literal brace"),
+        (json!({"denyWith": {"body": "a } b"}}), "denyWith.body: has a lone '}'; write '}}' for a literal brace"),
+        (json!({"denyWith": {"contentType": "text/html"}}), "denyWith.contentType: has no body to describe; add body"),
+        (json!({"denyWith": {"login": {"url": "//evil.example/login"}}}), "denyWith.login.url: a path must start with a single '/' and hold no spaces or '\\'"),
+        (json!({"denyWith": {"login": {"url": "javascript:alert(1)"}}}), "denyWith.login.url: not an http(s) URL"),
+        (json!({"denyWith": {"login": {"url": "https://l/#x"}}}), "denyWith.login.url: must not have a fragment"),
+        (json!({"denyWith": {"login": {"url": "/login", "parameter": "a&b"}}}), "denyWith.login.parameter: may hold only letters, digits, '-', '_' and '.'"),
+        (json!({"denyWith": {"redirect": "/login"}}), "denyWith.redirect: unknown field"),
+    ] {
+        let message = problem(&with_fields(fields.clone()));
+        assert!(message.starts_with(expected), "{fields}: {message}");
+    }
+    let config = ok(&with_fields(
+        json!({"denyWith": {"login": {"url": "/login"}, "body": "{{{error}}}"}}),
+    ));
+    let deny_with = config.deny_with.unwrap();
+    assert_eq!(deny_with.login.unwrap().parameter, "return_to");
+    assert_eq!(
+        deny_with.body.unwrap().0,
+        [
+            BodyPiece::Text("{".into()),
+            BodyPiece::Error,
+            BodyPiece::Text("}".into())
+        ]
+    );
+}
+
+#[test]
+fn only_a_public_rule_may_ignore_invalid_tokens() {
+    let rules = |rule: Value| with_fields(json!({"rules": [rule]}));
+    let config = ok(&rules(
+        json!({"match": {"paths": ["/public/*"]}, "allowAnonymous": true, "invalidToken": "ignore"}),
+    ));
+    assert!(config.rules[0].ignore_invalid_token);
+    let strict = ok(&rules(
+        json!({"allowAnonymous": true, "invalidToken": "refuse"}),
+    ));
+    assert!(!strict.rules[0].ignore_invalid_token);
+    assert_problem(
+        &rules(json!({"requires": {"scopes": ["a"]}, "invalidToken": "ignore"})),
+        "rules[0].invalidToken: \"ignore\" is only for a rule with allowAnonymous: true",
+    );
+    assert_problem(
+        &rules(json!({"allowAnonymous": true, "invalidToken": "skip"})),
+        "rules[0].invalidToken: must be \"refuse\" or \"ignore\"",
+    );
+}
+
+/// A one-provider configuration with these top-level fields.
+fn with_fields(fields: Value) -> String {
+    let mut config: Value = serde_json::from_str(&provider_config(json!({}))).unwrap();
+    for (key, value) in fields.as_object().unwrap() {
+        config[key] = value.clone();
+    }
+    config.to_string()
+}

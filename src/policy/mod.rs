@@ -337,6 +337,8 @@ mod tests {
             limits: Limits::default(),
             audit: crate::config::Audit::default(),
             protected_resources: Vec::new(),
+            answers: Default::default(),
+            deny_with: None,
         }
     }
 
@@ -346,6 +348,8 @@ mod tests {
             matcher,
             action: Action::Deny,
             mode: None,
+            deny_with: None,
+            ignore_invalid_token: false,
         }
     }
 

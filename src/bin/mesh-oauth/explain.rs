@@ -10,8 +10,8 @@ use mesh_oauth::authorize::{self, Allowed, HeaderEdit, Outcome, Request, Trace};
 use mesh_oauth::cache::TokenCache;
 use mesh_oauth::claims;
 use mesh_oauth::config::{
-    Action, Binding, ClaimTest, Condition, Config, Fact, KeySource, Mode, Pattern, Provider,
-    Requirement, Rule, RuleMatch, Unmatched,
+    Action, Answers, Binding, ClaimTest, Condition, Config, Fact, KeySource, Mode, Pattern,
+    Provider, Requirement, Rule, RuleMatch, Unmatched,
 };
 use mesh_oauth::extract::{self, ExtractError, Found, Location, RequestParts};
 use mesh_oauth::keys::{parse_jwks, JwksLimits, KeySet};
@@ -20,7 +20,7 @@ use mesh_oauth::peer::FixedPeer;
 use mesh_oauth::policy::{
     self, Applies, Miss, MissReason, Observed, RequestFacts, TokenClaims, Unmet,
 };
-use mesh_oauth::response::{Challenges, Denial};
+use mesh_oauth::response::{Challenges, Denial, Presentation};
 use mesh_oauth::sender::replay::Admission;
 use mesh_oauth::sender::{self, dpop, Presented};
 use mesh_oauth::token::{self, Jws, TokenLimits};
@@ -950,6 +950,13 @@ fn final_answer(config: &Config, keys: &Keys, request: &Request<'_>, now_ms: u64
     let answering = Answering {
         realm,
         challenges: &challenges,
+        how: Presentation::of(
+            config,
+            decision.trace.rule,
+            request.method,
+            request.path,
+            request.headers,
+        ),
     };
     match decision.outcome {
         Outcome::Wait { provider, .. } => {
@@ -973,6 +980,8 @@ fn final_answer(config: &Config, keys: &Keys, request: &Request<'_>, now_ms: u64
 struct Answering<'a> {
     realm: &'a str,
     challenges: &'a Challenges,
+    /// `answers`, `denyWith`, and whether the client speaks gRPC or is a browser.
+    how: Presentation<'a>,
 }
 
 fn outcome_lines(out: &mut Out, config: &Config, outcome: &Outcome, answering: &Answering<'_>) {
@@ -1026,7 +1035,7 @@ fn allowed_lines(out: &mut Out, config: &Config, allowed: &Allowed, answering: &
 }
 
 fn denial_lines(out: &mut Out, denial: &Denial, answering: &Answering<'_>, lead: &str) {
-    let response = denial.render_for(answering.realm, answering.challenges);
+    let response = denial.answer(answering.realm, answering.challenges, &answering.how);
     out.line(format!(
         "{lead}{} {} ({})",
         response.status,
@@ -1036,7 +1045,20 @@ fn denial_lines(out: &mut Out, denial: &Denial, answering: &Answering<'_>, lead:
     for (name, value) in &response.headers {
         out.line(format!("  {name}: {value}"));
     }
-    out.line(format!("  body: {}", response.body));
+    match response.grpc_status {
+        Some(status) => out.line(format!(
+            "  gRPC: grpc-status {status}, grpc-message: {}",
+            response.body
+        )),
+        None if response.body.is_empty() => out.line("  body: (none)"),
+        None => out.line(format!("  body: {}", response.body)),
+    }
+    if answering.how.answers == Answers::Minimal {
+        out.line(format!(
+            "  answers: minimal: the client is not told why; the audit line and metrics say {}",
+            denial.reason()
+        ));
+    }
 }
 
 fn status_text(status: u32) -> &'static str {
