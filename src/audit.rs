@@ -109,6 +109,14 @@ pub fn audit_line(
             .map_or(json!(null), |p| json!(p.name)),
     );
     line.insert("iss".into(), claim("iss"));
+    // A multi-tenant provider's tenant, from the issuer it matched.
+    let tenant = trace
+        .provider
+        .and_then(|i| config.providers.get(i))
+        .zip(trace.claims.as_ref().and_then(|c| crate::claims::issuer(c)))
+        .and_then(|(provider, iss)| provider.tenant_of(iss))
+        .map(clipped);
+    line.insert("tenant".into(), json!(tenant));
     line.insert("sub".into(), claim("sub"));
     // Who acts for the subject: the client, and the actor chain (RFC 8693), subjects only.
     let client = match claim("client_id") {
@@ -234,7 +242,7 @@ mod tests {
         assert_eq!(
             parsed,
             json!({"decision": "deny", "status": 403, "reason": "scope", "rule": "orders",
-                   "provider": "key cloak", "iss": "https://idp.example.com", "sub": "alice",
+                   "provider": "key cloak", "iss": "https://idp.example.com", "tenant": null, "sub": "alice",
                    "client_id": "agent-app", "actors": ["agent-7", "planner"],
                    "kid": "k1", "alg": "RS256", "cached": false, "request_id": "req-1",
                    "method": "GET", "path": "/orders/1"})

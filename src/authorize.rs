@@ -382,6 +382,9 @@ fn decide(
             )
             .into())
         }
+        Err(Unmet::Tenant) => {
+            return Err(invalid("token tenant is not accepted for this resource", "tenant").into())
+        }
         Err(Unmet::Delegation(description)) => {
             return Err(Denial::DelegationRefused(description).into())
         }
@@ -574,12 +577,14 @@ fn verify_token(
     // payload is trusted until the provider's keys have verified it.
     let issuer = claims::issuer(&claims).ok_or(invalid("token has no issuer", "issuer"))?;
     let (index, provider) = config
-        .providers
-        .iter()
-        .enumerate()
-        .find(|(_, p)| p.issuer == issuer)
+        .provider_for(issuer)
         .ok_or(invalid("token issuer is not trusted", "issuer"))?;
     trace.provider = Some(index);
+    if let (Some(tenancy), Some(tenant)) = (&provider.tenancy, provider.tenant_of(issuer)) {
+        if !tenancy.admits(tenant) {
+            return Err(invalid("token tenant is not trusted", "tenant").into());
+        }
+    }
     if !found.location.is_listed_by(provider) {
         return Err(wrong_location().into());
     }
@@ -992,6 +997,91 @@ mod tests {
             &[("authorization", "Bearer a"), ("authorization", "Bearer b")],
         );
         assert_eq!(denial(two).reason(), "invalid_request");
+    }
+
+    #[test]
+    fn a_multi_tenant_provider_takes_its_tenants_and_no_other_tenants_tokens() {
+        const V2: &str = "https://login.microsoftonline.com/{tenant}/v2.0";
+        let f = fixture(json!({"providers": [
+            {"name": "entra", "issuerPattern": V2, "tenants": ["t1", "t2"],
+             "jwksUri": "https://login.microsoftonline.com/common/discovery/v2.0/keys",
+             "audiences": ["api://orders"]},
+            {"name": "other", "issuer": OTHER_ISSUER, "jwksUri": "https://other.example.com/jwks"}],
+            "rules": [{"match": {"paths": ["/t2-only/*"]}, "requires": {"tenants": ["t2"]}}]}));
+        // The Entra v1 form (fixture keys are the first provider's).
+        let v1 = fixture(json!({"providers": [
+            {"name": "entra-v1", "issuerPattern": "https://sts.windows.net/{tenant}/", "tenants": ["t1"],
+             "jwksUri": "https://login.microsoftonline.com/common/discovery/keys"}]}));
+        let token = |iss: &str, tid: Option<&str>| {
+            let mut claims = json!({"iss": iss, "aud": "api://orders", "sub": "u",
+                                    "exp": NOW + 300, "iat": NOW});
+            if let Some(tid) = tid {
+                claims["tid"] = json!(tid);
+            }
+            f.token(claims)
+        };
+        let v2 = |tenant: &str| format!("https://login.microsoftonline.com/{tenant}/v2.0");
+        for tenant in ["t1", "t2"] {
+            allowed(f.with_token("/x", &token(&v2(tenant), Some(tenant))));
+        }
+        let v1_token = |tenant: &str| {
+            v1.token(
+                json!({"iss": format!("https://sts.windows.net/{tenant}/"), "tid": tenant,
+                            "sub": "u", "exp": NOW + 300, "iat": NOW}),
+            )
+        };
+        allowed(v1.with_token("/x", &v1_token("t1")));
+        assert_eq!(reason(v1.with_token("/x", &v1_token("t2"))), "tenant");
+        // A foreign tenant, signed by the shared keys all the same.
+        assert_eq!(
+            reason(f.with_token("/x", &token(&v2("t3"), Some("t3")))),
+            "tenant"
+        );
+        // A token of t3 that names t1's issuer, or names none.
+        for tid in [Some("t3"), None] {
+            let refused = denial(f.with_token("/x", &token(&v2("t1"), tid)));
+            assert_eq!(
+                refused,
+                Denial::InvalidToken {
+                    description: "token tenant (tid) does not match its issuer",
+                    reason: "tenant"
+                }
+            );
+        }
+        // A rule that takes one tenant.
+        allowed(f.with_token("/t2-only/a", &token(&v2("t2"), Some("t2"))));
+        assert_eq!(
+            denial(f.with_token("/t2-only/a", &token(&v2("t1"), Some("t1")))),
+            Denial::InvalidToken {
+                description: "token tenant is not accepted for this resource",
+                reason: "tenant"
+            }
+        );
+        // The audit line names the tenant.
+        let bearer = format!("Bearer {}", token(&v2("t2"), Some("t2")));
+        let headers = [("authorization", bearer.as_str())];
+        let request = Request {
+            method: "GET",
+            scheme: "https",
+            path: "/x",
+            authority: "orders.example.com",
+            headers: &headers,
+            peer: &crate::peer::NoPeer,
+        };
+        let decision = authorize(
+            &f.config,
+            &f.keys,
+            &mut f.cache.borrow_mut(),
+            &request,
+            NOW * 1000,
+        );
+        let line = crate::audit::audit_line(&f.config, &decision, &request, None);
+        assert!(line.contains(r#""tenant":"t2""#), "{line}");
+        assert_eq!(
+            crate::audit::request_metric(&f.config, &decision).as_deref(),
+            Some("mesh_oauth.entra.allowed"),
+            "metrics stay per provider"
+        );
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub enum ClaimError {
     /// like any null claim): a number would slip past revocation, which compares strings.
     NotAString(&'static str),
     Revoked,
+    /// A multi-tenant issuer's `{tenant}` differs from the token's `tid`: a token of one
+    /// tenant that names another's issuer (they share one key set).
+    TenantMismatch,
 }
 
 impl ClaimError {
@@ -41,6 +44,7 @@ impl ClaimError {
             ClaimError::NotAString("sub") => "token subject (sub) is not a string",
             ClaimError::NotAString(_) => "token id (jti) is not a string",
             ClaimError::Revoked => "token revoked",
+            ClaimError::TenantMismatch => "token tenant (tid) does not match its issuer",
         }
     }
 
@@ -51,6 +55,7 @@ impl ClaimError {
             ClaimError::NotYetValid | ClaimError::IssuedInFuture => "not_yet_valid",
             ClaimError::Audience => "audience",
             ClaimError::Revoked => "revoked",
+            ClaimError::TenantMismatch => "tenant",
             ClaimError::MissingExp
             | ClaimError::NotNumericDate(_)
             | ClaimError::DateOutOfRange(_)
@@ -105,6 +110,12 @@ pub fn check(claims: &Map<String, Value>, provider: &Provider, now: u64) -> Resu
     }
     if !provider.revoked.is_empty() && is_revoked(claims, &provider.revoked) {
         return Err(ClaimError::Revoked);
+    }
+    // Entra's own rule for its shared `common` keys: the issuer's tenant is the token's.
+    if let Some(tenant) = issuer(claims).and_then(|iss| provider.tenant_of(iss)) {
+        if claims.get("tid").and_then(Value::as_str) != Some(tenant) {
+            return Err(ClaimError::TenantMismatch);
+        }
     }
     Ok(())
 }

@@ -119,6 +119,7 @@ impl Req {
             max_delegation_depth: None,
             delegation_forbidden: false,
             audiences: None,
+            tenants: None,
         }
     }
 }

@@ -146,7 +146,10 @@ impl Default for Limits {
 pub struct Provider {
     /// `name`, default the issuer.
     pub name: String,
+    /// The issuer, or for a multi-tenant provider its `issuerPattern`.
     pub issuer: String,
+    /// `issuerPattern` + `tenants`: the tenants this provider speaks for.
+    pub tenancy: Option<Tenancy>,
     pub audiences: Vec<String>,
     pub keys: KeySource,
     pub from_headers: Vec<HeaderLocation>,
@@ -486,6 +489,9 @@ pub enum HostPattern {
     Any,
 }
 
+// Built once per configuration and read in place, never moved per request: boxing the
+// requirement would only add a pointer chase to every rule check.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Action {
     AllowAnonymous,
@@ -514,6 +520,8 @@ pub struct Requirement {
     pub delegation_forbidden: bool,
     /// `audiences`: the token's `aud` names one of these (after the provider's own check).
     pub audiences: Option<Vec<String>>,
+    /// `tenants`: the token's tenant (`tid`) is one of these.
+    pub tenants: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -615,7 +623,12 @@ fn parse_config(value: &Value) -> Parsed<Config> {
         .unwrap_or_default();
     for resource in &mut protected_resources {
         if resource.authorization_servers.is_empty() {
-            resource.authorization_servers = providers.iter().map(|p| p.issuer.clone()).collect();
+            // A pattern is no issuer identifier: its tenants' issuers are listed explicitly.
+            resource.authorization_servers = providers
+                .iter()
+                .filter(|p| p.tenancy.is_none())
+                .map(|p| p.issuer.clone())
+                .collect();
         }
         if resource.scopes_supported.is_empty() {
             resource.scopes_supported = rule_scopes(&rules);
@@ -851,6 +864,7 @@ mod request_match;
 mod resource;
 mod rules;
 mod sender;
+mod tenancy;
 #[cfg(test)]
 mod tests;
 
@@ -863,3 +877,4 @@ pub use resource::METADATA_PATH;
 use resource::*;
 use rules::*;
 use sender::*;
+pub use tenancy::*;

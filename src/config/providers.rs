@@ -5,6 +5,8 @@ use super::*;
 
 pub(super) const PROVIDER_FIELDS: &[&str] = &[
     "issuer",
+    "issuerPattern",
+    "tenants",
     "audiences",
     "jwksUri",
     "jwks",
@@ -46,10 +48,15 @@ pub(super) fn parse_providers(value: &Value, path: &str) -> Parsed<Vec<Provider>
     for (item_path, item) in items {
         let (provider, name_given) = parse_provider(item, &item_path)?;
         // A token's `iss` selects its provider, so two providers may not claim the same issuer.
-        if let Some(index) = providers.iter().position(|p| p.issuer == provider.issuer) {
+        if let Some((index, problem)) = issuer_conflict(&providers, &provider) {
+            let field = if provider.tenancy.is_some() {
+                "issuerPattern"
+            } else {
+                "issuer"
+            };
             return Err(error(
-                &format!("{item_path}.issuer"),
-                format!("same issuer as providers[{index}]"),
+                &format!("{item_path}.{field}"),
+                format!("{problem} providers[{index}]"),
             ));
         }
         if let Some(index) = providers.iter().position(|p| p.name == provider.name) {
@@ -83,6 +90,38 @@ pub(super) fn parse_providers(value: &Value, path: &str) -> Parsed<Vec<Provider>
     Ok(providers)
 }
 
+/// `issuer`, or `issuerPattern` with its `tenants`: exactly one of the two. A pattern
+/// provider's `issuer` is the pattern itself (its default name, and its keys' identity).
+fn parse_issuer(provider: &Object<'_>) -> Parsed<(String, Option<Tenancy>)> {
+    let issuer = provider.optional("issuer", non_empty_string)?;
+    let pattern = provider.optional("issuerPattern", parse_issuer_pattern)?;
+    let tenants = provider.optional("tenants", parse_tenants)?;
+    match (issuer, pattern, tenants) {
+        (Some(issuer), None, None) => Ok((issuer, None)),
+        (Some(_), Some(_), _) => Err(error(
+            &provider.path_of("issuerPattern"),
+            "give either issuer or issuerPattern, not both",
+        )),
+        (Some(_), None, Some(_)) => Err(error(
+            &provider.path_of("tenants"),
+            "is only for an issuerPattern",
+        )),
+        (None, Some(_), None) => Err(error(
+            &provider.path_of("tenants"),
+            "required with issuerPattern: list the tenant ids, or \"*\" for any tenant",
+        )),
+        (None, Some((prefix, suffix)), Some(tenants)) => Ok((
+            format!("{prefix}{{tenant}}{suffix}"),
+            Some(Tenancy {
+                prefix,
+                suffix,
+                tenants,
+            }),
+        )),
+        (None, None, _) => Err(error(&provider.path_of("issuer"), "required")),
+    }
+}
+
 /// A provider's name as one metric-name segment: anything but ASCII letters and digits
 /// becomes `_`.
 pub fn metric_label(name: &str) -> String {
@@ -94,10 +133,16 @@ pub fn metric_label(name: &str) -> String {
 /// Returns the provider and whether its `name` was given (rather than defaulted to the issuer).
 pub(super) fn parse_provider(value: &Value, path: &str) -> Parsed<(Provider, bool)> {
     let provider = Object::new(value, path, PROVIDER_FIELDS)?;
-    let issuer = provider.required("issuer", non_empty_string)?;
+    let (issuer, tenancy) = parse_issuer(&provider)?;
     let name = provider.optional("name", non_empty_string)?;
     let name_given = name.is_some();
     let keys = parse_key_source(&provider, &issuer)?;
+    if tenancy.is_some() && matches!(keys, KeySource::Discovery(_)) {
+        return Err(error(
+            &provider.path,
+            "an issuerPattern needs jwksUri or jwks: discovery needs one issuer",
+        ));
+    }
     let (from_headers, from_params, from_cookies) = parse_token_locations(&provider)?;
     let algorithms = provider
         .optional("algorithms", |value, path| {
@@ -107,6 +152,7 @@ pub(super) fn parse_provider(value: &Value, path: &str) -> Parsed<(Provider, boo
     let parsed = Provider {
         name: name.unwrap_or_else(|| issuer.clone()),
         issuer,
+        tenancy,
         audiences: provider
             .optional("audiences", |value, path| {
                 items(value, path, non_empty_string)

@@ -123,6 +123,7 @@ pub(super) fn parse_requirement(
             "acrValues",
             "maxAuthAgeSeconds",
             "audiences",
+            "tenants",
             "clients",
             "actor",
             "maxDelegationDepth",
@@ -166,6 +167,11 @@ pub(super) fn parse_requirement(
         max_delegation_depth: requirement.optional("maxDelegationDepth", non_negative_integer)?,
         audiences: requirement.optional("audiences", |value, path| {
             non_empty_items(value, path, non_empty_string)
+        })?,
+        tenants: requirement.optional("tenants", |value, path| {
+            let tenants = non_empty_items(value, path, non_empty_string)?;
+            reject_duplicates(&tenants, path)?;
+            Ok(tenants)
         })?,
         delegation_forbidden: match requirement.optional("delegation", string)?.as_deref() {
             None | Some("allowed") => false,

@@ -1813,3 +1813,128 @@ fn with_fields(fields: Value) -> String {
     }
     config.to_string()
 }
+
+const ENTRA_V2: &str = "https://login.microsoftonline.com/{tenant}/v2.0";
+const ENTRA_KEYS: &str = "https://login.microsoftonline.com/common/discovery/v2.0/keys";
+
+fn providers_config(providers: Value) -> String {
+    json!({ "providers": providers }).to_string()
+}
+
+#[test]
+fn a_multi_tenant_provider_reads_the_tenant_from_its_issuer() {
+    let config = ok(&providers_config(json!([
+        {"name": "entra", "issuerPattern": ENTRA_V2, "tenants": ["t1", "t2"], "jwksUri": ENTRA_KEYS},
+        {"name": "entra-v1", "issuerPattern": "https://sts.windows.net/{tenant}/", "tenants": "*",
+         "jwksUri": "https://login.microsoftonline.com/common/discovery/keys"},
+        {"issuer": "https://login.example.com", "jwksUri": JWKS_URI}])));
+    let (index, entra) = config
+        .provider_for("https://login.microsoftonline.com/t1/v2.0")
+        .unwrap();
+    assert_eq!(
+        (
+            index,
+            entra.tenant_of("https://login.microsoftonline.com/t1/v2.0")
+        ),
+        (0, Some("t1"))
+    );
+    let tenancy = entra.tenancy.as_ref().unwrap();
+    assert!(tenancy.admits("t2") && !tenancy.admits("t3"));
+    // An unlisted tenant still selects the provider: it is refused as a tenant, not an issuer.
+    assert_eq!(
+        config
+            .provider_for("https://login.microsoftonline.com/t3/v2.0")
+            .unwrap()
+            .0,
+        0
+    );
+    let (v1, provider) = config.provider_for("https://sts.windows.net/t9/").unwrap();
+    assert_eq!(
+        (v1, provider.tenant_of("https://sts.windows.net/t9/")),
+        (1, Some("t9"))
+    );
+    assert!(provider.tenancy.as_ref().unwrap().admits("anyone"));
+    for iss in [
+        "https://login.microsoftonline.com//v2.0",
+        "https://login.microsoftonline.com/a/b/v2.0",
+        "https://login.microsoftonline.com/t1/v2.0/",
+        "https://sts.windows.net/t9",
+    ] {
+        assert!(config.provider_for(iss).is_none(), "{iss}");
+    }
+    assert_eq!(
+        config.provider_for("https://login.example.com").unwrap().0,
+        2
+    );
+    assert_eq!(entra.name, "entra");
+    assert_eq!(
+        config.providers[1].issuer,
+        "https://sts.windows.net/{tenant}/"
+    );
+}
+
+#[test]
+fn issuer_patterns_are_checked_and_may_not_claim_anothers_issuers() {
+    let pattern = |fields: Value| {
+        let mut p = json!({"issuerPattern": ENTRA_V2, "tenants": "*", "jwksUri": ENTRA_KEYS});
+        for (k, v) in fields.as_object().unwrap() {
+            if v.is_null() {
+                p.as_object_mut().unwrap().remove(k);
+            } else {
+                p[k] = v.clone();
+            }
+        }
+        p
+    };
+    for (providers, expected) in [
+        (json!([pattern(json!({"issuerPattern": "https://login.example.com/v2.0"}))]), "providers[0].issuerPattern: has no {tenant}; use issuer for a single issuer"),
+        (json!([pattern(json!({"issuerPattern": "https://{tenant}.example.com/"}))]), "providers[0].issuerPattern: {tenant} must be a whole path segment, as in https://login.microsoftonline.com/{tenant}/v2.0"),
+        (json!([pattern(json!({"issuerPattern": "https://l.example.com/t-{tenant}/"}))]), "providers[0].issuerPattern: {tenant} must be a whole path segment, as in https://login.microsoftonline.com/{tenant}/v2.0"),
+        (json!([pattern(json!({"issuerPattern": "https://l.example.com/{tenant}/{tenant}"}))]), "providers[0].issuerPattern: has {tenant} more than once"),
+        (json!([pattern(json!({"tenants": null}))]), "providers[0].tenants: required with issuerPattern: list the tenant ids, or \"*\" for any tenant"),
+        (json!([pattern(json!({"tenants": []}))]), "providers[0].tenants: must not be empty"),
+        (json!([pattern(json!({"tenants": ["a", "a"]}))]), "providers[0].tenants[1]: listed twice"),
+        (json!([pattern(json!({"tenants": ["a/b"]}))]), "providers[0].tenants[0]: must be a tenant id (no '/'), or the whole field \"*\""),
+        (json!([pattern(json!({"issuer": "https://x"}))]), "providers[0].issuerPattern: give either issuer or issuerPattern, not both"),
+        (json!([{"issuer": ISSUER, "jwksUri": JWKS_URI, "tenants": ["a"]}]), "providers[0].tenants: is only for an issuerPattern"),
+        (json!([pattern(json!({"jwksUri": null}))]), "providers[0]: an issuerPattern needs jwksUri or jwks: discovery needs one issuer"),
+        (json!([{"issuer": "https://login.microsoftonline.com/t1/v2.0", "jwksUri": JWKS_URI}, pattern(json!({}))]),
+         "providers[1].issuerPattern: matches the issuer of providers[0]"),
+        (json!([pattern(json!({})), {"issuer": "https://login.microsoftonline.com/t1/v2.0", "jwksUri": JWKS_URI}]),
+         "providers[1].issuer: is an issuer the issuerPattern of providers[0]"),
+        (json!([pattern(json!({"tenants": ["a"]})), pattern(json!({"name": "b", "tenants": ["b"]}))]),
+         "providers[1].issuerPattern: could match the same issuers as the issuerPattern of providers[0]"),
+        (json!([pattern(json!({})), pattern(json!({"name": "b", "issuerPattern": "https://login.microsoftonline.com/common/{tenant}"}))]),
+         "providers[1].issuerPattern: could match the same issuers as the issuerPattern of providers[0]"),
+    ] {
+        assert_eq!(problem(&providers_config(providers.clone())), expected, "{providers}");
+    }
+    // Fixed parts that differ cannot meet.
+    ok(&providers_config(json!([
+        pattern(json!({})),
+        pattern(json!({"name": "v1", "issuerPattern": "https://sts.windows.net/{tenant}/"}))
+    ])));
+    ok(&providers_config(json!([pattern(json!({})),
+        {"issuer": "https://login.microsoftonline.com/t1/v1.0", "jwksUri": JWKS_URI}])));
+}
+
+#[test]
+fn a_rule_can_require_tenants() {
+    let config = ok(&json!({
+        "providers": [{"issuerPattern": ENTRA_V2, "tenants": "*", "jwksUri": ENTRA_KEYS}],
+        "rules": [{"requires": {"tenants": ["t1"]}}]})
+    .to_string());
+    let Action::Requires(requirement) = &config.rules[0].action else {
+        panic!("requires");
+    };
+    assert_eq!(
+        requirement.tenants.as_deref(),
+        Some(&["t1".to_string()][..])
+    );
+    assert_problem(
+        &json!({"providers": [{"issuer": ISSUER, "jwksUri": JWKS_URI}],
+                "rules": [{"requires": {"tenants": []}}]})
+        .to_string(),
+        "rules[0].requires.tenants: must not be empty",
+    );
+}

@@ -98,6 +98,8 @@ pub enum Unmet {
     ClaimFailed(String),
     /// The token's `aud` names none of the requirement's `audiences`.
     Audience,
+    /// The token's tenant (`tid`) is none of the requirement's `tenants`.
+    Tenant,
     /// The client or the actor chain is not one the requirement accepts (named here).
     Delegation(&'static str),
     /// RFC 9470: the user must authenticate again, with one of `acr_values` and/or within
@@ -198,6 +200,13 @@ pub fn check_requirement(
             return Err(Unmet::Audience);
         }
     }
+    // A multi-tenant provider's tenant is `tid`, checked against its issuer already.
+    if let Some(tenants) = &req.tenants {
+        let tid = claims.get("tid").and_then(Value::as_str);
+        if !tid.is_some_and(|tid| tenants.iter().any(|t| t == tid)) {
+            return Err(Unmet::Tenant);
+        }
+    }
     if let Some(refusal) = delegation_refusal(req, claims) {
         return Err(Unmet::Delegation(refusal));
     }
@@ -264,9 +273,10 @@ fn more_useful(candidate: &Unmet, current: &Unmet) -> bool {
             Unmet::StepUp { .. },
             Unmet::ClaimFailed(_) | Unmet::Delegation(_) | Unmet::WrongProvider,
         ) => true,
-        (Unmet::Delegation(_), Unmet::WrongProvider | Unmet::Audience) => true,
-        (Unmet::ClaimFailed(_), Unmet::Audience) => true,
-        (Unmet::StepUp { .. }, Unmet::Audience) => true,
+        (Unmet::Delegation(_), Unmet::WrongProvider | Unmet::Audience | Unmet::Tenant) => true,
+        (Unmet::ClaimFailed(_), Unmet::Audience | Unmet::Tenant) => true,
+        (Unmet::StepUp { .. }, Unmet::Audience | Unmet::Tenant) => true,
+        (Unmet::Audience, Unmet::Tenant) => true,
         (Unmet::ClaimFailed(_), Unmet::WrongProvider) => true,
         _ => false,
     }

@@ -85,7 +85,7 @@ def test_an_allowed_request_is_one_line_naming_who_and_what(envoy, keys):
     assert line.level == "warning", "the default level: visible in an Istio sidecar"
     assert line.fields == {
         "decision": "allow", "status": 200, "reason": "valid", "rule": None, "provider": "orders-idp",
-        "iss": ISS_ORDERS, "sub": "alice", "client_id": None, "actors": None, "kid": keys["RS256"].kid, "alg": "RS256", "cached": False,
+        "iss": ISS_ORDERS, "tenant": None, "sub": "alice", "client_id": None, "actors": None, "kid": keys["RS256"].kid, "alg": "RS256", "cached": False,
         "request_id": "req-allow-1", "method": "GET", "path": "/items/7",
     }
 
@@ -101,7 +101,7 @@ def test_a_refused_scope_names_the_rule_and_the_method(envoy, keys):
 
     assert only_line(envoy, send).fields == {
         "decision": "deny", "status": 403, "reason": "scope", "rule": "orders-write", "provider": "orders-idp",
-        "iss": ISS_ORDERS, "sub": "alice", "client_id": "agent-app", "actors": ["agent-7", "planner"], "kid": keys["RS256"].kid, "alg": "RS256", "cached": False,
+        "iss": ISS_ORDERS, "tenant": None, "sub": "alice", "client_id": "agent-app", "actors": ["agent-7", "planner"], "kid": keys["RS256"].kid, "alg": "RS256", "cached": False,
         "request_id": "req-scope", "method": "POST", "path": "/orders/7",
     }
 
@@ -114,7 +114,7 @@ def test_a_deny_rule_refuses_before_looking_at_the_token(envoy, keys):
 
     assert only_line(envoy, send).fields == {
         "decision": "deny", "status": 403, "reason": "deny_rule", "rule": "admin", "provider": None,
-        "iss": None, "sub": None, "client_id": None, "actors": None, "kid": None, "alg": None, "cached": False,
+        "iss": None, "tenant": None, "sub": None, "client_id": None, "actors": None, "kid": None, "alg": None, "cached": False,
         "request_id": "req-admin", "method": "GET", "path": "/admin/users",
     }
 
@@ -126,7 +126,7 @@ def test_an_anonymous_pass_is_logged_as_anonymous(envoy):
 
     assert only_line(envoy, send).fields == {
         "decision": "allow", "status": 200, "reason": "anonymous", "rule": "public", "provider": None,
-        "iss": None, "sub": None, "client_id": None, "actors": None, "kid": None, "alg": None, "cached": False,
+        "iss": None, "tenant": None, "sub": None, "client_id": None, "actors": None, "kid": None, "alg": None, "cached": False,
         "request_id": "req-anon", "method": "GET", "path": "/public/page",
     }
 

@@ -197,7 +197,7 @@ fn gather_keys(config: &Config, options: &Options) -> Result<Keys, String> {
         .ok()
         .and_then(|jws| {
             let iss = claims::issuer(&jws.claims)?;
-            config.providers.iter().position(|p| p.issuer == iss)
+            config.provider_for(iss).map(|(index, _)| index)
         });
     let mut sets = Vec::with_capacity(config.providers.len());
     let mut notes = Vec::with_capacity(config.providers.len());
@@ -476,15 +476,21 @@ impl<'a> Narration<'a> {
                 .line("5. provider: the token has no `iss` string: refused with 401");
             return None;
         };
-        let selected = providers.iter().position(|p| p.issuer == iss);
+        let selected = self.config.provider_for(iss).map(|(index, _)| index);
         self.out.line(format!(
             "5. provider: the token's iss {iss:?} selects the provider:"
         ));
         for (index, provider) in providers.iter().enumerate() {
-            let verdict = if Some(index) == selected {
-                "issuer matches: selected".to_string()
-            } else {
-                format!("issuer {:?} differs", provider.issuer)
+            let verdict = match (Some(index) == selected, provider.tenant_of(iss)) {
+                (true, Some(tenant)) => format!(
+                    "issuerPattern {:?} matches with tenant {tenant:?}: selected",
+                    provider.issuer
+                ),
+                (true, None) => "issuer matches: selected".to_string(),
+                (false, _) if provider.tenancy.is_some() => {
+                    format!("issuerPattern {:?} does not match", provider.issuer)
+                }
+                (false, _) => format!("issuer {:?} differs", provider.issuer),
             };
             self.out
                 .line(format!("   {}: {verdict}", provider_label(index, provider)));
@@ -494,6 +500,19 @@ impl<'a> Narration<'a> {
                 .line("   no provider trusts this issuer: refused with 401");
             return None;
         };
+        if let (Some(tenancy), Some(tenant)) = (&provider.tenancy, provider.tenant_of(iss)) {
+            if !tenancy.admits(tenant) {
+                self.out.line(format!(
+                    "   tenant {tenant:?} is not among the provider's tenants: refused with 401 (tenant)"
+                ));
+                return None;
+            }
+            let tid = jws.claims.get("tid").and_then(Value::as_str);
+            self.out.line(format!(
+                "   tenant {tenant:?} is listed; the token's tid {} (checked once the signature holds)",
+                tid.map_or("is missing".to_string(), |tid| format!("is {tid:?}"))
+            ));
+        }
         if !found.location.is_listed_by(provider) {
             self.out.line(format!(
                 "   {} takes tokens only from {}: refused with 401",
@@ -824,6 +843,7 @@ impl<'a> Narration<'a> {
             }
             Err(Unmet::Delegation(why)) => format!("not met: {why}: refused with 403"),
             Err(Unmet::Audience) => "not met: the token's aud names none of the rule's audiences: refused with 401".to_string(),
+            Err(Unmet::Tenant) => "not met: the token's tenant (tid) is none of the rule's tenants: refused with 401".to_string(),
             Err(Unmet::StepUp { .. }) => "not met: the user must authenticate again (step-up): refused with 401 insufficient_user_authentication".to_string(),
         };
         self.out.line(format!("   requirement {text}"));
