@@ -297,6 +297,7 @@ fuzz_target!(|input: Input| {
             Err(Unmet::StepUp { .. }) => panic!("step-up reported without step-up conditions"),
             Err(Unmet::Delegation(_)) => panic!("delegation refused without delegation conditions"),
             Err(Unmet::Audience) => panic!("audience refused without audiences"),
+            Err(Unmet::Tenant) => panic!("tenant refused without tenants"),
         }
     }
     let any = policy::check_any(&requirements, provider, &claims, &scope_claims, 0);

@@ -310,8 +310,9 @@ def write_discovery_response(path: Path, filter_config: dict[str, Any]) -> None:
     os.replace(staged, path)
 
 
-def static_cluster(name: str, port: int) -> dict[str, Any]:
-    return {
+def static_cluster(name: str, port: int, http2: bool = False) -> dict[str, Any]:
+    """`http2`: Envoy speaks HTTP/2 (cleartext, prior knowledge) to it, as a gRPC server needs."""
+    cluster: dict[str, Any] = {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
@@ -322,23 +323,37 @@ def static_cluster(name: str, port: int) -> dict[str, Any]:
             ],
         },
     }
+    if http2:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    return cluster
 
 
-def bootstrap(http_filters: list[dict[str, Any]], clusters: Mapping[str, int]) -> dict[str, Any]:
-    """Admin and the listener on port 0 (the kernel picks; read back through admin)."""
+GRPC_CLUSTER = "grpc_upstream"
+
+
+def bootstrap(http_filters: list[dict[str, Any]], clusters: Mapping[str, int],
+              grpc_upstream: int | None = None) -> dict[str, Any]:
+    """Admin and the listener on port 0 (the kernel picks; read back through admin).
+    `grpc_upstream`: the listener also takes HTTP/2 (h2c, as gRPC clients send it) and gRPC
+    requests (`content-type: application/grpc…`) go over HTTP/2 to that port; the rest still
+    goes to `upstream`."""
+    routes: list[dict[str, Any]] = [{"match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "10s"}}]
+    cluster_list = [static_cluster(name, port) for name, port in clusters.items()]
+    if grpc_upstream is not None:
+        routes.insert(0, {"match": {"prefix": "/", "grpc": {}}, "route": {"cluster": GRPC_CLUSTER, "timeout": "10s"}})
+        cluster_list.append(static_cluster(GRPC_CLUSTER, grpc_upstream, http2=True))
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress",
-        "codec_type": "HTTP1",
+        "codec_type": "HTTP1" if grpc_upstream is None else "AUTO",
         "route_config": {
             "name": "local",
-            "virtual_hosts": [
-                {
-                    "name": "all",
-                    "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "10s"}}],
-                }
-            ],
+            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
         },
         "http_filters": [
             *http_filters,
@@ -362,7 +377,7 @@ def bootstrap(http_filters: list[dict[str, Any]], clusters: Mapping[str, int]) -
                     ],
                 }
             ],
-            "clusters": [static_cluster(name, port) for name, port in clusters.items()],
+            "clusters": cluster_list,
         },
     }
 
@@ -518,9 +533,12 @@ class EnvoyFactory:
         extra_clusters: Mapping[str, int] | None = None,
         concurrency: int = 1,
         pushable: bool = False,
+        grpc_upstream: int | None = None,
     ) -> Envoy:
         """An Envoy (not yet started). `plugin_config` None: no wasm filter at all (harness
-        check). Each IdP gets the cluster Istio would name for its host and port."""
+        check). Each IdP gets the cluster Istio would name for its host and port.
+        `grpc_upstream`: the port of a gRPC server that gRPC calls are routed to (see
+        `bootstrap`)."""
         clusters = {"upstream": self.upstream.port}
         clusters.update({idp.cluster: idp.port for idp in idps})
         clusters.update(extra_clusters or {})
@@ -536,7 +554,7 @@ class EnvoyFactory:
             workdir.mkdir(parents=True, exist_ok=True)
             write_discovery_response(discovery_path, filters[0])
             filters = [discovered_filter(discovery_path)]
-        envoy = Envoy(self.binary, workdir, bootstrap(filters, clusters), concurrency)
+        envoy = Envoy(self.binary, workdir, bootstrap(filters, clusters, grpc_upstream), concurrency)
         if pushable:
             envoy.module, envoy.discovery_path = self.module, discovery_path
         self.started.append(envoy)
