@@ -1,7 +1,16 @@
-"""The repository's Istio files (wasm-plugin.yaml, examples/*.yaml) are what users apply: every
-object validates against Istio's CRD schema (npm @kubernetes-models/istio, run with Node), every
-WasmPlugin's pluginConfig is accepted by the plugin itself (the real module in Envoy), and every
-host the plugin fetches keys from has the ServiceEntry and DestinationRule it needs."""
+"""The repository's Istio files (wasm-plugin.yaml, deploy/istio/*.yaml, examples/*.yaml) are what
+users apply: every object validates against its CRD schema (npm @kubernetes-models/istio, and
+@kubernetes-models/gateway-api for Gateway and HTTPRoute, run with Node), every WasmPlugin's
+pluginConfig is accepted by the plugin itself (the real module in Envoy), every WasmPlugin is
+attached so that Istio really runs it where it is meant to run, and every host the plugin fetches
+keys from has, on that proxy, the ServiceEntry, DestinationRule (and at a waypoint the
+EnvoyFilter) it needs.
+
+Istio's own rules that the schema package does not carry (the CRD's CEL rules, istiod's
+validation and attachment logic) are mirrored here from Istio's code: pilot/pkg/model/
+policyattachment.go (targetRefs), extensions.go (`match` modes per listener class),
+pkg/config/validation (allowed targetRef kinds), networking/core/cluster.go and waypoint.go (which
+outbound clusters a waypoint gets)."""
 
 from __future__ import annotations
 
@@ -10,7 +19,7 @@ import json
 import subprocess
 import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import yaml
@@ -19,26 +28,34 @@ from conftest import REPO
 from harness import EnvoyFactory, EnvoyStartError, istio_cluster_name
 
 VALIDATOR = Path(__file__).with_name("validate_istio.mjs")
-FILES = [REPO / "wasm-plugin.yaml", *sorted((REPO / "examples").glob("*.yaml"))]
+DEPLOY_FILES = sorted((REPO / "deploy" / "istio").glob("*.yaml"))
+FILES = [REPO / "wasm-plugin.yaml", *DEPLOY_FILES, *sorted((REPO / "examples").glob("*.yaml"))]
 FILE_IDS = [str(path.relative_to(REPO)) for path in FILES]
+DEPLOY_IDS = [str(path.relative_to(REPO)) for path in DEPLOY_FILES]
 # Istio policies the examples were converted from: Istio objects too, without a WasmPlugin.
 POLICY_FILES = sorted((REPO / "examples" / "migration").glob("*.yaml"))
 SCHEMA_FILES = [*FILES, *POLICY_FILES]
 SCHEMA_IDS = [str(path.relative_to(REPO)) for path in SCHEMA_FILES]
+
+GATEWAY_API = "gateway.networking.k8s.io"
+WAYPOINT_CLASS = "istio-waypoint"
+REFERENCED_SERVICES = "envoyfilter.istio.io/referenced-services"
 
 
 def documents(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
 
 
-def of_kind(path: Path, kind: str) -> list[dict[str, Any]]:
-    return [doc for doc in documents(path) if doc.get("kind") == kind]
+def of_kind(objects: Path | list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    objects = documents(objects) if isinstance(objects, Path) else objects
+    return [doc for doc in objects if doc.get("kind") == kind]
 
 
 def validate(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Istio's schema verdict for each object, in order."""
-    if not (REPO / "node_modules" / "@kubernetes-models" / "istio").is_dir():
-        pytest.fail("@kubernetes-models/istio not installed: `make node-deps`", pytrace=False)
+    """The CRD schema's verdict for each object, in order."""
+    for package in ("istio", "gateway-api"):
+        if not (REPO / "node_modules" / "@kubernetes-models" / package).is_dir():
+            pytest.fail(f"@kubernetes-models/{package} not installed: `make node-deps`", pytrace=False)
     result = subprocess.run(["node", str(VALIDATOR)], input=json.dumps(objects), capture_output=True,
                             text=True, cwd=REPO, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
@@ -52,16 +69,31 @@ def root_wasm_plugin() -> dict[str, Any]:
     return plugin
 
 
+def deploy_objects(name: str) -> list[dict[str, Any]]:
+    return documents(REPO / "deploy" / "istio" / name)
+
+
+def deploy_plugin(name: str) -> dict[str, Any]:
+    (plugin,) = of_kind(deploy_objects(name), "WasmPlugin")
+    return plugin
+
+
 def test_the_files_are_there() -> None:
     """Guards the parametrised tests below against silently testing nothing."""
     names = {path.name for path in FILES}
     assert {"wasm-plugin.yaml", "keycloak.yaml", "auth0.yaml", "okta.yaml", "google.yaml",
             "entra-id.yaml", "migration.yaml"} <= names
+    assert {path.name for path in DEPLOY_FILES} >= {"ingress-gateway.yaml", "waypoint.yaml",
+                                                     "service-waypoint.yaml"}
     for path in FILES:
         assert of_kind(path, "WasmPlugin"), f"{path.name} has no WasmPlugin"
+    # The deploy/ manifests are the targetRefs ones; wasm-plugin.yaml keeps the sidecar selector.
+    for path in DEPLOY_FILES:
+        assert all("targetRefs" in p["spec"] for p in of_kind(path, "WasmPlugin")), path.name
+    assert "selector" in root_wasm_plugin()["spec"]
 
 
-# --------------------------------------------------------------------------- Istio's schema
+# --------------------------------------------------------------------------- the CRD schemas
 
 
 @pytest.mark.parametrize("path", SCHEMA_FILES, ids=SCHEMA_IDS)
@@ -93,6 +125,245 @@ def test_schema_needs_a_url() -> None:
     assert not verdict["ok"] and "url" in verdict["error"]
 
 
+def test_schema_knows_fail_reload() -> None:
+    """FAIL_RELOAD is in the CRD from Istio 1.27 on (the schema package follows it); the FAIL_SAFE
+    case above shows the same field does refuse an unknown value."""
+    plugin = root_wasm_plugin()
+    plugin["spec"]["failStrategy"] = "FAIL_RELOAD"
+    (verdict,) = validate([plugin])
+    assert verdict["ok"], verdict
+
+
+def many_refs(spec: dict[str, Any], count: int) -> None:
+    spec["targetRefs"] = [{"group": "", "kind": "Service", "name": f"s{i}"} for i in range(count)]
+
+
+# What Istio's CRD schema says of a targetRef: these prove the schema really checks targetRefs
+# (a schema without the field would accept any of them).
+@pytest.mark.parametrize("mutate, named", [
+    (lambda s: s["targetRefs"][0].pop("kind"), "targetRefs/0 must have required property kind"),
+    (lambda s: s["targetRefs"][0].pop("name"), "targetRefs/0 must have required property name"),
+    (lambda s: s["targetRefs"][0].update(kind="Gate way"), "targetRefs/0/kind must match pattern"),
+    (lambda s: s["targetRefs"][0].update(group="Gateway.Networking"), "targetRefs/0/group must match pattern"),
+    (lambda s: many_refs(s, 17), "targetRefs must NOT have more than 16 items"),
+    (lambda s: s.update(targetRefs={"kind": "Gateway", "name": "waypoint"}), "targetRefs must be array"),
+], ids=["no-kind", "no-name", "kind-pattern", "group-pattern", "17-refs", "not-a-list"])
+def test_schema_refuses_a_wrong_target_ref(mutate: Any, named: str) -> None:
+    plugin = deploy_plugin("waypoint.yaml")
+    mutate(plugin["spec"])
+    (verdict,) = validate([plugin])
+    assert not verdict["ok"] and named in verdict["error"], verdict
+
+
+def test_schema_takes_sixteen_target_refs() -> None:
+    """The other side of the 17-refs case: the limit is 16, not something lower."""
+    plugin = deploy_plugin("waypoint.yaml")
+    many_refs(plugin["spec"], 16)
+    (verdict,) = validate([plugin])
+    assert verdict["ok"], verdict
+
+
+def test_gateway_api_schema_is_applied() -> None:
+    """The Gateway objects are checked against the Gateway API's schema, not waved through."""
+    (gateway,) = of_kind(deploy_objects("waypoint.yaml"), "Gateway")
+    del gateway["spec"]["gatewayClassName"]
+    (verdict,) = validate([gateway])
+    assert not verdict["ok"] and "gatewayClassName" in verdict["error"], verdict
+
+
+# --------------------------------------------------------------------------- istiod's own rules
+
+# istiod's validation (pkg/config/validation: allowedTargetRefs) accepts these (group, kind).
+ALLOWED_TARGET_KINDS = {("", "Service"), ("networking.istio.io", "ServiceEntry"),
+                        (GATEWAY_API, "Gateway"), (GATEWAY_API, "GatewayClass")}
+# The fields of Istio's PolicyTargetReference; the API server refuses or silently drops others.
+TARGET_REF_FIELDS = {"group", "kind", "name", "namespace"}
+
+
+def istiod_refusals(plugin: dict[str, Any]) -> list[str]:
+    """What the CRD's CEL rules and istiod's validating webhook refuse, or the API server refuses
+    or drops, in a WasmPlugin's attachment; the schema package checks none of it."""
+    spec = plugin["spec"]
+    problems = []
+    if sum(field in spec for field in ("selector", "targetRef", "targetRefs")) > 1:
+        problems.append("only one of targetRefs or selector can be set")
+    for i, ref in enumerate(spec.get("targetRefs", [])):
+        for field in sorted(set(ref) - TARGET_REF_FIELDS):
+            problems.append(f"targetRefs[{i}].{field}: not a field of a targetRef")
+        if ref.get("namespace"):
+            problems.append(f"targetRefs[{i}].namespace: cross namespace referencing is not supported")
+        group = "" if ref.get("group", "") == "core" else ref.get("group", "")
+        if (group, ref.get("kind")) not in ALLOWED_TARGET_KINDS:
+            problems.append(f"targetRefs[{i}]: {group}/{ref.get('kind')} cannot be targeted")
+    return problems
+
+
+@pytest.mark.parametrize("path", FILES, ids=FILE_IDS)
+def test_istiod_accepts_the_attachment(path: Path) -> None:
+    problems = [f"{p['metadata']['name']}: {problem}" for p in of_kind(path, "WasmPlugin")
+                for problem in istiod_refusals(p)]
+    assert problems == []
+
+
+WRONG_ATTACHMENTS = [
+    pytest.param(lambda s: s.update(selector={"matchLabels": {"app": "orders"}}),
+                 "only one of targetRefs or selector", id="selector-and-targetRefs"),
+    pytest.param(lambda s: s["targetRefs"][0].update(namespace="istio-ingress"),
+                 "cross namespace", id="namespace"),
+    # sectionName exists in the Gateway API's own policy references, not in Istio's.
+    pytest.param(lambda s: s["targetRefs"][0].update(sectionName="mesh"),
+                 "targetRefs[0].sectionName: not a field", id="unknown-field"),
+    pytest.param(lambda s: s["targetRefs"][0].update(group="apps", kind="Deployment"),
+                 "apps/Deployment cannot be targeted", id="deployment"),
+]
+
+
+@pytest.mark.parametrize("mutate, named", WRONG_ATTACHMENTS)
+def test_istiod_refuses_a_wrong_attachment(mutate: Any, named: str) -> None:
+    plugin = deploy_plugin("waypoint.yaml")
+    mutate(plugin["spec"])
+    assert any(named in problem for problem in istiod_refusals(plugin)), istiod_refusals(plugin)
+
+
+@pytest.mark.parametrize("mutate, named", WRONG_ATTACHMENTS)
+def test_schema_alone_would_not_catch_a_wrong_attachment(mutate: Any, named: str) -> None:
+    """Why the check above exists: the schema package has no CEL rules and keeps unknown fields.
+    Should it learn them, this fails and the mirror above can go."""
+    plugin = deploy_plugin("waypoint.yaml")
+    mutate(plugin["spec"])
+    (verdict,) = validate([plugin])
+    assert verdict["ok"], verdict
+
+
+# --------------------------------------------------------------------------- where Istio runs it
+
+
+class Placement(NamedTuple):
+    proxy: str  # "sidecar", "gateway" or "waypoint"
+    namespace: str  # the proxy's namespace, where it looks up ServiceEntries and EnvoyFilters
+    gateway: str | None  # the Gateway object of a gateway or waypoint
+
+
+# The traffic direction istiod gives each proxy's HTTP listeners (workloadModeForListenerClass):
+# a gateway's are CLIENT, a waypoint's are built as sidecar inbound, SERVER.
+LISTENER_MODE = {"sidecar": "SERVER", "gateway": "CLIENT", "waypoint": "SERVER"}
+
+
+def placements(objects: list[dict[str, Any]], plugin: dict[str, Any]) -> list[Placement]:
+    """The proxies a WasmPlugin attaches to, as istiod decides (policyattachment.go). A targetRef
+    must name a Gateway in the same file, so that the file says what kind of proxy it is."""
+    namespace = plugin["metadata"]["namespace"]
+    refs = plugin["spec"].get("targetRefs")
+    if not refs:
+        return [Placement("sidecar", namespace, None)]
+    gateways = {g["metadata"]["name"]: g for g in of_kind(objects, "Gateway")
+                if g["metadata"]["namespace"] == namespace}
+    waypoints = [name for name, g in gateways.items() if g["spec"]["gatewayClassName"] == WAYPOINT_CLASS]
+    found = []
+    for ref in refs:
+        if (ref.get("group"), ref["kind"]) == (GATEWAY_API, "Gateway"):
+            assert ref["name"] in gateways, f"no Gateway {namespace}/{ref['name']} in the file"
+            waypoint = gateways[ref["name"]]["spec"]["gatewayClassName"] == WAYPOINT_CLASS
+            found.append(Placement("waypoint" if waypoint else "gateway", namespace, ref["name"]))
+        elif ref.get("group", "") in ("", "core") and ref["kind"] == "Service":
+            # Only a waypoint honours a Service targetRef; it must be in the Service's namespace
+            # for the waypoint to load the plugin (before Istio 1.30.3).
+            assert len(waypoints) == 1, f"a Service targetRef needs one waypoint in {namespace}"
+            found.append(Placement("waypoint", namespace, waypoints[0]))
+        else:
+            pytest.fail(f"no placement known for targetRef {ref}")
+    return found
+
+
+def applies(match: list[dict[str, Any]] | None, mode: str) -> bool:
+    """istiod's matchTrafficSelectors for a listener of this mode (any port)."""
+    return not match or any(m.get("mode", "UNDEFINED") in ("UNDEFINED", "CLIENT_AND_SERVER", mode)
+                            for m in match)
+
+
+PEER_FIELDS = {"principals", "notPrincipals", "namespaces", "notNamespaces"}
+PEER_KEYS = {"source.principal", "source.namespace"}
+
+
+def certificate_reads(config: dict[str, Any]) -> list[str]:
+    """The parts of a configuration that read the connection's peer certificate."""
+    reads = [f"providers[{i}].certificateBound" for i, provider in enumerate(config["providers"])
+             if provider.get("certificateBound", "off") != "off"]
+    for i, rule in enumerate(config.get("rules", [])):
+        match = rule.get("match", {})
+        reads += [f"rules[{i}].match.{field}" for field in sorted(PEER_FIELDS & match.keys())]
+        reads += [f"rules[{i}].match.when[{j}]" for j, condition in enumerate(match.get("when", []))
+                  if condition["key"] in PEER_KEYS]
+    return reads
+
+
+def attachment_problems(objects: list[dict[str, Any]]) -> list[str]:
+    problems = []
+    for plugin in of_kind(objects, "WasmPlugin"):
+        name, match = plugin["metadata"]["name"], plugin["spec"].get("match")
+        for place in placements(objects, plugin):
+            if not applies(match, LISTENER_MODE[place.proxy]):
+                problems.append(f"{name}: `match` leaves the {place.proxy} without the filter "
+                                f"(its traffic is {LISTENER_MODE[place.proxy]})")
+            if place.proxy == "sidecar" and applies(match, "CLIENT"):
+                problems.append(f"{name}: also runs on the sidecar's outbound calls (match mode SERVER)")
+            if place.proxy == "waypoint":
+                # A waypoint's HTTP filters get the caller's identity in filter state, not as
+                # the connection's certificate: these never see a principal there.
+                problems += [f"{name}: {read} reads the peer certificate, which a waypoint's "
+                             "filters do not have" for read in certificate_reads(plugin["spec"]["pluginConfig"])]
+    return problems
+
+
+@pytest.mark.parametrize("path", FILES, ids=FILE_IDS)
+def test_istio_runs_the_plugin_where_it_is_attached(path: Path) -> None:
+    assert attachment_problems(documents(path)) == []
+
+
+def test_every_kind_of_proxy_is_covered() -> None:
+    """deploy/istio/ and wasm-plugin.yaml together attach to a sidecar, an ingress gateway, a
+    whole waypoint and a Service through its waypoint."""
+    kinds = set()
+    for path in [REPO / "wasm-plugin.yaml", *DEPLOY_FILES]:
+        objects = documents(path)
+        for plugin in of_kind(objects, "WasmPlugin"):
+            refs = {ref["kind"] for ref in plugin["spec"].get("targetRefs", [])}
+            kinds |= {(place.proxy, "Service" in refs) for place in placements(objects, plugin)}
+    assert kinds >= {("sidecar", False), ("gateway", False), ("waypoint", False), ("waypoint", True)}
+
+
+@pytest.mark.parametrize("name, mutate, named", [
+    # The sidecar's `match` copied to a gateway: the gateway would run without the filter.
+    ("ingress-gateway.yaml", lambda s: s.update(match=[{"mode": "SERVER"}]), "leaves the gateway"),
+    ("waypoint.yaml", lambda s: s.update(match=[{"mode": "CLIENT"}]), "leaves the waypoint"),
+    ("service-waypoint.yaml", lambda s: s["pluginConfig"]["rules"][0]["match"].update(
+        principals=["cluster.local/ns/shop/sa/checkout"]), "rules[0].match.principals reads the peer"),
+    ("waypoint.yaml", lambda s: s["pluginConfig"]["providers"][0].update(certificateBound="required"),
+     "providers[0].certificateBound reads the peer"),
+], ids=["gateway-server-only", "waypoint-client-only", "waypoint-principals", "waypoint-certificate"])
+def test_a_plugin_istio_would_not_run_is_found(name: str, mutate: Any, named: str) -> None:
+    objects = deploy_objects(name)
+    (plugin,) = of_kind(objects, "WasmPlugin")
+    mutate(plugin["spec"])
+    assert any(named in problem for problem in attachment_problems(objects)), attachment_problems(objects)
+
+
+def test_a_sidecar_plugin_without_match_is_found() -> None:
+    objects = documents(REPO / "wasm-plugin.yaml")
+    (plugin,) = of_kind(objects, "WasmPlugin")
+    del plugin["spec"]["match"]
+    assert any("outbound calls" in problem for problem in attachment_problems(objects))
+
+
+@pytest.mark.parametrize("path", FILES, ids=FILE_IDS)
+def test_no_plugin_fails_open(path: Path) -> None:
+    """FAIL_OPEN lets every request through unauthenticated when the module fails; an absent
+    failStrategy is Istio's FAIL_CLOSE."""
+    strategies = {p["metadata"]["name"]: p["spec"].get("failStrategy", "FAIL_CLOSE")
+                  for p in of_kind(path, "WasmPlugin")}
+    assert set(strategies.values()) <= {"FAIL_CLOSE", "FAIL_RELOAD"}, strategies
+
+
 # --------------------------------------------------------------------------- the plugin's own validation
 
 
@@ -109,6 +380,35 @@ def test_plugin_accepts_the_plugin_config(envoys: EnvoyFactory, plugin_config: d
     envoy = envoys.start(plugin_config)
     response = envoy.request("/no-such-path")
     assert response.status in (401, 403), response
+
+
+# What each deploy/istio manifest's rules decide for a request without a token, with the
+# `:authority` a client sends to that proxy: the public host at the gateway, the Service's names
+# (with the port) at a waypoint.
+AUTHORITY_CASES = {
+    "ingress-gateway.yaml": [("orders.example.com", "/orders/42", 401),
+                             ("ORDERS.example.com", "/orders", 401),
+                             ("api.example.com", "/orders/42", 403),
+                             ("orders.example.com", "/admin/users", 403)],
+    "waypoint.yaml": [("orders.shop.svc.cluster.local:8080", "/orders/42", 401),
+                      ("orders:8080", "/orders/42", 401),
+                      ("orders.shop", "/admin/users", 401),
+                      ("payments.shop.svc.cluster.local:8080", "/orders/42", 403)],
+    "service-waypoint.yaml": [("orders.shop:8080", "/orders/42", 401),
+                              ("orders", "/healthz", 403)],
+}
+
+
+@pytest.mark.parametrize("path", DEPLOY_FILES, ids=DEPLOY_IDS)
+def test_rules_read_the_authority_the_proxy_sees(envoys: EnvoyFactory, path: Path) -> None:
+    assert path.name in AUTHORITY_CASES, f"add {path.name}'s requests to AUTHORITY_CASES"
+    (plugin,) = of_kind(path, "WasmPlugin")
+    envoy = envoys.start(plugin["spec"]["pluginConfig"])
+    for authority, request_path, status in AUTHORITY_CASES[path.name]:
+        response = envoy.request(request_path, headers={"Host": authority})
+        assert response.status == status, (authority, request_path, str(response))
+        if status == 401:
+            assert (response.header("www-authenticate") or "").startswith("Bearer "), str(response)
 
 
 def test_plugin_refuses_an_unknown_field(envoys: EnvoyFactory) -> None:
@@ -143,18 +443,97 @@ def key_hosts(plugin_config: dict[str, Any]) -> set[tuple[str, int]]:
     return hosts
 
 
+def visible(obj: dict[str, Any], namespace: str) -> bool:
+    """Whether a ServiceEntry or DestinationRule is exported to a proxy in `namespace`."""
+    export = obj["spec"].get("exportTo", ["*"])
+    return "*" in export or namespace in export or ("." in export and obj["metadata"]["namespace"] == namespace)
+
+
+def egress_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """The cluster outbound|<port>||<host> exists on a proxy only with a ServiceEntry for that
+    host and port exported to the proxy's namespace; an https key URL needs the proxy to
+    originate TLS (DestinationRule tls.mode SIMPLE). A waypoint builds outbound clusters only for
+    hosts its routes use or an EnvoyFilter attached to it names in the referenced-services
+    annotation (Istio 1.26+); and the IdP must not be bound to the waypoint, whose filter would
+    then also run on the workloads' own calls to it."""
+    problems = []
+    for plugin in of_kind(objects, "WasmPlugin"):
+        for place in placements(objects, plugin):
+            for host, port in key_hosts(plugin["spec"]["pluginConfig"]):
+                cluster = istio_cluster_name(port, host)
+                entries = [e for e in of_kind(objects, "ServiceEntry") if visible(e, place.namespace)
+                           and host in e["spec"]["hosts"] and port in [p["number"] for p in e["spec"]["ports"]]]
+                if not entries:
+                    problems.append(f"no ServiceEntry exported to {place.namespace} gives {cluster}")
+                if port == 443 and not any(
+                        rule["spec"]["host"] == host and visible(rule, place.namespace)
+                        and rule["spec"].get("trafficPolicy", {}).get("tls", {}).get("mode") == "SIMPLE"
+                        for rule in of_kind(objects, "DestinationRule")):
+                    problems.append(f"no DestinationRule with tls.mode SIMPLE for {host} in {place.namespace}")
+                if place.proxy != "waypoint":
+                    continue
+                names = {host} | {f"{e['metadata']['namespace']}/{host}" for e in entries}
+                if not any(references(f, place, names) for f in of_kind(objects, "EnvoyFilter")):
+                    problems.append(f"no EnvoyFilter on waypoint {place.gateway} names {host} "
+                                    f"in {REFERENCED_SERVICES}")
+                if any(e["metadata"].get("labels", {}).get("istio.io/use-waypoint") != "none" for e in entries):
+                    problems.append(f"the ServiceEntry for {host} may be bound to the waypoint "
+                                    "(istio.io/use-waypoint: none)")
+    return problems
+
+
+def references(envoy_filter: dict[str, Any], place: Placement, names: set[str]) -> bool:
+    """Whether an EnvoyFilter is attached to this waypoint and names one of `names` (`host` or
+    `namespace/host`) in its referenced-services annotation (a comma-separated list)."""
+    annotation = envoy_filter["metadata"].get("annotations", {}).get(REFERENCED_SERVICES, "")
+    target = {"group": GATEWAY_API, "kind": "Gateway", "name": place.gateway}
+    return (envoy_filter["metadata"]["namespace"] == place.namespace
+            and bool(names & set(annotation.split(",")))
+            and target in envoy_filter["spec"].get("targetRefs", []))
+
+
 @pytest.mark.parametrize("path", FILES, ids=FILE_IDS)
 def test_key_hosts_have_service_entry_and_tls_origination(path: Path) -> None:
-    """The cluster outbound|<port>||<host> exists only with a ServiceEntry for that host and port;
-    an https key URL needs the sidecar to originate TLS (DestinationRule tls.mode SIMPLE)."""
-    entries = of_kind(path, "ServiceEntry")
-    rules = of_kind(path, "DestinationRule")
-    for plugin in of_kind(path, "WasmPlugin"):
-        for host, port in key_hosts(plugin["spec"]["pluginConfig"]):
-            cluster = istio_cluster_name(port, host)
-            assert any(host in entry["spec"]["hosts"] and port in [p["number"] for p in entry["spec"]["ports"]]
-                       for entry in entries), f"no ServiceEntry gives {cluster}"
-            if port == 443:
-                assert any(rule["spec"]["host"] == host
-                           and rule["spec"].get("trafficPolicy", {}).get("tls", {}).get("mode") == "SIMPLE"
-                           for rule in rules), f"no DestinationRule with tls.mode SIMPLE for {host}"
+    assert egress_problems(documents(path)) == []
+
+
+def set_export(kind: str, export: list[str]) -> Any:
+    def mutate(objects: list[dict[str, Any]]) -> None:
+        for obj in of_kind(objects, kind):
+            obj["spec"]["exportTo"] = export
+    return mutate
+
+
+def move(kind: str, namespace: str) -> Any:
+    def mutate(objects: list[dict[str, Any]]) -> None:
+        for obj in of_kind(objects, kind):
+            obj["metadata"]["namespace"] = namespace
+    return mutate
+
+
+def drop(kind: str) -> Any:
+    def mutate(objects: list[dict[str, Any]]) -> None:
+        objects[:] = [obj for obj in objects if obj.get("kind") != kind]
+    return mutate
+
+
+def unlabel(objects: list[dict[str, Any]]) -> None:
+    for entry in of_kind(objects, "ServiceEntry"):
+        entry["metadata"].pop("labels", None)
+
+
+@pytest.mark.parametrize("name, mutate, named", [
+    ("waypoint.yaml", drop("EnvoyFilter"), "no EnvoyFilter on waypoint waypoint names login.example.com"),
+    ("service-waypoint.yaml", drop("EnvoyFilter"), "no EnvoyFilter on waypoint waypoint"),
+    ("waypoint.yaml", set_export("ServiceEntry", ["payments"]), "no ServiceEntry exported to shop"),
+    # The IdP's egress kept in the workloads' namespace is invisible to the gateway's.
+    ("ingress-gateway.yaml", move("ServiceEntry", "shop"), "no ServiceEntry exported to istio-ingress"),
+    ("ingress-gateway.yaml", move("DestinationRule", "shop"), "no DestinationRule with tls.mode SIMPLE"),
+    ("waypoint.yaml", unlabel, "may be bound to the waypoint"),
+], ids=["waypoint-no-envoyfilter", "service-no-envoyfilter", "waypoint-not-exported",
+        "gateway-entry-elsewhere", "gateway-rule-elsewhere", "waypoint-entry-bound"])
+def test_missing_egress_is_found(name: str, mutate: Any, named: str) -> None:
+    objects = deploy_objects(name)
+    mutate(objects)
+    problems = egress_problems(objects)
+    assert any(named in problem for problem in problems), problems
