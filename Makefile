@@ -10,7 +10,7 @@ PY          := $(VENV)/bin/python
 WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
                   --enable-mutable-globals --strip-debug --strip-producers
 
-.PHONY: build tools venv test lint unit integration cli host-probe demo mesh-scale bench clean
+.PHONY: build tools venv test lint unit integration cli host-probe demo mesh-scale bench clean alerts-test crash-test-module
 
 # Toolchain pieces the wasm build needs: the target, clang for ring's C/asm, wasm-opt.
 tools: .cache/tools.stamp
@@ -50,10 +50,19 @@ CLI := target/debug/mesh-oauth
 cli:
 	cargo build --bin mesh-oauth
 
-integration: build venv host-probe cli node-deps
+integration: build venv host-probe cli node-deps crash-test-module
 	MESH_OAUTH_WASM=$(CURDIR)/$(MODULE) MESH_OAUTH_HOST_PROBE=$(CURDIR)/$(HOST_PROBE) \
 		MESH_OAUTH_HOST_VECTORS=$(CURDIR)/$(HOST_VECTORS) MESH_OAUTH_CLI=$(CURDIR)/$(CLI) \
+		MESH_OAUTH_CRASH_TEST_WASM=$(CURDIR)/$(CRASH_TEST_MODULE) \
 		$(VENV)/bin/pytest -q tests/integration
+
+# A test-only module that traps on a marked request (feature crash-test), for the VM reload
+# test (tests/integration/test_vm_reload.py). Its own target dir: it must never overwrite the
+# module `make build` ships.
+CRASH_TEST_DIR    := target/crash-test
+CRASH_TEST_MODULE := $(CRASH_TEST_DIR)/$(WASM_TARGET)/release/mesh_oauth.wasm
+crash-test-module: tools
+	cargo build --release --target $(WASM_TARGET) --lib --features crash-test --target-dir $(CRASH_TEST_DIR)
 
 # The host signature probe (tests/host-probe: the core's verification with Envoy's
 # verify_signature, test-only) and the Wycheproof vectors it runs in Envoy, with the native
@@ -65,7 +74,15 @@ host-probe: tools
 	cd tests/host-probe && cargo build --release --target $(WASM_TARGET) --target-dir $(CURDIR)/$(HOST_PROBE_DIR)
 	HOST_PROBE_VECTORS=$(CURDIR)/$(HOST_VECTORS) cargo test -q --test wycheproof -- --ignored host_probe_vectors
 
-test: lint unit integration delivery-test fuzz-smoke
+test: lint unit integration delivery-test fuzz-smoke alerts-test
+
+# The Prometheus rules (deploy/prometheus): promtool's syntax check, then its unit tests on
+# synthetic series. promtool comes with Debian's prometheus package; without recommends (no node
+# exporter). Its service is not started where there is no init system or a policy-rc.d denies it.
+alerts-test:
+	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	promtool check rules deploy/prometheus/mesh-oauth-rules.yaml
+	promtool test rules deploy/prometheus/mesh-oauth-rules.test.yaml
 
 demo: build venv
 	MESH_OAUTH_WASM=$(CURDIR)/$(MODULE) $(PY) examples/demo/demo.py

@@ -1013,6 +1013,14 @@ impl Context for Filter {}
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        #[cfg(feature = "crash-test")]
+        if hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "x-mesh-oauth-crash-test")
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            std::process::abort();
+        }
         let mut cell = self.state.borrow_mut();
         let Some(state) = cell.as_mut() else {
             // No valid configuration: fail closed.
