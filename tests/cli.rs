@@ -1248,3 +1248,181 @@ fn explain_shows_a_rules_audiences() {
     let answer = answer(&out);
     assert_eq!(answer[0], "final: 401 Unauthorized (audience)");
 }
+
+#[test]
+fn explain_shows_what_the_client_sees_and_the_reason_it_is_not_told() {
+    let idp = idp();
+    let mut config = idp.config();
+    config["answers"] = json!("minimal");
+    let expired = idp.rs256(
+        RSA_KID,
+        &claims(json!({"exp": NOW - 120, "scope": "orders:read"})),
+    );
+    let out = idp.explain_with("minimal", &config, &expired, &["--path", "/orders/1"]);
+    let minimal = answer(&out);
+    assert_eq!(minimal[0], "final: 401 Unauthorized (expired)");
+    assert!(
+        minimal
+            .contains(&"  www-authenticate: Bearer realm=\"localhost\", error=\"invalid_token\""),
+        "{minimal:?}"
+    );
+    assert!(minimal.contains(&"  body: (none)"), "{minimal:?}");
+    assert!(
+        minimal.iter().any(|l| l.contains(
+            "answers: minimal: the client is not told why; the audit line and metrics say expired"
+        )),
+        "{minimal:?}"
+    );
+    // A gRPC client reads a status; a browser is sent to log in.
+    config["answers"] = json!("full");
+    config["denyWith"] = json!({"login": {"url": "https://login.example.com/start"}});
+    let grpc = idp.explain_with(
+        "grpc",
+        &config,
+        &expired,
+        &[
+            "--path",
+            "/orders/1",
+            "--request-header",
+            "content-type: application/grpc",
+        ],
+    );
+    assert!(
+        answer(&grpc).contains(&"  gRPC: grpc-status 16, grpc-message: token is expired"),
+        "{}",
+        grpc.stdout
+    );
+    let browser = idp.explain_with(
+        "browser",
+        &config,
+        &expired,
+        &[
+            "--path",
+            "/orders/1?x=1",
+            "--request-header",
+            "accept: text/html",
+        ],
+    );
+    let redirect = answer(&browser);
+    assert_eq!(redirect[0], "final: 302 Found (expired)", "{redirect:?}");
+    assert!(
+        redirect.contains(&"  location: https://login.example.com/start?return_to=/orders/1"),
+        "{redirect:?}"
+    );
+}
+
+#[test]
+fn explain_names_the_tenant_an_issuer_pattern_matched() {
+    let idp = idp();
+    let config = json!({"providers": [{"name": "entra",
+        "issuerPattern": "https://login.microsoftonline.com/{tenant}/v2.0",
+        "tenants": ["t1"], "jwksUri": "https://login.microsoftonline.com/common/discovery/v2.0/keys"}]});
+    let iss = "https://login.microsoftonline.com/t1/v2.0";
+    let good = idp.rs256(RSA_KID, &claims(json!({"iss": iss, "tid": "t1"})));
+    let out = idp.explain_with("tenant", &config, &good, &[]);
+    assert!(
+        out.stdout.contains("issuerPattern \"https://login.microsoftonline.com/{tenant}/v2.0\" matches with tenant \"t1\": selected"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("tenant \"t1\" is listed; the token's tid is \"t1\""),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        answer(&out)[0],
+        "final: allowed: the request goes on upstream"
+    );
+    let mismatch = idp.rs256(RSA_KID, &claims(json!({"iss": iss, "tid": "t9"})));
+    let out = idp.explain_with("tid", &config, &mismatch, &[]);
+    assert!(
+        out.stdout
+            .contains("token tenant (tid) does not match its issuer: refused with 401"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(answer(&out)[0], "final: 401 Unauthorized (tenant)");
+    let foreign = idp.rs256(
+        RSA_KID,
+        &claims(json!({"iss": "https://login.microsoftonline.com/t2/v2.0", "tid": "t2"})),
+    );
+    let out = idp.explain_with("foreign", &config, &foreign, &[]);
+    assert!(
+        out.stdout.contains(
+            "tenant \"t2\" is not among the provider's tenants: refused with 401 (tenant)"
+        ),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn explain_says_a_public_rule_ignored_an_invalid_token() {
+    let idp = idp();
+    let mut config = idp.config();
+    config["rules"][0]["invalidToken"] = json!("ignore");
+    let expired = idp.rs256(RSA_KID, &claims(json!({"exp": NOW - 120})));
+    let out = idp.explain_with("ignored", &config, &expired, &["--path", "/healthz"]);
+    let answer = answer(&out);
+    assert_eq!(
+        answer[0], "final: allowed: the request goes on upstream",
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("invalidToken: \"ignore\": the token would be refused (expired); rule health lets the request go on as anonymous"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn convert_folds_entra_tenants_into_one_issuer_pattern() {
+    let rule = |tenant: &str| {
+        format!("  - issuer: https://login.microsoftonline.com/{tenant}/v2.0\n    jwksUri: https://login.microsoftonline.com/{tenant}/discovery/v2.0/keys\n    audiences: [api://orders]\n")
+    };
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: entra, namespace: shop}}\nspec:\n  selector: {{matchLabels: {{app: orders}}}}\n  jwtRules:\n{}{}",
+        rule("t1"),
+        rule("t2")
+    );
+    let out = convert("entra.yaml", &yaml, &["--check"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("issuerPattern: \"https://login.microsoftonline.com/{tenant}/v2.0\""),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("jwksUri: \"https://login.microsoftonline.com/common/discovery/v2.0/keys\""),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("tenants:\n          - t1\n          - t2"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr
+            .contains("2 jwtRules for the Entra tenants t1, t2 became one provider \"entra\""),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("ok: WasmPlugin shop/mesh-oauth-orders: 1 provider"),
+        "{}",
+        out.stderr
+    );
+    // Rules that differ in more than the tenant stay apart.
+    let different = yaml.replacen("audiences: [api://orders]", "audiences: [api://other]", 1);
+    let out = convert("entra-apart.yaml", &different, &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stdout.contains("issuerPattern"), "{}", out.stdout);
+}

@@ -320,6 +320,7 @@ fn plugin_config(members: &[&Resource], notes: &mut Vec<String>) -> Result<Value
             }
         }
     }
+    fold_tenants(&mut providers, notes);
     let mut config = Map::new();
     config.insert("providers".into(), Value::Array(providers));
     deny_rules.append(&mut allow_rules);
@@ -419,6 +420,95 @@ fn add_providers(
         }
     }
     Ok(())
+}
+
+/// Microsoft Entra ID's issuer forms: the tenant is one path segment, every tenant's tokens are
+/// signed by one key set, and each carries its tenant in `tid` (what the plugin then checks).
+const ENTRA_ISSUERS: &[(&str, &str, &str, &str)] = &[
+    (
+        "entra",
+        "https://login.microsoftonline.com/",
+        "/v2.0",
+        "https://login.microsoftonline.com/common/discovery/v2.0/keys",
+    ),
+    (
+        "entra-v1",
+        "https://sts.windows.net/",
+        "/",
+        "https://login.microsoftonline.com/common/discovery/keys",
+    ),
+];
+
+/// Istio needs a jwtRule per Entra tenant; jwtRules that differ only in the tenant of an
+/// Entra issuer become one provider with `issuerPattern` and `tenants`: one key fetch for all,
+/// and the token's `tid` checked against its issuer, which Istio does not do.
+fn fold_tenants(providers: &mut Vec<Value>, notes: &mut Vec<String>) {
+    for (name, prefix, suffix, common_keys) in ENTRA_ISSUERS {
+        let tenant_of = |provider: &Value| -> Option<String> {
+            let tenant = provider["issuer"]
+                .as_str()?
+                .strip_prefix(prefix)?
+                .strip_suffix(suffix)?;
+            (!tenant.is_empty() && !tenant.contains('/')).then(|| tenant.to_string())
+        };
+        // The rule without its issuer; a tenant's own keys URL (or discovery) read as the
+        // shared one, which serves the same keys.
+        let without_issuer = |provider: &Value| {
+            let mut rest = provider.clone();
+            let tenant = tenant_of(provider).unwrap_or_default();
+            if let Value::Object(fields) = &mut rest {
+                fields.remove("issuer");
+                let own_keys = fields
+                    .get("jwksUri")
+                    .and_then(Value::as_str)
+                    .is_none_or(|uri| {
+                        uri.starts_with(&format!(
+                            "https://login.microsoftonline.com/{tenant}/discovery/"
+                        ))
+                    });
+                if own_keys && !fields.contains_key("jwks") {
+                    fields.insert("jwksUri".into(), (*common_keys).into());
+                }
+            }
+            rest
+        };
+        let Some(first) = providers.iter().position(|p| tenant_of(p).is_some()) else {
+            continue;
+        };
+        let shape = without_issuer(&providers[first]);
+        let same: Vec<usize> = (0..providers.len())
+            .filter(|&i| {
+                tenant_of(&providers[i]).is_some() && without_issuer(&providers[i]) == shape
+            })
+            .collect();
+        // Fewer than two, or tenants that differ in more than the issuer: left as they are.
+        if same.len() < 2
+            || same.len() != providers.iter().filter(|p| tenant_of(p).is_some()).count()
+        {
+            continue;
+        }
+        let tenants: Vec<Value> = same
+            .iter()
+            .filter_map(|&i| tenant_of(&providers[i]).map(Value::String))
+            .collect();
+        let mut folded = shape;
+        folded["name"] = (*name).into();
+        folded["issuerPattern"] = format!("{prefix}{{tenant}}{suffix}").into();
+        folded["tenants"] = Value::Array(tenants.clone());
+        notes.push(format!(
+            "{} jwtRules for the Entra tenants {} became one provider \"{name}\" with issuerPattern: one key fetch, and each token's tid must match its issuer's tenant (Istio does not check it)",
+            tenants.len(),
+            tenants
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        providers[first] = folded;
+        for &i in same.iter().skip(1).rev() {
+            providers.remove(i);
+        }
+    }
 }
 
 const SOURCE_FIELDS: &[&str] = &[

@@ -978,6 +978,15 @@ fn final_answer(config: &Config, keys: &Keys, request: &Request<'_>, now_ms: u64
             request.headers,
         ),
     };
+    if let (Some(reason), Some(rule)) = (
+        decision.trace.ignored,
+        decision.trace.rule.and_then(|i| config.rules.get(i)),
+    ) {
+        out.line(format!(
+            "  invalidToken: \"ignore\": the token would be refused ({reason}); rule {} lets the request go on as anonymous",
+            rule.name
+        ));
+    }
     match decision.outcome {
         Outcome::Wait { provider, .. } => {
             let name = config
@@ -1083,9 +1092,11 @@ fn denial_lines(out: &mut Out, denial: &Denial, answering: &Answering<'_>, lead:
 
 fn status_text(status: u32) -> &'static str {
     match status {
+        302 => "Found",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
+        404 => "Not Found",
         503 => "Service Unavailable",
         _ => "",
     }
