@@ -82,7 +82,7 @@ def test_the_files_are_there() -> None:
     """Guards the parametrised tests below against silently testing nothing."""
     names = {path.name for path in FILES}
     assert {"wasm-plugin.yaml", "keycloak.yaml", "auth0.yaml", "okta.yaml", "google.yaml",
-            "entra-id.yaml", "migration.yaml"} <= names
+            "entra-id.yaml", "entra-multi-tenant.yaml", "migration.yaml"} <= names
     assert {path.name for path in DEPLOY_FILES} >= {"ingress-gateway.yaml", "waypoint.yaml",
                                                      "service-waypoint.yaml"}
     for path in FILES:

@@ -1335,6 +1335,27 @@ fn describe_requirement(config: &Config, requirement: &Requirement) -> String {
             describe_test(&condition.test)
         ));
     }
+    let lists = [
+        ("audiences", &requirement.audiences),
+        ("tenants", &requirement.tenants),
+        ("acrValues", &requirement.acr_values),
+        ("clients", &requirement.clients),
+        ("actor", &requirement.actors),
+    ];
+    for (name, values) in lists {
+        if let Some(values) = values {
+            parts.push(format!("{name} one of [{}]", values.join(" ")));
+        }
+    }
+    if let Some(seconds) = requirement.max_auth_age_seconds {
+        parts.push(format!("authenticated within {seconds} s"));
+    }
+    if let Some(depth) = requirement.max_delegation_depth {
+        parts.push(format!("at most {depth} delegation levels"));
+    }
+    if requirement.delegation_forbidden {
+        parts.push("no delegation".to_string());
+    }
     parts.join(", ")
 }
 
