@@ -1420,6 +1420,13 @@ fn convert_folds_entra_tenants_into_one_issuer_pattern() {
         "{}",
         out.stderr
     );
+    assert!(!out.stdout.contains("answers:"), "{}", out.stdout);
+    let minimal = convert("entra-minimal.yaml", &yaml, &["--check", "--minimal"]);
+    assert!(
+        minimal.stdout.contains("    answers: minimal\n"),
+        "{}",
+        minimal.stdout
+    );
     // Rules that differ in more than the tenant stay apart.
     let different = yaml.replacen("audiences: [api://orders]", "audiences: [api://other]", 1);
     let out = convert("entra-apart.yaml", &different, &[]);

@@ -17,6 +17,9 @@ pub struct Options {
     /// `mode: report` in each pluginConfig: the plugin refuses nothing and logs what it would,
     /// for a cut-over beside the policies it replaces.
     pub report: bool,
+    /// `answers: minimal` in each pluginConfig: Istio's refusals say little (`Jwt is expired`,
+    /// `RBAC: access denied`); a team that wants less still can.
+    pub minimal: bool,
 }
 
 /// What `convert` prints: the WasmPlugins, and notes for the operator (on standard error).
@@ -117,6 +120,9 @@ pub fn convert(options: &Options) -> Result<Conversion, String> {
         let mut plugin_config = plugin_config(&members, &mut notes)?;
         if options.report {
             plugin_config["mode"] = "report".into();
+        }
+        if options.minimal {
+            plugin_config["answers"] = "minimal".into();
         }
         let namespace = target.namespace(&options.root_namespace).to_owned();
         for (host, port) in key_hosts(&plugin_config) {

@@ -1,7 +1,7 @@
 //! `mesh-oauth`: the filter's core on the command line.
 //!
 //!     mesh-oauth check-config FILE
-//!     mesh-oauth convert FILE... [--check] [--report] [--root-namespace NS] [--url URL]
+//!     mesh-oauth convert FILE... [--check] [--report] [--minimal] [--root-namespace NS] [--url URL]
 //!     mesh-oauth explain --config FILE --token TOKEN|- [--jwks FILE|URL] [--method M]
 //!                        [--path P] [--host H] [--now T] [--header NAME|--param NAME|--cookie NAME]
 //!                        [--request-header 'NAME: VALUE']... [--peer URI] [--source ADDR]
@@ -24,7 +24,7 @@ usage:
   mesh-oauth check-config FILE
       Validates a plugin configuration as the filter does: the plugin's JSON, or every
       `kind: WasmPlugin` document's spec.pluginConfig in an Istio YAML file.
-  mesh-oauth convert FILE... [--check] [--report] [--root-namespace NS] [--url URL]
+  mesh-oauth convert FILE... [--check] [--report] [--minimal] [--root-namespace NS] [--url URL]
       Turns Istio RequestAuthentication and AuthorizationPolicy resources (Kubernetes YAML,
       several documents per file, or `kubectl get -o yaml` lists) into one WasmPlugin per
       workload selector or targetRefs, deciding as Istio does, with the ServiceEntry and
@@ -32,6 +32,7 @@ usage:
       express is an error naming the resource and the field.
       --check               also validate each pluginConfig as check-config does, and say so
       --report              mode: report, to run beside the policies it replaces
+      --minimal             answers: minimal: refusals name no cause to the client
       --root-namespace NS   Istio's root namespace (mesh-wide policies), default istio-system
       --url URL             the module's url in each WasmPlugin
   mesh-oauth explain --config FILE --token TOKEN [options]
@@ -133,6 +134,7 @@ fn convert_command(args: &[String]) -> Result<ExitCode, Failure> {
         root_namespace: "istio-system".into(),
         url: DEFAULT_URL.into(),
         report: false,
+        minimal: false,
     };
     let mut check = false;
     let mut rest = args.iter();
@@ -145,6 +147,7 @@ fn convert_command(args: &[String]) -> Result<ExitCode, Failure> {
         match arg.as_str() {
             "--check" => check = true,
             "--report" => options.report = true,
+            "--minimal" => options.minimal = true,
             "--root-namespace" => options.root_namespace = value()?,
             "--url" => options.url = value()?,
             flag if flag.starts_with("--") => {
