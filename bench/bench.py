@@ -509,6 +509,60 @@ def hotpath(files: dict[str, Path], jwks: str, workdir: Path) -> list[dict[str, 
     return results
 
 
+# --------------------------------------------------------------------------- policy size
+
+POLICY_SIZES = [10, 100, 1000, 10000]
+LOAD_PROVIDERS = 50
+
+
+def gateway_rules(count: int) -> list[dict[str, Any]]:
+    """What a large gateway has: per service a prefix with methods and a host, an exact admin
+    path denied, a public health path; the request under test hits the last service."""
+    rules: list[dict[str, Any]] = []
+    services = max(1, count // 3)
+    for i in range(services):
+        host = f"svc{i % 50}.example.com"
+        rules.append({"name": f"svc{i}-admin", "match": {"paths": [f"/svc{i}/admin"]}, "deny": True})
+        rules.append({"name": f"svc{i}-health", "match": {"paths": [f"/svc{i}/healthz"], "methods": ["GET"]},
+                      "allowAnonymous": True})
+        rules.append({"name": f"svc{i}", "match": {"paths": [f"/svc{i}/*"], "methods": ["GET", "POST"],
+                                                 "hosts": [host]}, "requires": {}})
+    while len(rules) < count:
+        rules.insert(0, {"name": f"static{len(rules)}", "match": {"paths": [f"/static{len(rules)}/*", "*.css"]},
+                         "allowAnonymous": True})
+    return rules[:count] if len(rules) > count else rules
+
+
+def policy_scale(files: dict[str, Path], jwks: str, workdir: Path) -> list[dict[str, Any]]:
+    """The module's per-request time in V8 (bench/hotpath.mjs) with 10 to 10,000 rules, the
+    request matching the last service's rule (a plain scan's worst case); and the load of the
+    largest configuration with 50 providers: time and linear memory of one VM."""
+    log("policy size: the module with 10 to 10,000 rules (node bench/hotpath.mjs)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    token = files["RS256.repeat"].read_text().strip()
+    results = []
+    for count in POLICY_SIZES + ["load"]:
+        rules = gateway_rules(POLICY_SIZES[-1] if count == "load" else count)
+        providers = [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": jwks}]
+        if count == "load":
+            providers += [{"issuer": f"https://idp{i}.example.com", "jwksUri": f"https://idp{i}.example.com/jwks"}
+                          for i in range(1, LOAD_PROVIDERS)]
+        last = max(i for i, r in enumerate(rules) if r["name"].startswith("svc") and "-" not in r["name"])
+        service = rules[last]["name"]
+        fixture = workdir / f"policy-{count}.json"
+        fixture.write_text(json.dumps({
+            "config": json.dumps({"providers": providers, "rules": rules, "unmatched": "deny"}),
+            "token": token, "path": f"/{service}/items", "method": "GET",
+            "authority": rules[last]["match"]["hosts"][0]}))
+        out = run(["node", str(BENCH / "hotpath.mjs"), str(MODULE), str(fixture), "5000", "7"],
+                  capture_output=True).stdout
+        result = json.loads(out.strip().splitlines()[-1])
+        results.append({"rules": len(rules), "providers": len(providers), "load": count == "load", **result})
+        log(f"  {len(rules):>6} rules, {len(providers):>2} providers: {result['min_us']:.2f} µs/request, "
+            f"configure {result['configure_ms']:.1f} ms, memory {result['memory_configured'] / MIB:.1f} MiB")
+    return results
+
+
 # --------------------------------------------------------------------------- analysis
 
 
@@ -604,7 +658,8 @@ def fmt(value: float, digits: int = 0) -> str:
 
 def write_report(path: Path, runs: list[Run], tgts: list[Target], rss: dict[str, dict[int, int]] | None,
                  served: dict[str, dict[int, int]] | None, micro_results: list[dict[str, Any]],
-                 hot: list[dict[str, Any]], context: dict[str, Any]) -> None:
+                 hot: list[dict[str, Any]], context: dict[str, Any],
+                 scale: list[dict[str, Any]] | None = None) -> None:
     lines = ["# mesh-oauth benchmark", ""]
     lines += [f"- {key}: {value}" for key, value in context.items()]
     lines += ["", "Medians over rounds. Ratios are per-round throughput ratios, median over rounds. "
@@ -668,6 +723,17 @@ def write_report(path: Path, runs: list[Run], tgts: list[Target], rss: dict[str,
                   "| arm | µs per request | host calls per request |", "| --- | ---: | --- |"]
         lines += [f"| {h['arm']} {ARM[h['arm']].label} | {h['min_us']:.2f} | "
                   + ", ".join(f"{k} {v:g}" for k, v in h["host_calls"].items()) + " |" for h in hot]
+    if scale:
+        base = next((p["min_us"] for p in scale if p["rules"] == POLICY_SIZES[0] and not p["load"]), float("nan"))
+        lines += ["", "## Policy size and configuration load (the module in V8, without Envoy)", "",
+                  "`bench/hotpath.mjs` with gateway-like rules (per service an exact admin path denied, a "
+                  "public health path, a prefix with methods and a host); the request matches the last "
+                  "service's rule, a plain scan's worst case. Target: 1,000 rules ≤ 1.2× 10 rules; the "
+                  f"largest configuration with {LOAD_PROVIDERS} providers loads in ≤ 200 ms per VM.", "",
+                  "| rules | providers | µs per request | × 10 rules | configuration load, ms | VM linear memory, MiB |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {p['rules']:,} | {p['providers']} | {p['min_us']:.2f} | {p['min_us'] / base:.2f} | "
+                  f"{p['configure_ms']:.1f} | {p['memory_after'] / MIB:.1f} |" for p in scale]
     lines += ["", "## Notes", "",
               "- Unique-token pools are walked once per run from the start; a wrap (column "
               "`pool wraps`) reuses tokens only after the whole pool, which is larger than both "
@@ -766,6 +832,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--skip-micro", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--skip-hotpath", action="store_true", help="skip the V8-without-Envoy measurement")
+    p.add_argument("--skip-policy", action="store_true", help="skip the policy size and configuration load measurement")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--mesh-limits", type=json.loads, default={},
                    help='plugin "limits" for mesh-oauth, e.g. \'{"maxCachedTokens": 0}\' to measure without the cache')
@@ -814,6 +881,7 @@ def main() -> int:
     extra_rss = per_worker(rss["E"]) - per_worker(rss["A"]) if rss else None
     micro_results = [] if args.skip_micro else micro(args)
     hot = [] if args.skip_hotpath else hotpath(files, jwks, workdir)
+    scale = [] if args.skip_policy else policy_scale(files, jwks, workdir)
 
     module_bytes, empty_bytes = MODULE.stat().st_size, EMPTY_FILTER.stat().st_size
     tgts = targets(runs, module_bytes, extra_rss)
@@ -823,9 +891,9 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "runs.json").write_text(json.dumps({
         "context": context, "runs": [asdict(r) for r in runs], "rss": rss, "micro": micro_results,
-        "hotpath": hot,
+        "hotpath": hot, "policy_scale": scale,
         "targets": [asdict(t) for t in tgts]}, indent=1))
-    write_report(args.out / "report.md", runs, tgts, rss, served, micro_results, hot, context)
+    write_report(args.out / "report.md", runs, tgts, rss, served, micro_results, hot, context, scale)
     write_chart(args.out / "chart.png", runs)
     print_summary(runs, tgts)
     if rss:

@@ -3,7 +3,10 @@
 // instantiates the module with a stand-in proxy-wasm host that answers from memory and counts
 // host calls, replays the same allowed request many times, and prints one JSON line:
 //   node bench/hotpath.mjs MODULE FIXTURE [iterations] [rounds]
-// FIXTURE: {"config": plugin configuration JSON, "token": a token the configuration accepts}.
+// FIXTURE: {"config": plugin configuration JSON, "token": a token the configuration accepts,
+// optional "path", "method", "authority" of the request (default GET / on 127.0.0.1:10000)}.
+// Also printed: how long the configuration took to load (proxy_on_configure) and the VM's
+// linear memory once loaded and after the requests.
 // Per request: the minimum over rounds of the mean time (other work only adds time), and host
 // calls by kind. The stand-in host's own JavaScript is included (small: its answers are
 // serialized once).
@@ -48,7 +51,7 @@ const env = {
   proxy_increment_metric: () => { count("increment_metric"); return 0; },
   proxy_record_metric: () => { count("record_metric"); return 0; },
   proxy_get_shared_data: (kp, kn, rp, rs, cp) => { count("get_shared"); const v = shared.get(str(kp, kn)); if (!v) return 1; give(v[0], rp, rs); mem().setUint32(cp, v[1], true); return 0; },
-  proxy_set_shared_data: (kp, kn, vp, vn, cas) => { count("set_shared"); const k = str(kp, kn); const v = shared.get(k); if (cas !== 0 && (v ? v[1] : 0) !== cas && !(cas === 0xffffffff && !v)) return 6; shared.set(k, [u8().slice(vp, vp + vn), (v ? v[1] : 0) + 1]); return 0; },
+  proxy_set_shared_data: (kp, kn, vp, vn, cas) => { count("set_shared"); const k = str(kp, kn); const v = shared.get(k); if (cas !== 0 && (v ? v[1] : 0) !== cas && !(cas === 0xffffffff && !v)) return 8; shared.set(k, [u8().slice(vp, vp + vn), (v ? v[1] : 0) + 1]); return 0; },
   proxy_set_tick_period_milliseconds: () => 0,
   proxy_send_local_response: (status) => { count("local_response"); local = status; return 0; },
   proxy_http_call: () => { count("http_call"); return 2; },
@@ -71,9 +74,12 @@ const x = inst.exports;
 x._initialize && x._initialize();
 x.proxy_on_context_create(1, 0);
 x.proxy_on_vm_start && x.proxy_on_vm_start(1, 0);
+const configureStart = process.hrtime.bigint();
 if (!x.proxy_on_configure(1, config.length)) throw new Error("configure failed");
+const configureMs = Number(process.hrtime.bigint() - configureStart) / 1e6;
+const memoryConfigured = x.memory.buffer.byteLength;
 x.proxy_on_tick(1);
-headers = [[":authority", "127.0.0.1:10000"], [":path", "/"], [":method", "GET"], [":scheme", "http"],
+headers = [[":authority", fx.authority || "127.0.0.1:10000"], [":path", fx.path || "/"], [":method", fx.method || "GET"], [":scheme", "http"],
   ["authorization", "Bearer " + fx.token], ["x-forwarded-proto", "http"], ["x-request-id", crypto.randomUUID()]];
 serialized = serialize(headers);
 let ctx = 2;
@@ -97,4 +103,5 @@ for (let r = 0; r < rounds; r++) {
 times.sort((a, b) => a - b);
 const per = Object.fromEntries(Object.entries(counts).map(([k, v]) => [k, +(v / (iterations * rounds)).toFixed(2)]));
 console.log(JSON.stringify({ module: path.split("/").pop(), min_us: times[0] / 1000,
-  median_us: times[times.length >> 1] / 1000, host_calls: per }));
+  median_us: times[times.length >> 1] / 1000, host_calls: per, configure_ms: configureMs,
+  memory_configured: memoryConfigured, memory_after: x.memory.buffer.byteLength }));

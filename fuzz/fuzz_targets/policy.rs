@@ -327,6 +327,7 @@ fuzz_target!(|input: Input| {
         protected_resources: Vec::new(),
         answers: Default::default(),
         deny_with: None,
+        rule_index: Default::default(),
         limits: Limits::default(),
     };
     let facts = RequestFacts {

@@ -24,6 +24,8 @@ pub struct Config {
     pub answers: Answers,
     /// `denyWith` for refusals no rule's own `denyWith` covers.
     pub deny_with: Option<DenyWith>,
+    /// The rules each path can match, built from `rules` (default: every rule, in order).
+    pub rule_index: crate::policy::RuleIndex,
 }
 
 impl Config {
@@ -570,14 +572,23 @@ pub fn parse(json: &str) -> Parsed<Config> {
     if json.trim().is_empty() {
         return Err(error(WHOLE_CONFIG, "empty; expected a JSON object"));
     }
-    // serde_json's syntax errors name a position, never the input text (which may hold keys).
-    let value: Value = serde_json::from_str(json)
-        .map_err(|e| error(WHOLE_CONFIG, format!("not valid JSON: {e}")))?;
-    let config = parse_config(&value)?;
-    // serde_json keeps the last of two equal member names; a config must not say two things.
-    crate::json::parse_object(json.as_bytes(), CONFIG_JSON_LIMITS)
-        .map_err(|e| error(WHOLE_CONFIG, e.describe()))?;
-    Ok(config)
+    // One pass that also refuses two equal member names (serde_json alone keeps the last): a
+    // configuration must not say two things. A gateway's is large: it is read once.
+    let value = match crate::json::parse_object(json.as_bytes(), CONFIG_JSON_LIMITS) {
+        Ok(map) => Value::Object(map),
+        // serde_json's syntax errors name a position, never the input text (which may hold keys).
+        Err(refusal @ (crate::json::JsonError::Syntax | crate::json::JsonError::NotObject)) => {
+            let value: Value = serde_json::from_str(json)
+                .map_err(|e| error(WHOLE_CONFIG, format!("not valid JSON: {e}")))?;
+            return match refusal {
+                // Valid JSON, not an object: the parser says so in its words.
+                crate::json::JsonError::NotObject => parse_config(&value),
+                _ => Err(error(WHOLE_CONFIG, refusal.describe())),
+            };
+        }
+        Err(e) => return Err(error(WHOLE_CONFIG, e.describe())),
+    };
+    parse_config(&value)
 }
 
 /// Generous: only duplicate member names are meant to trip this.
@@ -642,6 +653,7 @@ fn parse_config(value: &Value) -> Parsed<Config> {
     }
     Ok(Config {
         providers,
+        rule_index: crate::policy::RuleIndex::build(&rules),
         rules,
         unmatched,
         realm: config.optional("realm", parse_realm)?,

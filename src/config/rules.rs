@@ -4,6 +4,8 @@ use super::*;
 
 pub(super) fn parse_rules(value: &Value, path: &str, providers: &[Provider]) -> Parsed<Vec<Rule>> {
     let mut rules: Vec<Rule> = Vec::new();
+    // A gateway may have thousands of rules: names are looked up, not compared pairwise.
+    let mut names: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (item_path, item) in list(value, path)? {
         let rule = Object::new(
             item,
@@ -23,7 +25,7 @@ pub(super) fn parse_rules(value: &Value, path: &str, providers: &[Provider]) -> 
         let given_name = rule.optional("name", non_empty_string)?;
         let name_given = given_name.is_some();
         let name = given_name.unwrap_or_else(|| item_path.clone());
-        if let Some(index) = rules.iter().position(|other| other.name == name) {
+        if let Some(&index) = names.get(name.as_str()) {
             let at = if name_given {
                 rule.path_of("name")
             } else {
@@ -34,6 +36,7 @@ pub(super) fn parse_rules(value: &Value, path: &str, providers: &[Provider]) -> 
                 format!("rules[{index}] already has the name \"{name}\""),
             ));
         }
+        names.insert(name.clone(), rules.len());
         rules.push(Rule {
             name,
             matcher: rule

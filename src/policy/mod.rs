@@ -4,7 +4,9 @@
 use crate::config::{ClaimCondition, ClaimPath, ClaimTest, HostPattern, PathPattern, Requirement};
 use serde_json::{Map, Number, Value};
 
+mod index;
 mod request_match;
+pub use index::{Candidates, RuleIndex};
 pub use request_match::{
     check_rule, describe_pattern, observe, pattern_matches, select, text_matches, Applies, Miss,
     MissReason, Observed, RequestFacts, Selection, TokenClaims,
@@ -349,6 +351,7 @@ mod tests {
             protected_resources: Vec::new(),
             answers: Default::default(),
             deny_with: None,
+            rule_index: Default::default(),
         }
     }
 

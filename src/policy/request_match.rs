@@ -70,7 +70,13 @@ pub fn select<'c, E>(
     token: &mut dyn FnMut() -> Result<TokenClaims, E>,
 ) -> Result<Selection<'c>, E> {
     let mut token_would_help = false;
-    for rule in &config.rules {
+    for at in config
+        .rule_index
+        .candidates(config.rules.len(), request.path)
+    {
+        let Some(rule) = config.rules.get(at) else {
+            continue;
+        };
         match check_rule(rule, request, token)? {
             Ok(()) => {
                 return Ok(Selection {
