@@ -880,6 +880,27 @@ mod tests {
             authorize(&self.config, &self.keys, &mut cache, request, now_ms).outcome
         }
 
+        /// The decision and its audit line.
+        fn audited(&self, path: &str, headers: &[(&str, &str)]) -> (Decision, String) {
+            let request = Request {
+                method: "GET",
+                scheme: "https",
+                path,
+                authority: "orders.example.com",
+                headers,
+                peer: &crate::peer::NoPeer,
+            };
+            let decision = authorize(
+                &self.config,
+                &self.keys,
+                &mut self.cache.borrow_mut(),
+                &request,
+                NOW * 1000,
+            );
+            let line = crate::audit::audit_line(&self.config, &decision, &request, None);
+            (decision, line)
+        }
+
         fn with_token(&self, path: &str, token: &str) -> Outcome {
             self.run(
                 "GET",
@@ -948,30 +969,16 @@ mod tests {
             (expired.as_str(), "expired"),
             (forged.as_str(), "signature"),
         ] {
-            let request = Request {
-                method: "GET",
-                scheme: "https",
-                path: "/public/page",
-                authority: "orders.example.com",
-                headers: &[
-                    ("authorization", &format!("Bearer {token}")),
-                    ("x-sub", "forged"),
-                ],
-                peer: &crate::peer::NoPeer,
-            };
-            let decision = authorize(
-                &f.config,
-                &f.keys,
-                &mut f.cache.borrow_mut(),
-                &request,
-                NOW * 1000,
+            let bearer = format!("Bearer {token}");
+            let (decision, line) = f.audited(
+                "/public/page",
+                &[("authorization", &bearer), ("x-sub", "forged")],
             );
             assert_eq!(decision.trace.ignored, Some(why), "{token}");
             assert_eq!(
                 crate::audit::Verdict::of(&decision),
                 crate::audit::Verdict::Anonymous
             );
-            let line = crate::audit::audit_line(&f.config, &decision, &request, None);
             assert!(line.contains(r#""reason":"token_ignored""#), "{line}");
             assert!(line.contains(&format!(r#""ignored":"{why}""#)), "{line}");
             let Outcome::Allow(allowed) = decision.outcome else {
@@ -1059,23 +1066,7 @@ mod tests {
         );
         // The audit line names the tenant.
         let bearer = format!("Bearer {}", token(&v2("t2"), Some("t2")));
-        let headers = [("authorization", bearer.as_str())];
-        let request = Request {
-            method: "GET",
-            scheme: "https",
-            path: "/x",
-            authority: "orders.example.com",
-            headers: &headers,
-            peer: &crate::peer::NoPeer,
-        };
-        let decision = authorize(
-            &f.config,
-            &f.keys,
-            &mut f.cache.borrow_mut(),
-            &request,
-            NOW * 1000,
-        );
-        let line = crate::audit::audit_line(&f.config, &decision, &request, None);
+        let (decision, line) = f.audited("/x", &[("authorization", bearer.as_str())]);
         assert!(line.contains(r#""tenant":"t2""#), "{line}");
         assert_eq!(
             crate::audit::request_metric(&f.config, &decision).as_deref(),

@@ -11,7 +11,6 @@ import json
 import re
 import socket
 import time
-import uuid
 from pathlib import Path
 
 import jwt
@@ -20,7 +19,7 @@ import yaml
 
 from harness import LOOPBACK, istio_cluster_name
 from observe import prometheus, requests_on_one_connection
-from tokens import generate_key
+from tokens import generate_key, bearer, unique_claims
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "mesh-oauth-rules.yaml"
@@ -140,15 +139,6 @@ def name_parts(name: str) -> dict[str, str]:
 # --------------------------------------------------------------------------- the mix
 
 
-def claims(issuer, lifetime=600, **extra):
-    now = int(time.time())
-    # A jti makes each token unique: equal tokens would meet the token cache.
-    return {"iss": issuer, "sub": "user-1", "aud": AUDIENCE, "iat": now, "exp": now + lifetime,
-            "jti": uuid.uuid4().hex, **extra}
-
-
-def bearer(token):
-    return {"Authorization": f"Bearer {token}"}
 
 
 def closed_port() -> int:
@@ -182,21 +172,21 @@ def exported(module_envoys, module_idps, keys) -> set[str]:
     rotated = generate_key("RS256", kid="rotated-not-published")
     mix = [
         # First: held until the keys came (defines held_requests), then allowed.
-        ("valid", "/items", bearer(keys.mint("RS256", claims(ISS_ORDERS))), 200),
+        ("valid", "/items", bearer(keys.mint("RS256", unique_claims(ISS_ORDERS))), 200),
         ("no token", "/items", {}, 401),
         ("anonymous route", "/public/page", {}, 200),
         ("forged signature", "/items",
-         bearer(jwt.encode(claims(ISS_ORDERS), forger.private, algorithm="RS256", headers={"kid": forger.kid})), 401),
+         bearer(jwt.encode(unique_claims(ISS_ORDERS), forger.private, algorithm="RS256", headers={"kid": forger.kid})), 401),
         ("kid not in the key set", "/items",
-         bearer(jwt.encode(claims(ISS_ORDERS), rotated.private, algorithm="RS256", headers={"kid": rotated.kid})), 401),
-        ("expired", "/items", bearer(keys.mint("RS256", claims(ISS_ORDERS, lifetime=-600))), 401),
-        ("key server down", "/items", bearer(keys.mint("RS256", claims(ISS_DOWN))), 503),
-        ("report mode, scope missing", "/trial/page", bearer(keys.mint("RS256", claims(ISS_ORDERS))), 200),
+         bearer(jwt.encode(unique_claims(ISS_ORDERS), rotated.private, algorithm="RS256", headers={"kid": rotated.kid})), 401),
+        ("expired", "/items", bearer(keys.mint("RS256", unique_claims(ISS_ORDERS, lifetime=-600))), 401),
+        ("key server down", "/items", bearer(keys.mint("RS256", unique_claims(ISS_DOWN))), 503),
+        ("report mode, scope missing", "/trial/page", bearer(keys.mint("RS256", unique_claims(ISS_ORDERS))), 200),
     ]
     for what, path, headers, status in mix:
         resp = envoy.request(path, headers=headers)
         assert resp.status == status, f"{what}: {resp}"
-    repeated = bearer(keys.mint("RS256", claims(ISS_ORDERS)))
+    repeated = bearer(keys.mint("RS256", unique_claims(ISS_ORDERS)))
     for resp in requests_on_one_connection(envoy, "/items", repeated, 2):
         assert resp.status == 200, resp
     names = set(prometheus(envoy))

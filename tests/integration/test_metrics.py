@@ -3,13 +3,12 @@ two workers, every `mesh_oauth` counter and gauge in `/stats` and `/stats/promet
 what the mix implies, and nothing else is there. Plus the stats matcher Istio needs to keep them."""
 
 import time
-import uuid
 
 import jwt
 import pytest
 
 from observe import audit_lines, is_gauge, prometheus, prometheus_name, requests_on_one_connection, start_together, stats
-from tokens import generate_key
+from tokens import generate_key, bearer, unique_claims
 
 ISS_ORDERS = "https://orders.idp.test"
 ORDERS = "orders_idp"  # `name: orders-idp` as a metric segment
@@ -20,15 +19,6 @@ PARTNER_ALGS = ["PS256", "ES384"]
 AUDIENCE = "api"
 
 
-def claims(issuer, lifetime=600, **extra):
-    now = int(time.time())
-    # A jti makes each token unique: equal tokens would meet the token cache.
-    return {"iss": issuer, "sub": "user-1", "aud": AUDIENCE, "iat": now, "exp": now + lifetime,
-            "jti": uuid.uuid4().hex, **extra}
-
-
-def bearer(token):
-    return {"Authorization": f"Bearer {token}"}
 
 
 def metrics_config(idp, keys):
@@ -52,33 +42,33 @@ def metrics_config(idp, keys):
 # (what is sent, the status it gets, the counter it moves)
 def request_mix(keys):
     forger = generate_key("RS256", kid=keys["RS256"].kid)
-    now_plus_hour = claims(ISS_ORDERS)["iat"] + 3600
+    now_plus_hour = unique_claims(ISS_ORDERS)["iat"] + 3600
     return [
-        ("valid RS256", "/items", bearer(keys.mint("RS256", claims(ISS_ORDERS))), 200, f"{ORDERS}.allowed"),
-        ("valid ES256", "/items", bearer(keys.mint("ES256", claims(ISS_ORDERS))), 200, f"{ORDERS}.allowed"),
-        ("valid EdDSA", "/items", bearer(keys.mint("EdDSA", claims(ISS_ORDERS))), 200, f"{ORDERS}.allowed"),
-        ("second provider", "/items", bearer(keys.mint("PS256", claims(ISS_PARTNER))), 200, f"{PARTNER}.allowed"),
+        ("valid RS256", "/items", bearer(keys.mint("RS256", unique_claims(ISS_ORDERS))), 200, f"{ORDERS}.allowed"),
+        ("valid ES256", "/items", bearer(keys.mint("ES256", unique_claims(ISS_ORDERS))), 200, f"{ORDERS}.allowed"),
+        ("valid EdDSA", "/items", bearer(keys.mint("EdDSA", unique_claims(ISS_ORDERS))), 200, f"{ORDERS}.allowed"),
+        ("second provider", "/items", bearer(keys.mint("PS256", unique_claims(ISS_PARTNER))), 200, f"{PARTNER}.allowed"),
         ("no token", "/items", {}, 401, "none.denied.missing"),
         ("anonymous route", "/public/page", {}, 200, "none.anonymous"),
-        ("anonymous route, valid token", "/public/page", bearer(keys.mint("RS256", claims(ISS_ORDERS))), 200,
+        ("anonymous route, valid token", "/public/page", bearer(keys.mint("RS256", unique_claims(ISS_ORDERS))), 200,
          f"{ORDERS}.allowed"),
-        ("expired", "/items", bearer(keys.mint("RS256", claims(ISS_ORDERS, lifetime=-600))), 401,
+        ("expired", "/items", bearer(keys.mint("RS256", unique_claims(ISS_ORDERS, lifetime=-600))), 401,
          f"{ORDERS}.denied.expired"),
-        ("expired, second provider", "/items", bearer(keys.mint("ES384", claims(ISS_PARTNER, lifetime=-600))), 401,
+        ("expired, second provider", "/items", bearer(keys.mint("ES384", unique_claims(ISS_PARTNER, lifetime=-600))), 401,
          f"{PARTNER}.denied.expired"),
-        ("not yet valid", "/items", bearer(keys.mint("RS256", claims(ISS_ORDERS, nbf=now_plus_hour))), 401,
+        ("not yet valid", "/items", bearer(keys.mint("RS256", unique_claims(ISS_ORDERS, nbf=now_plus_hour))), 401,
          f"{ORDERS}.denied.not_yet_valid"),
         ("bad signature", "/items",
-         bearer(jwt.encode(claims(ISS_ORDERS), forger.private, algorithm="RS256", headers={"kid": forger.kid})), 401,
+         bearer(jwt.encode(unique_claims(ISS_ORDERS), forger.private, algorithm="RS256", headers={"kid": forger.kid})), 401,
          f"{ORDERS}.denied.signature"),
-        ("unknown issuer", "/items", bearer(keys.mint("RS256", claims("https://unknown.idp.test"))), 401,
+        ("unknown issuer", "/items", bearer(keys.mint("RS256", unique_claims("https://unknown.idp.test"))), 401,
          "none.denied.issuer"),
-        ("wrong audience", "/items", bearer(keys.mint("RS256", claims(ISS_ORDERS, aud="other"))), 401,
+        ("wrong audience", "/items", bearer(keys.mint("RS256", unique_claims(ISS_ORDERS, aud="other"))), 401,
          f"{ORDERS}.denied.audience"),
-        ("missing scope", "/orders/7", bearer(keys.mint("RS256", claims(ISS_ORDERS, scope="orders:read"))), 403,
+        ("missing scope", "/orders/7", bearer(keys.mint("RS256", unique_claims(ISS_ORDERS, scope="orders:read"))), 403,
          f"{ORDERS}.denied.scope"),
         # A deny rule decides before any token is looked at: no provider.
-        ("deny rule", "/admin/users", bearer(keys.mint("RS256", claims(ISS_ORDERS))), 403, "none.denied.deny_rule"),
+        ("deny rule", "/admin/users", bearer(keys.mint("RS256", unique_claims(ISS_ORDERS))), 403, "none.denied.deny_rule"),
         ("malformed", "/items", bearer("not-a-jwt"), 401, "none.denied.malformed"),
         ("two tokens", "/items",
          [("Authorization", "Bearer a.b.c"), ("Authorization", "Bearer d.e.f")], 400, "none.denied.invalid_request"),
@@ -106,11 +96,11 @@ def observed(module_envoys, module_idps, keys):
         expected[counter] = expected.get(counter, 0) + 1
     for i in range(SPREAD):
         issuer, alg, label = (ISS_ORDERS, "RS256", ORDERS) if i % 2 else (ISS_PARTNER, "ES384", PARTNER)
-        resp = envoy.request("/items", headers=bearer(keys.mint(alg, claims(issuer))))
+        resp = envoy.request("/items", headers=bearer(keys.mint(alg, unique_claims(issuer))))
         assert resp.status == 200, resp
         expected[f"{label}.allowed"] += 1
     # One token again and again on one connection: one worker, one cache.
-    repeated = bearer(keys.mint("RS256", claims(ISS_ORDERS)))
+    repeated = bearer(keys.mint("RS256", unique_claims(ISS_ORDERS)))
     for resp in requests_on_one_connection(envoy, "/items", repeated, REPEATS):
         assert resp.status == 200, resp
     expected[f"{ORDERS}.allowed"] += REPEATS
@@ -205,7 +195,7 @@ def matcher_envoys(module_envoys, keys):
 def test_istio_stats_matcher_keeps_the_metrics_only_by_their_wasmcustom_name(matcher_envoys, keys, case):
     envoy = matcher_envoys[case]
     _, kept = MATCHERS[case]
-    assert envoy.request("/", headers=bearer(keys.mint("RS256", claims(ISS_ORDERS)))).status == 200
+    assert envoy.request("/", headers=bearer(keys.mint("RS256", unique_claims(ISS_ORDERS)))).status == 200
     assert envoy.request("/").status == 401
     scraped = {name: sample.value for name, sample in prometheus(envoy).items()}
     assert envoy.admin("/stats?filter=downstream_rq_total").body == b"", "the matcher drops Envoy's own stats"

@@ -8,6 +8,7 @@ import hmac
 import json
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +124,15 @@ def claims(issuer: str, audience: str | list[str] | None = "api", lifetime: int 
         result["aud"] = audience
     result.update(extra)
     return result
+
+
+def unique_claims(issuer: str, lifetime: int = 600, **extra: Any) -> dict[str, Any]:
+    """Valid claims for `sub` user-1 with a fresh `jti`: equal tokens would meet the token cache."""
+    return claims(issuer, sub="user-1", lifetime=lifetime, jti=uuid.uuid4().hex, **extra)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def segments(token: str) -> list[str]:
