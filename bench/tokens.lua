@@ -1,9 +1,12 @@
--- wrk script for `make bench`: one bearer token per request, read from files bench.py writes
--- (one token per line). Run with one thread (-t1).
+-- wrk script for `make bench`: one token per request (bearer, or DPoP with a proof), read from
+-- files bench.py writes (one token or proof per line). Run with one thread (-t1).
 --   repeat FILE          the first token of FILE on every request
 --   pool FILE            the next token of FILE on every request; at the end it starts over
 --                        and counts a wrap (reported, so a reused token never goes unnoticed)
 --   mix VALID INVALID    alternately the first token of VALID and the next token of INVALID
+--   dpop TOKEN PROOFS    `Authorization: DPoP <first token of TOKEN>` and `DPoP: <next proof of
+--                        PROOFS>` on every request; PROOFS wraps and counts like a pool (a
+--                        wrapped proof is a replay: bench.py reports every wrap as a problem)
 -- done() prints one line "BENCH {json}" with the counts and the latency distribution (µs).
 
 local threads = {}
@@ -12,7 +15,7 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
-local mode, pool, fixed, sent
+local mode, pool, fixed, sent, dpop_authorization
 tokens_used, wraps = 0, 0
 
 local function first_line(path)
@@ -37,6 +40,10 @@ local function next_pooled()
   return line
 end
 
+local function dpop_request(proof)
+  return wrk.format("GET", "/", { ["Authorization"] = dpop_authorization, ["DPoP"] = proof })
+end
+
 function init(args)
   mode = args[1]
   sent = 0
@@ -47,6 +54,9 @@ function init(args)
   elseif mode == "mix" then
     fixed = request_for(first_line(args[2]))
     pool = assert(io.open(args[3], "r"))
+  elseif mode == "dpop" then
+    dpop_authorization = "DPoP " .. first_line(args[2])
+    pool = assert(io.open(args[3], "r"))
   else
     error("unknown mode: " .. tostring(mode))
   end
@@ -56,6 +66,9 @@ function request()
   sent = sent + 1
   if mode == "repeat" or (mode == "mix" and sent % 2 == 1) then
     return fixed
+  end
+  if mode == "dpop" then
+    return dpop_request(next_pooled())
   end
   return request_for(next_pooled())
 end
