@@ -10,7 +10,7 @@ PY          := $(VENV)/bin/python
 WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
                   --enable-mutable-globals --strip-debug --strip-producers
 
-.PHONY: build tools venv test lint unit integration cli host-probe demo mesh-scale bench clean alerts-test crash-test-module
+.PHONY: build tools venv test lint unit integration cli host-probe demo mesh-scale bench soak clean alerts-test crash-test-module
 
 # Toolchain pieces the wasm build needs: the target, clang for ring's C/asm, wasm-opt.
 tools: .cache/tools.stamp
@@ -102,6 +102,12 @@ bench: venv $(VENV)/.bench-stamp
 $(VENV)/.bench-stamp: bench/requirements.txt $(VENV)/.stamp
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r bench/requirements.txt
 	@touch $@
+
+# Soak and leak (issue 17): 10 minutes of mixed load through one Envoy while keys rotate, key
+# fetches fail, configurations are pushed and the revocation list changes; not part of `make
+# test`. SOAK_ARGS passes options (e.g. SOAK_ARGS="--minutes 2").
+soak: build venv
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 clean:
 	cargo clean
