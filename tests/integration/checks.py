@@ -6,7 +6,9 @@ import email.utils
 import re
 from typing import Any
 
-from harness import Response
+import pytest
+
+from harness import EnvoyStartError, Response
 
 _AUTH_PARAM = re.compile(r'([A-Za-z_]+)="((?:[^"\\]|\\.)*)"')
 
@@ -61,3 +63,12 @@ def assert_retry_after(resp: Response) -> None:
     value = (resp.header("retry-after") or "").strip()
     assert value, f"no Retry-After: {resp}"
     assert value.isdigit() or email.utils.parsedate_to_datetime(value), resp
+
+
+def refused_start(envoys, plugin_config) -> str:
+    """Starts an Envoy whose plugin must refuse `plugin_config`; returns its log."""
+    envoy = envoys.build(plugin_config)
+    with pytest.raises(EnvoyStartError) as refused:
+        envoy.start()
+    assert refused.value.returncode not in (None, 0), "Envoy should exit, not hang"
+    return refused.value.log

@@ -6,15 +6,7 @@ import json
 
 import pytest
 
-from harness import EnvoyStartError
-
-
-def refused_start(envoys, plugin_config) -> str:
-    envoy = envoys.build(plugin_config)
-    with pytest.raises(EnvoyStartError) as refused:
-        envoy.start()
-    assert refused.value.returncode not in (None, 0), "Envoy should exit, not hang"
-    return refused.value.log
+from checks import refused_start
 
 
 def plugin_log_lines(log: str) -> list[str]:

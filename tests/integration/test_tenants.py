@@ -18,9 +18,8 @@ from pathlib import Path
 import jwt
 import pytest
 
-from checks import error_body, www_authenticate
+from checks import error_body, refused_start, www_authenticate
 from conftest import REPO
-from harness import EnvoyStartError
 from observe import counters_changed, stats, wait_for_audit
 from tokens import KeySet, generate_key
 
@@ -292,14 +291,6 @@ def test_metrics_stay_per_provider_whatever_the_tenant(envoy, entra_keys):
 # --------------------------------------------------------------------------- refused configurations
 
 
-def _refused_start(envoys, config) -> str:
-    envoy = envoys.build(config)
-    with pytest.raises(EnvoyStartError) as refused:
-        envoy.start()
-    assert refused.value.returncode not in (None, 0), "Envoy should exit, not hang"
-    return refused.value.log
-
-
 PATTERN_PROVIDER = {"name": "entra", "issuerPattern": V2_PATTERN, "tenants": [T1],
                     "jwksUri": "https://login.microsoftonline.com/common/discovery/v2.0/keys"}
 EXACT_PROVIDER = {"name": "entra-t2", "issuer": v2(T2),
@@ -314,7 +305,7 @@ EXACT_PROVIDER = {"name": "entra-t2", "issuer": v2(T2),
 ], ids=["pattern-then-exact", "exact-then-pattern"])
 def test_a_pattern_that_matches_another_providers_issuer_is_refused(envoys, providers, message):
     """Even for a tenant the pattern does not list (T2): no `iss` may select two providers."""
-    log = _refused_start(envoys, {"providers": providers})
+    log = refused_start(envoys, {"providers": providers})
     assert "Unable to create Wasm plugin mesh-oauth" in log
     lines = [line for line in log.splitlines() if "wasm log" in line]
     assert any(line.endswith(f"invalid configuration: {message}") for line in lines), lines
