@@ -103,6 +103,9 @@ impl KeyLookup for WithoutRefetch<'_> {
     fn key_version(&self, provider: usize) -> u64 {
         self.0.key_version(provider)
     }
+    fn refresh_failing(&self, provider: usize, now_ms: u64) -> Option<u64> {
+        self.0.refresh_failing(provider, now_ms)
+    }
     fn revocations(&self, provider: usize) -> Option<&crate::config::Revoked> {
         self.0.revocations(provider)
     }
@@ -142,6 +145,11 @@ pub trait KeyLookup {
     fn refetch_possible(&self, provider: usize, now_ms: u64) -> bool;
     /// Changes whenever the provider's key set does (for the token cache).
     fn key_version(&self, provider: usize) -> u64;
+    /// The provider's last key fetch failed: a kid its keys lack may be a key the issuer
+    /// published since, so it is not known to be foreign. `Some(retry_after_seconds)`.
+    fn refresh_failing(&self, _provider: usize, _now_ms: u64) -> Option<u64> {
+        None
+    }
     /// The provider's fetched revocation list, if it has one.
     fn revocations(&self, _provider: usize) -> Option<&crate::config::Revoked> {
         None
@@ -623,7 +631,20 @@ fn verify_token(
                 refetch: true,
             })
         }
-        Err(e) => return Err(invalid(e.describe(), verify_reason(&e)).into()),
+        Err(e) => {
+            // The keys could not be refreshed: the kid may be the issuer's newest key, and a
+            // 401 would tell a valid client its token is bad. Refused, but as retryable.
+            let failing = matches!(e, VerifyError::UnknownKey)
+                .then(|| keys.refresh_failing(index, now_ms))
+                .flatten();
+            if let Some(retry_after_seconds) = failing {
+                return Err(Denial::KeysUnavailable {
+                    retry_after_seconds,
+                }
+                .into());
+            }
+            return Err(invalid(e.describe(), verify_reason(&e)).into());
+        }
     }
     claims::check(&claims, provider, now_ms / 1000)
         .map_err(|e| invalid(e.describe(), e.reason()))?;
@@ -788,7 +809,14 @@ mod tests {
 
     /// Keys for provider 0; provider 1 cannot have any; provider 2's are loading.
     /// `refetch`: whether an unknown kid may still be fetched.
-    struct FixedKeys(KeySet, bool, u64, crate::sender::replay::LocalReplay);
+    /// `refresh_failing`: the last key fetch failed, retry after that many seconds.
+    struct FixedKeys(
+        KeySet,
+        bool,
+        u64,
+        crate::sender::replay::LocalReplay,
+        Option<u64>,
+    );
 
     impl KeyLookup for FixedKeys {
         fn keys(&self, provider: usize, _now_ms: u64) -> KeyState<'_> {
@@ -809,6 +837,10 @@ mod tests {
             self.2
         }
 
+        fn refresh_failing(&self, _provider: usize, _now_ms: u64) -> Option<u64> {
+            self.4
+        }
+
         fn admit_proof(&self, proof: &Proof, now_s: u64) -> Admission {
             self.3.admit(proof.replay_id, proof.expires_s, now_s)
         }
@@ -827,6 +859,7 @@ mod tests {
                 false,
                 1,
                 Default::default(),
+                None,
             ),
             cache: std::cell::RefCell::new(TokenCache::new(0)),
             config: crate::config::parse(&config.to_string()).unwrap(),
@@ -1147,6 +1180,19 @@ mod tests {
                 refetch: true
             }
         );
+        // No refetch can come in time and the last one failed: the kid may be new.
+        f.keys.1 = false;
+        f.keys.4 = Some(7);
+        assert_eq!(
+            denial(f.with_token("/", &t)),
+            Denial::KeysUnavailable {
+                retry_after_seconds: 7
+            }
+        );
+        // A failing refresh does not excuse a bad signature under a known kid.
+        let forged = format!("{input}.{}", b64(&[0u8; 64]));
+        let known = forged.replacen(&header, &b64(br#"{"alg":"EdDSA","kid":"k1"}"#), 1);
+        assert_eq!(reason(f.with_token("/", &known)), "signature");
     }
 
     #[test]
@@ -1615,7 +1661,10 @@ mod tests {
         assert!(matches!(f.with_token("/", &t), Outcome::Allow(_)));
         let mut list = crate::config::Revoked::default();
         list.subjects.insert("alice".to_string());
-        let keys = RevokingKeys(FixedKeys(empty_keys(), false, 1, Default::default()), list);
+        let keys = RevokingKeys(
+            FixedKeys(empty_keys(), false, 1, Default::default(), None),
+            list,
+        );
         let bearer = format!("Bearer {t}");
         let headers = [("authorization", bearer.as_str())];
         let request = Request {

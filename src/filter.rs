@@ -80,6 +80,9 @@ impl KeyLookup for Sidecar<'_> {
     fn key_version(&self, provider: usize) -> u64 {
         self.keys.key_version(provider)
     }
+    fn refresh_failing(&self, provider: usize, now_ms: u64) -> Option<u64> {
+        self.keys.refresh_failing(provider, now_ms)
+    }
     fn revocations(&self, provider: usize) -> Option<&config::Revoked> {
         self.keys.revocations(provider)
     }
@@ -134,6 +137,8 @@ struct State {
     rng: Spread,
     /// The keys-age gauge per provider as last recorded, in seconds: recorded when it moves.
     keys_age_s: Vec<Option<u64>>,
+    /// This VM's part of `CACHED_TOKENS_GAUGE` as last added (the gauge sums all workers).
+    cached_tokens_counted: usize,
 }
 
 /// Per-request counters, added up in the VM and handed to Envoy on the next tick (at most
@@ -162,6 +167,9 @@ impl Tally {
 }
 
 const HELD_GAUGE: &str = "mesh_oauth.held_requests";
+/// Verified tokens remembered, summed over the workers: bounded by `limits.maxCachedTokens`
+/// per worker.
+const CACHED_TOKENS_GAUGE: &str = "mesh_oauth.cached_tokens";
 const CACHE_HIT: &str = "mesh_oauth.cache.hit";
 const CACHE_MISS: &str = "mesh_oauth.cache.miss";
 /// 1 while the host verifies RS*/ES* signatures, 0 while ring does.
@@ -193,6 +201,7 @@ impl State {
         }
         self.last_pump_ms = now;
         self.tally.flush();
+        self.record_cached_tokens();
         if std::mem::take(&mut self.reconfigured) {
             changed.extend(self.waiters.iter().map(|w| w.provider));
         }
@@ -252,6 +261,16 @@ impl State {
                 &format!("mesh_oauth.{label}.keys_age_seconds"),
                 age_s.unwrap_or(0),
             );
+        }
+    }
+
+    fn record_cached_tokens(&mut self) {
+        let cached = self.cache.len();
+        if cached != self.cached_tokens_counted {
+            let delta = i64::try_from(cached).unwrap_or(i64::MAX)
+                - i64::try_from(self.cached_tokens_counted).unwrap_or(i64::MAX);
+            self.count(CACHED_TOKENS_GAUGE, delta);
+            self.cached_tokens_counted = cached;
         }
     }
 
@@ -432,11 +451,12 @@ impl State {
     /// Adds `delta` to a counter or gauge. Envoy keeps one stat per name for the whole
     /// process, so every worker adds to the same one.
     fn count(&mut self, name: &str, delta: i64) {
-        let kind = if name.ends_with("held_requests") || name.ends_with("keys_loaded") {
-            MetricType::Gauge
-        } else {
-            MetricType::Counter
-        };
+        let kind =
+            if name == HELD_GAUGE || name == CACHED_TOKENS_GAUGE || name.ends_with("keys_loaded") {
+                MetricType::Gauge
+            } else {
+                MetricType::Counter
+            };
         if let Some(id) = self.metric(kind, name) {
             let _ = hostcalls::increment_metric(id, delta);
         }
@@ -841,7 +861,8 @@ impl RootContext for Root {
         }
         self.state = plugin_state(&self.state);
         let mut cell = self.state.borrow_mut();
-        let (previous_keys, waiters, abandoned, metrics) = match cell.take() {
+        let (previous_keys, waiters, abandoned, metrics, cached_tokens_counted) = match cell.take()
+        {
             Some(mut old) => {
                 old.tally.flush();
                 // Held requests follow their provider (by issuer) to its new index.
@@ -865,9 +886,15 @@ impl RootContext for Root {
                     .values()
                     .filter_map(|(provider, stage)| Some((new_index(*provider)?, *stage)))
                     .collect();
-                (Some(old.keys), waiters, abandoned, old.metrics)
+                (
+                    Some(old.keys),
+                    waiters,
+                    abandoned,
+                    old.metrics,
+                    old.cached_tokens_counted,
+                )
             }
-            None => (None, Vec::new(), Vec::new(), HashMap::new()),
+            None => (None, Vec::new(), Vec::new(), HashMap::new(), 0),
         };
         let mut keys = match KeyStore::new(&config, previous_keys, seed) {
             Ok(keys) => keys,
@@ -920,6 +947,8 @@ impl RootContext for Root {
             metrics,
             rng: Spread::new(seed),
             keys_age_s: vec![None; config_providers],
+            // The old cache's count comes off the gauge at the first pump.
+            cached_tokens_counted,
             // Provider indexes may mean other providers now: looked up afresh by name.
             tally: Tally::default(),
         };

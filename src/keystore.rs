@@ -830,6 +830,13 @@ impl KeyLookup for KeyStore {
         self.entries.get(provider).map_or(0, |e| e.keys_doc.version)
     }
 
+    fn refresh_failing(&self, provider: usize, now_ms: u64) -> Option<u64> {
+        let entry = self.entries.get(provider)?;
+        let failing =
+            !matches!(entry.source, KeySource::Inline(_)) && entry.keys_doc.meta.failures > 0;
+        failing.then(|| entry.keys_doc.retry_after_seconds(now_ms))
+    }
+
     /// Yes when a fetch is under way or the next one (a refetch once the rate window allows
     /// it, or the scheduled refresh, whichever is sooner) starts within the provider's
     /// timeout: a held request never waits longer than that.
@@ -1342,6 +1349,50 @@ pub(crate) mod tests {
         );
         assert!(s.sync(&shared, 65_000).fetches.is_empty());
         assert_eq!(s.sync(&shared, 70_000).fetches.len(), 1);
+    }
+
+    #[test]
+    fn an_unknown_kid_is_unconfirmed_while_the_last_fetch_failed() {
+        let shared = Shared::default();
+        let mut s = store(json!({"jwksCacheSeconds": 60}));
+        s.sync(&shared, 0);
+        s.on_answer(&shared, 0, Stage::Jwks, &ok(&jwks(), None), 0)
+            .unwrap();
+        assert_eq!(
+            s.refresh_failing(0, 1_000),
+            None,
+            "fresh keys: a kid they lack is foreign"
+        );
+        let fetch = s.sync(&shared, 61_000).fetches;
+        assert_eq!(fetch.len(), 1);
+        let _ = s.on_answer(&shared, 0, Stage::Jwks, &failed(500), 61_050);
+        let retry = s.refresh_failing(0, 61_050).expect("failing");
+        assert!(
+            (1..=5).contains(&retry),
+            "until the backoff's retry: {retry}"
+        );
+        for fetch in s.sync(&shared, 80_000).fetches {
+            s.on_answer(
+                &shared,
+                fetch.provider,
+                fetch.stage,
+                &ok(&jwks(), None),
+                80_000,
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            s.refresh_failing(0, 80_000),
+            None,
+            "a good fetch confirms the keys"
+        );
+        let inline = KeyStore::new(
+            &config(json!({"jwksUri": null, "jwks": String::from_utf8(jwks()).unwrap()})),
+            None,
+            7,
+        )
+        .unwrap();
+        assert_eq!(inline.refresh_failing(0, 0), None);
     }
 
     #[test]

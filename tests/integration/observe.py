@@ -15,7 +15,7 @@ from harness import LOOPBACK, REQUEST_TIMEOUT_S, Envoy, Response
 
 # The namespace Envoy gives a Wasm module's own metrics in `/stats`; Prometheus output drops it.
 CUSTOM_NAMESPACE = "wasmcustom."
-GAUGE_SUFFIXES = ("held_requests", "keys_loaded", "host_signatures", "keys_age_seconds")
+GAUGE_SUFFIXES = ("held_requests", "keys_loaded", "host_signatures", "keys_age_seconds", "cached_tokens")
 # Per-request counters are added up in the VM and handed to Envoy on the plugin's next tick
 # (every 100 ms): a reader waits for two ticks first.
 COUNTER_FLUSH_S = 0.25

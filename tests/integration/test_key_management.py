@@ -216,8 +216,9 @@ def test_bad_key_answer_never_replaces_good_keys(faults_after_good_keys, fault):
     issuer = recovering_issuer(fault)
     for _ in range(3):
         assert send(f["envoy"], f["good"], issuer).status == 200
-    # The fault's payload (for 500, slow and huge a key set of another key) was not adopted.
-    assert_invalid_token(send(f["envoy"], f["other"], issuer), "key")
+    # The fault's payload (for 500, slow and huge a key set of another key) was not adopted:
+    # that key's kid is unknown, and while the refreshes fail it may be new, so 503 (retry).
+    assert_retry_after(send(f["envoy"], f["other"], issuer))
 
 
 def test_discovery_naming_another_issuer_never_loads_keys(faults):
@@ -238,6 +239,8 @@ ISS_ROTATION = "https://rotation.idp.test"
 ISS_STORM = "https://storm.idp.test"
 ISS_DUPLICATE = "https://duplicate-kid.idp.test"
 ISS_NO_LIMIT = "https://no-refetch-limit.idp.test"
+ISS_FAILING = "https://failing-refetch.idp.test"
+FAILING_TIMEOUT_S = 1
 ROTATION_MIN_REFETCH_S = 1
 NO_LIMIT_TIMEOUT_S = 1
 STORM_MIN_REFETCH_S = 3
@@ -262,6 +265,7 @@ def rotation(module_envoys, module_idps):
     idp.set_json("/storm.json", jwks_of(storm))
     idp.set_json("/duplicate.json", jwks_of(first, second))
     idp.set_json("/no-limit.json", jwks_of(current))
+    idp.set_json("/failing.json", jwks_of(current))
     long_cache = {"jwksCacheSeconds": 3600}
     envoy = module_envoys.start({"providers": [
         {"issuer": ISS_ROTATION, "jwksUri": idp.url + "/rotation.json",
@@ -271,6 +275,8 @@ def rotation(module_envoys, module_idps):
         {"issuer": ISS_STORM, "jwksUri": idp.url + "/storm.json", "timeout": f"{STORM_TIMEOUT_S}s",
          "jwksMinRefetchSeconds": STORM_MIN_REFETCH_S, **long_cache},
         {"issuer": ISS_DUPLICATE, "jwksUri": idp.url + "/duplicate.json", **long_cache},
+        {"issuer": ISS_FAILING, "jwksUri": idp.url + "/failing.json", "timeout": f"{FAILING_TIMEOUT_S}s",
+         "jwksMinRefetchSeconds": ROTATION_MIN_REFETCH_S, **long_cache},
     ]}, idps=[idp])
     send_until_ok(envoy, current, ISS_ROTATION)
     send_until_ok(envoy, storm, ISS_STORM)
@@ -314,6 +320,30 @@ def test_unknown_kid_without_refetch_limit_costs_one_fetch(rotation):
     resp, elapsed = timed(lambda: send(envoy, new_key(), ISS_NO_LIMIT))
     fetches = idp.count("/no-limit.json") - before
     assert resp.status == 401 and fetches == 1, f"{resp.status} after {elapsed:.2f}s and {fetches} fetches"
+
+
+def test_a_new_kid_while_the_refetch_fails_is_503_not_401(rotation):
+    """The issuer rotated but its key set cannot be fetched: the new kid may be a real key, so
+    a valid client is told to retry (503 + Retry-After), never that its token is bad; once the
+    IdP answers, the same token passes. The old key keeps working meanwhile."""
+    envoy, idp, current = rotation["envoy"], rotation["idp"], rotation["current"]
+    send_until_ok(envoy, current, ISS_FAILING)
+    upcoming = new_key()
+    idp.respond("/failing.json", Reply(status=500, body=json.dumps(jwks_of(current, upcoming)).encode()))
+    wait_out_refetch_limit(idp, "/failing.json", ROTATION_MIN_REFETCH_S)
+    before = idp.count("/failing.json")
+    token = upcoming.mint(ALG, claims(ISS_FAILING, audience=None))
+    resp, elapsed = timed(lambda: envoy.request("/", headers=bearer(token), timeout=10))
+    assert_retry_after(resp)
+    assert idp.count("/failing.json") > before, "the unknown kid asked for a refetch"
+    assert elapsed < FAILING_TIMEOUT_S + SLACK_S, f"answered after {elapsed:.2f}s"
+    assert send(envoy, current, ISS_FAILING).status == 200
+    idp.set_json("/failing.json", jwks_of(current, upcoming))
+    wait_for(lambda: envoy.request("/", headers=bearer(token), timeout=10).status == 200,
+             10, "the new key accepted once the IdP answers")
+    # Fetched and still unknown: now it is the token's fault.
+    wait_out_refetch_limit(idp, "/failing.json", ROTATION_MIN_REFETCH_S)
+    assert_invalid_token(send(envoy, new_key(), ISS_FAILING), "key id")
 
 
 def test_every_key_sharing_a_kid_is_tried(rotation):

@@ -189,6 +189,46 @@ def test_max_cached_tokens_zero_turns_the_cache_off_and_tokens_still_work(capped
     for _ in range(3):
         assert capped.request("/", headers=bearer(token)).status == 200
     assert cache_hits(capped) == 0
+    assert stats(capped).get("mesh_oauth.cached_tokens", 0) == 0
+
+
+MAX_CACHED = 4
+
+
+@pytest.fixture(scope="module")
+def small_cache(module_envoys, module_idps, signing_keys) -> tuple[Envoy, IdpServer]:
+    idp = module_idps()
+    idp.set_jwks({"keys": [signing_keys["main"].public_jwk]})
+    return module_envoys.start(small_cache_config(idp), idps=[idp], pushable=True), idp
+
+
+def small_cache_config(idp: IdpServer, **extra: Any) -> dict[str, Any]:
+    return {
+        "providers": [{"issuer": ISS, "audiences": [AUDIENCE], "jwksUri": idp.jwks_uri}],
+        "limits": {"maxCachedTokens": MAX_CACHED},
+        **extra,
+    }
+
+
+def test_cached_tokens_gauge_counts_verified_tokens_up_to_max_cached_tokens(small_cache, signing_keys):
+    small_cache, idp = small_cache
+    key = signing_keys["main"]
+    for n in range(MAX_CACHED - 1):
+        assert small_cache.request("/", headers=bearer(sign(key, claims(jti=f"under-{n}")))).status == 200
+    # A refused token is never remembered.
+    bad = sign(key, claims(jti="expired", exp=int(time.time()) - 3600))
+    assert small_cache.request("/", headers=bearer(bad)).status == 401
+    assert stats(small_cache)["mesh_oauth.cached_tokens"] == MAX_CACHED - 1
+    for n in range(3 * MAX_CACHED):
+        assert small_cache.request("/", headers=bearer(sign(key, claims(jti=f"over-{n}")))).status == 200
+    assert stats(small_cache)["mesh_oauth.cached_tokens"] == MAX_CACHED
+    # A pushed configuration starts with an empty cache: its entries leave the gauge too.
+    small_cache.push(small_cache_config(idp, realm="pushed"))
+    deadline = time.monotonic() + 5
+    while stats(small_cache)["mesh_oauth.cached_tokens"] != 0:
+        assert time.monotonic() < deadline, "the old cache's entries stayed on the gauge"
+    assert small_cache.request("/", headers=bearer(sign(key, claims(jti="after-push")))).status == 200
+    assert stats(small_cache)["mesh_oauth.cached_tokens"] == 1
 
 
 # ------------------------------------------------------------------ held requests and defaults

@@ -133,6 +133,8 @@ def test_every_counter_and_gauge_in_stats_is_exactly_what_the_mix_implies(observ
     # One VM per worker, and the main thread's (Envoy also configures one it only validates
     # with): a count that climbs after start-up is a VM Envoy reloaded.
     assert 3 <= seen.pop("mesh_oauth.vm_starts.mesh_oauth") <= 4
+    # Every token that verified, on whichever worker: the spread and the repeated one at least.
+    assert SPREAD + 1 <= seen.pop("mesh_oauth.cached_tokens") <= PARSED_TOKENS + SPREAD + 1
     assert seen == observed["expected"]
 
 
@@ -142,6 +144,7 @@ def test_prometheus_shows_the_same_values_without_the_wasmcustom_namespace(obser
     held = seen.pop("mesh_oauth_held_requests", None)
     assert held is None or held.value == 0
     assert seen.pop("mesh_oauth_vm_starts_mesh_oauth").value >= 3
+    assert seen.pop("mesh_oauth_cached_tokens").type == "gauge"
     for label in (ORDERS, PARTNER):
         assert seen.pop(f"mesh_oauth_{label}_keys_age_seconds").type == "gauge"
     assert {name: sample.value for name, sample in seen.items()} == expected
