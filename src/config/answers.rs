@@ -48,7 +48,7 @@ pub struct LoginRedirect {
     pub parameter: String,
 }
 
-pub(super) fn parse_answers(value: &Value, path: &str) -> Parsed<Answers> {
+pub(super) fn parse_answers(value: &Value, path: &At<'_>) -> Parsed<Answers> {
     match value.as_str() {
         Some("full") => Ok(Answers::Full),
         Some("minimal") => Ok(Answers::Minimal),
@@ -71,7 +71,7 @@ const RESERVED_HEADERS: &[&str] = &[
     "grpc-message",
 ];
 
-pub(super) fn parse_deny_with(value: &Value, path: &str) -> Parsed<DenyWith> {
+pub(super) fn parse_deny_with(value: &Value, path: &At<'_>) -> Parsed<DenyWith> {
     let deny_with = Object::new(
         value,
         path,
@@ -102,7 +102,7 @@ pub(super) fn parse_deny_with(value: &Value, path: &str) -> Parsed<DenyWith> {
     })?;
     if content_type.is_some() && body.is_none() {
         return Err(error(
-            &deny_with.path_of("contentType"),
+            deny_with.path_of("contentType"),
             "has no body to describe; add body",
         ));
     }
@@ -116,23 +116,23 @@ pub(super) fn parse_deny_with(value: &Value, path: &str) -> Parsed<DenyWith> {
     })
 }
 
-fn parse_extra_headers(value: &Value, path: &str) -> Parsed<Vec<(String, String)>> {
+fn parse_extra_headers(value: &Value, path: &At<'_>) -> Parsed<Vec<(String, String)>> {
     let Value::Object(members) = value else {
         return Err(error(path, "must be an object of header names and values"));
     };
     let mut headers = Vec::with_capacity(members.len());
     for (name, value) in members {
-        let at = format!("{path}.{name}");
+        let at = path.field(name);
         let name = header_name(&Value::String(name.clone()), &at)?;
         if RESERVED_HEADERS.contains(&name.as_str()) {
             return Err(error(
-                &at,
+                at,
                 "is set by the refusal itself and cannot be configured",
             ));
         }
         let value = string(value, &at)?;
         if !header_safe(&value) {
-            return Err(error(&at, "holds characters not allowed in a header value"));
+            return Err(error(at, "holds characters not allowed in a header value"));
         }
         headers.push((name, value));
     }
@@ -144,7 +144,7 @@ fn header_safe(text: &str) -> bool {
     text.bytes().all(|b| (0x20..=0x7e).contains(&b))
 }
 
-fn parse_body_template(value: &Value, path: &str) -> Parsed<BodyTemplate> {
+fn parse_body_template(value: &Value, path: &At<'_>) -> Parsed<BodyTemplate> {
     let text = string(value, path)?;
     if text.len() > MAX_BODY_BYTES {
         return Err(error(path, format!("is over {MAX_BODY_BYTES} bytes")));
@@ -198,7 +198,7 @@ fn parse_body_template(value: &Value, path: &str) -> Parsed<BodyTemplate> {
     Ok(BodyTemplate(pieces))
 }
 
-fn parse_login(value: &Value, path: &str) -> Parsed<LoginRedirect> {
+fn parse_login(value: &Value, path: &At<'_>) -> Parsed<LoginRedirect> {
     let login = Object::new(value, path, &["url", "parameter"])?;
     let url = login.required("url", |value, path| {
         let url = non_empty_string(value, path)?;

@@ -314,7 +314,7 @@ pub struct RuleMatch {
 #[derive(Debug, Clone)]
 pub struct Condition {
     /// Where it was written: `paths`, `notPrincipals`, `when[0]` …, for `explain`.
-    pub field: String,
+    pub field: std::borrow::Cow<'static, str>,
     pub fact: Fact,
     /// Holds when one pattern matches one of the fact's values.
     pub any_of: Option<Vec<Pattern>>,
@@ -325,7 +325,7 @@ pub struct Condition {
 impl Condition {
     pub fn any_of(field: &str, fact: Fact, patterns: impl IntoIterator<Item = Pattern>) -> Self {
         Condition {
-            field: field.to_owned(),
+            field: field.to_owned().into(),
             fact,
             any_of: Some(patterns.into_iter().collect()),
             none_of: None,
@@ -334,7 +334,7 @@ impl Condition {
 
     pub fn none_of(field: &str, fact: Fact, patterns: impl IntoIterator<Item = Pattern>) -> Self {
         Condition {
-            field: field.to_owned(),
+            field: field.to_owned().into(),
             fact,
             any_of: None,
             none_of: Some(patterns.into_iter().collect()),
@@ -558,9 +558,9 @@ impl std::error::Error for ConfigError {}
 /// The path used for problems with the configuration as a whole.
 const WHOLE_CONFIG: &str = "(config)";
 
-fn error(path: &str, problem: impl Into<String>) -> ConfigError {
+fn error(path: impl std::fmt::Display, problem: impl Into<String>) -> ConfigError {
     ConfigError {
-        path: path.to_owned(),
+        path: path.to_string(),
         problem: problem.into(),
     }
 }
@@ -612,7 +612,7 @@ const CONFIG_FIELDS: &[&str] = &[
 ];
 
 fn parse_config(value: &Value) -> Parsed<Config> {
-    let config = Object::new(value, "", CONFIG_FIELDS)?;
+    let config = Object::new(value, &At::Top, CONFIG_FIELDS)?;
     let providers = config.required("providers", parse_providers)?;
     let rules = config
         .optional("rules", |value, path| parse_rules(value, path, &providers))?
@@ -648,7 +648,7 @@ fn parse_config(value: &Value) -> Parsed<Config> {
     for (i, provider) in providers.iter().enumerate() {
         if let KeySource::Inline(jwks) = &provider.keys {
             crate::keys::parse_jwks(jwks.as_bytes(), &JwksLimits::from(&limits), true)
-                .map_err(|e| error(&format!("providers[{i}].jwks"), e.describe()))?;
+                .map_err(|e| error(format!("providers[{i}].jwks"), e.describe()))?;
         }
     }
     Ok(Config {
@@ -707,7 +707,7 @@ fn needs_a_token(rules: &[Rule], unmatched: Unmatched) -> Option<String> {
     }
 }
 
-fn parse_remote_revocation(provider: &Object<'_>) -> Parsed<Option<RemoteRevocation>> {
+fn parse_remote_revocation(provider: &Object<'_, '_>) -> Parsed<Option<RemoteRevocation>> {
     let cluster = provider.optional("revocationCluster", non_empty_string)?;
     let refresh = provider.optional("revocationRefreshSeconds", positive_integer)?;
     let Some(url) = provider.optional("revocationUri", |value, path| {
@@ -716,7 +716,7 @@ fn parse_remote_revocation(provider: &Object<'_>) -> Parsed<Option<RemoteRevocat
     else {
         if cluster.is_some() || refresh.is_some() {
             return Err(error(
-                &provider.path_of("revocationUri"),
+                provider.path_of("revocationUri"),
                 "required when revocationCluster or revocationRefreshSeconds is given",
             ));
         }
@@ -732,10 +732,10 @@ const DEFAULT_REVOCATION_REFRESH_SECONDS: u64 = 60;
 
 /// A fetched revocation list: the shape of a provider's `revoked`.
 pub fn parse_revocation_list(value: &Value) -> Result<Revoked, String> {
-    parse_revoked(value, "(revocation list)").map_err(|e| e.to_string())
+    parse_revoked(value, &At::Top.field("(revocation list)")).map_err(|e| e.to_string())
 }
 
-fn parse_revoked(value: &Value, path: &str) -> Parsed<Revoked> {
+fn parse_revoked(value: &Value, path: &At<'_>) -> Parsed<Revoked> {
     let revoked = Object::new(value, path, &["jtis", "subjects", "subjectsIssuedBefore"])?;
     let set = |key: &str| -> Parsed<std::collections::HashSet<String>> {
         Ok(revoked
@@ -752,7 +752,7 @@ fn parse_revoked(value: &Value, path: &str) -> Parsed<Revoked> {
     })? {
         let map_path = revoked.path_of("subjectsIssuedBefore");
         for (subject, time) in &map {
-            let at = format!("{map_path}.{subject}");
+            let at = map_path.field(subject);
             subjects_issued_before.insert(subject.clone(), non_negative_integer(time, &at)?);
         }
     }
@@ -763,7 +763,7 @@ fn parse_revoked(value: &Value, path: &str) -> Parsed<Revoked> {
     })
 }
 
-fn parse_audit(value: &Value, path: &str) -> Parsed<Audit> {
+fn parse_audit(value: &Value, path: &At<'_>) -> Parsed<Audit> {
     let audit = Object::new(value, path, &["level", "allowedSampleRate"])?;
     let defaults = Audit::default();
     let level = match audit.optional("level", string)? {
@@ -775,7 +775,7 @@ fn parse_audit(value: &Value, path: &str) -> Parsed<Audit> {
             "warn" => AuditLevel::Warn,
             _ => {
                 return Err(error(
-                    &audit.path_of("level"),
+                    audit.path_of("level"),
                     "must be \"off\", \"debug\", \"info\" or \"warn\"",
                 ))
             }
@@ -788,7 +788,7 @@ fn parse_audit(value: &Value, path: &str) -> Parsed<Audit> {
         Some(rate) if (0.0..=1.0).contains(&rate) => rate,
         Some(_) => {
             return Err(error(
-                &audit.path_of("allowedSampleRate"),
+                audit.path_of("allowedSampleRate"),
                 "must be between 0 and 1",
             ))
         }
@@ -799,7 +799,7 @@ fn parse_audit(value: &Value, path: &str) -> Parsed<Audit> {
     })
 }
 
-fn parse_unmatched(value: &Value, path: &str) -> Parsed<Unmatched> {
+fn parse_unmatched(value: &Value, path: &At<'_>) -> Parsed<Unmatched> {
     match string(value, path)?.as_str() {
         "authenticated" => Ok(Unmatched::Authenticated),
         "anonymous" => Ok(Unmatched::Anonymous),
@@ -811,7 +811,7 @@ fn parse_unmatched(value: &Value, path: &str) -> Parsed<Unmatched> {
     }
 }
 
-fn parse_mode(value: &Value, path: &str) -> Parsed<Mode> {
+fn parse_mode(value: &Value, path: &At<'_>) -> Parsed<Mode> {
     match string(value, path)?.as_str() {
         "enforce" => Ok(Mode::Enforce),
         "report" => Ok(Mode::Report),
@@ -820,7 +820,7 @@ fn parse_mode(value: &Value, path: &str) -> Parsed<Mode> {
 }
 
 /// The realm goes into a quoted string of `WWW-Authenticate`, so it must not be able to end it.
-fn parse_realm(value: &Value, path: &str) -> Parsed<String> {
+fn parse_realm(value: &Value, path: &At<'_>) -> Parsed<String> {
     let realm = non_empty_string(value, path)?;
     if !fits_quoted_string(&realm) {
         return Err(error(
@@ -831,7 +831,7 @@ fn parse_realm(value: &Value, path: &str) -> Parsed<String> {
     Ok(realm)
 }
 
-fn parse_limits(value: &Value, path: &str) -> Parsed<Limits> {
+fn parse_limits(value: &Value, path: &At<'_>) -> Parsed<Limits> {
     let limits = Object::new(
         value,
         path,
@@ -852,8 +852,9 @@ fn parse_limits(value: &Value, path: &str) -> Parsed<Limits> {
         Ok(limits.optional(key, positive_usize)?.unwrap_or(default))
     };
     let max_cached_tokens = match limits.optional("maxCachedTokens", non_negative_integer)? {
-        Some(n) => usize::try_from(n)
-            .map_err(|_| error(&limits.path_of("maxCachedTokens"), "too large"))?,
+        Some(n) => {
+            usize::try_from(n).map_err(|_| error(limits.path_of("maxCachedTokens"), "too large"))?
+        }
         None => defaults.max_cached_tokens,
     };
     Ok(Limits {

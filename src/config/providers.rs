@@ -42,10 +42,11 @@ pub(super) const DEFAULT_JWKS_MIN_REFETCH_SECONDS: u64 = 30;
 pub(super) const DEFAULT_JWKS_MAX_STALE_SECONDS: u64 = 24 * 3600;
 pub(super) const DEFAULT_SCOPE_CLAIMS: [&str; 2] = ["scope", "scp"];
 
-pub(super) fn parse_providers(value: &Value, path: &str) -> Parsed<Vec<Provider>> {
+pub(super) fn parse_providers(value: &Value, path: &At<'_>) -> Parsed<Vec<Provider>> {
     let items = list(value, path)?;
     let mut providers: Vec<Provider> = Vec::with_capacity(items.len());
-    for (item_path, item) in items {
+    for (index, item) in items.iter().enumerate() {
+        let item_path = path.item(index);
         let (provider, name_given) = parse_provider(item, &item_path)?;
         // A token's `iss` selects its provider, so two providers may not claim the same issuer.
         if let Some((index, problem)) = issuer_conflict(&providers, &provider) {
@@ -55,7 +56,7 @@ pub(super) fn parse_providers(value: &Value, path: &str) -> Parsed<Vec<Provider>
                 "issuer"
             };
             return Err(error(
-                &format!("{item_path}.{field}"),
+                format!("{item_path}.{field}"),
                 format!("{problem} providers[{index}]"),
             ));
         }
@@ -68,7 +69,7 @@ pub(super) fn parse_providers(value: &Value, path: &str) -> Parsed<Vec<Provider>
                     format!("the name defaults to the issuer, which providers[{index}] already has as its name"),
                 )
             };
-            return Err(error(&format!("{item_path}.{field}"), problem));
+            return Err(error(format!("{item_path}.{field}"), problem));
         }
         // Metrics name providers by label: two that share one would share their counters.
         let label = metric_label(&provider.name);
@@ -78,7 +79,7 @@ pub(super) fn parse_providers(value: &Value, path: &str) -> Parsed<Vec<Provider>
         {
             let field = if name_given { "name" } else { "issuer" };
             return Err(error(
-                &format!("{item_path}.{field}"),
+                format!("{item_path}.{field}"),
                 format!(
                     "the name \"{}\" and the name of providers[{index}] are both \"{label}\" in metric names: rename one",
                     provider.name
@@ -92,22 +93,22 @@ pub(super) fn parse_providers(value: &Value, path: &str) -> Parsed<Vec<Provider>
 
 /// `issuer`, or `issuerPattern` with its `tenants`: exactly one of the two. A pattern
 /// provider's `issuer` is the pattern itself (its default name, and its keys' identity).
-fn parse_issuer(provider: &Object<'_>) -> Parsed<(String, Option<Tenancy>)> {
+fn parse_issuer(provider: &Object<'_, '_>) -> Parsed<(String, Option<Tenancy>)> {
     let issuer = provider.optional("issuer", non_empty_string)?;
     let pattern = provider.optional("issuerPattern", parse_issuer_pattern)?;
     let tenants = provider.optional("tenants", parse_tenants)?;
     match (issuer, pattern, tenants) {
         (Some(issuer), None, None) => Ok((issuer, None)),
         (Some(_), Some(_), _) => Err(error(
-            &provider.path_of("issuerPattern"),
+            provider.path_of("issuerPattern"),
             "give either issuer or issuerPattern, not both",
         )),
         (Some(_), None, Some(_)) => Err(error(
-            &provider.path_of("tenants"),
+            provider.path_of("tenants"),
             "is only for an issuerPattern",
         )),
         (None, Some(_), None) => Err(error(
-            &provider.path_of("tenants"),
+            provider.path_of("tenants"),
             "required with issuerPattern: list the tenant ids, or \"*\" for any tenant",
         )),
         (None, Some((prefix, suffix)), Some(tenants)) => Ok((
@@ -118,7 +119,7 @@ fn parse_issuer(provider: &Object<'_>) -> Parsed<(String, Option<Tenancy>)> {
                 tenants,
             }),
         )),
-        (None, None, _) => Err(error(&provider.path_of("issuer"), "required")),
+        (None, None, _) => Err(error(provider.path_of("issuer"), "required")),
     }
 }
 
@@ -131,7 +132,7 @@ pub fn metric_label(name: &str) -> String {
 }
 
 /// Returns the provider and whether its `name` was given (rather than defaulted to the issuer).
-pub(super) fn parse_provider(value: &Value, path: &str) -> Parsed<(Provider, bool)> {
+pub(super) fn parse_provider(value: &Value, path: &At<'_>) -> Parsed<(Provider, bool)> {
     let provider = Object::new(value, path, PROVIDER_FIELDS)?;
     let (issuer, tenancy) = parse_issuer(&provider)?;
     let name = provider.optional("name", non_empty_string)?;
@@ -139,7 +140,7 @@ pub(super) fn parse_provider(value: &Value, path: &str) -> Parsed<(Provider, boo
     let keys = parse_key_source(&provider, &issuer)?;
     if tenancy.is_some() && matches!(keys, KeySource::Discovery(_)) {
         return Err(error(
-            &provider.path,
+            provider.path,
             "an issuerPattern needs jwksUri or jwks: discovery needs one issuer",
         ));
     }
@@ -219,7 +220,7 @@ pub(super) fn parse_provider(value: &Value, path: &str) -> Parsed<(Provider, boo
     Ok((parsed, name_given))
 }
 
-pub(super) fn parse_key_source(provider: &Object<'_>, issuer: &str) -> Parsed<KeySource> {
+pub(super) fn parse_key_source(provider: &Object<'_, '_>, issuer: &str) -> Parsed<KeySource> {
     let inline = provider.optional("jwks", parse_inline_jwks)?;
     let uri = provider.optional("jwksUri", |value, path| {
         HttpUrl::parse(string(value, path)?, path)
@@ -227,12 +228,12 @@ pub(super) fn parse_key_source(provider: &Object<'_>, issuer: &str) -> Parsed<Ke
     let cluster = provider.optional("jwksCluster", non_empty_string)?;
     match (inline, uri) {
         (Some(_), Some(_)) => Err(error(
-            &provider.path_of("jwksUri"),
+            provider.path_of("jwksUri"),
             "give either jwks or jwksUri, not both",
         )),
         (Some(jwks), None) => match cluster {
             Some(_) => Err(error(
-                &provider.path_of("jwksCluster"),
+                provider.path_of("jwksCluster"),
                 "keys are never fetched for a provider with inline jwks",
             )),
             None => Ok(KeySource::Inline(jwks)),
@@ -241,7 +242,7 @@ pub(super) fn parse_key_source(provider: &Object<'_>, issuer: &str) -> Parsed<Ke
         (None, None) => {
             let url = discovery_url(issuer).ok_or_else(|| {
                 error(
-                    &provider.path,
+                    provider.path,
                     "no jwks or jwksUri, and issuer is not an http(s) URL to discover keys from",
                 )
             })?;
@@ -254,23 +255,23 @@ pub(super) fn parse_key_source(provider: &Object<'_>, issuer: &str) -> Parsed<Ke
 /// issuer after removing one terminating `/`. An issuer with a query cannot be discovered.
 pub(super) fn discovery_url(issuer: &str) -> Option<HttpUrl> {
     let base = issuer.strip_suffix('/').unwrap_or(issuer);
-    let issuer_url = HttpUrl::parse(base.to_owned(), "").ok()?;
+    let issuer_url = HttpUrl::parse(base.to_owned(), &At::Top).ok()?;
     if issuer_url.path_and_query.contains('?') {
         return None;
     }
     let url = format!("{base}/.well-known/openid-configuration");
-    HttpUrl::parse(url, "").ok()
+    HttpUrl::parse(url, &At::Top).ok()
 }
 
 /// Only the type here: the key set itself is checked once `limits` are known.
-pub(super) fn parse_inline_jwks(value: &Value, path: &str) -> Parsed<String> {
+pub(super) fn parse_inline_jwks(value: &Value, path: &At<'_>) -> Parsed<String> {
     string(value, path)
 }
 
 /// A URL learnt at run time (a discovered `jwks_uri`) as a fetch target; `cluster` is the
 /// configured `jwksCluster`, if any.
 pub fn http_target(url: &str, cluster: Option<&str>) -> Result<HttpTarget, String> {
-    HttpUrl::parse(url.to_owned(), "")
+    HttpUrl::parse(url.to_owned(), &At::Top)
         .map(|parsed| parsed.target(cluster.map(str::to_owned)))
         .map_err(|e| e.problem)
 }
@@ -287,7 +288,7 @@ pub(super) struct HttpUrl {
 }
 
 impl HttpUrl {
-    pub(super) fn parse(url: String, path: &str) -> Parsed<HttpUrl> {
+    pub(super) fn parse(url: String, path: &At<'_>) -> Parsed<HttpUrl> {
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| error(path, "not an http(s) URL"))?;
@@ -352,7 +353,7 @@ impl HttpUrl {
     }
 }
 
-pub(super) fn split_host_port(authority: &str, path: &str) -> Parsed<(String, Option<u16>)> {
+pub(super) fn split_host_port(authority: &str, path: &At<'_>) -> Parsed<(String, Option<u16>)> {
     let (host, port) = if let Some(literal) = authority.strip_prefix('[') {
         let (address, after) = literal
             .split_once(']')
@@ -405,7 +406,7 @@ pub(super) fn split_host_port(authority: &str, path: &str) -> Parsed<(String, Op
 /// Returns `(fromHeaders, fromParams, fromCookies)`. As in Istio and Envoy, the default
 /// `Authorization: Bearer` location applies only when no other location is configured.
 pub(super) fn parse_token_locations(
-    provider: &Object<'_>,
+    provider: &Object<'_, '_>,
 ) -> Parsed<(Vec<HeaderLocation>, Vec<String>, Vec<String>)> {
     let params = provider
         .optional("fromParams", |value, path| {
@@ -430,14 +431,14 @@ pub(super) fn parse_token_locations(
     };
     if headers.is_empty() && params.is_empty() && cookies.is_empty() {
         return Err(error(
-            &provider.path_of("fromHeaders"),
+            provider.path_of("fromHeaders"),
             "is empty and there are no fromParams or fromCookies: a token could never be found",
         ));
     }
     Ok((headers, params, cookies))
 }
 
-pub(super) fn parse_header_location(value: &Value, path: &str) -> Parsed<HeaderLocation> {
+pub(super) fn parse_header_location(value: &Value, path: &At<'_>) -> Parsed<HeaderLocation> {
     let location = Object::new(value, path, &["name", "prefix"])?;
     Ok(HeaderLocation {
         name: location.required("name", header_name)?,
@@ -445,7 +446,7 @@ pub(super) fn parse_header_location(value: &Value, path: &str) -> Parsed<HeaderL
     })
 }
 
-pub(super) fn parse_claim_to_header(value: &Value, path: &str) -> Parsed<ClaimToHeader> {
+pub(super) fn parse_claim_to_header(value: &Value, path: &At<'_>) -> Parsed<ClaimToHeader> {
     let output = Object::new(value, path, &["header", "claim"])?;
     Ok(ClaimToHeader {
         header: output.required("header", header_name)?,
@@ -454,7 +455,7 @@ pub(super) fn parse_claim_to_header(value: &Value, path: &str) -> Parsed<ClaimTo
 }
 
 /// An HTTP field name (RFC 9110 token), returned lower-cased as HTTP/2 carries it.
-pub(super) fn header_name(value: &Value, path: &str) -> Parsed<String> {
+pub(super) fn header_name(value: &Value, path: &At<'_>) -> Parsed<String> {
     let name = non_empty_string(value, path)?;
     if name.starts_with(':') {
         return Err(error(path, "pseudo-headers cannot be used"));
@@ -482,7 +483,7 @@ pub(super) fn is_token(text: &str) -> bool {
 }
 
 /// `"5s"`, `"500ms"`, `"1.5s"`, `"2m"`, `"1h"` in milliseconds.
-pub(super) fn parse_duration_ms(value: &Value, path: &str) -> Parsed<u64> {
+pub(super) fn parse_duration_ms(value: &Value, path: &At<'_>) -> Parsed<u64> {
     let text = string(value, path)?;
     if text.starts_with('-') {
         return Err(error(path, "must not be negative"));
@@ -542,7 +543,7 @@ pub(super) fn parse_duration_ms(value: &Value, path: &str) -> Parsed<u64> {
     Ok(ms)
 }
 
-pub(super) fn parse_algorithms(value: &Value, path: &str, inline_keys: bool) -> Parsed<AlgSet> {
+pub(super) fn parse_algorithms(value: &Value, path: &At<'_>, inline_keys: bool) -> Parsed<AlgSet> {
     let algorithms = non_empty_items(value, path, |value, path| {
         let name = string(value, path)?;
         if name.eq_ignore_ascii_case("none") {
@@ -582,7 +583,7 @@ pub(super) fn default_algorithms(keys: &KeySource) -> AlgSet {
     }
 }
 
-pub(super) fn parse_claim_path(value: &Value, path: &str) -> Parsed<ClaimPath> {
+pub(super) fn parse_claim_path(value: &Value, path: &At<'_>) -> Parsed<ClaimPath> {
     match value {
         Value::String(dotted) => {
             if dotted.is_empty() {

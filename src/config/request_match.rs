@@ -62,7 +62,7 @@ enum Kind {
 }
 
 impl Kind {
-    fn parse(self, value: &Value, path: &str) -> Parsed<Pattern> {
+    fn parse(self, value: &Value, path: &At<'_>) -> Parsed<Pattern> {
         Ok(match self {
             Kind::Path => Pattern::Path(parse_path_pattern(value, path)?),
             Kind::Method => Pattern::Method(parse_method(value, path)?),
@@ -86,7 +86,7 @@ impl Kind {
     }
 }
 
-pub(super) fn parse_rule_match(value: &Value, path: &str) -> Parsed<RuleMatch> {
+pub(super) fn parse_rule_match(value: &Value, path: &At<'_>) -> Parsed<RuleMatch> {
     let matcher = Object::new(value, path, &with_when(MATCH_FIELDS))?;
     let mut conditions = Vec::new();
     for (name, fact, negated, kind) in MATCH_FIELDS {
@@ -97,7 +97,7 @@ pub(super) fn parse_rule_match(value: &Value, path: &str) -> Parsed<RuleMatch> {
                 (Some(patterns), None)
             };
             conditions.push(Condition {
-                field: (*name).to_owned(),
+                field: std::borrow::Cow::Borrowed(name),
                 fact: fact.clone(),
                 any_of,
                 none_of,
@@ -128,27 +128,27 @@ fn stage(fact: &Fact) -> u8 {
 }
 
 /// One `when` entry, as Istio writes it: `{key, values, notValues}`.
-fn parse_when(value: &Value, path: &str) -> Parsed<Condition> {
+fn parse_when(value: &Value, path: &At<'_>) -> Parsed<Condition> {
     let entry = Object::new(value, path, &["key", "values", "notValues"])?;
     let key = entry.required("key", non_empty_string)?;
     let (fact, kind) = when_key(&key).ok_or_else(|| {
         let known: Vec<&str> = WHEN_KEYS.iter().map(|(name, ..)| *name).collect();
         error(
-            &entry.path_of("key"),
+            entry.path_of("key"),
             format!(
                 "unknown key \"{key}\"; known: request.headers[NAME], request.auth.claims[NAME]…, {}",
                 known.join(", ")
             ),
         )
     })?;
-    let parse = |value: &Value, path: &str| kind.parse(value, path);
+    let parse = |value: &Value, path: &At<'_>| kind.parse(value, path);
     let any_of = match_list(&entry, "values", parse)?;
     let none_of = match_list(&entry, "notValues", parse)?;
     if any_of.is_none() && none_of.is_none() {
         return Err(error(path, "needs values, notValues or both"));
     }
     Ok(Condition {
-        field: format!("when {key}"),
+        field: format!("when {key}").into(),
         fact,
         any_of,
         none_of,
@@ -188,9 +188,9 @@ fn claim_brackets(mut rest: &str) -> Option<ClaimPath> {
 
 /// An empty list would match no request at all, which is never what a rule means.
 pub(super) fn match_list<T>(
-    matcher: &Object<'_>,
+    matcher: &Object<'_, '_>,
     key: &str,
-    item: impl FnMut(&Value, &str) -> Parsed<T>,
+    item: impl FnMut(&Value, &At<'_>) -> Parsed<T>,
 ) -> Parsed<Option<Vec<T>>> {
     matcher.optional(key, |value, path| {
         let list = items(value, path, item)?;
@@ -205,7 +205,7 @@ pub(super) fn match_list<T>(
 }
 
 /// Istio writes ports as strings (`"8080"`); a JSON number is taken too.
-fn parse_port(value: &Value, path: &str) -> Parsed<u16> {
+fn parse_port(value: &Value, path: &At<'_>) -> Parsed<u16> {
     let port = match value {
         Value::String(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
             text.parse::<u64>().ok()
@@ -218,7 +218,7 @@ fn parse_port(value: &Value, path: &str) -> Parsed<u16> {
         .ok_or_else(|| error(path, "not a port: 1 to 65535"))
 }
 
-pub(super) fn parse_text_pattern(value: &Value, path: &str) -> Parsed<TextPattern> {
+pub(super) fn parse_text_pattern(value: &Value, path: &At<'_>) -> Parsed<TextPattern> {
     let text = non_empty_string(value, path)?;
     if text == "*" {
         return Ok(TextPattern::Any);
@@ -245,7 +245,7 @@ pub(super) fn parse_text_pattern(value: &Value, path: &str) -> Parsed<TextPatter
 
 /// `10.0.0.0/8`, `2001:db8::/32`, or one address. Bits after the prefix must be zero: a
 /// block written `10.1.2.3/8` is more likely a typo than a wish for all of `10.0.0.0/8`.
-pub(super) fn parse_ip_block(value: &Value, path: &str) -> Parsed<IpBlock> {
+pub(super) fn parse_ip_block(value: &Value, path: &At<'_>) -> Parsed<IpBlock> {
     let text = non_empty_string(value, path)?;
     let (address, prefix) = match text.split_once('/') {
         Some((address, prefix)) => (address, Some(prefix)),
@@ -279,7 +279,7 @@ pub(super) fn parse_ip_block(value: &Value, path: &str) -> Parsed<IpBlock> {
     Ok(block)
 }
 
-pub(super) fn parse_path_pattern(value: &Value, path: &str) -> Parsed<PathPattern> {
+pub(super) fn parse_path_pattern(value: &Value, path: &At<'_>) -> Parsed<PathPattern> {
     let pattern = non_empty_string(value, path)?;
     if !pattern.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
         return Err(error(
@@ -336,7 +336,7 @@ pub(super) fn parse_path_pattern(value: &Value, path: &str) -> Parsed<PathPatter
     })
 }
 
-pub(super) fn parse_method(value: &Value, path: &str) -> Parsed<String> {
+pub(super) fn parse_method(value: &Value, path: &At<'_>) -> Parsed<String> {
     let method = non_empty_string(value, path)?;
     if !is_token(&method) {
         return Err(error(path, "not an HTTP method"));
@@ -347,7 +347,7 @@ pub(super) fn parse_method(value: &Value, path: &str) -> Parsed<String> {
     Ok(method)
 }
 
-pub(super) fn parse_host_pattern(value: &Value, path: &str) -> Parsed<HostPattern> {
+pub(super) fn parse_host_pattern(value: &Value, path: &At<'_>) -> Parsed<HostPattern> {
     let host = non_empty_string(value, path)?.to_ascii_lowercase();
     if host == "*" {
         return Ok(HostPattern::Any);

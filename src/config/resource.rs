@@ -10,7 +10,7 @@ pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 /// One resource, or a list of them with `hosts` (a gateway serving several).
 pub(super) fn parse_protected_resources(
     value: &Value,
-    path: &str,
+    path: &At<'_>,
 ) -> Parsed<Vec<ProtectedResource>> {
     if !value.is_array() {
         return Ok(vec![parse_protected_resource(value, path)?]);
@@ -26,7 +26,7 @@ pub(super) fn parse_protected_resources(
     Ok(resources)
 }
 
-fn parse_protected_resource(value: &Value, path: &str) -> Parsed<ProtectedResource> {
+fn parse_protected_resource(value: &Value, path: &At<'_>) -> Parsed<ProtectedResource> {
     let resource = Object::new(
         value,
         path,
@@ -42,7 +42,7 @@ fn parse_protected_resource(value: &Value, path: &str) -> Parsed<ProtectedResour
     let uri = resource.required("resource", non_empty_string)?;
     let (origin, resource_path) = split_resource(&uri).ok_or_else(|| {
         error(
-            &resource.path_of("resource"),
+            resource.path_of("resource"),
             "expected an absolute http(s) URI without query or fragment (RFC 9728 §2)",
         )
     })?;

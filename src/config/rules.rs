@@ -2,11 +2,16 @@
 
 use super::*;
 
-pub(super) fn parse_rules(value: &Value, path: &str, providers: &[Provider]) -> Parsed<Vec<Rule>> {
+pub(super) fn parse_rules(
+    value: &Value,
+    path: &At<'_>,
+    providers: &[Provider],
+) -> Parsed<Vec<Rule>> {
     let mut rules: Vec<Rule> = Vec::new();
     // A gateway may have thousands of rules: names are looked up, not compared pairwise.
     let mut names: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for (item_path, item) in list(value, path)? {
+    for (index, item) in list(value, path)?.iter().enumerate() {
+        let item_path = path.item(index);
         let rule = Object::new(
             item,
             &item_path,
@@ -24,15 +29,15 @@ pub(super) fn parse_rules(value: &Value, path: &str, providers: &[Provider]) -> 
         )?;
         let given_name = rule.optional("name", non_empty_string)?;
         let name_given = given_name.is_some();
-        let name = given_name.unwrap_or_else(|| item_path.clone());
+        let name = given_name.unwrap_or_else(|| item_path.to_string());
         if let Some(&index) = names.get(name.as_str()) {
             let at = if name_given {
                 rule.path_of("name")
             } else {
-                item_path.clone()
+                item_path
             };
             return Err(error(
-                &at,
+                at,
                 format!("rules[{index}] already has the name \"{name}\""),
             ));
         }
@@ -53,7 +58,7 @@ pub(super) fn parse_rules(value: &Value, path: &str, providers: &[Provider]) -> 
 
 /// `invalidToken`: `"refuse"` (the default) or `"ignore"`, which only a public rule may say:
 /// elsewhere a token that does not verify must never pass for no token.
-fn parse_invalid_token(rule: &Object<'_>) -> Parsed<bool> {
+fn parse_invalid_token(rule: &Object<'_, '_>) -> Parsed<bool> {
     let ignore = rule.optional("invalidToken", |value, path| match value.as_str() {
         Some("refuse") => Ok(false),
         Some("ignore") => Ok(true),
@@ -61,14 +66,14 @@ fn parse_invalid_token(rule: &Object<'_>) -> Parsed<bool> {
     })?;
     if ignore == Some(true) && rule.optional("allowAnonymous", boolean)? != Some(true) {
         return Err(error(
-            &rule.path_of("invalidToken"),
+            rule.path_of("invalidToken"),
             "\"ignore\" is only for a rule with allowAnonymous: true",
         ));
     }
     Ok(ignore.unwrap_or(false))
 }
 
-pub(super) fn parse_action(rule: &Object<'_>, providers: &[Provider]) -> Parsed<Action> {
+pub(super) fn parse_action(rule: &Object<'_, '_>, providers: &[Provider]) -> Parsed<Action> {
     let mut actions: Vec<(&str, Action)> = Vec::new();
     for (key, action) in [
         ("allowAnonymous", Action::AllowAnonymous),
@@ -78,7 +83,7 @@ pub(super) fn parse_action(rule: &Object<'_>, providers: &[Provider]) -> Parsed<
             Some(true) => actions.push((key, action)),
             Some(false) => {
                 return Err(error(
-                    &rule.path_of(key),
+                    rule.path_of(key),
                     "false has no meaning; leave the field out",
                 ))
             }
@@ -101,11 +106,11 @@ pub(super) fn parse_action(rule: &Object<'_>, providers: &[Provider]) -> Parsed<
     match (actions.next(), actions.next()) {
         (Some((_, action)), None) => Ok(action),
         (None, _) => Err(error(
-            &rule.path,
+            rule.path,
             "needs one of allowAnonymous: true, deny: true, requires or requiresAny",
         )),
         (Some((first, _)), Some((second, _))) => Err(error(
-            &rule.path,
+            rule.path,
             format!("has both {first} and {second}; give exactly one"),
         )),
     }
@@ -113,7 +118,7 @@ pub(super) fn parse_action(rule: &Object<'_>, providers: &[Provider]) -> Parsed<
 
 pub(super) fn parse_requirement(
     value: &Value,
-    path: &str,
+    path: &At<'_>,
     providers: &[Provider],
 ) -> Parsed<Requirement> {
     let requirement = Object::new(
@@ -181,7 +186,7 @@ pub(super) fn parse_requirement(
             Some("forbidden") => true,
             Some(_) => {
                 return Err(error(
-                    &requirement.path_of("delegation"),
+                    requirement.path_of("delegation"),
                     "expected \"allowed\" or \"forbidden\"",
                 ))
             }
@@ -196,7 +201,7 @@ pub(super) fn fits_quoted_string(text: &str) -> bool {
 }
 
 /// RFC 6749 §3.3 scope-token; it is also echoed inside the quoted `scope="…"` of `WWW-Authenticate`.
-pub(super) fn parse_scope(value: &Value, path: &str) -> Parsed<String> {
+pub(super) fn parse_scope(value: &Value, path: &At<'_>) -> Parsed<String> {
     let scope = non_empty_string(value, path)?;
     if scope.contains(' ') || !fits_quoted_string(&scope) {
         return Err(error(
@@ -208,7 +213,7 @@ pub(super) fn parse_scope(value: &Value, path: &str) -> Parsed<String> {
 }
 
 /// An `acr` value; echoed space-separated in the quoted `acr_values="…"` of a challenge.
-fn parse_acr(value: &Value, path: &str) -> Parsed<String> {
+fn parse_acr(value: &Value, path: &At<'_>) -> Parsed<String> {
     let acr = non_empty_string(value, path)?;
     if acr.contains(' ') || !fits_quoted_string(&acr) {
         return Err(error(
@@ -219,7 +224,7 @@ fn parse_acr(value: &Value, path: &str) -> Parsed<String> {
     Ok(acr)
 }
 
-pub(super) fn parse_claim_condition(value: &Value, path: &str) -> Parsed<ClaimCondition> {
+pub(super) fn parse_claim_condition(value: &Value, path: &At<'_>) -> Parsed<ClaimCondition> {
     let condition = Object::new(value, path, &["claim", "anyOf", "allOf", "present"])?;
     let claim = condition.required("claim", parse_claim_path)?;
     let mut tests: Vec<ClaimTest> = Vec::new();
@@ -233,7 +238,7 @@ pub(super) fn parse_claim_condition(value: &Value, path: &str) -> Parsed<ClaimCo
         Some(true) => tests.push(ClaimTest::Present),
         Some(false) => {
             return Err(error(
-                &condition.path_of("present"),
+                condition.path_of("present"),
                 "only true is supported; leave it out otherwise",
             ))
         }
@@ -247,7 +252,7 @@ pub(super) fn parse_claim_condition(value: &Value, path: &str) -> Parsed<ClaimCo
     }
 }
 
-pub(super) fn claim_values(value: &Value, path: &str) -> Parsed<Vec<Value>> {
+pub(super) fn claim_values(value: &Value, path: &At<'_>) -> Parsed<Vec<Value>> {
     non_empty_items(value, path, |value, path| match value {
         Value::String(_) | Value::Number(_) | Value::Bool(_) => Ok(value.clone()),
         _ => Err(error(path, "expected a string, number or boolean")),

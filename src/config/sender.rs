@@ -11,7 +11,7 @@ pub(super) const DEFAULT_DPOP_MAX_AGE_SECONDS: u64 = 60;
 /// A proof is meant for one request, now; more than an hour is a replay window, not a skew.
 const MAX_DPOP_MAX_AGE_SECONDS: u64 = 3600;
 
-pub(super) fn parse_binding(value: &Value, path: &str) -> Parsed<Binding> {
+pub(super) fn parse_binding(value: &Value, path: &At<'_>) -> Parsed<Binding> {
     match string(value, path)?.as_str() {
         "required" => Ok(Binding::Required),
         "allowed" => Ok(Binding::Allowed),
@@ -20,7 +20,7 @@ pub(super) fn parse_binding(value: &Value, path: &str) -> Parsed<Binding> {
     }
 }
 
-pub(super) fn parse_dpop(value: &Value, path: &str) -> Parsed<Dpop> {
+pub(super) fn parse_dpop(value: &Value, path: &At<'_>) -> Parsed<Dpop> {
     let dpop = Object::new(
         value,
         path,
@@ -38,7 +38,7 @@ pub(super) fn parse_dpop(value: &Value, path: &str) -> Parsed<Dpop> {
         .unwrap_or(DEFAULT_DPOP_MAX_AGE_SECONDS);
     if max_age_seconds > MAX_DPOP_MAX_AGE_SECONDS {
         return Err(error(
-            &dpop.path_of("maxAgeSeconds"),
+            dpop.path_of("maxAgeSeconds"),
             format!("at most {MAX_DPOP_MAX_AGE_SECONDS}: a proof is for one request, now"),
         ));
     }
@@ -56,7 +56,7 @@ pub(super) fn parse_dpop(value: &Value, path: &str) -> Parsed<Dpop> {
 
 /// `https://api.example.com[:port]`: scheme and authority only, compared as RFC 9449 §4.3
 /// asks (RFC 3986 §6.2.2, §6.2.3: case-insensitive scheme and host, default port dropped).
-fn parse_origin(value: &Value, path: &str) -> Parsed<String> {
+fn parse_origin(value: &Value, path: &At<'_>) -> Parsed<String> {
     let text = non_empty_string(value, path)?;
     let not_origin = || {
         error(

@@ -68,7 +68,7 @@ impl Config {
 }
 
 /// `issuerPattern`: an http(s) issuer with `{tenant}` as one whole path segment.
-pub(super) fn parse_issuer_pattern(value: &Value, path: &str) -> Parsed<(String, String)> {
+pub(super) fn parse_issuer_pattern(value: &Value, path: &At<'_>) -> Parsed<(String, String)> {
     let pattern = non_empty_string(value, path)?;
     let (prefix, suffix) = pattern
         .split_once(PLACEHOLDER)
@@ -93,7 +93,7 @@ pub(super) fn parse_issuer_pattern(value: &Value, path: &str) -> Parsed<(String,
 }
 
 /// `tenants`: `"*"` or a non-empty list of tenant ids.
-pub(super) fn parse_tenants(value: &Value, path: &str) -> Parsed<Option<Vec<String>>> {
+pub(super) fn parse_tenants(value: &Value, path: &At<'_>) -> Parsed<Option<Vec<String>>> {
     if value.as_str() == Some("*") {
         return Ok(None);
     }

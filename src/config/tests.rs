@@ -1561,7 +1561,7 @@ fn match_conditions_are_ordered_request_then_peer_then_token() {
         .matcher
         .conditions
         .iter()
-        .map(|c| c.field.as_str())
+        .map(|c| c.field.as_ref())
         .collect();
     assert_eq!(
         fields,
