@@ -2,26 +2,36 @@
 """`make soak`: a bounded soak and leak run (issue 17). Not part of `make test`; loopback only.
 
 One Envoy (`--concurrency 2`) runs dist/mesh_oauth.wasm, delivered through ECDS, against a real
-IdP (tests/integration/harness.py) for `--minutes` (default 10) of mixed load while, at the same
-time:
+IdP (tests/integration/harness.py) for `--minutes` (default 10) of mixed load (repeated, unique,
+invalid, expired, missing, revoked and DPoP tokens) while, at the same time:
   - the signing key rotates every 30 s (new kid published, the previous key kept one period then
     removed; new tokens are signed with the new key, so the first of them meet an unknown kid),
   - the IdP answers 500 to 20 % of key-set fetches, at random,
   - a configuration push (ECDS) every 20 s alternates two equivalent configurations (the realm),
   - the revocation list changes every 15 s (one subject revoked, then the other).
 
-Every answer is judged. Wrong answers: a valid token refused (other than the documented 503 +
-Retry-After, or an unknown kid just after a rotation while fetches fail), or an invalid, expired
-or revoked token allowed. Any 5xx other than 503 + Retry-After is unexpected. Envoy's RSS is
-sampled; the plugin's metrics are read from /stats. Prints a summary, writes
-bench/results/soak.md, exits 1 on any wrong answer or unexpected 5xx.
+DPoP (RFC 9449, `dpop.mode: allowed`, so plain bearer tokens of the other kinds still pass): a
+token bound to a client key (`cnf.jkt`) with a fresh proof per request must pass; a proof
+already answered 200 sent again (a replay, within its window), a proof signed by another key
+than `cnf.jkt`, and the bound token sent as `Bearer` must be refused.
 
-Tokens are minted by PyJWT/cryptography (tests/integration/tokens.py), never by the project."""
+Every answer is judged. Wrong answers: a valid token refused (any 4xx; the only refusal
+tolerated is the documented 503 + Retry-After, e.g. an unknown kid while the key fetch fails),
+or an invalid, expired, revoked, replayed, wrongly bound or downgraded token allowed. Any 5xx
+other than 503 + Retry-After is unexpected. Envoy's RSS and the plugin's gauges
+(`mesh_oauth.cached_tokens`, `mesh_oauth.held_requests`) are sampled; the gauges must stay
+within their limits (`limits.maxCachedTokens`, `limits.maxHeldRequests`, per worker). Prints a
+summary, writes bench/results/soak.md, exits 1 on any wrong answer, unexpected 5xx, crash, or a
+gauge over its bound.
+
+Tokens and proofs are minted by PyJWT/cryptography (tests/integration/tokens.py), never by the
+project."""
 
 from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import http.client
 import json
 import random
@@ -41,7 +51,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 from harness import (  # noqa: E402
     LOOPBACK, EchoServer, Envoy, EnvoyFactory, IdpServer, Reply, locate_envoy,
 )
-from tokens import SigningKey, generate_key  # noqa: E402
+from tokens import SigningKey, b64url, generate_key  # noqa: E402
 
 import jwt  # noqa: E402
 
@@ -67,9 +77,30 @@ REVOCATION_REFRESH_S = 5
 # A list change is in force within one refresh (80-100 % of it), the fetch, and every worker's
 # next tick; a few seconds spare for a loaded 2-core machine.
 REVOCATION_GRACE_S = REVOCATION_REFRESH_S + 3.0
-# A new kid is learnt by a refetch (once per JWKS_MIN_REFETCH_S) or the scheduled refresh; while
-# 20 % of fetches fail, a few may be needed. Only "unknown kid" refusals are forgiven in it.
-ROTATION_GRACE_S = JWKS_CACHE_S + 2.0
+# No grace after a rotation: a token with a kid not yet learnt is held for a refetch, and when
+# the last fetch failed it is answered 503 + Retry-After (documented), never 401. A 401 for a
+# valid token is wrong at any time.
+
+# DPoP (RFC 9449). `allowed`: a token with `cnf.jkt` needs a proof, a token without `cnf` may
+# still be a bearer token (the other kinds of the mix). No `origins`: the proof's `htu` names
+# the request's own origin, http://127.0.0.1:<port>.
+DPOP_MODE = "allowed"
+DPOP_MAX_AGE_S = 60  # the default; a proof is remembered for this + clockSkewSeconds (60)
+DPOP_WINDOW_S = DPOP_MAX_AGE_S + 60
+# Replays reuse a proof answered 200 at most this long ago: well inside its window, so only
+# the replay memory (not `iat`) can refuse it.
+REPLAY_WITHIN_S = 20.0
+# The replay memory is fixed-size (maxDpopProofs / 16 slots of 16 entries, an entry freed when
+# its window ends). 65536 remembers more proofs than a 10-minute run sends in all (~130 req/s ×
+# 12 % DPoP ≈ 10k), let alone within one 120 s window, so no slot fills (that would be 503).
+MAX_DPOP_PROOFS = 65536
+DPOP_SLOT_ENTRIES = 16
+# The verified-token cache, per worker: small, so that unique tokens (~15 new ones a second per
+# worker) reach the bound well within a push period.
+MAX_CACHED_TOKENS = 128
+MAX_HELD_REQUESTS = 1024  # the default, set explicitly for the bound check
+CACHED_TOKENS_STAT = "wasmcustom.mesh_oauth.cached_tokens"
+HELD_REQUESTS_STAT = "wasmcustom.mesh_oauth.held_requests"
 RSS_SAMPLE_EVERY_S = 2.0
 RSS_FLAT_WITHIN = 0.10
 
@@ -170,7 +201,10 @@ def plugin_config(idp: IdpServer, realm: str) -> dict[str, Any]:
             "revocationUri": idp.url + REVOCATION_PATH,
             "revocationRefreshSeconds": REVOCATION_REFRESH_S,
             "algorithms": [ALG],
+            "dpop": {"mode": DPOP_MODE, "algorithms": [ALG], "maxAgeSeconds": DPOP_MAX_AGE_S},
         }],
+        "limits": {"maxCachedTokens": MAX_CACHED_TOKENS, "maxHeldRequests": MAX_HELD_REQUESTS,
+                   "maxDpopProofs": MAX_DPOP_PROOFS},
     }
 
 
@@ -191,20 +225,62 @@ def tamper(token: str) -> str:
     return f"{head}.{sig[:mid]}{'A' if sig[mid] != 'A' else 'B'}{sig[mid + 1:]}"
 
 
-class TokenPool:
-    """Tokens per key generation: the repeated one and the revoked subjects' are minted once per
-    key (they then meet the verified-token cache); unique and invalid ones are fresh each time."""
+class DpopClient:
+    """A DPoP client's key pair (ES256) and its proofs (RFC 9449 §4.2), signed by PyJWT."""
 
-    def __init__(self, issuer: str) -> None:
+    def __init__(self, name: str) -> None:
+        self.key = generate_key("ES256", kid=name)
+        public = self.key.public_jwk
+        self.jwk = {name: public[name] for name in ("kty", "crv", "x", "y")}  # required members
+        # RFC 7638: the required members in lexicographic order, no whitespace, SHA-256.
+        canonical = json.dumps({k: self.jwk[k] for k in sorted(self.jwk)}, separators=(",", ":"))
+        self.jkt = b64url(hashlib.sha256(canonical.encode()).digest())
+
+    def proof(self, token: str, htu: str, method: str = "GET") -> str:
+        claims = {"jti": uuid.uuid4().hex, "htm": method, "htu": htu, "iat": int(time.time()),
+                  "ath": b64url(hashlib.sha256(token.encode("ascii")).digest())}
+        return jwt.encode(claims, self.key.private, algorithm="ES256",
+                          headers={"typ": "dpop+jwt", "jwk": self.jwk})
+
+
+class ProofLog:
+    """Proofs answered 200, kept for replays (shared by the client threads: a replay may reach
+    the other worker, and the memory is the sidecar's)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.recent: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=64)
+
+    def add(self, token: str, proof: str) -> None:
+        with self.lock:
+            self.recent.append((time.monotonic(), token, proof))
+
+    def pick(self, rng: random.Random) -> tuple[str, str] | None:
+        now = time.monotonic()
+        with self.lock:
+            usable = [(t, p) for at, t, p in self.recent if now - at < REPLAY_WITHIN_S]
+        return rng.choice(usable) if usable else None
+
+
+class TokenPool:
+    """Tokens per key generation: the repeated one, the revoked subjects' and the DPoP-bound
+    one are minted once per key (they then meet the verified-token cache); unique and invalid
+    ones are fresh each time."""
+
+    def __init__(self, issuer: str, dpop_jkt: str) -> None:
         self.issuer = issuer
+        self.dpop_jkt = dpop_jkt
         self.lock = threading.Lock()
         self.by_kid: dict[str, dict[str, str]] = {}
+
+    def bound(self, key: SigningKey) -> str:
+        return mint(key, self.issuer, "user-dpop", cnf={"jkt": self.dpop_jkt})
 
     def fixed(self, key: SigningKey) -> dict[str, str]:
         with self.lock:
             tokens = self.by_kid.get(key.kid)
             if tokens is None:
-                tokens = {"repeat": mint(key, self.issuer, "user-repeat")}
+                tokens = {"repeat": mint(key, self.issuer, "user-repeat"), "dpop": self.bound(key)}
                 tokens.update({sub: mint(key, self.issuer, sub) for sub in REVOKED_SUBJECTS})
                 self.by_kid = {key.kid: tokens, **{k: v for k, v in list(self.by_kid.items())[-1:]}}
             return tokens
@@ -224,6 +300,9 @@ class Tally:
     unexpected_5xx: collections.Counter = field(default_factory=collections.Counter)
     transport_errors: int = 0
     examples: list[str] = field(default_factory=list)
+    proofs_sent: int = 0  # fresh DPoP proofs (dpop and dpop-wrong-key), each sent once
+    # Replays: (monotonic time sent, status, refused by the replay memory "already used").
+    replays: list[tuple[float, int, bool]] = field(default_factory=list)
 
     def note(self, kind: str, status: int, verdict: str, detail: str = "") -> None:
         with self.lock:
@@ -247,27 +326,36 @@ def description(body: bytes) -> str:
         return body[:100].decode("utf-8", "replace")
 
 
+# Kinds that must pass (a revoked subject's only while the other one is on the list).
+VALID_KINDS = ("repeat", "unique", "dpop")
+REPLAY_REFUSED = "DPoP proof was already used"
+REPLAY_FULL = "replay memory is full"
+
+
 def judge(kind: str, status: int, headers: dict[str, str], body: bytes, *,
-          rotated_ago: float, revoked_now: str, revoked_steady: bool) -> str:
+          revoked_now: str, revoked_steady: bool) -> str:
     """The verdict on one answer. `revoked_steady`: the list did not change within the grace
     before the request was sent nor while it was answered."""
     if status >= 500:
-        # Documented: no keys could be had (e.g. the fetch failed) -> 503 + Retry-After. That is
-        # never an allow, so it is acceptable for any kind of token.
+        # Documented: no keys could be had (e.g. an unknown kid while the key fetch fails) ->
+        # 503 + Retry-After; a DPoP replay slot full -> 503 + Retry-After: 1. Never an allow,
+        # so acceptable for any kind of token.
         if status == 503 and headers.get("retry-after"):
+            if REPLAY_FULL in description(body):
+                return "tolerated 503 replay memory full"
             return "tolerated 503 keys unavailable"
         return "unexpected 5xx"
-    should_pass = kind in ("repeat", "unique") or (kind in REVOKED_SUBJECTS and kind != revoked_now)
+    should_pass = kind in VALID_KINDS or (kind in REVOKED_SUBJECTS and kind != revoked_now)
     if kind in REVOKED_SUBJECTS and not revoked_steady:
         return "ok (list changing)" if status in (200, 401) else "wrong status"
     if should_pass:
         if status == 200:
             return "ok"
-        why = description(body)
-        if status == 401 and "key id is unknown" in why and rotated_ago < ROTATION_GRACE_S:
-            return "tolerated unknown kid after rotation"
-        return f"wrong refused valid ({why})"
-    # Must be refused: invalid signature, expired, no token, a currently revoked subject.
+        # No forgiveness for a 401 (e.g. "key id is unknown" after a rotation): the plugin
+        # holds such a request for a refetch and answers 503 + Retry-After if it fails.
+        return f"wrong refused valid ({description(body)})"
+    # Must be refused: invalid signature, expired, no token, a currently revoked subject, a
+    # replayed proof, a proof by another key than cnf.jkt, a bound token sent as Bearer.
     if status == 200:
         return "wrong allowed"
     return "ok" if status in (401, 403) else "wrong status"
@@ -276,14 +364,21 @@ def judge(kind: str, status: int, headers: dict[str, str], body: bytes, *,
 class Client(threading.Thread):
     """One keep-alive connection (as harness.http_request, but kept open), sending the mix."""
 
-    MIX = [("repeat", 40), ("unique", 20), ("invalid", 15), ("expired", 5), ("none", 5),
-           (REVOKED_SUBJECTS[0], 8), (REVOKED_SUBJECTS[1], 7)]
+    # `dpop`: the bound token (the per-key one, or a fresh one a third of the time) with a fresh
+    # proof; `dpop-replay`: a proof already answered 200, again; `dpop-wrong-key`: a fresh proof
+    # by another client key than cnf.jkt; `dpop-bearer`: the bound token as Bearer, no proof.
+    MIX = [("repeat", 32), ("unique", 18), ("invalid", 12), ("expired", 4), ("none", 4),
+           (REVOKED_SUBJECTS[0], 6), (REVOKED_SUBJECTS[1], 6),
+           ("dpop", 12), ("dpop-replay", 3), ("dpop-wrong-key", 2), ("dpop-bearer", 1)]
 
     def __init__(self, port: int, ring: KeyRing, revocation: RevocationList, pool: TokenPool,
-                 tally: Tally, stop: threading.Event, issuer: str) -> None:
+                 tally: Tally, stop: threading.Event, issuer: str, dpop: DpopClient,
+                 intruder: DpopClient, proofs: ProofLog) -> None:
         super().__init__(daemon=True)
         self.port, self.ring, self.revocation, self.pool = port, ring, revocation, pool
         self.tally, self.stop, self.issuer = tally, stop, issuer
+        self.dpop, self.intruder, self.proofs = dpop, intruder, proofs
+        self.htu = f"http://{LOOPBACK}:{port}/"  # the request's origin: no `origins` configured
         self.rng = random.Random()
         self.kinds = [k for k, _ in self.MIX]
         self.weights = [w for _, w in self.MIX]
@@ -298,12 +393,33 @@ class Client(threading.Thread):
             return tamper(mint(key, self.issuer, "user-bad"))
         if kind == "expired":
             return mint(key, self.issuer, "user-old", lifetime=-3600)  # far past clockSkewSeconds
+        if kind in ("dpop", "dpop-wrong-key", "dpop-bearer"):
+            fresh = kind == "dpop" and self.rng.random() < 1 / 3
+            return self.pool.bound(key) if fresh else self.pool.fixed(key)["dpop"]
         return None
 
-    def send(self, token: str | None) -> tuple[int, dict[str, str], bytes]:
+    def request_headers(self, kind: str, key: SigningKey) -> tuple[str, dict[str, str], str | None]:
+        """The kind actually sent (a replay with nothing to replay yet is a `dpop`), its
+        headers, and the proof when it is a fresh one by the token's key."""
+        if kind == "dpop-replay":
+            picked = self.proofs.pick(self.rng)
+            if picked is None:
+                kind = "dpop"
+            else:
+                token, proof = picked
+                return kind, {"Authorization": f"DPoP {token}", "DPoP": proof}, None
+        token = self.token_for(kind, key)
+        if kind in ("dpop", "dpop-wrong-key"):
+            signer = self.dpop if kind == "dpop" else self.intruder
+            proof = signer.proof(token, self.htu)
+            with self.tally.lock:
+                self.tally.proofs_sent += 1
+            return kind, {"Authorization": f"DPoP {token}", "DPoP": proof}, proof if kind == "dpop" else None
+        return kind, ({"Authorization": f"Bearer {token}"} if token else {}), None
+
+    def send(self, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         if self.conn is None:
             self.conn = http.client.HTTPConnection(LOOPBACK, self.port, timeout=10)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.conn.request("GET", "/", headers=headers)
         resp = self.conn.getresponse()
         body = resp.read()
@@ -317,9 +433,10 @@ class Client(threading.Thread):
             kind = self.rng.choices(self.kinds, self.weights)[0]
             key, rotated_at = self.ring.snapshot()
             revoked_before, changed_before = self.revocation.snapshot()
-            token = self.token_for(kind, key)
+            kind, request, proof = self.request_headers(kind, key)
+            sent_at = time.monotonic()
             try:
-                status, headers, body = self.send(token)
+                status, headers, body = self.send(request)
             except (OSError, http.client.HTTPException) as error:
                 with self.tally.lock:
                     self.tally.transport_errors += 1
@@ -333,10 +450,15 @@ class Client(threading.Thread):
             revoked_after, changed_after = self.revocation.snapshot()
             steady = (changed_before == changed_after and now - changed_before > REVOCATION_GRACE_S
                       if changed_before else True)
-            verdict = judge(kind, status, headers, body,
-                            rotated_ago=(now - rotated_at) if rotated_at else 1e9,
-                            revoked_now=revoked_before, revoked_steady=steady)
-            self.tally.note(kind, status, verdict, description(body))
+            verdict = judge(kind, status, headers, body, revoked_now=revoked_before, revoked_steady=steady)
+            why = description(body)
+            if proof is not None and status == 200:
+                self.proofs.add(request["Authorization"].split(" ", 1)[1], proof)
+            if kind == "dpop-replay":
+                with self.tally.lock:
+                    self.tally.replays.append((sent_at, status, status == 401 and REPLAY_REFUSED in why))
+            rotated = f"{now - rotated_at:.1f} s after a rotation" if rotated_at else "before any rotation"
+            self.tally.note(kind, status, verdict, f"({rotated}) {why}")
         if self.conn is not None:
             self.conn.close()
 
@@ -364,7 +486,7 @@ PLUGIN_STAT = re.compile(r"^wasmcustom\.mesh_oauth\.")
 WASM_STAT = re.compile(r"^wasm\.|wasm.*memory|memory.*wasm")
 MEMORY_STAT = re.compile(r"^server\.memory_")
 TRACKED = ("wasm.envoy.wasm.runtime.v8.active", "wasm.wasm_vm_count", "server.memory_allocated",
-           "server.memory_heap_size")
+           "server.memory_heap_size", CACHED_TOKENS_STAT, HELD_REQUESTS_STAT)
 
 
 # --------------------------------------------------------------------------- the run
@@ -413,7 +535,9 @@ def main() -> int:
         quiet_resets(server)
     ring = KeyRing(idp)
     revocation = RevocationList(idp)
-    pool = TokenPool(idp.url)
+    dpop, intruder = DpopClient("soak-dpop-client"), DpopClient("soak-dpop-intruder")
+    proofs = ProofLog()
+    pool = TokenPool(idp.url, dpop.jkt)
     factory = EnvoyFactory(locate_envoy(), MODULE, upstream, workdir)
     realms = ["soak-a", "soak-b"]
     envoy = factory.build(plugin_config(idp, realms[0]), idps=[idp], concurrency=CONCURRENCY, pushable=True)
@@ -444,7 +568,8 @@ def main() -> int:
             if status != 200:
                 raise RuntimeError(f"warm-up request answered {status}")
         idp.failure_rate = JWKS_FAILURE_RATE
-        clients = [Client(envoy.port, ring, revocation, pool, tally, stop, idp.url) for _ in range(args.threads)]
+        clients = [Client(envoy.port, ring, revocation, pool, tally, stop, idp.url, dpop, intruder, proofs)
+                   for _ in range(args.threads)]
         for client in clients:
             client.start()
         periodic(stop, ROTATE_EVERY_S, ring.rotate, "rotate", errors)
@@ -494,6 +619,44 @@ def main() -> int:
 
     tracked_rows = [f"    {name}: start {at(rss_start[0]).get(name)}, middle {at(rss_mid[0]).get(name)}, "
                     f"end {at(rss_end[0]).get(name)}" for name in TRACKED]
+
+    def gauge(name: str, limit_name: str, per_worker: int) -> tuple[str, bool]:
+        """The gauge over the run's samples, and whether it broke its bound (limit × workers,
+        the gauge being the sum over workers). Absent (an older module): said, not a failure."""
+        if not any(name in v for _, v in tracked):
+            return f"not exposed by this module (no {name} in /stats)", False
+        # A gauge appears in /stats once first set: absent before that means 0.
+        values = [v.get(name, 0) for _, v in tracked]
+        bound = per_worker * CONCURRENCY
+        broke = max(values) > bound
+        return (f"start {at(rss_start[0]).get(name, 0)}, middle {at(rss_mid[0]).get(name, 0)}, end "
+                f"{at(rss_end[0]).get(name, 0)}, max {max(values)} over {len(values)} samples; bound "
+                f"{limit_name} {per_worker} × {CONCURRENCY} workers = {bound}: "
+                f"{'EXCEEDED' if broke else 'held'}{' (reached)' if max(values) == bound else ''}", broke)
+
+    cached_line, cached_broke = gauge(CACHED_TOKENS_STAT, "limits.maxCachedTokens", MAX_CACHED_TOKENS)
+    held_line, held_broke = gauge(HELD_REQUESTS_STAT, "limits.maxHeldRequests", MAX_HELD_REQUESTS)
+    # Replays: all of them, and those of the last quarter of the run (the memory still works
+    # after most of the run's proofs went through it).
+    late_from = started + 0.75 * elapsed
+    replays = tally.replays
+    late = [r for r in replays if r[0] >= late_from]
+    by_memory = sum(1 for r in replays if r[2])
+    late_by_memory = sum(1 for r in late if r[2])
+    replays_allowed = sum(1 for r in replays if r[1] == 200)
+    replay_full = sum(n for k, n in tally.tolerated.items() if "replay memory full" in k)
+    dpop_line = (f"- DPoP (`dpop.mode` {DPOP_MODE}, `maxAgeSeconds` {DPOP_MAX_AGE_S}, origin "
+                 f"http://{LOOPBACK}:<port>): {tally.proofs_sent} fresh proofs sent "
+                 f"({tally.by_kind.get('dpop', 0)} by the bound key, {tally.by_kind.get('dpop-wrong-key', 0)} "
+                 f"by another key), {len(replays)} replays of proofs answered 200 (within "
+                 f"{REPLAY_WITHIN_S:.0f} s): {by_memory} refused as \"{REPLAY_REFUSED}\", "
+                 f"{replays_allowed} allowed; in the last quarter of the run {late_by_memory} of "
+                 f"{len(late)} refused by the replay memory")
+    replay_memory_line = (f"- DPoP replay memory: `limits.maxDpopProofs` {MAX_DPOP_PROOFS} "
+                          f"({MAX_DPOP_PROOFS // DPOP_SLOT_ENTRIES} slots of {DPOP_SLOT_ENTRIES}), fixed-size "
+                          f"shared data by construction, an entry kept for its {DPOP_WINDOW_S} s window; "
+                          f"503 \"replay memory is full\": {replay_full}; late replays still refused: "
+                          f"{'yes' if late and late_by_memory == len(late) else ('none sent' if not late else 'NOT all')}")
     plugin = {k[len("wasmcustom."):]: v for k, v in final_stats.items() if PLUGIN_STAT.match(k)}
     wasm = {k: v for k, v in final_stats.items() if WASM_STAT.search(k)}
     memory = {k: v for k, v in final_stats.items() if MEMORY_STAT.match(k)}
@@ -517,6 +680,12 @@ def main() -> int:
         f"- **wrong answers: {wrong}** {dict(tally.wrong) or ''}",
         f"- **unexpected 5xx: {unexpected}** {dict(tally.unexpected_5xx) or ''}",
         f"- tolerated (documented): {dict(tally.tolerated) or 0}",
+        dpop_line,
+        replay_memory_line,
+        f"- verified-token cache (`mesh_oauth.cached_tokens`, summed over workers, sampled every "
+        f"{RSS_SAMPLE_EVERY_S:.0f} s): {cached_line}",
+        f"- held requests (`mesh_oauth.held_requests`, summed over workers, sampled every "
+        f"{RSS_SAMPLE_EVERY_S:.0f} s): {held_line}",
         f"- Envoy RSS: start {rss_start[1] / 1024:.1f} MiB (t={rss_start[0]:.0f} s), middle "
         f"{rss_mid[1] / 1024:.1f} MiB (t={rss_mid[0]:.0f} s), end {rss_end[1] / 1024:.1f} MiB "
         f"(t={rss_end[0]:.0f} s), max {rss_max / 1024:.1f} MiB; end vs start {drift:+.1%}, max vs start "
@@ -544,7 +713,8 @@ def main() -> int:
     args.output.write_text(report)
     print(report)
     log(f"written {args.output}")
-    failed = wrong > 0 or unexpected > 0 or bool(crash_lines) or bool(errors) or tally.answered == 0
+    failed = (wrong > 0 or unexpected > 0 or bool(crash_lines) or bool(errors) or tally.answered == 0
+              or cached_broke or held_broke)
     return 1 if failed else 0
 
 
