@@ -4,7 +4,11 @@
 // host calls, replays the same allowed request many times, and prints one JSON line:
 //   node bench/hotpath.mjs MODULE FIXTURE [iterations] [rounds]
 // FIXTURE: {"config": plugin configuration JSON, "token": a token the configuration accepts,
-// optional "path", "method", "authority" of the request (default GET / on 127.0.0.1:10000)}.
+// optional "path", "method", "authority" of the request (default GET / on 127.0.0.1:10000),
+// optional "tokens": a pool sent in turn instead of "token" (larger than the token cache: each
+// request is first-seen), optional "host_verifies": true to answer Envoy's `verify_signature`
+// foreign function with Node's crypto (OpenSSL) as Envoy does with BoringSSL; the time spent in
+// it is printed as host_verify_us, so min_us minus it is the module's own work}.
 // Also printed: how long the configuration took to load (proxy_on_configure) and the VM's
 // linear memory once loaded and after the requests.
 // Per request: the minimum over rounds of the mean time (other work only adds time), and host
@@ -36,7 +40,14 @@ function serialize(pairs) {
   return out;
 }
 const config = enc.encode(fx.config);
-const shared = new Map(); let metricId = 1; let local = null;
+const shared = new Map(); let metricId = 1; let local = null; let hostVerifyNs = 0n; const publicKeys = new Map();
+// Length-delimited fields only (what VerifySignatureArguments holds): field number -> bytes.
+function protobufFields(bytes) {
+  const out = {}; let o = 0;
+  const varint = () => { let v = 0, s = 0, b; do { b = bytes[o++]; v += (b & 0x7f) * 2 ** s; s += 7; } while (b & 0x80); return v; };
+  while (o < bytes.length) { const key = varint(); const n = varint(); out[key >> 3] = bytes.subarray(o, o + n); o += n; }
+  return out;
+}
 const env = {
   proxy_log: (l, p, n) => { count("log"); if (process.env.LOG) console.log("log", l, str(p, n)); return 0; },
   proxy_get_buffer_bytes: (t, start, max, rp, rs) => { count("get_buffer"); if (t === 7) { give(config, rp, rs); return 0; } return 1; },
@@ -55,7 +66,23 @@ const env = {
   proxy_set_tick_period_milliseconds: () => 0,
   proxy_send_local_response: (status) => { count("local_response"); local = status; return 0; },
   proxy_http_call: () => { count("http_call"); return 2; },
-  proxy_call_foreign_function: () => { count("foreign"); return 1; },
+  proxy_call_foreign_function: (np, nn, ap, an, rp, rs) => {
+    count("foreign");
+    if (!fx.host_verifies || str(np, nn) !== "verify_signature") return 1;
+    const f = protobufFields(u8().slice(ap, ap + an));
+    const t0 = process.hrtime.bigint();
+    let valid = false;
+    try {
+      // Keys imported once: the stand-in's own cost stays small next to the module's.
+      const spki = Buffer.from(f[2]).toString("base64");
+      let key = publicKeys.get(spki);
+      if (!key) { key = crypto.createPublicKey({ key: Buffer.from(f[2]), format: "der", type: "spki" }); publicKeys.set(spki, key); }
+      valid = crypto.verify(dec.decode(f[1]), f[4], { key, dsaEncoding: "der" }, f[3]);
+    } catch { valid = false; }
+    hostVerifyNs += process.hrtime.bigint() - t0;
+    give(valid ? Uint8Array.of(8, 1) : new Uint8Array(0), rp, rs);
+    return 0;
+  },
   proxy_set_effective_context: () => 0, proxy_continue_stream: () => 0, proxy_close_stream: () => 0, proxy_done: () => 0,
   proxy_get_property: () => 1, proxy_set_property: () => 0, proxy_set_buffer_bytes: () => 0, proxy_get_status: () => 1,
 };
@@ -79,12 +106,15 @@ if (!x.proxy_on_configure(1, config.length)) throw new Error("configure failed")
 const configureMs = Number(process.hrtime.bigint() - configureStart) / 1e6;
 const memoryConfigured = x.memory.buffer.byteLength;
 x.proxy_on_tick(1);
-headers = [[":authority", fx.authority || "127.0.0.1:10000"], [":path", fx.path || "/"], [":method", fx.method || "GET"], [":scheme", "http"],
-  ["authorization", "Bearer " + fx.token], ["x-forwarded-proto", "http"], ["x-request-id", crypto.randomUUID()]];
-serialized = serialize(headers);
+const headersFor = (token) => [[":authority", fx.authority || "127.0.0.1:10000"], [":path", fx.path || "/"],
+  [":method", fx.method || "GET"], [":scheme", "http"], ["authorization", "Bearer " + token],
+  ["x-forwarded-proto", "http"], ["x-request-id", crypto.randomUUID()]];
+// Serialized once each, so the stand-in host's work per request stays the same either way.
+const pool = (fx.tokens || [fx.token]).map((t) => { const h = headersFor(t); return [h, serialize(h)]; });
 let ctx = 2;
 function request() {
   const id = ctx++;
+  [headers, serialized] = pool[id % pool.length];
   x.proxy_on_context_create(id, 1);
   const a = x.proxy_on_request_headers(id, headers.length, 1);
   if (a !== 0 || local !== null) throw new Error("not allowed: action " + a + " local " + local);
@@ -94,6 +124,7 @@ function request() {
 const iterations = Number(itArg || 20000), rounds = Number(roundArg || 15);
 for (let i = 0; i < 20000; i++) request();
 for (const k in counts) delete counts[k];
+hostVerifyNs = 0n;
 const times = [];
 for (let r = 0; r < rounds; r++) {
   const t0 = process.hrtime.bigint();
@@ -104,4 +135,5 @@ times.sort((a, b) => a - b);
 const per = Object.fromEntries(Object.entries(counts).map(([k, v]) => [k, +(v / (iterations * rounds)).toFixed(2)]));
 console.log(JSON.stringify({ module: path.split("/").pop(), min_us: times[0] / 1000,
   median_us: times[times.length >> 1] / 1000, host_calls: per, configure_ms: configureMs,
+  host_verify_us: Number(hostVerifyNs) / 1000 / (iterations * rounds),
   memory_configured: memoryConfigured, memory_after: x.memory.buffer.byteLength }));
