@@ -645,7 +645,7 @@ def micro(args: argparse.Namespace) -> list[dict[str, Any]]:
 def hotpath(files: dict[str, Path], jwks: str, workdir: Path) -> list[dict[str, Any]]:
     """The Wasm side of one cached request in V8 without Envoy (bench/hotpath.mjs), for the
     empty filter and mesh-oauth: what the module itself costs and how many host calls it makes."""
-    log("Wasm side of a cached request in V8 (node bench/hotpath.mjs)")
+    log("Wasm side of a cached and of a first-seen request in V8 (node bench/hotpath.mjs)")
     workdir.mkdir(parents=True, exist_ok=True)
     fixture = workdir / "hotpath.json"
     plugin = json.loads(arm_filters("E", jwks)[0]["typed_config"]["config"]["configuration"]["value"])
