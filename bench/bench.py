@@ -9,7 +9,7 @@ one core; wrk pinned to another, keep-alive, direct_response upstream):
   C jwt_authn+cache the same with `jwt_cache_config`
   D empty-wasm      bench/empty-filter: reads and removes the token header, nothing else
   E mesh-oauth      dist/mesh_oauth.wasm in V8
-Workloads: one RS256 token repeated; a unique token per request (RS256, ES256, EdDSA) from a
+Workloads: one RS256 token repeated; a unique token per request (RS256, ES256, EdDSA, PS256) from a
 pre-minted pool; every other request an invalid (bad-signature) token; one DPoP-bound ES256
 token with a fresh ES256 proof per request (RFC 9449; arms A, D and E only: jwt_authn cannot
 check a proof).
@@ -54,7 +54,7 @@ LUA = BENCH / "tokens.lua"
 
 ISSUER = "https://bench.idp.test"
 AUDIENCE = "api"
-ALGS = ["RS256", "ES256", "EdDSA"]
+ALGS = ["RS256", "ES256", "EdDSA", "PS256"]
 # Both token caches hold this many tokens: mesh-oauth's default `limits.maxCachedTokens`.
 CACHE_SIZE = 1024
 # A pool outlives its tokens' use by a wide margin: tokens are valid for a day.
@@ -117,6 +117,7 @@ WORKLOADS = [
     Workload("unique-RS256", "unique RS256 tokens", "RS256", "pool"),
     Workload("unique-ES256", "unique ES256 tokens", "ES256", "pool"),
     Workload("unique-EdDSA", "unique EdDSA tokens", "EdDSA", "pool"),
+    Workload("unique-PS256", "unique PS256 tokens", "PS256", "pool"),
     Workload("mix", "50 % invalid (repeated valid / unique bad signature)", "RS256", "mix"),
     # jwt_authn cannot check a DPoP proof (B and C would refuse the scheme or skip the proof).
     Workload("dpop-ES256", "DPoP-bound ES256 token, a fresh ES256 proof per request", "ES256", "dpop",
@@ -824,6 +825,7 @@ def targets(runs: list[Run], module_bytes: int, extra_rss: float | None,
         at_least("unique RS256 vs jwt_authn", "unique-RS256", "B", 1.0),
         at_least("unique ES256 vs jwt_authn", "unique-ES256", "B", 1.0),
         at_least("unique EdDSA vs jwt_authn", "unique-EdDSA", "B", 0.8),
+        at_least("unique PS256 vs jwt_authn", "unique-PS256", "B", 0.8),
         Target(f"added p99 over no-auth vs jwt_authn's (repeated; {added_e:.0f} µs vs {added_b:.0f} µs)",
                p99_ratio, "≤ 1.5×", None if p99_ratio != p99_ratio else p99_ratio <= 1.5),
         at_least("DPoP ES256 (E, dpop-ES256) vs jwt_authn unique ES256 (B, unique-ES256)",
@@ -1079,7 +1081,7 @@ def parse_args() -> argparse.Namespace:
                    help="rounds for the repeated-token workload, whose ratio to the empty Wasm filter "
                         "is the closest call: more paired rounds steady its median")
     p.add_argument("--connections", type=int, default=16)
-    p.add_argument("--pool-rsa", type=int, default=30_000, help="unique RS256 tokens")
+    p.add_argument("--pool-rsa", type=int, default=30_000, help="unique RS256 and PS256 tokens each")
     p.add_argument("--pool-ec", type=int, default=60_000, help="unique ES256 and EdDSA tokens each")
     p.add_argument("--pool-dpop", type=int, default=None,
                    help=f"DPoP proofs for the timed runs (default {DPOP_PROOFS_PER_S:,} per --duration "
@@ -1132,7 +1134,8 @@ def main() -> int:
         log("building the empty filter (missing; --skip-build skips only the module and the micro-benchmarks)")
         run(["cargo", "build", "--release", "--target", WASM_TARGET], cwd=EMPTY_FILTER_DIR)
     binary = locate_envoy()
-    keys, files = token_files({"RS256": args.pool_rsa, "ES256": args.pool_ec, "EdDSA": args.pool_ec})
+    keys, files = token_files({"RS256": args.pool_rsa, "ES256": args.pool_ec, "EdDSA": args.pool_ec,
+                               "PS256": args.pool_rsa})
     dpop_sizes = {"timed": args.pool_dpop, "warmup": args.pool_dpop_warmup}
     run_seconds = args.warmup + args.duration + 30  # one run, Envoy start and stop to spare
     if any(w.mode == "dpop" for w in workloads):
