@@ -1102,7 +1102,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--mesh-limits", type=json.loads, default={},
                    help='plugin "limits" for mesh-oauth, e.g. \'{"maxCachedTokens": 0}\' to measure without the cache')
+    p.add_argument("--quick", action="store_true",
+                   help="about half the time: 2 rounds (3 for the repeated token), 1 s timed runs, shorter "
+                        "micro-benchmarks; ratios scatter more")
     args = p.parse_args()
+    if args.quick:
+        args.rounds, args.repeat_rounds, args.duration = 2, 3, 1
+        args.micro_time, args.micro_warmup = 0.5, 0.2
     unknown = set(args.workloads.split(",")) - set(WORKLOAD)
     if unknown:
         p.error(f"unknown workloads {', '.join(sorted(unknown))}; known: {', '.join(WORKLOAD)}")
