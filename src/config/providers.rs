@@ -56,7 +56,7 @@ pub(super) fn parse_providers(value: &Value, path: &At<'_>) -> Parsed<Vec<Provid
                 "issuer"
             };
             return Err(error(
-                format!("{item_path}.{field}"),
+                item_path.field(field),
                 format!("{problem} providers[{index}]"),
             ));
         }
@@ -69,7 +69,7 @@ pub(super) fn parse_providers(value: &Value, path: &At<'_>) -> Parsed<Vec<Provid
                     format!("the name defaults to the issuer, which providers[{index}] already has as its name"),
                 )
             };
-            return Err(error(format!("{item_path}.{field}"), problem));
+            return Err(error(item_path.field(field), problem));
         }
         // Metrics name providers by label: two that share one would share their counters.
         let label = metric_label(&provider.name);
@@ -79,7 +79,7 @@ pub(super) fn parse_providers(value: &Value, path: &At<'_>) -> Parsed<Vec<Provid
         {
             let field = if name_given { "name" } else { "issuer" };
             return Err(error(
-                format!("{item_path}.{field}"),
+                item_path.field(field),
                 format!(
                     "the name \"{}\" and the name of providers[{index}] are both \"{label}\" in metric names: rename one",
                     provider.name
