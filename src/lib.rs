@@ -8,6 +8,7 @@ pub mod authorize;
 pub mod cache;
 pub mod claims;
 pub mod config;
+pub mod config_hash;
 pub mod extract;
 pub mod header_map;
 pub mod host_verify;

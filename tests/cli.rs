@@ -320,6 +320,81 @@ spec:
     );
 }
 
+/// The hashes `check-config` prints, in order, with each plugin's label.
+fn printed_hashes(stderr: &str) -> Vec<(String, String)> {
+    stderr
+        .lines()
+        .filter_map(|line| line.rsplit_once("config sha256: "))
+        .map(|(label, hex)| (label.to_string(), hex.to_string()))
+        .collect()
+}
+
+fn sha256_hex(text: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A pipeline compares the hash `check-config` prints with what sidecars report: it is the
+/// SHA-256 of the canonical JSON (sorted members, no whitespace), the same for the plugin's
+/// JSON and for a WasmPlugin's YAML, whatever the member order and spacing.
+#[test]
+fn check_config_prints_the_policy_identity_the_filter_reports() {
+    let canonical = r#"{"providers":[{"issuer":"https://idp.example.com","jwksUri":"https://idp.example.com/jwks","maxLifetimeSeconds":3600}],"unmatched":"deny"}"#;
+    let json = scratch(
+        "identity.json",
+        "{\n  \"unmatched\": \"deny\",\n  \"providers\": [\n    {\"maxLifetimeSeconds\": 3600, \"jwksUri\": \"https://idp.example.com/jwks\",\n     \"issuer\": \"https://idp.example.com\"}\n  ]\n}\n",
+    );
+    let out = run(&["check-config", json.to_str().unwrap()], None);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "ok: 1 provider, 0 rules\n");
+    assert_eq!(
+        out.stderr,
+        format!("config sha256: {}\n", sha256_hex(canonical))
+    );
+    let yaml = format!(
+        "{PLUGIN_HEAD}  pluginConfig:
+    providers:
+      - jwksUri: https://idp.example.com/jwks
+        maxLifetimeSeconds: 3600
+        issuer: https://idp.example.com
+    unmatched: deny
+---
+{PLUGIN_HEAD}  pluginConfig:
+    providers:
+      - jwksUri: https://idp.example.com/jwks
+        maxLifetimeSeconds: 3601
+        issuer: https://idp.example.com
+    unmatched: deny
+"
+    )
+    .replacen("name: mesh-oauth", "name: other", 1);
+    let file = scratch("identity.yaml", &yaml);
+    let out = run(&["check-config", file.to_str().unwrap()], None);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        printed_hashes(&out.stderr),
+        [
+            ("WasmPlugin shop/other: ".to_string(), sha256_hex(canonical)),
+            (
+                "WasmPlugin shop/mesh-oauth: ".to_string(),
+                // One value changed, another hash.
+                sha256_hex(&canonical.replace("3600", "3601"))
+            ),
+        ],
+        "{}",
+        out.stderr
+    );
+    // A file with an invalid plugin is not a policy to apply: no hash.
+    let broken = yaml.replace("3601", "-1");
+    let file = scratch("identity-broken.yaml", &broken);
+    let out = run(&["check-config", file.to_str().unwrap()], None);
+    assert_eq!(out.code, 1);
+    assert!(printed_hashes(&out.stderr).is_empty(), "{}", out.stderr);
+}
+
 #[test]
 fn check_config_refuses_yaml_the_filter_would_not_get_a_sound_config_from() {
     let cases = [

@@ -23,7 +23,10 @@ const USAGE: &str = "\
 usage:
   mesh-oauth check-config FILE
       Validates a plugin configuration as the filter does: the plugin's JSON, or every
-      `kind: WasmPlugin` document's spec.pluginConfig in an Istio YAML file.
+      `kind: WasmPlugin` document's spec.pluginConfig in an Istio YAML file. When all are
+      valid, it also prints `config sha256: <64 hex>` for each on standard error: the policy
+      identity the filter logs and reports as the gauge mesh_oauth.config_hash.<plugin>
+      (its first 12 hex digits as an integer).
   mesh-oauth convert FILE... [--check] [--report] [--minimal] [--root-namespace NS] [--url URL]
       Turns Istio RequestAuthentication and AuthorizationPolicy resources (Kubernetes YAML,
       several documents per file, or `kubectl get -o yaml` lists) into one WasmPlugin per
@@ -102,11 +105,15 @@ fn check_config(args: &[String]) -> Result<ExitCode, Failure> {
     };
     let plugins = load::load(file).map_err(|e| Failure::Invalid(format!("{file}: {e}")))?;
     let mut valid = true;
+    let mut identities = Vec::new();
     for plugin in plugins {
         let label = match plugin.label.as_str() {
             "" => String::new(),
             label => format!("{label}: "),
         };
+        if let Some(hash) = &plugin.hash {
+            identities.push(format!("{label}config sha256: {}\n", hash.hex()));
+        }
         match plugin.result {
             Ok(config) => emit(&format!(
                 "ok: {label}{}, {}\n",
@@ -118,6 +125,11 @@ fn check_config(args: &[String]) -> Result<ExitCode, Failure> {
                 valid = false;
             }
         }
+    }
+    // On standard error, after the `ok:` lines, whose format scripts already read; and only
+    // for a file that is valid as a whole: the policy a pipeline may apply.
+    if valid {
+        eprint!("{}", identities.concat());
     }
     Ok(if valid {
         ExitCode::SUCCESS
