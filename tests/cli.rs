@@ -1097,6 +1097,126 @@ fn convert_writes_istio_hosts_with_ports_as_the_host() {
     ), "{}", out.stderr);
 }
 
+/// Root-namespace policies are the mesh baseline: one plugin in the root namespace for every
+/// sidecar, first by `priority`, handing the token on; the namespace's plugin keeps the
+/// baseline's providers and deny rules (a request must pass both) and removes the token.
+#[test]
+fn convert_writes_root_namespace_policies_as_the_mesh_baseline() {
+    let yaml = |root: &str| {
+        format!(
+            r#"
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: corp, namespace: {root}}}
+spec:
+  jwtRules:
+  - issuer: https://login.example.com/realms/corp
+    jwksUri: https://login.example.com/realms/corp/certs
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: no-debug, namespace: {root}}}
+spec:
+  action: DENY
+  rules:
+  - to:
+    - operation: {{paths: ["/debug/*"]}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: orders, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: orders}}}}
+  rules:
+  - to:
+    - operation: {{methods: [GET]}}
+    when:
+    - {{key: "request.auth.claims[iss]", values: ["https://login.example.com/realms/corp"]}}
+"#
+        )
+    };
+    for (root, flags) in [
+        ("istio-system", vec!["--check"]),
+        (
+            "mesh-root",
+            vec!["--check", "--root-namespace", "mesh-root"],
+        ),
+    ] {
+        let out = convert(&format!("baseline-{root}.yaml"), &yaml(root), &flags);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let docs = yaml_rust2::YamlLoader::load_from_str(&out.stdout).unwrap();
+        let plugins: Vec<&yaml_rust2::Yaml> = docs
+            .iter()
+            .filter(|d| d["kind"].as_str() == Some("WasmPlugin"))
+            .collect();
+        let names: Vec<(&str, &str)> = plugins
+            .iter()
+            .map(|d| {
+                (
+                    d["metadata"]["namespace"].as_str().unwrap(),
+                    d["metadata"]["name"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [(root, "mesh-oauth-baseline"), ("shop", "mesh-oauth-orders")]
+        );
+        let (baseline, orders) = (plugins[0], plugins[1]);
+        assert!(baseline["spec"]["selector"].is_badvalue(), "every sidecar");
+        assert_eq!(baseline["spec"]["priority"].as_i64(), Some(1000));
+        assert_eq!(
+            baseline["spec"]["match"][0]["mode"].as_str(),
+            Some("SERVER")
+        );
+        assert!(
+            orders["spec"]["priority"].is_badvalue(),
+            "runs after the baseline"
+        );
+        let forwards = |plugin: &yaml_rust2::Yaml| {
+            plugin["spec"]["pluginConfig"]["providers"][0]["forwardOriginalToken"].as_bool()
+        };
+        assert_eq!(forwards(baseline), Some(true));
+        assert_eq!(forwards(orders), None, "Istio's default: removed upstream");
+        let rules = |plugin: &yaml_rust2::Yaml| -> Vec<String> {
+            plugin["spec"]["pluginConfig"]["rules"]
+                .as_vec()
+                .unwrap()
+                .iter()
+                .map(|r| r["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(rules(baseline), [format!("{root}/no-debug[0]")]);
+        assert_eq!(
+            rules(orders),
+            [format!("{root}/no-debug[0]"), "shop/orders[0]".to_string()]
+        );
+        assert!(
+            out.stderr.contains(&format!(
+                "note: WasmPlugin {root}/mesh-oauth-baseline: forwardOriginalToken: true for https://login.example.com/realms/corp: the baseline hands the token on"
+            )),
+            "{}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(&format!(
+                "ok: WasmPlugin {root}/mesh-oauth-baseline: 1 provider, 1 rule"
+            )),
+            "{}",
+            out.stderr
+        );
+    }
+    // Without the flag, policies in mesh-root are that namespace's only: the workload in shop
+    // gets no provider from them, and its plugin could never verify a token.
+    let out = convert("baseline-default.yaml", &yaml("mesh-root"), &[]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("providers: is empty") && out.stderr.contains("shop/orders"),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn convert_makes_a_plugin_per_selection_and_shares_namespace_denies() {
     let yaml = r#"

@@ -36,7 +36,10 @@ usage:
       --check               also validate each pluginConfig as check-config does, and say so
       --report              mode: report, to run beside the policies it replaces
       --minimal             answers: minimal: refusals name no cause to the client
-      --root-namespace NS   Istio's root namespace (mesh-wide policies), default istio-system
+      --root-namespace NS   Istio's root namespace, default istio-system: its policies
+                            without a selector become the mesh baseline, WasmPlugin
+                            mesh-oauth-baseline with priority 1000 (before every other
+                            plugin), which hands the token on to the plugins after it
       --url URL             the module's url in each WasmPlugin
   mesh-oauth explain --config FILE --token TOKEN [options]
       Shows step by step how the filter decides a request carrying TOKEN, and its answer.
