@@ -10,6 +10,7 @@ use crate::host_verify::TrustedHost;
 use crate::keys::KeySet;
 use crate::path::{self, PathError};
 use crate::policy::{self, Applies, RequestFacts, Unmet};
+use crate::reason::Reason;
 use crate::response::Denial;
 use crate::sender::dpop::Proof;
 use crate::sender::replay::Admission;
@@ -80,7 +81,7 @@ pub struct Trace {
     pub cached: bool,
     /// `invalidToken: "ignore"`: the request went on as anonymous; why its token was not
     /// accepted.
-    pub ignored: Option<&'static str>,
+    pub ignored: Option<Reason>,
 }
 
 #[derive(Debug, Clone)]
@@ -235,10 +236,10 @@ pub fn provider_removed(outcome: Outcome) -> Outcome {
     match outcome {
         Outcome::Deny(Denial::InvalidToken {
             description,
-            reason: "issuer",
+            reason: Reason::Issuer,
         }) => Outcome::Deny(Denial::InvalidToken {
             description,
-            reason: "provider_removed",
+            reason: Reason::ProviderRemoved,
         }),
         other => other,
     }
@@ -356,7 +357,7 @@ fn decide(
         };
     };
     let Some(provider) = config.providers.get(verified.provider) else {
-        return Err(invalid("token issuer is not trusted", "issuer").into());
+        return Err(invalid("token issuer is not trusted", Reason::Issuer).into());
     };
 
     let requirement_check = match action {
@@ -379,19 +380,27 @@ fn decide(
     match requirement_check {
         Ok(()) => {}
         Err(Unmet::WrongProvider) => {
-            return Err(invalid("token issuer is not accepted for this resource", "issuer").into())
+            return Err(invalid(
+                "token issuer is not accepted for this resource",
+                Reason::Issuer,
+            )
+            .into())
         }
         Err(Unmet::MissingScopes(scopes)) => return Err(Denial::MissingScopes(scopes).into()),
         Err(Unmet::ClaimFailed(_)) => return Err(Denial::ClaimFailed.into()),
         Err(Unmet::Audience) => {
             return Err(invalid(
                 "token audience is not accepted for this resource",
-                "audience",
+                Reason::Audience,
             )
             .into())
         }
         Err(Unmet::Tenant) => {
-            return Err(invalid("token tenant is not accepted for this resource", "tenant").into())
+            return Err(invalid(
+                "token tenant is not accepted for this resource",
+                Reason::Tenant,
+            )
+            .into())
         }
         Err(Unmet::Delegation(description)) => {
             return Err(Denial::DelegationRefused(description).into())
@@ -467,16 +476,16 @@ fn find_and_verify(
         .revocations(verified.provider)
         .is_some_and(|list| claims::is_revoked(&verified.claims, list))
     {
-        return Err(invalid("token revoked", "revoked").into());
+        return Err(invalid("token revoked", Reason::Revoked).into());
     }
     let Some(provider) = config.providers.get(verified.provider) else {
-        return Err(invalid("token issuer is not trusted", "issuer").into());
+        return Err(invalid("token issuer is not trusted", Reason::Issuer).into());
     };
     // RFC 8707: a protected resource accepts tokens issued for itself, unless the provider
     // names its own audiences.
     if let Some(resource) = config.resource_for(request.authority) {
         if provider.audiences.is_empty() && !names_audience(&verified.claims, &resource.resource) {
-            return Err(invalid("token audience is not this resource", "audience").into());
+            return Err(invalid("token audience is not this resource", Reason::Audience).into());
         }
     }
     let presented = if verified.found.location.is_dpop() {
@@ -508,11 +517,11 @@ enum Need<'c> {
 fn wrong_location() -> Denial {
     invalid(
         "token was sent in a location its issuer is not configured for",
-        "malformed",
+        Reason::Malformed,
     )
 }
 
-fn invalid(description: &'static str, reason: &'static str) -> Denial {
+fn invalid(description: &'static str, reason: Reason) -> Denial {
     Denial::InvalidToken {
         description,
         reason,
@@ -583,14 +592,14 @@ fn verify_token(
     trace.claims = Some(Rc::clone(&claims));
     // The issuer selects the provider before the signature is checked; nothing from the
     // payload is trusted until the provider's keys have verified it.
-    let issuer = claims::issuer(&claims).ok_or(invalid("token has no issuer", "issuer"))?;
+    let issuer = claims::issuer(&claims).ok_or(invalid("token has no issuer", Reason::Issuer))?;
     let (index, provider) = config
         .provider_for(issuer)
-        .ok_or(invalid("token issuer is not trusted", "issuer"))?;
+        .ok_or(invalid("token issuer is not trusted", Reason::Issuer))?;
     trace.provider = Some(index);
     if let (Some(tenancy), Some(tenant)) = (&provider.tenancy, provider.tenant_of(issuer)) {
         if !tenancy.admits(tenant) {
-            return Err(invalid("token tenant is not trusted", "tenant").into());
+            return Err(invalid("token tenant is not trusted", Reason::Tenant).into());
         }
     }
     if !found.location.is_listed_by(provider) {
@@ -696,11 +705,11 @@ fn cache_hit(
     )
 }
 
-fn verify_reason(error: &VerifyError) -> &'static str {
+fn verify_reason(error: &VerifyError) -> Reason {
     match error {
-        VerifyError::AlgorithmNotAllowed | VerifyError::KeyAlgorithmMismatch => "algorithm",
-        VerifyError::UnknownKey | VerifyError::NoSuitableKey => "unknown_key",
-        VerifyError::BadSignature => "signature",
+        VerifyError::AlgorithmNotAllowed | VerifyError::KeyAlgorithmMismatch => Reason::Algorithm,
+        VerifyError::UnknownKey | VerifyError::NoSuitableKey => Reason::UnknownKey,
+        VerifyError::BadSignature => Reason::Signature,
     }
 }
 
@@ -958,7 +967,7 @@ mod tests {
     }
 
     fn reason(outcome: Outcome) -> &'static str {
-        denial(outcome).reason()
+        denial(outcome).reason().name()
     }
 
     #[test]
@@ -1007,7 +1016,11 @@ mod tests {
                 "/public/page",
                 &[("authorization", &bearer), ("x-sub", "forged")],
             );
-            assert_eq!(decision.trace.ignored, Some(why), "{token}");
+            assert_eq!(
+                decision.trace.ignored.map(|r| r.name()),
+                Some(why),
+                "{token}"
+            );
             assert_eq!(
                 crate::audit::Verdict::of(&decision),
                 crate::audit::Verdict::Anonymous
@@ -1036,7 +1049,7 @@ mod tests {
             "/public/page",
             &[("authorization", "Bearer a"), ("authorization", "Bearer b")],
         );
-        assert_eq!(denial(two).reason(), "invalid_request");
+        assert_eq!(denial(two).reason().name(), "invalid_request");
     }
 
     #[test]
@@ -1084,7 +1097,7 @@ mod tests {
                 refused,
                 Denial::InvalidToken {
                     description: "token tenant (tid) does not match its issuer",
-                    reason: "tenant"
+                    reason: crate::reason::Reason::Tenant
                 }
             );
         }
@@ -1094,7 +1107,7 @@ mod tests {
             denial(f.with_token("/t2-only/a", &token(&v2("t1"), Some("t1")))),
             Denial::InvalidToken {
                 description: "token tenant is not accepted for this resource",
-                reason: "tenant"
+                reason: crate::reason::Reason::Tenant
             }
         );
         // The audit line names the tenant.
@@ -1206,7 +1219,10 @@ mod tests {
         );
         let report = fixture(json!({"providers": [provider(json!({}))], "mode": "report"}));
         let a = allowed(wait_expired(&report.config, &report.keys, 0, NOW * 1000).outcome);
-        assert_eq!(a.would_deny.map(|d| d.reason()), Some("keys_unavailable"));
+        assert_eq!(
+            a.would_deny.map(|d| d.reason().name()),
+            Some("keys_unavailable")
+        );
     }
 
     #[test]
@@ -1214,7 +1230,7 @@ mod tests {
         let f = fixture(json!({"providers": [provider(json!({})),
             {"issuer": OTHER_ISSUER, "jwksUri": "https://o/jwks", "fromHeaders": [{"name": "x-token"}]}]}));
         let d = denial(f.run("GET", "/", &[("x-token", &f.good_token())]));
-        assert_eq!(d.reason(), "malformed");
+        assert_eq!(d.reason().name(), "malformed");
     }
 
     #[test]
@@ -1229,7 +1245,7 @@ mod tests {
                 ("authorization", &format!("Bearer {t}x")),
             ],
         ));
-        assert_eq!(d.reason(), "invalid_request");
+        assert_eq!(d.reason().name(), "invalid_request");
         assert_eq!(reason(f.with_token("/admin%2Fx", &t)), "invalid_request");
     }
 
@@ -1308,7 +1324,7 @@ mod tests {
             matches!(
                 replayed,
                 Outcome::Deny(Denial::InvalidProof {
-                    reason: "dpop_replay",
+                    reason: crate::reason::Reason::DpopReplay,
                     ..
                 })
             ),
@@ -1321,7 +1337,7 @@ mod tests {
             matches!(
                 downgraded,
                 Outcome::Deny(Denial::InvalidToken {
-                    reason: "dpop_downgrade",
+                    reason: crate::reason::Reason::DpopDowngrade,
                     ..
                 })
             ),
@@ -1334,7 +1350,7 @@ mod tests {
             matches!(
                 outcome,
                 Outcome::Deny(Denial::InvalidToken {
-                    reason: "dpop_required",
+                    reason: crate::reason::Reason::DpopRequired,
                     ..
                 })
             ),
@@ -1460,7 +1476,7 @@ mod tests {
             &[("authorization", "Bearer x.y.z"), ("x-sub", "forged")],
         ));
         assert_eq!(a.edits, vec![HeaderEdit::Remove("x-sub".into())]);
-        assert_eq!(a.would_deny.map(|d| d.reason()), Some("malformed"));
+        assert_eq!(a.would_deny.map(|d| d.reason().name()), Some("malformed"));
     }
 
     #[test]
@@ -1682,7 +1698,7 @@ mod tests {
             decision.outcome,
             Outcome::Deny(Denial::InvalidToken {
                 description: "token revoked",
-                reason: "revoked"
+                reason: crate::reason::Reason::Revoked
             })
         );
     }

@@ -2,6 +2,7 @@
 //! (RFC 7519 §4.1, RFC 9068 §4: `exp` is required).
 
 use crate::config::{Provider, Revoked};
+use crate::reason::Reason;
 use serde_json::{Map, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,19 +49,19 @@ impl ClaimError {
         }
     }
 
-    /// Stable short code for metrics and logs.
-    pub fn reason(self) -> &'static str {
+    /// Why, for metrics and logs.
+    pub fn reason(self) -> Reason {
         match self {
-            ClaimError::Expired => "expired",
-            ClaimError::NotYetValid | ClaimError::IssuedInFuture => "not_yet_valid",
-            ClaimError::Audience => "audience",
-            ClaimError::Revoked => "revoked",
-            ClaimError::TenantMismatch => "tenant",
+            ClaimError::Expired => Reason::Expired,
+            ClaimError::NotYetValid | ClaimError::IssuedInFuture => Reason::NotYetValid,
+            ClaimError::Audience => Reason::Audience,
+            ClaimError::Revoked => Reason::Revoked,
+            ClaimError::TenantMismatch => Reason::Tenant,
             ClaimError::MissingExp
             | ClaimError::NotNumericDate(_)
             | ClaimError::DateOutOfRange(_)
-            | ClaimError::NotAString(_) => "malformed",
-            ClaimError::LifetimeTooLong => "lifetime",
+            | ClaimError::NotAString(_) => Reason::Malformed,
+            ClaimError::LifetimeTooLong => Reason::Lifetime,
         }
     }
 }
@@ -302,7 +303,7 @@ mod tests {
         ] {
             let error = check(&claims(json!({ "exp": exp })), &p, NOW).unwrap_err();
             assert_eq!(error, ClaimError::DateOutOfRange("exp"), "{exp}");
-            assert_eq!(error.reason(), "malformed");
+            assert_eq!(error.reason().name(), "malformed");
         }
         let huge: Map<String, Value> =
             serde_json::from_str(r#"{"exp": 1000000000000000000000000000000}"#).unwrap();

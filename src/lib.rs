@@ -17,6 +17,7 @@ pub mod keystore;
 pub mod path;
 pub mod peer;
 pub mod policy;
+pub mod reason;
 pub mod resource;
 pub mod response;
 pub mod sender;

@@ -9,6 +9,7 @@ use crate::authorize::Request;
 use crate::config::{Binding, Provider};
 use crate::host_verify::TrustedHost;
 use crate::peer::Peer;
+use crate::reason::Reason;
 use crate::response::Denial;
 use crate::token::TokenLimits;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -60,13 +61,13 @@ fn check_dpop(
     match (presented, provider.dpop.mode) {
         (Presented::Dpop, Binding::Off) => Err(invalid(
             "the DPoP scheme is not accepted for this issuer",
-            "dpop_not_accepted",
+            Reason::DpopNotAccepted,
         )),
         (Presented::Dpop, _) => {
             let Some(jkt) = jkt else {
                 return Err(invalid(
                     "token is not DPoP-bound (no cnf.jkt) but was sent with the DPoP scheme",
-                    "dpop_unbound",
+                    Reason::DpopUnbound,
                 ));
             };
             let proof_text = dpop::proof_header(request).map_err(proof_denial)?;
@@ -85,14 +86,14 @@ fn check_dpop(
             if proof.jkt != jkt {
                 return Err(Denial::InvalidProof {
                     description: "DPoP proof key is not the key the token is bound to (cnf.jkt)",
-                    reason: "dpop_binding",
+                    reason: Reason::DpopBinding,
                 });
             }
             match admit(&proof) {
                 Admission::Fresh => Ok(()),
                 Admission::Replayed => Err(Denial::InvalidProof {
                     description: "DPoP proof was already used",
-                    reason: "dpop_replay",
+                    reason: Reason::DpopReplay,
                 }),
                 Admission::Full | Admission::Unavailable => Err(Denial::ReplayUnavailable),
             }
@@ -100,11 +101,12 @@ fn check_dpop(
         // RFC 9449 §7.1: a bound token sent as a bearer token is a downgrade, whatever the mode.
         (Presented::Bearer, _) if jkt.is_some() => Err(invalid(
             "token is DPoP-bound (cnf.jkt): send it with the DPoP scheme and a proof",
-            "dpop_downgrade",
+            Reason::DpopDowngrade,
         )),
-        (Presented::Bearer, Binding::Required) => {
-            Err(invalid("a DPoP-bound token is required", "dpop_required"))
-        }
+        (Presented::Bearer, Binding::Required) => Err(invalid(
+            "a DPoP-bound token is required",
+            Reason::DpopRequired,
+        )),
         (Presented::Bearer, _) => Ok(()),
     }
 }
@@ -123,7 +125,7 @@ fn check_certificate(
         return match mode {
             Binding::Required => Err(invalid(
                 "token is not bound to a client certificate (no cnf x5t#S256)",
-                "cert_unbound",
+                Reason::CertUnbound,
             )),
             _ => Ok(()),
         };
@@ -132,12 +134,12 @@ fn check_certificate(
     match presented {
         None => Err(invalid(
             "token is bound to a client certificate and the connection presented none",
-            "cert_missing",
+            Reason::CertMissing,
         )),
         Some(digest) if digest == bound => Ok(()),
         Some(_) => Err(invalid(
             "token is bound to another client certificate",
-            "cert_mismatch",
+            Reason::CertMismatch,
         )),
     }
 }
@@ -146,7 +148,7 @@ fn cnf<'c>(claims: &'c Map<String, Value>, member: &str) -> Option<&'c str> {
     claims.get("cnf")?.get(member)?.as_str()
 }
 
-fn invalid(description: &'static str, reason: &'static str) -> Denial {
+fn invalid(description: &'static str, reason: Reason) -> Denial {
     Denial::InvalidToken {
         description,
         reason,
