@@ -704,6 +704,49 @@ fn explain_refuses_an_invalid_configuration_and_a_wrong_command_line() {
     assert_eq!(out.code, 2);
 }
 
+/// Every command answers `--help` and `-h` with its own usage and succeeds, even after other
+/// options; without a command, the usage of all of them.
+#[test]
+fn every_command_answers_help_with_its_usage() {
+    let commands = ["check-config", "convert", "explain"];
+    for command in commands {
+        for flag in ["--help", "-h"] {
+            for args in [vec![command, flag], vec![command, "--config", "c", flag]] {
+                if command != "explain" && args.len() > 2 {
+                    continue;
+                }
+                let out = run(&args, None);
+                assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+                assert_eq!(out.stderr, "", "{args:?}");
+                assert!(
+                    out.stdout.starts_with("usage:\n"),
+                    "{args:?}: {}",
+                    out.stdout
+                );
+                assert!(
+                    out.stdout.contains(&format!("  mesh-oauth {command} ")),
+                    "{args:?}: {}",
+                    out.stdout
+                );
+                for other in commands.iter().filter(|other| **other != command) {
+                    assert!(
+                        !out.stdout.contains(&format!("mesh-oauth {other} ")),
+                        "{args:?}: {}",
+                        out.stdout
+                    );
+                }
+            }
+        }
+    }
+    let out = run(&["--help"], None);
+    assert_eq!(out.code, 0);
+    for command in commands {
+        assert!(out.stdout.contains(&format!("  mesh-oauth {command} ")));
+    }
+    let out = run(&["convert", "--help-me"], None);
+    assert_eq!(out.code, 2, "only --help and -h ask for help");
+}
+
 /// `--jwks URL`: the key document is fetched over HTTP, here from a one-shot server on the
 /// loopback interface.
 #[test]

@@ -19,12 +19,10 @@ use mesh_oauth::peer::FixedPeer;
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
-const USAGE: &str = "\
-usage:
-  mesh-oauth check-config FILE
+const CHECK_CONFIG_USAGE: &str = "  mesh-oauth check-config FILE
       Validates a plugin configuration as the filter does: the plugin's JSON, or every
-      `kind: WasmPlugin` document's spec.pluginConfig in an Istio YAML file.
-  mesh-oauth convert FILE... [--check] [--report] [--minimal] [--root-namespace NS] [--url URL]
+      `kind: WasmPlugin` document's spec.pluginConfig in an Istio YAML file.";
+const CONVERT_USAGE: &str = "  mesh-oauth convert FILE... [--check] [--report] [--minimal] [--root-namespace NS] [--url URL]
       Turns Istio RequestAuthentication and AuthorizationPolicy resources (Kubernetes YAML,
       several documents per file, or `kubectl get -o yaml` lists) into one WasmPlugin per
       workload selector or targetRefs, deciding as Istio does, with the ServiceEntry and
@@ -34,8 +32,8 @@ usage:
       --report              mode: report, to run beside the policies it replaces
       --minimal             answers: minimal: refusals name no cause to the client
       --root-namespace NS   Istio's root namespace (mesh-wide policies), default istio-system
-      --url URL             the module's url in each WasmPlugin
-  mesh-oauth explain --config FILE --token TOKEN [options]
+      --url URL             the module's url in each WasmPlugin";
+const EXPLAIN_USAGE: &str = "  mesh-oauth explain --config FILE --token TOKEN [options]
       Shows step by step how the filter decides a request carrying TOKEN, and its answer.
       --token -             read the token from standard input
       --jwks FILE|URL       keys (a JWKS document) for the provider the token's iss selects,
@@ -56,8 +54,29 @@ usage:
       --client-cert-sha256 HEX
                             the client certificate's SHA-256 (certificate-bound tokens)
       --dpop PROOF          send the token as `Authorization: DPoP` with this DPoP proof
-      --scheme S            the request's :scheme, default https
-exit status: 0 done (for check-config: valid), 1 invalid input, 2 usage error";
+      --scheme S            the request's :scheme, default https";
+const EXIT_STATUS: &str =
+    "exit status: 0 done (for check-config: valid), 1 invalid input, 2 usage error";
+
+/// The usage of the given commands.
+fn usage(commands: &[&str]) -> String {
+    format!("usage:\n{}\n{EXIT_STATUS}", commands.join("\n"))
+}
+
+/// The usage of every command.
+fn full_usage() -> String {
+    usage(&[CHECK_CONFIG_USAGE, CONVERT_USAGE, EXPLAIN_USAGE])
+}
+
+fn asks_help(arg: &str) -> bool {
+    arg == "-h" || arg == "--help"
+}
+
+/// `--help` answers with the usage on standard output and succeeds, as a user expects.
+fn help(command: &str) -> ExitCode {
+    emit(&format!("{}\n", usage(&[command])));
+    ExitCode::SUCCESS
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -65,8 +84,8 @@ fn main() -> ExitCode {
         Some((command, rest)) if command == "check-config" => check_config(rest),
         Some((command, rest)) if command == "explain" => explain_command(rest),
         Some((command, rest)) if command == "convert" => convert_command(rest),
-        Some((flag, _)) if flag == "-h" || flag == "--help" => {
-            emit(&format!("{USAGE}\n"));
+        Some((flag, _)) if asks_help(flag) => {
+            emit(&format!("{}\n", full_usage()));
             Ok(ExitCode::SUCCESS)
         }
         _ => Err(Failure::Usage("a command is needed".into())),
@@ -78,7 +97,7 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
         Err(Failure::Usage(message)) => {
-            eprintln!("error: {message}\n{USAGE}");
+            eprintln!("error: {message}\n{}", full_usage());
             ExitCode::from(2)
         }
     }
@@ -97,6 +116,9 @@ fn emit(text: &str) {
 }
 
 fn check_config(args: &[String]) -> Result<ExitCode, Failure> {
+    if args.iter().any(|arg| asks_help(arg)) {
+        return Ok(help(CHECK_CONFIG_USAGE));
+    }
     let [file] = args else {
         return Err(Failure::Usage("check-config takes one FILE".into()));
     };
@@ -145,6 +167,7 @@ fn convert_command(args: &[String]) -> Result<ExitCode, Failure> {
                 .ok_or_else(|| Failure::Usage(format!("{arg} needs a value")))
         };
         match arg.as_str() {
+            flag if asks_help(flag) => return Ok(help(CONVERT_USAGE)),
             "--check" => check = true,
             "--report" => options.report = true,
             "--minimal" => options.minimal = true,
@@ -207,6 +230,9 @@ fn explain_command(args: &[String]) -> Result<ExitCode, Failure> {
     let mut scheme = None;
     let mut rest = args.iter();
     while let Some(flag) = rest.next() {
+        if asks_help(flag) {
+            return Ok(help(EXPLAIN_USAGE));
+        }
         let value = rest
             .next()
             .cloned()
