@@ -39,8 +39,35 @@ pub fn check(
     host: Option<TrustedHost<'_>>,
     admit: &mut dyn FnMut(&dpop::Proof) -> Admission,
 ) -> Result<(), Denial> {
+    check_seen(
+        provider, claims, token, presented, request, now_ms, limits, host, admit, None,
+    )
+}
+
+/// A DPoP proof as [`check_seen`] checked it, for `explain`: the checks that held, in order,
+/// and the proof's key thumbprint or why it failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProofSeen {
+    pub passed: Vec<&'static str>,
+    pub checked: Option<Result<String, dpop::ProofError>>,
+}
+
+/// [`check`], noting the DPoP proof's checks in `seen` when given.
+#[allow(clippy::too_many_arguments)]
+pub fn check_seen(
+    provider: &Provider,
+    claims: &Map<String, Value>,
+    token: &str,
+    presented: Presented,
+    request: &Request<'_>,
+    now_ms: u64,
+    limits: &TokenLimits,
+    host: Option<TrustedHost<'_>>,
+    admit: &mut dyn FnMut(&dpop::Proof) -> Admission,
+    seen: Option<&mut ProofSeen>,
+) -> Result<(), Denial> {
     check_dpop(
-        provider, claims, token, presented, request, now_ms, limits, host, admit,
+        provider, claims, token, presented, request, now_ms, limits, host, admit, seen,
     )?;
     check_certificate(provider.certificate_bound, claims, request.peer)
 }
@@ -56,6 +83,7 @@ fn check_dpop(
     limits: &TokenLimits,
     host: Option<TrustedHost<'_>>,
     admit: &mut dyn FnMut(&dpop::Proof) -> Admission,
+    mut seen: Option<&mut ProofSeen>,
 ) -> Result<(), Denial> {
     let jkt = cnf(claims, "jkt");
     match (presented, provider.dpop.mode) {
@@ -80,9 +108,13 @@ fn check_dpop(
                 now_ms / 1000,
                 limits,
                 host,
-                &mut Vec::new(),
-            )
-            .map_err(proof_denial)?;
+                seen.as_deref_mut()
+                    .map_or(&mut Vec::new(), |seen| &mut seen.passed),
+            );
+            if let Some(seen) = seen {
+                seen.checked = Some(proof.as_ref().map(|p| p.jkt.clone()).map_err(|e| *e));
+            }
+            let proof = proof.map_err(proof_denial)?;
             if proof.jkt != jkt {
                 return Err(Denial::InvalidProof {
                     description: "DPoP proof key is not the key the token is bound to (cnf.jkt)",
