@@ -1411,6 +1411,82 @@ mod tests {
         assert_eq!(reason(f.with_token("/admin%2Fx", &t)), "invalid_request");
     }
 
+    /// The record `explain` prints: recording changes no decision, and it holds the steps an
+    /// explanation of its own once missed (RFC 8707 audience, CORS preflight, ignore).
+    #[test]
+    fn a_recorded_decision_is_the_same_decision_with_its_steps() {
+        let recorded = |f: &Fixture, method: &str, path: &str, headers: &[(&str, &str)]| {
+            let request = Request {
+                method,
+                scheme: "https",
+                path,
+                authority: "orders.example.com",
+                headers,
+                peer: &crate::peer::NoPeer,
+            };
+            let record = std::cell::RefCell::new(record::Record::default());
+            let mut cache = TokenCache::new(0);
+            let rec = Recorder::writing_to(&record);
+            let with =
+                authorize_recorded(&f.config, &f.keys, &mut cache, &request, NOW * 1000, rec);
+            let without = authorize(&f.config, &f.keys, &mut cache, &request, NOW * 1000);
+            assert_eq!(with.outcome, without.outcome, "{method} {path}");
+            (with.outcome, record.into_inner().steps)
+        };
+        let resource = fixture(json!({
+            "providers": [{"issuer": ISSUER, "jwksUri": "https://idp.example.com/jwks"}],
+            "protectedResource": {"resource": "https://orders.example.com/api"},
+            "rules": [{"match": {"paths": ["/public"]}, "allowAnonymous": true,
+                       "invalidToken": "ignore"}]}));
+        let bearer = format!("Bearer {}", resource.good_token());
+        let (outcome, steps) = recorded(&resource, "GET", "/api", &[("authorization", &bearer)]);
+        assert_eq!(denial(outcome).reason(), Reason::Audience);
+        assert!(
+            matches!(
+                steps.as_slice(),
+                [
+                    Step::Path(Ok(_)),
+                    Step::Rule(_),
+                    Step::Unmatched { .. },
+                    Step::Location(Ok(Some(_))),
+                    Step::Parsed(Ok(_)),
+                    Step::Provider(_),
+                    Step::Keys { .. },
+                    Step::Signature(Ok(_)),
+                    Step::Claims { result: Ok(()), .. },
+                    Step::ResourceAudience { held: false, .. }
+                ]
+            ),
+            "{steps:#?}"
+        );
+        let (outcome, steps) = recorded(&resource, "GET", "/public", &[("authorization", &bearer)]);
+        assert!(matches!(outcome, Outcome::Allow(_)));
+        assert!(
+            matches!(steps.last(), Some(Step::Ignored(Reason::Audience))),
+            "{steps:#?}"
+        );
+        let preflight = [
+            ("origin", "https://app"),
+            ("access-control-request-method", "POST"),
+        ];
+        let (outcome, steps) = recorded(&simple(), "OPTIONS", "/", &preflight);
+        assert!(matches!(outcome, Outcome::Allow(_)));
+        assert!(matches!(steps.last(), Some(Step::Preflight)), "{steps:#?}");
+        // Every step of a refusal by requirement, down to the scopes it lacks.
+        let rules = with_rules();
+        let token = format!("Bearer {}", rules.good_token());
+        let (outcome, steps) = recorded(&rules, "POST", "/orders/1", &[("authorization", &token)]);
+        assert_eq!(denial(outcome).reason(), Reason::Scope);
+        assert!(
+            matches!(
+                steps.last(),
+                Some(Step::Requirement { alternatives, result: Err(Unmet::MissingScopes(_)) })
+                    if matches!(alternatives.as_slice(), [parts] if parts.iter().any(|p| matches!(p, policy::RequirementSeen::Scopes { .. })))
+            ),
+            "{steps:#?}"
+        );
+    }
+
     #[test]
     fn cors_preflight_passes_without_a_token_unless_switched_off() {
         let preflight = [

@@ -9,7 +9,7 @@ mod request_match;
 pub use index::{Candidates, RuleIndex};
 pub use request_match::{
     check_rule, describe_pattern, observe, pattern_matches, select, select_seen, text_matches,
-    Applies, Miss, MissReason, Observed, RequestFacts, RuleTried, Selection, TokenClaims,
+    Applies, Miss, MissReason, MissSeen, Observed, RequestFacts, RuleTried, Selection, TokenClaims,
 };
 
 /// Istio path semantics, case-sensitive. `Prefix` is a plain string prefix, exactly as Istio

@@ -72,12 +72,21 @@ pub fn select<'c, E>(
     select_seen(config, request, token, None)
 }
 
-/// A rule selection tried, for `explain`: the rule's index and, if it missed, why, with the
-/// value the failing condition read (for a value that is there and not listed).
+/// A rule selection tried, for `explain`: the rule's index and, if it missed, why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleTried {
     pub rule: usize,
-    pub missed: Option<(Miss, Option<Observed<'static>>)>,
+    pub missed: Option<MissSeen>,
+}
+
+/// Why a tried rule missed, with what its failing condition read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissSeen {
+    pub miss: Miss,
+    /// The value a condition whose value is there (`MissReason::Unmet`) read.
+    pub observed: Option<Observed<'static>>,
+    /// That value met the condition's values (so its notValues refused it).
+    pub listed: bool,
 }
 
 /// [`select`], telling `tried` each rule it tries when given (rules the index rules out by
@@ -99,19 +108,30 @@ pub fn select_seen<'c, E>(
         let checked = check_rule(rule, request, token)?;
         if let Some(tried) = tried.as_deref_mut() {
             let missed = checked.as_ref().err().map(|miss| {
-                let observed = (miss.why == MissReason::Unmet)
+                let condition = (miss.why == MissReason::Unmet)
                     .then(|| rule.matcher.conditions.get(miss.condition))
-                    .flatten()
-                    .map(|condition| {
-                        // The token was read for this rule already: the caller remembers it.
-                        let claims = condition
-                            .fact
-                            .needs_token()
-                            .then(|| token().ok().flatten())
-                            .flatten();
-                        owned(observe(&condition.fact, request, claims.as_ref()))
+                    .flatten();
+                let observed = condition.map(|condition| {
+                    // The token was read for this rule already: the caller remembers it.
+                    let claims = condition
+                        .fact
+                        .needs_token()
+                        .then(|| token().ok().flatten())
+                        .flatten();
+                    owned(observe(&condition.fact, request, claims.as_ref()))
+                });
+                let listed = condition
+                    .zip(observed.as_ref())
+                    .is_some_and(|(c, observed)| {
+                        c.any_of
+                            .as_ref()
+                            .is_none_or(|ps| ps.iter().any(|p| pattern_matches(p, observed)))
                     });
-                (miss.clone(), observed)
+                MissSeen {
+                    miss: miss.clone(),
+                    observed,
+                    listed,
+                }
             });
             tried(RuleTried { rule: at, missed });
         }
