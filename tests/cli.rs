@@ -1352,6 +1352,46 @@ fn explain_shows_what_the_client_sees_and_the_reason_it_is_not_told() {
         redirect.contains(&"  location: https://login.example.com/start?return_to=/orders/1"),
         "{redirect:?}"
     );
+    // The audit line keeps the refusal's own status, whatever the client is shown.
+    assert!(
+        redirect.contains(&"  the refusal's own status, in the audit line and metrics: 401"),
+        "{redirect:?}"
+    );
+}
+
+/// Without `--token` the request carries only the headers given: a token sent in one is found
+/// where the filter looks and its provider gets `--jwks`; without any, the filter's 401.
+#[test]
+fn explain_takes_the_token_from_the_request_headers_or_none() {
+    let idp = idp();
+    let token = idp.rs256(RSA_KID, &claims(json!({})));
+    let config = scratch("headers-only.json", &idp.config().to_string());
+    let jwks = scratch("headers-only.jwks.json", &idp.rsa_jwks());
+    let now = NOW.to_string();
+    let base = [
+        "explain",
+        "--config",
+        config.to_str().unwrap(),
+        "--jwks",
+        jwks.to_str().unwrap(),
+        "--now",
+        &now,
+        "--path",
+        "/orders/7",
+    ];
+    let header = format!("Authorization: Bearer {token}");
+    let out = run(&[&base[..], &["--request-header", &header]].concat(), None);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_secret_free(&out.stdout, &token);
+    assert_eq!(
+        answer(&out)[0],
+        "final: allowed: the request goes on upstream",
+        "{}",
+        out.stdout
+    );
+    let out = run(&base, None);
+    assert_eq!(answer(&out)[0], "final: 401 Unauthorized (missing)");
+    assert!(out.stdout.contains("token: none given"), "{}", out.stdout);
 }
 
 #[test]

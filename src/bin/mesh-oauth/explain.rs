@@ -14,7 +14,7 @@ use mesh_oauth::config::{
     Action, Answers, Binding, ClaimTest, Condition, Config, Fact, KeySource, Mode, Pattern,
     Provider, Requirement, Rule, RuleMatch, Unmatched,
 };
-use mesh_oauth::extract::Location;
+use mesh_oauth::extract::{self, Location, RequestParts};
 use mesh_oauth::keys::{parse_jwks, JwksLimits};
 use mesh_oauth::path::PathError;
 use mesh_oauth::peer::FixedPeer;
@@ -31,7 +31,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 pub struct Options {
-    pub token: String,
+    /// `None`: the request carries only the headers (`--request-header`) and path given.
+    pub token: Option<String>,
     pub jwks: Option<String>,
     pub method: String,
     pub path: String,
@@ -71,15 +72,17 @@ impl Out {
 pub fn explain(config: &Config, options: &Options) -> Result<String, String> {
     let mut out = Out::default();
     let (headers, raw_path, placed) = place_token(config, options);
-    let keys = gather_keys(config, options)?;
     out.line(format!(
         "request: {} {} (host {})",
         options.method, options.path, options.host
     ));
-    out.line(format!(
-        "token: {} bytes, sent as {placed} (the token itself is never printed)",
-        options.token.len()
-    ));
+    match (&options.token, placed) {
+        (Some(token), Some(placed)) => out.line(format!(
+            "token: {} bytes, sent as {placed} (the token itself is never printed)",
+            token.len()
+        )),
+        _ => out.line("token: none given (the request carries the headers given, if any)"),
+    }
     let asks_peer = config.rules.iter().any(|rule| {
         let conditions = &rule.matcher.conditions;
         conditions.iter().any(|c| c.fact.needs_peer())
@@ -100,6 +103,7 @@ pub fn explain(config: &Config, options: &Options) -> Result<String, String> {
         headers: &headers,
         peer: &options.peer,
     };
+    let keys = gather_keys(config, options, &request)?;
     let record = RefCell::new(Record::default());
     // No cache: every explanation verifies afresh.
     let decision = authorize::authorize_recorded(
@@ -153,8 +157,22 @@ fn describe_connection(peer: &FixedPeer, out: &mut Out) {
 }
 
 /// The request headers and `:path` with the token in place, and where that is, for humans.
-fn place_token(config: &Config, options: &Options) -> (Vec<(String, String)>, String, String) {
-    let token = &options.token;
+fn place_token(
+    config: &Config,
+    options: &Options,
+) -> (Vec<(String, String)>, String, Option<String>) {
+    let Some(token) = &options.token else {
+        return (Vec::new(), options.path.clone(), None);
+    };
+    let (headers, path, placed) = place(config, options, token);
+    (headers, path, Some(placed))
+}
+
+fn place(
+    config: &Config,
+    options: &Options,
+    token: &str,
+) -> (Vec<(String, String)>, String, String) {
     if let Some(proof) = &options.dpop {
         return (
             vec![
@@ -204,16 +222,23 @@ struct Keys {
     unused_jwks: Option<String>,
 }
 
-fn gather_keys(config: &Config, options: &Options) -> Result<Keys, String> {
+fn gather_keys(config: &Config, options: &Options, request: &Request<'_>) -> Result<Keys, String> {
     let limits = JwksLimits::from(&config.limits);
-    // `--jwks` stands for what the provider the token's issuer selects would fetch.
+    // `--jwks` stands for what the provider the token's issuer selects would fetch: the token
+    // found where the filter looks, however it was given.
     let token_limits = TokenLimits::from(&config.limits);
-    let selected = token::parse(&options.token, &token_limits)
+    let parts = RequestParts {
+        headers: request.headers,
+        path: request.path,
+    };
+    let found = extract::find_token(&config.providers, &parts)
         .ok()
-        .and_then(|jws| {
-            let iss = claims::issuer(&jws.claims)?;
-            config.provider_for(iss).map(|(index, _)| index)
-        });
+        .flatten();
+    let selected = found.and_then(|found| {
+        let jws = token::parse(&found.token, &token_limits).ok()?;
+        let iss = claims::issuer(&jws.claims)?;
+        config.provider_for(iss).map(|(index, _)| index)
+    });
     let mut sets = Vec::with_capacity(config.providers.len());
     let mut notes = Vec::with_capacity(config.providers.len());
     let mut jwks_used = false;
@@ -1117,6 +1142,13 @@ fn denial_lines(out: &mut Out, denial: &Denial, answering: &Answering<'_>, lead:
         status_text(response.status),
         denial.reason()
     ));
+    // `denyWith` changes what the client sees, never the refusal the audit line records.
+    let own = denial.render("").status;
+    if own != response.status {
+        out.line(format!(
+            "  the refusal's own status, in the audit line and metrics: {own}"
+        ));
+    }
     for (name, value) in &response.headers {
         out.line(format!("  {name}: {value}"));
     }

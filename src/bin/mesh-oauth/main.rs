@@ -2,7 +2,7 @@
 //!
 //!     mesh-oauth check-config FILE
 //!     mesh-oauth convert FILE... [--check] [--report] [--minimal] [--root-namespace NS] [--url URL]
-//!     mesh-oauth explain --config FILE --token TOKEN|- [--jwks FILE|URL] [--method M]
+//!     mesh-oauth explain --config FILE [--token TOKEN|-] [--jwks FILE|URL] [--method M]
 //!                        [--path P] [--host H] [--now T] [--header NAME|--param NAME|--cookie NAME]
 //!                        [--request-header 'NAME: VALUE']... [--peer URI] [--source ADDR]
 //!                        [--destination ADDR] [--sni NAME] [--client-cert-sha256 HEX]
@@ -33,8 +33,10 @@ const CONVERT_USAGE: &str = "  mesh-oauth convert FILE... [--check] [--report] [
       --minimal             answers: minimal: refusals name no cause to the client
       --root-namespace NS   Istio's root namespace (mesh-wide policies), default istio-system
       --url URL             the module's url in each WasmPlugin";
-const EXPLAIN_USAGE: &str = "  mesh-oauth explain --config FILE --token TOKEN [options]
+const EXPLAIN_USAGE: &str = "  mesh-oauth explain --config FILE [--token TOKEN] [options]
       Shows step by step how the filter decides a request carrying TOKEN, and its answer.
+      --token TOKEN         the token, put where --header, --param or --cookie says; without
+                            it the request carries only the headers given
       --token -             read the token from standard input
       --jwks FILE|URL       keys (a JWKS document) for the provider the token's iss selects,
                             when it fetches its keys (jwksUri or discovery)
@@ -282,7 +284,10 @@ fn explain_command(args: &[String]) -> Result<ExitCode, Failure> {
         }
     }
     let config_path = config_path.ok_or_else(|| Failure::Usage("--config is needed".into()))?;
-    let token = read_token(token.ok_or_else(|| Failure::Usage("--token is needed".into()))?)?;
+    let token = token.map(read_token).transpose()?;
+    if dpop.is_some() && token.is_none() {
+        return Err(Failure::Usage("--dpop needs --token".into()));
+    }
     let now_ms = match now {
         Some(text) => time::parse_now(&text).map_err(Failure::Usage)?,
         None => system_now_ms(),
