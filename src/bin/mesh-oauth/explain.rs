@@ -4,9 +4,10 @@
 //! Neither the token nor its signature nor key material is ever printed; claims are, marked
 //! as unverified until the signature holds.
 
-use crate::keys::{read_jwks, FixedKeys};
+use crate::keys::{is_url, read_jwks, Fixed, FixedKeys};
 use crate::time;
 use mesh_oauth::alg::{Alg, KeyFamily};
+use mesh_oauth::audit;
 use mesh_oauth::authorize::{self, Allowed, HeaderEdit, Outcome, Request, Trace};
 use mesh_oauth::cache::TokenCache;
 use mesh_oauth::claims::{self, ClaimSeen};
@@ -246,27 +247,46 @@ fn gather_keys(config: &Config, options: &Options, request: &Request<'_>) -> Res
         let (set, note) = match (&provider.keys, &options.jwks) {
             (KeySource::Inline(document), _) => {
                 match parse_jwks(document.as_bytes(), &limits, true) {
-                    Ok(set) => (Some(set), "inline `jwks` of the configuration".to_string()),
-                    Err(e) => (None, format!("inline `jwks` unusable: {}", e.describe())),
+                    Ok(set) => (
+                        Fixed::Ready(set),
+                        "inline `jwks` of the configuration".to_string(),
+                    ),
+                    Err(e) => (
+                        Fixed::Loading,
+                        format!("inline `jwks` unusable: {}", e.describe()),
+                    ),
                 }
             }
             (source, Some(jwks)) if selected == Some(index) => {
                 jwks_used = true;
-                let bytes = read_jwks(jwks, limits.max_bytes, provider.timeout_ms)?;
+                // A URL that cannot be fetched is the filter's failed fetch; a file that cannot
+                // be read is a mistake on the command line.
+                let bytes = match read_jwks(jwks, limits.max_bytes, provider.timeout_ms) {
+                    Ok(bytes) => Ok(bytes),
+                    Err(e) if is_url(jwks) => Err(e),
+                    Err(e) => return Err(e),
+                };
                 // A fetched document never yields symmetric keys, in the filter as here.
-                match parse_jwks(&bytes, &limits, false) {
-                    Ok(set) => (Some(set), format!("--jwks {jwks} ({})", remote(source))),
-                    Err(e) => (
-                        None,
+                match bytes.map(|bytes| parse_jwks(&bytes, &limits, false)) {
+                    Ok(Ok(set)) => (
+                        Fixed::Ready(set),
+                        format!("--jwks {jwks} ({})", remote(source)),
+                    ),
+                    Ok(Err(e)) => (
+                        Fixed::Failed,
                         format!(
-                            "--jwks {jwks} is not usable: {}; the filter would refuse it too",
+                            "--jwks {jwks} is not usable: {}; the filter refuses it too",
                             e.describe()
                         ),
+                    ),
+                    Err(e) => (
+                        Fixed::Failed,
+                        format!("{e}: as for the filter after a failed fetch"),
                     ),
                 }
             }
             (source, _) => (
-                None,
+                Fixed::Loading,
                 format!(
                     "none given to explain ({}); pass --jwks FILE|URL",
                     remote(source)
@@ -671,13 +691,10 @@ impl<'a> Render<'a> {
                     "   without keys the filter holds the request (up to {timeout_ms} ms) while it fetches them"
                 ));
             }
-            KeysSeen::Unavailable {
-                retry_after_seconds,
-            } => {
+            KeysSeen::Unavailable { .. } => {
                 self.out.line(format!("6. keys: {note}"));
-                self.out.line(format!(
-                    "   no keys can be had: refused with 503, Retry-After {retry_after_seconds}"
-                ));
+                self.out
+                    .line("   no keys can be had: refused with 503, for the client to retry");
             }
         }
     }
@@ -1045,6 +1062,17 @@ fn final_answer(
         "  looked at: {}",
         describe_trace(config, &decision.trace)
     ));
+    // A held request is logged once decided: here, as if its keys never came.
+    let logged = match decision.outcome {
+        Outcome::Wait { provider, .. } => {
+            authorize::wait_expired(config, &keys.lookup, provider, now_ms)
+        }
+        _ => decision.clone(),
+    };
+    out.line(format!(
+        "  audit line: {}",
+        audit::audit_line(config, &logged, request, None)
+    ));
     let realm = config.realm.as_deref().unwrap_or(request.authority);
     let challenges = Challenges::for_request(config, decision.trace.rule, request.authority);
     let answering = Answering {
@@ -1069,8 +1097,7 @@ fn final_answer(
                 "held: keys loading for {name}: the filter holds the request up to {timeout} ms while it fetches them"
             ));
             out.line("  if they do not come in time:");
-            let expired = authorize::wait_expired(config, &keys.lookup, provider, now_ms);
-            outcome_lines(out, config, &expired.outcome, &answering);
+            outcome_lines(out, config, &logged.outcome, &answering);
         }
         outcome => outcome_lines(out, config, &outcome, &answering),
     }
