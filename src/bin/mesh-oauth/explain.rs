@@ -126,7 +126,6 @@ pub fn explain(config: &Config, options: &Options) -> Result<String, String> {
     for step in &record.into_inner().steps {
         render.step(step);
     }
-    render.skipped_rules_until(config.rules.len().min(render.seen.rules_end()));
     let stops = match &decision.outcome {
         Outcome::Allow(allowed) => allowed.would_deny.is_some(),
         Outcome::Deny(_) | Outcome::Wait { .. } => true,
@@ -339,16 +338,6 @@ struct Seen {
     claims: Option<Rc<Map<String, Value>>>,
     provider: Option<usize>,
     token_looked_at: bool,
-}
-
-impl Seen {
-    /// Rules left to list as left out: all of them once `unmatched` applied, else none.
-    fn rules_end(&self) -> usize {
-        match self.applied {
-            Some(Err(_)) => usize::MAX,
-            _ => 0,
-        }
-    }
 }
 
 struct Render<'a> {
