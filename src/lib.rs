@@ -18,6 +18,8 @@ pub mod keystore;
 pub mod path;
 pub mod peer;
 pub mod policy;
+pub mod reason;
+pub mod record;
 pub mod resource;
 pub mod response;
 pub mod sender;

@@ -779,6 +779,49 @@ fn explain_refuses_an_invalid_configuration_and_a_wrong_command_line() {
     assert_eq!(out.code, 2);
 }
 
+/// Every command answers `--help` and `-h` with its own usage and succeeds, even after other
+/// options; without a command, the usage of all of them.
+#[test]
+fn every_command_answers_help_with_its_usage() {
+    let commands = ["check-config", "convert", "explain"];
+    for command in commands {
+        for flag in ["--help", "-h"] {
+            for args in [vec![command, flag], vec![command, "--config", "c", flag]] {
+                if command != "explain" && args.len() > 2 {
+                    continue;
+                }
+                let out = run(&args, None);
+                assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+                assert_eq!(out.stderr, "", "{args:?}");
+                assert!(
+                    out.stdout.starts_with("usage:\n"),
+                    "{args:?}: {}",
+                    out.stdout
+                );
+                assert!(
+                    out.stdout.contains(&format!("  mesh-oauth {command} ")),
+                    "{args:?}: {}",
+                    out.stdout
+                );
+                for other in commands.iter().filter(|other| **other != command) {
+                    assert!(
+                        !out.stdout.contains(&format!("mesh-oauth {other} ")),
+                        "{args:?}: {}",
+                        out.stdout
+                    );
+                }
+            }
+        }
+    }
+    let out = run(&["--help"], None);
+    assert_eq!(out.code, 0);
+    for command in commands {
+        assert!(out.stdout.contains(&format!("  mesh-oauth {command} ")));
+    }
+    let out = run(&["convert", "--help-me"], None);
+    assert_eq!(out.code, 2, "only --help and -h ask for help");
+}
+
 /// `--jwks URL`: the key document is fetched over HTTP, here from a one-shot server on the
 /// loopback interface.
 #[test]
@@ -1504,6 +1547,46 @@ fn explain_shows_what_the_client_sees_and_the_reason_it_is_not_told() {
         redirect.contains(&"  location: https://login.example.com/start?return_to=/orders/1"),
         "{redirect:?}"
     );
+    // The audit line keeps the refusal's own status, whatever the client is shown.
+    assert!(
+        redirect.contains(&"  the refusal's own status, in the audit line and metrics: 401"),
+        "{redirect:?}"
+    );
+}
+
+/// Without `--token` the request carries only the headers given: a token sent in one is found
+/// where the filter looks and its provider gets `--jwks`; without any, the filter's 401.
+#[test]
+fn explain_takes_the_token_from_the_request_headers_or_none() {
+    let idp = idp();
+    let token = idp.rs256(RSA_KID, &claims(json!({})));
+    let config = scratch("headers-only.json", &idp.config().to_string());
+    let jwks = scratch("headers-only.jwks.json", &idp.rsa_jwks());
+    let now = NOW.to_string();
+    let base = [
+        "explain",
+        "--config",
+        config.to_str().unwrap(),
+        "--jwks",
+        jwks.to_str().unwrap(),
+        "--now",
+        &now,
+        "--path",
+        "/orders/7",
+    ];
+    let header = format!("Authorization: Bearer {token}");
+    let out = run(&[&base[..], &["--request-header", &header]].concat(), None);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_secret_free(&out.stdout, &token);
+    assert_eq!(
+        answer(&out)[0],
+        "final: allowed: the request goes on upstream",
+        "{}",
+        out.stdout
+    );
+    let out = run(&base, None);
+    assert_eq!(answer(&out)[0], "final: 401 Unauthorized (missing)");
+    assert!(out.stdout.contains("token: none given"), "{}", out.stdout);
 }
 
 #[test]
