@@ -19,10 +19,11 @@
 //!
 //! ## Extension points (for flows that hold a request and make a call)
 //! - **Calls**: [`Runtime::dispatch`] with a [`Purpose`] sends an [`Effect::Dispatch`]; the
-//!   runtime keeps each call's purpose under the host's token and hands the answer to
-//!   `Runtime::call_answered` by purpose. A new flow adds a `Purpose` variant and its arm
-//!   there. Calls in flight at a configuration push are lost (Envoy drops the old root with
-//!   them): `take_over` says what each purpose does then.
+//!   runtime keeps each call's purpose under the host's token and hands the answer on by
+//!   purpose in [`Runtime::on_call_answer`] (and a refused dispatch in
+//!   [`Runtime::not_dispatched`]). A new flow adds a `Purpose` variant and its arms there
+//!   and in [`Runtime::answer_cap`] and [`Runtime::take_over`] (what a push does to its
+//!   calls in flight): the compiler points at each.
 //! - **Held requests** ([`held`]): a request waits either for a provider's keys
 //!   ([`held::Until::Keys`], decided again when they change) or for a named call
 //!   ([`held::Until::Call`]: the flow takes it with [`Runtime::take_held_for_call`]
@@ -32,6 +33,10 @@
 //!   response (a 302 with `set-cookie`, a 503 with `retry-after`...), and response-header
 //!   edits recorded with [`Runtime::edit_response`], applied when the upstream's answer
 //!   passes ([`Effect::EditResponse`]).
+//! - A flow that logs a user in, say, would: on the request, `dispatch` its token call with
+//!   a new `Purpose` and `hold_for_call` the request (expiry: a 503 with `retry-after`); on
+//!   the call's answer, `take_held_for_call` and push [`Effect::Answer`] (a 302 with
+//!   `set-cookie`) or [`Effect::Resume`] with an `authorization` edit for each.
 //! - **Metrics** have explicit kinds ([`MetricKind`]); per-request counts go through the
 //!   tally (flushed at each tick) rather than one host call per request.
 
@@ -141,7 +146,10 @@ pub struct Call {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallId(u64);
 
-/// What a call is for: its answer is handed on by purpose.
+/// What a call is for: its answer is handed on by purpose. A new variant also decides, in
+/// [`Runtime::take_over`], what becomes of its calls at a push: those dispatched from a root
+/// context are dropped by Envoy with it; those dispatched while handling a request (answered
+/// in that request's context) are still answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
     /// A provider's discovery document, key set or revocation list.

@@ -494,6 +494,21 @@ fn a_fetch_the_host_refuses_to_dispatch_is_retried_with_backoff_until_the_deadli
 }
 
 #[test]
+fn a_refused_dispatch_answers_held_requests_at_once_when_no_fetch_can_come_in_time() {
+    // The first retry comes after at least 250 ms: past this provider's timeout.
+    let mut vm = Vm::new(config(vec![provider(json!({"timeout": "100ms"}))]));
+    vm.envoy.refuse_dispatch = true;
+    vm.request(7, &vm.good_token(ISSUER));
+    vm.tick(ROOT);
+    let refused = vm
+        .envoy
+        .answer_for(7)
+        .expect("answered in the tick that failed");
+    assert_eq!(refused.status, 503);
+    assert_eq!(vm.held(), 0);
+}
+
+#[test]
 fn per_request_counts_reach_the_host_at_the_next_tick() {
     let mut vm = Vm::new(config(vec![provider(json!({}))]));
     vm.load_keys();
