@@ -28,7 +28,9 @@
 //!   ([`held::Until::Keys`], decided again when they change) or for a named call
 //!   ([`held::Until::Call`]: the flow takes it with [`Runtime::take_held_for_call`]
 //!   when the call answers, and the runtime answers it with the flow's own `expiry` response
-//!   if its deadline passes first). `maxHeldRequests` bounds both.
+//!   if its deadline passes first). `maxHeldRequests` bounds both. Another kind of wait (a
+//!   shared-data record that changes) is another `Until` variant with its arm in the wake
+//!   that runs at each tick (`Runtime::wake`).
 //! - **Answers**: [`Effect::Resume`] with request-header edits, [`Effect::Answer`] with any
 //!   response (a 302 with `set-cookie`, a 503 with `retry-after`...), and response-header
 //!   edits recorded with [`Runtime::edit_response`], applied when the upstream's answer

@@ -195,6 +195,16 @@ impl Vm {
         format!("{input}.{signature}")
     }
 
+    /// A token signed by `key` under `kid`.
+    fn token_by(key: &TestKey, kid: &str) -> String {
+        let header = b64(json!({"alg": "EdDSA", "kid": kid}).to_string().as_bytes());
+        let claims = json!({"iss": ISSUER, "aud": "orders", "sub": "bob",
+                            "exp": NOW_S + 3600, "iat": NOW_S});
+        let input = format!("{header}.{}", b64(claims.to_string().as_bytes()));
+        let signature = b64(&key.sign(Alg::EdDSA, input.as_bytes()));
+        format!("{input}.{signature}")
+    }
+
     fn good_token(&self, issuer: &str) -> String {
         self.token(json!({"iss": issuer, "aud": "orders", "sub": "alice",
                           "exp": NOW_S + 3600, "iat": NOW_S}))
@@ -506,6 +516,46 @@ fn a_refused_dispatch_answers_held_requests_at_once_when_no_fetch_can_come_in_ti
         .expect("answered in the tick that failed");
     assert_eq!(refused.status, 503);
     assert_eq!(vm.held(), 0);
+}
+
+#[test]
+fn an_unknown_kid_waits_for_one_refetch_and_is_decided_with_what_it_brings() {
+    let mut vm = Vm::new(config(vec![provider(json!({"jwksMinRefetchSeconds": 0}))]));
+    vm.load_keys();
+    vm.envoy.now += 10;
+    let rotated = TestKey::ed25519();
+    vm.request(7, &Vm::token_by(&rotated, "k2"));
+    vm.request(8, &Vm::token_by(&rotated, "k3"));
+    assert_eq!(vm.held(), 2, "held for a refetch");
+    vm.tick(ROOT);
+    let (call, _) = vm.envoy.take_call(KEYS_CLUSTER).expect("the refetch");
+    let jwks = json!({"keys": [vm.key.jwk(Some("k1")), rotated.jwk(Some("k2"))]}).to_string();
+    vm.answer(ROOT, call, 200, &jwks);
+    assert!(vm.envoy.was_resumed(7), "the refetch brought its key");
+    // k3 is not in the keys fetched since it started waiting: refused at once, not held
+    // for another fetch.
+    assert_eq!(status(vm.envoy.answer_for(8)), Some(401));
+    assert_eq!(vm.held(), 0);
+    assert!(vm.envoy.calls.is_empty());
+}
+
+#[test]
+fn a_push_takes_the_cached_tokens_off_the_gauge() {
+    let mut vm = Vm::new(config(vec![provider(json!({}))]));
+    vm.load_keys();
+    vm.request(7, &vm.good_token(ISSUER));
+    vm.tick(ROOT);
+    assert_eq!(vm.envoy.metric("mesh_oauth.cached_tokens"), Some(1));
+    assert!(vm.configure(
+        2,
+        config(vec![provider(json!({"audiences": ["orders", "more"]}))])
+    ));
+    vm.tick(2);
+    assert_eq!(
+        vm.envoy.metric("mesh_oauth.cached_tokens"),
+        Some(0),
+        "the new configuration starts with an empty cache"
+    );
 }
 
 #[test]
