@@ -65,6 +65,8 @@ fn host() -> Host<'static> {
 struct Slot {
     runtime: Option<Runtime>,
     metric_ids: Vec<Option<u32>>,
+    /// The last event's effects buffer, kept: a request allocates none.
+    spare: Effects,
 }
 
 type SharedState = Rc<RefCell<Slot>>;
@@ -182,17 +184,19 @@ fn carry_out(state: &SharedState, home: u32, current: Option<u32>, effects: Effe
     if effective != home {
         let _ = hostcalls::set_effective_context(home);
     }
+    if let Ok(mut slot) = state.try_borrow_mut() {
+        slot.spare = Vec::from(queue); // empty: its buffer serves the next event
+    }
     action
 }
 
 /// Runs an event on the plugin's runtime (none before the first valid configuration).
 fn event(state: &SharedState, run: impl FnOnce(&mut Runtime, &mut Effects)) -> Effects {
-    let mut out = Vec::new();
-    if let Ok(Some(runtime)) = state
-        .try_borrow_mut()
-        .as_deref_mut()
-        .map(|s| &mut s.runtime)
-    {
+    let Ok(mut slot) = state.try_borrow_mut() else {
+        return Vec::new();
+    };
+    let mut out = std::mem::take(&mut slot.spare);
+    if let Some(runtime) = slot.runtime.as_mut() {
         run(runtime, &mut out);
     }
     out
@@ -428,9 +432,7 @@ impl Context for Filter {
         let out = event(&self.state, |runtime, out| {
             runtime.request_done(self.context_id, out)
         });
-        if !out.is_empty() {
-            carry_out(&self.state, self.context_id, None, out);
-        }
+        carry_out(&self.state, self.context_id, None, out);
         true
     }
 }
@@ -487,9 +489,7 @@ impl HttpContext for Filter {
         let out = event(&self.state, |runtime, out| {
             runtime.on_response_headers(self.context_id, out)
         });
-        if !out.is_empty() {
-            carry_out(&self.state, self.context_id, None, out);
-        }
+        carry_out(&self.state, self.context_id, None, out);
         Action::Continue
     }
 }
