@@ -559,6 +559,46 @@ fn a_push_takes_the_cached_tokens_off_the_gauge() {
 }
 
 #[test]
+fn a_held_request_keeps_its_deadline_across_a_push() {
+    let mut vm = Vm::new(config(vec![provider(json!({}))]));
+    vm.request(7, &vm.good_token(ISSUER));
+    vm.tick(ROOT);
+    vm.envoy.now += 1_000;
+    let longer = provider(json!({"timeout": "10s", "audiences": ["orders", "more"]}));
+    assert!(vm.configure(2, config(vec![longer])));
+    vm.tick(2);
+    assert_eq!(vm.held(), 1, "still waiting for the keys after the push");
+    vm.envoy.now += 1_000;
+    vm.tick(2);
+    let refused = vm
+        .envoy
+        .answer_for(7)
+        .expect("answered at the deadline it had");
+    assert_eq!(refused.status, 503);
+    // A request that arrives now waits for the new timeout.
+    vm.request(8, &vm.good_token(ISSUER));
+    vm.envoy.now += 9_999;
+    vm.tick(2);
+    assert!(vm.envoy.answer_for(8).is_none());
+}
+
+#[test]
+fn report_mode_lets_a_refusal_through_and_says_what_it_would_have_been() {
+    let mut vm = Vm::new(json!({"providers": [provider(json!({}))], "mode": "report",
+                                "audit": {"allowedSampleRate": 0}}));
+    vm.request(7, "not-a-token");
+    assert!(vm.envoy.was_resumed(7));
+    assert!(vm
+        .envoy
+        .logged("mesh-oauth: report mode: would refuse with 401 (malformed)"));
+    vm.tick(ROOT);
+    assert_eq!(
+        vm.envoy.metric("mesh_oauth.none.would_deny.malformed"),
+        Some(1)
+    );
+}
+
+#[test]
 fn per_request_counts_reach_the_host_at_the_next_tick() {
     let mut vm = Vm::new(config(vec![provider(json!({}))]));
     vm.load_keys();
