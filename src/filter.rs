@@ -225,8 +225,8 @@ fn edit(map: MapType, edits: &[HeaderEdit]) -> bool {
 
 /// A call's answer, in context `context_id` (`root`: a root context).
 fn call_answered(state: &SharedState, context_id: u32, root: bool, token: u32, body_size: usize) {
-    let mut cap = None;
-    event(state, |runtime, _| cap = runtime.answer_cap(token));
+    let slot = state.try_borrow().ok();
+    let cap = slot.and_then(|slot| slot.runtime.as_ref()?.answer_cap(token));
     let Some(cap) = cap else {
         return; // not a call of this state (one from before a push)
     };

@@ -470,10 +470,6 @@ impl Runtime {
         Some(runtime)
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// A request's headers: decided at once (resumed or answered), or held (the root is
     /// woken to fetch what it waits for).
     pub fn on_request(
