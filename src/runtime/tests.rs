@@ -599,6 +599,42 @@ fn report_mode_lets_a_refusal_through_and_says_what_it_would_have_been() {
 }
 
 #[test]
+fn a_held_request_is_decided_again_with_the_connection_it_came_on() {
+    let rules = json!([{"match": {"notRemoteIpBlocks": ["10.0.0.0/8"]}, "deny": true}]);
+    let mut vm = Vm::new(json!({"providers": [provider(json!({}))], "rules": rules}));
+    let token = vm.good_token(ISSUER);
+    let authorization = format!("Bearer {token}");
+    let headers = [("authorization", authorization.as_str())];
+    let peer = crate::peer::FixedPeer {
+        source_address: Some("10.1.2.3:40000".into()),
+        ..Default::default()
+    };
+    let request = Request {
+        method: "GET",
+        scheme: "https",
+        path: "/orders",
+        authority: "orders.example.com",
+        headers: &headers,
+        peer: &peer,
+    };
+    vm.event(|runtime, host, out| runtime.on_request(7, &request, host, out));
+    assert_eq!(vm.held(), 1);
+    vm.load_keys();
+    assert!(vm.envoy.was_resumed(7), "{:?}", vm.envoy.answered);
+    // The same request from outside 10.0.0.0/8 is refused by the first rule.
+    let outside = crate::peer::FixedPeer {
+        source_address: Some("192.0.2.1:40000".into()),
+        ..Default::default()
+    };
+    let request = Request {
+        peer: &outside,
+        ..request
+    };
+    vm.event(|runtime, host, out| runtime.on_request(8, &request, host, out));
+    assert_eq!(status(vm.envoy.answer_for(8)), Some(403));
+}
+
+#[test]
 fn per_request_counts_reach_the_host_at_the_next_tick() {
     let mut vm = Vm::new(config(vec![provider(json!({}))]));
     vm.load_keys();
