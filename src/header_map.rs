@@ -56,6 +56,114 @@ pub fn serialize(pairs: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
+/// Owned pairs as the host calls take them.
+pub fn borrowed(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
+    pairs
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect()
+}
+
+/// A header map (the request's, or a call's answer): the host's one buffer, that every name
+/// and value borrows from. Names are lower-cased in place.
+pub struct HeaderBlock {
+    raw: Vec<u8>,
+    spans: Vec<(Range<usize>, Range<usize>)>,
+}
+
+/// The request as the core sees it, borrowing from a [`HeaderBlock`].
+#[derive(Default)]
+pub struct RequestFields<'a> {
+    pub method: &'a str,
+    pub scheme: &'a str,
+    pub path: &'a str,
+    pub authority: &'a str,
+    pub headers: Vec<(&'a str, &'a str)>,
+}
+
+impl HeaderBlock {
+    /// `None` when the buffer breaks its own counts.
+    pub fn new(mut raw: Vec<u8>) -> Option<HeaderBlock> {
+        let spans = spans(&raw)?;
+        for (name, _) in &spans {
+            if let Some(name) = raw.get_mut(name.clone()) {
+                name.make_ascii_lowercase();
+            }
+        }
+        Some(HeaderBlock { raw, spans })
+    }
+
+    /// Every name and value, lossy where it is not UTF-8 (a call's answer).
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        let text = |span: &Range<usize>| {
+            String::from_utf8_lossy(self.raw.get(span.clone()).unwrap_or_default()).into_owned()
+        };
+        self.spans
+            .iter()
+            .map(|(name, value)| (text(name), text(value)))
+            .collect()
+    }
+
+    /// Lossy copies of the names and values that are not UTF-8 (rare), in header order.
+    pub fn repairs(&self) -> Vec<String> {
+        self.spans
+            .iter()
+            .flat_map(|(name, value)| [name, value])
+            .filter_map(|span| {
+                let bytes = self.raw.get(span.clone()).unwrap_or_default();
+                std::str::from_utf8(bytes)
+                    .is_err()
+                    .then(|| String::from_utf8_lossy(bytes).into_owned())
+            })
+            .collect()
+    }
+
+    /// The request's fields; `None` when a name or value is not UTF-8 and `repairs` (from
+    /// [`HeaderBlock::repairs`]) has no copy for it. Each piece is checked once here: the
+    /// common request, all UTF-8, needs no `repairs` pass at all.
+    pub fn fields<'a>(&'a self, repairs: &'a [String]) -> Option<RequestFields<'a>> {
+        let mut repaired = repairs.iter();
+        let mut text = |span: &Range<usize>| -> Option<&'a str> {
+            let bytes = self.raw.get(span.clone()).unwrap_or_default();
+            match std::str::from_utf8(bytes) {
+                Ok(text) => Some(text),
+                Err(_) => repaired.next().map(String::as_str),
+            }
+        };
+        let mut fields = RequestFields {
+            method: "",
+            scheme: "",
+            path: "",
+            authority: "",
+            headers: Vec::with_capacity(self.spans.len()),
+        };
+        for (name, value) in &self.spans {
+            let (name, value) = (text(name)?, text(value)?);
+            match name {
+                ":method" => fields.method = value,
+                ":scheme" => fields.scheme = value,
+                ":path" => fields.path = value,
+                ":authority" => fields.authority = value,
+                _ => fields.headers.push((name, value)),
+            }
+        }
+        Some(fields)
+    }
+}
+
+impl RequestFields<'_> {
+    pub fn request<'a>(&'a self, peer: &'a dyn crate::peer::Peer) -> crate::authorize::Request<'a> {
+        crate::authorize::Request {
+            method: self.method,
+            scheme: self.scheme,
+            path: self.path,
+            authority: self.authority,
+            headers: &self.headers,
+            peer,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +211,37 @@ mod tests {
         let first_nul = 4 + 2 * 8 + 1;
         missing_nul[first_nul] = b'x';
         assert!(read(&missing_nul).is_none());
+    }
+
+    #[test]
+    fn a_request_block_splits_pseudo_headers_lower_cases_names_and_repairs_non_utf8() {
+        let mut raw = serialize(&[
+            (":method", "GET"),
+            (":path", "/a"),
+            (":authority", "api"),
+            (":scheme", "https"),
+            ("X-Trace", "1"),
+            ("x-bin", "?"),
+        ]);
+        let at = raw.len() - 2;
+        raw[at] = 0xff; // the value of x-bin is not UTF-8
+        let block = HeaderBlock::new(raw).unwrap();
+        assert!(block.fields(&[]).is_none(), "a piece without its repair");
+        let repairs = block.repairs();
+        assert_eq!(repairs, ["\u{fffd}"]);
+        let fields = block.fields(&repairs).unwrap();
+        let request = fields.request(&crate::peer::NoPeer);
+        assert_eq!(
+            (
+                request.method,
+                request.path,
+                request.authority,
+                request.scheme
+            ),
+            ("GET", "/a", "api", "https")
+        );
+        assert_eq!(request.headers, [("x-trace", "1"), ("x-bin", "\u{fffd}")]);
+        assert_eq!(block.pairs()[4], ("x-trace".to_string(), "1".to_string()));
+        assert!(HeaderBlock::new(vec![1, 0, 0, 0]).is_none());
     }
 }

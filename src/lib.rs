@@ -1,6 +1,8 @@
 //! mesh-oauth: a request's path through the core is
-//! config → extract → token → keys → verify → claims → policy → response.
-//! Everything but `filter` is plain Rust, testable natively.
+//! config → extract → token → keys → verify → claims → policy → response, decided in
+//! `authorize`; `runtime` holds the per-VM state (held requests, key fetches, metrics) and
+//! turns host events into effects, which `filter` (the proxy-wasm shell) carries out.
+//! Everything but `filter` and `host` is plain Rust, testable natively.
 
 pub mod alg;
 pub mod audit;
@@ -22,6 +24,7 @@ pub mod reason;
 pub mod record;
 pub mod resource;
 pub mod response;
+pub mod runtime;
 pub mod sender;
 pub mod token;
 pub mod verify;

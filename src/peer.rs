@@ -2,6 +2,7 @@
 //! Envoy's connection properties give them. The filter reads each one only when a rule asks
 //! (each read is a host call); everything derived from them is here, tested natively.
 
+use std::cell::OnceCell;
 use std::net::IpAddr;
 
 /// What the host knows about the connection. `None`: the host has no such value (no peer
@@ -69,6 +70,55 @@ impl Peer for FixedPeer {
     }
 }
 
+/// The connection's properties, each read through `read` (a property path) on first use
+/// only: a configuration whose rules never ask about the connection reads nothing.
+pub struct LazyPeer<F: Fn([&str; 2]) -> Option<String>> {
+    read: F,
+    uri_san: OnceCell<Option<String>>,
+    source_address: OnceCell<Option<String>>,
+    destination_address: OnceCell<Option<String>>,
+    sni: OnceCell<Option<String>>,
+    certificate_digest: OnceCell<Option<String>>,
+}
+
+impl<F: Fn([&str; 2]) -> Option<String>> LazyPeer<F> {
+    pub fn new(read: F) -> Self {
+        LazyPeer {
+            read,
+            uri_san: OnceCell::new(),
+            source_address: OnceCell::new(),
+            destination_address: OnceCell::new(),
+            sni: OnceCell::new(),
+            certificate_digest: OnceCell::new(),
+        }
+    }
+
+    fn get<'a>(&self, cell: &'a OnceCell<Option<String>>, path: [&str; 2]) -> Option<&'a str> {
+        cell.get_or_init(|| (self.read)(path)).as_deref()
+    }
+}
+
+impl<F: Fn([&str; 2]) -> Option<String>> Peer for LazyPeer<F> {
+    fn uri_san(&self) -> Option<&str> {
+        self.get(&self.uri_san, ["connection", "uri_san_peer_certificate"])
+    }
+    fn source_address(&self) -> Option<&str> {
+        self.get(&self.source_address, ["source", "address"])
+    }
+    fn destination_address(&self) -> Option<&str> {
+        self.get(&self.destination_address, ["destination", "address"])
+    }
+    fn sni(&self) -> Option<&str> {
+        self.get(&self.sni, ["connection", "requested_server_name"])
+    }
+    fn certificate_digest(&self) -> Option<&str> {
+        self.get(
+            &self.certificate_digest,
+            ["connection", "sha256_peer_certificate_digest"],
+        )
+    }
+}
+
 /// The workload identity in Istio's form, `cluster.local/ns/NS/sa/SA`: the SPIFFE URI SAN
 /// without its scheme. A certificate without a SPIFFE ID names no principal.
 pub fn principal(uri_san: &str) -> Option<&str> {
@@ -100,6 +150,23 @@ pub fn parse_address(address: &str) -> Option<(IpAddr, Option<u16>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lazy_peer_reads_each_property_once_and_only_when_asked() {
+        let reads = std::cell::RefCell::new(Vec::new());
+        let peer = LazyPeer::new(|path: [&str; 2]| {
+            reads.borrow_mut().push(path.join("."));
+            (path[0] == "source").then(|| "10.0.0.1:5000".to_string())
+        });
+        assert_eq!(peer.source_address(), Some("10.0.0.1:5000"));
+        assert_eq!(peer.source_address(), Some("10.0.0.1:5000"));
+        assert_eq!(peer.sni(), None);
+        assert_eq!(peer.sni(), None);
+        assert_eq!(
+            *reads.borrow(),
+            ["source.address", "connection.requested_server_name"]
+        );
+    }
 
     #[test]
     fn principal_is_the_spiffe_id_without_its_scheme() {
