@@ -10,7 +10,7 @@ PY          := $(VENV)/bin/python
 WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
                   --enable-mutable-globals --strip-debug --strip-producers
 
-.PHONY: build tools venv test lint unit integration cli host-probe demo mesh-scale bench soak clean alerts-test crash-test-module
+.PHONY: build tools venv test lint unit integration cli host-probe demo mesh-scale bench bench-baseline soak clean alerts-test crash-test-module
 
 # Toolchain pieces the wasm build needs: the target, clang for ring's C/asm, wasm-opt.
 tools: .cache/tools.stamp
@@ -98,6 +98,22 @@ include fuzz/fuzz.mk
 # bench/bench.py installs wrk and taskset, builds, mints tokens, runs; BENCH_ARGS passes options.
 bench: venv $(VENV)/.bench-stamp
 	$(PY) bench/bench.py $(BENCH_ARGS)
+
+# The same bench with a baseline module built from REF (a commit, tag or branch) as arm F, next
+# to the current one (arm E), for a before/after in one run: `make bench-baseline REF=main`.
+# Built in a temporary git worktree with its own target dir, so neither this tree's module nor
+# its incremental build is touched. BENCH_ARGS passes further options, as for `make bench`.
+BASELINE_DIR    := target/baseline
+BASELINE_MODULE := dist/baseline.wasm
+bench-baseline: tools
+	@test -n "$(REF)" || { echo "usage: make bench-baseline REF=<git ref> [BENCH_ARGS=...]" >&2; exit 2; }
+	@set -e; tree=$$(mktemp -d); trap 'git worktree remove --force "$$tree" 2>/dev/null || rm -rf "$$tree"' EXIT; \
+		git worktree add --detach --quiet "$$tree" "$(REF)"; \
+		echo "baseline: $(REF) = $$(git -C "$$tree" rev-parse --short HEAD)"; \
+		(cd "$$tree" && cargo build --release --target $(WASM_TARGET) --lib --target-dir $(CURDIR)/$(BASELINE_DIR)); \
+		mkdir -p dist; \
+		wasm-opt $(WASM_OPT_FLAGS) $(BASELINE_DIR)/$(WASM_TARGET)/release/mesh_oauth.wasm -o $(BASELINE_MODULE)
+	$(MAKE) bench BENCH_ARGS="--baseline-wasm $(BASELINE_MODULE) $(BENCH_ARGS)"
 
 $(VENV)/.bench-stamp: bench/requirements.txt $(VENV)/.stamp
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r bench/requirements.txt

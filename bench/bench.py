@@ -2,16 +2,19 @@
 """`make bench`: mesh-oauth against what Istio users have, and against the floor of any Wasm
 filter, in one Envoy binary on this machine (issue 6).
 
-Arms, interleaved A B C D E in every round, each a fresh Envoy (`--concurrency 1`, pinned to
+Arms, interleaved A B C D E (F) in every round, each a fresh Envoy (`--concurrency 1`, pinned to
 one core; wrk pinned to another, keep-alive, direct_response upstream):
   A none            no auth filter
   B jwt_authn       Envoy's native filter, the same provider (inline JWKS), no token cache
   C jwt_authn+cache the same with `jwt_cache_config`
   D empty-wasm      bench/empty-filter: reads and removes the token header, nothing else
   E mesh-oauth      dist/mesh_oauth.wasm in V8
+  F mesh-oauth (baseline)  with --baseline-wasm PATH only: arm E's configuration, the module at
+                    PATH (e.g. built from an earlier commit by `make bench-baseline REF=...`),
+                    run right after E wherever E runs; the report adds E ÷ F per workload
 Workloads: one RS256 token repeated; a unique token per request (RS256, ES256, EdDSA, PS256) from a
 pre-minted pool; every other request an invalid (bad-signature) token; one DPoP-bound ES256
-token with a fresh ES256 proof per request (RFC 9449; arms A, D and E only: jwt_authn cannot
+token with a fresh ES256 proof per request (RFC 9449; arms A, D and E (F) only: jwt_authn cannot
 check a proof).
 
 Writes bench/results/{report.md, chart.png, runs.json} and prints a summary. Tokens are minted
@@ -32,7 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -96,7 +99,11 @@ ARMS = [
     Arm("D", "empty wasm", False),
     Arm("E", "mesh-oauth", True),
 ]
-ARM = {arm.key: arm for arm in ARMS}
+# Arm F runs only with --baseline-wasm (see enable_baseline); without it nothing changes.
+BASELINE_ARM = Arm("F", "mesh-oauth (baseline)", True)
+ARM = {arm.key: arm for arm in [*ARMS, BASELINE_ARM]}
+# The module arm F loads (set by enable_baseline).
+BASELINE_MODULE: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,17 @@ WORKLOADS = [
              arms="ADE"),
 ]
 WORKLOAD = {w.key: w for w in WORKLOADS}
+
+
+def enable_baseline(module: Path) -> None:
+    """Adds arm F: arm E's configuration with `module`, right after E in every workload E runs
+    (same rounds, same interleaving), so that E ÷ F is a before/after in one run."""
+    global BASELINE_MODULE
+    BASELINE_MODULE = module
+    ARMS.append(BASELINE_ARM)
+    WORKLOADS[:] = [replace(w, arms=w.arms.replace("E", "EF")) for w in WORKLOADS]
+    WORKLOAD.update({w.key: w for w in WORKLOADS})
+
 
 # --------------------------------------------------------------------------- set-up
 
@@ -401,7 +419,9 @@ def arm_filters(arm: str, jwks: str, workload: Workload | None = None) -> list[d
     plugin: dict[str, Any] = {"providers": [provider]}
     if limits:
         plugin["limits"] = limits
-    return [wasm_filter(MODULE, json.dumps(plugin))]
+    module = BASELINE_MODULE if arm == "F" else MODULE
+    assert module is not None, "arm F without --baseline-wasm"
+    return [wasm_filter(module, json.dumps(plugin))]
 
 
 def bootstrap(http_filters: list[dict[str, Any]]) -> dict[str, Any]:
@@ -653,7 +673,8 @@ def hotpath(files: dict[str, Path], jwks: str, workdir: Path) -> list[dict[str, 
     token = files["RS256.repeat"].read_text().strip()
     fixture.write_text(json.dumps({"config": json.dumps(plugin), "token": token}))
     results = []
-    for arm, module in (("D", EMPTY_FILTER), ("E", MODULE)):
+    modules = [("E", MODULE)] + ([("F", BASELINE_MODULE)] if BASELINE_MODULE else [])
+    for arm, module in [("D", EMPTY_FILTER), *modules]:
         out = run(["node", str(BENCH / "hotpath.mjs"), str(module), str(fixture), "20000", "10"],
                   capture_output=True).stdout
         results.append({"arm": arm, **json.loads(out.strip().splitlines()[-1])})
@@ -665,10 +686,16 @@ def hotpath(files: dict[str, Path], jwks: str, workdir: Path) -> list[dict[str, 
         first_seen = workdir / f"first-seen-{alg}.json"
         first_seen.write_text(json.dumps({"config": json.dumps(plugin), "token": pool[0], "tokens": pool,
                                           "host_verifies": True}))
-        rounds = [json.loads(run(["node", str(BENCH / "hotpath.mjs"), str(MODULE), str(first_seen), "4000", "5"],
-                                 capture_output=True).stdout.strip().splitlines()[-1]) for _ in range(3)]
-        best = min(rounds, key=lambda r: r["min_us"] - r["host_verify_us"])
-        results.append({"arm": "E", "first_seen": alg, **best})
+        # With a baseline, E and F take turns, so that a busy spell weighs on both.
+        rounds: dict[str, list[dict[str, Any]]] = {arm: [] for arm, _ in modules}
+        for _ in range(3):
+            for arm, module in modules:
+                out = run(["node", str(BENCH / "hotpath.mjs"), str(module), str(first_seen), "4000", "5"],
+                          capture_output=True).stdout
+                rounds[arm].append(json.loads(out.strip().splitlines()[-1]))
+        for arm, measured in rounds.items():
+            best = min(measured, key=lambda r: r["min_us"] - r["host_verify_us"])
+            results.append({"arm": arm, "first_seen": alg, **best})
     return results
 
 
@@ -860,6 +887,43 @@ def per_worker(rss: dict[int, int]) -> float:
     return (rss[4] - rss[1]) / 3
 
 
+def baseline_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """Per workload that arm F ran: E and F medians and E ÷ F (throughput; and by CPU, F's
+    CPU-µs/req over E's, so above 1 means E is faster by either measure), median and each round."""
+    rows = []
+    for w in ran(runs):
+        if "F" not in w.arms:
+            continue
+        rows.append({
+            "workload": w.key,
+            "rps": {arm: stat(runs, w.key, arm, lambda r: r.rps) for arm in "EF"},
+            "cpu": {arm: stat(runs, w.key, arm, lambda r: r.cpu_us_per_req) for arm in "EF"},
+            "ratio": ratio(runs, w.key, "E", "F"), "rounds": round_ratios(runs, w.key, "E", "F"),
+            "ratio_cpu": ratio(runs, w.key, "E", "F", by_cpu=True),
+            "rounds_cpu": round_ratios(runs, w.key, "E", "F", by_cpu=True),
+        })
+    return rows
+
+
+def hotpath_pairs(hot: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
+    """The V8 measurements of E and F side by side: (what, E µs, F µs); first-seen tokens by
+    the module's own work (the stand-in's verify taken out)."""
+    def own(h: dict[str, Any]) -> float:
+        return h["min_us"] - h.get("host_verify_us", 0) if "first_seen" in h else h["min_us"]
+
+    def name(h: dict[str, Any]) -> str:
+        return f"first-seen {h['first_seen']}, module's own work" if "first_seen" in h else "cached request"
+
+    by = {(name(h), h["arm"]): own(h) for h in hot}
+    return [(what, by[(what, "E")], by[(what, "F")]) for what, arm in by if arm == "E" and (what, "F") in by]
+
+
+def share(e: float, f: float) -> float:
+    """E ÷ F of two V8 times; none when either is not above zero (a first-seen run's own work,
+    the time less the stand-in's mean verify, can come out at or below zero on a busy machine)."""
+    return e / f if e > 0 and f > 0 else float("nan")
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -882,6 +946,27 @@ def write_report(path: Path, runs: list[Run], tgts: list[Target], rss: dict[str,
         lines.append(f"| {t.name} | {fmt(t.value, 2)} | {t.goal} | {verdict(t)} | {fmt(t.by_cpu, 2)} | {each} |")
     lines += ["", "Verdicts use throughput. The last column is the same ratio from Envoy's CPU cost "
               "per request; on a quiet machine (Envoy CPU % near 100) the two agree."]
+    if BASELINE_MODULE is not None:
+        lines += ["", "## mesh-oauth ÷ baseline (E ÷ F)", "",
+                  f"Arm F is arm E's configuration with the baseline module "
+                  f"(`{context.get('baseline', '')}`), run right after E in every round. E ÷ F above 1: "
+                  "the current module is faster; by CPU: F's CPU-µs/req ÷ E's, the same sense. The noise "
+                  "is the spread of the rounds' ratios (E and F run back to back, so a busy spell "
+                  "mostly hits both).", "",
+                  "| workload | E req/s | F req/s | E ÷ F | each round | E CPU-µs/req | F CPU-µs/req "
+                  "| E ÷ F by CPU | each round |",
+                  "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
+        for b in baseline_rows(runs):
+            each, each_cpu = (" ".join(fmt(r, 2) for r in b[k]) or "–" for k in ("rounds", "rounds_cpu"))
+            lines.append(f"| {b['workload']} | {fmt(b['rps']['E'])} | {fmt(b['rps']['F'])} "
+                         f"| {fmt(b['ratio'], 2)} | {each} | {fmt(b['cpu']['E'], 1)} | {fmt(b['cpu']['F'], 1)} "
+                         f"| {fmt(b['ratio_cpu'], 2)} | {each_cpu} |")
+        pairs = hotpath_pairs(hot)
+        if pairs:
+            lines += ["", "In V8 without Envoy (`bench/hotpath.mjs`, as in the section below; µs per request, "
+                      "lower is better):", "", "| measurement | E µs | F µs | E − F µs | E ÷ F |",
+                      "| --- | ---: | ---: | ---: | ---: |"]
+            lines += [f"| {what} | {e:.2f} | {f:.2f} | {e - f:+.2f} | {fmt(share(e, f), 2)} |" for what, e, f in pairs]
     dpop = WORKLOAD["dpop-ES256"]
     if dpop in ran(runs):
         lines += ["", "## DPoP (issue 17)", "",
@@ -966,8 +1051,10 @@ def write_report(path: Path, runs: list[Run], tgts: list[Target], rss: dict[str,
                       "(best of 3 runs of 5 × 4,000):", "",
                       "| token | µs per request | of which the host's verify | module's own work µs |",
                       "| --- | ---: | ---: | ---: |"]
-            lines += [f"| unique {h['first_seen']} | {h['min_us']:.2f} | {h['host_verify_us']:.2f} | "
-                      f"{h['min_us'] - h['host_verify_us']:.2f} |" for h in first_seen]
+            # With a baseline each token has a row per module: name the arm.
+            arm_of = (lambda h: f" ({h['arm']} {ARM[h['arm']].label})") if BASELINE_MODULE else (lambda h: "")
+            lines += [f"| unique {h['first_seen']}{arm_of(h)} | {h['min_us']:.2f} | {h['host_verify_us']:.2f} "
+                      f"| {h['min_us'] - h['host_verify_us']:.2f} |" for h in first_seen]
     if scale:
         base = next((p["min_us"] for p in scale if p["rules"] == POLICY_SIZES[0] and not p["load"]), float("nan"))
         lines += ["", "## Policy size and configuration load (the module in V8, without Envoy)", "",
@@ -1009,14 +1096,14 @@ def write_chart(path: Path, runs: list[Run]) -> None:
     import matplotlib.ticker
 
     fig, axes = plt.subplots(2, 1, figsize=(11, 8), sharex=True)
-    width = 0.16
+    width = 0.8 / len(ARMS)
     workloads = ran(runs)
     for i, arm in enumerate(ARMS):
         # Only the workloads this arm runs (the DPoP workload has no jwt_authn arms).
         present = [n for n, w in enumerate(workloads) if arm.key in w.arms]
         if not present:
             continue
-        xs = [n + (i - 2) * width for n in present]
+        xs = [n + (i - (len(ARMS) - 1) / 2) * width for n in present]
         for ax, pick in ((axes[0], lambda r: r.rps), (axes[1], lambda r: r.cpu_us_per_req)):
             values = [[pick(r) for r in runs_of(runs, workloads[n].key, arm.key)] for n in present]
             mids = [median(v) if v else 0 for v in values]
@@ -1028,20 +1115,31 @@ def write_chart(path: Path, runs: list[Run]) -> None:
     axes[1].set_yscale("log")
     axes[1].yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     axes[1].set_xticks(range(len(workloads)), [w.key for w in workloads])
-    axes[0].legend(ncol=5, fontsize=8, loc="upper right")
+    axes[0].legend(ncol=len(ARMS), fontsize=8, loc="upper right")
     axes[0].set_title("mesh-oauth vs jwt_authn vs the empty Wasm filter (one Envoy worker, one core)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def print_summary(runs: list[Run], tgts: list[Target]) -> None:
+def print_summary(runs: list[Run], tgts: list[Target], hot: list[dict[str, Any]] | None = None) -> None:
+    width = max(18, *(len(a.key + a.label) + 2 for a in ARMS))
     for title, pick, digits in (("req/s", lambda r: r.rps, 0), ("Envoy CPU-µs/req", lambda r: r.cpu_us_per_req, 1)):
         print(f"\n== {title} (median; n/a: the arm does not run the workload) ==")
-        print(f"{'workload':<14}" + "".join(f"{a.key + ' ' + a.label:>18}" for a in ARMS))
+        print(f"{'workload':<14}" + "".join(f"{a.key + ' ' + a.label:>{width}}" for a in ARMS))
         for w in ran(runs):
             print(f"{w.key:<14}" + "".join(
-                f"{fmt(stat(runs, w.key, a.key, pick), digits) if a.key in w.arms else 'n/a':>18}" for a in ARMS))
+                f"{fmt(stat(runs, w.key, a.key, pick), digits) if a.key in w.arms else 'n/a':>{width}}"
+                for a in ARMS))
+    if BASELINE_MODULE is not None:
+        print("\n== mesh-oauth ÷ baseline (E ÷ F, above 1: E faster; median [each round]) ==")
+        print(f"{'workload':<14}{'by req/s':>10}  {'rounds':<30}{'by CPU-µs/req':>14}  rounds")
+        for b in baseline_rows(runs):
+            each, each_cpu = (" ".join(fmt(r, 2) for r in b[k]) for k in ("rounds", "rounds_cpu"))
+            print(f"{b['workload']:<14}{fmt(b['ratio'], 2):>10}  {'[' + each + ']':<30}"
+                  f"{fmt(b['ratio_cpu'], 2):>14}  [{each_cpu}]")
+        for what, e, f in hotpath_pairs(hot or []):
+            print(f"  V8 {what}: E {e:.2f} µs, F {f:.2f} µs (E ÷ F {fmt(share(e, f), 2)})")
     problems = [r for r in runs if r.problems]
     print(f"\n== runs with problems (left out): {len(problems)} ==")
     for r in problems:
@@ -1102,6 +1200,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--mesh-limits", type=json.loads, default={},
                    help='plugin "limits" for mesh-oauth, e.g. \'{"maxCachedTokens": 0}\' to measure without the cache')
+    p.add_argument("--baseline-wasm", type=Path, default=None, metavar="PATH",
+                   help="adds arm F, mesh-oauth (baseline): arm E's configuration with the module at PATH "
+                        "(e.g. built from an earlier commit; `make bench-baseline REF=<git ref>` builds one), "
+                        "run right after E in every round of every workload E runs, and in the V8 hot "
+                        "path; the report and the summary add E ÷ F per workload, each round. Not built "
+                        "or changed by this script")
     p.add_argument("--quick", action="store_true",
                    help="about half the time: 2 rounds (3 for the repeated token), 1 s timed runs, shorter "
                         "micro-benchmarks; ratios scatter more")
@@ -1112,6 +1216,10 @@ def parse_args() -> argparse.Namespace:
     unknown = set(args.workloads.split(",")) - set(WORKLOAD)
     if unknown:
         p.error(f"unknown workloads {', '.join(sorted(unknown))}; known: {', '.join(WORKLOAD)}")
+    if args.baseline_wasm is not None:
+        args.baseline_wasm = args.baseline_wasm.resolve()
+        if not args.baseline_wasm.is_file():
+            p.error(f"--baseline-wasm: no file {args.baseline_wasm}")
     if args.pool_dpop is None:
         args.pool_dpop = DPOP_PROOFS_PER_S * args.duration
     if args.pool_dpop_warmup is None:
@@ -1122,6 +1230,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     MESH_LIMITS.update(args.mesh_limits)
+    if args.baseline_wasm is not None:
+        enable_baseline(args.baseline_wasm)
     started = time.monotonic()
     args.pin = len(os.sched_getaffinity(0)) >= 2 and {ENVOY_CPU, LOAD_CPU} <= os.sched_getaffinity(0)
     workloads = [w for w in WORKLOADS if w.key in args.workloads.split(",")]
@@ -1179,6 +1289,10 @@ def main() -> int:
     module_bytes, empty_bytes = MODULE.stat().st_size, EMPTY_FILTER.stat().st_size
     tgts = targets(runs, module_bytes, extra_rss, None if args.skip_micro else micro_results)
     context = machine_context(args, binary, module_bytes, empty_bytes)
+    if BASELINE_MODULE is not None:
+        data = BASELINE_MODULE.read_bytes()
+        context["baseline"] = (f"{os.path.relpath(BASELINE_MODULE, REPO)}, {len(data):,} bytes "
+                               f"({len(data) / 1024:.1f} KiB), sha256 {hashlib.sha256(data).hexdigest()[:16]}")
     if DPOP_LIMITS:
         context["dpop"] = (f"{args.pool_dpop:,} timed + {args.pool_dpop_warmup:,} warm-up proofs, "
                            f"maxAgeSeconds {DPOP_MAX_AGE_S}, maxDpopProofs {DPOP_LIMITS['maxDpopProofs']:,}")
@@ -1191,7 +1305,7 @@ def main() -> int:
         "targets": [asdict(t) for t in tgts]}, indent=1))
     write_report(args.out / "report.md", runs, tgts, rss, served, micro_results, hot, context, scale)
     write_chart(args.out / "chart.png", runs)
-    print_summary(runs, tgts)
+    print_summary(runs, tgts, hot)
     if rss:
         print(f"\nRSS per extra worker VM: mesh-oauth {per_worker(rss['E']) / MIB:.2f} MiB, "
               f"empty filter {per_worker(rss['D']) / MIB:.2f} MiB, no filter {per_worker(rss['A']) / MIB:.2f} MiB")
