@@ -4,6 +4,7 @@
 use crate::alg::Alg;
 use crate::cache::{CachedToken, TokenCache};
 use crate::claims;
+use crate::compile::Compiled;
 use crate::config::{Action, Config, Mode, Provider, Unmatched};
 use crate::extract::{self, ExtractError, Found, Location, RequestParts};
 use crate::host_verify::TrustedHost;
@@ -176,7 +177,7 @@ struct Verified {
 }
 
 pub fn authorize(
-    config: &Config,
+    config: &Compiled,
     keys: &dyn KeyLookup,
     cache: &mut TokenCache,
     request: &Request<'_>,
@@ -274,7 +275,7 @@ fn refuse(
 }
 
 fn decide(
-    config: &Config,
+    config: &Compiled,
     keys: &dyn KeyLookup,
     cache: &mut TokenCache,
     request: &Request<'_>,
@@ -425,7 +426,7 @@ fn names_audience(claims: &Map<String, Value>, resource: &str) -> bool {
 /// A token that is present is always verified, on anonymous routes too.
 fn token_once<'t>(
     memo: &'t mut Option<Option<Verified>>,
-    config: &Config,
+    config: &Compiled,
     keys: &dyn KeyLookup,
     cache: &mut TokenCache,
     request: &Request<'_>,
@@ -441,7 +442,7 @@ fn token_once<'t>(
 }
 
 fn find_and_verify(
-    config: &Config,
+    config: &Compiled,
     keys: &dyn KeyLookup,
     cache: &mut TokenCache,
     request: &Request<'_>,
@@ -802,7 +803,7 @@ mod tests {
 
     struct Fixture {
         key: TestKey,
-        config: Config,
+        config: Compiled,
         keys: FixedKeys,
         cache: std::cell::RefCell<TokenCache>,
     }
@@ -862,7 +863,7 @@ mod tests {
                 None,
             ),
             cache: std::cell::RefCell::new(TokenCache::new(0)),
-            config: crate::config::parse(&config.to_string()).unwrap(),
+            config: crate::compile::configure(&config.to_string()).unwrap(),
             key,
         }
     }

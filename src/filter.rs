@@ -5,8 +5,9 @@
 use crate::audit;
 use crate::authorize::{self, Decision, HeaderEdit, KeyLookup, KeyState, Outcome, Request};
 use crate::cache::TokenCache;
+use crate::compile::{self, Compiled};
+use crate::config;
 use crate::config::AuditLevel;
-use crate::config::{self, Config};
 use crate::header_map;
 use crate::host;
 use crate::host_verify::TrustedHost;
@@ -121,7 +122,7 @@ struct State {
     /// When the owner last pumped: a root that stays silent (Envoy never ran it) is
     /// replaced by any other root that shares the state.
     last_pump_ms: u64,
-    config: Config,
+    config: Compiled,
     keys: KeyStore,
     cache: TokenCache,
     waiters: Vec<Waiter>,
@@ -842,7 +843,9 @@ impl RootContext for Root {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let config = match config::parse(&String::from_utf8_lossy(&raw)) {
+        // Compiled (inline keys too) before anything is taken over: a refused push leaves
+        // the running configuration as it was.
+        let config = match compile::configure(&String::from_utf8_lossy(&raw)) {
             Ok(config) => config,
             Err(error) => {
                 log(LogLevel::Error, &format!("invalid configuration: {error}"));
@@ -850,15 +853,6 @@ impl RootContext for Root {
             }
         };
         let seed = now_ms() ^ u64::from(self.context_id).rotate_left(32) ^ random_seed();
-        // Inline key sets checked before anything is taken over: a refused push leaves the
-        // running configuration as it was.
-        if let Err(problem) = KeyStore::new(&config, None, seed) {
-            log(
-                LogLevel::Error,
-                &format!("invalid configuration: {problem}"),
-            );
-            return false;
-        }
         self.state = plugin_state(&self.state);
         let mut cell = self.state.borrow_mut();
         let (previous_keys, waiters, abandoned, metrics, cached_tokens_counted) = match cell.take()
@@ -896,16 +890,7 @@ impl RootContext for Root {
             }
             None => (None, Vec::new(), Vec::new(), HashMap::new(), 0),
         };
-        let mut keys = match KeyStore::new(&config, previous_keys, seed) {
-            Ok(keys) => keys,
-            Err(problem) => {
-                log(
-                    LogLevel::Error,
-                    &format!("invalid configuration: {problem}"),
-                );
-                return false;
-            }
-        };
+        let mut keys = KeyStore::new(&config, previous_keys, seed);
         for (provider, stage) in abandoned {
             keys.abandon_fetch(&HostShared, provider, stage);
         }

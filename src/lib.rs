@@ -7,6 +7,7 @@ pub mod audit;
 pub mod authorize;
 pub mod cache;
 pub mod claims;
+pub mod compile;
 pub mod config;
 pub mod extract;
 pub mod header_map;

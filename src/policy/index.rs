@@ -141,7 +141,7 @@ fn distinct_lengths(keys: &HashMap<String, Vec<u32>>) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::compile::{self, Compiled};
     use crate::peer::NoPeer;
     use crate::policy::{select, Applies, RequestFacts, TokenClaims};
     use serde_json::{json, Value};
@@ -232,12 +232,12 @@ mod tests {
             let text = json!({"providers": [{"issuer": "https://idp", "jwksUri": "https://idp/k"}],
                               "rules": rules, "unmatched": "deny"})
             .to_string();
-            let indexed = crate::config::parse(&text).unwrap();
+            let indexed = compile::configure(&text).unwrap();
             assert!(
                 indexed.rule_index.paths.is_some(),
                 "round {round}: not indexed"
             );
-            let linear = Config {
+            let linear = Compiled {
                 rule_index: RuleIndex::default(),
                 ..indexed.clone()
             };
@@ -261,7 +261,7 @@ mod tests {
                     headers: &[],
                     peer: &NoPeer,
                 };
-                let outcome = |config: &Config| {
+                let outcome = |config: &Compiled| {
                     let mut asked = 0;
                     let selection = select(config, &facts, &mut || {
                         asked += 1;
@@ -298,7 +298,7 @@ mod tests {
         rules.push(json!({"match": {"paths": ["/exact"]}, "deny": true}));
         rules.push(json!({"match": {"paths": ["*.png"]}, "allowAnonymous": true}));
         rules.push(json!({"match": {"methods": ["POST"]}, "deny": true}));
-        let config = crate::config::parse(
+        let config = compile::configure(
             &json!({"providers": [{"issuer": "https://idp", "jwksUri": "https://idp/k"}], "rules": rules})
                 .to_string(),
         )

@@ -331,6 +331,7 @@ fn numbers_equal(a: &Number, b: &Number) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compile::{compile, Compiled};
     use crate::config::{
         Action, Condition, Config, Fact, Limits, Mode, Pattern, Rule, RuleMatch, Unmatched,
     };
@@ -338,8 +339,8 @@ mod tests {
 
     // ---- builders ----
 
-    fn config(rules: Vec<Rule>, unmatched: Unmatched) -> Config {
-        Config {
+    fn config(rules: Vec<Rule>, unmatched: Unmatched) -> Compiled {
+        let config = Config {
             providers: Vec::new(),
             rules,
             unmatched,
@@ -351,8 +352,8 @@ mod tests {
             protected_resources: Vec::new(),
             answers: Default::default(),
             deny_with: None,
-            rule_index: Default::default(),
-        }
+        };
+        compile(config).unwrap()
     }
 
     fn rule(name: &str, matcher: RuleMatch) -> Rule {
@@ -416,7 +417,7 @@ mod tests {
     }
 
     /// The name of the selected rule, or `unmatched:<fallback>`.
-    fn selected(config: &Config, method: &str, path: &str, host: &str) -> String {
+    fn selected(config: &Compiled, method: &str, path: &str, host: &str) -> String {
         let facts = RequestFacts {
             method,
             path,

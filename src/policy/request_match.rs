@@ -2,9 +2,8 @@
 //! only for rules that name token facts, the verified token.
 
 use super::{host_matches, path_matches};
-use crate::config::{
-    Action, Condition, Config, Fact, IpBlock, Pattern, Rule, TextPattern, Unmatched,
-};
+use crate::compile::Compiled;
+use crate::config::{Action, Condition, Fact, IpBlock, Pattern, Rule, TextPattern, Unmatched};
 use crate::peer::{self, Peer};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
@@ -65,7 +64,7 @@ pub enum MissReason {
 /// rule names token facts, at most once per request by the caller's own memo; its error (a
 /// token that does not verify) stops selection.
 pub fn select<'c, E>(
-    config: &'c Config,
+    config: &'c Compiled,
     request: &RequestFacts<'_>,
     token: &mut dyn FnMut() -> Result<TokenClaims, E>,
 ) -> Result<Selection<'c>, E> {
@@ -362,16 +361,17 @@ pub fn describe_pattern(pattern: &Pattern) -> String {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
-    use crate::config::{self, Mode, Unmatched};
+    use crate::compile;
+    use crate::config::{Mode, Unmatched};
     use crate::peer::FixedPeer;
     use serde_json::json;
 
     /// A configuration with these rules (as the user writes them) and no provider.
-    fn rules(rules: Value, unmatched: &str) -> Config {
+    fn rules(rules: Value, unmatched: &str) -> Compiled {
         let provider =
             json!({"issuer": "https://idp.example.com", "jwksUri": "https://idp.example.com/jwks"});
         let config = json!({"providers": [provider], "rules": rules, "unmatched": unmatched});
-        config::parse(&config.to_string()).unwrap()
+        compile::configure(&config.to_string()).unwrap()
     }
 
     struct Req {
@@ -422,7 +422,7 @@ mod tests {
 
         /// The selected rule's name (or `unmatched`, with `+401` when a token would help),
         /// and how often the token was asked for.
-        fn select(&self, config: &Config) -> (String, usize) {
+        fn select(&self, config: &Compiled) -> (String, usize) {
             let facts = RequestFacts {
                 method: self.method,
                 path: self.path,
@@ -448,7 +448,7 @@ mod tests {
             (name, asked)
         }
 
-        fn selects(&self, config: &Config) -> String {
+        fn selects(&self, config: &Compiled) -> String {
             self.select(config).0
         }
     }
@@ -775,7 +775,7 @@ mod tests {
     #[test]
     fn the_connection_is_read_only_for_rules_that_ask_about_it() {
         let peer = CountingPeer::default();
-        let select_with = |config: &Config, path: &str| {
+        let select_with = |config: &Compiled, path: &str| {
             let facts = RequestFacts {
                 method: "GET",
                 path,

@@ -9,6 +9,7 @@ use mesh_oauth::alg::{Alg, KeyFamily};
 use mesh_oauth::authorize::{self, Allowed, HeaderEdit, Outcome, Request, Trace};
 use mesh_oauth::cache::TokenCache;
 use mesh_oauth::claims;
+use mesh_oauth::compile::{self, Compiled};
 use mesh_oauth::config::{
     Action, Answers, Binding, ClaimTest, Condition, Config, Fact, KeySource, Mode, Pattern,
     Provider, Requirement, Rule, RuleMatch, Unmatched,
@@ -72,7 +73,7 @@ enum Need<'c> {
 }
 
 /// The report for one request; `Err` when `--jwks` cannot be read.
-pub fn explain(config: &Config, options: &Options) -> Result<String, String> {
+pub fn explain(config: &Compiled, options: &Options) -> Result<String, String> {
     let mut out = Out::default();
     let (headers, raw_path, placed) = place_token(config, options);
     let keys = gather_keys(config, options)?;
@@ -264,7 +265,7 @@ fn remote(source: &KeySource) -> String {
 }
 
 struct Narration<'a> {
-    config: &'a Config,
+    config: &'a Compiled,
     /// The path as given, without a token put in its query.
     shown_path: &'a str,
     keys: &'a Keys,
@@ -955,7 +956,7 @@ impl<'a> Narration<'a> {
 }
 
 /// The filter's own decision for the request, and the answer it gives.
-fn final_answer(config: &Config, keys: &Keys, request: &Request<'_>, now_ms: u64, out: &mut Out) {
+fn final_answer(config: &Compiled, keys: &Keys, request: &Request<'_>, now_ms: u64, out: &mut Out) {
     // No cache: every explanation verifies afresh.
     let mut cache = TokenCache::new(0);
     let decision = authorize::authorize(config, &keys.lookup, &mut cache, request, now_ms);
@@ -1265,18 +1266,19 @@ fn describe_miss(
 
 /// The token's verified claims, as the filter would have them; `Err`: why it does not verify.
 fn verified_claims(
-    config: &Config,
+    config: &Compiled,
     keys: &Keys,
     request: &Request<'_>,
     now_ms: u64,
 ) -> Result<TokenClaims, String> {
     // The filter itself, with no rule to choose: only the token is looked at.
-    let probe = Config {
+    let probe = compile::compile(Config {
         rules: Vec::new(),
         unmatched: Unmatched::Anonymous,
         mode: Mode::Enforce,
-        ..config.clone()
-    };
+        ..config.config.clone()
+    })
+    .map_err(|e| e.to_string())?;
     let decision = authorize::authorize(
         &probe,
         &keys.lookup,

@@ -2,8 +2,8 @@
 //! or the `spec.pluginConfig` of every `kind: WasmPlugin` document of an Istio YAML file
 //! (which Istio hands to the plugin as JSON).
 
-use mesh_oauth::config::{self, Config, ConfigError};
-use mesh_oauth::keystore::KeyStore;
+use mesh_oauth::compile::{self, Compiled};
+use mesh_oauth::config::ConfigError;
 use serde_json::{Map, Number, Value};
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -11,7 +11,7 @@ use yaml_rust2::{Yaml, YamlLoader};
 pub struct Plugin {
     /// `WasmPlugin <namespace>/<name>` for a YAML document; empty for a JSON file.
     pub label: String,
-    pub result: Result<Config, String>,
+    pub result: Result<Compiled, String>,
 }
 
 /// The configurations a file holds; `Err` when the file itself cannot be read as one.
@@ -45,17 +45,12 @@ pub fn load(path: &str) -> Result<Vec<Plugin>, String> {
     Ok(plugins)
 }
 
-/// What the filter checks when it is configured: the parser, then the key store (inline keys).
-pub fn validate(json: &str) -> Result<Config, ConfigError> {
-    let config = config::parse(json)?;
-    KeyStore::new(&config, None, 0).map_err(|problem| ConfigError {
-        path: String::new(),
-        problem,
-    })?;
-    Ok(config)
+/// The configuration as the filter is configured with it.
+pub fn validate(json: &str) -> Result<Compiled, ConfigError> {
+    compile::configure(json)
 }
 
-fn from_plugin_config(plugin_config: &Yaml) -> Result<Config, String> {
+fn from_plugin_config(plugin_config: &Yaml) -> Result<Compiled, String> {
     const BASE: &str = "spec.pluginConfig";
     // No pluginConfig: the plugin is configured with nothing, which its parser refuses.
     let json = match plugin_config {
@@ -71,8 +66,6 @@ fn from_plugin_config(plugin_config: &Yaml) -> Result<Config, String> {
 fn located(error: &ConfigError, base: Option<&str>) -> String {
     let ConfigError { path, problem } = error;
     match (path.as_str(), base) {
-        // The key store names its field in the problem.
-        ("", _) => problem.clone(),
         ("(config)", Some(base)) => format!("{base}: {problem}"),
         (path, Some(base)) => format!("{base}.{path}: {problem}"),
         (path, None) => format!("{path}: {problem}"),
