@@ -255,7 +255,13 @@ fn bench_policy(c: &mut Criterion, fx: &Fixture) {
     let scope_claims = &fx.config.providers[0].scope_claims;
     c.bench_function("policy/select+check", |b| {
         b.iter(|| {
-            let selection = policy::select(&fx.config, black_box(&facts), no_token).unwrap();
+            let selection = policy::select(
+                &fx.config,
+                &fx.config.rule_index,
+                black_box(&facts),
+                no_token,
+            )
+            .unwrap();
             let Applies::Rule(rule) = selection.applies else {
                 panic!("the orders-write rule should apply")
             };

@@ -309,7 +309,7 @@ fn decide(
             let verified = token_once(&mut token, config, keys, cache, request, now_ms, trace)?;
             Ok(verified.map(|v| Rc::clone(&v.claims)))
         };
-        policy::select::<Halt>(config, &facts, &mut claims)?
+        policy::select::<Halt>(config, &config.rule_index, &facts, &mut claims)?
     };
     let action = match selection.applies {
         Applies::Rule(rule) => {

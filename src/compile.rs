@@ -11,8 +11,8 @@ use crate::config::{
     self, Action, Config, ConfigError, KeySource, ProtectedResource, Requirement, Rule,
 };
 use crate::keys::{self, JwksLimits, KeySet};
+use crate::path::normalize_origin;
 use crate::policy::{self, RuleIndex};
-use crate::sender::normalize_origin;
 use std::sync::Arc;
 
 /// A configuration ready to run. Reads as the [`Config`] it was compiled from (`Deref`), so a

@@ -331,7 +331,6 @@ fn numbers_equal(a: &Number, b: &Number) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compile::{compile, Compiled};
     use crate::config::{
         Action, Condition, Config, Fact, Limits, Mode, Pattern, Rule, RuleMatch, Unmatched,
     };
@@ -339,8 +338,8 @@ mod tests {
 
     // ---- builders ----
 
-    fn config(rules: Vec<Rule>, unmatched: Unmatched) -> Compiled {
-        let config = Config {
+    fn config(rules: Vec<Rule>, unmatched: Unmatched) -> Config {
+        Config {
             providers: Vec::new(),
             rules,
             unmatched,
@@ -352,8 +351,7 @@ mod tests {
             protected_resources: Vec::new(),
             answers: Default::default(),
             deny_with: None,
-        };
-        compile(config).unwrap()
+        }
     }
 
     fn rule(name: &str, matcher: RuleMatch) -> Rule {
@@ -417,7 +415,7 @@ mod tests {
     }
 
     /// The name of the selected rule, or `unmatched:<fallback>`.
-    fn selected(config: &Compiled, method: &str, path: &str, host: &str) -> String {
+    fn selected(config: &Config, method: &str, path: &str, host: &str) -> String {
         let facts = RequestFacts {
             method,
             path,
@@ -426,7 +424,8 @@ mod tests {
             peer: &crate::peer::NoPeer,
         };
         let no_token = &mut || Ok::<TokenClaims, ()>(None);
-        match select(config, &facts, no_token).map(|s| s.applies) {
+        match select(config, &RuleIndex::build(&config.rules), &facts, no_token).map(|s| s.applies)
+        {
             Ok(Applies::Rule(rule)) => rule.name.clone(),
             Ok(Applies::Unmatched(fallback)) => format!("unmatched:{fallback:?}"),
             Err(()) => "token error".to_string(),

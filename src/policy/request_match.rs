@@ -1,9 +1,10 @@
 //! Which rule applies: each rule's `match` conditions against the request, its connection and,
 //! only for rules that name token facts, the verified token.
 
-use super::{host_matches, path_matches};
-use crate::compile::Compiled;
-use crate::config::{Action, Condition, Fact, IpBlock, Pattern, Rule, TextPattern, Unmatched};
+use super::{host_matches, path_matches, RuleIndex};
+use crate::config::{
+    Action, Condition, Config, Fact, IpBlock, Pattern, Rule, TextPattern, Unmatched,
+};
 use crate::peer::{self, Peer};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
@@ -60,19 +61,18 @@ pub enum MissReason {
     Unknown(&'static str),
 }
 
-/// The first rule whose `match` holds; else `unmatched`. `token` is asked for only when a
-/// rule names token facts, at most once per request by the caller's own memo; its error (a
-/// token that does not verify) stops selection.
+/// The first rule whose `match` holds; else `unmatched`. `rule_index` is the one compiled
+/// from `config.rules` ([`crate::compile::Compiled`] holds both). `token` is asked for only
+/// when a rule names token facts, at most once per request by the caller's own memo; its
+/// error (a token that does not verify) stops selection.
 pub fn select<'c, E>(
-    config: &'c Compiled,
+    config: &'c Config,
+    rule_index: &RuleIndex,
     request: &RequestFacts<'_>,
     token: &mut dyn FnMut() -> Result<TokenClaims, E>,
 ) -> Result<Selection<'c>, E> {
     let mut token_would_help = false;
-    for at in config
-        .rule_index
-        .candidates(config.rules.len(), request.path)
-    {
+    for at in rule_index.candidates(config.rules.len(), request.path) {
         let Some(rule) = config.rules.get(at) else {
             continue;
         };
@@ -361,17 +361,16 @@ pub fn describe_pattern(pattern: &Pattern) -> String {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
-    use crate::compile;
-    use crate::config::{Mode, Unmatched};
+    use crate::config::{self, Mode, Unmatched};
     use crate::peer::FixedPeer;
     use serde_json::json;
 
     /// A configuration with these rules (as the user writes them) and no provider.
-    fn rules(rules: Value, unmatched: &str) -> Compiled {
+    fn rules(rules: Value, unmatched: &str) -> Config {
         let provider =
             json!({"issuer": "https://idp.example.com", "jwksUri": "https://idp.example.com/jwks"});
         let config = json!({"providers": [provider], "rules": rules, "unmatched": unmatched});
-        compile::configure(&config.to_string()).unwrap()
+        config::parse(&config.to_string()).unwrap()
     }
 
     struct Req {
@@ -422,7 +421,7 @@ mod tests {
 
         /// The selected rule's name (or `unmatched`, with `+401` when a token would help),
         /// and how often the token was asked for.
-        fn select(&self, config: &Compiled) -> (String, usize) {
+        fn select(&self, config: &Config) -> (String, usize) {
             let facts = RequestFacts {
                 method: self.method,
                 path: self.path,
@@ -439,7 +438,8 @@ mod tests {
                 asked += 1;
                 Ok::<TokenClaims, ()>(claims.clone())
             };
-            let selection = select(config, &facts, &mut token).unwrap();
+            let selection =
+                select(config, &RuleIndex::build(&config.rules), &facts, &mut token).unwrap();
             let name = match selection.applies {
                 Applies::Rule(rule) => rule.name.clone(),
                 Applies::Unmatched(_) if selection.token_would_help => "unmatched+401".into(),
@@ -448,7 +448,7 @@ mod tests {
             (name, asked)
         }
 
-        fn selects(&self, config: &Compiled) -> String {
+        fn selects(&self, config: &Config) -> String {
             self.select(config).0
         }
     }
@@ -775,7 +775,7 @@ mod tests {
     #[test]
     fn the_connection_is_read_only_for_rules_that_ask_about_it() {
         let peer = CountingPeer::default();
-        let select_with = |config: &Compiled, path: &str| {
+        let select_with = |config: &Config, path: &str| {
             let facts = RequestFacts {
                 method: "GET",
                 path,
@@ -785,7 +785,9 @@ mod tests {
             };
             let no_token = &mut || Ok::<TokenClaims, ()>(None);
             matches!(
-                select(config, &facts, no_token).unwrap().applies,
+                select(config, &RuleIndex::build(&config.rules), &facts, no_token)
+                    .unwrap()
+                    .applies,
                 Applies::Rule(_)
             )
         };

@@ -324,7 +324,7 @@ impl<'a> Narration<'a> {
         let (keys, request, now_ms) = (self.keys, self.request, self.now_ms);
         let mut token = || verified_claims(config, keys, request, now_ms);
         self.out.line("2. rules (the first that matches decides):");
-        let selection = match policy::select(config, &facts, &mut token) {
+        let selection = match policy::select(config, &config.rule_index, &facts, &mut token) {
             Ok(selection) => selection,
             Err(why) => {
                 self.out.line(format!(
