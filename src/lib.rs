@@ -1,6 +1,17 @@
-//! mesh-oauth: a request's path through the core is
-//! config → extract → token → keys → verify → claims → policy → response.
-//! Everything but `filter` is plain Rust, testable natively.
+//! mesh-oauth, in layers (README's table names every file):
+//! - contract: [`config`], the configuration parsed into plain data (with the vocabulary
+//!   [`alg`] and [`json`]); it imports no stage;
+//! - pure stages: [`extract`] → [`token`] → [`keys`] → [`verify`] (+ [`host_verify`], [`cache`]) → [`claims`]
+//!   → [`policy`] (+ [`path`], [`peer`]);
+//! - compile: [`compile`], what configuring means (rule index, inline keys, resources);
+//! - stages that read the compiled configuration: [`response`], [`resource`], [`keystore`],
+//!   [`sender`];
+//! - decision: [`authorize`]; [`audit`] renders it for operators;
+//! - runtime: `runtime` (branch `runtime`), the per-VM state machine;
+//! - shell: `filter` (+ `host`, [`header_map`]), the only code that calls the host;
+//! - tools: the `mesh-oauth` command (src/bin/mesh-oauth).
+//!
+//! Everything but `filter` and `host` is plain Rust, testable natively.
 
 pub mod alg;
 pub mod audit;
