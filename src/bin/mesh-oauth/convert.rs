@@ -4,6 +4,7 @@
 //! the field; nothing is dropped silently.
 
 use crate::load;
+use mesh_oauth::compile;
 use mesh_oauth::config::IpBlock;
 use serde_json::{json, Map, Value};
 use yaml_rust2::{Yaml, YamlEmitter, YamlLoader};
@@ -340,7 +341,7 @@ fn plugin_config(members: &[&Resource], notes: &mut Vec<String>) -> Result<Value
 
 /// The plugin's own configuring has the last word; its error is traced back to the resource.
 fn check(config: &Value, members: &[&Resource]) -> Result<(), String> {
-    let Err(error) = load::validate(&config.to_string()) else {
+    let Err(error) = compile::configure(&config.to_string()) else {
         return Ok(());
     };
     let origin = error

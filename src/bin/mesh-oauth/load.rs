@@ -1,6 +1,7 @@
 //! Reading a configuration file the way the filter will receive it: the plugin's JSON as is,
 //! or the `spec.pluginConfig` of every `kind: WasmPlugin` document of an Istio YAML file
-//! (which Istio hands to the plugin as JSON).
+//! (which Istio hands to the plugin as JSON), configured as the filter configures it
+//! ([`compile::configure`]).
 
 use mesh_oauth::compile::{self, Compiled};
 use mesh_oauth::config::ConfigError;
@@ -22,7 +23,7 @@ pub fn load(path: &str) -> Result<Vec<Plugin>, String> {
     if text.trim_start().starts_with('{') {
         return Ok(vec![Plugin {
             label: String::new(),
-            result: validate(&text).map_err(|e| located(&e, None)),
+            result: compile::configure(&text).map_err(|e| located(&e, None)),
         }]);
     }
     // yaml-rust2 refuses duplicate keys, as the JSON parser refuses duplicate members.
@@ -45,11 +46,6 @@ pub fn load(path: &str) -> Result<Vec<Plugin>, String> {
     Ok(plugins)
 }
 
-/// The configuration as the filter is configured with it.
-pub fn validate(json: &str) -> Result<Compiled, ConfigError> {
-    compile::configure(json)
-}
-
 fn from_plugin_config(plugin_config: &Yaml) -> Result<Compiled, String> {
     const BASE: &str = "spec.pluginConfig";
     // No pluginConfig: the plugin is configured with nothing, which its parser refuses.
@@ -59,7 +55,7 @@ fn from_plugin_config(plugin_config: &Yaml) -> Result<Compiled, String> {
             .map_err(|problem| format!("{BASE}: {problem}"))?
             .to_string(),
     };
-    validate(&json).map_err(|e| located(&e, Some(BASE)))
+    compile::configure(&json).map_err(|e| located(&e, Some(BASE)))
 }
 
 /// `path: problem`, the path within the YAML file when the config is part of one.
