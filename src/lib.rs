@@ -1,11 +1,11 @@
 //! mesh-oauth, in layers (README's table names every file):
 //! - contract: [`config`], the configuration parsed into plain data (with the vocabulary
 //!   [`alg`] and [`json`]); it imports no stage;
-//! - pure stages: [`extract`] → [`token`] → [`keys`] → [`verify`] (+ [`host_verify`], [`cache`]) → [`claims`]
-//!   → [`policy`] (+ [`path`], [`peer`]);
+//! - pure stages: [`extract`] → [`token`] → [`keys`] → [`verify`] (+ [`host_verify`],
+//!   [`cache`]) → [`claims`] → [`policy`] (+ [`path`], [`peer`]);
 //! - compile: [`compile`], what configuring means (rule index, inline keys, resources);
-//! - stages that read the compiled configuration: [`response`], [`resource`], [`keystore`],
-//!   [`sender`];
+//! - stages after compile: [`response`], [`resource`], [`keystore`], [`sender`] (which, with
+//!   `keystore`, still imports request and key-lookup types from `authorize`);
 //! - decision: [`authorize`]; [`audit`] renders it for operators;
 //! - runtime: `runtime` (branch `runtime`), the per-VM state machine;
 //! - shell: `filter` (+ `host`, [`header_map`]), the only code that calls the host;
