@@ -3,6 +3,7 @@
 
 use crate::authorize::{Decision, Outcome, Request};
 use crate::config::Config;
+use crate::reason::Reason;
 use serde_json::{json, Map, Value};
 
 /// How a decision is counted and logged.
@@ -12,9 +13,9 @@ pub enum Verdict {
     Allowed,
     /// Allowed without a token (anonymous route, CORS preflight).
     Anonymous,
-    Denied(&'static str),
+    Denied(Reason),
     /// `report` mode: allowed, but enforcement would have refused for this reason.
-    WouldDeny(&'static str),
+    WouldDeny(Reason),
     /// Held while keys load; counted once it is decided.
     Held,
     /// Answered by the filter itself (protected resource metadata).
@@ -77,8 +78,8 @@ pub fn audit_line(
         Verdict::Allowed => ("allow", "valid", 200),
         Verdict::Anonymous if trace.ignored.is_some() => ("allow", "token_ignored", 200),
         Verdict::Anonymous => ("allow", "anonymous", 200),
-        Verdict::Denied(reason) => ("deny", reason, status_of(&decision.outcome)),
-        Verdict::WouldDeny(reason) => ("would_deny", reason, 200),
+        Verdict::Denied(reason) => ("deny", reason.name(), status_of(&decision.outcome)),
+        Verdict::WouldDeny(reason) => ("would_deny", reason.name(), 200),
         Verdict::Held => ("held", "keys_loading", 0),
         Verdict::Served => ("serve", "metadata", status_of(&decision.outcome)),
     };
@@ -129,7 +130,7 @@ pub fn audit_line(
     line.insert("alg".into(), json!(trace.alg.map(|a| a.name())));
     line.insert("cached".into(), json!(trace.cached));
     if let Some(ignored) = trace.ignored {
-        line.insert("ignored".into(), json!(ignored));
+        line.insert("ignored".into(), json!(ignored.name()));
     }
     line.insert("request_id".into(), json!(request_id));
     line.insert("method".into(), json!(request.method));

@@ -11,6 +11,8 @@ use crate::host_verify::TrustedHost;
 use crate::keys::KeySet;
 use crate::path::{self, PathError};
 use crate::policy::{self, Applies, RequestFacts, Unmet};
+use crate::reason::Reason;
+use crate::record::{self, KeySeen, KeysSeen, Recorder, SignatureRefused, Step};
 use crate::response::Denial;
 use crate::sender::dpop::Proof;
 use crate::sender::replay::Admission;
@@ -81,7 +83,7 @@ pub struct Trace {
     pub cached: bool,
     /// `invalidToken: "ignore"`: the request went on as anonymous; why its token was not
     /// accepted.
-    pub ignored: Option<&'static str>,
+    pub ignored: Option<Reason>,
 }
 
 #[derive(Debug, Clone)]
@@ -183,6 +185,18 @@ pub fn authorize(
     request: &Request<'_>,
     now_ms: u64,
 ) -> Decision {
+    authorize_recorded(config, keys, cache, request, now_ms, Recorder::OFF)
+}
+
+/// [`authorize`], noting each step it takes with `rec` (for `explain`).
+pub fn authorize_recorded(
+    config: &Compiled,
+    keys: &dyn KeyLookup,
+    cache: &mut TokenCache,
+    request: &Request<'_>,
+    now_ms: u64,
+    rec: Recorder<'_>,
+) -> Decision {
     if let Some(answer) =
         crate::resource::metadata_answer(config, request.method, request.path, request.authority)
     {
@@ -193,7 +207,7 @@ pub fn authorize(
     }
     let mut edits = identity_removals(config);
     let mut trace = Trace::default();
-    let outcome = match decide(config, keys, cache, request, now_ms, &mut trace) {
+    let outcome = match decide(config, keys, cache, request, now_ms, &mut trace, rec) {
         Ok(mut allowed) => {
             edits.append(&mut allowed.edits);
             allowed.edits = edits;
@@ -236,10 +250,10 @@ pub fn provider_removed(outcome: Outcome) -> Outcome {
     match outcome {
         Outcome::Deny(Denial::InvalidToken {
             description,
-            reason: "issuer",
+            reason: Reason::Issuer,
         }) => Outcome::Deny(Denial::InvalidToken {
             description,
-            reason: "provider_removed",
+            reason: Reason::ProviderRemoved,
         }),
         other => other,
     }
@@ -281,8 +295,11 @@ fn decide(
     request: &Request<'_>,
     now_ms: u64,
     trace: &mut Trace,
+    rec: Recorder<'_>,
 ) -> Result<Allowed, Halt> {
-    let normalized = match path::normalize(request.path) {
+    let normalized = path::normalize(request.path);
+    rec.note(|| Step::Path(normalized.clone()));
+    let normalized = match normalized {
         Ok(p) => p,
         Err(PathError::EncodedSlash) => {
             return Err(Denial::InvalidRequest(
@@ -306,11 +323,21 @@ fn decide(
     let mut token: Option<Option<Verified>> = None;
     let selection = {
         let mut claims = || {
-            let verified = token_once(&mut token, config, keys, cache, request, now_ms, trace)?;
+            let verified =
+                token_once(&mut token, config, keys, cache, request, now_ms, trace, rec)?;
             Ok(verified.map(|v| Rc::clone(&v.claims)))
         };
-        policy::select::<Halt>(config, &config.rule_index, &facts, &mut claims)?
+        let mut tried = |rule| rec.note(|| Step::Rule(rule));
+        let tried: Option<&mut dyn FnMut(policy::RuleTried)> =
+            if rec.on() { Some(&mut tried) } else { None };
+        policy::select_seen::<Halt>(config, &config.rule_index, &facts, &mut claims, tried)?
     };
+    if let Applies::Unmatched(unmatched) = selection.applies {
+        rec.note(|| Step::Unmatched {
+            unmatched,
+            token_would_help: selection.token_would_help,
+        });
+    }
     let action = match selection.applies {
         Applies::Rule(rule) => {
             trace.rule = config.rules.iter().position(|r| std::ptr::eq(r, rule));
@@ -330,6 +357,7 @@ fn decide(
     // A CORS preflight carries no credentials (Fetch standard): it is spared the token, not
     // the path check or a deny rule.
     if config.bypass_cors_preflight && is_cors_preflight(request) {
+        rec.note(|| Step::Preflight);
         return Ok(Allowed::default());
     }
 
@@ -338,61 +366,86 @@ fn decide(
             .rule
             .and_then(|i| config.rules.get(i))
             .is_some_and(|rule| rule.ignore_invalid_token);
-    let verified = match token_once(&mut token, config, keys, cache, request, now_ms, trace) {
+    let verified = match token_once(&mut token, config, keys, cache, request, now_ms, trace, rec) {
         // A public route that opted in treats a token it cannot accept as no token (an API
         // key or an opaque token meant for someone else); never one it must wait for.
         Err(Halt::Deny(denial @ (Denial::InvalidToken { .. } | Denial::InvalidProof { .. })))
             if ignores_invalid =>
         {
             trace.ignored = Some(denial.reason());
+            rec.note(|| Step::Ignored(denial.reason()));
             trace.claims = None;
             return Ok(Allowed::default());
         }
         other => other?,
     };
     let Some(verified) = verified else {
-        return match action {
-            Need::Anonymous | Need::Rule(Action::AllowAnonymous) => Ok(Allowed::default()),
-            _ => Err(Denial::MissingToken.into()),
+        let needed = !matches!(action, Need::Anonymous | Need::Rule(Action::AllowAnonymous));
+        rec.note(|| Step::NoToken { needed });
+        return if needed {
+            Err(Denial::MissingToken.into())
+        } else {
+            Ok(Allowed::default())
         };
     };
     let Some(provider) = config.providers.get(verified.provider) else {
-        return Err(invalid("token issuer is not trusted", "issuer").into());
+        return Err(invalid("token issuer is not trusted", Reason::Issuer).into());
     };
 
+    let mut alternatives = Vec::new();
     let requirement_check = match action {
-        Need::Rule(Action::Requires(req)) => policy::check_requirement(
-            req,
-            verified.provider,
-            &verified.claims,
-            &provider.scope_claims,
-            now_ms / 1000,
-        ),
-        Need::Rule(Action::RequiresAny(reqs)) => policy::check_any(
+        Need::Rule(Action::Requires(req)) => {
+            let parts = rec.on().then(|| {
+                alternatives.push(Vec::new());
+                alternatives.last_mut()
+            });
+            policy::check_requirement_seen(
+                req,
+                verified.provider,
+                &verified.claims,
+                &provider.scope_claims,
+                now_ms / 1000,
+                parts.flatten(),
+            )
+        }
+        Need::Rule(Action::RequiresAny(reqs)) => policy::check_any_seen(
             reqs,
             verified.provider,
             &verified.claims,
             &provider.scope_claims,
             now_ms / 1000,
+            rec.on().then_some(&mut alternatives),
         ),
         _ => Ok(()),
     };
+    rec.note(|| Step::Requirement {
+        alternatives,
+        result: requirement_check.clone(),
+    });
     match requirement_check {
         Ok(()) => {}
         Err(Unmet::WrongProvider) => {
-            return Err(invalid("token issuer is not accepted for this resource", "issuer").into())
+            return Err(invalid(
+                "token issuer is not accepted for this resource",
+                Reason::Issuer,
+            )
+            .into())
         }
         Err(Unmet::MissingScopes(scopes)) => return Err(Denial::MissingScopes(scopes).into()),
         Err(Unmet::ClaimFailed(_)) => return Err(Denial::ClaimFailed.into()),
         Err(Unmet::Audience) => {
             return Err(invalid(
                 "token audience is not accepted for this resource",
-                "audience",
+                Reason::Audience,
             )
             .into())
         }
         Err(Unmet::Tenant) => {
-            return Err(invalid("token tenant is not accepted for this resource", "tenant").into())
+            return Err(invalid(
+                "token tenant is not accepted for this resource",
+                Reason::Tenant,
+            )
+            .into())
         }
         Err(Unmet::Delegation(description)) => {
             return Err(Denial::DelegationRefused(description).into())
@@ -424,6 +477,7 @@ fn names_audience(claims: &Map<String, Value>, resource: &str) -> bool {
 
 /// The request's token, found and verified on first use and remembered; `None`: no token.
 /// A token that is present is always verified, on anonymous routes too.
+#[allow(clippy::too_many_arguments)]
 fn token_once<'t>(
     memo: &'t mut Option<Option<Verified>>,
     config: &Compiled,
@@ -432,10 +486,11 @@ fn token_once<'t>(
     request: &Request<'_>,
     now_ms: u64,
     trace: &mut Trace,
+    rec: Recorder<'_>,
 ) -> Result<Option<&'t Verified>, Halt> {
     if memo.is_none() {
         *memo = Some(find_and_verify(
-            config, keys, cache, request, now_ms, trace,
+            config, keys, cache, request, now_ms, trace, rec,
         )?);
     }
     Ok(memo.as_ref().and_then(Option::as_ref))
@@ -448,12 +503,20 @@ fn find_and_verify(
     request: &Request<'_>,
     now_ms: u64,
     trace: &mut Trace,
+    rec: Recorder<'_>,
 ) -> Result<Option<Verified>, Halt> {
     let parts = RequestParts {
         headers: request.headers,
         path: request.path,
     };
-    let found = match extract::find_token(&config.providers, &parts) {
+    let found = extract::find_token(&config.providers, &parts);
+    rec.note(|| {
+        Step::Location(match &found {
+            Ok(found) => Ok(found.as_ref().map(|f| f.location.clone())),
+            Err(ExtractError::MultipleTokens) => Err(()),
+        })
+    });
+    let found = match found {
         Ok(found) => found,
         Err(ExtractError::MultipleTokens) => {
             return Err(Denial::InvalidRequest("more than one token in the request").into())
@@ -463,21 +526,31 @@ fn find_and_verify(
     let Some(found) = found else {
         return Ok(None);
     };
-    let verified = verify_token(config, keys, cache, found, now_ms, trace)?;
+    let verified = verify_token(config, keys, cache, found, now_ms, trace, rec)?;
     if keys
         .revocations(verified.provider)
         .is_some_and(|list| claims::is_revoked(&verified.claims, list))
     {
-        return Err(invalid("token revoked", "revoked").into());
+        rec.note(|| Step::Revoked);
+        return Err(invalid("token revoked", Reason::Revoked).into());
     }
     let Some(provider) = config.providers.get(verified.provider) else {
-        return Err(invalid("token issuer is not trusted", "issuer").into());
+        return Err(invalid("token issuer is not trusted", Reason::Issuer).into());
     };
     // RFC 8707: a protected resource accepts tokens issued for itself, unless the provider
     // names its own audiences.
     if let Some(resource) = config.resource_for(request.authority) {
-        if provider.audiences.is_empty() && !names_audience(&verified.claims, &resource.resource) {
-            return Err(invalid("token audience is not this resource", "audience").into());
+        if provider.audiences.is_empty() {
+            let held = names_audience(&verified.claims, &resource.resource);
+            rec.note(|| Step::ResourceAudience {
+                resource: resource.resource.clone(),
+                held,
+            });
+            if !held {
+                return Err(
+                    invalid("token audience is not this resource", Reason::Audience).into(),
+                );
+            }
         }
     }
     let presented = if verified.found.location.is_dpop() {
@@ -486,7 +559,8 @@ fn find_and_verify(
         Presented::Bearer
     };
 
-    sender::check(
+    let mut proof = (rec.on() && presented == Presented::Dpop).then(sender::ProofSeen::default);
+    let bound = sender::check_seen(
         provider,
         &verified.claims,
         &verified.found.token,
@@ -496,7 +570,13 @@ fn find_and_verify(
         &TokenLimits::from(&config.limits),
         keys.signature_host(),
         &mut |proof| keys.admit_proof(proof, now_ms / 1000),
-    )?;
+        proof.as_mut(),
+    );
+    rec.note(|| Step::Sender {
+        proof,
+        result: bound.clone(),
+    });
+    bound?;
     Ok(Some(verified))
 }
 
@@ -509,11 +589,11 @@ enum Need<'c> {
 fn wrong_location() -> Denial {
     invalid(
         "token was sent in a location its issuer is not configured for",
-        "malformed",
+        Reason::Malformed,
     )
 }
 
-fn invalid(description: &'static str, reason: &'static str) -> Denial {
+fn invalid(description: &'static str, reason: Reason) -> Denial {
     Denial::InvalidToken {
         description,
         reason,
@@ -550,11 +630,15 @@ fn verify_token(
     found: Found,
     now_ms: u64,
     trace: &mut Trace,
+    rec: Recorder<'_>,
 ) -> Result<Verified, Halt> {
     let digest = cache.digest(&found.token);
     if let Some(hit) = cache.get(digest).cloned() {
-        let outcome = cache_hit(config, keys, &hit, &found, now_ms);
+        let outcome = cache_hit(config, keys, &hit, &found, now_ms, rec);
         if outcome.is_some() {
+            rec.note(|| Step::Cached {
+                provider: hit.provider,
+            });
             trace.cached = true;
             trace.provider = Some(hit.provider);
             trace.alg = Some(hit.alg);
@@ -576,7 +660,19 @@ fn verify_token(
         }
     }
     let limits = TokenLimits::from(&config.limits);
-    let jws = token::parse(&found.token, &limits).map_err(|e| invalid(e.describe(), e.reason()))?;
+    let jws = token::parse(&found.token, &limits);
+    rec.note(|| {
+        Step::Parsed(match &jws {
+            Ok(jws) => Ok(record::Parsed {
+                alg: jws.header.alg,
+                kid: jws.header.kid.clone(),
+                typ: jws.header.typ.clone(),
+                claims: Rc::new(jws.claims.clone()),
+            }),
+            Err(e) => Err(*e),
+        })
+    });
+    let jws = jws.map_err(|e| invalid(e.describe(), e.reason()))?;
     let claims = Rc::new(jws.claims);
     let kid: Option<Rc<str>> = jws.header.kid.as_deref().map(Rc::from);
     trace.alg = Some(jws.header.alg);
@@ -584,20 +680,58 @@ fn verify_token(
     trace.claims = Some(Rc::clone(&claims));
     // The issuer selects the provider before the signature is checked; nothing from the
     // payload is trusted until the provider's keys have verified it.
-    let issuer = claims::issuer(&claims).ok_or(invalid("token has no issuer", "issuer"))?;
-    let (index, provider) = config
-        .provider_for(issuer)
-        .ok_or(invalid("token issuer is not trusted", "issuer"))?;
+    let issuer = claims::issuer(&claims);
+    let selected = issuer.and_then(|issuer| config.provider_for(issuer));
+    rec.note(|| {
+        let provider = selected.map(|(_, provider)| provider);
+        Step::Provider(record::ProviderSeen {
+            iss: issuer.map(str::to_string),
+            selected: selected.map(|(index, _)| index),
+            tenant: provider.zip(issuer).and_then(|(provider, issuer)| {
+                let tenant = provider.tenant_of(issuer)?;
+                let admitted = provider.tenancy.as_ref()?.admits(tenant);
+                Some((tenant.to_string(), admitted))
+            }),
+            location_listed: provider.is_some_and(|p| found.location.is_listed_by(p)),
+        })
+    });
+    let issuer = issuer.ok_or(invalid("token has no issuer", Reason::Issuer))?;
+    let (index, provider) =
+        selected.ok_or(invalid("token issuer is not trusted", Reason::Issuer))?;
     trace.provider = Some(index);
     if let (Some(tenancy), Some(tenant)) = (&provider.tenancy, provider.tenant_of(issuer)) {
         if !tenancy.admits(tenant) {
-            return Err(invalid("token tenant is not trusted", "tenant").into());
+            return Err(invalid("token tenant is not trusted", Reason::Tenant).into());
         }
     }
     if !found.location.is_listed_by(provider) {
         return Err(wrong_location().into());
     }
-    let key_set = match keys.keys(index, now_ms) {
+    let key_state = keys.keys(index, now_ms);
+    rec.note(|| Step::Keys {
+        provider: index,
+        keys: match &key_state {
+            KeyState::Ready(set) => KeysSeen::Ready {
+                keys: set
+                    .keys()
+                    .iter()
+                    .map(|key| KeySeen {
+                        kid: key.kid().map(str::to_string),
+                        family: key.family(),
+                        alg: key.alg(),
+                    })
+                    .collect(),
+                skipped: set.skipped(),
+            },
+            KeyState::Loading => KeysSeen::Loading,
+            KeyState::Unavailable {
+                retry_after_seconds,
+            } => KeysSeen::Unavailable {
+                retry_after_seconds: *retry_after_seconds,
+            },
+        },
+    });
+    let key_set = match key_state {
         KeyState::Ready(set) => set,
         KeyState::Loading => {
             return Err(Halt::Wait {
@@ -624,13 +758,26 @@ fn verify_token(
         provider.algorithms,
     );
     match verified {
-        Ok(_) => {}
+        Ok(key) => rec.note(|| {
+            Step::Signature(Ok(KeySeen {
+                kid: key.kid().map(str::to_string),
+                family: key.family(),
+                alg: key.alg(),
+            }))
+        }),
         // Rotation: a kid the keys lack may be a key the issuer just published.
         Err(VerifyError::UnknownKey) if keys.refetch_possible(index, now_ms) => {
+            rec.note(|| {
+                Step::Signature(Err(SignatureRefused {
+                    error: VerifyError::UnknownKey,
+                    refetch: true,
+                    refresh_failing: false,
+                }))
+            });
             return Err(Halt::Wait {
                 provider: index,
                 refetch: true,
-            })
+            });
         }
         Err(e) => {
             // The keys could not be refreshed: the kid may be the issuer's newest key, and a
@@ -638,6 +785,13 @@ fn verify_token(
             let failing = matches!(e, VerifyError::UnknownKey)
                 .then(|| keys.refresh_failing(index, now_ms))
                 .flatten();
+            rec.note(|| {
+                Step::Signature(Err(SignatureRefused {
+                    error: e,
+                    refetch: false,
+                    refresh_failing: failing.is_some(),
+                }))
+            });
             if let Some(retry_after_seconds) = failing {
                 return Err(Denial::KeysUnavailable {
                     retry_after_seconds,
@@ -647,7 +801,7 @@ fn verify_token(
             return Err(invalid(e.describe(), verify_reason(&e)).into());
         }
     }
-    claims::check(&claims, provider, now_ms / 1000)
+    checked_claims(&claims, provider, now_ms, rec)
         .map_err(|e| invalid(e.describe(), e.reason()))?;
     let payload_segment: Option<Rc<str>> =
         provider.output_payload_to_header.as_ref().and_then(|_| {
@@ -681,6 +835,7 @@ fn cache_hit(
     hit: &CachedToken,
     found: &Found,
     now_ms: u64,
+    rec: Recorder<'_>,
 ) -> Option<Result<(), Halt>> {
     let provider = config.providers.get(hit.provider)?;
     let keys_unchanged = matches!(keys.keys(hit.provider, now_ms), KeyState::Ready(_))
@@ -692,16 +847,32 @@ fn cache_hit(
         return Some(Err(wrong_location().into()));
     }
     Some(
-        claims::check(&hit.claims, provider, now_ms / 1000)
+        checked_claims(&hit.claims, provider, now_ms, rec)
             .map_err(|e| invalid(e.describe(), e.reason()).into()),
     )
 }
 
-fn verify_reason(error: &VerifyError) -> &'static str {
+/// The registered claims' checks, noted check by check when recording.
+fn checked_claims(
+    claims: &Map<String, Value>,
+    provider: &Provider,
+    now_ms: u64,
+    rec: Recorder<'_>,
+) -> Result<(), claims::ClaimError> {
+    if !rec.on() {
+        return claims::check(claims, provider, now_ms / 1000);
+    }
+    let mut seen = Vec::new();
+    let result = claims::check_seen(claims, provider, now_ms / 1000, Some(&mut seen));
+    rec.note(|| Step::Claims { seen, result });
+    result
+}
+
+fn verify_reason(error: &VerifyError) -> Reason {
     match error {
-        VerifyError::AlgorithmNotAllowed | VerifyError::KeyAlgorithmMismatch => "algorithm",
-        VerifyError::UnknownKey | VerifyError::NoSuitableKey => "unknown_key",
-        VerifyError::BadSignature => "signature",
+        VerifyError::AlgorithmNotAllowed | VerifyError::KeyAlgorithmMismatch => Reason::Algorithm,
+        VerifyError::UnknownKey | VerifyError::NoSuitableKey => Reason::UnknownKey,
+        VerifyError::BadSignature => Reason::Signature,
     }
 }
 
@@ -959,7 +1130,7 @@ mod tests {
     }
 
     fn reason(outcome: Outcome) -> &'static str {
-        denial(outcome).reason()
+        denial(outcome).reason().name()
     }
 
     #[test]
@@ -1008,7 +1179,11 @@ mod tests {
                 "/public/page",
                 &[("authorization", &bearer), ("x-sub", "forged")],
             );
-            assert_eq!(decision.trace.ignored, Some(why), "{token}");
+            assert_eq!(
+                decision.trace.ignored.map(|r| r.name()),
+                Some(why),
+                "{token}"
+            );
             assert_eq!(
                 crate::audit::Verdict::of(&decision),
                 crate::audit::Verdict::Anonymous
@@ -1037,7 +1212,7 @@ mod tests {
             "/public/page",
             &[("authorization", "Bearer a"), ("authorization", "Bearer b")],
         );
-        assert_eq!(denial(two).reason(), "invalid_request");
+        assert_eq!(denial(two).reason().name(), "invalid_request");
     }
 
     #[test]
@@ -1085,7 +1260,7 @@ mod tests {
                 refused,
                 Denial::InvalidToken {
                     description: "token tenant (tid) does not match its issuer",
-                    reason: "tenant"
+                    reason: crate::reason::Reason::Tenant
                 }
             );
         }
@@ -1095,7 +1270,7 @@ mod tests {
             denial(f.with_token("/t2-only/a", &token(&v2("t1"), Some("t1")))),
             Denial::InvalidToken {
                 description: "token tenant is not accepted for this resource",
-                reason: "tenant"
+                reason: crate::reason::Reason::Tenant
             }
         );
         // The audit line names the tenant.
@@ -1207,7 +1382,10 @@ mod tests {
         );
         let report = fixture(json!({"providers": [provider(json!({}))], "mode": "report"}));
         let a = allowed(wait_expired(&report.config, &report.keys, 0, NOW * 1000).outcome);
-        assert_eq!(a.would_deny.map(|d| d.reason()), Some("keys_unavailable"));
+        assert_eq!(
+            a.would_deny.map(|d| d.reason().name()),
+            Some("keys_unavailable")
+        );
     }
 
     #[test]
@@ -1215,7 +1393,7 @@ mod tests {
         let f = fixture(json!({"providers": [provider(json!({})),
             {"issuer": OTHER_ISSUER, "jwksUri": "https://o/jwks", "fromHeaders": [{"name": "x-token"}]}]}));
         let d = denial(f.run("GET", "/", &[("x-token", &f.good_token())]));
-        assert_eq!(d.reason(), "malformed");
+        assert_eq!(d.reason().name(), "malformed");
     }
 
     #[test]
@@ -1230,8 +1408,84 @@ mod tests {
                 ("authorization", &format!("Bearer {t}x")),
             ],
         ));
-        assert_eq!(d.reason(), "invalid_request");
+        assert_eq!(d.reason().name(), "invalid_request");
         assert_eq!(reason(f.with_token("/admin%2Fx", &t)), "invalid_request");
+    }
+
+    /// The record `explain` prints: recording changes no decision, and it holds the steps an
+    /// explanation of its own once missed (RFC 8707 audience, CORS preflight, ignore).
+    #[test]
+    fn a_recorded_decision_is_the_same_decision_with_its_steps() {
+        let recorded = |f: &Fixture, method: &str, path: &str, headers: &[(&str, &str)]| {
+            let request = Request {
+                method,
+                scheme: "https",
+                path,
+                authority: "orders.example.com",
+                headers,
+                peer: &crate::peer::NoPeer,
+            };
+            let record = std::cell::RefCell::new(record::Record::default());
+            let mut cache = TokenCache::new(0);
+            let rec = Recorder::writing_to(&record);
+            let with =
+                authorize_recorded(&f.config, &f.keys, &mut cache, &request, NOW * 1000, rec);
+            let without = authorize(&f.config, &f.keys, &mut cache, &request, NOW * 1000);
+            assert_eq!(with.outcome, without.outcome, "{method} {path}");
+            (with.outcome, record.into_inner().steps)
+        };
+        let resource = fixture(json!({
+            "providers": [{"issuer": ISSUER, "jwksUri": "https://idp.example.com/jwks"}],
+            "protectedResource": {"resource": "https://orders.example.com/api"},
+            "rules": [{"match": {"paths": ["/public"]}, "allowAnonymous": true,
+                       "invalidToken": "ignore"}]}));
+        let bearer = format!("Bearer {}", resource.good_token());
+        let (outcome, steps) = recorded(&resource, "GET", "/api", &[("authorization", &bearer)]);
+        assert_eq!(denial(outcome).reason(), Reason::Audience);
+        assert!(
+            matches!(
+                steps.as_slice(),
+                [
+                    Step::Path(Ok(_)),
+                    Step::Rule(_),
+                    Step::Unmatched { .. },
+                    Step::Location(Ok(Some(_))),
+                    Step::Parsed(Ok(_)),
+                    Step::Provider(_),
+                    Step::Keys { .. },
+                    Step::Signature(Ok(_)),
+                    Step::Claims { result: Ok(()), .. },
+                    Step::ResourceAudience { held: false, .. }
+                ]
+            ),
+            "{steps:#?}"
+        );
+        let (outcome, steps) = recorded(&resource, "GET", "/public", &[("authorization", &bearer)]);
+        assert!(matches!(outcome, Outcome::Allow(_)));
+        assert!(
+            matches!(steps.last(), Some(Step::Ignored(Reason::Audience))),
+            "{steps:#?}"
+        );
+        let preflight = [
+            ("origin", "https://app"),
+            ("access-control-request-method", "POST"),
+        ];
+        let (outcome, steps) = recorded(&simple(), "OPTIONS", "/", &preflight);
+        assert!(matches!(outcome, Outcome::Allow(_)));
+        assert!(matches!(steps.last(), Some(Step::Preflight)), "{steps:#?}");
+        // Every step of a refusal by requirement, down to the scopes it lacks.
+        let rules = with_rules();
+        let token = format!("Bearer {}", rules.good_token());
+        let (outcome, steps) = recorded(&rules, "POST", "/orders/1", &[("authorization", &token)]);
+        assert_eq!(denial(outcome).reason(), Reason::Scope);
+        assert!(
+            matches!(
+                steps.last(),
+                Some(Step::Requirement { alternatives, result: Err(Unmet::MissingScopes(_)) })
+                    if matches!(alternatives.as_slice(), [parts] if parts.iter().any(|p| matches!(p, policy::RequirementSeen::Scopes { .. })))
+            ),
+            "{steps:#?}"
+        );
     }
 
     #[test]
@@ -1309,7 +1563,7 @@ mod tests {
             matches!(
                 replayed,
                 Outcome::Deny(Denial::InvalidProof {
-                    reason: "dpop_replay",
+                    reason: crate::reason::Reason::DpopReplay,
                     ..
                 })
             ),
@@ -1322,7 +1576,7 @@ mod tests {
             matches!(
                 downgraded,
                 Outcome::Deny(Denial::InvalidToken {
-                    reason: "dpop_downgrade",
+                    reason: crate::reason::Reason::DpopDowngrade,
                     ..
                 })
             ),
@@ -1335,7 +1589,7 @@ mod tests {
             matches!(
                 outcome,
                 Outcome::Deny(Denial::InvalidToken {
-                    reason: "dpop_required",
+                    reason: crate::reason::Reason::DpopRequired,
                     ..
                 })
             ),
@@ -1461,7 +1715,7 @@ mod tests {
             &[("authorization", "Bearer x.y.z"), ("x-sub", "forged")],
         ));
         assert_eq!(a.edits, vec![HeaderEdit::Remove("x-sub".into())]);
-        assert_eq!(a.would_deny.map(|d| d.reason()), Some("malformed"));
+        assert_eq!(a.would_deny.map(|d| d.reason().name()), Some("malformed"));
     }
 
     #[test]
@@ -1683,7 +1937,7 @@ mod tests {
             decision.outcome,
             Outcome::Deny(Denial::InvalidToken {
                 description: "token revoked",
-                reason: "revoked"
+                reason: crate::reason::Reason::Revoked
             })
         );
     }

@@ -2,6 +2,7 @@
 //! (RFC 7519 §4.1, RFC 9068 §4: `exp` is required).
 
 use crate::config::{Provider, Revoked};
+use crate::reason::Reason;
 use serde_json::{Map, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,19 +49,19 @@ impl ClaimError {
         }
     }
 
-    /// Stable short code for metrics and logs.
-    pub fn reason(self) -> &'static str {
+    /// Why, for metrics and logs.
+    pub fn reason(self) -> Reason {
         match self {
-            ClaimError::Expired => "expired",
-            ClaimError::NotYetValid | ClaimError::IssuedInFuture => "not_yet_valid",
-            ClaimError::Audience => "audience",
-            ClaimError::Revoked => "revoked",
-            ClaimError::TenantMismatch => "tenant",
+            ClaimError::Expired => Reason::Expired,
+            ClaimError::NotYetValid | ClaimError::IssuedInFuture => Reason::NotYetValid,
+            ClaimError::Audience => Reason::Audience,
+            ClaimError::Revoked => Reason::Revoked,
+            ClaimError::TenantMismatch => Reason::Tenant,
             ClaimError::MissingExp
             | ClaimError::NotNumericDate(_)
             | ClaimError::DateOutOfRange(_)
-            | ClaimError::NotAString(_) => "malformed",
-            ClaimError::LifetimeTooLong => "lifetime",
+            | ClaimError::NotAString(_) => Reason::Malformed,
+            ClaimError::LifetimeTooLong => Reason::Lifetime,
         }
     }
 }
@@ -73,6 +74,47 @@ pub fn issuer(claims: &Map<String, Value>) -> Option<&str> {
 /// Checks `exp` (required), `nbf`, `iat`, the lifetime cap and the audience. `now` in seconds
 /// since the epoch.
 pub fn check(claims: &Map<String, Value>, provider: &Provider, now: u64) -> Result<(), ClaimError> {
+    check_seen(claims, provider, now, None)
+}
+
+/// One check `check` made, in its order, for `explain`: what it read and whether it held.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimSeen {
+    /// `exp`, `nbf` or `iat` (`None`: absent) against `now` and the clock skew.
+    Time {
+        name: &'static str,
+        at: Option<f64>,
+        now: f64,
+        skew: f64,
+        held: bool,
+    },
+    /// `exp` minus `iat` (or minus now without `iat`) against `maxLifetimeSeconds`.
+    Lifetime {
+        max: Option<u64>,
+        span: f64,
+        from_iat: bool,
+        held: bool,
+    },
+    /// `aud` against the provider's `audiences` (`accepted` empty: not checked).
+    Audience {
+        aud: Option<Value>,
+        accepted: Vec<String>,
+        held: bool,
+    },
+}
+
+/// [`check`], noting each check in `seen` when given.
+pub fn check_seen(
+    claims: &Map<String, Value>,
+    provider: &Provider,
+    now: u64,
+    mut seen: Option<&mut Vec<ClaimSeen>>,
+) -> Result<(), ClaimError> {
+    let mut note = |step: &dyn Fn() -> ClaimSeen| {
+        if let Some(seen) = seen.as_deref_mut() {
+            seen.push(step());
+        }
+    };
     // Fractional NumericDates are legal (RFC 7519 §2); f64 keeps them and any u64-sized value.
     let now = now as f64;
     let skew = provider.clock_skew_seconds as f64;
@@ -89,23 +131,50 @@ pub fn check(claims: &Map<String, Value>, provider: &Provider, now: u64) -> Resu
         }
     }
 
-    if now >= exp + skew {
+    let time = |name, at, held| ClaimSeen::Time {
+        name,
+        at,
+        now,
+        skew,
+        held,
+    };
+    let expired = now >= exp + skew;
+    note(&|| time("exp", Some(exp), !expired));
+    if expired {
         return Err(ClaimError::Expired);
     }
-    if nbf.is_some_and(|nbf| nbf > now + skew) {
+    let early = nbf.is_some_and(|nbf| nbf > now + skew);
+    note(&|| time("nbf", nbf, !early));
+    if early {
         return Err(ClaimError::NotYetValid);
     }
-    if iat.is_some_and(|iat| iat > now + skew) {
+    let future = iat.is_some_and(|iat| iat > now + skew);
+    note(&|| time("iat", iat, !future));
+    if future {
         return Err(ClaimError::IssuedInFuture);
     }
     // Without `iat` the lifetime left counts: an absurd `exp` is refused however it is written.
-    if let Some(max) = provider.max_lifetime_seconds {
-        if exp - iat.unwrap_or(now) > max as f64 {
-            return Err(ClaimError::LifetimeTooLong);
-        }
+    let span = exp - iat.unwrap_or(now);
+    let too_long = provider
+        .max_lifetime_seconds
+        .is_some_and(|max| span > max as f64);
+    note(&|| ClaimSeen::Lifetime {
+        max: provider.max_lifetime_seconds,
+        span,
+        from_iat: iat.is_some(),
+        held: !too_long,
+    });
+    if too_long {
+        return Err(ClaimError::LifetimeTooLong);
     }
-    if !provider.audiences.is_empty() && !audience_accepted(claims.get("aud"), &provider.audiences)
-    {
+    let foreign = !provider.audiences.is_empty()
+        && !audience_accepted(claims.get("aud"), &provider.audiences);
+    note(&|| ClaimSeen::Audience {
+        aud: claims.get("aud").cloned(),
+        accepted: provider.audiences.clone(),
+        held: !foreign,
+    });
+    if foreign {
         return Err(ClaimError::Audience);
     }
     if !provider.revoked.is_empty() && is_revoked(claims, &provider.revoked) {
@@ -302,7 +371,7 @@ mod tests {
         ] {
             let error = check(&claims(json!({ "exp": exp })), &p, NOW).unwrap_err();
             assert_eq!(error, ClaimError::DateOutOfRange("exp"), "{exp}");
-            assert_eq!(error.reason(), "malformed");
+            assert_eq!(error.reason().name(), "malformed");
         }
         let huge: Map<String, Value> =
             serde_json::from_str(r#"{"exp": 1000000000000000000000000000000}"#).unwrap();

@@ -853,6 +853,17 @@ impl RootContext for Root {
             }
         };
         let seed = now_ms() ^ u64::from(self.context_id).rotate_left(32) ^ random_seed();
+        let identity = crate::config_hash::ConfigHash::of(&String::from_utf8_lossy(&raw));
+        let plugin = plugin_name();
+        if let Some(hash) = &identity {
+            log(
+                LogLevel::Info,
+                &format!(
+                    "configured plugin \"{plugin}\": config sha256 {}",
+                    hash.hex()
+                ),
+            );
+        }
         self.state = plugin_state(&self.state);
         let mut cell = self.state.borrow_mut();
         let (previous_keys, waiters, abandoned, metrics, cached_tokens_counted) = match cell.take()
@@ -938,6 +949,10 @@ impl RootContext for Root {
             tally: Tally::default(),
         };
         state.gauge(HOST_SIGNATURES_GAUGE, u64::from(signature_host.is_some()));
+        if let Some(hash) = &identity {
+            let name = crate::config_hash::gauge_name(&plugin);
+            state.gauge(&name, hash.gauge_value());
+        }
         *cell = Some(state);
         // Fetches start from the first tick, not from here: Envoy also configures VMs it
         // never runs (e.g. to validate the configuration), and a fetch claimed by one of
@@ -975,11 +990,7 @@ thread_local! {
 
 /// The state this VM keeps for the plugin being configured; `own` the first time.
 fn plugin_state(own: &SharedState) -> SharedState {
-    let plugin = hostcalls::get_property(vec!["plugin_name"])
-        .ok()
-        .flatten()
-        .map(|name| String::from_utf8_lossy(&name).into_owned())
-        .unwrap_or_default();
+    let plugin = plugin_name();
     PLUGIN_STATES.with(|states| {
         let mut states = states.borrow_mut();
         if let Some((_, state)) = states.iter().find(|(name, _)| *name == plugin) {
@@ -989,6 +1000,15 @@ fn plugin_state(own: &SharedState) -> SharedState {
         states.push((plugin, own.clone()));
         own.clone()
     })
+}
+
+/// The `name` Envoy gives the plugin (Istio: `<namespace>.<WasmPlugin name>`).
+fn plugin_name() -> String {
+    hostcalls::get_property(vec!["plugin_name"])
+        .ok()
+        .flatten()
+        .map(|name| String::from_utf8_lossy(&name).into_owned())
+        .unwrap_or_default()
 }
 
 /// `mesh_oauth.vm_starts.<plugin>`: this VM configures the plugin for the first time. A VM

@@ -1,12 +1,13 @@
 //! mesh-oauth, in layers (README's table names every file):
 //! - contract: [`config`], the configuration parsed into plain data (with the vocabulary
-//!   [`alg`] and [`json`]); it imports no stage;
+//!   [`alg`], [`json`] and [`reason`]); it imports no stage; [`config_hash`], its identity;
 //! - pure stages: [`extract`] → [`token`] → [`keys`] → [`verify`] (+ [`host_verify`],
 //!   [`cache`]) → [`claims`] → [`policy`] (+ [`path`], [`peer`]);
 //! - compile: [`compile`], what configuring means (rule index, inline keys, resources);
 //! - stages after compile: [`response`], [`resource`], [`keystore`], [`sender`] (which, with
 //!   `keystore`, still imports request and key-lookup types from `authorize`);
-//! - decision: [`authorize`]; [`audit`] renders it for operators;
+//! - decision: [`authorize`], its step-by-step [`record`] for `explain`; [`audit`] renders
+//!   it for operators;
 //! - runtime: `runtime` (branch `runtime`), the per-VM state machine;
 //! - shell: `filter` (+ `host`, [`header_map`]), the only code that calls the host;
 //! - tools: the `mesh-oauth` command (src/bin/mesh-oauth).
@@ -20,6 +21,7 @@ pub mod cache;
 pub mod claims;
 pub mod compile;
 pub mod config;
+pub mod config_hash;
 pub mod extract;
 pub mod header_map;
 pub mod host_verify;
@@ -29,6 +31,8 @@ pub mod keystore;
 pub mod path;
 pub mod peer;
 pub mod policy;
+pub mod reason;
+pub mod record;
 pub mod resource;
 pub mod response;
 pub mod sender;

@@ -1,6 +1,7 @@
 //! Turning a refusal into the answer OAuth clients expect (RFC 6750 §3).
 
 use crate::config::{Answers, BodyPiece, DenyWith, LoginRedirect};
+use crate::reason::Reason;
 use serde_json::json;
 
 /// Why a request is refused. Descriptions are fixed strings: they never echo token contents.
@@ -13,7 +14,7 @@ pub enum Denial {
     /// 401 `invalid_token`; `reason` is the short code for metrics and logs.
     InvalidToken {
         description: &'static str,
-        reason: &'static str,
+        reason: Reason,
     },
     /// 403 `insufficient_scope` with the scopes that were missing.
     MissingScopes(Vec<String>),
@@ -28,7 +29,7 @@ pub enum Denial {
     /// 401 `invalid_dpop_proof` (RFC 9449 §7.1): the DPoP proof failed a check.
     InvalidProof {
         description: &'static str,
-        reason: &'static str,
+        reason: Reason,
     },
     /// 503: the sidecar could not record a DPoP proof, so it cannot promise single use.
     ReplayUnavailable,
@@ -129,20 +130,20 @@ pub struct Response {
 }
 
 impl Denial {
-    /// Short code for metrics and logs.
-    pub fn reason(&self) -> &'static str {
+    /// Why, for metrics and logs.
+    pub fn reason(&self) -> Reason {
         match self {
-            Denial::InvalidRequest(_) => "invalid_request",
-            Denial::MissingToken => "missing",
-            Denial::InvalidToken { reason, .. } => reason,
-            Denial::MissingScopes(_) => "scope",
-            Denial::ClaimFailed => "claim",
-            Denial::Forbidden => "deny_rule",
-            Denial::DelegationRefused(_) => "delegation",
-            Denial::KeysUnavailable { .. } => "keys_unavailable",
-            Denial::InvalidProof { reason, .. } => reason,
-            Denial::ReplayUnavailable => "dpop_replay_unavailable",
-            Denial::StepUp { .. } => "step_up",
+            Denial::InvalidRequest(_) => Reason::InvalidRequest,
+            Denial::MissingToken => Reason::Missing,
+            Denial::InvalidToken { reason, .. } => *reason,
+            Denial::MissingScopes(_) => Reason::Scope,
+            Denial::ClaimFailed => Reason::Claim,
+            Denial::Forbidden => Reason::DenyRule,
+            Denial::DelegationRefused(_) => Reason::Delegation,
+            Denial::KeysUnavailable { .. } => Reason::KeysUnavailable,
+            Denial::InvalidProof { reason, .. } => *reason,
+            Denial::ReplayUnavailable => Reason::DpopReplayUnavailable,
+            Denial::StepUp { .. } => Reason::StepUp,
         }
     }
 
@@ -511,7 +512,7 @@ mod tests {
     fn invalid_token_names_the_cause() {
         let r = Denial::InvalidToken {
             description: "token is expired",
-            reason: "expired",
+            reason: crate::reason::Reason::Expired,
         }
         .render("orders");
         assert_eq!(r.status, 401);
@@ -603,7 +604,7 @@ mod tests {
         );
         let proof = Denial::InvalidProof {
             description: "DPoP proof htm does not match the request method",
-            reason: "dpop_htm",
+            reason: crate::reason::Reason::DpopHtm,
         };
         let answer = proof.render_for("r", &both);
         assert_eq!(answer.status, 401);
@@ -661,7 +662,7 @@ mod tests {
             Denial::MissingToken,
             Denial::InvalidToken {
                 description: "token expired",
-                reason: "expired",
+                reason: crate::reason::Reason::Expired,
             },
         ] {
             let answer = denial.render_for("r", &schemes);
@@ -722,7 +723,7 @@ mod tests {
 
     const EXPIRED: Denial = Denial::InvalidToken {
         description: "token is expired",
-        reason: "expired",
+        reason: crate::reason::Reason::Expired,
     };
 
     #[test]
@@ -745,7 +746,7 @@ mod tests {
             "the scopes to ask for are not a detail of why"
         );
         assert_eq!(
-            EXPIRED.reason(),
+            EXPIRED.reason().name(),
             "expired",
             "the reason stays for logs and metrics"
         );

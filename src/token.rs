@@ -4,6 +4,7 @@
 
 use crate::alg::Alg;
 use crate::json::{self, JsonError, JsonLimits};
+use crate::reason::Reason;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{Map, Value};
@@ -111,18 +112,18 @@ impl TokenError {
         }
     }
 
-    /// A stable code for metrics: "too_large", "malformed", "unsupported" (well-formed but a
-    /// kind of token we refuse) or "algorithm".
-    pub fn reason(&self) -> &'static str {
+    /// Why, for metrics: too large, malformed, unsupported (well-formed but a kind of token
+    /// we refuse) or algorithm.
+    pub fn reason(&self) -> Reason {
         match self {
-            TokenError::TooLarge => "too_large",
+            TokenError::TooLarge => Reason::TooLarge,
             TokenError::NotCompact
             | TokenError::NotBase64Url(_)
             | TokenError::MalformedHeader(_)
             | TokenError::MalformedSignature
-            | TokenError::MalformedPayload(_) => "malformed",
-            TokenError::Jwe | TokenError::UnsupportedCritical => "unsupported",
-            TokenError::Unsecured | TokenError::UnsupportedAlgorithm => "algorithm",
+            | TokenError::MalformedPayload(_) => Reason::Malformed,
+            TokenError::Jwe | TokenError::UnsupportedCritical => Reason::Unsupported,
+            TokenError::Unsecured | TokenError::UnsupportedAlgorithm => Reason::Algorithm,
         }
     }
 }
@@ -659,15 +660,20 @@ mod tests {
             TokenError::NotBase64Url(Segment::Signature).describe(),
             TokenError::MalformedSignature.describe()
         );
-        assert_eq!(TokenError::TooLarge.reason(), "too_large");
-        assert_eq!(TokenError::NotCompact.reason(), "malformed");
+        assert_eq!(TokenError::TooLarge.reason().name(), "too_large");
+        assert_eq!(TokenError::NotCompact.reason().name(), "malformed");
         assert_eq!(
-            TokenError::MalformedPayload(JsonError::TooDeep).reason(),
+            TokenError::MalformedPayload(JsonError::TooDeep)
+                .reason()
+                .name(),
             "malformed"
         );
-        assert_eq!(TokenError::Jwe.reason(), "unsupported");
-        assert_eq!(TokenError::Unsecured.reason(), "algorithm");
-        assert_eq!(TokenError::UnsupportedAlgorithm.reason(), "algorithm");
+        assert_eq!(TokenError::Jwe.reason().name(), "unsupported");
+        assert_eq!(TokenError::Unsecured.reason().name(), "algorithm");
+        assert_eq!(
+            TokenError::UnsupportedAlgorithm.reason().name(),
+            "algorithm"
+        );
     }
 
     #[test]

@@ -320,6 +320,81 @@ spec:
     );
 }
 
+/// The hashes `check-config` prints, in order, with each plugin's label.
+fn printed_hashes(stderr: &str) -> Vec<(String, String)> {
+    stderr
+        .lines()
+        .filter_map(|line| line.rsplit_once("config sha256: "))
+        .map(|(label, hex)| (label.to_string(), hex.to_string()))
+        .collect()
+}
+
+fn sha256_hex(text: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A pipeline compares the hash `check-config` prints with what sidecars report: it is the
+/// SHA-256 of the canonical JSON (sorted members, no whitespace), the same for the plugin's
+/// JSON and for a WasmPlugin's YAML, whatever the member order and spacing.
+#[test]
+fn check_config_prints_the_policy_identity_the_filter_reports() {
+    let canonical = r#"{"providers":[{"issuer":"https://idp.example.com","jwksUri":"https://idp.example.com/jwks","maxLifetimeSeconds":3600}],"unmatched":"deny"}"#;
+    let json = scratch(
+        "identity.json",
+        "{\n  \"unmatched\": \"deny\",\n  \"providers\": [\n    {\"maxLifetimeSeconds\": 3600, \"jwksUri\": \"https://idp.example.com/jwks\",\n     \"issuer\": \"https://idp.example.com\"}\n  ]\n}\n",
+    );
+    let out = run(&["check-config", json.to_str().unwrap()], None);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "ok: 1 provider, 0 rules\n");
+    assert_eq!(
+        out.stderr,
+        format!("config sha256: {}\n", sha256_hex(canonical))
+    );
+    let yaml = format!(
+        "{PLUGIN_HEAD}  pluginConfig:
+    providers:
+      - jwksUri: https://idp.example.com/jwks
+        maxLifetimeSeconds: 3600
+        issuer: https://idp.example.com
+    unmatched: deny
+---
+{PLUGIN_HEAD}  pluginConfig:
+    providers:
+      - jwksUri: https://idp.example.com/jwks
+        maxLifetimeSeconds: 3601
+        issuer: https://idp.example.com
+    unmatched: deny
+"
+    )
+    .replacen("name: mesh-oauth", "name: other", 1);
+    let file = scratch("identity.yaml", &yaml);
+    let out = run(&["check-config", file.to_str().unwrap()], None);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        printed_hashes(&out.stderr),
+        [
+            ("WasmPlugin shop/other: ".to_string(), sha256_hex(canonical)),
+            (
+                "WasmPlugin shop/mesh-oauth: ".to_string(),
+                // One value changed, another hash.
+                sha256_hex(&canonical.replace("3600", "3601"))
+            ),
+        ],
+        "{}",
+        out.stderr
+    );
+    // A file with an invalid plugin is not a policy to apply: no hash.
+    let broken = yaml.replace("3601", "-1");
+    let file = scratch("identity-broken.yaml", &broken);
+    let out = run(&["check-config", file.to_str().unwrap()], None);
+    assert_eq!(out.code, 1);
+    assert!(printed_hashes(&out.stderr).is_empty(), "{}", out.stderr);
+}
+
 #[test]
 fn check_config_refuses_yaml_the_filter_would_not_get_a_sound_config_from() {
     let cases = [
@@ -704,6 +779,49 @@ fn explain_refuses_an_invalid_configuration_and_a_wrong_command_line() {
     assert_eq!(out.code, 2);
 }
 
+/// Every command answers `--help` and `-h` with its own usage and succeeds, even after other
+/// options; without a command, the usage of all of them.
+#[test]
+fn every_command_answers_help_with_its_usage() {
+    let commands = ["check-config", "convert", "explain"];
+    for command in commands {
+        for flag in ["--help", "-h"] {
+            for args in [vec![command, flag], vec![command, "--config", "c", flag]] {
+                if command != "explain" && args.len() > 2 {
+                    continue;
+                }
+                let out = run(&args, None);
+                assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+                assert_eq!(out.stderr, "", "{args:?}");
+                assert!(
+                    out.stdout.starts_with("usage:\n"),
+                    "{args:?}: {}",
+                    out.stdout
+                );
+                assert!(
+                    out.stdout.contains(&format!("  mesh-oauth {command} ")),
+                    "{args:?}: {}",
+                    out.stdout
+                );
+                for other in commands.iter().filter(|other| **other != command) {
+                    assert!(
+                        !out.stdout.contains(&format!("mesh-oauth {other} ")),
+                        "{args:?}: {}",
+                        out.stdout
+                    );
+                }
+            }
+        }
+    }
+    let out = run(&["--help"], None);
+    assert_eq!(out.code, 0);
+    for command in commands {
+        assert!(out.stdout.contains(&format!("  mesh-oauth {command} ")));
+    }
+    let out = run(&["convert", "--help-me"], None);
+    assert_eq!(out.code, 2, "only --help and -h ask for help");
+}
+
 /// `--jwks URL`: the key document is fetched over HTTP, here from a one-shot server on the
 /// loopback interface.
 #[test]
@@ -1022,6 +1140,126 @@ fn convert_writes_istio_hosts_with_ports_as_the_host() {
     ), "{}", out.stderr);
 }
 
+/// Root-namespace policies are the mesh baseline: one plugin in the root namespace for every
+/// sidecar, first by `priority`, handing the token on; the namespace's plugin keeps the
+/// baseline's providers and deny rules (a request must pass both) and removes the token.
+#[test]
+fn convert_writes_root_namespace_policies_as_the_mesh_baseline() {
+    let yaml = |root: &str| {
+        format!(
+            r#"
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: corp, namespace: {root}}}
+spec:
+  jwtRules:
+  - issuer: https://login.example.com/realms/corp
+    jwksUri: https://login.example.com/realms/corp/certs
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: no-debug, namespace: {root}}}
+spec:
+  action: DENY
+  rules:
+  - to:
+    - operation: {{paths: ["/debug/*"]}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: orders, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: orders}}}}
+  rules:
+  - to:
+    - operation: {{methods: [GET]}}
+    when:
+    - {{key: "request.auth.claims[iss]", values: ["https://login.example.com/realms/corp"]}}
+"#
+        )
+    };
+    for (root, flags) in [
+        ("istio-system", vec!["--check"]),
+        (
+            "mesh-root",
+            vec!["--check", "--root-namespace", "mesh-root"],
+        ),
+    ] {
+        let out = convert(&format!("baseline-{root}.yaml"), &yaml(root), &flags);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let docs = yaml_rust2::YamlLoader::load_from_str(&out.stdout).unwrap();
+        let plugins: Vec<&yaml_rust2::Yaml> = docs
+            .iter()
+            .filter(|d| d["kind"].as_str() == Some("WasmPlugin"))
+            .collect();
+        let names: Vec<(&str, &str)> = plugins
+            .iter()
+            .map(|d| {
+                (
+                    d["metadata"]["namespace"].as_str().unwrap(),
+                    d["metadata"]["name"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [(root, "mesh-oauth-baseline"), ("shop", "mesh-oauth-orders")]
+        );
+        let (baseline, orders) = (plugins[0], plugins[1]);
+        assert!(baseline["spec"]["selector"].is_badvalue(), "every sidecar");
+        assert_eq!(baseline["spec"]["priority"].as_i64(), Some(1000));
+        assert_eq!(
+            baseline["spec"]["match"][0]["mode"].as_str(),
+            Some("SERVER")
+        );
+        assert!(
+            orders["spec"]["priority"].is_badvalue(),
+            "runs after the baseline"
+        );
+        let forwards = |plugin: &yaml_rust2::Yaml| {
+            plugin["spec"]["pluginConfig"]["providers"][0]["forwardOriginalToken"].as_bool()
+        };
+        assert_eq!(forwards(baseline), Some(true));
+        assert_eq!(forwards(orders), None, "Istio's default: removed upstream");
+        let rules = |plugin: &yaml_rust2::Yaml| -> Vec<String> {
+            plugin["spec"]["pluginConfig"]["rules"]
+                .as_vec()
+                .unwrap()
+                .iter()
+                .map(|r| r["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(rules(baseline), [format!("{root}/no-debug[0]")]);
+        assert_eq!(
+            rules(orders),
+            [format!("{root}/no-debug[0]"), "shop/orders[0]".to_string()]
+        );
+        assert!(
+            out.stderr.contains(&format!(
+                "note: WasmPlugin {root}/mesh-oauth-baseline: forwardOriginalToken: true for https://login.example.com/realms/corp: the baseline hands the token on"
+            )),
+            "{}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(&format!(
+                "ok: WasmPlugin {root}/mesh-oauth-baseline: 1 provider, 1 rule"
+            )),
+            "{}",
+            out.stderr
+        );
+    }
+    // Without the flag, policies in mesh-root are that namespace's only: the workload in shop
+    // gets no provider from them, and its plugin could never verify a token.
+    let out = convert("baseline-default.yaml", &yaml("mesh-root"), &[]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("providers: is empty") && out.stderr.contains("shop/orders"),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn convert_makes_a_plugin_per_selection_and_shares_namespace_denies() {
     let yaml = r#"
@@ -1309,6 +1547,46 @@ fn explain_shows_what_the_client_sees_and_the_reason_it_is_not_told() {
         redirect.contains(&"  location: https://login.example.com/start?return_to=/orders/1"),
         "{redirect:?}"
     );
+    // The audit line keeps the refusal's own status, whatever the client is shown.
+    assert!(
+        redirect.contains(&"  the refusal's own status, in the audit line and metrics: 401"),
+        "{redirect:?}"
+    );
+}
+
+/// Without `--token` the request carries only the headers given: a token sent in one is found
+/// where the filter looks and its provider gets `--jwks`; without any, the filter's 401.
+#[test]
+fn explain_takes_the_token_from_the_request_headers_or_none() {
+    let idp = idp();
+    let token = idp.rs256(RSA_KID, &claims(json!({})));
+    let config = scratch("headers-only.json", &idp.config().to_string());
+    let jwks = scratch("headers-only.jwks.json", &idp.rsa_jwks());
+    let now = NOW.to_string();
+    let base = [
+        "explain",
+        "--config",
+        config.to_str().unwrap(),
+        "--jwks",
+        jwks.to_str().unwrap(),
+        "--now",
+        &now,
+        "--path",
+        "/orders/7",
+    ];
+    let header = format!("Authorization: Bearer {token}");
+    let out = run(&[&base[..], &["--request-header", &header]].concat(), None);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_secret_free(&out.stdout, &token);
+    assert_eq!(
+        answer(&out)[0],
+        "final: allowed: the request goes on upstream",
+        "{}",
+        out.stdout
+    );
+    let out = run(&base, None);
+    assert_eq!(answer(&out)[0], "final: 401 Unauthorized (missing)");
+    assert!(out.stdout.contains("token: none given"), "{}", out.stdout);
 }
 
 #[test]

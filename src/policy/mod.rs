@@ -8,8 +8,8 @@ mod index;
 mod request_match;
 pub use index::{Candidates, RuleIndex};
 pub use request_match::{
-    check_rule, describe_pattern, observe, pattern_matches, select, text_matches, Applies, Miss,
-    MissReason, Observed, RequestFacts, Selection, TokenClaims,
+    check_rule, describe_pattern, observe, pattern_matches, select, select_seen, text_matches,
+    Applies, Miss, MissReason, MissSeen, Observed, RequestFacts, RuleTried, Selection, TokenClaims,
 };
 
 /// Istio path semantics, case-sensitive. `Prefix` is a plain string prefix, exactly as Istio
@@ -164,22 +164,66 @@ pub fn delegation_depth(act: Option<&Value>) -> u64 {
 }
 
 /// `acrValues`: the token's `acr` is one of them; `maxAuthAgeSeconds`: its `auth_time` is no
-/// older. A token without the claim does not meet the requirement.
-fn step_up_met(req: &Requirement, claims: &Map<String, Value>, now_s: u64) -> bool {
+/// older. A token without the claim does not meet the requirement. (acr met, age met).
+fn step_up_met(req: &Requirement, claims: &Map<String, Value>, now_s: u64) -> (bool, bool) {
     let acr_met = req.acr_values.as_ref().is_none_or(|accepted| {
         claims
             .get("acr")
             .and_then(Value::as_str)
             .is_some_and(|acr| accepted.iter().any(|a| a == acr))
     });
-    let age_met = req.max_auth_age_seconds.is_none_or(|max_age| {
-        claims
-            .get("auth_time")
-            .and_then(Value::as_f64)
-            .filter(|t| t.is_finite())
-            .is_some_and(|auth_time| now_s as f64 - auth_time <= max_age as f64)
-    });
-    acr_met && age_met
+    let age_met = req
+        .max_auth_age_seconds
+        .is_none_or(|max_age| auth_age(claims, now_s).is_some_and(|age| age <= max_age as f64));
+    (acr_met, age_met)
+}
+
+/// Seconds since `auth_time`; `None` without a usable one.
+fn auth_age(claims: &Map<String, Value>, now_s: u64) -> Option<f64> {
+    claims
+        .get("auth_time")
+        .and_then(Value::as_f64)
+        .filter(|t| t.is_finite())
+        .map(|auth_time| now_s as f64 - auth_time)
+}
+
+/// One part of a requirement as [`check_requirement_seen`] checked it, in its order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequirementSeen {
+    Providers {
+        held: bool,
+    },
+    Audiences {
+        aud: Option<Value>,
+        held: bool,
+    },
+    Tenants {
+        tid: Option<String>,
+        held: bool,
+    },
+    /// The client and actor checks; `refusal` says which failed.
+    Delegation {
+        refusal: Option<&'static str>,
+    },
+    Acr {
+        acr: Option<String>,
+        held: bool,
+    },
+    /// Seconds since `auth_time`, `None` without one.
+    AuthAge {
+        age: Option<f64>,
+        held: bool,
+    },
+    Scopes {
+        granted: Vec<String>,
+        missing: Vec<String>,
+    },
+    /// `claims[index]` of the requirement, with the value the token has.
+    Claim {
+        index: usize,
+        value: Option<Value>,
+        held: bool,
+    },
 }
 
 /// Checks one requirement against a token verified by `config.providers[provider]`.
@@ -191,29 +235,82 @@ pub fn check_requirement(
     scope_claims: &[ClaimPath],
     now_s: u64,
 ) -> Result<(), Unmet> {
+    check_requirement_seen(req, provider, claims, scope_claims, now_s, None)
+}
+
+/// [`check_requirement`], noting each part it checks in `seen` when given.
+pub fn check_requirement_seen(
+    req: &Requirement,
+    provider: usize,
+    claims: &Map<String, Value>,
+    scope_claims: &[ClaimPath],
+    now_s: u64,
+    mut seen: Option<&mut Vec<RequirementSeen>>,
+) -> Result<(), Unmet> {
+    let mut note = |part: &dyn Fn() -> RequirementSeen| {
+        if let Some(seen) = seen.as_deref_mut() {
+            seen.push(part());
+        }
+    };
     if let Some(providers) = &req.providers {
-        if !providers.contains(&provider) {
+        let held = providers.contains(&provider);
+        note(&|| RequirementSeen::Providers { held });
+        if !held {
             return Err(Unmet::WrongProvider);
         }
     }
     // One issuer, several services: a token for one cannot cross to another.
     if let Some(accepted) = &req.audiences {
-        if !audience_named(claims, accepted) {
+        let held = audience_named(claims, accepted);
+        note(&|| RequirementSeen::Audiences {
+            aud: claims.get("aud").cloned(),
+            held,
+        });
+        if !held {
             return Err(Unmet::Audience);
         }
     }
     // A multi-tenant provider's tenant is `tid`, checked against its issuer already.
     if let Some(tenants) = &req.tenants {
         let tid = claims.get("tid").and_then(Value::as_str);
-        if !tid.is_some_and(|tid| tenants.iter().any(|t| t == tid)) {
+        let held = tid.is_some_and(|tid| tenants.iter().any(|t| t == tid));
+        note(&|| RequirementSeen::Tenants {
+            tid: tid.map(str::to_string),
+            held,
+        });
+        if !held {
             return Err(Unmet::Tenant);
         }
     }
-    if let Some(refusal) = delegation_refusal(req, claims) {
+    let refusal = delegation_refusal(req, claims);
+    if req.clients.is_some()
+        || req.actors.is_some()
+        || req.delegation_forbidden
+        || req.max_delegation_depth.is_some()
+    {
+        note(&|| RequirementSeen::Delegation { refusal });
+    }
+    if let Some(refusal) = refusal {
         return Err(Unmet::Delegation(refusal));
     }
     // Who authenticated, and how, before what they may do: a new login may also bring scopes.
-    if !step_up_met(req, claims, now_s) {
+    let (acr_met, age_met) = step_up_met(req, claims, now_s);
+    if req.acr_values.is_some() {
+        note(&|| RequirementSeen::Acr {
+            acr: claims
+                .get("acr")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            held: acr_met,
+        });
+    }
+    if req.max_auth_age_seconds.is_some() {
+        note(&|| RequirementSeen::AuthAge {
+            age: auth_age(claims, now_s),
+            held: age_met,
+        });
+    }
+    if !(acr_met && age_met) {
         return Err(Unmet::StepUp {
             acr_values: req.acr_values.clone(),
             max_age: req.max_auth_age_seconds,
@@ -227,18 +324,26 @@ pub fn check_requirement(
                 missing.push(scope.clone());
             }
         }
+        note(&|| RequirementSeen::Scopes {
+            granted: granted.clone(),
+            missing: missing.clone(),
+        });
         if !missing.is_empty() {
             return Err(Unmet::MissingScopes(missing));
         }
     }
-    match req
-        .claims
-        .iter()
-        .find(|condition| !condition_holds(condition, claims))
-    {
-        Some(failed) => Err(Unmet::ClaimFailed(failed.claim.display())),
-        None => Ok(()),
+    for (index, condition) in req.claims.iter().enumerate() {
+        let held = condition_holds(condition, claims);
+        note(&|| RequirementSeen::Claim {
+            index,
+            value: condition.claim.lookup(claims).cloned(),
+            held,
+        });
+        if !held {
+            return Err(Unmet::ClaimFailed(condition.claim.display()));
+        }
     }
+    Ok(())
 }
 
 /// `requiresAny`: Ok when any requirement holds. Otherwise the most useful refusal:
@@ -253,9 +358,27 @@ pub fn check_any(
     scope_claims: &[ClaimPath],
     now_s: u64,
 ) -> Result<(), Unmet> {
+    check_any_seen(reqs, provider, claims, scope_claims, now_s, None)
+}
+
+/// [`check_any`], noting the parts of each alternative it checks in `seen` when given.
+pub fn check_any_seen(
+    reqs: &[Requirement],
+    provider: usize,
+    claims: &Map<String, Value>,
+    scope_claims: &[ClaimPath],
+    now_s: u64,
+    mut seen: Option<&mut Vec<Vec<RequirementSeen>>>,
+) -> Result<(), Unmet> {
     let mut best = Unmet::WrongProvider;
     for req in reqs {
-        let unmet = match check_requirement(req, provider, claims, scope_claims, now_s) {
+        let parts = seen.as_deref_mut().map(|seen| {
+            seen.push(Vec::new());
+            seen.last_mut()
+        });
+        let parts = parts.flatten();
+        let checked = check_requirement_seen(req, provider, claims, scope_claims, now_s, parts);
+        let unmet = match checked {
             Ok(()) => return Ok(()),
             Err(unmet) => unmet,
         };

@@ -71,12 +71,71 @@ pub fn select<'c, E>(
     request: &RequestFacts<'_>,
     token: &mut dyn FnMut() -> Result<TokenClaims, E>,
 ) -> Result<Selection<'c>, E> {
+    select_seen(config, rule_index, request, token, None)
+}
+
+/// A rule selection tried, for `explain`: the rule's index and, if it missed, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleTried {
+    pub rule: usize,
+    pub missed: Option<MissSeen>,
+}
+
+/// Why a tried rule missed, with what its failing condition read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissSeen {
+    pub miss: Miss,
+    /// The value a condition whose value is there (`MissReason::Unmet`) read.
+    pub observed: Option<Observed<'static>>,
+    /// That value met the condition's values (so its notValues refused it).
+    pub listed: bool,
+}
+
+/// [`select`], telling `tried` each rule it tries when given (rules the index rules out by
+/// path are not tried).
+pub fn select_seen<'c, E>(
+    config: &'c Config,
+    rule_index: &RuleIndex,
+    request: &RequestFacts<'_>,
+    token: &mut dyn FnMut() -> Result<TokenClaims, E>,
+    mut tried: Option<&mut dyn FnMut(RuleTried)>,
+) -> Result<Selection<'c>, E> {
     let mut token_would_help = false;
     for at in rule_index.candidates(config.rules.len(), request.path) {
         let Some(rule) = config.rules.get(at) else {
             continue;
         };
-        match check_rule(rule, request, token)? {
+        let checked = check_rule(rule, request, token)?;
+        if let Some(tried) = tried.as_deref_mut() {
+            let missed = checked.as_ref().err().map(|miss| {
+                let condition = (miss.why == MissReason::Unmet)
+                    .then(|| rule.matcher.conditions.get(miss.condition))
+                    .flatten();
+                let observed = condition.map(|condition| {
+                    // The token was read for this rule already: the caller remembers it.
+                    let claims = condition
+                        .fact
+                        .needs_token()
+                        .then(|| token().ok().flatten())
+                        .flatten();
+                    owned(observe(&condition.fact, request, claims.as_ref()))
+                });
+                let listed = condition
+                    .zip(observed.as_ref())
+                    .is_some_and(|(c, observed)| {
+                        c.any_of
+                            .as_ref()
+                            .is_none_or(|ps| ps.iter().any(|p| pattern_matches(p, observed)))
+                    });
+                MissSeen {
+                    miss: miss.clone(),
+                    observed,
+                    listed,
+                }
+            });
+            tried(RuleTried { rule: at, missed });
+        }
+        match checked {
             Ok(()) => {
                 return Ok(Selection {
                     applies: Applies::Rule(rule),
@@ -134,6 +193,21 @@ pub fn check_rule<E>(
         }));
     }
     Ok(Ok(()))
+}
+
+fn owned(observed: Observed<'_>) -> Observed<'static> {
+    match observed {
+        Observed::Absent(what) => Observed::Absent(what),
+        Observed::Unknown(what) => Observed::Unknown(what),
+        Observed::Text(values) => Observed::Text(
+            values
+                .into_iter()
+                .map(|value| Cow::Owned(value.into_owned()))
+                .collect(),
+        ),
+        Observed::Ip(ip) => Observed::Ip(ip),
+        Observed::Port(port) => Observed::Port(port),
+    }
 }
 
 /// A fact's value(s) for one request.

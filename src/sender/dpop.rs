@@ -9,6 +9,7 @@ use crate::config::Dpop;
 use crate::host_verify::TrustedHost;
 use crate::keys::{self, ProofKeyError};
 use crate::path;
+use crate::reason::Reason;
 use crate::token::{self, TokenLimits};
 use crate::verify::{self, VerifyError};
 use serde_json::{Map, Value};
@@ -73,20 +74,22 @@ impl ProofError {
         }
     }
 
-    /// Short code for metrics and audit lines.
-    pub fn reason(self) -> &'static str {
+    /// Why, for metrics and audit lines.
+    pub fn reason(self) -> Reason {
         match self {
-            ProofError::Missing => "dpop_missing",
-            ProofError::Multiple | ProofError::Malformed(_) => "dpop_malformed",
-            ProofError::Typ => "dpop_typ",
-            ProofError::Algorithm => "dpop_algorithm",
-            ProofError::NoKey | ProofError::PrivateKey | ProofError::UnusableKey => "dpop_jwk",
-            ProofError::Signature => "dpop_signature",
-            ProofError::Jti => "dpop_jti",
-            ProofError::Htm => "dpop_htm",
-            ProofError::HtuMalformed | ProofError::HtuOrigin | ProofError::HtuPath => "dpop_htu",
-            ProofError::IatMissing | ProofError::Stale | ProofError::Future => "dpop_iat",
-            ProofError::Ath => "dpop_ath",
+            ProofError::Missing => Reason::DpopMissing,
+            ProofError::Multiple | ProofError::Malformed(_) => Reason::DpopMalformed,
+            ProofError::Typ => Reason::DpopTyp,
+            ProofError::Algorithm => Reason::DpopAlgorithm,
+            ProofError::NoKey | ProofError::PrivateKey | ProofError::UnusableKey => Reason::DpopJwk,
+            ProofError::Signature => Reason::DpopSignature,
+            ProofError::Jti => Reason::DpopJti,
+            ProofError::Htm => Reason::DpopHtm,
+            ProofError::HtuMalformed | ProofError::HtuOrigin | ProofError::HtuPath => {
+                Reason::DpopHtu
+            }
+            ProofError::IatMissing | ProofError::Stale | ProofError::Future => Reason::DpopIat,
+            ProofError::Ath => Reason::DpopAth,
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::authorize::Request;
 use crate::config::{Binding, Provider};
 use crate::host_verify::TrustedHost;
 use crate::peer::Peer;
+use crate::reason::Reason;
 use crate::response::Denial;
 use crate::token::TokenLimits;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -38,8 +39,35 @@ pub fn check(
     host: Option<TrustedHost<'_>>,
     admit: &mut dyn FnMut(&dpop::Proof) -> Admission,
 ) -> Result<(), Denial> {
+    check_seen(
+        provider, claims, token, presented, request, now_ms, limits, host, admit, None,
+    )
+}
+
+/// A DPoP proof as [`check_seen`] checked it, for `explain`: the checks that held, in order,
+/// and the proof's key thumbprint or why it failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProofSeen {
+    pub passed: Vec<&'static str>,
+    pub checked: Option<Result<String, dpop::ProofError>>,
+}
+
+/// [`check`], noting the DPoP proof's checks in `seen` when given.
+#[allow(clippy::too_many_arguments)]
+pub fn check_seen(
+    provider: &Provider,
+    claims: &Map<String, Value>,
+    token: &str,
+    presented: Presented,
+    request: &Request<'_>,
+    now_ms: u64,
+    limits: &TokenLimits,
+    host: Option<TrustedHost<'_>>,
+    admit: &mut dyn FnMut(&dpop::Proof) -> Admission,
+    seen: Option<&mut ProofSeen>,
+) -> Result<(), Denial> {
     check_dpop(
-        provider, claims, token, presented, request, now_ms, limits, host, admit,
+        provider, claims, token, presented, request, now_ms, limits, host, admit, seen,
     )?;
     check_certificate(provider.certificate_bound, claims, request.peer)
 }
@@ -55,18 +83,19 @@ fn check_dpop(
     limits: &TokenLimits,
     host: Option<TrustedHost<'_>>,
     admit: &mut dyn FnMut(&dpop::Proof) -> Admission,
+    mut seen: Option<&mut ProofSeen>,
 ) -> Result<(), Denial> {
     let jkt = cnf(claims, "jkt");
     match (presented, provider.dpop.mode) {
         (Presented::Dpop, Binding::Off) => Err(invalid(
             "the DPoP scheme is not accepted for this issuer",
-            "dpop_not_accepted",
+            Reason::DpopNotAccepted,
         )),
         (Presented::Dpop, _) => {
             let Some(jkt) = jkt else {
                 return Err(invalid(
                     "token is not DPoP-bound (no cnf.jkt) but was sent with the DPoP scheme",
-                    "dpop_unbound",
+                    Reason::DpopUnbound,
                 ));
             };
             let proof_text = dpop::proof_header(request).map_err(proof_denial)?;
@@ -79,20 +108,24 @@ fn check_dpop(
                 now_ms / 1000,
                 limits,
                 host,
-                &mut Vec::new(),
-            )
-            .map_err(proof_denial)?;
+                seen.as_deref_mut()
+                    .map_or(&mut Vec::new(), |seen| &mut seen.passed),
+            );
+            if let Some(seen) = seen {
+                seen.checked = Some(proof.as_ref().map(|p| p.jkt.clone()).map_err(|e| *e));
+            }
+            let proof = proof.map_err(proof_denial)?;
             if proof.jkt != jkt {
                 return Err(Denial::InvalidProof {
                     description: "DPoP proof key is not the key the token is bound to (cnf.jkt)",
-                    reason: "dpop_binding",
+                    reason: Reason::DpopBinding,
                 });
             }
             match admit(&proof) {
                 Admission::Fresh => Ok(()),
                 Admission::Replayed => Err(Denial::InvalidProof {
                     description: "DPoP proof was already used",
-                    reason: "dpop_replay",
+                    reason: Reason::DpopReplay,
                 }),
                 Admission::Full | Admission::Unavailable => Err(Denial::ReplayUnavailable),
             }
@@ -100,11 +133,12 @@ fn check_dpop(
         // RFC 9449 §7.1: a bound token sent as a bearer token is a downgrade, whatever the mode.
         (Presented::Bearer, _) if jkt.is_some() => Err(invalid(
             "token is DPoP-bound (cnf.jkt): send it with the DPoP scheme and a proof",
-            "dpop_downgrade",
+            Reason::DpopDowngrade,
         )),
-        (Presented::Bearer, Binding::Required) => {
-            Err(invalid("a DPoP-bound token is required", "dpop_required"))
-        }
+        (Presented::Bearer, Binding::Required) => Err(invalid(
+            "a DPoP-bound token is required",
+            Reason::DpopRequired,
+        )),
         (Presented::Bearer, _) => Ok(()),
     }
 }
@@ -123,7 +157,7 @@ fn check_certificate(
         return match mode {
             Binding::Required => Err(invalid(
                 "token is not bound to a client certificate (no cnf x5t#S256)",
-                "cert_unbound",
+                Reason::CertUnbound,
             )),
             _ => Ok(()),
         };
@@ -132,12 +166,12 @@ fn check_certificate(
     match presented {
         None => Err(invalid(
             "token is bound to a client certificate and the connection presented none",
-            "cert_missing",
+            Reason::CertMissing,
         )),
         Some(digest) if digest == bound => Ok(()),
         Some(_) => Err(invalid(
             "token is bound to another client certificate",
-            "cert_mismatch",
+            Reason::CertMismatch,
         )),
     }
 }
@@ -146,7 +180,7 @@ fn cnf<'c>(claims: &'c Map<String, Value>, member: &str) -> Option<&'c str> {
     claims.get("cnf")?.get(member)?.as_str()
 }
 
-fn invalid(description: &'static str, reason: &'static str) -> Denial {
+fn invalid(description: &'static str, reason: Reason) -> Denial {
     Denial::InvalidToken {
         description,
         reason,

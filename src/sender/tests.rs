@@ -426,7 +426,7 @@ fn decide(
 fn reason(result: Result<(), Denial>) -> &'static str {
     match result {
         Ok(()) => "ok",
-        Err(denial) => denial.reason(),
+        Err(denial) => denial.reason().name(),
     }
 }
 

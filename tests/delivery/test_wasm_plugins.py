@@ -84,11 +84,14 @@ def test_the_files_are_there() -> None:
     assert {"wasm-plugin.yaml", "keycloak.yaml", "auth0.yaml", "okta.yaml", "google.yaml",
             "entra-id.yaml", "entra-multi-tenant.yaml", "migration.yaml"} <= names
     assert {path.name for path in DEPLOY_FILES} >= {"ingress-gateway.yaml", "waypoint.yaml",
-                                                     "service-waypoint.yaml"}
+                                                     "service-waypoint.yaml", "mesh-baseline.yaml"}
     for path in FILES:
         assert of_kind(path, "WasmPlugin"), f"{path.name} has no WasmPlugin"
     # The deploy/ manifests are the targetRefs ones; wasm-plugin.yaml keeps the sidecar selector.
+    # The mesh baseline has neither: in the root namespace, that is every sidecar.
     for path in DEPLOY_FILES:
+        if path.name == "mesh-baseline.yaml":
+            continue
         assert all("targetRefs" in p["spec"] for p in of_kind(path, "WasmPlugin")), path.name
     assert "selector" in root_wasm_plugin()["spec"]
 
@@ -396,6 +399,12 @@ AUTHORITY_CASES = {
                       ("payments.shop.svc.cluster.local:8080", "/orders/42", 403)],
     "service-waypoint.yaml": [("orders.shop:8080", "/orders/42", 401),
                               ("orders", "/healthz", 403)],
+    # Every sidecar: whatever the Service, a token is needed, probes pass, debug endpoints never.
+    "mesh-baseline.yaml": [("orders.shop.svc.cluster.local:8080", "/orders/42", 401),
+                           ("payments:8080", "/", 401),
+                           ("payments:8080", "/healthz", 200),
+                           ("orders.shop:8080", "/actuator/env", 403),
+                           ("orders.shop:8080", "/debug/pprof", 403)],
 }
 
 
@@ -409,6 +418,57 @@ def test_rules_read_the_authority_the_proxy_sees(envoys: EnvoyFactory, path: Pat
         assert response.status == status, (authority, request_path, str(response))
         if status == 401:
             assert (response.header("www-authenticate") or "").startswith("Bearer "), str(response)
+
+
+# --------------------------------------------------------------------------- the mesh baseline and a namespace layer
+
+LAYER = REPO / "examples" / "namespace-layer.yaml"
+
+
+def test_the_baseline_runs_on_every_sidecar_before_every_other_plugin() -> None:
+    """Root namespace, no selector: every sidecar (mesh-wide). Every other AUTHN plugin of the
+    repository has a lower priority or none (which Istio runs after every plugin with one)."""
+    baseline = deploy_plugin("mesh-baseline.yaml")
+    spec = baseline["spec"]
+    assert baseline["metadata"]["namespace"] == "istio-system"
+    assert not {"selector", "targetRef", "targetRefs"} & spec.keys()
+    assert spec["phase"] == "AUTHN" and isinstance(spec["priority"], int)
+    later = [(path.name, p["metadata"]["name"], p["spec"].get("priority")) for path in FILES
+             for p in of_kind(path, "WasmPlugin") if path.name != "mesh-baseline.yaml"]
+    assert later and all(priority is None or priority < spec["priority"] for _, _, priority in later), later
+    # It hands the token on to the plugins after it.
+    assert all(p.get("forwardOriginalToken") is True for p in spec["pluginConfig"]["providers"])
+
+
+def test_the_namespace_layer_builds_on_the_baseline() -> None:
+    baseline = deploy_plugin("mesh-baseline.yaml")["spec"]["pluginConfig"]
+    (layer,) = of_kind(LAYER, "WasmPlugin")
+    config = layer["spec"]["pluginConfig"]
+    trusted = {p["issuer"]: p for p in baseline["providers"]}
+    for provider in config["providers"]:
+        # An issuer the baseline does not trust would be refused before this plugin sees it.
+        assert provider["issuer"] in trusted, provider["issuer"]
+        # Same keys URL: one fetch for both plugins (shared data of Istio's common vm_id).
+        assert provider["jwksUri"] == trusted[provider["issuer"]]["jwksUri"]
+        # The last plugin removes the token.
+        assert provider.get("forwardOriginalToken", False) is False
+    # Provider names of its own: the request counters tell the plugins apart.
+    assert not {p.get("name") for p in config["providers"]} & {p.get("name") for p in baseline["providers"]}
+
+
+# (path, status) without a token, through the baseline and then the namespace layer.
+LAYERED_CASES = [("/healthz", 200), ("/orders/42", 401), ("/actuator/env", 403), ("/debug/vars", 403)]
+
+
+def test_the_baseline_and_the_layer_load_and_run_together(envoys: EnvoyFactory) -> None:
+    """Both files' configurations as two chained instances of the module, in Istio's order."""
+    baseline = deploy_plugin("mesh-baseline.yaml")
+    (layer,) = of_kind(LAYER, "WasmPlugin")
+    envoy = envoys.build(baseline["spec"]["pluginConfig"], filter_args={"plugin_name": "istio-system.mesh-baseline"},
+                         chain=[{"plugin_config": layer["spec"]["pluginConfig"], "plugin_name": "shop.mesh-oauth"}]).start()
+    for path, status in LAYERED_CASES:
+        response = envoy.request(path, headers={"Host": "orders.shop:8080"})
+        assert response.status == status, (path, str(response))
 
 
 def test_plugin_refuses_an_unknown_field(envoys: EnvoyFactory) -> None:

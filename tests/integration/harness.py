@@ -260,19 +260,28 @@ class EnvoyStartError(RuntimeError):
         self.returncode = returncode
 
 
-def wasm_filter(module: Path, plugin_config: str) -> dict[str, Any]:
+def wasm_filter(module: Path, plugin_config: str, plugin_name: str = "mesh-oauth", vm_id: str = "mesh-oauth",
+                env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """`plugin_name` is also the root id (Istio: `<namespace>.<WasmPlugin>` and `pluginName`).
+    Envoy runs plugins with the same `vm_id`, code and `env` in one VM; a different `env`
+    gives a plugin a VM of its own, as Istio does (it puts each WasmPlugin's resource version
+    there), while the `vm_id` alone decides which plugins share Envoy's shared data."""
+    vm_config: dict[str, Any] = {
+        "vm_id": vm_id,
+        "runtime": "envoy.wasm.runtime.v8",
+        "code": {"local": {"filename": str(module)}},
+    }
+    if env:
+        vm_config["environment_variables"] = {"key_values": dict(env)}
     return {
-        "name": "envoy.filters.http.wasm",
+        # Unique per filter: ECDS names its resource after it.
+        "name": "envoy.filters.http.wasm" if plugin_name == "mesh-oauth" else f"envoy.filters.http.wasm.{plugin_name}",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
             "config": {
-                "name": "mesh-oauth",
-                "root_id": "mesh-oauth",
-                "vm_config": {
-                    "vm_id": "mesh-oauth",
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": str(module)}},
-                },
+                "name": plugin_name,
+                "root_id": plugin_name,
+                "vm_config": vm_config,
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
                     "value": plugin_config,
@@ -286,11 +295,11 @@ def wasm_filter(module: Path, plugin_config: str) -> dict[str, Any]:
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 
 
-def discovered_filter(path: Path) -> dict[str, Any]:
+def discovered_filter(path: Path, name: str = "envoy.filters.http.wasm") -> dict[str, Any]:
     """The filter as Istio delivers a WasmPlugin: through ECDS, here from a file whose
     replacement is a configuration push."""
     return {
-        "name": "envoy.filters.http.wasm",
+        "name": name,
         "config_discovery": {
             "config_source": {"path_config_source": {"path": str(path)}, "resource_api_version": "V3"},
             "type_urls": [WASM_TYPE],
@@ -407,6 +416,7 @@ class Envoy:
         # Set by `EnvoyFactory.build(pushable=True)`.
         self.module: Path | None = None
         self.discovery_path: Path | None = None
+        self.filter_args: Mapping[str, Any] = {}
 
     def start(self) -> "Envoy":
         # JSON is YAML; Envoy picks the parser from the file extension.
@@ -473,7 +483,7 @@ class Envoy:
         assert self.module is not None and self.discovery_path is not None, "built without pushable=True"
         before = self.ecds_updates()
         text = plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
-        write_discovery_response(self.discovery_path, wasm_filter(self.module, text))
+        write_discovery_response(self.discovery_path, wasm_filter(self.module, text, **self.filter_args))
         deadline = time.monotonic() + READY_TIMEOUT_S
         while self.ecds_updates() == before:
             if time.monotonic() > deadline:
@@ -534,11 +544,16 @@ class EnvoyFactory:
         concurrency: int = 1,
         pushable: bool = False,
         grpc_upstream: int | None = None,
+        filter_args: Mapping[str, Any] | None = None,
+        chain: Iterable[Mapping[str, Any]] = (),
     ) -> Envoy:
         """An Envoy (not yet started). `plugin_config` None: no wasm filter at all (harness
         check). Each IdP gets the cluster Istio would name for its host and port.
         `grpc_upstream`: the port of a gRPC server that gRPC calls are routed to (see
-        `bootstrap`)."""
+        `bootstrap`). `filter_args`: `wasm_filter`'s keywords for the plugin (name, vm_id,
+        env). `chain`: more instances of the module after it, in order, each given by
+        `wasm_filter`'s keywords with its `plugin_config` (a mapping or JSON text); only the
+        first one is pushable."""
         clusters = {"upstream": self.upstream.port}
         clusters.update({idp.cluster: idp.port for idp in idps})
         clusters.update(extra_clusters or {})
@@ -547,16 +562,22 @@ class EnvoyFactory:
             if self.module is None:
                 raise RuntimeError("no wasm module configured")
             text = plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
-            filters.append(wasm_filter(self.module, text))
+            filters.append(wasm_filter(self.module, text, **(filter_args or {})))
         workdir = self.workdir / f"envoy-{len(self.started)}"
         discovery_path = workdir / "mesh-oauth.ecds.json"
         if pushable and filters:
             workdir.mkdir(parents=True, exist_ok=True)
             write_discovery_response(discovery_path, filters[0])
-            filters = [discovered_filter(discovery_path)]
+            filters = [discovered_filter(discovery_path, filters[0]["name"])]
+        for plugin in chain:
+            assert self.module is not None, "no wasm module configured"
+            args = dict(plugin)
+            config = args.pop("plugin_config")
+            filters.append(wasm_filter(self.module, config if isinstance(config, str) else json.dumps(config), **args))
         envoy = Envoy(self.binary, workdir, bootstrap(filters, clusters, grpc_upstream), concurrency)
         if pushable:
             envoy.module, envoy.discovery_path = self.module, discovery_path
+            envoy.filter_args = dict(filter_args or {})
         self.started.append(envoy)
         return envoy
 

@@ -3,6 +3,7 @@ audit lines in Envoy's log. Shared by the metrics, audit-log and report-mode mod
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import re
@@ -62,8 +63,40 @@ def start_together(envoys: Iterable[Envoy]) -> list[Envoy]:
 # --------------------------------------------------------------------------- metrics
 
 
+# The policy identity: `mesh_oauth.config_hash.<plugin>` (a gauge, set at each configuration).
+_CONFIG_HASH = re.compile(r"mesh_oauth[._]config_hash[._]")
+
+
 def is_gauge(name: str) -> bool:
-    return name.endswith(GAUGE_SUFFIXES)
+    return name.endswith(GAUGE_SUFFIXES) or _CONFIG_HASH.match(name) is not None
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) <= 2 ** 53:
+            return int(value)
+        # Python writes exponents otherwise than serde_json (1e-07, 1e-7): not needed here.
+        assert "e" not in repr(value), f"{value!r}: no exponent in test configurations"
+        return value
+    if isinstance(value, dict):
+        return {name: _canonical(member) for name, member in value.items()}
+    if isinstance(value, list):
+        return [_canonical(item) for item in value]
+    return value
+
+
+def config_sha256(config: Any) -> str:
+    """The policy identity of a plugin configuration (a mapping, or JSON text) as the contract
+    (docs/configuration.md, "Policy identity") defines it, computed here with Python's own JSON:
+    members sorted, no whitespace, escapes resolved, integral numbers as integers."""
+    value = json.loads(config) if isinstance(config, str) else config
+    text = json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def config_hash_gauge(config: Any) -> int:
+    """What `mesh_oauth.config_hash.<plugin>` reports: the first 12 hex digits as an integer."""
+    return int(config_sha256(config)[:12], 16)
 
 
 def stats(envoy: Envoy) -> dict[str, int]:

@@ -122,8 +122,9 @@ def matches(kind: str, text: str, exported: set[str]) -> list[str]:
 def name_parts(name: str) -> dict[str, str]:
     """What a correct label_replace takes out of an exported name, known here independently:
     the providers of the mix are known, so the split needs no guessing."""
-    if name.startswith("mesh_oauth_vm_starts_"):
-        return {"plugin": name[len("mesh_oauth_vm_starts_"):]}
+    for per_plugin in ("mesh_oauth_vm_starts_", "mesh_oauth_config_hash_"):
+        if name.startswith(per_plugin):
+            return {"plugin": name[len(per_plugin):]}
     for provider in sorted(PROVIDERS, key=len, reverse=True):
         prefix = f"mesh_oauth_{provider}_"
         if name.startswith(prefix):
@@ -247,7 +248,8 @@ def test_the_selector_parser_sees_names_regexes_and_skips_functions():
 RULE_FAMILIES = ["mesh_oauth_p_allowed", "mesh_oauth_p_denied_signature", "mesh_oauth_p_denied_unknown_key",
                  "mesh_oauth_p_denied_keys_unavailable", "mesh_oauth_p_would_deny_scope",
                  "mesh_oauth_p_key_fetch_success", "mesh_oauth_p_key_fetch_failure", "mesh_oauth_p_keys_loaded",
-                 "mesh_oauth_p_keys_age_seconds", "mesh_oauth_held_requests", "mesh_oauth_vm_starts_x"]
+                 "mesh_oauth_p_keys_age_seconds", "mesh_oauth_held_requests", "mesh_oauth_vm_starts_x",
+                 "mesh_oauth_config_hash_x"]
 DASHBOARD_FAMILIES = RULE_FAMILIES + ["mesh_oauth_p_anonymous", "mesh_oauth_cache_hit", "mesh_oauth_cache_miss"]
 
 
@@ -262,7 +264,8 @@ def test_the_alerts_the_issue_asks_for_are_there_with_severity_and_guidance():
     alerts = {rule["alert"]: rule for group in rule_file()["groups"] for rule in group["rules"] if "alert" in rule}
     assert set(alerts) == {
         "MeshOAuthKeysNotRefreshed", "MeshOAuthKeysStale", "MeshOAuthKeyFetchFailing", "MeshOAuthKeysUnavailable",
-        "MeshOAuthRequestsHeld", "MeshOAuthKeyRefusalsRising", "MeshOAuthWouldDeny", "MeshOAuthVmRestarting"}
+        "MeshOAuthRequestsHeld", "MeshOAuthKeyRefusalsRising", "MeshOAuthWouldDeny", "MeshOAuthVmRestarting",
+        "MeshOAuthPolicyDrift"}
     for name, rule in alerts.items():
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}, name
         assert rule["annotations"]["summary"] and "kubectl logs" in rule["annotations"]["description"], name

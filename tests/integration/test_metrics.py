@@ -7,7 +7,8 @@ import time
 import jwt
 import pytest
 
-from observe import audit_lines, is_gauge, prometheus, prometheus_name, requests_on_one_connection, start_together, stats
+from observe import (audit_lines, config_hash_gauge, is_gauge, prometheus, prometheus_name, requests_on_one_connection,
+                     start_together, stats)
 from tokens import generate_key, bearer, unique_claims
 
 ISS_ORDERS = "https://orders.idp.test"
@@ -87,7 +88,8 @@ REPEATS = 3
 def observed(module_envoys, module_idps, keys):
     """Runs the mix once on a fresh two-worker Envoy; the tests check what it left."""
     idp = module_idps()
-    envoy = module_envoys.start(metrics_config(idp, keys), idps=[idp], concurrency=2)
+    config = metrics_config(idp, keys)
+    envoy = module_envoys.start(config, idps=[idp], concurrency=2)
     expected: dict[str, int] = {}
     for what, path, headers, status, counter in request_mix(keys):
         method = "POST" if path.startswith("/orders/") else "GET"
@@ -113,6 +115,8 @@ def observed(module_envoys, module_idps, keys):
         f"{PARTNER}.keys_loaded": len(PARTNER_ALGS),
         # Envoy 1.40 verifies RS*/ES* signatures for the module (test_host_signatures.py).
         "host_signatures": 1,
+        # The policy identity of the plugin `mesh-oauth` (test_policy_layers.py).
+        "config_hash.mesh_oauth": config_hash_gauge(config),
     })
     return {
         "envoy": envoy,

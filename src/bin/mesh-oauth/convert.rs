@@ -119,6 +119,9 @@ pub fn convert(options: &Options) -> Result<Conversion, String> {
             .filter(|r| r.target.covers(&target))
             .collect();
         let mut plugin_config = plugin_config(&members, &mut notes)?;
+        if target == Target::Mesh {
+            forward_tokens(&mut plugin_config, &options.root_namespace, &mut notes);
+        }
         if options.report {
             plugin_config["mode"] = "report".into();
         }
@@ -159,6 +162,33 @@ pub fn convert(options: &Options) -> Result<Conversion, String> {
         plugins,
     })
 }
+
+/// The mesh baseline runs first on every sidecar and hands the token on to the plugins after
+/// it (a namespace's, a workload's), which verify it again and strip it as the last one does.
+fn forward_tokens(plugin_config: &mut Value, root: &str, notes: &mut Vec<String>) {
+    let Some(providers) = plugin_config["providers"].as_array_mut() else {
+        return;
+    };
+    let mut changed = Vec::new();
+    for provider in providers.iter_mut() {
+        if provider["forwardOriginalToken"] != Value::Bool(true) {
+            changed.push(provider["issuer"].as_str().unwrap_or("").to_owned());
+            provider["forwardOriginalToken"] = true.into();
+        }
+    }
+    if !changed.is_empty() {
+        notes.push(format!(
+            "WasmPlugin {root}/{BASELINE_NAME}: forwardOriginalToken: true for {}: the baseline hands the token on to the plugins after it, and the last one removes it; a workload with no plugin of its own receives the token, where Istio would remove it",
+            changed.join(", ")
+        ));
+    }
+}
+
+/// The mesh-wide plugin, written for policies in the root namespace without a selector.
+const BASELINE_NAME: &str = "mesh-oauth-baseline";
+/// Within AUTHN, higher runs first; a plugin without `priority` runs after every plugin that has
+/// one: the baseline comes before every namespace and workload plugin (docs/deploy.md).
+const BASELINE_PRIORITY: i64 = 1000;
 
 /// `None` for a document that is not one of the two kinds.
 fn read_resource(value: &Value, root: &str) -> Result<Option<Resource>, String> {
@@ -881,7 +911,8 @@ fn wasm_plugin(target: &Target, root: &str, url: &str, plugin_config: &Value) ->
     let namespace = target.namespace(root);
     let mut spec = Map::new();
     let name = match target {
-        Target::Mesh | Target::Namespace(_) => "mesh-oauth".to_owned(),
+        Target::Mesh => BASELINE_NAME.to_owned(),
+        Target::Namespace(_) => "mesh-oauth".to_owned(),
         Target::Selector(_, labels) => {
             spec.insert("selector".into(), json!({ "matchLabels": labels }));
             let values: Vec<&str> = labels.values().filter_map(Value::as_str).collect();
@@ -900,6 +931,9 @@ fn wasm_plugin(target: &Target, root: &str, url: &str, plugin_config: &Value) ->
     spec.insert("url".into(), url.into());
     spec.insert("imagePullPolicy".into(), "IfNotPresent".into());
     spec.insert("phase".into(), "AUTHN".into());
+    if *target == Target::Mesh {
+        spec.insert("priority".into(), BASELINE_PRIORITY.into());
+    }
     spec.insert("failStrategy".into(), "FAIL_CLOSE".into());
     spec.insert("pluginConfig".into(), plugin_config.clone());
     json!({
@@ -947,6 +981,7 @@ const KEY_ORDER: &[&str] = &[
     "url",
     "imagePullPolicy",
     "phase",
+    "priority",
     "failStrategy",
     "pluginConfig",
     "mode",

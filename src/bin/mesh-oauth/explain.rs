@@ -1,35 +1,40 @@
-//! `explain`: one request, narrated step by step with the core's own functions, then the
-//! answer of `authorize::authorize` itself, so the verdict is always the filter's.
+//! `explain`: one request, as the filter decides it. The decision itself
+//! (`authorize::authorize_recorded`) notes each step it takes; this prints that record and the
+//! answer, and decides nothing itself, so it cannot drift from the filter.
 //! Neither the token nor its signature nor key material is ever printed; claims are, marked
 //! as unverified until the signature holds.
 
-use crate::keys::{read_jwks, FixedKeys};
+use crate::keys::{is_url, read_jwks, Fixed, FixedKeys};
 use crate::time;
 use mesh_oauth::alg::{Alg, KeyFamily};
+use mesh_oauth::audit;
 use mesh_oauth::authorize::{self, Allowed, HeaderEdit, Outcome, Request, Trace};
 use mesh_oauth::cache::TokenCache;
-use mesh_oauth::claims;
-use mesh_oauth::compile::{self, Compiled};
+use mesh_oauth::claims::{self, ClaimSeen};
+use mesh_oauth::compile::Compiled;
 use mesh_oauth::config::{
     Action, Answers, Binding, ClaimTest, Condition, Config, Fact, KeySource, Mode, Pattern,
     Provider, Requirement, Rule, RuleMatch, Unmatched,
 };
-use mesh_oauth::extract::{self, ExtractError, Found, Location, RequestParts};
-use mesh_oauth::keys::{parse_jwks, JwksLimits, KeySet};
-use mesh_oauth::path::{self, PathError};
+use mesh_oauth::extract::{self, Location, RequestParts};
+use mesh_oauth::keys::{parse_jwks, JwksLimits};
+use mesh_oauth::path::PathError;
 use mesh_oauth::peer::FixedPeer;
-use mesh_oauth::policy::{
-    self, Applies, Miss, MissReason, Observed, RequestFacts, TokenClaims, Unmet,
+use mesh_oauth::policy::{self, MissReason, MissSeen, Observed, RequirementSeen, RuleTried, Unmet};
+use mesh_oauth::record::{
+    KeySeen, KeysSeen, Parsed, ProviderSeen, Record, Recorder, SignatureRefused, Step,
 };
 use mesh_oauth::response::{Challenges, Denial, Presentation};
-use mesh_oauth::sender::replay::Admission;
-use mesh_oauth::sender::{self, dpop, Presented};
-use mesh_oauth::token::{self, Jws, TokenLimits};
-use mesh_oauth::verify::{self, VerifyError};
+use mesh_oauth::sender::ProofSeen;
+use mesh_oauth::token::{self, TokenLimits};
+use mesh_oauth::verify::VerifyError;
 use serde_json::{Map, Value};
+use std::cell::RefCell;
+use std::rc::Rc;
 
 pub struct Options {
-    pub token: String,
+    /// `None`: the request carries only the headers (`--request-header`) and path given.
+    pub token: Option<String>,
     pub jwks: Option<String>,
     pub method: String,
     pub path: String,
@@ -65,26 +70,21 @@ impl Out {
     }
 }
 
-/// What the matched rule (or `unmatched`) asks of the request, as in the core.
-enum Need<'c> {
-    AnyValidToken,
-    Anonymous,
-    Rule(&'c Action),
-}
-
 /// The report for one request; `Err` when `--jwks` cannot be read.
 pub fn explain(config: &Compiled, options: &Options) -> Result<String, String> {
     let mut out = Out::default();
     let (headers, raw_path, placed) = place_token(config, options);
-    let keys = gather_keys(config, options)?;
     out.line(format!(
         "request: {} {} (host {})",
         options.method, options.path, options.host
     ));
-    out.line(format!(
-        "token: {} bytes, sent as {placed} (the token itself is never printed)",
-        options.token.len()
-    ));
+    match (&options.token, placed) {
+        (Some(token), Some(placed)) => out.line(format!(
+            "token: {} bytes, sent as {placed} (the token itself is never printed)",
+            token.len()
+        )),
+        _ => out.line("token: none given (the request carries the headers given, if any)"),
+    }
     let asks_peer = config.rules.iter().any(|rule| {
         let conditions = &rule.matcher.conditions;
         conditions.iter().any(|c| c.fact.needs_peer())
@@ -105,18 +105,37 @@ pub fn explain(config: &Compiled, options: &Options) -> Result<String, String> {
         headers: &headers,
         peer: &options.peer,
     };
-    let mut narration = Narration {
+    let keys = gather_keys(config, options, &request)?;
+    let record = RefCell::new(Record::default());
+    // No cache: every explanation verifies afresh.
+    let decision = authorize::authorize_recorded(
+        config,
+        &keys.lookup,
+        &mut TokenCache::new(0),
+        &request,
+        options.now_ms,
+        Recorder::writing_to(&record),
+    );
+    let mut render = Render {
         config,
         shown_path: &options.path,
         keys: &keys,
-        request: &request,
         now_ms: options.now_ms,
         out: &mut out,
+        seen: Seen::default(),
     };
-    if narration.steps().is_none() {
+    for step in &record.into_inner().steps {
+        render.step(step);
+    }
+    let stops = match &decision.outcome {
+        Outcome::Allow(allowed) => allowed.would_deny.is_some(),
+        Outcome::Deny(_) | Outcome::Wait { .. } => true,
+        Outcome::Answer(_) => false,
+    };
+    if stops {
         out.line("(the filter stops here)");
     }
-    final_answer(config, &keys, &request, options.now_ms, &mut out);
+    final_answer(config, &keys, &request, options.now_ms, decision, &mut out);
     Ok(out.0)
 }
 
@@ -139,8 +158,22 @@ fn describe_connection(peer: &FixedPeer, out: &mut Out) {
 }
 
 /// The request headers and `:path` with the token in place, and where that is, for humans.
-fn place_token(config: &Config, options: &Options) -> (Vec<(String, String)>, String, String) {
-    let token = &options.token;
+fn place_token(
+    config: &Config,
+    options: &Options,
+) -> (Vec<(String, String)>, String, Option<String>) {
+    let Some(token) = &options.token else {
+        return (Vec::new(), options.path.clone(), None);
+    };
+    let (headers, path, placed) = place(config, options, token);
+    (headers, path, Some(placed))
+}
+
+fn place(
+    config: &Config,
+    options: &Options,
+    token: &str,
+) -> (Vec<(String, String)>, String, String) {
     if let Some(proof) = &options.dpop {
         return (
             vec![
@@ -190,16 +223,23 @@ struct Keys {
     unused_jwks: Option<String>,
 }
 
-fn gather_keys(config: &Config, options: &Options) -> Result<Keys, String> {
+fn gather_keys(config: &Config, options: &Options, request: &Request<'_>) -> Result<Keys, String> {
     let limits = JwksLimits::from(&config.limits);
-    // `--jwks` stands for what the provider the token's issuer selects would fetch.
+    // `--jwks` stands for what the provider the token's issuer selects would fetch: the token
+    // found where the filter looks, however it was given.
     let token_limits = TokenLimits::from(&config.limits);
-    let selected = token::parse(&options.token, &token_limits)
+    let parts = RequestParts {
+        headers: request.headers,
+        path: request.path,
+    };
+    let found = extract::find_token(&config.providers, &parts)
         .ok()
-        .and_then(|jws| {
-            let iss = claims::issuer(&jws.claims)?;
-            config.provider_for(iss).map(|(index, _)| index)
-        });
+        .flatten();
+    let selected = found.and_then(|found| {
+        let jws = token::parse(&found.token, &token_limits).ok()?;
+        let iss = claims::issuer(&jws.claims)?;
+        config.provider_for(iss).map(|(index, _)| index)
+    });
     let mut sets = Vec::with_capacity(config.providers.len());
     let mut notes = Vec::with_capacity(config.providers.len());
     let mut jwks_used = false;
@@ -207,27 +247,46 @@ fn gather_keys(config: &Config, options: &Options) -> Result<Keys, String> {
         let (set, note) = match (&provider.keys, &options.jwks) {
             (KeySource::Inline(document), _) => {
                 match parse_jwks(document.as_bytes(), &limits, true) {
-                    Ok(set) => (Some(set), "inline `jwks` of the configuration".to_string()),
-                    Err(e) => (None, format!("inline `jwks` unusable: {}", e.describe())),
+                    Ok(set) => (
+                        Fixed::Ready(set),
+                        "inline `jwks` of the configuration".to_string(),
+                    ),
+                    Err(e) => (
+                        Fixed::Loading,
+                        format!("inline `jwks` unusable: {}", e.describe()),
+                    ),
                 }
             }
             (source, Some(jwks)) if selected == Some(index) => {
                 jwks_used = true;
-                let bytes = read_jwks(jwks, limits.max_bytes, provider.timeout_ms)?;
+                // A URL that cannot be fetched is the filter's failed fetch; a file that cannot
+                // be read is a mistake on the command line.
+                let bytes = match read_jwks(jwks, limits.max_bytes, provider.timeout_ms) {
+                    Ok(bytes) => Ok(bytes),
+                    Err(e) if is_url(jwks) => Err(e),
+                    Err(e) => return Err(e),
+                };
                 // A fetched document never yields symmetric keys, in the filter as here.
-                match parse_jwks(&bytes, &limits, false) {
-                    Ok(set) => (Some(set), format!("--jwks {jwks} ({})", remote(source))),
-                    Err(e) => (
-                        None,
+                match bytes.map(|bytes| parse_jwks(&bytes, &limits, false)) {
+                    Ok(Ok(set)) => (
+                        Fixed::Ready(set),
+                        format!("--jwks {jwks} ({})", remote(source)),
+                    ),
+                    Ok(Err(e)) => (
+                        Fixed::Failed,
                         format!(
-                            "--jwks {jwks} is not usable: {}; the filter would refuse it too",
+                            "--jwks {jwks} is not usable: {}; the filter refuses it too",
                             e.describe()
                         ),
+                    ),
+                    Err(e) => (
+                        Fixed::Failed,
+                        format!("{e}: as for the filter after a failed fetch"),
                     ),
                 }
             }
             (source, _) => (
-                None,
+                Fixed::Loading,
                 format!(
                     "none given to explain ({}); pass --jwks FILE|URL",
                     remote(source)
@@ -264,39 +323,109 @@ fn remote(source: &KeySource) -> String {
     }
 }
 
-struct Narration<'a> {
-    config: &'a Compiled,
+/// What the steps so far established, for the steps after them.
+#[derive(Default)]
+struct Seen {
+    /// The path rules were matched against.
+    path: Option<String>,
+    /// The "2. rules" heading is printed.
+    rules_begun: bool,
+    /// The next rule the selection could have tried: those before a tried one that it did not
+    /// try were left out by the path index.
+    next_rule: usize,
+    /// The rule that applied, or `unmatched`.
+    applied: Option<Result<usize, Unmatched>>,
+    /// The token's claims (unverified until the signature step) and its provider.
+    claims: Option<Rc<Map<String, Value>>>,
+    provider: Option<usize>,
+    token_looked_at: bool,
+}
+
+struct Render<'a> {
+    config: &'a Config,
     /// The path as given, without a token put in its query.
     shown_path: &'a str,
     keys: &'a Keys,
-    request: &'a Request<'a>,
     now_ms: u64,
     out: &'a mut Out,
+    seen: Seen,
 }
 
-impl<'a> Narration<'a> {
-    /// The steps of the core's decision in its order; `None` where the filter stops.
-    fn steps(&mut self) -> Option<()> {
-        let normalized = self.path_step()?;
-        let need = self.rule_step(&normalized)?;
-        let found = self.token_step(&need)?;
-        let limits = TokenLimits::from(&self.config.limits);
-        let jws = self.parse_step(&found, &limits)?;
-        let (index, provider) = self.provider_step(&jws, &found)?;
-        self.signature_step(&jws, index, provider)?;
-        self.claims_step(&jws.claims, provider)?;
-        self.binding_step(&found, provider, &jws.claims)?;
-        self.requirement_step(&need, index, provider, &jws.claims)
+impl<'a> Render<'a> {
+    fn step(&mut self, step: &Step) {
+        match step {
+            Step::Path(normalized) => self.path(normalized),
+            Step::Rule(tried) => self.rule(tried),
+            Step::Unmatched {
+                unmatched,
+                token_would_help,
+            } => self.unmatched(*unmatched, *token_would_help),
+            Step::Preflight => self.out.line(
+                "   CORS preflight (OPTIONS with Origin and Access-Control-Request-Method): spared the token (bypassCorsPreflight)",
+            ),
+            Step::Location(found) => self.location(found),
+            Step::NoToken { needed } => self.out.line(if *needed {
+                "   a token is needed here: refused with 401"
+            } else {
+                "   none is needed here: the request passes"
+            }),
+            Step::Cached { provider } => {
+                self.seen.provider = Some(*provider);
+                self.out.line(
+                    "4. token: the verified-token cache knows it (same keys); its claims are checked again",
+                );
+            }
+            Step::Parsed(parsed) => self.parsed(parsed),
+            Step::Provider(provider) => self.provider(provider),
+            Step::Keys { provider, keys } => self.keys(*provider, keys),
+            Step::Signature(verdict) => self.signature(verdict),
+            Step::Claims { seen, result } => self.claims(seen, result),
+            Step::Revoked => self
+                .out
+                .line("   revoked: the provider's revocation list names this token: refused with 401"),
+            Step::ResourceAudience { resource, held } => self.out.line(if *held {
+                format!("   resource (RFC 8707): the token's aud names {resource:?}: pass")
+            } else {
+                format!(
+                    "   resource (RFC 8707): the token's aud does not name {resource:?}: refused with 401 (audience)"
+                )
+            }),
+            Step::Sender { proof, result } => self.sender(proof.as_ref(), result),
+            Step::Ignored(reason) => {
+                let rule = self.applied_rule().map_or("", |rule| rule.name.as_str());
+                self.out.line(format!(
+                    "   invalidToken: \"ignore\": the token would be refused ({reason}); rule {rule} lets the request go on as anonymous"
+                ));
+            }
+            Step::Requirement {
+                alternatives,
+                result,
+            } => self.requirement(alternatives, result),
+        }
     }
 
-    fn path_step(&mut self) -> Option<String> {
-        match path::normalize(self.request.path) {
+    fn applied_rule(&self) -> Option<&'a Rule> {
+        let config: &'a Config = self.config;
+        match self.seen.applied {
+            Some(Ok(index)) => config.rules.get(index),
+            _ => None,
+        }
+    }
+
+    fn selected_provider(&self) -> Option<(usize, &'a Provider)> {
+        let config: &'a Config = self.config;
+        let index = self.seen.provider?;
+        Some((index, config.providers.get(index)?))
+    }
+
+    fn path(&mut self, normalized: &Result<String, PathError>) {
+        match normalized {
             Ok(normalized) => {
                 self.out.line(format!(
                     "1. path: {:?} normalised to {normalized:?} for rule matching",
                     self.shown_path
                 ));
-                Some(normalized)
+                self.seen.path = Some(normalized.clone());
             }
             Err(e) => {
                 let why = match e {
@@ -307,111 +436,114 @@ impl<'a> Narration<'a> {
                     "1. path: {:?} {why}: refused with 400",
                     self.shown_path
                 ));
-                None
             }
         }
     }
 
-    fn rule_step(&mut self, normalized: &str) -> Option<Need<'a>> {
-        let config = self.config;
-        let facts = RequestFacts {
-            method: self.request.method,
-            path: normalized,
-            host: self.request.authority,
-            headers: self.request.headers,
-            peer: self.request.peer,
-        };
-        let (keys, request, now_ms) = (self.keys, self.request, self.now_ms);
-        let mut token = || verified_claims(config, keys, request, now_ms);
-        self.out.line("2. rules (the first that matches decides):");
-        let selection = match policy::select(config, &config.rule_index, &facts, &mut token) {
-            Ok(selection) => selection,
-            Err(why) => {
-                self.out.line(format!(
-                    "   a rule's match names token facts, and the token does not pass: {why}"
-                ));
-                return None;
-            }
-        };
-        let applies = selection.applies;
-        let chosen = match applies {
-            Applies::Rule(rule) => config.rules.iter().position(|r| std::ptr::eq(r, rule)),
-            Applies::Unmatched(_) => None,
-        };
-        for (index, rule) in config.rules.iter().enumerate() {
-            if Some(index) == chosen {
-                self.out.line(format!(
-                    "   {}: matches ({})",
-                    rule_label(index, rule),
-                    describe_match(&rule.matcher)
-                ));
-                break;
-            }
-            let why = match policy::check_rule(rule, &facts, &mut token) {
-                Ok(Err(miss)) => describe_miss(rule, &miss, &facts, &mut token),
-                _ => "does not match".to_string(),
-            };
-            self.out
-                .line(format!("   {}: no: {why}", rule_label(index, rule)));
+    fn rules_heading(&mut self) {
+        if !self.seen.rules_begun {
+            self.seen.rules_begun = true;
+            self.out.line("2. rules (the first that matches decides):");
         }
-        if selection.token_would_help {
+    }
+
+    /// The rules before `end` that the selection did not try: the path index left them out,
+    /// since their paths cannot match.
+    fn skipped_rules_until(&mut self, end: usize) {
+        let path = self.seen.path.clone().unwrap_or_default();
+        while self.seen.next_rule < end {
+            let index = self.seen.next_rule;
+            self.seen.next_rule += 1;
+            let Some(rule) = self.config.rules.get(index) else {
+                continue;
+            };
+            let patterns = rule
+                .matcher
+                .conditions
+                .iter()
+                .find(|c| c.fact == Fact::Path && c.any_of.is_some())
+                .map_or(String::new(), describe_patterns);
+            self.out.line(format!(
+                "   {}: no: paths: {path} not in {patterns} (left out by the path index)",
+                rule_label(index, rule)
+            ));
+        }
+    }
+
+    fn rule(&mut self, tried: &RuleTried) {
+        self.rules_heading();
+        self.skipped_rules_until(tried.rule);
+        self.seen.next_rule = tried.rule.saturating_add(1);
+        let Some(rule) = self.config.rules.get(tried.rule) else {
+            return;
+        };
+        let label = rule_label(tried.rule, rule);
+        let Some(missed) = &tried.missed else {
+            self.out.line(format!(
+                "   {label}: matches ({})",
+                describe_match(&rule.matcher)
+            ));
+            self.seen.applied = Some(Ok(tried.rule));
+            for line in describe_action(self.config, &rule.action) {
+                self.out.line(format!("   -> {line}"));
+            }
+            self.mode_line(rule.mode.unwrap_or(self.config.mode));
+            if matches!(rule.action, Action::Deny) {
+                self.deny_line();
+            }
+            return;
+        };
+        self.out
+            .line(format!("   {label}: no: {}", describe_miss(rule, missed)));
+    }
+
+    fn unmatched(&mut self, unmatched: Unmatched, token_would_help: bool) {
+        self.rules_heading();
+        self.seen.applied = Some(Err(unmatched));
+        self.skipped_rules_until(self.config.rules.len());
+        if token_would_help && unmatched == Unmatched::Deny {
             self.out.line(
                 "   a rule would let the request in with a token, and it has none: refused with 401 (not 403), so the client can authenticate",
             );
-            return None;
+            return;
         }
-        let (need, mode) = match applies {
-            Applies::Rule(rule) => {
-                for line in describe_action(config, &rule.action) {
-                    self.out.line(format!("   -> {line}"));
-                }
-                (Need::Rule(&rule.action), rule.mode.unwrap_or(config.mode))
+        let text = match unmatched {
+            Unmatched::Authenticated => "authenticated: a valid token from any provider",
+            Unmatched::Anonymous => {
+                "anonymous: no token needed (one that is sent is still verified)"
             }
-            Applies::Unmatched(unmatched) => {
-                let (need, text) = match unmatched {
-                    Unmatched::Authenticated => (
-                        Need::AnyValidToken,
-                        "authenticated: a valid token from any provider",
-                    ),
-                    Unmatched::Anonymous => (
-                        Need::Anonymous,
-                        "anonymous: no token needed (one that is sent is still verified)",
-                    ),
-                    Unmatched::Deny => (
-                        Need::Rule(&Action::Deny),
-                        "deny: refused with 403 whatever the token",
-                    ),
-                };
-                self.out
-                    .line(format!("   no rule matches: unmatched = {text}"));
-                (need, config.mode)
-            }
+            Unmatched::Deny => "deny: refused with 403 whatever the token",
         };
+        self.out
+            .line(format!("   no rule matches: unmatched = {text}"));
+        self.mode_line(self.config.mode);
+        if unmatched == Unmatched::Deny {
+            self.deny_line();
+        }
+    }
+
+    fn mode_line(&mut self, mode: Mode) {
         if mode == Mode::Report {
             self.out
                 .line("   mode report: a refusal is only reported, the request goes on upstream");
         }
-        if matches!(need, Need::Rule(Action::Deny)) {
-            self.out
-                .line("   refused with 403 without looking at the token");
-            return None;
-        }
-        Some(need)
     }
 
-    fn token_step(&mut self, need: &Need<'_>) -> Option<Found> {
-        let parts = RequestParts {
-            headers: self.request.headers,
-            path: self.request.path,
-        };
-        match extract::find_token(&self.config.providers, &parts) {
-            Ok(Some(found)) => {
-                self.out.line(format!(
-                    "3. token location: found in {}",
-                    describe_location(&found.location)
-                ));
-                Some(found)
-            }
+    fn deny_line(&mut self) {
+        self.out.line(if self.seen.token_looked_at {
+            "   refused with 403"
+        } else {
+            "   refused with 403 without looking at the token"
+        });
+    }
+
+    fn location(&mut self, found: &Result<Option<Location>, ()>) {
+        self.seen.token_looked_at = true;
+        match found {
+            Ok(Some(location)) => self.out.line(format!(
+                "3. token location: found in {}",
+                describe_location(location)
+            )),
             Ok(None) => {
                 self.out
                     .line("3. token location: none found where the providers look for tokens:");
@@ -422,68 +554,53 @@ impl<'a> Narration<'a> {
                         provider_locations(provider).join(", ")
                     ));
                 }
-                let verdict = match need {
-                    Need::Anonymous | Need::Rule(Action::AllowAnonymous) => {
-                        "none is needed here: the request passes"
-                    }
-                    _ => "a token is needed here: refused with 401",
-                };
-                self.out.line(format!("   {verdict}"));
-                None
             }
-            Err(ExtractError::MultipleTokens) => {
-                self.out.line(
-                    "3. token location: more than one token in the request: refused with 400",
-                );
-                None
-            }
+            Err(()) => self
+                .out
+                .line("3. token location: more than one token in the request: refused with 400"),
         }
     }
 
-    fn parse_step<'t>(&mut self, found: &'t Found, limits: &TokenLimits) -> Option<Jws<'t>> {
-        match token::parse(&found.token, limits) {
-            Ok(jws) => {
-                let header = &jws.header;
+    fn parsed(&mut self, parsed: &Result<Parsed, token::TokenError>) {
+        match parsed {
+            Ok(parsed) => {
                 self.out.line(format!(
                     "4. token header: alg {}, kid {}, typ {}",
-                    header.alg,
-                    quoted_or_none(header.kid.as_deref()),
-                    quoted_or_none(header.typ.as_deref())
+                    parsed.alg,
+                    quoted_or_none(parsed.kid.as_deref()),
+                    quoted_or_none(parsed.typ.as_deref())
                 ));
                 self.out
                     .line("   claims (UNVERIFIED until the signature step says otherwise):");
-                let pretty = serde_json::to_string_pretty(&Value::Object(jws.claims.clone()))
-                    .unwrap_or_default();
+                let pretty =
+                    serde_json::to_string_pretty(&Value::Object(parsed.claims.as_ref().clone()))
+                        .unwrap_or_default();
                 for line in pretty.lines() {
                     self.out.line(format!("     {line}"));
                 }
-                Some(jws)
+                self.seen.claims = Some(Rc::clone(&parsed.claims));
             }
-            Err(e) => {
-                self.out.line(format!(
-                    "4. token: {} ({}): refused with 401 before any key is looked at",
-                    e.describe(),
-                    e.reason()
-                ));
-                None
-            }
+            Err(e) => self.out.line(format!(
+                "4. token: {} ({}): refused with 401 before any key is looked at",
+                e.describe(),
+                e.reason()
+            )),
         }
     }
 
-    fn provider_step(&mut self, jws: &Jws<'_>, found: &Found) -> Option<(usize, &'a Provider)> {
-        let providers = &self.config.providers;
-        let Some(iss) = claims::issuer(&jws.claims) else {
+    fn provider(&mut self, seen: &ProviderSeen) {
+        let Some(iss) = &seen.iss else {
             self.out
                 .line("5. provider: the token has no `iss` string: refused with 401");
-            return None;
+            return;
         };
-        let selected = self.config.provider_for(iss).map(|(index, _)| index);
+        self.seen.provider = seen.selected;
         self.out.line(format!(
             "5. provider: the token's iss {iss:?} selects the provider:"
         ));
-        for (index, provider) in providers.iter().enumerate() {
-            let verdict = match (Some(index) == selected, provider.tenant_of(iss)) {
-                (true, Some(tenant)) => format!(
+        for (index, provider) in self.config.providers.iter().enumerate() {
+            let verdict = match (Some(index) == seen.selected, &seen.tenant) {
+                (true, Some((tenant, _))) => format!(
                     "issuerPattern {:?} matches with tenant {tenant:?}: selected",
                     provider.issuer
                 ),
@@ -496,341 +613,236 @@ impl<'a> Narration<'a> {
             self.out
                 .line(format!("   {}: {verdict}", provider_label(index, provider)));
         }
-        let Some((index, provider)) = selected.and_then(|i| Some((i, providers.get(i)?))) else {
+        let Some((index, provider)) = self.selected_provider() else {
             self.out
                 .line("   no provider trusts this issuer: refused with 401");
-            return None;
+            return;
         };
-        if let (Some(tenancy), Some(tenant)) = (&provider.tenancy, provider.tenant_of(iss)) {
-            if !tenancy.admits(tenant) {
+        match &seen.tenant {
+            Some((tenant, false)) => {
                 self.out.line(format!(
                     "   tenant {tenant:?} is not among the provider's tenants: refused with 401 (tenant)"
                 ));
-                return None;
+                return;
             }
-            let tid = jws.claims.get("tid").and_then(Value::as_str);
-            self.out.line(format!(
-                "   tenant {tenant:?} is listed; the token's tid {} (checked once the signature holds)",
-                tid.map_or("is missing".to_string(), |tid| format!("is {tid:?}"))
-            ));
+            Some((tenant, true)) => {
+                let tid = self
+                    .seen
+                    .claims
+                    .as_ref()
+                    .and_then(|claims| claims.get("tid"))
+                    .and_then(Value::as_str);
+                self.out.line(format!(
+                    "   tenant {tenant:?} is listed; the token's tid {} (checked once the signature holds)",
+                    tid.map_or("is missing".to_string(), |tid| format!("is {tid:?}"))
+                ));
+            }
+            None => {}
         }
-        if !found.location.is_listed_by(provider) {
+        if !seen.location_listed {
             self.out.line(format!(
                 "   {} takes tokens only from {}: refused with 401",
                 provider_label(index, provider),
                 provider_locations(provider).join(", ")
             ));
-            return None;
         }
-        Some((index, provider))
     }
 
-    fn signature_step(&mut self, jws: &Jws<'_>, index: usize, provider: &Provider) -> Option<()> {
+    fn keys(&mut self, index: usize, keys: &KeysSeen) {
         let note = self.keys.notes.get(index).map_or("", String::as_str);
         if let Some(unused) = &self.keys.unused_jwks {
             self.out.line(format!("6. keys: {unused}"));
         }
-        let Some(Some(set)) = self.keys.lookup.0.get(index) else {
-            self.out.line(format!("6. keys: {note}"));
-            self.out.line(format!(
-                "   without keys the filter holds the request (up to {} ms) while it fetches them",
-                provider.timeout_ms
-            ));
-            return None;
-        };
-        self.out.line(format!(
-            "6. keys: {note}: {} usable{}",
-            count(set.len(), "key"),
-            match set.skipped() {
-                0 => String::new(),
-                n => format!(", {n} skipped (unsupported or unsafe)"),
+        let timeout_ms = self.config.providers.get(index).map_or(0, |p| p.timeout_ms);
+        match keys {
+            KeysSeen::Ready { keys, skipped } => {
+                self.out.line(format!(
+                    "6. keys: {note}: {} usable{}",
+                    count(keys.len(), "key"),
+                    match skipped {
+                        0 => String::new(),
+                        n => format!(", {n} skipped (unsupported or unsafe)"),
+                    }
+                ));
+                for key in keys {
+                    let alg = key
+                        .alg
+                        .map_or("any fitting alg".to_string(), |a| format!("alg {a}"));
+                    self.out.line(format!(
+                        "   - kid {}: {}, {alg}",
+                        quoted_or_none(key.kid.as_deref()),
+                        family_name(key.family)
+                    ));
+                }
             }
-        ));
-        list_keys(self.out, set);
-        let header = &jws.header;
-        let verified = verify::verify(
-            header.alg,
-            header.kid.as_deref(),
-            jws.signing_input,
-            &jws.signature,
-            set,
-            provider.algorithms,
-        );
-        match verified {
+            KeysSeen::Loading => {
+                self.out.line(format!("6. keys: {note}"));
+                self.out.line(format!(
+                    "   without keys the filter holds the request (up to {timeout_ms} ms) while it fetches them"
+                ));
+            }
+            KeysSeen::Unavailable { .. } => {
+                self.out.line(format!("6. keys: {note}"));
+                self.out
+                    .line("   no keys can be had: refused with 503, for the client to retry");
+            }
+        }
+    }
+
+    fn signature(&mut self, verdict: &Result<KeySeen, SignatureRefused>) {
+        let refused = match verdict {
             Ok(key) => {
                 self.out.line(format!(
                     "7. signature: verified by key kid {} ({}): the claims above are authentic",
-                    quoted_or_none(key.kid()),
-                    family_name(key.family())
+                    quoted_or_none(key.kid.as_deref()),
+                    family_name(key.family)
                 ));
-                Some(())
+                return;
             }
-            Err(e) => {
+            Err(refused) => refused,
+        };
+        let consequence = if refused.refetch {
+            "the filter holds the request while it fetches the keys again"
+        } else if refused.refresh_failing {
+            "the keys cannot be refreshed, so refused with 503 (retryable)"
+        } else {
+            "refused with 401"
+        };
+        self.out.line(format!(
+            "7. signature: NOT verified: {}: {consequence} (the claims above are unverified)",
+            refused.error.describe()
+        ));
+        let Some((_, provider)) = self.selected_provider() else {
+            return;
+        };
+        match refused.error {
+            VerifyError::AlgorithmNotAllowed => {
+                let allowed: Vec<&str> = provider.algorithms.iter().map(Alg::name).collect();
+                self.out
+                    .line(format!("   the provider allows: {}", allowed.join(", ")));
+            }
+            VerifyError::UnknownKey if !matches!(provider.keys, KeySource::Inline(_)) => {
                 self.out.line(format!(
-                    "7. signature: NOT verified: {}: refused with 401 (the claims above are unverified)",
-                    e.describe()
+                    "   (the filter first fetches the keys again, at most every {} s, in case the issuer has just rotated them)",
+                    provider.jwks_min_refetch_seconds
                 ));
-                match e {
-                    VerifyError::AlgorithmNotAllowed => {
-                        let allowed: Vec<&str> =
-                            provider.algorithms.iter().map(Alg::name).collect();
-                        self.out
-                            .line(format!("   the provider allows: {}", allowed.join(", ")));
-                    }
-                    VerifyError::UnknownKey if !matches!(provider.keys, KeySource::Inline(_)) => {
-                        self.out.line(format!(
-                            "   (the filter first fetches the keys again, at most every {} s, in case the issuer has just rotated them)",
-                            provider.jwks_min_refetch_seconds
-                        ));
-                    }
-                    _ => {}
-                }
-                None
             }
+            _ => {}
         }
     }
 
-    fn claims_step(
-        &mut self,
-        token_claims: &Map<String, Value>,
-        provider: &Provider,
-    ) -> Option<()> {
+    fn claims(&mut self, seen: &[ClaimSeen], result: &Result<(), claims::ClaimError>) {
         let now_seconds = self.now_ms / 1000;
-        let now = now_seconds as f64;
-        let skew = provider.clock_skew_seconds as f64;
+        let skew = self
+            .selected_provider()
+            .map_or(0, |(_, p)| p.clock_skew_seconds);
         self.out.line(format!(
-            "8. claims, at {} ({now_seconds}), clock skew {} s:",
-            time::show(now),
-            provider.clock_skew_seconds
+            "8. claims, at {} ({now_seconds}), clock skew {skew} s:",
+            time::show(now_seconds as f64)
         ));
-        let exp = numeric_date(token_claims, "exp");
-        let iat = numeric_date(token_claims, "iat");
-        let line = match exp {
-            NumericDate::Absent => "exp: absent, but required: fail".to_string(),
-            NumericDate::NotANumber => "exp: not a number: fail".to_string(),
-            NumericDate::OutOfRange => "exp: beyond year 9999: FAIL".to_string(),
-            NumericDate::At(exp) if now < exp => format!(
-                "exp {} ({}): pass, expires in {}",
-                json_number(exp),
-                time::show(exp),
-                time::span(exp - now)
-            ),
-            NumericDate::At(exp) if now < exp + skew => format!(
-                "exp {} ({}): pass, expired {} ago but within the skew",
-                json_number(exp),
-                time::show(exp),
-                time::span(now - exp)
-            ),
-            NumericDate::At(exp) => format!(
-                "exp {} ({}): FAIL, expired {} ago ({} beyond the skew)",
-                json_number(exp),
-                time::show(exp),
-                time::span(now - exp),
-                time::span(now - exp - skew)
-            ),
-        };
-        self.out.line(format!("   {line}"));
-        for (name, what) in [("nbf", "not before"), ("iat", "issued")] {
-            let line = match numeric_date(token_claims, name) {
-                NumericDate::Absent => format!("{name}: absent"),
-                NumericDate::NotANumber => format!("{name}: not a number: fail"),
-                NumericDate::OutOfRange => format!("{name}: beyond year 9999: FAIL"),
-                NumericDate::At(at) if at <= now + skew => {
-                    format!("{name} {} ({}): pass", json_number(at), time::show(at))
-                }
-                NumericDate::At(at) => format!(
-                    "{name} {} ({}): FAIL, {what} {} from now (beyond the skew)",
-                    json_number(at),
-                    time::show(at),
-                    time::span(at - now)
-                ),
-            };
+        for check in seen {
+            let line = claim_line(check);
             self.out.line(format!("   {line}"));
         }
-        let lifetime = match (provider.max_lifetime_seconds, exp, iat) {
-            (None, _, _) => "lifetime: not limited (maxLifetimeSeconds: 0)".to_string(),
-            (Some(max), NumericDate::At(exp), NumericDate::At(iat)) => {
-                let verdict = if exp - iat > max as f64 {
-                    "FAIL"
-                } else {
-                    "pass"
-                };
-                format!(
-                    "lifetime: exp - iat = {} s, at most {max} s: {verdict}",
-                    json_number(exp - iat)
-                )
-            }
-            (Some(max), NumericDate::At(exp), NumericDate::Absent) => {
-                let verdict = if exp - now > max as f64 {
-                    "FAIL"
-                } else {
-                    "pass"
-                };
-                format!(
-                    "lifetime: no iat, exp - now = {} s, at most {max} s: {verdict}",
-                    json_number(exp - now)
-                )
-            }
-            (Some(max), _, _) => format!("lifetime: at most {max} s: cannot be computed"),
-        };
-        self.out.line(format!("   {lifetime}"));
-        let audience = if provider.audiences.is_empty() {
-            "aud: not checked (no audiences configured)".to_string()
-        } else {
-            let given = token_claims
-                .get("aud")
-                .map_or("absent".to_string(), Value::to_string);
-            let accepted = audience_accepted(token_claims.get("aud"), &provider.audiences);
-            format!(
-                "aud {given}, accepted {}: {}",
-                serde_json::to_string(&provider.audiences).unwrap_or_default(),
-                if accepted { "pass" } else { "FAIL" }
-            )
-        };
-        self.out.line(format!("   {audience}"));
-        match claims::check(token_claims, provider, now_seconds) {
-            Ok(()) => {
-                self.out.line("   claims: all pass");
-                Some(())
-            }
-            Err(e) => {
-                self.out
-                    .line(format!("   claims: {}: refused with 401", e.describe()));
-                None
-            }
+        match result {
+            Ok(()) => self.out.line("   claims: all pass"),
+            Err(e) => self
+                .out
+                .line(format!("   claims: {}: refused with 401", e.describe())),
         }
     }
 
-    /// Sender-constrained tokens: the DPoP proof, check by check, and the binding verdict of
-    /// the core itself.
-    fn binding_step(
-        &mut self,
-        found: &Found,
-        provider: &Provider,
-        token_claims: &Map<String, Value>,
-    ) -> Option<()> {
-        let bound = token_claims.get("cnf").is_some();
+    /// Sender-constrained tokens: shown when the provider asks for a binding, the token is
+    /// bound, a proof was sent, or the binding refused.
+    fn sender(&mut self, proof: Option<&ProofSeen>, result: &Result<(), Denial>) {
+        let Some((_, provider)) = self.selected_provider() else {
+            return;
+        };
+        let cnf = self
+            .seen
+            .claims
+            .as_ref()
+            .and_then(|c| c.get("cnf").cloned());
         let asks = provider.dpop.mode != Binding::Off || provider.certificate_bound != Binding::Off;
-        if !bound && !asks && !found.location.is_dpop() {
-            return Some(());
+        if cnf.is_none() && !asks && proof.is_none() && result.is_ok() {
+            return;
         }
         self.out.line(format!(
             "9. sender binding: dpop {:?}, certificateBound {:?}",
             provider.dpop.mode, provider.certificate_bound
         ));
-        let limits = TokenLimits::from(&self.config.limits);
-        if found.location.is_dpop() {
-            if let Ok(proof) = dpop::proof_header(self.request) {
-                let mut passed = Vec::new();
-                let checked = dpop::check_proof(
-                    proof,
-                    &found.token,
-                    &provider.dpop,
-                    provider.clock_skew_seconds,
-                    self.request,
-                    self.now_ms / 1000,
-                    &limits,
-                    None,
-                    &mut passed,
-                );
-                self.out.line(format!(
-                    "   DPoP proof checks passed: {}",
-                    passed.join(", ")
-                ));
-                match &checked {
-                    Ok(proof) => self.out.line(format!(
-                        "   proof key thumbprint {}; token cnf.jkt {}",
-                        proof.jkt,
-                        token_claims
-                            .get("cnf")
+        if let Some(proof) = proof {
+            self.out.line(format!(
+                "   DPoP proof checks passed: {}",
+                proof.passed.join(", ")
+            ));
+            match &proof.checked {
+                Some(Ok(jkt)) => {
+                    self.out.line(format!(
+                        "   proof key thumbprint {jkt}; token cnf.jkt {}",
+                        cnf.as_ref()
                             .and_then(|c| c.get("jkt"))
                             .map_or("absent".to_string(), Value::to_string)
-                    )),
-                    Err(e) => self
-                        .out
-                        .line(format!("   DPoP proof: FAILED: {}", e.describe())),
+                    ));
+                    self.out.line(
+                        "   replay: explain remembers no proof, so this one is a first use (the sidecar remembers each within its window)",
+                    );
                 }
-                self.out.line(
-                    "   replay: not checked here (the sidecar remembers each proof within its window)",
-                );
+                Some(Err(e)) => self
+                    .out
+                    .line(format!("   DPoP proof: FAILED: {}", e.describe())),
+                None => {}
             }
         }
-        let verdict = sender::check(
-            provider,
-            token_claims,
-            &found.token,
-            if found.location.is_dpop() {
-                Presented::Dpop
-            } else {
-                Presented::Bearer
-            },
-            self.request,
-            self.now_ms,
-            &limits,
-            None,
-            &mut |_| Admission::Fresh,
-        );
-        match verdict {
-            Ok(()) => {
-                self.out.line("   bound to its sender: pass");
-                Some(())
-            }
-            Err(denial) => {
-                self.out.line(format!(
-                    "   refused with {} ({})",
-                    denial.render("").status,
-                    denial.reason()
-                ));
-                None
-            }
+        match result {
+            Ok(()) => self.out.line("   bound to its sender: pass"),
+            Err(denial) => self.out.line(format!(
+                "   refused with {} ({})",
+                denial.render("").status,
+                denial.reason()
+            )),
         }
     }
 
-    fn requirement_step(
-        &mut self,
-        need: &Need<'_>,
-        index: usize,
-        provider: &Provider,
-        token_claims: &Map<String, Value>,
-    ) -> Option<()> {
-        let verdict = match need {
-            Need::AnyValidToken => {
-                self.out
-                    .line("10. requirement: any valid token (unmatched: authenticated): met");
-                return Some(());
-            }
-            Need::Anonymous | Need::Rule(Action::AllowAnonymous) | Need::Rule(Action::Deny) => {
-                self.out
-                    .line("10. requirement: none (anonymous route); the valid token passes");
-                return Some(());
-            }
-            Need::Rule(Action::Requires(requirement)) => {
-                self.out.line("10. requirement:");
-                self.requirement_lines(requirement, index, provider, token_claims, "   ");
-                policy::check_requirement(
-                    requirement,
-                    index,
-                    token_claims,
-                    &provider.scope_claims,
-                    self.now_ms / 1000,
-                )
-            }
-            Need::Rule(Action::RequiresAny(requirements)) => {
-                self.out.line("10. requirement: any one of");
-                for (n, requirement) in requirements.iter().enumerate() {
-                    self.out.line(format!("   ({}):", n.saturating_add(1)));
-                    self.requirement_lines(requirement, index, provider, token_claims, "     ");
-                }
-                policy::check_any(
-                    requirements,
-                    index,
-                    token_claims,
-                    &provider.scope_claims,
-                    self.now_ms / 1000,
-                )
+    fn requirement(&mut self, alternatives: &[Vec<RequirementSeen>], result: &Result<(), Unmet>) {
+        let action = self.applied_rule().map(|rule| &rule.action);
+        let requirements: Vec<&Requirement> = match action {
+            Some(Action::Requires(requirement)) => vec![requirement],
+            Some(Action::RequiresAny(requirements)) => requirements.iter().collect(),
+            Some(Action::AllowAnonymous) | Some(Action::Deny) | None => {
+                let line = match self.seen.applied {
+                    Some(Err(Unmatched::Authenticated)) => {
+                        "10. requirement: any valid token (unmatched: authenticated): met"
+                    }
+                    _ => "10. requirement: none (anonymous route); the valid token passes",
+                };
+                self.out.line(line);
+                return;
             }
         };
-        let text = match verdict {
+        let Some((_, provider)) = self.selected_provider() else {
+            return;
+        };
+        let provider_name = provider.name.clone();
+        let any = matches!(action, Some(Action::RequiresAny(_)));
+        self.out.line(if any {
+            "10. requirement: any one of"
+        } else {
+            "10. requirement:"
+        });
+        for (n, (requirement, parts)) in requirements.iter().zip(alternatives).enumerate() {
+            let indent = if any {
+                self.out.line(format!("   ({}):", n.saturating_add(1)));
+                "     "
+            } else {
+                "   "
+            };
+            for part in parts {
+                let line = self.requirement_line(requirement, part, &provider_name);
+                self.out.line(format!("{indent}{line}"));
+            }
+        }
+        let text = match result {
             Ok(()) => "met".to_string(),
             Err(Unmet::WrongProvider) => {
                 "not met: this token's issuer is not accepted here: refused with 401".to_string()
@@ -848,123 +860,208 @@ impl<'a> Narration<'a> {
             Err(Unmet::StepUp { .. }) => "not met: the user must authenticate again (step-up): refused with 401 insufficient_user_authentication".to_string(),
         };
         self.out.line(format!("   requirement {text}"));
-        Some(())
     }
 
-    fn requirement_lines(
-        &mut self,
+    fn requirement_line(
+        &self,
         requirement: &Requirement,
-        index: usize,
-        provider: &Provider,
-        token_claims: &Map<String, Value>,
-        indent: &str,
-    ) {
-        if let Some(providers) = &requirement.providers {
-            let verdict = if providers.contains(&index) {
-                "pass"
-            } else {
-                "FAIL"
-            };
-            self.out.line(format!(
-                "{indent}providers {}: the token's is {}: {verdict}",
-                provider_names(self.config, providers),
-                provider.name
-            ));
-        }
-        if !requirement.scopes.is_empty() {
-            let granted = policy::granted_scopes(token_claims, &provider.scope_claims);
-            let missing: Vec<&str> = requirement
-                .scopes
-                .iter()
-                .filter(|scope| !granted.contains(scope))
-                .map(String::as_str)
-                .collect();
-            let sources: Vec<String> = provider.scope_claims.iter().map(|c| c.display()).collect();
-            let verdict = if missing.is_empty() {
-                "pass".to_string()
-            } else {
-                format!("FAIL, missing {}", missing.join(" "))
-            };
-            self.out.line(format!(
-                "{indent}scopes: required [{}], granted [{}] (from {}): {verdict}",
-                requirement.scopes.join(" "),
-                granted.join(" "),
-                sources.join(", ")
-            ));
-        }
-        if let Some(accepted) = &requirement.audiences {
-            let given = token_claims
-                .get("aud")
-                .map_or("absent".to_string(), Value::to_string);
-            let met = audience_accepted(token_claims.get("aud"), accepted);
-            self.out.line(format!(
-                "{indent}audiences: one of [{}], the token has {given}: {}",
-                accepted.join(", "),
-                if met { "pass" } else { "FAIL" }
-            ));
-        }
-        if let Some(accepted) = &requirement.acr_values {
-            let acr = token_claims.get("acr").and_then(Value::as_str);
-            let met = acr.is_some_and(|acr| accepted.iter().any(|a| a == acr));
-            self.out.line(format!(
-                "{indent}acr: one of [{}], the token has {}: {}",
-                accepted.join(", "),
-                acr.map_or("none".to_string(), |a| format!("{a:?}")),
-                if met { "pass" } else { "FAIL" }
-            ));
-        }
-        if let Some(max_age) = requirement.max_auth_age_seconds {
-            let now = (self.now_ms / 1000) as f64;
-            let line = match token_claims.get("auth_time").and_then(Value::as_f64) {
-                Some(auth_time) if now - auth_time <= max_age as f64 => format!(
-                    "auth_time {} s ago, at most {max_age}: pass",
-                    json_number(now - auth_time)
+        part: &RequirementSeen,
+        provider_name: &str,
+    ) -> String {
+        let verdict = |held: bool| if held { "pass" } else { "FAIL" };
+        let shown = |value: &Option<Value>| {
+            value
+                .as_ref()
+                .map_or("absent".to_string(), Value::to_string)
+        };
+        let list = |values: &Option<Vec<String>>, separator: &str| {
+            values.as_deref().unwrap_or_default().join(separator)
+        };
+        match part {
+            RequirementSeen::Providers { held } => format!(
+                "providers {}: the token's is {provider_name}: {}",
+                provider_names(
+                    self.config,
+                    requirement.providers.as_deref().unwrap_or_default()
                 ),
-                Some(auth_time) => format!(
-                    "auth_time {} s ago, at most {max_age}: FAIL",
-                    json_number(now - auth_time)
+                verdict(*held)
+            ),
+            RequirementSeen::Audiences { aud, held } => format!(
+                "audiences: one of [{}], the token has {}: {}",
+                list(&requirement.audiences, ", "),
+                shown(aud),
+                verdict(*held)
+            ),
+            RequirementSeen::Tenants { tid, held } => format!(
+                "tenants: one of [{}], the token's tid is {}: {}",
+                list(&requirement.tenants, ", "),
+                tid.as_ref()
+                    .map_or("absent".to_string(), |t| format!("{t:?}")),
+                verdict(*held)
+            ),
+            RequirementSeen::Delegation { refusal } => match refusal {
+                None => "delegation (client, actor, depth): pass".to_string(),
+                Some(why) => format!("delegation: FAIL, {why}"),
+            },
+            RequirementSeen::Acr { acr, held } => format!(
+                "acr: one of [{}], the token has {}: {}",
+                list(&requirement.acr_values, ", "),
+                acr.as_ref()
+                    .map_or("none".to_string(), |a| format!("{a:?}")),
+                verdict(*held)
+            ),
+            RequirementSeen::AuthAge { age, held } => {
+                let max_age = requirement.max_auth_age_seconds.unwrap_or_default();
+                match age {
+                    Some(age) => format!(
+                        "auth_time {} s ago, at most {max_age}: {}",
+                        json_number(*age),
+                        verdict(*held)
+                    ),
+                    None => format!("auth_time absent, at most {max_age} s ago required: FAIL"),
+                }
+            }
+            RequirementSeen::Scopes { granted, missing } => {
+                let sources: Vec<String> = self
+                    .selected_provider()
+                    .map(|(_, p)| p.scope_claims.iter().map(|c| c.display()).collect())
+                    .unwrap_or_default();
+                let outcome = if missing.is_empty() {
+                    "pass".to_string()
+                } else {
+                    format!("FAIL, missing {}", missing.join(" "))
+                };
+                format!(
+                    "scopes: required [{}], granted [{}] (from {}): {outcome}",
+                    requirement.scopes.join(" "),
+                    granted.join(" "),
+                    sources.join(", ")
+                )
+            }
+            RequirementSeen::Claim { index, value, held } => match requirement.claims.get(*index) {
+                Some(condition) => format!(
+                    "claim {} {}: the token has {}: {}",
+                    condition.claim.display(),
+                    describe_test(&condition.test),
+                    shown(value),
+                    verdict(*held)
                 ),
-                None => format!("auth_time absent, at most {max_age} s ago required: FAIL"),
-            };
-            self.out.line(format!("{indent}{line}"));
-        }
-        for condition in &requirement.claims {
-            let alone = Requirement {
-                claims: vec![condition.clone()],
-                ..Requirement::default()
-            };
-            let holds = policy::check_requirement(
-                &alone,
-                index,
-                token_claims,
-                &provider.scope_claims,
-                self.now_ms / 1000,
-            )
-            .is_ok();
-            let value = condition
-                .claim
-                .lookup(token_claims)
-                .map_or("absent".to_string(), Value::to_string);
-            self.out.line(format!(
-                "{indent}claim {} {}: the token has {value}: {}",
-                condition.claim.display(),
-                describe_test(&condition.test),
-                if holds { "pass" } else { "FAIL" }
-            ));
+                None => String::new(),
+            },
         }
     }
 }
 
+/// One registered-claim check as the core made it.
+fn claim_line(check: &ClaimSeen) -> String {
+    let verdict = |held: bool| if held { "pass" } else { "FAIL" };
+    match check {
+        ClaimSeen::Time {
+            name: "exp",
+            at: Some(exp),
+            now,
+            skew,
+            held,
+        } => {
+            let (exp, now, skew) = (*exp, *now, *skew);
+            let shown = format!("exp {} ({})", json_number(exp), time::show(exp));
+            match held {
+                true if now < exp => format!("{shown}: pass, expires in {}", time::span(exp - now)),
+                true => format!(
+                    "{shown}: pass, expired {} ago but within the skew",
+                    time::span(now - exp)
+                ),
+                false => format!(
+                    "{shown}: FAIL, expired {} ago ({} beyond the skew)",
+                    time::span(now - exp),
+                    time::span(now - exp - skew)
+                ),
+            }
+        }
+        ClaimSeen::Time { name, at: None, .. } => format!("{name}: absent"),
+        ClaimSeen::Time {
+            name,
+            at: Some(at),
+            now,
+            held,
+            ..
+        } => {
+            let shown = format!("{name} {} ({})", json_number(*at), time::show(*at));
+            if *held {
+                format!("{shown}: pass")
+            } else {
+                let what = if *name == "nbf" {
+                    "not before"
+                } else {
+                    "issued"
+                };
+                format!(
+                    "{shown}: FAIL, {what} {} from now (beyond the skew)",
+                    time::span(at - now)
+                )
+            }
+        }
+        ClaimSeen::Lifetime { max: None, .. } => {
+            "lifetime: not limited (maxLifetimeSeconds: 0)".to_string()
+        }
+        ClaimSeen::Lifetime {
+            max: Some(max),
+            span,
+            from_iat,
+            held,
+        } => {
+            let what = if *from_iat {
+                "exp - iat"
+            } else {
+                "no iat, exp - now"
+            };
+            format!(
+                "lifetime: {what} = {} s, at most {max} s: {}",
+                json_number(*span),
+                verdict(*held)
+            )
+        }
+        ClaimSeen::Audience { accepted, .. } if accepted.is_empty() => {
+            "aud: not checked (no audiences configured)".to_string()
+        }
+        ClaimSeen::Audience {
+            aud,
+            accepted,
+            held,
+        } => format!(
+            "aud {}, accepted {}: {}",
+            aud.as_ref().map_or("absent".to_string(), Value::to_string),
+            serde_json::to_string(accepted).unwrap_or_default(),
+            verdict(*held)
+        ),
+    }
+}
+
 /// The filter's own decision for the request, and the answer it gives.
-fn final_answer(config: &Compiled, keys: &Keys, request: &Request<'_>, now_ms: u64, out: &mut Out) {
-    // No cache: every explanation verifies afresh.
-    let mut cache = TokenCache::new(0);
-    let decision = authorize::authorize(config, &keys.lookup, &mut cache, request, now_ms);
+fn final_answer(
+    config: &Compiled,
+    keys: &Keys,
+    request: &Request<'_>,
+    now_ms: u64,
+    decision: authorize::Decision,
+    out: &mut Out,
+) {
     out.line("");
     out.line("the filter's answer (authorize::authorize):");
     out.line(format!(
         "  looked at: {}",
         describe_trace(config, &decision.trace)
+    ));
+    // A held request is logged once decided: here, as if its keys never came.
+    let logged = match decision.outcome {
+        Outcome::Wait { provider, .. } => {
+            authorize::wait_expired(config, &keys.lookup, provider, now_ms)
+        }
+        _ => decision.clone(),
+    };
+    out.line(format!(
+        "  audit line: {}",
+        audit::audit_line(config, &logged, request, None)
     ));
     let realm = config.realm.as_deref().unwrap_or(request.authority);
     let challenges = Challenges::for_request(config, decision.trace.rule, request.authority);
@@ -979,15 +1076,6 @@ fn final_answer(config: &Compiled, keys: &Keys, request: &Request<'_>, now_ms: u
             request.headers,
         ),
     };
-    if let (Some(reason), Some(rule)) = (
-        decision.trace.ignored,
-        decision.trace.rule.and_then(|i| config.rules.get(i)),
-    ) {
-        out.line(format!(
-            "  invalidToken: \"ignore\": the token would be refused ({reason}); rule {} lets the request go on as anonymous",
-            rule.name
-        ));
-    }
     match decision.outcome {
         Outcome::Wait { provider, .. } => {
             let name = config
@@ -999,8 +1087,7 @@ fn final_answer(config: &Compiled, keys: &Keys, request: &Request<'_>, now_ms: u
                 "held: keys loading for {name}: the filter holds the request up to {timeout} ms while it fetches them"
             ));
             out.line("  if they do not come in time:");
-            let expired = authorize::wait_expired(config, &keys.lookup, provider, now_ms);
-            outcome_lines(out, config, &expired.outcome, &answering);
+            outcome_lines(out, config, &logged.outcome, &answering);
         }
         outcome => outcome_lines(out, config, &outcome, &answering),
     }
@@ -1072,6 +1159,13 @@ fn denial_lines(out: &mut Out, denial: &Denial, answering: &Answering<'_>, lead:
         status_text(response.status),
         denial.reason()
     ));
+    // `denyWith` changes what the client sees, never the refusal the audit line records.
+    let own = denial.render("").status;
+    if own != response.status {
+        out.line(format!(
+            "  the refusal's own status, in the audit line and metrics: {own}"
+        ));
+    }
     for (name, value) in &response.headers {
         out.line(format!("  {name}: {value}"));
     }
@@ -1212,17 +1306,12 @@ fn describe_patterns(condition: &Condition) -> String {
 }
 
 /// Why a rule's `match` does not hold, with the value the core read.
-fn describe_miss(
-    rule: &Rule,
-    miss: &Miss,
-    facts: &RequestFacts<'_>,
-    token: &mut dyn FnMut() -> Result<TokenClaims, String>,
-) -> String {
-    let Some(condition) = rule.matcher.conditions.get(miss.condition) else {
+fn describe_miss(rule: &Rule, missed: &MissSeen) -> String {
+    let Some(condition) = rule.matcher.conditions.get(missed.miss.condition) else {
         return "does not match".to_string();
     };
     let field = &condition.field;
-    match &miss.why {
+    match &missed.miss.why {
         MissReason::Absent(what) => {
             let consequence = match condition.fact {
                 Fact::Principal | Fact::Namespace => {
@@ -1236,23 +1325,14 @@ fn describe_miss(
             format!("{field}: {what}: unknown, so only a deny rule would count it as matching")
         }
         MissReason::Unmet => {
-            let claims = if condition.fact.needs_token() {
-                token().ok().flatten()
-            } else {
-                None
+            let shown = match &missed.observed {
+                Some(Observed::Text(values)) => values.join(", "),
+                Some(Observed::Ip(ip)) => ip.to_string(),
+                Some(Observed::Port(port)) => port.to_string(),
+                Some(Observed::Absent(what) | Observed::Unknown(what)) => (*what).to_string(),
+                None => String::new(),
             };
-            let observed = policy::observe(&condition.fact, facts, claims.as_ref());
-            let shown = match &observed {
-                Observed::Text(values) => values.join(", "),
-                Observed::Ip(ip) => ip.to_string(),
-                Observed::Port(port) => port.to_string(),
-                Observed::Absent(what) | Observed::Unknown(what) => (*what).to_string(),
-            };
-            let in_any = condition
-                .any_of
-                .as_ref()
-                .is_none_or(|ps| ps.iter().any(|p| policy::pattern_matches(p, &observed)));
-            if in_any {
+            if missed.listed {
                 format!(
                     "{field}: {shown} is listed {}",
                     describe_patterns(condition)
@@ -1261,40 +1341,6 @@ fn describe_miss(
                 format!("{field}: {shown} not in {}", describe_patterns(condition))
             }
         }
-    }
-}
-
-/// The token's verified claims, as the filter would have them; `Err`: why it does not verify.
-fn verified_claims(
-    config: &Compiled,
-    keys: &Keys,
-    request: &Request<'_>,
-    now_ms: u64,
-) -> Result<TokenClaims, String> {
-    // The filter itself, with no rule to choose: only the token is looked at.
-    let probe = compile::compile(Config {
-        rules: Vec::new(),
-        unmatched: Unmatched::Anonymous,
-        mode: Mode::Enforce,
-        ..config.config.clone()
-    })
-    .map_err(|e| e.to_string())?;
-    let decision = authorize::authorize(
-        &probe,
-        &keys.lookup,
-        &mut TokenCache::new(0),
-        request,
-        now_ms,
-    );
-    match decision.outcome {
-        Outcome::Allow(_) => Ok(decision.trace.claims),
-        Outcome::Deny(denial) => Err(format!(
-            "refused with {} ({})",
-            denial.render("").status,
-            denial.reason()
-        )),
-        Outcome::Wait { .. } => Err("its provider's keys are not at hand".to_string()),
-        Outcome::Answer(_) => Ok(None),
     }
 }
 
@@ -1370,19 +1416,6 @@ fn describe_test(test: &ClaimTest) -> String {
     }
 }
 
-fn list_keys(out: &mut Out, set: &KeySet) {
-    for key in set.keys() {
-        let alg = key
-            .alg()
-            .map_or("any fitting alg".to_string(), |a| format!("alg {a}"));
-        out.line(format!(
-            "   - kid {}: {}, {alg}",
-            quoted_or_none(key.kid()),
-            family_name(key.family())
-        ));
-    }
-}
-
 fn family_name(family: KeyFamily) -> &'static str {
     match family {
         KeyFamily::Rsa => "RSA",
@@ -1405,41 +1438,11 @@ fn count(n: usize, noun: &str) -> String {
     }
 }
 
-enum NumericDate {
-    Absent,
-    NotANumber,
-    /// Past year 9999: refused as malformed.
-    OutOfRange,
-    At(f64),
-}
-
-/// A time claim read as `claims::check` reads it.
-fn numeric_date(token_claims: &Map<String, Value>, name: &'static str) -> NumericDate {
-    match claims::numeric_date(token_claims, name) {
-        Ok(None) => NumericDate::Absent,
-        Ok(Some(at)) => NumericDate::At(at),
-        Err(claims::ClaimError::DateOutOfRange(_)) => NumericDate::OutOfRange,
-        Err(_) => NumericDate::NotANumber,
-    }
-}
-
 /// Whole seconds without a trailing `.0`.
 fn json_number(value: f64) -> String {
     if value.fract() == 0.0 && value.abs() < 1e15 {
         format!("{}", value as i64)
     } else {
         format!("{value}")
-    }
-}
-
-/// `aud` as `claims::check` reads it: a string or a list of strings.
-fn audience_accepted(aud: Option<&Value>, accepted: &[String]) -> bool {
-    match aud {
-        Some(Value::String(a)) => accepted.iter().any(|x| x == a),
-        Some(Value::Array(list)) => list
-            .iter()
-            .filter_map(Value::as_str)
-            .any(|a| accepted.iter().any(|x| x == a)),
-        _ => false,
     }
 }

@@ -7,14 +7,24 @@ use mesh_oauth::sender::dpop::Proof;
 use mesh_oauth::sender::replay::Admission;
 use std::time::Duration;
 
-/// Keys as one request sees them; a provider without keys is still loading them, which is
-/// what the filter finds before its first fetch has answered.
-pub struct FixedKeys(pub Vec<Option<KeySet>>);
+/// Keys as one request sees them, per provider.
+pub struct FixedKeys(pub Vec<Fixed>);
+
+pub enum Fixed {
+    Ready(KeySet),
+    /// None given: what the filter finds before its first fetch has answered.
+    Loading,
+    /// The fetch failed: what the filter finds after a failed fetch, until one succeeds.
+    Failed,
+}
 
 impl KeyLookup for FixedKeys {
     fn keys(&self, provider: usize, _now_ms: u64) -> KeyState<'_> {
         match self.0.get(provider) {
-            Some(Some(set)) => KeyState::Ready(set),
+            Some(Fixed::Ready(set)) => KeyState::Ready(set),
+            Some(Fixed::Failed) => KeyState::Unavailable {
+                retry_after_seconds: 1,
+            },
             _ => KeyState::Loading,
         }
     }
@@ -34,14 +44,18 @@ impl KeyLookup for FixedKeys {
     }
 }
 
-/// Reads `--jwks`: an `http(s)://` URL is fetched, anything else is a file.
-pub fn read_jwks(source: &str, max_bytes: usize, timeout_ms: u64) -> Result<Vec<u8>, String> {
-    let is_url = ["http://", "https://"].iter().any(|scheme| {
+/// Whether `--jwks` names a URL to fetch rather than a file.
+pub fn is_url(source: &str) -> bool {
+    ["http://", "https://"].iter().any(|scheme| {
         source
             .get(..scheme.len())
             .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
-    });
-    if !is_url {
+    })
+}
+
+/// Reads `--jwks`: an `http(s)://` URL is fetched, anything else is a file.
+pub fn read_jwks(source: &str, max_bytes: usize, timeout_ms: u64) -> Result<Vec<u8>, String> {
+    if !is_url(source) {
         return std::fs::read(source).map_err(|e| format!("--jwks {source}: cannot read: {e}"));
     }
     let agent: ureq::Agent = ureq::Agent::config_builder()

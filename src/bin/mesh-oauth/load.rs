@@ -5,6 +5,7 @@
 
 use mesh_oauth::compile::{self, Compiled};
 use mesh_oauth::config::ConfigError;
+use mesh_oauth::config_hash::ConfigHash;
 use serde_json::{Map, Number, Value};
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -13,6 +14,9 @@ pub struct Plugin {
     /// `WasmPlugin <namespace>/<name>` for a YAML document; empty for a JSON file.
     pub label: String,
     pub result: Result<Compiled, String>,
+    /// The policy identity the filter will report for this configuration (its log line and
+    /// `mesh_oauth.config_hash.<plugin>`); `None` when the text is not JSON.
+    pub hash: Option<ConfigHash>,
 }
 
 /// The configurations a file holds; `Err` when the file itself cannot be read as one.
@@ -24,6 +28,7 @@ pub fn load(path: &str) -> Result<Vec<Plugin>, String> {
         return Ok(vec![Plugin {
             label: String::new(),
             result: compile::configure(&text).map_err(|e| located(&e, None)),
+            hash: ConfigHash::of(&text),
         }]);
     }
     // yaml-rust2 refuses duplicate keys, as the JSON parser refuses duplicate members.
@@ -32,9 +37,16 @@ pub fn load(path: &str) -> Result<Vec<Plugin>, String> {
         .iter()
         .enumerate()
         .filter(|(_, doc)| doc["kind"].as_str() == Some("WasmPlugin"))
-        .map(|(index, doc)| Plugin {
-            label: format!("WasmPlugin {}", object_name(doc, index)),
-            result: from_plugin_config(&doc["spec"]["pluginConfig"]),
+        .map(|(index, doc)| {
+            let plugin_config = &doc["spec"]["pluginConfig"];
+            Plugin {
+                label: format!("WasmPlugin {}", object_name(doc, index)),
+                result: from_plugin_config(plugin_config),
+                // Istio hands the plugin this mapping as JSON: the same canonical text.
+                hash: to_json(plugin_config)
+                    .ok()
+                    .map(|v| ConfigHash::of_value(&v)),
+            }
         })
         .collect();
     if plugins.is_empty() {

@@ -2,7 +2,7 @@
 //!
 //!     mesh-oauth check-config FILE
 //!     mesh-oauth convert FILE... [--check] [--report] [--minimal] [--root-namespace NS] [--url URL]
-//!     mesh-oauth explain --config FILE --token TOKEN|- [--jwks FILE|URL] [--method M]
+//!     mesh-oauth explain --config FILE [--token TOKEN|-] [--jwks FILE|URL] [--method M]
 //!                        [--path P] [--host H] [--now T] [--header NAME|--param NAME|--cookie NAME]
 //!                        [--request-header 'NAME: VALUE']... [--peer URI] [--source ADDR]
 //!                        [--destination ADDR] [--sni NAME] [--client-cert-sha256 HEX]
@@ -20,12 +20,13 @@ use mesh_oauth::peer::FixedPeer;
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
-const USAGE: &str = "\
-usage:
-  mesh-oauth check-config FILE
+const CHECK_CONFIG_USAGE: &str = "  mesh-oauth check-config FILE
       Validates a plugin configuration as the filter does: the plugin's JSON, or every
-      `kind: WasmPlugin` document's spec.pluginConfig in an Istio YAML file.
-  mesh-oauth convert FILE... [--check] [--report] [--minimal] [--root-namespace NS] [--url URL]
+      `kind: WasmPlugin` document's spec.pluginConfig in an Istio YAML file. When all are
+      valid, it also prints `config sha256: <64 hex>` for each on standard error: the policy
+      identity the filter logs and reports as the gauge mesh_oauth.config_hash.<plugin>
+      (its first 12 hex digits as an integer).";
+const CONVERT_USAGE: &str = "  mesh-oauth convert FILE... [--check] [--report] [--minimal] [--root-namespace NS] [--url URL]
       Turns Istio RequestAuthentication and AuthorizationPolicy resources (Kubernetes YAML,
       several documents per file, or `kubectl get -o yaml` lists) into one WasmPlugin per
       workload selector or targetRefs, deciding as Istio does, with the ServiceEntry and
@@ -34,10 +35,15 @@ usage:
       --check               also validate each pluginConfig as check-config does, and say so
       --report              mode: report, to run beside the policies it replaces
       --minimal             answers: minimal: refusals name no cause to the client
-      --root-namespace NS   Istio's root namespace (mesh-wide policies), default istio-system
-      --url URL             the module's url in each WasmPlugin
-  mesh-oauth explain --config FILE --token TOKEN [options]
+      --root-namespace NS   Istio's root namespace, default istio-system: its policies
+                            without a selector become the mesh baseline, WasmPlugin
+                            mesh-oauth-baseline with priority 1000 (before every other
+                            plugin), which hands the token on to the plugins after it
+      --url URL             the module's url in each WasmPlugin";
+const EXPLAIN_USAGE: &str = "  mesh-oauth explain --config FILE [--token TOKEN] [options]
       Shows step by step how the filter decides a request carrying TOKEN, and its answer.
+      --token TOKEN         the token, put where --header, --param or --cookie says; without
+                            it the request carries only the headers given
       --token -             read the token from standard input
       --jwks FILE|URL       keys (a JWKS document) for the provider the token's iss selects,
                             when it fetches its keys (jwksUri or discovery)
@@ -57,8 +63,29 @@ usage:
       --client-cert-sha256 HEX
                             the client certificate's SHA-256 (certificate-bound tokens)
       --dpop PROOF          send the token as `Authorization: DPoP` with this DPoP proof
-      --scheme S            the request's :scheme, default https
-exit status: 0 done (for check-config: valid), 1 invalid input, 2 usage error";
+      --scheme S            the request's :scheme, default https";
+const EXIT_STATUS: &str =
+    "exit status: 0 done (for check-config: valid), 1 invalid input, 2 usage error";
+
+/// The usage of the given commands.
+fn usage(commands: &[&str]) -> String {
+    format!("usage:\n{}\n{EXIT_STATUS}", commands.join("\n"))
+}
+
+/// The usage of every command.
+fn full_usage() -> String {
+    usage(&[CHECK_CONFIG_USAGE, CONVERT_USAGE, EXPLAIN_USAGE])
+}
+
+fn asks_help(arg: &str) -> bool {
+    arg == "-h" || arg == "--help"
+}
+
+/// `--help` answers with the usage on standard output and succeeds, as a user expects.
+fn help(command: &str) -> ExitCode {
+    emit(&format!("{}\n", usage(&[command])));
+    ExitCode::SUCCESS
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -66,8 +93,8 @@ fn main() -> ExitCode {
         Some((command, rest)) if command == "check-config" => check_config(rest),
         Some((command, rest)) if command == "explain" => explain_command(rest),
         Some((command, rest)) if command == "convert" => convert_command(rest),
-        Some((flag, _)) if flag == "-h" || flag == "--help" => {
-            emit(&format!("{USAGE}\n"));
+        Some((flag, _)) if asks_help(flag) => {
+            emit(&format!("{}\n", full_usage()));
             Ok(ExitCode::SUCCESS)
         }
         _ => Err(Failure::Usage("a command is needed".into())),
@@ -79,7 +106,7 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
         Err(Failure::Usage(message)) => {
-            eprintln!("error: {message}\n{USAGE}");
+            eprintln!("error: {message}\n{}", full_usage());
             ExitCode::from(2)
         }
     }
@@ -98,16 +125,23 @@ fn emit(text: &str) {
 }
 
 fn check_config(args: &[String]) -> Result<ExitCode, Failure> {
+    if args.iter().any(|arg| asks_help(arg)) {
+        return Ok(help(CHECK_CONFIG_USAGE));
+    }
     let [file] = args else {
         return Err(Failure::Usage("check-config takes one FILE".into()));
     };
     let plugins = load::load(file).map_err(|e| Failure::Invalid(format!("{file}: {e}")))?;
     let mut valid = true;
+    let mut identities = Vec::new();
     for plugin in plugins {
         let label = match plugin.label.as_str() {
             "" => String::new(),
             label => format!("{label}: "),
         };
+        if let Some(hash) = &plugin.hash {
+            identities.push(format!("{label}config sha256: {}\n", hash.hex()));
+        }
         match plugin.result {
             Ok(config) => emit(&format!(
                 "ok: {label}{}, {}\n",
@@ -119,6 +153,11 @@ fn check_config(args: &[String]) -> Result<ExitCode, Failure> {
                 valid = false;
             }
         }
+    }
+    // On standard error, after the `ok:` lines, whose format scripts already read; and only
+    // for a file that is valid as a whole: the policy a pipeline may apply.
+    if valid {
+        eprint!("{}", identities.concat());
     }
     Ok(if valid {
         ExitCode::SUCCESS
@@ -146,6 +185,7 @@ fn convert_command(args: &[String]) -> Result<ExitCode, Failure> {
                 .ok_or_else(|| Failure::Usage(format!("{arg} needs a value")))
         };
         match arg.as_str() {
+            flag if asks_help(flag) => return Ok(help(CONVERT_USAGE)),
             "--check" => check = true,
             "--report" => options.report = true,
             "--minimal" => options.minimal = true,
@@ -208,6 +248,9 @@ fn explain_command(args: &[String]) -> Result<ExitCode, Failure> {
     let mut scheme = None;
     let mut rest = args.iter();
     while let Some(flag) = rest.next() {
+        if asks_help(flag) {
+            return Ok(help(EXPLAIN_USAGE));
+        }
         let value = rest
             .next()
             .cloned()
@@ -257,7 +300,10 @@ fn explain_command(args: &[String]) -> Result<ExitCode, Failure> {
         }
     }
     let config_path = config_path.ok_or_else(|| Failure::Usage("--config is needed".into()))?;
-    let token = read_token(token.ok_or_else(|| Failure::Usage("--token is needed".into()))?)?;
+    let token = token.map(read_token).transpose()?;
+    if dpop.is_some() && token.is_none() {
+        return Err(Failure::Usage("--dpop needs --token".into()));
+    }
     let now_ms = match now {
         Some(text) => time::parse_now(&text).map_err(Failure::Usage)?,
         None => system_now_ms(),
