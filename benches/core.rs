@@ -9,7 +9,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use mesh_oauth::alg::{Alg, AlgSet};
 use mesh_oauth::authorize::{self, KeyLookup, KeyState, Outcome, Request};
 use mesh_oauth::cache::TokenCache;
-use mesh_oauth::config::{self, Action, Config};
+use mesh_oauth::compile::{self, Compiled};
+use mesh_oauth::config::{self, Action};
 use mesh_oauth::keys::{parse_jwks, JwksLimits, KeySet};
 use mesh_oauth::peer::NoPeer;
 use mesh_oauth::policy::{self, Applies, RequestFacts, TokenClaims};
@@ -160,7 +161,7 @@ impl KeyLookup for FixedKeys {
 struct Fixture {
     keys: Vec<TestKey>,
     key_set: FixedKeys,
-    config: Config,
+    config: Compiled,
 }
 
 impl Fixture {
@@ -173,7 +174,7 @@ impl Fixture {
         };
         let key_set = FixedKeys(parse_jwks(jwks.to_string().as_bytes(), &limits, true).unwrap());
         // A handful of rules before the one that decides, as a real service has.
-        let config = config::parse(
+        let config = compile::configure(
             &json!({
                 "providers": [{"issuer": ISSUER, "audiences": ["api"], "jwks": jwks.to_string(),
                                "outputClaimToHeaders": [{"header": "x-sub", "claim": "sub"}]}],
@@ -254,7 +255,13 @@ fn bench_policy(c: &mut Criterion, fx: &Fixture) {
     let scope_claims = &fx.config.providers[0].scope_claims;
     c.bench_function("policy/select+check", |b| {
         b.iter(|| {
-            let selection = policy::select(&fx.config, black_box(&facts), no_token).unwrap();
+            let selection = policy::select(
+                &fx.config,
+                &fx.config.rule_index,
+                black_box(&facts),
+                no_token,
+            )
+            .unwrap();
             let Applies::Rule(rule) = selection.applies else {
                 panic!("the orders-write rule should apply")
             };
@@ -280,7 +287,7 @@ fn run_authorize(fx: &Fixture, cache: &mut TokenCache, headers: &[(String, Strin
 }
 
 fn run_authorize_with(
-    config: &Config,
+    config: &Compiled,
     fx: &Fixture,
     cache: &mut TokenCache,
     headers: &[(String, String)],
@@ -340,8 +347,9 @@ fn bench_dpop(c: &mut Criterion, fx: &Fixture) {
         b64(claims.to_string().as_bytes())
     );
     let proof = format!("{input}.{}", b64(&client.sign(input.as_bytes())));
-    let mut config = fx.config.clone();
+    let mut config = fx.config.config.clone();
     config.providers[0].dpop.mode = config::Binding::Allowed;
+    let config = compile::compile(config).unwrap();
     let headers = vec![
         ("authorization".to_string(), format!("DPoP {token}")),
         ("dpop".to_string(), proof.clone()),

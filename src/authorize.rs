@@ -4,6 +4,7 @@
 use crate::alg::Alg;
 use crate::cache::{CachedToken, TokenCache};
 use crate::claims;
+use crate::compile::Compiled;
 use crate::config::{Action, Config, Mode, Provider, Unmatched};
 use crate::extract::{self, ExtractError, Found, Location, RequestParts};
 use crate::host_verify::TrustedHost;
@@ -178,7 +179,7 @@ struct Verified {
 }
 
 pub fn authorize(
-    config: &Config,
+    config: &Compiled,
     keys: &dyn KeyLookup,
     cache: &mut TokenCache,
     request: &Request<'_>,
@@ -189,7 +190,7 @@ pub fn authorize(
 
 /// [`authorize`], noting each step it takes with `rec` (for `explain`).
 pub fn authorize_recorded(
-    config: &Config,
+    config: &Compiled,
     keys: &dyn KeyLookup,
     cache: &mut TokenCache,
     request: &Request<'_>,
@@ -288,7 +289,7 @@ fn refuse(
 }
 
 fn decide(
-    config: &Config,
+    config: &Compiled,
     keys: &dyn KeyLookup,
     cache: &mut TokenCache,
     request: &Request<'_>,
@@ -329,7 +330,7 @@ fn decide(
         let mut tried = |rule| rec.note(|| Step::Rule(rule));
         let tried: Option<&mut dyn FnMut(policy::RuleTried)> =
             if rec.on() { Some(&mut tried) } else { None };
-        policy::select_seen::<Halt>(config, &facts, &mut claims, tried)?
+        policy::select_seen::<Halt>(config, &config.rule_index, &facts, &mut claims, tried)?
     };
     if let Applies::Unmatched(unmatched) = selection.applies {
         rec.note(|| Step::Unmatched {
@@ -479,7 +480,7 @@ fn names_audience(claims: &Map<String, Value>, resource: &str) -> bool {
 #[allow(clippy::too_many_arguments)]
 fn token_once<'t>(
     memo: &'t mut Option<Option<Verified>>,
-    config: &Config,
+    config: &Compiled,
     keys: &dyn KeyLookup,
     cache: &mut TokenCache,
     request: &Request<'_>,
@@ -496,7 +497,7 @@ fn token_once<'t>(
 }
 
 fn find_and_verify(
-    config: &Config,
+    config: &Compiled,
     keys: &dyn KeyLookup,
     cache: &mut TokenCache,
     request: &Request<'_>,
@@ -973,7 +974,7 @@ mod tests {
 
     struct Fixture {
         key: TestKey,
-        config: Config,
+        config: Compiled,
         keys: FixedKeys,
         cache: std::cell::RefCell<TokenCache>,
     }
@@ -1033,7 +1034,7 @@ mod tests {
                 None,
             ),
             cache: std::cell::RefCell::new(TokenCache::new(0)),
-            config: crate::config::parse(&config.to_string()).unwrap(),
+            config: crate::compile::configure(&config.to_string()).unwrap(),
             key,
         }
     }

@@ -344,8 +344,14 @@ impl RootContext for Root {
         let configured = match self.state.try_borrow_mut() {
             Ok(mut slot) => {
                 let previous = slot.runtime.take();
-                slot.runtime = Runtime::take_over(checked, previous, facts, host(), &mut out);
-                slot.runtime.is_some()
+                slot.runtime = Some(Runtime::take_over(
+                    checked,
+                    previous,
+                    facts,
+                    host(),
+                    &mut out,
+                ));
+                true
             }
             Err(_) => false,
         };

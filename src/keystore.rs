@@ -8,10 +8,12 @@
 //! fetch serves every worker; the others adopt the body the winner stored.
 
 use crate::authorize::{KeyLookup, KeyState};
-use crate::config::{self, Config, HttpTarget, KeySource, Provider, Revoked};
+use crate::compile::Compiled;
+use crate::config::{self, HttpTarget, KeySource, Provider, Revoked};
 use crate::host_verify::TrustedHost;
 use crate::keys::{self, JwksLimits, KeySet};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// The shortest refresh interval a `Cache-Control: max-age` can ask for.
 const MIN_REFRESH_SECONDS: u64 = 30;
@@ -282,7 +284,8 @@ struct Entry {
     source: KeySource,
     cluster_override: Option<String>,
     keys_doc: Doc,
-    keys: Option<KeySet>,
+    /// Shared with the compiled configuration for inline keys.
+    keys: Option<Arc<KeySet>>,
     min_refetch_ms: u64,
     /// An unknown kid asked for a fetch at this time; cleared once a fetch started after it.
     refetch_wanted_ms: Option<u64>,
@@ -299,9 +302,9 @@ pub struct KeyStore {
 }
 
 impl KeyStore {
-    /// Inline key sets are parsed here; what providers unchanged from `previous` (a
-    /// reconfiguration) had is kept. `seed` feeds the jitter.
-    pub fn new(config: &Config, previous: Option<KeyStore>, seed: u64) -> Result<KeyStore, String> {
+    /// Inline key sets come parsed with the configuration; what providers unchanged from
+    /// `previous` (a reconfiguration) had is kept. `seed` feeds the jitter.
+    pub fn new(config: &Compiled, previous: Option<KeyStore>, seed: u64) -> KeyStore {
         let jwks_limits = JwksLimits::from(&config.limits);
         let mut previous: Vec<Entry> = previous.map(|p| p.entries).unwrap_or_default();
         let mut entries = Vec::with_capacity(config.providers.len());
@@ -312,13 +315,7 @@ impl KeyStore {
                 .position(|e| e.keys_doc.slot == slot)
                 .map(|at| previous.swap_remove(at));
             let mut keys_doc = Doc::new(slot, provider, provider.jwks_cache_seconds);
-            let mut keys = match &provider.keys {
-                KeySource::Inline(doc) => Some(
-                    keys::parse_jwks(doc.as_bytes(), &jwks_limits, true)
-                        .map_err(|e| format!("providers[{i}].jwks: {}", e.describe()))?,
-                ),
-                _ => None,
-            };
+            let mut keys = config.inline_keys.get(i).cloned().flatten();
             let mut revocations = provider
                 .revocation
                 .as_ref()
@@ -357,13 +354,13 @@ impl KeyStore {
                 revocations,
             });
         }
-        Ok(KeyStore {
+        KeyStore {
             entries,
             jwks_limits,
             max_revocation_bytes: config.limits.max_revocation_bytes,
             rng: Spread::new(seed),
             signature_host: None,
-        })
+        }
     }
 
     /// The host that verifies RS*/ES* signatures for requests decided with these keys (the
@@ -384,7 +381,7 @@ impl KeyStore {
                 let (mut cas, newer) = entry.keys_doc.read(store);
                 if let Some((version, body)) = newer {
                     if let Ok(set) = keys::parse_jwks(&body, &limits, false) {
-                        entry.keys = Some(set);
+                        entry.keys = Some(Arc::new(set));
                         entry.keys_doc.version = version;
                     }
                 }
@@ -545,7 +542,7 @@ impl KeyStore {
                         .keys_doc
                         .publish(store, answer.body, refresh_ms, now_ms);
                     let loaded = set.len();
-                    entry.keys = Some(set);
+                    entry.keys = Some(Arc::new(set));
                     loaded
                 })
                 .map_err(|e| format!("key set refused: {}", e.describe())),
@@ -901,7 +898,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn config(provider: serde_json::Value) -> Config {
+    fn config(provider: serde_json::Value) -> Compiled {
         let mut p = json!({"issuer": ISSUER, "jwksUri": URI});
         for (k, v) in provider.as_object().unwrap() {
             match v {
@@ -911,11 +908,11 @@ pub(crate) mod tests {
                 _ => p[k] = v.clone(),
             }
         }
-        crate::config::parse(&json!({"providers": [p]}).to_string()).unwrap()
+        crate::compile::configure(&json!({"providers": [p]}).to_string()).unwrap()
     }
 
     fn store(provider: serde_json::Value) -> KeyStore {
-        KeyStore::new(&config(provider), None, 7).unwrap()
+        KeyStore::new(&config(provider), None, 7)
     }
 
     fn jwks() -> Vec<u8> {
@@ -981,7 +978,7 @@ pub(crate) mod tests {
     fn one_fetch_serves_every_worker() {
         let shared = Shared::default();
         let mut workers: Vec<KeyStore> = (0..4)
-            .map(|i| KeyStore::new(&config(json!({"jwksCacheSeconds": 60})), None, i + 1).unwrap())
+            .map(|i| KeyStore::new(&config(json!({"jwksCacheSeconds": 60})), None, i + 1))
             .collect();
         let claimed: Vec<Fetch> = workers
             .iter_mut()
@@ -1041,8 +1038,7 @@ pub(crate) mod tests {
             (80_000..=100_000).contains(&refresh),
             "refresh at {refresh}"
         );
-        let other = KeyStore::new(&config(json!({"jwksCacheSeconds": 100})), None, 12345);
-        let mut other = other.unwrap();
+        let mut other = KeyStore::new(&config(json!({"jwksCacheSeconds": 100})), None, 12345);
         let shared2 = Shared::default();
         other.sync(&shared2, 0);
         other
@@ -1173,8 +1169,7 @@ pub(crate) mod tests {
             &config(json!({"jwksUri": null, "jwks": String::from_utf8(jwks()).unwrap()})),
             None,
             7,
-        )
-        .unwrap();
+        );
         assert_eq!(
             inline.keys_age_ms(0, 10_000),
             None,
@@ -1210,9 +1205,7 @@ pub(crate) mod tests {
     fn a_kid_storm_is_rate_limited_for_the_whole_sidecar() {
         let shared = Shared::default();
         let cfg = config(json!({"jwksCacheSeconds": 600, "jwksMinRefetchSeconds": 30}));
-        let mut workers: Vec<KeyStore> = (0..4)
-            .map(|i| KeyStore::new(&cfg, None, i + 9).unwrap())
-            .collect();
+        let mut workers: Vec<KeyStore> = (0..4).map(|i| KeyStore::new(&cfg, None, i + 9)).collect();
         run_fleet(&shared, &mut workers, 0, 100, 100, &jwks());
         let mut fetches = 0;
         // 2 000 requests with random kids over 100 s, spread over the workers.
@@ -1269,9 +1262,7 @@ pub(crate) mod tests {
     fn scheduled_refreshes_leave_the_unknown_kid_refetch_free() {
         let shared = Shared::default();
         let cfg = config(json!({"jwksCacheSeconds": 5, "jwksMinRefetchSeconds": 30}));
-        let mut workers: Vec<KeyStore> = (0..4)
-            .map(|i| KeyStore::new(&cfg, None, i + 3).unwrap())
-            .collect();
+        let mut workers: Vec<KeyStore> = (0..4).map(|i| KeyStore::new(&cfg, None, i + 3)).collect();
         // A minute of scheduled refreshes, the last one just before the new kid is seen.
         let scheduled = run_fleet(&shared, &mut workers, 0, 60_000, 100, &jwks());
         assert!(scheduled >= 12, "{scheduled} scheduled fetches");
@@ -1390,8 +1381,7 @@ pub(crate) mod tests {
             &config(json!({"jwksUri": null, "jwks": String::from_utf8(jwks()).unwrap()})),
             None,
             7,
-        )
-        .unwrap();
+        );
         assert_eq!(inline.refresh_failing(0, 0), None);
     }
 
@@ -1472,7 +1462,7 @@ pub(crate) mod tests {
     fn reconfiguration_keeps_keys_of_unchanged_providers_only() {
         let shared = Shared::default();
         let two = |second_uri: &str| {
-            crate::config::parse(
+            crate::compile::configure(
                 &json!({"providers": [
                 {"issuer": ISSUER, "jwksUri": URI},
                 {"issuer": "https://b.example.com", "jwksUri": second_uri}]})
@@ -1480,13 +1470,13 @@ pub(crate) mod tests {
             )
             .unwrap()
         };
-        let mut s = KeyStore::new(&two("https://b.example.com/k1"), None, 3).unwrap();
+        let mut s = KeyStore::new(&two("https://b.example.com/k1"), None, 3);
         for fetch in s.sync(&shared, 0).fetches {
             s.on_answer(&shared, fetch.provider, fetch.stage, &ok(&jwks(), None), 0)
                 .unwrap();
         }
         assert!(matches!(s.keys(1, 0), KeyState::Ready(_)));
-        let s = KeyStore::new(&two("https://b.example.com/k2"), Some(s), 3).unwrap();
+        let s = KeyStore::new(&two("https://b.example.com/k2"), Some(s), 3);
         assert!(
             matches!(s.keys(0, 1), KeyState::Ready(_)),
             "unchanged provider keeps keys"
@@ -1502,8 +1492,8 @@ pub(crate) mod tests {
         let shared = Shared::default();
         let cfg = config(json!({"revocationUri": "https://revoke.example.com/list",
                                 "revocationRefreshSeconds": 60}));
-        let mut a = KeyStore::new(&cfg, None, 1).unwrap();
-        let mut b = KeyStore::new(&cfg, None, 2).unwrap();
+        let mut a = KeyStore::new(&cfg, None, 1);
+        let mut b = KeyStore::new(&cfg, None, 2);
         let fetches = a.sync(&shared, 0).fetches;
         let stages: Vec<Stage> = fetches.iter().map(|f| f.stage).collect();
         assert_eq!(stages, vec![Stage::Jwks, Stage::Revocations]);

@@ -1,7 +1,17 @@
-//! mesh-oauth: a request's path through the core is
-//! config → extract → token → keys → verify → claims → policy → response, decided in
-//! `authorize`; `runtime` holds the per-VM state (held requests, key fetches, metrics) and
-//! turns host events into effects, which `filter` (the proxy-wasm shell) carries out.
+//! mesh-oauth, in layers (README's table names every file):
+//! - contract: [`config`], the configuration parsed into plain data (with the vocabulary
+//!   [`alg`], [`json`] and [`reason`]); it imports no stage; [`config_hash`], its identity;
+//! - pure stages: [`extract`] → [`token`] → [`keys`] → [`verify`] (+ [`host_verify`],
+//!   [`cache`]) → [`claims`] → [`policy`] (+ [`path`], [`peer`]);
+//! - compile: [`compile`], what configuring means (rule index, inline keys, resources);
+//! - stages after compile: [`response`], [`resource`], [`keystore`], [`sender`] (which, with
+//!   `keystore`, still imports request and key-lookup types from `authorize`);
+//! - decision: [`authorize`], its step-by-step [`record`] for `explain`; [`audit`] renders
+//!   it for operators;
+//! - runtime: [`runtime`], the per-VM state machine: events in, effects out;
+//! - shell: `filter` (+ `host`, [`header_map`]), the only code that calls the host;
+//! - tools: the `mesh-oauth` command (src/bin/mesh-oauth).
+//!
 //! Everything but `filter` and `host` is plain Rust, testable natively.
 
 pub mod alg;
@@ -9,6 +19,7 @@ pub mod audit;
 pub mod authorize;
 pub mod cache;
 pub mod claims;
+pub mod compile;
 pub mod config;
 pub mod config_hash;
 pub mod extract;

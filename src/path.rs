@@ -1,5 +1,7 @@
 //! Normalisation of the request's `:path` before rules are matched against it, so that one
-//! resource cannot be reached under a spelling that a rule does not recognise.
+//! resource cannot be reached under a spelling that a rule does not recognise; and of an
+//! origin (`scheme://host[:port]`), as a DPoP proof's `htu` and the configured `origins` are
+//! compared.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathError {
@@ -100,6 +102,38 @@ fn remove_dot_segments(path: &str) -> String {
         out.push('/');
     }
     out
+}
+
+/// `scheme://host[:port]` lower-cased, the default port dropped (RFC 3986 §6.2.2, §6.2.3);
+/// `None` for anything else (a path, query, userinfo, another scheme).
+pub fn normalize_origin(text: &str) -> Option<String> {
+    let (scheme, authority) = text.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "https" => "443",
+        "http" => "80",
+        _ => return None,
+    };
+    let authority = authority.strip_suffix('/').unwrap_or(authority);
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+        return None;
+    }
+    let authority = authority.to_ascii_lowercase();
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, Some(port)),
+        _ => (authority.as_str(), None),
+    };
+    if host.is_empty() {
+        return None;
+    }
+    match port {
+        None => Some(format!("{scheme}://{host}")),
+        Some(port) if port == default_port => Some(format!("{scheme}://{host}")),
+        Some(port) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(format!("{scheme}://{host}:{port}"))
+        }
+        Some(_) => None,
+    }
 }
 
 #[cfg(test)]

@@ -2,13 +2,14 @@
 //! never reaches upstream and needs no token, so clients (MCP clients among them) can discover
 //! how to get one.
 
+use crate::compile::Compiled;
 use crate::config::{Binding, Config, ProtectedResource};
 use crate::response::Response;
 use serde_json::{json, Map, Value};
 
 /// The answer for a request to one of the metadata paths; `None` for every other request.
 pub fn metadata_answer(
-    config: &Config,
+    config: &Compiled,
     method: &str,
     raw_path: &str,
     authority: &str,
@@ -128,10 +129,10 @@ pub fn document(config: &Config, resource: &ProtectedResource) -> Value {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
-    use crate::config;
+    use crate::compile;
 
-    fn mcp() -> Config {
-        config::parse(
+    fn mcp() -> Compiled {
+        compile::configure(
             &json!({
                 "providers": [{"issuer": "https://as.example.com", "jwksUri": "https://as.example.com/jwks",
                                "dpop": {"mode": "allowed", "algorithms": ["ES256"]}}],
@@ -216,7 +217,7 @@ mod tests {
 
     #[test]
     fn a_gateway_serves_one_resource_per_host() {
-        let config = config::parse(
+        let config = compile::configure(
             &json!({"providers": [{"issuer": "https://as", "jwksUri": "https://as/jwks"}],
             "protectedResource": [
                 {"hosts": ["tools.example.com"], "resource": "https://tools.example.com/mcp"},
@@ -247,7 +248,7 @@ mod tests {
                 .metadata_paths,
             ["/.well-known/oauth-protected-resource"]
         );
-        let two_defaults = config::parse(
+        let two_defaults = compile::configure(
             &json!({"providers": [{"issuer": "https://as", "jwksUri": "https://as/jwks"}],
                     "protectedResource": [{"resource": "https://a"}, {"resource": "https://b"}]})
             .to_string(),

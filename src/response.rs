@@ -66,7 +66,7 @@ impl Challenges {
     /// Without `protectedResource` a missing token's challenge stays `Bearer realm="…"`, as the
     /// configuration contract gives it.
     pub fn for_request(
-        config: &crate::config::Config,
+        config: &crate::compile::Compiled,
         rule: Option<usize>,
         authority: &str,
     ) -> Challenges {
@@ -692,17 +692,17 @@ mod tests {
         );
     }
 
-    fn configured(json: serde_json::Value) -> crate::config::Config {
+    fn configured(json: serde_json::Value) -> crate::compile::Compiled {
         let mut config =
             json!({"providers": [{"issuer": "https://idp", "jwksUri": "https://idp/k"}]});
         for (k, v) in json.as_object().unwrap() {
             config[k] = v.clone();
         }
-        crate::config::parse(&config.to_string()).unwrap()
+        crate::compile::configure(&config.to_string()).unwrap()
     }
 
     fn answered(
-        config: &crate::config::Config,
+        config: &crate::compile::Compiled,
         denial: &Denial,
         headers: &[(&str, &str)],
     ) -> Response {
@@ -710,7 +710,7 @@ mod tests {
     }
 
     fn answered_at(
-        config: &crate::config::Config,
+        config: &crate::compile::Compiled,
         denial: &Denial,
         method: &str,
         path: &str,

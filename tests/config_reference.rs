@@ -338,7 +338,7 @@ fn every_json_example_is_a_valid_configuration() {
             value.get("providers").is_some(),
             "{at}: not a complete plugin configuration (an object with `providers`)"
         );
-        if let Err(e) = mesh_oauth::config::parse(&block.text) {
+        if let Err(e) = mesh_oauth::compile::configure(&block.text) {
             panic!("{at}: the example is refused by the parser: {e}");
         }
         checked += 1;

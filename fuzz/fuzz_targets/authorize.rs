@@ -21,7 +21,7 @@ thread_local! {
 
 fn store() -> &'static KeyStore {
     static STORE: OnceLock<KeyStore> = OnceLock::new();
-    STORE.get_or_init(|| KeyStore::new(config(), None, 1).expect("inline keys parse"))
+    STORE.get_or_init(|| KeyStore::new(config(), None, 1))
 }
 
 /// Whether any whitespace-separated piece of the token headers is a token our keys signed:

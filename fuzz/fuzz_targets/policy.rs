@@ -327,7 +327,6 @@ fuzz_target!(|input: Input| {
         protected_resources: Vec::new(),
         answers: Default::default(),
         deny_with: None,
-        rule_index: Default::default(),
         limits: Limits::default(),
     };
     let facts = RequestFacts {
@@ -343,7 +342,8 @@ fuzz_target!(|input: Input| {
         .position(|r| matches(r, &facts))
         .and_then(|i| config.rules.get(i));
     let no_token = &mut || Ok::<TokenClaims, ()>(None);
-    let selected = policy::select(&config, &facts, no_token).map(|s| s.applies);
+    let rule_index = policy::RuleIndex::build(&config.rules);
+    let selected = policy::select(&config, &rule_index, &facts, no_token).map(|s| s.applies);
     match (selected.expect("no token is ever asked for"), first_match) {
         (Applies::Rule(selected), Some(first)) => {
             assert!(std::ptr::eq(selected, first), "not the first matching rule")

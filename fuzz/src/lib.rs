@@ -1,7 +1,8 @@
 //! What the fuzz targets share: the fixed key set and configuration that `make_seeds.py`
 //! wrote (the seed tokens are signed by these keys), and the time they are checked at.
 
-use mesh_oauth::config::{self, Config};
+use mesh_oauth::compile::{self, Compiled};
+use mesh_oauth::config;
 use mesh_oauth::keys::{parse_jwks, JwksLimits, KeySet};
 use std::sync::OnceLock;
 
@@ -23,9 +24,10 @@ pub fn key_set() -> &'static KeySet {
 /// One provider (the key set inline, tokens in `Authorization: Bearer` or `x-jwt`, `sub` to
 /// `x-sub`, payload to `x-jwt-payload`) and rules for `/public/*` (anonymous), `/admin/*`
 /// (scope and claim), `*.png` (deny) and `*.example.com` (requiresAny); the rest authenticated.
-pub fn config() -> &'static Config {
-    static CONFIG: OnceLock<Config> = OnceLock::new();
+pub fn config() -> &'static Compiled {
+    static CONFIG: OnceLock<Compiled> = OnceLock::new();
     CONFIG.get_or_init(|| {
-        config::parse(include_str!("../fixtures/config.json")).expect("fixtures/config.json parses")
+        compile::configure(include_str!("../fixtures/config.json"))
+            .expect("fixtures/config.json configures")
     })
 }

@@ -1,9 +1,10 @@
-//! The plugin configuration (`docs/configuration.md`), parsed and validated.
+//! The plugin configuration (`docs/configuration.md`), parsed and validated into plain data.
 //! Every name here maps to a field of the contract; the parser rejects unknown fields and
-//! reports problems as `field.path: problem`.
+//! reports problems as `field.path: problem`. What runs is built from it by
+//! [`crate::compile`]; this module depends on no stage (only on the vocabulary of `alg` and
+//! the strict parser of `json`), so the stages can all depend on it.
 
 use crate::alg::{Alg, AlgSet, KeyFamily};
-use crate::keys::JwksLimits;
 use serde_json::Value;
 
 #[derive(Debug, Clone)]
@@ -24,32 +25,15 @@ pub struct Config {
     pub answers: Answers,
     /// `denyWith` for refusals no rule's own `denyWith` covers.
     pub deny_with: Option<DenyWith>,
-    /// The rules each path can match, built from `rules` (default: every rule, in order).
-    pub rule_index: crate::policy::RuleIndex,
-}
-
-impl Config {
-    /// The protected resource a request to `authority` is for: the first whose `hosts` match,
-    /// else the one without `hosts`.
-    pub fn resource_for(&self, authority: &str) -> Option<&ProtectedResource> {
-        let listed = self.protected_resources.iter().find(|r| {
-            r.hosts.as_ref().is_some_and(|hosts| {
-                hosts
-                    .iter()
-                    .any(|h| crate::policy::host_matches(h, authority))
-            })
-        });
-        listed.or_else(|| self.protected_resources.iter().find(|r| r.hosts.is_none()))
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtectedResource {
     /// `resource`: the canonical URI clients name in `resource` and `aud` (RFC 8707).
     pub resource: String,
-    /// Default: the providers' issuers.
+    /// Empty: not given; compiled to the providers' issuers.
     pub authorization_servers: Vec<String>,
-    /// Default: the scopes the rules require.
+    /// Empty: not given (or given empty); compiled to the scopes the rules require.
     pub scopes_supported: Vec<String>,
     pub resource_name: Option<String>,
     pub resource_documentation: Option<String>,
@@ -203,7 +187,8 @@ pub struct Dpop {
     pub algorithms: AlgSet,
     /// How old a proof's `iat` may be, on top of the provider's clock skew.
     pub max_age_seconds: u64,
-    /// Normalised `scheme://host[:port]`s a proof's `htu` may name; `None`: the request's own.
+    /// The `scheme://host[:port]`s a proof's `htu` may name, as written (normalised when
+    /// compiled); `None`: the request's own.
     pub origins: Option<Vec<String>>,
 }
 
@@ -232,7 +217,7 @@ impl Revoked {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {
-    /// `jwks`: the inline JWKS document as given (validated by `keys::parse_jwks`).
+    /// `jwks`: the inline JWKS document as given (its keys are parsed when compiled).
     Inline(String),
     /// `jwksUri` (+ `jwksCluster`, defaulted the way Istio names clusters).
     Remote(HttpTarget),
@@ -629,31 +614,11 @@ fn parse_config(value: &Value) -> Parsed<Config> {
         }
     }
     let limits = config.optional("limits", parse_limits)?.unwrap_or_default();
-    let mut protected_resources = config
+    let protected_resources = config
         .optional("protectedResource", parse_protected_resources)?
         .unwrap_or_default();
-    for resource in &mut protected_resources {
-        if resource.authorization_servers.is_empty() {
-            // A pattern is no issuer identifier: its tenants' issuers are listed explicitly.
-            resource.authorization_servers = providers
-                .iter()
-                .filter(|p| p.tenancy.is_none())
-                .map(|p| p.issuer.clone())
-                .collect();
-        }
-        if resource.scopes_supported.is_empty() {
-            resource.scopes_supported = rule_scopes(&rules);
-        }
-    }
-    for (i, provider) in providers.iter().enumerate() {
-        if let KeySource::Inline(jwks) = &provider.keys {
-            crate::keys::parse_jwks(jwks.as_bytes(), &JwksLimits::from(&limits), true)
-                .map_err(|e| error(format!("providers[{i}].jwks"), e.describe()))?;
-        }
-    }
     Ok(Config {
         providers,
-        rule_index: crate::policy::RuleIndex::build(&rules),
         rules,
         unmatched,
         realm: config.optional("realm", parse_realm)?,
@@ -671,24 +636,6 @@ fn parse_config(value: &Value) -> Parsed<Config> {
             .unwrap_or_default(),
         deny_with: config.optional("denyWith", parse_deny_with)?,
     })
-}
-
-/// Every scope a rule requires, in first-appearance order.
-fn rule_scopes(rules: &[Rule]) -> Vec<String> {
-    let mut scopes: Vec<String> = Vec::new();
-    for rule in rules {
-        let requirements: &[Requirement] = match &rule.action {
-            Action::Requires(requirement) => std::slice::from_ref(requirement),
-            Action::RequiresAny(requirements) => requirements,
-            _ => &[],
-        };
-        for scope in requirements.iter().flat_map(|r| &r.scopes) {
-            if !scopes.contains(scope) {
-                scopes.push(scope.clone());
-            }
-        }
-    }
-    scopes
 }
 
 /// A configuration without providers decides on the request and its connection only (a

@@ -49,20 +49,7 @@ pub(super) fn parse_dpop(value: &Value, path: &At<'_>) -> Parsed<Dpop> {
         algorithms,
         max_age_seconds,
         origins: dpop.optional("origins", |value, path| {
-            non_empty_items(value, path, parse_origin)
+            non_empty_items(value, path, non_empty_string)
         })?,
     })
-}
-
-/// `https://api.example.com[:port]`: scheme and authority only, compared as RFC 9449 §4.3
-/// asks (RFC 3986 §6.2.2, §6.2.3: case-insensitive scheme and host, default port dropped).
-fn parse_origin(value: &Value, path: &At<'_>) -> Parsed<String> {
-    let text = non_empty_string(value, path)?;
-    let not_origin = || {
-        error(
-            path,
-            "expected an origin: http(s)://host[:port], without path, query or fragment",
-        )
-    };
-    crate::sender::normalize_origin(&text).ok_or_else(not_origin)
 }

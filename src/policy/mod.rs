@@ -474,7 +474,6 @@ mod tests {
             protected_resources: Vec::new(),
             answers: Default::default(),
             deny_with: None,
-            rule_index: Default::default(),
         }
     }
 
@@ -548,7 +547,8 @@ mod tests {
             peer: &crate::peer::NoPeer,
         };
         let no_token = &mut || Ok::<TokenClaims, ()>(None);
-        match select(config, &facts, no_token).map(|s| s.applies) {
+        match select(config, &RuleIndex::build(&config.rules), &facts, no_token).map(|s| s.applies)
+        {
             Ok(Applies::Rule(rule)) => rule.name.clone(),
             Ok(Applies::Unmatched(fallback)) => format!("unmatched:{fallback:?}"),
             Err(()) => "token error".to_string(),

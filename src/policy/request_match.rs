@@ -1,7 +1,7 @@
 //! Which rule applies: each rule's `match` conditions against the request, its connection and,
 //! only for rules that name token facts, the verified token.
 
-use super::{host_matches, path_matches};
+use super::{host_matches, path_matches, RuleIndex};
 use crate::config::{
     Action, Condition, Config, Fact, IpBlock, Pattern, Rule, TextPattern, Unmatched,
 };
@@ -61,15 +61,17 @@ pub enum MissReason {
     Unknown(&'static str),
 }
 
-/// The first rule whose `match` holds; else `unmatched`. `token` is asked for only when a
-/// rule names token facts, at most once per request by the caller's own memo; its error (a
-/// token that does not verify) stops selection.
+/// The first rule whose `match` holds; else `unmatched`. `rule_index` is the one compiled
+/// from `config.rules` ([`crate::compile::Compiled`] holds both). `token` is asked for only
+/// when a rule names token facts, at most once per request by the caller's own memo; its
+/// error (a token that does not verify) stops selection.
 pub fn select<'c, E>(
     config: &'c Config,
+    rule_index: &RuleIndex,
     request: &RequestFacts<'_>,
     token: &mut dyn FnMut() -> Result<TokenClaims, E>,
 ) -> Result<Selection<'c>, E> {
-    select_seen(config, request, token, None)
+    select_seen(config, rule_index, request, token, None)
 }
 
 /// A rule selection tried, for `explain`: the rule's index and, if it missed, why.
@@ -93,15 +95,13 @@ pub struct MissSeen {
 /// path are not tried).
 pub fn select_seen<'c, E>(
     config: &'c Config,
+    rule_index: &RuleIndex,
     request: &RequestFacts<'_>,
     token: &mut dyn FnMut() -> Result<TokenClaims, E>,
     mut tried: Option<&mut dyn FnMut(RuleTried)>,
 ) -> Result<Selection<'c>, E> {
     let mut token_would_help = false;
-    for at in config
-        .rule_index
-        .candidates(config.rules.len(), request.path)
-    {
+    for at in rule_index.candidates(config.rules.len(), request.path) {
         let Some(rule) = config.rules.get(at) else {
             continue;
         };
@@ -512,7 +512,8 @@ mod tests {
                 asked += 1;
                 Ok::<TokenClaims, ()>(claims.clone())
             };
-            let selection = select(config, &facts, &mut token).unwrap();
+            let selection =
+                select(config, &RuleIndex::build(&config.rules), &facts, &mut token).unwrap();
             let name = match selection.applies {
                 Applies::Rule(rule) => rule.name.clone(),
                 Applies::Unmatched(_) if selection.token_would_help => "unmatched+401".into(),
@@ -858,7 +859,9 @@ mod tests {
             };
             let no_token = &mut || Ok::<TokenClaims, ()>(None);
             matches!(
-                select(config, &facts, no_token).unwrap().applies,
+                select(config, &RuleIndex::build(&config.rules), &facts, no_token)
+                    .unwrap()
+                    .applies,
                 Applies::Rule(_)
             )
         };

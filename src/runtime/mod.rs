@@ -51,7 +51,8 @@ mod tests;
 use crate::audit;
 use crate::authorize::{self, Decision, HeaderEdit, KeyLookup, KeyState, Outcome, Request};
 use crate::cache::TokenCache;
-use crate::config::{self, AuditLevel, Config};
+use crate::compile::{self, Compiled};
+use crate::config::{self, AuditLevel};
 use crate::config_hash::{self, ConfigHash};
 use crate::host_verify::{SelfTestFailure, TrustedHost};
 use crate::keystore::{FetchAnswer, KeyStore, SharedStore, Spread, Stage};
@@ -200,7 +201,7 @@ pub struct TakeOver<'a> {
 /// A configuration that parsed and whose inline key sets are valid: taking it over cannot
 /// fail on them.
 pub struct Checked {
-    config: Config,
+    config: Compiled,
     seed: u64,
     /// The policy identity: logged and reported as a gauge once the configuration is taken.
     identity: Option<ConfigHash>,
@@ -245,7 +246,7 @@ pub struct Runtime {
     /// When the owner last pumped: a root that stays silent (Envoy never ran it) is
     /// replaced by any other root that shares the state.
     last_pump_ms: u64,
-    config: Config,
+    config: Compiled,
     keys: KeyStore,
     cache: TokenCache,
     held: HeldRequests,
@@ -352,7 +353,7 @@ impl Runtime {
         random: u64,
         out: &mut Effects,
     ) -> Option<Checked> {
-        let config = match config::parse(raw) {
+        let config = match compile::configure(raw) {
             Ok(config) => config,
             Err(error) => {
                 log(
@@ -364,14 +365,6 @@ impl Runtime {
             }
         };
         let seed = now_ms ^ u64::from(root_id).rotate_left(32) ^ random;
-        if let Err(problem) = KeyStore::new(&config, None, seed) {
-            log(
-                out,
-                Level::Error,
-                &format!("invalid configuration: {problem}"),
-            );
-            return None;
-        }
         let identity = ConfigHash::of(raw);
         Some(Checked {
             config,
@@ -383,14 +376,14 @@ impl Runtime {
     /// The state for a checked configuration, taking over `previous` (the plugin's state
     /// under its last configuration): keys, metrics, fetches in flight and held requests,
     /// which follow their provider (by issuer) and are decided again with the new
-    /// configuration at the next tick. `None`: refused (logged).
+    /// configuration at the next tick. The configuration was checked: nothing here refuses.
     pub fn take_over(
         checked: Checked,
         previous: Option<Runtime>,
         facts: TakeOver<'_>,
         host: Host<'_>,
         out: &mut Effects,
-    ) -> Option<Runtime> {
+    ) -> Runtime {
         let Checked {
             config,
             seed,
@@ -428,17 +421,7 @@ impl Runtime {
             }
             None => (None, HeldRequests::default(), Vec::new(), 0),
         };
-        let mut keys = match KeyStore::new(&config, previous_keys, seed) {
-            Ok(keys) => keys,
-            Err(problem) => {
-                log(
-                    out,
-                    Level::Error,
-                    &format!("invalid configuration: {problem}"),
-                );
-                return None;
-            }
-        };
+        let mut keys = KeyStore::new(&config, previous_keys, seed);
         for (provider, stage) in abandoned {
             keys.abandon_fetch(&host.shared, provider, stage);
         }
@@ -494,7 +477,7 @@ impl Runtime {
         // never runs (e.g. to validate the configuration), and a fetch claimed by one of
         // those would hold every worker's lease until it timed out.
         out.push(Effect::SetTickPeriod { ms: WAKE_MS });
-        Some(runtime)
+        runtime
     }
 
     /// A request's headers: decided at once (resumed or answered), or held (the root is

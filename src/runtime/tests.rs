@@ -173,8 +173,7 @@ impl Vm {
             new_in_vm: previous.is_none(),
             signature_host: None,
         };
-        let mut runtime = Runtime::take_over(checked, previous, facts, self.envoy.host(), &mut out)
-            .expect("taken over");
+        let mut runtime = Runtime::take_over(checked, previous, facts, self.envoy.host(), &mut out);
         self.envoy.run(&mut runtime, out);
         self.runtime = Some(runtime);
         true

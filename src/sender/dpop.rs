@@ -2,7 +2,7 @@
 //! token is bound to. Parsed with the token parser and its caps, verified by the token verify
 //! layer; every check refuses on its own, with its own reason.
 
-use super::{b64url, normalize_origin, sha256};
+use super::{b64url, sha256};
 use crate::alg::KeyFamily;
 use crate::authorize::Request;
 use crate::config::Dpop;
@@ -236,11 +236,11 @@ fn check_htu(
         .get(after_scheme..)
         .and_then(|rest| rest.find('/'))
         .map_or(htu.len(), |at| after_scheme + at);
-    let origin = htu.get(..path_start).and_then(normalize_origin);
+    let origin = htu.get(..path_start).and_then(path::normalize_origin);
     let origin = origin.ok_or(ProofError::HtuMalformed)?;
     let allowed = match &settings.origins {
         Some(origins) => origins.contains(&origin),
-        None => normalize_origin(&format!("{}://{}", request.scheme, request.authority))
+        None => path::normalize_origin(&format!("{}://{}", request.scheme, request.authority))
             .is_some_and(|own| own == origin),
     };
     if !allowed {

@@ -194,38 +194,6 @@ fn proof_denial(error: ProofError) -> Denial {
     }
 }
 
-/// `scheme://host[:port]` lower-cased, the default port dropped (RFC 3986 §6.2.2, §6.2.3);
-/// `None` for anything else (a path, query, userinfo, another scheme).
-pub fn normalize_origin(text: &str) -> Option<String> {
-    let (scheme, authority) = text.split_once("://")?;
-    let scheme = scheme.to_ascii_lowercase();
-    let default_port = match scheme.as_str() {
-        "https" => "443",
-        "http" => "80",
-        _ => return None,
-    };
-    let authority = authority.strip_suffix('/').unwrap_or(authority);
-    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
-        return None;
-    }
-    let authority = authority.to_ascii_lowercase();
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) if !port.contains(']') => (host, Some(port)),
-        _ => (authority.as_str(), None),
-    };
-    if host.is_empty() {
-        return None;
-    }
-    match port {
-        None => Some(format!("{scheme}://{host}")),
-        Some(port) if port == default_port => Some(format!("{scheme}://{host}")),
-        Some(port) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
-            Some(format!("{scheme}://{host}:{port}"))
-        }
-        Some(_) => None,
-    }
-}
-
 fn hex_to_base64url(hex: &str) -> Option<String> {
     if hex.len() % 2 != 0 {
         return None;

@@ -6,6 +6,7 @@ use crate::alg::Alg;
 use crate::authorize::Request;
 use crate::config;
 use crate::keys::testing::{b64, TestKey, RSA_A};
+use crate::path::normalize_origin;
 use crate::peer::{FixedPeer, NoPeer};
 use serde_json::json;
 

@@ -4,7 +4,8 @@
 //! the field; nothing is dropped silently.
 
 use crate::load;
-use mesh_oauth::config::{self, IpBlock};
+use mesh_oauth::compile;
+use mesh_oauth::config::IpBlock;
 use serde_json::{json, Map, Value};
 use yaml_rust2::{Yaml, YamlEmitter, YamlLoader};
 
@@ -368,9 +369,9 @@ fn plugin_config(members: &[&Resource], notes: &mut Vec<String>) -> Result<Value
     Ok(config)
 }
 
-/// The plugin's own parser has the last word; its error is traced back to the resource.
+/// The plugin's own configuring has the last word; its error is traced back to the resource.
 fn check(config: &Value, members: &[&Resource]) -> Result<(), String> {
-    let Err(error) = config::parse(&config.to_string()) else {
+    let Err(error) = compile::configure(&config.to_string()) else {
         return Ok(());
     };
     let origin = error

@@ -11,6 +11,7 @@ use mesh_oauth::audit;
 use mesh_oauth::authorize::{self, Allowed, HeaderEdit, Outcome, Request, Trace};
 use mesh_oauth::cache::TokenCache;
 use mesh_oauth::claims::{self, ClaimSeen};
+use mesh_oauth::compile::Compiled;
 use mesh_oauth::config::{
     Action, Answers, Binding, ClaimTest, Condition, Config, Fact, KeySource, Mode, Pattern,
     Provider, Requirement, Rule, RuleMatch, Unmatched,
@@ -70,7 +71,7 @@ impl Out {
 }
 
 /// The report for one request; `Err` when `--jwks` cannot be read.
-pub fn explain(config: &Config, options: &Options) -> Result<String, String> {
+pub fn explain(config: &Compiled, options: &Options) -> Result<String, String> {
     let mut out = Out::default();
     let (headers, raw_path, placed) = place_token(config, options);
     out.line(format!(
@@ -1038,7 +1039,7 @@ fn claim_line(check: &ClaimSeen) -> String {
 
 /// The filter's own decision for the request, and the answer it gives.
 fn final_answer(
-    config: &Config,
+    config: &Compiled,
     keys: &Keys,
     request: &Request<'_>,
     now_ms: u64,

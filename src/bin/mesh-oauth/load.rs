@@ -1,10 +1,11 @@
 //! Reading a configuration file the way the filter will receive it: the plugin's JSON as is,
 //! or the `spec.pluginConfig` of every `kind: WasmPlugin` document of an Istio YAML file
-//! (which Istio hands to the plugin as JSON).
+//! (which Istio hands to the plugin as JSON), configured as the filter configures it
+//! ([`compile::configure`]).
 
-use mesh_oauth::config::{self, Config, ConfigError};
+use mesh_oauth::compile::{self, Compiled};
+use mesh_oauth::config::ConfigError;
 use mesh_oauth::config_hash::ConfigHash;
-use mesh_oauth::keystore::KeyStore;
 use serde_json::{Map, Number, Value};
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -12,7 +13,7 @@ use yaml_rust2::{Yaml, YamlLoader};
 pub struct Plugin {
     /// `WasmPlugin <namespace>/<name>` for a YAML document; empty for a JSON file.
     pub label: String,
-    pub result: Result<Config, String>,
+    pub result: Result<Compiled, String>,
     /// The policy identity the filter will report for this configuration (its log line and
     /// `mesh_oauth.config_hash.<plugin>`); `None` when the text is not JSON.
     pub hash: Option<ConfigHash>,
@@ -26,7 +27,7 @@ pub fn load(path: &str) -> Result<Vec<Plugin>, String> {
     if text.trim_start().starts_with('{') {
         return Ok(vec![Plugin {
             label: String::new(),
-            result: validate(&text).map_err(|e| located(&e, None)),
+            result: compile::configure(&text).map_err(|e| located(&e, None)),
             hash: ConfigHash::of(&text),
         }]);
     }
@@ -57,17 +58,7 @@ pub fn load(path: &str) -> Result<Vec<Plugin>, String> {
     Ok(plugins)
 }
 
-/// What the filter checks when it is configured: the parser, then the key store (inline keys).
-pub fn validate(json: &str) -> Result<Config, ConfigError> {
-    let config = config::parse(json)?;
-    KeyStore::new(&config, None, 0).map_err(|problem| ConfigError {
-        path: String::new(),
-        problem,
-    })?;
-    Ok(config)
-}
-
-fn from_plugin_config(plugin_config: &Yaml) -> Result<Config, String> {
+fn from_plugin_config(plugin_config: &Yaml) -> Result<Compiled, String> {
     const BASE: &str = "spec.pluginConfig";
     // No pluginConfig: the plugin is configured with nothing, which its parser refuses.
     let json = match plugin_config {
@@ -76,15 +67,13 @@ fn from_plugin_config(plugin_config: &Yaml) -> Result<Config, String> {
             .map_err(|problem| format!("{BASE}: {problem}"))?
             .to_string(),
     };
-    validate(&json).map_err(|e| located(&e, Some(BASE)))
+    compile::configure(&json).map_err(|e| located(&e, Some(BASE)))
 }
 
 /// `path: problem`, the path within the YAML file when the config is part of one.
 fn located(error: &ConfigError, base: Option<&str>) -> String {
     let ConfigError { path, problem } = error;
     match (path.as_str(), base) {
-        // The key store names its field in the problem.
-        ("", _) => problem.clone(),
         ("(config)", Some(base)) => format!("{base}: {problem}"),
         (path, Some(base)) => format!("{base}.{path}: {problem}"),
         (path, None) => format!("{path}: {problem}"),

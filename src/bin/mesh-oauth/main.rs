@@ -15,6 +15,7 @@ mod load;
 mod time;
 
 use explain::{Options, Placement};
+use mesh_oauth::compile;
 use mesh_oauth::peer::FixedPeer;
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -208,7 +209,7 @@ fn convert_command(args: &[String]) -> Result<ExitCode, Failure> {
     }
     if check {
         for (label, config) in &conversion.plugins {
-            match load::validate(&config.to_string()) {
+            match compile::configure(&config.to_string()) {
                 Ok(config) => eprintln!(
                     "ok: {label}: {}, {}",
                     count(config.providers.len(), "provider"),
