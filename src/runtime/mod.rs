@@ -689,11 +689,7 @@ impl Runtime {
             out,
         );
         if let (Ok(count), Stage::Jwks) = (&result, stage) {
-            self.metrics.record(
-                &format!("mesh_oauth.{label}.keys_loaded"),
-                *count as u64,
-                out,
-            );
+            self.record_keys_loaded(&label, *count, out);
         }
         let (level, message) = match (result, stage) {
             (Ok(_), Stage::Discovery) => {
@@ -733,6 +729,14 @@ impl Runtime {
             changed.extend(self.held.key_providers());
         }
         let sync = self.keys.sync(&host.shared, now);
+        // Keys another VM fetched count here too: a plugin whose VM never fetches (a second
+        // plugin of the same `vm_id`) still reports the keys it uses.
+        for &provider in &sync.changed {
+            if let KeyState::Ready(keys) = self.keys.keys(provider, now) {
+                let label = audit::provider_label(&self.config, Some(provider));
+                self.record_keys_loaded(&label, keys.len(), out);
+            }
+        }
         changed.extend(sync.changed);
         self.record_keys_age(now, out);
         for fetch in sync.fetches {
@@ -755,6 +759,11 @@ impl Runtime {
             self.dispatch(purpose, request, out);
         }
         self.wake(&changed, host, out);
+    }
+
+    fn record_keys_loaded(&mut self, provider_label: &str, count: usize, out: &mut Effects) {
+        let name = format!("mesh_oauth.{provider_label}.keys_loaded");
+        self.metrics.record(&name, count as u64, out);
     }
 
     /// `mesh_oauth.<provider>.keys_age_seconds`: how long ago the keys in use were fetched,

@@ -855,3 +855,20 @@ fn a_request_held_for_a_call_is_taken_when_it_answers_or_answered_at_its_deadlin
     assert_eq!(status(vm.envoy.answer_for(8)), Some(503));
     assert_eq!(vm.envoy.metric("mesh_oauth.held_requests"), Some(0));
 }
+
+#[test]
+fn keys_another_vm_fetched_are_reported_as_loaded() {
+    let mut fetching = Vm::new(config(vec![provider(json!({}))]));
+    fetching.load_keys();
+    assert_eq!(fetching.envoy.metric("mesh_oauth.idp.keys_loaded"), Some(1));
+
+    let mut adopting = Vm::new(config(vec![provider(json!({}))]));
+    let records = fetching.envoy.shared.0.borrow().clone();
+    adopting.envoy.shared.0.replace(records);
+    adopting.tick(ROOT);
+    assert!(
+        adopting.envoy.calls.is_empty(),
+        "the keys came through shared data"
+    );
+    assert_eq!(adopting.envoy.metric("mesh_oauth.idp.keys_loaded"), Some(1));
+}
