@@ -5,9 +5,14 @@
 //! caller, so every step is deterministic in tests.
 
 pub mod cookies;
+pub mod endpoints;
+pub mod flow;
+pub mod form;
 pub mod id_token;
 pub mod return_path;
 pub mod seal;
+pub mod session;
+mod token_call;
 pub mod transaction;
 
 #[cfg(test)]

@@ -1,0 +1,93 @@
+//! What a session cookie holds: only what later requests need — the token to forward, the
+//! refresh token, `sub`/`sid` (for back-channel logout), and the times that decide refreshes.
+
+use super::cookies::{self, SESSION_COOKIE};
+use super::seal::{Binding, KeyRing, OpenError, SEAL_RANDOM_LEN};
+use serde::{Deserialize, Serialize};
+
+/// Never `Debug`: it holds tokens.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The token forwarded as `Authorization: Bearer`.
+    #[serde(rename = "t")]
+    pub token: String,
+    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    #[serde(rename = "s")]
+    pub sub: String,
+    #[serde(rename = "i", default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// When the forwarded token expires (Unix seconds).
+    #[serde(rename = "e")]
+    pub token_expires_at: u64,
+    /// When the user logged in: a back-channel logout by `sub` ends sessions older than it,
+    /// and `sessionMaxAgeSeconds` counts from it.
+    #[serde(rename = "a")]
+    pub authenticated_at: u64,
+    /// When the tokens were last obtained (login or refresh): `sessionRecheckSeconds` counts
+    /// from it.
+    #[serde(rename = "f")]
+    pub refreshed_at: u64,
+}
+
+/// Why a request's session cookie is not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionError {
+    Chunks(cookies::ChunkError),
+    Open(OpenError),
+}
+
+impl SessionError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            SessionError::Chunks(_) => "chunks",
+            SessionError::Open(error) => error.reason(),
+        }
+    }
+}
+
+impl Session {
+    /// Seals the session for `host` until `expires_at`; `None` when it needs more chunks than
+    /// a browser should carry.
+    pub fn seal(
+        &self,
+        keys: &KeyRing,
+        host: &str,
+        expires_at: u64,
+        random: [u8; SEAL_RANDOM_LEN],
+    ) -> Option<Vec<(String, String)>> {
+        let plaintext = serde_json::to_vec(self).ok()?;
+        let sealed = keys.seal(
+            &plaintext,
+            expires_at,
+            Binding {
+                host,
+                cookie: SESSION_COOKIE,
+            },
+            random,
+        );
+        cookies::chunk(&sealed)
+    }
+
+    /// The session in a `Cookie` header, `Ok(None)` when there is none.
+    pub fn from_cookies(
+        header: Option<&str>,
+        keys: &KeyRing,
+        host: &str,
+        now: u64,
+    ) -> Result<Option<Session>, SessionError> {
+        let Some(sealed) = cookies::session_value(header).map_err(SessionError::Chunks)? else {
+            return Ok(None);
+        };
+        let binding = Binding {
+            host,
+            cookie: SESSION_COOKIE,
+        };
+        let plaintext = keys
+            .open(&sealed, binding, now)
+            .map_err(SessionError::Open)?;
+        serde_json::from_slice(&plaintext)
+            .map(Some)
+            .map_err(|_| SessionError::Open(OpenError::Malformed))
+    }
+}

@@ -1,0 +1,322 @@
+//! Calls to the token endpoint (RFC 6749 §4.1.3 code redemption, §6 refresh) with the
+//! configured client authentication, and reading their answers.
+
+use super::endpoints::Endpoints;
+use super::flow::{Context, Flow};
+use super::form;
+use super::id_token::{self, Verified};
+use super::session::Session;
+use crate::alg::Alg;
+use crate::config::{ClientAuth, ClientKey, Forward, HttpTarget};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+/// How long a `private_key_jwt` client assertion lives (RFC 7523 §3: short).
+pub const CLIENT_ASSERTION_SECONDS: u64 = 60;
+/// Random bytes for a client assertion's `jti`.
+pub const CLIENT_ASSERTION_RANDOM_LEN: usize = 16;
+/// A token answer larger than this is refused unread.
+pub const MAX_TOKEN_ANSWER_BYTES: usize = 64 * 1024;
+
+/// A `POST` to the token endpoint. Never `Debug`: the body holds a code or refresh token and
+/// the headers may hold the client secret.
+pub struct TokenCall {
+    pub target: HttpTarget,
+    /// Besides `:method`, `:path` and `:authority` (from `target`).
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub timeout_ms: u64,
+}
+
+/// The members of a token answer the flow uses.
+pub(super) struct Tokens {
+    pub access_token: Option<String>,
+    pub id_token: Option<String>,
+    pub refresh_token: Option<String>,
+    pub expires_in: Option<u64>,
+}
+
+impl Flow {
+    pub(super) fn code_call(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        verifier: &str,
+        endpoints: &Endpoints,
+        ctx: &mut Context<'_>,
+    ) -> TokenCall {
+        let params = [
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", verifier),
+        ];
+        self.token_call(&params, endpoints, ctx)
+    }
+
+    pub(super) fn refresh_call(
+        &self,
+        refresh_token: &str,
+        endpoints: &Endpoints,
+        ctx: &mut Context<'_>,
+    ) -> TokenCall {
+        let params = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ];
+        self.token_call(&params, endpoints, ctx)
+    }
+
+    fn token_call(
+        &self,
+        params: &[(&str, &str)],
+        endpoints: &Endpoints,
+        ctx: &mut Context<'_>,
+    ) -> TokenCall {
+        let mut params: Vec<(&str, &str)> = params.to_vec();
+        let mut headers = vec![
+            (
+                "content-type".to_owned(),
+                "application/x-www-form-urlencoded".to_owned(),
+            ),
+            ("accept".to_owned(), "application/json".to_owned()),
+        ];
+        let client_id = self.login.client_id.as_str();
+        let assertion;
+        match &self.login.client_auth {
+            ClientAuth::SecretBasic(secret) => {
+                // RFC 6749 §2.3.1: both parts form-encoded before Basic.
+                let pair = format!("{}:{}", form::escape(client_id), form::escape(&secret.0));
+                headers.push((
+                    "authorization".to_owned(),
+                    format!("Basic {}", STANDARD.encode(pair)),
+                ));
+            }
+            ClientAuth::SecretPost(secret) => {
+                params.push(("client_id", client_id));
+                params.push(("client_secret", &secret.0));
+            }
+            ClientAuth::PrivateKeyJwt(key) => {
+                let mut jti = [0u8; CLIENT_ASSERTION_RANDOM_LEN];
+                (ctx.random)(&mut jti);
+                assertion = client_assertion(key, client_id, &self.issuer, &jti, ctx.now)
+                    .unwrap_or_default();
+                params.push(("client_id", client_id));
+                params.push((
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ));
+                params.push(("client_assertion", &assertion));
+            }
+        }
+        TokenCall {
+            target: endpoints.token.clone(),
+            headers,
+            body: form::encode(&params),
+            timeout_ms: self.timeout_ms(),
+        }
+    }
+
+    /// The token answer's members, or why it is no success (a metric reason).
+    pub(super) fn token_answer(
+        &self,
+        status: Option<u32>,
+        body: &[u8],
+    ) -> Result<Tokens, &'static str> {
+        match status {
+            None => return Err("token_endpoint"),
+            Some(status) if status >= 500 => return Err("token_endpoint"),
+            Some(200) => {}
+            Some(_) => return Err("token_refused"),
+        }
+        if body.len() > MAX_TOKEN_ANSWER_BYTES {
+            return Err("token_answer");
+        }
+        let answer = crate::json::parse_object(body, self.expected().limits.json)
+            .map_err(|_| "token_answer")?;
+        let text = |name: &str| -> Result<Option<String>, &'static str> {
+            match answer.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(text)) if !text.is_empty() => Ok(Some(text.clone())),
+                Some(_) => Err("token_answer"),
+            }
+        };
+        let token_type = text("token_type")?;
+        let access_token = text("access_token")?;
+        // Only a bearer token can be forwarded as one (a DPoP-bound token needs its key).
+        if access_token.is_some()
+            && !token_type.is_some_and(|kind| kind.eq_ignore_ascii_case("bearer"))
+        {
+            return Err("token_type");
+        }
+        Ok(Tokens {
+            access_token,
+            id_token: text("id_token")?,
+            refresh_token: text("refresh_token")?,
+            expires_in: answer.get("expires_in").and_then(Value::as_u64),
+        })
+    }
+
+    /// The session a verified login makes; `None` when the token to forward is missing.
+    pub(super) fn new_session(
+        &self,
+        tokens: &Tokens,
+        id_token: &Verified,
+        now: u64,
+    ) -> Option<Session> {
+        let id_raw = tokens.id_token.clone()?;
+        let id_exp = id_token.claims.get("exp").and_then(Value::as_u64);
+        let (token, expires_at) = self.forwarded(tokens, id_raw, id_exp, now)?;
+        Some(Session {
+            token,
+            refresh_token: tokens.refresh_token.clone(),
+            sub: id_token.text("sub").unwrap_or_default().to_owned(),
+            sid: id_token.text("sid").map(str::to_owned),
+            token_expires_at: expires_at,
+            authenticated_at: now,
+            refreshed_at: now,
+        })
+    }
+
+    /// The token to forward and when it expires.
+    fn forwarded(
+        &self,
+        tokens: &Tokens,
+        id_raw: String,
+        id_exp: Option<u64>,
+        now: u64,
+    ) -> Option<(String, u64)> {
+        match self.login.forward {
+            Forward::IdToken => Some((id_raw, id_exp.unwrap_or(now + DEFAULT_SECONDS))),
+            Forward::AccessToken => {
+                let access = tokens.access_token.clone()?;
+                let expires_at = tokens
+                    .expires_in
+                    .map(|seconds| now.saturating_add(seconds))
+                    .or_else(|| unverified_exp(&access))
+                    .or(id_exp)
+                    .unwrap_or(now + DEFAULT_SECONDS);
+                Some((access, expires_at))
+            }
+        }
+    }
+
+    /// The session after a refresh answer, or why the refresh failed.
+    pub(super) fn refreshed(
+        &self,
+        session: &Session,
+        status: Option<u32>,
+        body: &[u8],
+        ctx: &Context<'_>,
+    ) -> Result<Session, &'static str> {
+        let tokens = self.token_answer(status, body)?;
+        let mut id_exp = None;
+        let mut sid = session.sid.clone();
+        if let Some(raw) = tokens.id_token.as_deref() {
+            let keys = ctx.keys.ok_or("keys_unavailable")?;
+            let verified = id_token::verify_id_token(
+                raw,
+                keys,
+                &self.expected(),
+                None,
+                tokens.access_token.as_deref(),
+                ctx.now,
+            )
+            .map_err(id_token::IdTokenError::reason)?;
+            // OIDC Core §12.2: a refreshed ID token is about the same person.
+            if verified.text("sub") != Some(session.sub.as_str()) {
+                return Err("id_token_sub");
+            }
+            id_exp = verified.claims.get("exp").and_then(Value::as_u64);
+            sid = verified.text("sid").map(str::to_owned).or(sid);
+        }
+        let id_raw = match (&tokens.id_token, self.login.forward) {
+            (Some(raw), _) => raw.clone(),
+            // Forwarding ID tokens and none came back: nothing new to forward.
+            (None, Forward::IdToken) => return Err("id_token_missing"),
+            (None, Forward::AccessToken) => String::new(),
+        };
+        let (token, token_expires_at) = self
+            .forwarded(&tokens, id_raw, id_exp, ctx.now)
+            .ok_or("access_token_missing")?;
+        Ok(Session {
+            token,
+            // No new refresh token: the old one stays valid (RFC 6749 §6).
+            refresh_token: tokens
+                .refresh_token
+                .or_else(|| session.refresh_token.clone()),
+            sub: session.sub.clone(),
+            sid,
+            token_expires_at,
+            authenticated_at: session.authenticated_at,
+            refreshed_at: ctx.now,
+        })
+    }
+}
+
+const DEFAULT_SECONDS: u64 = super::flow::DEFAULT_TOKEN_SECONDS;
+
+/// The `exp` of a JWT access token, read without verifying it: only to schedule the refresh
+/// (the pipeline verifies the token on every request).
+fn unverified_exp(token: &str) -> Option<u64> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("exp")?.as_u64()
+}
+
+/// An RFC 7523 client assertion: `iss` = `sub` = the client, `aud` = the issuer, a fresh
+/// `jti`, 60 s of life.
+fn client_assertion(
+    key: &ClientKey,
+    client_id: &str,
+    issuer: &str,
+    jti: &[u8],
+    now: u64,
+) -> Option<String> {
+    use ring::rand::SystemRandom;
+    use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, RsaKeyPair};
+    let header = json!({"alg": key.alg.name(), "typ": "JWT"});
+    let claims = json!({
+        "iss": client_id,
+        "sub": client_id,
+        "aud": issuer,
+        "jti": URL_SAFE_NO_PAD.encode(jti),
+        "iat": now,
+        "exp": now.saturating_add(CLIENT_ASSERTION_SECONDS),
+    });
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let rng = SystemRandom::new();
+    let der = &key.pkcs8.0;
+    let signature = match key.alg {
+        Alg::RS256 => {
+            let pair = RsaKeyPair::from_pkcs8(der).ok()?;
+            let mut signature = vec![0; pair.public().modulus_len()];
+            pair.sign(
+                &signature::RSA_PKCS1_SHA256,
+                &rng,
+                input.as_bytes(),
+                &mut signature,
+            )
+            .ok()?;
+            signature
+        }
+        Alg::ES256 => {
+            let pair =
+                EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
+                    .ok()?;
+            pair.sign(&rng, input.as_bytes()).ok()?.as_ref().to_vec()
+        }
+        Alg::EdDSA => {
+            let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).ok()?;
+            pair.sign(input.as_bytes()).as_ref().to_vec()
+        }
+        _ => return None,
+    };
+    Some(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
+}
