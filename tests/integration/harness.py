@@ -346,7 +346,7 @@ GRPC_CLUSTER = "grpc_upstream"
 
 
 def bootstrap(http_filters: list[dict[str, Any]], clusters: Mapping[str, int],
-              grpc_upstream: int | None = None) -> dict[str, Any]:
+              grpc_upstream: int | None = None, port: int = 0) -> dict[str, Any]:
     """Admin and the listener on port 0 (the kernel picks; read back through admin).
     `grpc_upstream`: the listener also takes HTTP/2 (h2c, as gRPC clients send it) and gRPC
     requests (`content-type: application/grpc…`) go over HTTP/2 to that port; the rest still
@@ -380,7 +380,7 @@ def bootstrap(http_filters: list[dict[str, Any]], clusters: Mapping[str, int],
             "listeners": [
                 {
                     "name": "main",
-                    "address": {"socket_address": {"address": LOOPBACK, "port_value": 0}},
+                    "address": {"socket_address": {"address": LOOPBACK, "port_value": port}},
                     "filter_chains": [
                         {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
                     ],
@@ -546,6 +546,7 @@ class EnvoyFactory:
         grpc_upstream: int | None = None,
         filter_args: Mapping[str, Any] | None = None,
         chain: Iterable[Mapping[str, Any]] = (),
+        port: int = 0,
     ) -> Envoy:
         """An Envoy (not yet started). `plugin_config` None: no wasm filter at all (harness
         check). Each IdP gets the cluster Istio would name for its host and port.
@@ -553,7 +554,7 @@ class EnvoyFactory:
         `bootstrap`). `filter_args`: `wasm_filter`'s keywords for the plugin (name, vm_id,
         env). `chain`: more instances of the module after it, in order, each given by
         `wasm_filter`'s keywords with its `plugin_config` (a mapping or JSON text); only the
-        first one is pushable."""
+        first one is pushable. `port`: the listener's port (0: the kernel picks)."""
         clusters = {"upstream": self.upstream.port}
         clusters.update({idp.cluster: idp.port for idp in idps})
         clusters.update(extra_clusters or {})
@@ -574,7 +575,7 @@ class EnvoyFactory:
             args = dict(plugin)
             config = args.pop("plugin_config")
             filters.append(wasm_filter(self.module, config if isinstance(config, str) else json.dumps(config), **args))
-        envoy = Envoy(self.binary, workdir, bootstrap(filters, clusters, grpc_upstream), concurrency)
+        envoy = Envoy(self.binary, workdir, bootstrap(filters, clusters, grpc_upstream, port), concurrency)
         if pushable:
             envoy.module, envoy.discovery_path = self.module, discovery_path
             envoy.filter_args = dict(filter_args or {})

@@ -1,0 +1,151 @@
+// A real OpenID Provider for the browser login tests: npm `oidc-provider` with its development
+// login and consent pages (any login name and password sign in), the code flow with PKCE
+// required, refresh tokens, JWT access tokens for one resource (so the plugin's rules can
+// verify them), RP-initiated logout and back-channel logout.
+//
+//   node op.mjs --port 0 --app-origin http://localhost:PORT [--access-token-ttl 30]
+//
+// Listens on 127.0.0.1 (the app is on `localhost`: browsers keep cookies per host, not per
+// port, so the two sets of cookies never mix). Prints one JSON line on stdout once it listens:
+// {"ready": true, "issuer", "port", "client_id", "client_secret", "audience"}.
+// Test control (not part of OpenID): `POST /test/backchannel-logout?sub=…&sid=…` makes the OP
+// send a back-channel logout to the client now; `GET /test/backchannel-results` lists the
+// statuses the client answered. Ends on SIGTERM or when stdin closes.
+
+import * as http from 'node:http';
+import { generateKeyPairSync } from 'node:crypto';
+import { parseArgs } from 'node:util';
+
+import Provider from 'oidc-provider';
+
+const { values: args } = parseArgs({
+  options: {
+    port: { type: 'string', default: '0' },
+    'app-origin': { type: 'string' },
+    'access-token-ttl': { type: 'string', default: '60' },
+    audience: { type: 'string', default: 'web-api' },
+  },
+});
+
+const HOST = '127.0.0.1';
+const APP = args['app-origin'];
+const CLIENT = { id: 'web-app', secret: 'web-app-secret-of-the-test' };
+const RESOURCE = 'https://api.login.test';
+
+let handler = (_req, res) => {
+  res.statusCode = 503;
+  res.end();
+};
+const server = http.createServer((req, res) => handler(req, res));
+const port = await new Promise((resolve, reject) => {
+  server.once('error', reject);
+  server.listen(Number(args.port), HOST, () => resolve(server.address().port));
+});
+const issuer = `http://${HOST}:${port}`;
+
+const key = {
+  ...generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' }),
+  alg: 'RS256',
+  use: 'sig',
+  kid: 'op-rs256',
+};
+
+const backchannelResults = [];
+
+const provider = new Provider(issuer, {
+  clients: [{
+    client_id: CLIENT.id,
+    client_secret: CLIENT.secret,
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    redirect_uris: [`${APP}/oauth2/callback`],
+    post_logout_redirect_uris: [`${APP}/goodbye`],
+    backchannel_logout_uri: `${APP}/oauth2/backchannel-logout`,
+    backchannel_logout_session_required: true,
+    token_endpoint_auth_method: 'client_secret_basic',
+  }],
+  jwks: { keys: [key] },
+  // Every session gets a refresh token, without offline_access and a consent prompt.
+  issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
+  pkce: { required: () => true },
+  rotateRefreshToken: true,
+  ttl: {
+    IdToken: 3600,
+    RefreshToken: 3600,
+    Session: 3600,
+    Grant: 3600,
+    Interaction: 600,
+  },
+  claims: { openid: ['sub', 'sid'] },
+  features: {
+    devInteractions: { enabled: true },
+    rpInitiatedLogout: { enabled: true },
+    backchannelLogout: { enabled: true },
+    introspection: { enabled: false },
+    revocation: { enabled: false },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: () => RESOURCE,
+      useGrantedResource: () => true,
+      getResourceServerInfo: () => ({
+        scope: 'openid',
+        audience: args.audience,
+        accessTokenTTL: Number(args['access-token-ttl']),
+        accessTokenFormat: 'jwt',
+        jwt: { sign: { alg: 'RS256' } },
+      }),
+    },
+  },
+  // Back-channel logouts go to the app on loopback, which the default fetch refuses (9.7+).
+  fetch: (url, options) => {
+    delete options.dispatcher;
+    return fetch(url, options).then((response) => {
+      backchannelResults.push(response.status);
+      return response;
+    });
+  },
+});
+provider.on('server_error', (_ctx, error) => console.error('server_error', error));
+provider.on('backchannel.error', (_client, error) => console.error('backchannel.error', error.message));
+
+const op = provider.callback();
+handler = async (req, res) => {
+  const url = new URL(req.url, issuer);
+  if (url.pathname === '/test/backchannel-logout' && req.method === 'POST') {
+    try {
+      const client = await provider.Client.find(CLIENT.id);
+      await client.backchannelLogout(url.searchParams.get('sub'), url.searchParams.get('sid'));
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ sent: true }));
+    } catch (error) {
+      res.writeHead(502, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ sent: false, error: error.message }));
+    }
+    return;
+  }
+  if (url.pathname === '/test/backchannel-results') {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(backchannelResults));
+    return;
+  }
+  op(req, res);
+};
+
+console.log(JSON.stringify({
+  ready: true,
+  issuer,
+  port,
+  client_id: CLIENT.id,
+  client_secret: CLIENT.secret,
+  audience: args.audience,
+}));
+
+const stop = () => {
+  server.close();
+  server.closeAllConnections?.();
+  process.exit(0);
+};
+process.on('SIGTERM', stop);
+process.on('SIGINT', stop);
+process.stdin.on('end', stop);
+process.stdin.resume();
