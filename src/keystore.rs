@@ -93,6 +93,19 @@ struct Meta {
     cache_seconds: u64,
     /// The `jwks_uri` learnt through discovery.
     jwks_uri: Option<String>,
+    /// The endpoints a browser login uses, learnt through the same discovery (absent when
+    /// the document names none: a provider that only issues API tokens).
+    #[serde(default)]
+    login_endpoints: Option<LoginEndpoints>,
+}
+
+/// What a login needs of the discovery document, as every worker shares it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct LoginEndpoints {
+    authorization: String,
+    token: String,
+    end_session: Option<String>,
+    iss_parameter_supported: bool,
 }
 
 /// One fetched document's schedule, as this worker last saw it.
@@ -527,8 +540,21 @@ impl KeyStore {
         let result = match (answer.status, stage) {
             (None, _) => Err("server did not answer".to_string()),
             (Some(200), Stage::Discovery) => entry.discovered_uri(answer.body).map(|uri| {
+                let login = crate::login::endpoints::from_discovery(
+                    answer.body,
+                    &entry.issuer,
+                    entry.cluster_override.as_deref(),
+                )
+                .ok()
+                .map(|found| LoginEndpoints {
+                    authorization: found.authorization,
+                    token: found.token.url,
+                    end_session: found.end_session,
+                    iss_parameter_supported: found.iss_parameter_supported,
+                });
                 entry.keys_doc.update_meta(store, |meta| {
                     meta.jwks_uri = Some(uri.clone());
+                    meta.login_endpoints = login.clone();
                     // Lease released, no backoff: the next sync claims the key fetch at once.
                     meta.fetching_until_ms = 0;
                     meta.retry_ms = 0;
@@ -572,6 +598,19 @@ impl KeyStore {
             }
         }
         result
+    }
+
+    /// The provider's login endpoints (authorization, token, end-session) once its discovery
+    /// document is in, as any worker of the sidecar fetched it.
+    pub fn login_endpoints(&self, provider: usize) -> Option<crate::login::endpoints::Endpoints> {
+        let entry = self.entries.get(provider)?;
+        let found = entry.keys_doc.meta.login_endpoints.as_ref()?;
+        Some(crate::login::endpoints::Endpoints {
+            authorization: found.authorization.clone(),
+            token: config::http_target(&found.token, entry.cluster_override.as_deref()).ok()?,
+            end_session: found.end_session.clone(),
+            iss_parameter_supported: found.iss_parameter_supported,
+        })
     }
 
     /// Seconds a client should wait before retrying when keys are unavailable.
@@ -1412,6 +1451,55 @@ pub(crate) mod tests {
         let mut peer = store(json!({"jwksCacheSeconds": 1200}));
         peer.sync(&shared, 8_000);
         assert_eq!(peer.entries[0].keys_doc.meta.refresh_ms, refresh);
+    }
+
+    #[test]
+    fn discovery_keeps_the_login_endpoints_for_every_worker() {
+        let shared = Shared::default();
+        let mut s = store(json!({"jwksUri": null, "jwksCluster": "idp"}));
+        s.sync(&shared, 0);
+        assert_eq!(s.login_endpoints(0), None);
+        let doc = json!({
+            "issuer": ISSUER, "jwks_uri": "https://keys.example.com/certs",
+            "authorization_endpoint": "https://login.example.com/authorize",
+            "token_endpoint": "https://login.example.com:8443/token",
+            "end_session_endpoint": "https://login.example.com/logout",
+            "authorization_response_iss_parameter_supported": true
+        })
+        .to_string();
+        s.on_answer(&shared, 0, Stage::Discovery, &ok(doc.as_bytes(), None), 5)
+            .unwrap();
+        let mut peer = store(json!({"jwksUri": null, "jwksCluster": "idp"}));
+        peer.sync(&shared, 6);
+        for worker in [&s, &peer] {
+            let endpoints = worker.login_endpoints(0).unwrap();
+            assert_eq!(
+                endpoints.authorization,
+                "https://login.example.com/authorize"
+            );
+            assert_eq!(endpoints.token.path, "/token");
+            assert_eq!(endpoints.token.authority, "login.example.com:8443");
+            assert_eq!(
+                endpoints.token.cluster, "idp",
+                "token calls go through jwksCluster"
+            );
+            assert_eq!(
+                endpoints.end_session.as_deref(),
+                Some("https://login.example.com/logout")
+            );
+            assert!(endpoints.iss_parameter_supported);
+        }
+        // A document without login endpoints still serves the keys.
+        let shared = Shared::default();
+        let mut api_only = store(json!({"jwksUri": null}));
+        api_only.sync(&shared, 0);
+        let doc =
+            json!({"issuer": ISSUER, "jwks_uri": "https://keys.example.com/certs"}).to_string();
+        assert_eq!(
+            api_only.on_answer(&shared, 0, Stage::Discovery, &ok(doc.as_bytes(), None), 5),
+            Ok(0)
+        );
+        assert_eq!(api_only.login_endpoints(0), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod endpoints;
 pub mod flow;
 pub mod form;
 pub mod id_token;
+pub mod ledger;
 pub mod return_path;
 pub mod seal;
 pub mod session;
