@@ -40,6 +40,8 @@ pub struct Request<'a> {
 pub enum HeaderEdit {
     Remove(String),
     Set(String, String),
+    /// Another field of this name (a response's second `set-cookie`).
+    Add(String, String),
 }
 
 /// A request that goes on upstream.

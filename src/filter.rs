@@ -131,8 +131,14 @@ fn carry_out(state: &SharedState, home: u32, current: Option<u32>, effects: Effe
                 let body = response.body.as_bytes();
                 send_local_response(response.status, &headers, body, response.grpc_status);
             }
+            Effect::EditRequest { context, edits } if enter(context) => {
+                if !edit(MapType::HttpRequestHeaders, &edits) {
+                    // An edit we cannot make could leak a login cookie or lose the session.
+                    send_local_response(500, &[], b"", None);
+                }
+            }
             // The client has gone.
-            Effect::Answer { .. } | Effect::Resume { .. } => {}
+            Effect::Answer { .. } | Effect::Resume { .. } | Effect::EditRequest { .. } => {}
             Effect::EditResponse { context, edits } => {
                 if enter(context) && !edit(MapType::HttpResponseHeaders, &edits) {
                     log(LogLevel::Warn, "could not edit the response headers");
@@ -218,6 +224,7 @@ fn edit(map: MapType, edits: &[HeaderEdit]) -> bool {
         match edit {
             HeaderEdit::Remove(name) => hostcalls::set_map_value(map, name, None),
             HeaderEdit::Set(name, value) => hostcalls::set_map_value(map, name, Some(value)),
+            HeaderEdit::Add(name, value) => hostcalls::add_map_value(map, name, value),
         }
         .is_ok()
     })
@@ -424,6 +431,23 @@ struct Filter {
     state: SharedState,
 }
 
+impl Filter {
+    fn wants_body(&self) -> bool {
+        self.state.try_borrow().is_ok_and(|slot| {
+            slot.runtime
+                .as_ref()
+                .is_some_and(|runtime| runtime.wants_body(self.context_id))
+        })
+    }
+
+    fn body_arrived(&self, body: &[u8]) {
+        let out = event(&self.state, |runtime, out| {
+            runtime.on_request_body(self.context_id, body, host(), out)
+        });
+        carry_out(&self.state, self.context_id, None, out);
+    }
+}
+
 impl Context for Filter {
     fn on_http_call_response(
         &mut self,
@@ -445,7 +469,7 @@ impl Context for Filter {
 }
 
 impl HttpContext for Filter {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         #[cfg(feature = "crash-test")]
         if hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "x-mesh-oauth-crash-test")
             .ok()
@@ -489,7 +513,29 @@ impl HttpContext for Filter {
         let out = event(&self.state, |runtime, out| {
             runtime.on_request(self.context_id, &request, host(), out)
         });
-        carry_out(&self.state, self.context_id, context, out)
+        let action = carry_out(&self.state, self.context_id, context, out);
+        if end_of_stream && self.wants_body() {
+            // A request that waits for a body that will never come: decided without one.
+            self.body_arrived(&[]);
+        }
+        action
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.wants_body() {
+            return Action::Continue;
+        }
+        let cap = runtime::MAX_LOGIN_BODY_BYTES.saturating_add(1);
+        if !end_of_stream && body_size < cap {
+            // Envoy buffers it until the end.
+            return Action::Pause;
+        }
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size.min(cap))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        self.body_arrived(&body);
+        Action::Pause
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

@@ -109,7 +109,7 @@ fn browser_input(bytes: &[u8]) {
                             assert!(!name.trim().starts_with(cookies::LOGIN_COOKIE_PREFIX));
                         }
                     }
-                    HeaderEdit::Remove(_) => {}
+                    HeaderEdit::Remove(_) | HeaderEdit::Add(..) => {}
                 }
             }
             if next.edits.is_empty() {

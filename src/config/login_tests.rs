@@ -288,14 +288,21 @@ fn field_problems_name_their_path() {
 }
 
 #[test]
-fn the_top_level_refuses_login_until_the_filter_runs_it() {
-    // Fail closed: a login the filter would ignore must not load.
+fn the_top_level_reads_login_with_the_environment() {
     let config = json!({
-        "providers": [{"issuer": "https://op.example.com"}],
+        "providers": [{"name": "op", "issuer": "https://op.example.com"}],
         "login": base()
-    });
+    })
+    .to_string();
+    let parsed = parse_with_env(&config, &env).unwrap();
+    assert_eq!(parsed.logins.len(), 1);
+    assert_eq!(parsed.logins[0].client_id, "web-app");
+    // Without the environment the configuration fails, naming the variable.
+    let missing = parse_with_env(&config, &|_| None).unwrap_err().to_string();
     assert_eq!(
-        parse(&config.to_string()).unwrap_err().to_string(),
-        "login: unknown field"
+        missing,
+        "login.clientSecretEnv: environment variable CLIENT_SECRET is not set in the VM"
     );
+    let none = parse(&json!({"providers": [{"issuer": "https://op.example.com"}]}).to_string());
+    assert!(none.unwrap().logins.is_empty());
 }

@@ -25,6 +25,8 @@ pub struct Config {
     pub answers: Answers,
     /// `denyWith` for refusals no rule's own `denyWith` covers.
     pub deny_with: Option<DenyWith>,
+    /// `login`: browser login, one per set of hosts (empty: none).
+    pub logins: Vec<Login>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -552,8 +554,14 @@ fn error(path: impl std::fmt::Display, problem: impl Into<String>) -> ConfigErro
 
 type Parsed<T> = Result<T, ConfigError>;
 
-/// Parses and validates the plugin configuration JSON.
+/// Parses and validates the plugin configuration JSON; the secrets it names come from this
+/// process's environment (the Wasm VM's, in the module).
 pub fn parse(json: &str) -> Parsed<Config> {
+    parse_with_env(json, &|name| std::env::var(name).ok())
+}
+
+/// [`parse`], reading the environment variables a `login` names through `env`.
+pub fn parse_with_env(json: &str, env: Env<'_>) -> Parsed<Config> {
     if json.trim().is_empty() {
         return Err(error(WHOLE_CONFIG, "empty; expected a JSON object"));
     }
@@ -567,13 +575,13 @@ pub fn parse(json: &str) -> Parsed<Config> {
                 .map_err(|e| error(WHOLE_CONFIG, format!("not valid JSON: {e}")))?;
             return match refusal {
                 // Valid JSON, not an object: the parser says so in its words.
-                crate::json::JsonError::NotObject => parse_config(&value),
+                crate::json::JsonError::NotObject => parse_config(&value, env),
                 _ => Err(error(WHOLE_CONFIG, refusal.describe())),
             };
         }
         Err(e) => return Err(error(WHOLE_CONFIG, e.describe())),
     };
-    parse_config(&value)
+    parse_config(&value, env)
 }
 
 /// Generous: only duplicate member names are meant to trip this.
@@ -594,11 +602,17 @@ const CONFIG_FIELDS: &[&str] = &[
     "protectedResource",
     "answers",
     "denyWith",
+    "login",
 ];
 
-fn parse_config(value: &Value) -> Parsed<Config> {
+fn parse_config(value: &Value, env: Env<'_>) -> Parsed<Config> {
     let config = Object::new(value, &At::Top, CONFIG_FIELDS)?;
     let providers = config.required("providers", parse_providers)?;
+    let logins = config
+        .optional("login", |value, path| {
+            parse_logins(value, path, &providers, env)
+        })?
+        .unwrap_or_default();
     let rules = config
         .optional("rules", |value, path| parse_rules(value, path, &providers))?
         .unwrap_or_default();
@@ -619,6 +633,7 @@ fn parse_config(value: &Value) -> Parsed<Config> {
         .unwrap_or_default();
     Ok(Config {
         providers,
+        logins,
         rules,
         unmatched,
         realm: config.optional("realm", parse_realm)?,

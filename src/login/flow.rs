@@ -19,7 +19,7 @@ use crate::config::{Login, Provider};
 use crate::keys::KeySet;
 use crate::token::TokenLimits;
 
-pub use super::token_call::{TokenCall, CLIENT_ASSERTION_RANDOM_LEN};
+pub use super::token_call::{TokenCall, CLIENT_ASSERTION_RANDOM_LEN, MAX_TOKEN_ANSWER_BYTES};
 
 /// A token this close to its expiry is refreshed before it is forwarded.
 pub const REFRESH_MARGIN_SECONDS: u64 = 10;

@@ -282,7 +282,9 @@ fn bearer_of(next: &Continue) -> Option<&str> {
 
 fn cookie_edit(next: &Continue) -> Option<&HeaderEdit> {
     next.edits.iter().find(|edit| match edit {
-        HeaderEdit::Set(name, _) | HeaderEdit::Remove(name) => name == "cookie",
+        HeaderEdit::Set(name, _) | HeaderEdit::Add(name, _) | HeaderEdit::Remove(name) => {
+            name == "cookie"
+        }
     })
 }
 

@@ -43,6 +43,7 @@
 //!   tally (flushed at each tick) rather than one host call per request.
 
 pub mod held;
+mod login;
 mod metrics;
 
 #[cfg(test)]
@@ -60,6 +61,8 @@ use crate::response::{Challenges, Denial, Presentation, Response};
 use crate::sender::dpop::Proof;
 use crate::sender::replay::{self, Admission};
 use held::{HeldRequests, OwnedRequest, Until};
+use login::Logins;
+pub use login::MAX_LOGIN_BODY_BYTES;
 pub use metrics::{MetricId, MetricKind};
 use metrics::{Metrics, Tally};
 use std::collections::HashMap;
@@ -103,6 +106,11 @@ pub enum Effect {
     Answer {
         context: u32,
         response: Response,
+    },
+    /// Apply the edits to request `context`'s headers now; it goes on later, with a `Resume`.
+    EditRequest {
+        context: u32,
+        edits: Vec<HeaderEdit>,
     },
     /// Apply the edits to the response headers of request `context` (the current one).
     EditResponse {
@@ -158,6 +166,9 @@ pub struct CallId(u64);
 pub enum Purpose {
     /// A provider's discovery document, key set or revocation list.
     KeyFetch { provider: usize, stage: Stage },
+    /// A browser login's call to the token endpoint (code redemption or refresh), made while
+    /// handling a request: answered in that request's context.
+    Login { call: u64 },
 }
 
 /// A call's answer as the host gave it. No `:status` (a reset call, unreadable headers):
@@ -268,6 +279,8 @@ pub struct Runtime {
     cached_tokens_counted: usize,
     /// Response-header edits waiting for their request's response, by context.
     response_edits: Vec<(u32, Vec<HeaderEdit>)>,
+    /// Browser logins (`login`) and what they have under way.
+    logins: Logins,
 }
 
 fn log(out: &mut Effects, level: Level, message: &str) {
@@ -364,6 +377,14 @@ impl Runtime {
                 return None;
             }
         };
+        if Logins::new(&config).is_none() {
+            log(
+                out,
+                Level::Error,
+                "invalid configuration: login: the cookie keys make no key ring",
+            );
+            return None;
+        }
         let seed = now_ms ^ u64::from(root_id).rotate_left(32) ^ random;
         let identity = ConfigHash::of(raw);
         Some(Checked {
@@ -415,6 +436,9 @@ impl Runtime {
                         Purpose::KeyFetch { provider, stage } => {
                             Some((new_index(provider)?, stage))
                         }
+                        // Answered in its request's context, to a state that forgot it:
+                        // the held request gets its expiry answer.
+                        Purpose::Login { .. } => None,
                     })
                     .collect();
                 (Some(old.keys), held, abandoned, old.cached_tokens_counted)
@@ -433,6 +457,8 @@ impl Runtime {
             replay::prepare_slots(host.shared, config.limits.max_dpop_proofs);
         }
         keys.use_signature_host(facts.signature_host);
+        // `check` made sure every login compiles.
+        let logins = Logins::new(&config).unwrap_or_default();
         let providers = config.providers.len();
         let mut runtime = Runtime {
             owner_root: facts.root_id,
@@ -454,6 +480,7 @@ impl Runtime {
             // Provider indexes may mean other providers now: looked up afresh by name.
             tally: Tally::default(),
             response_edits: Vec::new(),
+            logins,
         };
         runtime.metrics.record(
             HOST_SIGNATURES_GAUGE,
@@ -483,6 +510,31 @@ impl Runtime {
     /// A request's headers: decided at once (resumed or answered), or held (the root is
     /// woken to fetch what it waits for).
     pub fn on_request(
+        &mut self,
+        context: u32,
+        request: &Request<'_>,
+        host: Host<'_>,
+        out: &mut Effects,
+    ) {
+        match self.login_request(context, request, host, out) {
+            login::Route::Done => {}
+            login::Route::Pipeline => self.decide_request(context, request, host, out),
+            login::Route::Edited(headers) => {
+                let pairs: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
+                let edited = Request {
+                    headers: &pairs,
+                    ..*request
+                };
+                self.decide_request(context, &edited, host, out);
+            }
+        }
+    }
+
+    /// The pipeline's decision on a request: at once, or held for keys.
+    fn decide_request(
         &mut self,
         context: u32,
         request: &Request<'_>,
@@ -563,6 +615,7 @@ impl Runtime {
     /// Request `context` is over (answered, or its client has gone): whatever waited for it
     /// is forgotten, and a held request frees its place.
     pub fn request_done(&mut self, context: u32, out: &mut Effects) {
+        self.login_request_done(context);
         if !self.response_edits.is_empty() {
             self.response_edits.retain(|(c, _)| *c != context);
         }
@@ -604,6 +657,16 @@ impl Runtime {
         };
         let (_, purpose, cluster) = self.starting.swap_remove(at);
         match purpose {
+            Purpose::Login { call } => {
+                log(
+                    out,
+                    Level::Warn,
+                    &format!(
+                        "login: token call could not start through cluster \"{cluster}\": {reason}"
+                    ),
+                );
+                self.login_not_dispatched(call, host, out);
+            }
             Purpose::KeyFetch { provider, stage } => {
                 log(
                     out,
@@ -626,6 +689,7 @@ impl Runtime {
     pub fn answer_cap(&self, token: u32) -> Option<usize> {
         let limits = &self.config.limits;
         let cap = match self.calls.get(&token)? {
+            Purpose::Login { .. } => Self::login_answer_cap(),
             Purpose::KeyFetch { stage, .. } => match stage {
                 Stage::Discovery | Stage::Jwks => limits.max_jwks_bytes,
                 Stage::Revocations => limits.max_revocation_bytes,
@@ -648,6 +712,10 @@ impl Runtime {
             return;
         };
         match purpose {
+            Purpose::Login { call } => {
+                let status = answer.header(":status").and_then(|s| s.parse::<u32>().ok());
+                self.login_answered(call, status, answer.body, host, out);
+            }
             Purpose::KeyFetch { provider, stage } => {
                 self.fetch_answered(provider, stage, answer, host, out);
                 // Discovery done: fetch the keys at once; keys in: release the held requests.
@@ -915,7 +983,14 @@ impl Runtime {
             };
         }
         self.observe(&decision, request, out);
-        self.apply(context, decision.outcome, decision.trace.rule, request, out);
+        self.apply(
+            context,
+            decision.outcome,
+            decision.trace.rule,
+            request,
+            host.now_ms,
+            out,
+        );
         None
     }
 
@@ -976,6 +1051,7 @@ impl Runtime {
         outcome: Outcome,
         rule: Option<usize>,
         request: &Request<'_>,
+        now_ms: u64,
         out: &mut Effects,
     ) {
         let response = match outcome {
@@ -1003,6 +1079,13 @@ impl Runtime {
                     edits: allowed.edits,
                 });
                 return;
+            }
+            // A browser navigation without a token, on a login host: sent to log in.
+            Outcome::Deny(Denial::MissingToken) if self.login_may_start(context) => {
+                match self.login_instead(context, request, now_ms, out) {
+                    Some(login) => login,
+                    None => self.denial(&Denial::MissingToken, rule, request),
+                }
             }
             Outcome::Deny(denial) => self.denial(&denial, rule, request),
             // The filter's own answers go out as they are (no gRPC status of their own).

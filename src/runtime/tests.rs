@@ -28,6 +28,8 @@ struct Envoy {
     logs: Vec<(Level, String)>,
     answered: Vec<(u32, Response)>,
     resumed: Vec<(u32, Vec<HeaderEdit>)>,
+    /// Request-header edits made before a request goes on.
+    request_edits: Vec<(u32, Vec<HeaderEdit>)>,
     response_edits: Vec<(u32, Vec<HeaderEdit>)>,
     /// Calls in flight: token and request.
     calls: Vec<(u32, Call)>,
@@ -65,6 +67,7 @@ impl Envoy {
                     }
                 }
                 Effect::Resume { context, edits } => self.resumed.push((context, edits)),
+                Effect::EditRequest { context, edits } => self.request_edits.push((context, edits)),
                 Effect::Answer { context, response } => self.answered.push((context, response)),
                 Effect::EditResponse { context, edits } => {
                     self.response_edits.push((context, edits))
@@ -872,3 +875,6 @@ fn keys_another_vm_fetched_are_reported_as_loaded() {
     );
     assert_eq!(adopting.envoy.metric("mesh_oauth.idp.keys_loaded"), Some(1));
 }
+
+#[path = "login_tests.rs"]
+mod login;

@@ -1142,6 +1142,7 @@ fn allowed_lines(out: &mut Out, config: &Config, allowed: &Allowed, answering: &
                 ))
             }
             HeaderEdit::Set(name, value) => out.line(format!("  upstream: set {name}: {value}")),
+            HeaderEdit::Add(name, value) => out.line(format!("  upstream: add {name}: {value}")),
         }
     }
     for header in &allowed.skipped_headers {

@@ -1,0 +1,209 @@
+//! Browser login through the runtime: discovery, the redirect, the callback's token call, the
+//! session on later requests, back-channel logout.
+
+use super::*;
+use crate::login::form;
+
+const APP: &str = "app.example.com";
+const TOKEN_CLUSTER: &str = "outbound|443||idp.example.com";
+
+fn login_config() -> Value {
+    // Names only this test uses: tests run in parallel threads of one process.
+    std::env::set_var("MESH_OAUTH_RUNTIME_TEST_COOKIE_KEYS", b64(&[4u8; 32]));
+    std::env::set_var("MESH_OAUTH_RUNTIME_TEST_SECRET", "s3cret");
+    json!({
+        "providers": [{"name": "idp", "issuer": ISSUER, "audiences": ["orders"]}],
+        "audit": {"allowedSampleRate": 0},
+        "login": {
+            "provider": "idp", "clientId": "web", "hosts": [APP],
+            "clientSecretEnv": "MESH_OAUTH_RUNTIME_TEST_SECRET",
+            "cookieKeysEnv": "MESH_OAUTH_RUNTIME_TEST_COOKIE_KEYS"
+        }
+    })
+}
+
+impl Vm {
+    /// Discovery, then the keys.
+    fn discover(&mut self) {
+        self.tick(ROOT);
+        let (token, call) = self.envoy.take_call(KEYS_CLUSTER).expect("discovery");
+        assert!(call
+            .headers
+            .contains(&(":path".into(), "/.well-known/openid-configuration".into())));
+        let doc = json!({
+            "issuer": ISSUER, "jwks_uri": "https://idp.example.com/jwks",
+            "authorization_endpoint": "https://idp.example.com/authorize",
+            "token_endpoint": "https://idp.example.com/token",
+            "end_session_endpoint": "https://idp.example.com/logout",
+            "authorization_response_iss_parameter_supported": true
+        })
+        .to_string();
+        self.answer(ROOT, token, 200, &doc);
+        let (token, _) = self.envoy.take_call(KEYS_CLUSTER).expect("keys");
+        let jwks = self.jwks();
+        self.answer(ROOT, token, 200, &jwks);
+    }
+
+    fn browse(&mut self, context: u32, method: &str, path: &str, headers: &[(&str, &str)]) {
+        let request = Request {
+            method,
+            scheme: "https",
+            path,
+            authority: APP,
+            headers,
+            peer: &NoPeer,
+        };
+        self.event(|runtime, host, out| runtime.on_request(context, &request, host, out));
+    }
+
+    fn id_token(&self, nonce: &str) -> String {
+        self.token(
+            json!({"iss": ISSUER, "aud": "web", "sub": "alice", "sid": "s-1",
+                          "nonce": nonce, "exp": NOW_S + 300, "iat": NOW_S}),
+        )
+    }
+}
+
+fn set_cookies(response: &Response) -> Vec<String> {
+    response
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "set-cookie")
+        .map(|(_, v)| v.split(';').next().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[test]
+fn a_browser_logs_in_and_its_session_becomes_a_bearer_token_until_a_backchannel_logout() {
+    let mut vm = Vm::new(login_config());
+    vm.discover();
+    let navigate = [("sec-fetch-mode", "navigate"), ("accept", "text/html")];
+
+    // An API call without a token keeps its 401; a navigation is sent to log in.
+    vm.browse(1, "GET", "/orders", &[("sec-fetch-mode", "cors")]);
+    assert_eq!(status(vm.envoy.answer_for(1)), Some(401));
+    vm.browse(2, "GET", "/orders?page=2", &navigate);
+    let redirect = vm.envoy.answer_for(2).expect("answered").clone();
+    assert_eq!(redirect.status, 302);
+    let location = header(&redirect, "location").unwrap();
+    let (endpoint, query) = location.split_once('?').unwrap();
+    assert_eq!(endpoint, "https://idp.example.com/authorize");
+    let params: HashMap<String, String> = form::decode(query).unwrap().into_iter().collect();
+    assert_eq!(
+        params["redirect_uri"],
+        "https://app.example.com/oauth2/callback"
+    );
+    let tx_cookie = set_cookies(&redirect).remove(0);
+    assert!(tx_cookie.starts_with("__Host-mesh-tx."));
+    assert_eq!(vm.envoy.metric("mesh_oauth.login.started"), Some(1));
+
+    // The callback: one call to the token endpoint, the request held until it answers.
+    let callback = format!(
+        "/oauth2/callback?code=the-code&state={}&iss={}",
+        params["state"],
+        form::escape(ISSUER)
+    );
+    vm.browse(3, "GET", &callback, &[("cookie", &tx_cookie)]);
+    assert!(vm.envoy.answer_for(3).is_none());
+    assert_eq!(vm.held(), 1);
+    let (token_id, call) = vm.envoy.take_call(TOKEN_CLUSTER).expect("a token call");
+    assert!(call.headers.contains(&(":method".into(), "POST".into())));
+    assert!(call.headers.contains(&(":path".into(), "/token".into())));
+    let body = String::from_utf8(call.body.clone().unwrap()).unwrap();
+    assert!(body.contains("grant_type=authorization_code") && body.contains("code=the-code"));
+    let access = vm.good_token(ISSUER);
+    let answer = json!({"access_token": access, "token_type": "Bearer", "expires_in": 300,
+                        "id_token": vm.id_token(&params["nonce"])})
+    .to_string();
+    vm.answer(ROOT, token_id, 200, &answer);
+    let landed = vm.envoy.answer_for(3).expect("answered").clone();
+    assert_eq!(landed.status, 302, "{}", landed.body);
+    assert_eq!(header(&landed, "location"), Some("/orders?page=2"));
+    assert_eq!(vm.held(), 0);
+    assert_eq!(vm.envoy.metric("mesh_oauth.login.completed"), Some(1));
+    let session: Vec<String> = set_cookies(&landed)
+        .into_iter()
+        .filter(|c| c.starts_with("__Host-mesh-session.") && !c.ends_with('='))
+        .collect();
+    assert_eq!(session.len(), 1);
+
+    // The session: the token goes upstream as a bearer token, the login cookies do not.
+    let cookie = format!("{}; theme=dark", session[0]);
+    vm.browse(4, "GET", "/api/orders", &[("cookie", &cookie)]);
+    assert!(vm.envoy.was_resumed(4), "{:?}", vm.envoy.answer_for(4));
+    let edits: Vec<&HeaderEdit> = vm
+        .envoy
+        .request_edits
+        .iter()
+        .filter(|(c, _)| *c == 4)
+        .flat_map(|(_, e)| e)
+        .collect();
+    assert!(edits.contains(&&HeaderEdit::Set(
+        "authorization".into(),
+        format!("Bearer {access}")
+    )));
+    assert!(edits.contains(&&HeaderEdit::Set("cookie".into(), "theme=dark".into())));
+
+    // A back-channel logout from the OP: the next request has no session.
+    vm.browse(5, "POST", "/oauth2/backchannel-logout", &[]);
+    assert!(vm.runtime.as_ref().unwrap().wants_body(5));
+    let header_b64 = b64(json!({"alg": "EdDSA", "kid": "k1", "typ": "logout+jwt"})
+        .to_string()
+        .as_bytes());
+    let claims = json!({"iss": ISSUER, "aud": "web", "sid": "s-1", "iat": NOW_S, "exp": NOW_S + 60,
+                        "jti": "j-1", "events": {"http://schemas.openid.net/event/backchannel-logout": {}}});
+    let input = format!("{header_b64}.{}", b64(claims.to_string().as_bytes()));
+    let logout_token = format!(
+        "{input}.{}",
+        b64(&vm.key.sign(Alg::EdDSA, input.as_bytes()))
+    );
+    let body = format!("logout_token={logout_token}");
+    vm.event(|runtime, host, out| runtime.on_request_body(5, body.as_bytes(), host, out));
+    assert_eq!(status(vm.envoy.answer_for(5)), Some(200));
+    assert_eq!(
+        vm.envoy.metric("mesh_oauth.session.backchannel_logout"),
+        Some(1)
+    );
+    vm.browse(6, "GET", "/api/orders", &[("cookie", &cookie)]);
+    assert_eq!(status(vm.envoy.answer_for(6)), Some(401));
+    vm.browse(7, "GET", "/orders", &[("cookie", &cookie), navigate[0]]);
+    assert_eq!(status(vm.envoy.answer_for(7)), Some(302));
+    // Nothing secret in the log.
+    for (_, line) in &vm.envoy.logs {
+        for secret in [
+            access.as_str(),
+            "the-code",
+            &params["state"],
+            "s3cret",
+            &logout_token,
+        ] {
+            assert!(!line.contains(secret), "{line}");
+        }
+    }
+}
+
+#[test]
+fn login_cookies_never_reach_the_upstream_of_another_host() {
+    let mut vm = Vm::new(login_config());
+    vm.discover();
+    let token = vm.good_token(ISSUER);
+    let authorization = format!("Bearer {token}");
+    let headers = [
+        ("authorization", authorization.as_str()),
+        ("cookie", "__Host-mesh-session.0=x; a=1"),
+    ];
+    let request = Request {
+        method: "GET",
+        scheme: "https",
+        path: "/orders",
+        authority: "orders.example.com",
+        headers: &headers,
+        peer: &NoPeer,
+    };
+    vm.event(|runtime, host, out| runtime.on_request(9, &request, host, out));
+    assert!(vm.envoy.was_resumed(9));
+    assert!(vm
+        .envoy
+        .request_edits
+        .contains(&(9, vec![HeaderEdit::Set("cookie".into(), "a=1".into())])));
+}
