@@ -50,7 +50,7 @@ CLI := target/debug/mesh-oauth
 cli:
 	cargo build --bin mesh-oauth
 
-integration: build venv host-probe cli node-deps crash-test-module
+integration: build venv host-probe cli node-deps crash-test-module browser
 	MESH_OAUTH_WASM=$(CURDIR)/$(MODULE) MESH_OAUTH_HOST_PROBE=$(CURDIR)/$(HOST_PROBE) \
 		MESH_OAUTH_HOST_VECTORS=$(CURDIR)/$(HOST_VECTORS) MESH_OAUTH_CLI=$(CURDIR)/$(CLI) \
 		MESH_OAUTH_CRASH_TEST_WASM=$(CURDIR)/$(CRASH_TEST_MODULE) \
@@ -132,7 +132,7 @@ clean:
 # ---------------------------------------------------------------- delivery: OCI image, push, checks
 # The image: one OCI tar+gzip layer holding plugin.wasm, reproducible (see scripts/oci_image.py).
 IMAGE_LAYOUT := dist/oci
-.PHONY: image push registry-tools node-deps delivery-test
+.PHONY: image push registry-tools node-deps delivery-test browser
 
 image: build
 	python3 scripts/oci_image.py build $(MODULE) $(IMAGE_LAYOUT)
@@ -150,6 +150,11 @@ registry-tools:
 	@if ! command -v skopeo >/dev/null || ! command -v docker-registry >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq skopeo docker-registry >/dev/null; \
 	fi
+
+# Debian's chromium for the browser login test, driven by npm playwright-core through its
+# executablePath (the browsers playwright downloads itself are not reachable here).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
 # Istio's CRD schemas (npm @kubernetes-models/istio) for validating the WasmPlugin files.
 node-deps: node_modules/.stamp

@@ -514,9 +514,15 @@ impl HttpContext for Filter {
             runtime.on_request(self.context_id, &request, host(), out)
         });
         let action = carry_out(&self.state, self.context_id, context, out);
-        if end_of_stream && self.wants_body() {
-            // A request that waits for a body that will never come: decided without one.
-            self.body_arrived(&[]);
+        if self.wants_body() {
+            if end_of_stream {
+                // A request that waits for a body that will never come: decided without one.
+                self.body_arrived(&[]);
+                return Action::Pause;
+            }
+            // Envoy delivers no body to a filter that paused the headers: the headers go on
+            // (the body stays here, paused, and the request is answered locally at its end).
+            return Action::Continue;
         }
         action
     }

@@ -491,7 +491,9 @@ impl Flow {
         let Some(tx) = tx else {
             return Step::Respond(login_failed(400, "state", clear));
         };
-        let Some(endpoints) = ctx.endpoints else {
+        // Without the endpoints or the keys the code could be redeemed but the ID token not
+        // checked: answered before the code is spent, so a reload can still complete.
+        let (Some(endpoints), Some(_)) = (ctx.endpoints, ctx.keys) else {
             return Step::Respond(unavailable());
         };
         match form::get(&params, "iss") {

@@ -104,7 +104,8 @@ class _IdpHandler(_QuietHandler):
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         idp: IdpServer = self.server.owner  # type: ignore[attr-defined]
         path = urllib.parse.urlsplit(self.path).path
-        reply = idp._record(path, self.path)
+        body = self._read_body() if self.command == "POST" else b""
+        reply = idp._record(path, self.path, body, dict(self.headers.items()))
         if reply is None:
             self._send(404, b"not found", {"Content-Type": "text/plain"})
             return
@@ -114,6 +115,9 @@ class _IdpHandler(_QuietHandler):
             self._send(reply.status, reply.body, {"Content-Type": reply.content_type, **reply.headers})
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up first (a timeout, a body over its limit): part of the test
+
+    # A token endpoint: the same replies, by path.
+    do_POST = do_GET
 
 
 class IdpServer(_Server):
@@ -130,6 +134,7 @@ class IdpServer(_Server):
         self._replies: dict[str, Reply] = {}
         self._counts: collections.Counter[str] = collections.Counter()
         self._requests: list[tuple[float, str]] = []
+        self._posts: list[tuple[str, bytes, dict[str, str]]] = []
         super().__init__(_IdpHandler, listening)
         self.set_jwks({"keys": []})
         self.set_json(self.DISCOVERY_PATH, {"issuer": self.url, "jwks_uri": self.jwks_uri})
@@ -138,11 +143,19 @@ class IdpServer(_Server):
     def jwks_uri(self) -> str:
         return self.url + self.JWKS_PATH
 
-    def _record(self, path: str, target: str = "") -> Reply | None:
+    def _record(self, path: str, target: str = "", body: bytes = b"",
+                headers: dict[str, str] | None = None) -> Reply | None:
         with self._lock:
             self._counts[path] += 1
             self._requests.append((time.monotonic(), target or path))
+            if headers is not None and body:
+                self._posts.append((path, body, headers))
             return self._replies.get(path)
+
+    def posts(self, path: str) -> list[tuple[bytes, dict[str, str]]]:
+        """The bodies and headers of the POSTs to `path` so far."""
+        with self._lock:
+            return [(body, headers) for p, body, headers in self._posts if p == path]
 
     def requests(self) -> list[tuple[float, str]]:
         """(time.monotonic() at arrival, request target) of every request so far."""
