@@ -26,12 +26,39 @@ pub(super) struct Logins {
     marks: HashMap<u32, Mark>,
     /// Back-channel logout requests waiting for their body: the flow that reads it.
     bodies: HashMap<u32, usize>,
+    /// Refreshes in flight in this worker, by a digest of the refresh token: a second request
+    /// of the same session waits for the same call rather than spending the token again.
+    refreshing: HashMap<Vec<u8>, u64>,
 }
 
 struct LoginCall {
     flow: usize,
     call: CallId,
+    /// The request the call was made for.
+    context: u32,
     pending: Pending,
+    /// Other requests of the same session waiting for this refresh: how each goes on.
+    followers: Vec<(u32, Follower)>,
+    refresh_key: Option<Vec<u8>>,
+}
+
+/// What a request that waits for another request's refresh needs of its own.
+struct Follower {
+    navigation: bool,
+    cookie_edit: Option<HeaderEdit>,
+}
+
+/// The digest that names a session's refresh in flight (never the token itself).
+fn refresh_key(pending: &Pending) -> Option<Vec<u8>> {
+    let Pending::Refresh { session, .. } = pending else {
+        return None;
+    };
+    let token = session.refresh_token.as_deref()?;
+    Some(
+        ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+            .as_ref()
+            .to_vec(),
+    )
 }
 
 struct Mark {
@@ -118,6 +145,22 @@ fn token_call(call: flow::TokenCall) -> Call {
         headers,
         body: Some(call.body.into_bytes()),
         timeout_ms: call.timeout_ms,
+    }
+}
+
+/// A step again, for the one request it was made for (steps hold no call once answered).
+fn copy_step(step: &Step) -> Step {
+    match step {
+        Step::Continue(next) => Step::Continue(next.clone()),
+        Step::Respond(answer) => Step::Respond(answer.clone()),
+        Step::ReadBody => Step::ReadBody,
+        // An answer never asks for another call.
+        Step::Call(_) => Step::Respond(flow::Answer {
+            status: 502,
+            headers: Vec::new(),
+            body: String::new(),
+            event: None,
+        }),
     }
 }
 
@@ -283,6 +326,50 @@ impl Runtime {
                 if let Some(event) = &event {
                     self.login_event(event, out);
                 }
+                let key = refresh_key(&pending);
+                let in_flight = key
+                    .as_ref()
+                    .and_then(|key| self.logins.refreshing.get(key))
+                    .copied();
+                if let (
+                    Some(id),
+                    Pending::Refresh {
+                        navigation,
+                        cookie_edit,
+                        ..
+                    },
+                ) = (in_flight, &pending)
+                {
+                    if let Some(primary) = self.logins.calls.get(&id) {
+                        let call = primary.call;
+                        let deadline_ms = host
+                            .now_ms
+                            .saturating_add(token.timeout_ms)
+                            .saturating_add(CALL_MARGIN_MS);
+                        let follower = Follower {
+                            navigation: *navigation,
+                            cookie_edit: cookie_edit.clone(),
+                        };
+                        if self.hold_for_call(
+                            context,
+                            request,
+                            call,
+                            deadline_ms,
+                            unavailable(),
+                            out,
+                        ) {
+                            if let Some(primary) = self.logins.calls.get_mut(&id) {
+                                primary.followers.push((context, follower));
+                            }
+                        } else {
+                            out.push(Effect::Answer {
+                                context,
+                                response: unavailable(),
+                            });
+                        }
+                        return Route::Done;
+                    }
+                }
                 let id = self.logins.next_call;
                 self.logins.next_call += 1;
                 let deadline_ms = host
@@ -290,12 +377,18 @@ impl Runtime {
                     .saturating_add(token.timeout_ms)
                     .saturating_add(CALL_MARGIN_MS);
                 let call = self.dispatch(Purpose::Login { call: id }, token_call(token), out);
+                if let Some(key) = &key {
+                    self.logins.refreshing.insert(key.clone(), id);
+                }
                 self.logins.calls.insert(
                     id,
                     LoginCall {
                         flow: index,
                         call,
+                        context,
                         pending,
+                        followers: Vec::new(),
+                        refresh_key: key,
                     },
                 );
                 let expiry = Response {
@@ -336,24 +429,50 @@ impl Runtime {
         let Some(LoginCall {
             flow: index,
             call,
+            context,
             pending,
+            followers,
+            refresh_key,
         }) = self.logins.calls.remove(&id)
         else {
             return;
         };
-        let mut pending = Some(pending);
+        if let Some(key) = refresh_key {
+            self.logins.refreshing.remove(&key);
+        }
+        // The call's own request decides; requests of the same session that waited for it go
+        // on the same way, each with its own cookie header.
+        let primary = self.flow_step(index, host, |flow, ctx| {
+            flow.on_token_answer(pending, status, body, ctx)
+        });
         for waiter in self.take_held_for_call(call, out) {
-            let step = match pending.take() {
-                Some(pending) => self.flow_step(index, host, |flow, ctx| {
-                    flow.on_token_answer(pending, status, body, ctx)
-                }),
-                // One request per call: a second one (never made) is refused.
-                None => Some(Step::Respond(flow::Answer {
-                    status: 502,
-                    headers: Vec::new(),
-                    body: String::new(),
-                    event: None,
-                })),
+            let step = if waiter.context == context {
+                primary.as_ref().map(copy_step)
+            } else {
+                let follower = followers.iter().find(|(c, _)| *c == waiter.context);
+                match (primary.as_ref(), follower) {
+                    (Some(Step::Continue(next)), Some((_, follower))) => {
+                        let mut next = next.clone();
+                        next.edits.retain(|edit| {
+                            !matches!(edit, HeaderEdit::Set(n, _) | HeaderEdit::Remove(n) if n == "cookie")
+                        });
+                        next.edits.extend(follower.cookie_edit.clone());
+                        let refreshed = next
+                            .edits
+                            .iter()
+                            .any(|e| matches!(e, HeaderEdit::Set(n, _) if n == "authorization"));
+                        next.may_login = !refreshed && follower.navigation;
+                        // Counted once, for the call's own request.
+                        next.event = None;
+                        Some(Step::Continue(next))
+                    }
+                    _ => Some(Step::Respond(flow::Answer {
+                        status: 503,
+                        headers: vec![("retry-after".to_string(), "1".to_string())],
+                        body: String::new(),
+                        event: None,
+                    })),
+                }
             };
             let headers = waiter.request.header_pairs();
             let view = waiter.request.view(&headers);

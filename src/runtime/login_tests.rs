@@ -207,3 +207,99 @@ fn login_cookies_never_reach_the_upstream_of_another_host() {
         .request_edits
         .contains(&(9, vec![HeaderEdit::Set("cookie".into(), "a=1".into())])));
 }
+
+/// Logs in through the runtime; returns the session cookie header.
+fn logged_in(vm: &mut Vm, expires_in: u64) -> String {
+    let navigate = [("sec-fetch-mode", "navigate")];
+    vm.browse(100, "GET", "/", &navigate);
+    let redirect = vm.envoy.answer_for(100).expect("redirect").clone();
+    let location = header(&redirect, "location").unwrap();
+    let params: HashMap<String, String> = form::decode(location.split_once('?').unwrap().1)
+        .unwrap()
+        .into_iter()
+        .collect();
+    let tx_cookie = set_cookies(&redirect).remove(0);
+    let callback = format!(
+        "/oauth2/callback?code=c&state={}&iss={}",
+        params["state"],
+        form::escape(ISSUER)
+    );
+    vm.browse(101, "GET", &callback, &[("cookie", &tx_cookie)]);
+    let (token_id, _) = vm.envoy.take_call(TOKEN_CLUSTER).expect("a token call");
+    let answer = json!({"access_token": vm.good_token(ISSUER), "token_type": "Bearer",
+                        "expires_in": expires_in, "refresh_token": "rt-1",
+                        "id_token": vm.id_token(&params["nonce"])})
+    .to_string();
+    vm.answer(ROOT, token_id, 200, &answer);
+    let landed = vm.envoy.answer_for(101).expect("landed").clone();
+    set_cookies(&landed)
+        .into_iter()
+        .filter(|c| c.starts_with("__Host-mesh-session.") && !c.ends_with('='))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[test]
+fn requests_of_one_session_share_one_refresh() {
+    let mut vm = Vm::new(login_config());
+    vm.discover();
+    let session = logged_in(&mut vm, 20);
+    vm.envoy.now += 15_000;
+    let with_theme = format!("{session}; theme=dark");
+    vm.browse(20, "GET", "/api/a", &[("cookie", &session)]);
+    vm.browse(21, "GET", "/api/b", &[("cookie", &with_theme)]);
+    let (token_id, call) = vm.envoy.take_call(TOKEN_CLUSTER).expect("a refresh");
+    assert!(
+        vm.envoy.take_call(TOKEN_CLUSTER).is_none(),
+        "one refresh for both"
+    );
+    let body = String::from_utf8(call.body.unwrap()).unwrap();
+    assert!(body.contains("grant_type=refresh_token") && body.contains("refresh_token=rt-1"));
+    assert_eq!(vm.held(), 2);
+    let fresh = vm.token(
+        json!({"iss": ISSUER, "aud": "orders", "sub": "alice", "jti": "fresh",
+                                "exp": NOW_S + 3600, "iat": NOW_S}),
+    );
+    let answer = json!({"access_token": fresh, "token_type": "Bearer", "expires_in": 300,
+                        "refresh_token": "rt-2"})
+    .to_string();
+    vm.answer(ROOT, token_id, 200, &answer);
+    assert_eq!(vm.held(), 0);
+    for (context, cookie_edit) in [
+        (20, HeaderEdit::Remove("cookie".into())),
+        (21, HeaderEdit::Set("cookie".into(), "theme=dark".into())),
+    ] {
+        assert!(
+            vm.envoy.was_resumed(context),
+            "{context}: {:?}",
+            vm.envoy.answer_for(context)
+        );
+        let edits: Vec<&HeaderEdit> = vm
+            .envoy
+            .request_edits
+            .iter()
+            .filter(|(c, _)| *c == context)
+            .flat_map(|(_, e)| e)
+            .collect();
+        assert!(edits.contains(&&HeaderEdit::Set(
+            "authorization".into(),
+            format!("Bearer {fresh}")
+        )));
+        assert!(edits.contains(&&cookie_edit), "{context}: {edits:?}");
+        let set_cookie = vm
+            .envoy
+            .response_edits
+            .iter()
+            .chain(vm.runtime.as_ref().unwrap().response_edits.iter())
+            .any(|(c, e)| {
+                *c == context
+                    && e.iter()
+                        .any(|e| matches!(e, HeaderEdit::Add(n, _) if n == "set-cookie"))
+            });
+        assert!(
+            set_cookie,
+            "{context}: the new session goes back to the browser"
+        );
+    }
+    assert_eq!(vm.envoy.metric("mesh_oauth.session.refreshed"), Some(1));
+}
