@@ -236,10 +236,11 @@ def fake_op(module_idps: Any, keys: KeySet) -> IdpServer:
     return idp
 
 
-def start_envoy(factory: EnvoyFactory, idp: IdpServer, cookie_keys: str = COOKIE_KEYS) -> Envoy:
-    config = login_config(idp.url, f"http://{APP_HOST}")
+def start_envoy(factory: EnvoyFactory, idp: IdpServer, cookie_keys: str = COOKIE_KEYS, concurrency: int = 1,
+                **login: Any) -> Envoy:
+    config = login_config(idp.url, f"http://{APP_HOST}", **login)
     config["login"]["hosts"] = [f"http://{APP_HOST}", f"http://{OTHER_HOST}"]
-    envoy = factory.start(config, idps=[idp],
+    envoy = factory.start(config, idps=[idp], concurrency=concurrency,
                           filter_args={"env": {CLIENT_SECRET_ENV: "the-client-secret", COOKIE_KEYS_ENV: cookie_keys}})
     wait_for_login(envoy, APP_HOST)
     return envoy
@@ -311,15 +312,15 @@ def access_token(keys: KeySet, issuer: str) -> str:
                                "exp": now + 300, "jti": secrets.token_hex(8)})
 
 
-def token_answer(idp: IdpServer, keys: KeySet, id_token_value: str) -> None:
-    idp.set_json("/token", {"access_token": access_token(keys, idp.url), "token_type": "Bearer",
+def token_answer(idp: IdpServer, keys: KeySet, id_token_value: str, access: str | None = None) -> None:
+    idp.set_json("/token", {"access_token": access or access_token(keys, idp.url), "token_type": "Bearer",
                             "expires_in": 300, "id_token": id_token_value})
 
 
-def logged_in(envoy: Envoy, idp: IdpServer, keys: KeySet, path: str = "/orders") -> Browser:
+def logged_in(envoy: Envoy, idp: IdpServer, keys: KeySet, path: str = "/orders", access: str | None = None) -> Browser:
     b = browser(envoy, idp.url)
     params = b.authorize(path)
-    token_answer(idp, keys, id_token(keys, idp.url, params["nonce"]))
+    token_answer(idp, keys, id_token(keys, idp.url, params["nonce"]), access)
     resp = b.callback(params, idp.url)
     assert resp.status == 302, resp
     assert any(name.startswith("__Host-mesh-session.") for name in b.jar)
@@ -465,6 +466,31 @@ def test_a_tampered_session_cookie_gives_no_access(attack_envoy: Envoy, fake_op:
     assert resp.status == 302 and resp.header("location").startswith(f"{fake_op.url}/authorize?")
 
 
+def test_reordered_or_missing_chunks_of_a_large_session_give_no_access(
+        attack_envoy: Envoy, fake_op: IdpServer, keys: KeySet) -> None:
+    now = int(time.time())
+    large = keys.mint("RS256", {"iss": fake_op.url, "aud": "web-api", "sub": "alice", "iat": now,
+                                "exp": now + 300, "pad": secrets.token_urlsafe(4500)})
+    b = logged_in(attack_envoy, fake_op, keys, access=large)
+    assert {"__Host-mesh-session.0", "__Host-mesh-session.1"} <= set(b.jar)
+    resp = b.get("/orders", [("accept", "application/json")])
+    assert resp.status == 200 and resp.upstream["headers"]["authorization"] == f"Bearer {large}"
+    good = dict(b.jar)
+    b.jar["__Host-mesh-session.0"], b.jar["__Host-mesh-session.1"] = good["__Host-mesh-session.1"], good["__Host-mesh-session.0"]
+    assert b.get("/orders", [("accept", "application/json")]).status == 401
+    b.jar = {k: v for k, v in good.items() if k != "__Host-mesh-session.1"}
+    assert b.get("/orders", [("accept", "application/json")]).status == 401
+
+
+def test_an_expired_session_gives_no_access(module_envoys: EnvoyFactory, fake_op: IdpServer, keys: KeySet) -> None:
+    envoy = start_envoy(module_envoys, fake_op, sessionMaxAgeSeconds=2)
+    b = logged_in(envoy, fake_op, keys)
+    assert b.get("/orders", [("accept", "application/json")]).status == 200
+    time.sleep(2.5)
+    assert b.get("/orders", [("accept", "application/json")]).status == 401
+    assert b.navigate("/orders").status == 302
+
+
 def test_a_session_cookie_from_another_host_or_a_retired_key_gives_no_access(
         attack_envoy: Envoy, module_envoys: EnvoyFactory, fake_op: IdpServer, keys: KeySet) -> None:
     b = logged_in(attack_envoy, fake_op, keys)
@@ -524,15 +550,20 @@ def test_each_backchannel_logout_rule_refuses_with_400(attack_envoy: Envoy, fake
     assert b.get("/orders", [("accept", "application/json")]).status == 200
 
 
-def test_a_backchannel_logout_ends_the_session_at_once(module_envoys: EnvoyFactory, fake_op: IdpServer,
-                                                       keys: KeySet) -> None:
-    envoy = start_envoy(module_envoys, fake_op)
+def test_a_backchannel_logout_ends_the_session_in_every_worker_at_once(
+        module_envoys: EnvoyFactory, fake_op: IdpServer, keys: KeySet) -> None:
+    # Two workers; each request is a new connection, so they land on both.
+    envoy = start_envoy(module_envoys, fake_op, concurrency=2)
     b = logged_in(envoy, fake_op, keys)
-    assert b.get("/orders", [("accept", "application/json")]).status == 200
+    assert [b.get("/orders", [("accept", "application/json")]).status for _ in range(8)] == [200] * 8
     resp = backchannel(envoy, logout_token(keys, fake_op.url))
     assert resp.status == 200 and resp.header("cache-control") == "no-store"
-    assert b.get("/orders", [("accept", "application/json")]).status == 401
+    assert [b.get("/orders", [("accept", "application/json")]).status for _ in range(8)] == [401] * 8
     assert b.navigate("/orders").status == 302
+    # Both workers took connections after the logout was recorded by one of them.
+    per_worker = envoy.admin(r"/stats?filter=worker_\d\.downstream_cx_total").body.decode()
+    counts = [int(line.rpartition(": ")[2]) for line in per_worker.splitlines()]
+    assert len(counts) == 2 and min(counts) > 0, per_worker
 
 
 def test_nothing_secret_reaches_the_log(attack_envoy: Envoy, fake_op: IdpServer, keys: KeySet) -> None:
