@@ -412,6 +412,16 @@ impl Runtime {
             }
             Step::ReadBody => {
                 self.logins.bodies.insert(context, index);
+                // Envoy hands a filter the body only once its headers went on: they may reach
+                // the upstream ahead of the local answer, so nothing in them may vouch for
+                // anyone (the body itself never leaves the filter).
+                out.push(Effect::EditRequest {
+                    context,
+                    edits: vec![
+                        HeaderEdit::Remove("authorization".to_string()),
+                        HeaderEdit::Remove("cookie".to_string()),
+                    ],
+                });
                 Route::Done
             }
         }

@@ -147,6 +147,13 @@ fn a_browser_logs_in_and_its_session_becomes_a_bearer_token_until_a_backchannel_
     // A back-channel logout from the OP: the next request has no session.
     vm.browse(5, "POST", "/oauth2/backchannel-logout", &[]);
     assert!(vm.runtime.as_ref().unwrap().wants_body(5));
+    assert!(vm.envoy.request_edits.contains(&(
+        5,
+        vec![
+            HeaderEdit::Remove("authorization".into()),
+            HeaderEdit::Remove("cookie".into())
+        ]
+    )));
     let header_b64 = b64(json!({"alg": "EdDSA", "kid": "k1", "typ": "logout+jwt"})
         .to_string()
         .as_bytes());
