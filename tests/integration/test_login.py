@@ -126,17 +126,20 @@ def app_port() -> int:
     return free_port()
 
 
-@pytest.fixture(scope="module")
-def op(app_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenIdProvider]:
-    log = tmp_path_factory.mktemp("op") / "op.log"
+def start_op(app_port: int, log: Path, *extra: str) -> OpenIdProvider:
     with open(log, "wb") as stderr:
         proc = subprocess.Popen(
             [node_binary(), str(LOGIN / "op.mjs"), "--port", "0",
              "--app-origin", f"http://localhost:{app_port}",
-             "--access-token-ttl", str(ACCESS_TOKEN_TTL_S)],
+             "--access-token-ttl", str(ACCESS_TOKEN_TTL_S), *extra],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, cwd=REPO)
     ready = json.loads(read_line(proc, 20))
-    server = OpenIdProvider(proc, ready["issuer"], ready["port"], ready["client_secret"])
+    return OpenIdProvider(proc, ready["issuer"], ready["port"], ready["client_secret"])
+
+
+@pytest.fixture(scope="module")
+def op(app_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenIdProvider]:
+    server = start_op(app_port, tmp_path_factory.mktemp("op") / "op.log")
     yield server
     server.stop()
 
@@ -212,6 +215,40 @@ def test_a_real_browser_logs_in_calls_the_api_outlives_its_token_and_logs_out(
     log = browser_envoy.log()
     for secret in (first_token, refreshed.removeprefix("Bearer "), op.client_secret, COOKIE_KEYS):
         assert secret not in log
+
+
+def test_a_real_browser_logs_in_with_private_key_jwt(module_envoys: EnvoyFactory,
+                                                    tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The client authenticates to oidc-provider's token endpoint with an RFC 7523 assertion
+    signed by a P-256 key from the VM environment (`aud` = the issuer, a fresh `jti`)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    numbers = key.public_key().public_numbers()
+    jwk = {"kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig",
+           "x": b64url(numbers.x.to_bytes(32, "big")), "y": b64url(numbers.y.to_bytes(32, "big"))}
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    port = free_port()
+    server = start_op(port, tmp_path_factory.mktemp("op-pkjwt") / "op.log", "--client-jwk", json.dumps(jwk))
+    try:
+        config = login_config(server.issuer, f"http://localhost:{port}", clientAuth="private_key_jwt",
+                              clientKeyEnv="LOGIN_CLIENT_KEY")
+        del config["login"]["clientSecretEnv"]
+        envoy = module_envoys.start(config, extra_clusters={istio_cluster_name(server.port): server.port},
+                                    filter_args={"env": {"LOGIN_CLIENT_KEY": pem, COOKIE_KEYS_ENV: COOKIE_KEYS}},
+                                    port=port)
+        wait_for_login(envoy, f"localhost:{port}")
+        run = subprocess.run([node_binary(), str(LOGIN / "browser.mjs"), "--app", f"http://localhost:{port}",
+                              "--op", server.issuer], capture_output=True, cwd=REPO, timeout=180)
+        steps = json.loads(run.stdout.decode().strip().splitlines()[-1])
+        assert steps.get("ok"), steps.get("error") or run.stderr.decode()[-2000:]
+        assert steps["landed"]["url"] == f"http://localhost:{port}/orders?page=2"
+        assert steps["api"]["status"] == 200
+        assert "BEGIN PRIVATE KEY" not in envoy.log()
+    finally:
+        server.stop()
 
 
 # --------------------------------------------------------------------------- attacks

@@ -4,6 +4,7 @@
 // verify them), RP-initiated logout and back-channel logout.
 //
 //   node op.mjs --port 0 --app-origin http://localhost:PORT [--access-token-ttl 30]
+//               [--client-jwk '<public JWK>']   (the client authenticates with private_key_jwt)
 //
 // Listens on 127.0.0.1 (the app is on `localhost`: browsers keep cookies per host, not per
 // port, so the two sets of cookies never mix). Prints one JSON line on stdout once it listens:
@@ -24,6 +25,7 @@ const { values: args } = parseArgs({
     'app-origin': { type: 'string' },
     'access-token-ttl': { type: 'string', default: '60' },
     audience: { type: 'string', default: 'web-api' },
+    'client-jwk': { type: 'string' },
   },
 });
 
@@ -52,17 +54,21 @@ const key = {
 
 const backchannelResults = [];
 
+// With --client-jwk the client proves itself with a signed assertion (RFC 7523) instead.
+const clientAuth = args['client-jwk']
+  ? { token_endpoint_auth_method: 'private_key_jwt', jwks: { keys: [JSON.parse(args['client-jwk'])] } }
+  : { token_endpoint_auth_method: 'client_secret_basic', client_secret: CLIENT.secret };
+
 const provider = new Provider(issuer, {
   clients: [{
     client_id: CLIENT.id,
-    client_secret: CLIENT.secret,
+    ...clientAuth,
     grant_types: ['authorization_code', 'refresh_token'],
     response_types: ['code'],
     redirect_uris: [`${APP}/oauth2/callback`],
     post_logout_redirect_uris: [`${APP}/goodbye`],
     backchannel_logout_uri: `${APP}/oauth2/backchannel-logout`,
     backchannel_logout_session_required: true,
-    token_endpoint_auth_method: 'client_secret_basic',
   }],
   jwks: { keys: [key] },
   // Every session gets a refresh token, without offline_access and a consent prompt.
