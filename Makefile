@@ -10,7 +10,7 @@ PY          := $(VENV)/bin/python
 WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
                   --enable-mutable-globals --strip-debug --strip-producers
 
-.PHONY: build tools venv test lint unit integration cli host-probe demo mesh-scale bench bench-baseline soak clean alerts-test crash-test-module
+.PHONY: build tools venv test lint unit integration cli host-probe demo demo-login mesh-scale bench bench-baseline soak clean alerts-test crash-test-module
 
 # Toolchain pieces the wasm build needs: the target, clang for ring's C/asm, wasm-opt.
 tools: .cache/tools.stamp
@@ -86,6 +86,10 @@ alerts-test:
 
 demo: build venv
 	MESH_OAUTH_WASM=$(CURDIR)/$(MODULE) $(PY) examples/demo/demo.py
+
+# Browser login: oidc-provider, Envoy with the module and an echo app; prints the URL to open.
+demo-login: build venv node-deps
+	MESH_OAUTH_WASM=$(CURDIR)/$(MODULE) $(PY) examples/demo/login.py
 
 # N sidecars against one IdP, key rotated mid-run; not part of `make test` (about 2 minutes).
 N ?= 20
