@@ -13,7 +13,7 @@ use libfuzzer_sys::fuzz_target;
 use mesh_oauth::authorize::HeaderEdit;
 use mesh_oauth::config;
 use mesh_oauth::login::endpoints::Endpoints;
-use mesh_oauth::login::flow::{Context, Flow, NoLogouts, Request, Step};
+use mesh_oauth::login::flow::{Context, Flow, NoLogouts, NoRefreshes, Request, Step};
 use mesh_oauth::login::seal::{Binding, KeyRing};
 use mesh_oauth::login::{cookies, return_path};
 use std::sync::OnceLock;
@@ -82,6 +82,7 @@ fn browser_input(bytes: &[u8]) {
         endpoints: Some(&endpoints),
         keys: None,
         logouts: &NoLogouts,
+        refreshes: &NoRefreshes,
         random: &mut random,
     };
     let request = |path| Request {

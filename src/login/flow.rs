@@ -162,6 +162,9 @@ pub struct Continue {
     /// A refusal for want of a token may become a login ([`Flow::start_login`]).
     pub may_login: bool,
     pub event: Option<Event>,
+    /// A refresh just made: `(key, sealed session)` for [`RecentRefreshes::record`], so a
+    /// request that still carries the old cookie uses it rather than the spent refresh token.
+    pub refreshed: Option<(String, String)>,
 }
 
 /// A call to the token endpoint; its answer goes to [`Flow::on_token_answer`] with `pending`.
@@ -206,6 +209,25 @@ pub trait LogoutLedger {
     fn sub_logged_out_at(&self, sub: &str) -> Option<u64>;
 }
 
+/// Refreshes made in the sidecar in the last [`REFRESH_SHARED_SECONDS`], by session.
+pub trait RecentRefreshes {
+    /// The sealed session a refresh of the session named `key` made, if recent.
+    fn recent(&self, key: &str, now: u64) -> Option<String>;
+}
+
+/// How long a refresh's result serves requests that still carry the session it replaced
+/// (sent before the browser had the new cookie).
+pub const REFRESH_SHARED_SECONDS: u64 = 60;
+
+/// No refreshes recorded.
+pub struct NoRefreshes;
+
+impl RecentRefreshes for NoRefreshes {
+    fn recent(&self, _key: &str, _now: u64) -> Option<String> {
+        None
+    }
+}
+
 /// No logouts recorded.
 pub struct NoLogouts;
 
@@ -227,6 +249,8 @@ pub struct Context<'a> {
     /// The provider's keys, once fetched.
     pub keys: Option<&'a KeySet>,
     pub logouts: &'a dyn LogoutLedger,
+    /// Refreshes other requests (in any worker) made moments ago.
+    pub refreshes: &'a dyn RecentRefreshes,
     /// Fills a buffer with cryptographically secure random bytes (WASI `random_get`).
     pub random: &'a mut dyn FnMut(&mut [u8]),
 }
@@ -349,6 +373,31 @@ impl Flow {
                 next.may_login = false;
                 return Step::Continue(next);
             };
+            // Another request of this session refreshed it moments ago (the browser still
+            // sent the old cookie): its result serves, the refresh token is spent.
+            if let Some(renewed) = self.recently_refreshed(&session, &host, ctx) {
+                let (renewed, sealed) = renewed;
+                if let Some(chunks) = cookies::chunk(&sealed) {
+                    let max_age = session
+                        .authenticated_at
+                        .saturating_add(self.login.session_max_age_seconds)
+                        .saturating_sub(ctx.now);
+                    let written: Vec<String> = chunks.iter().map(|(n, _)| n.clone()).collect();
+                    next.set_cookies = chunks
+                        .iter()
+                        .map(|(name, value)| cookies::set_cookie(name, value, max_age))
+                        .chain(
+                            cookies::session_chunk_names(cookie.as_deref())
+                                .iter()
+                                .filter(|name| !written.contains(name))
+                                .map(|name| cookies::clear_cookie(name)),
+                        )
+                        .collect();
+                    next.edits.push(bearer(&renewed.token));
+                    next.may_login = false;
+                    return Step::Continue(next);
+                }
+            }
             let call = self.refresh_call(&refresh_token, endpoints, ctx);
             // Only the cookie edit is in `next` so far; it applies whatever the answer.
             let cookie_edit = next.edits.pop();
@@ -367,6 +416,20 @@ impl Flow {
         next.edits.push(bearer(&session.token));
         next.may_login = false;
         Step::Continue(next)
+    }
+
+    /// A recent refresh of `session` by another request, still usable.
+    fn recently_refreshed(
+        &self,
+        session: &Session,
+        host: &str,
+        ctx: &Context<'_>,
+    ) -> Option<(Session, String)> {
+        let sealed = ctx.refreshes.recent(&session.refresh_key()?, ctx.now)?;
+        let renewed = Session::open(&sealed, &self.keys, host, ctx.now).ok()?;
+        let usable = renewed.sub == session.sub
+            && ctx.now.saturating_add(REFRESH_MARGIN_SECONDS) < renewed.token_expires_at;
+        usable.then_some((renewed, sealed))
     }
 
     fn logged_out(&self, session: &Session, logouts: &dyn LogoutLedger) -> bool {
@@ -571,10 +634,11 @@ impl Flow {
                             &chunk_names,
                             ctx,
                         ) {
-                            Some(set_cookies) => {
+                            Some((set_cookies, sealed)) => {
                                 next.edits.push(bearer(&renewed.token));
                                 next.set_cookies = set_cookies;
                                 next.event = Some(Event::SessionRefreshed);
+                                next.refreshed = session.refresh_key().map(|key| (key, sealed));
                             }
                             None => {
                                 next.set_cookies = clear_names(&chunk_names);
@@ -639,7 +703,7 @@ impl Flow {
         let expires = ctx.now.saturating_add(self.login.session_max_age_seconds);
         // Chunks a longer earlier session may have left would spoil the new one.
         let every_chunk: Vec<String> = (0..MAX_CHUNKS).map(cookies::chunk_name).collect();
-        let Some(mut set_cookies) =
+        let Some((mut set_cookies, _)) =
             self.session_cookies(&session, host, expires, &every_chunk, ctx)
         else {
             return login_failed(400, "session_too_large", clear);
@@ -660,9 +724,10 @@ impl Flow {
         expires_at: u64,
         previous: &[String],
         ctx: &mut Context<'_>,
-    ) -> Option<Vec<String>> {
+    ) -> Option<(Vec<String>, String)> {
         let random = ctx.bytes::<SEAL_RANDOM_LEN>();
-        let chunks = session.seal(&self.keys, host, expires_at, random)?;
+        let sealed = session.sealed(&self.keys, host, expires_at, random)?;
+        let chunks = cookies::chunk(&sealed)?;
         let max_age = expires_at.saturating_sub(ctx.now);
         let mut set: Vec<String> = chunks
             .iter()
@@ -675,7 +740,7 @@ impl Flow {
                 .filter(|name| !written.contains(name))
                 .map(|name| cookies::clear_cookie(name)),
         );
-        Some(set)
+        Some((set, sealed))
     }
 
     /// RP-initiated logout: same-origin `POST` only (a cross-site form cannot log a user out).

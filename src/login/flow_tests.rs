@@ -67,6 +67,18 @@ impl Dice {
 
 struct Ledger(Vec<(&'static str, String, u64)>);
 
+/// Refreshes as the sidecar's shared data would keep them.
+#[derive(Default)]
+struct Refreshes(std::cell::RefCell<BTreeMap<String, (u64, String)>>);
+
+impl RecentRefreshes for Refreshes {
+    fn recent(&self, key: &str, now: u64) -> Option<String> {
+        let map = self.0.borrow();
+        let (at, sealed) = map.get(key)?;
+        (now <= at + REFRESH_SHARED_SECONDS).then(|| sealed.clone())
+    }
+}
+
 impl LogoutLedger for Ledger {
     fn sid_logged_out_at(&self, sid: &str) -> Option<u64> {
         self.0
@@ -90,6 +102,7 @@ struct World {
     now: u64,
     dice: Dice,
     ledger: Ledger,
+    refreshes: Refreshes,
     jar: BTreeMap<String, String>,
 }
 
@@ -106,6 +119,7 @@ impl World {
             now: NOW,
             dice: Dice(0),
             ledger: Ledger(Vec::new()),
+            refreshes: Refreshes::default(),
             jar: BTreeMap::new(),
         }
     }
@@ -153,6 +167,7 @@ impl World {
             endpoints: Some(&self.endpoints),
             keys: Some(&self.op.keys),
             logouts: &self.ledger,
+            refreshes: &self.refreshes,
             random: &mut random,
         };
         self.flow.on_request(&request, &mut ctx)
@@ -182,6 +197,7 @@ impl World {
             endpoints: Some(&self.endpoints),
             keys: Some(&self.op.keys),
             logouts: &self.ledger,
+            refreshes: &self.refreshes,
             random: &mut random,
         };
         let answer = self.flow.start_login(&request, &mut ctx).expect("a login");
@@ -197,10 +213,24 @@ impl World {
             endpoints: Some(&self.endpoints),
             keys: Some(&self.op.keys),
             logouts: &self.ledger,
+            refreshes: &self.refreshes,
             random: &mut random,
         };
-        self.flow
-            .on_token_answer(pending, status, body.to_string().as_bytes(), &mut ctx)
+        let step =
+            self.flow
+                .on_token_answer(pending, status, body.to_string().as_bytes(), &mut ctx);
+        // The runtime records a refresh for the session's other requests.
+        if let Step::Continue(Continue {
+            refreshed: Some((key, sealed)),
+            ..
+        }) = &step
+        {
+            self.refreshes
+                .0
+                .borrow_mut()
+                .insert(key.clone(), (self.now, sealed.clone()));
+        }
+        step
     }
 
     /// Start a login at `path`; return the authorization request's parameters.
@@ -377,6 +407,7 @@ fn api_requests_and_other_hosts_never_start_a_login() {
         endpoints: Some(&endpoints),
         keys: None,
         logouts: &NoLogouts,
+        refreshes: &NoRefreshes,
         random: &mut random,
     };
     assert!(world.flow.start_login(&request, &mut ctx).is_none());
@@ -777,6 +808,7 @@ fn a_tampered_or_foreign_session_cookie_is_refused_and_cleared() {
         endpoints: None,
         keys: None,
         logouts: &NoLogouts,
+        refreshes: &NoRefreshes,
         random: &mut random,
     };
     let next = continued(other_host.flow.on_request(&request, &mut ctx));
@@ -864,6 +896,40 @@ fn an_expired_token_is_refreshed_while_the_request_waits() {
         panic!("no refresh")
     };
     assert!(call.request.body.contains("refresh_token=new-refresh"));
+}
+
+#[test]
+fn a_request_with_the_replaced_cookie_uses_the_refresh_already_made() {
+    let mut world = World::new();
+    world.login("/", json!({}), json!({}));
+    let old_jar = world.jar.clone();
+    world.now = NOW + 295;
+    let Step::Call(call) = world.step("GET", "/api", &[]) else {
+        panic!("no refresh")
+    };
+    let answer = json!({"access_token": "new-access", "token_type": "Bearer", "expires_in": 300,
+                        "refresh_token": "rotated"});
+    let next = continued(world.answer(call.pending, Some(200), &answer));
+    assert!(next.refreshed.is_some());
+    // A request sent before the browser had the new cookie: no second refresh with the spent
+    // refresh token, the new session instead.
+    world.jar = old_jar.clone();
+    world.now += 2;
+    let next = continued(world.step("GET", "/api", &[]));
+    assert_eq!(bearer_of(&next), Some("new-access"));
+    assert!(next
+        .set_cookies
+        .iter()
+        .any(|c| c.starts_with("__Host-mesh-session.0=")));
+    world.store(&next.set_cookies);
+    assert_eq!(
+        bearer_of(&continued(world.step("GET", "/api", &[]))),
+        Some("new-access")
+    );
+    // After a minute the old cookie refreshes on its own again (and the OP decides).
+    world.jar = old_jar;
+    world.now += REFRESH_SHARED_SECONDS;
+    assert!(matches!(world.step("GET", "/api", &[]), Step::Call(_)));
 }
 
 #[test]
@@ -1033,6 +1099,7 @@ fn backchannel_logout_verifies_the_token_and_ends_sessions() {
             endpoints: Some(&world.endpoints),
             keys: Some(&world.op.keys),
             logouts: &NoLogouts,
+            refreshes: &NoRefreshes,
             random: &mut random,
         };
         world.flow.on_backchannel_logout(body.as_bytes(), &ctx)

@@ -56,8 +56,19 @@ impl Session {
         expires_at: u64,
         random: [u8; SEAL_RANDOM_LEN],
     ) -> Option<Vec<(String, String)>> {
+        cookies::chunk(&self.sealed(keys, host, expires_at, random)?)
+    }
+
+    /// The session sealed as one value (what its chunks join to).
+    pub fn sealed(
+        &self,
+        keys: &KeyRing,
+        host: &str,
+        expires_at: u64,
+        random: [u8; SEAL_RANDOM_LEN],
+    ) -> Option<String> {
         let plaintext = serde_json::to_vec(self).ok()?;
-        let sealed = keys.seal(
+        Some(keys.seal(
             &plaintext,
             expires_at,
             Binding {
@@ -65,8 +76,7 @@ impl Session {
                 cookie: SESSION_COOKIE,
             },
             random,
-        );
-        cookies::chunk(&sealed)
+        ))
     }
 
     /// The session in a `Cookie` header, `Ok(None)` when there is none.
@@ -79,15 +89,32 @@ impl Session {
         let Some(sealed) = cookies::session_value(header).map_err(SessionError::Chunks)? else {
             return Ok(None);
         };
+        Session::open(&sealed, keys, host, now).map(Some)
+    }
+
+    /// A sealed session value (the chunks joined).
+    pub fn open(
+        sealed: &str,
+        keys: &KeyRing,
+        host: &str,
+        now: u64,
+    ) -> Result<Session, SessionError> {
         let binding = Binding {
             host,
             cookie: SESSION_COOKIE,
         };
         let plaintext = keys
-            .open(&sealed, binding, now)
+            .open(sealed, binding, now)
             .map_err(SessionError::Open)?;
-        serde_json::from_slice(&plaintext)
-            .map(Some)
-            .map_err(|_| SessionError::Open(OpenError::Malformed))
+        serde_json::from_slice(&plaintext).map_err(|_| SessionError::Open(OpenError::Malformed))
+    }
+
+    /// The name a refresh of this session goes by in the sidecar's shared data: a digest of
+    /// its refresh token, never the token.
+    pub fn refresh_key(&self) -> Option<String> {
+        use base64::Engine as _;
+        let token = self.refresh_token.as_deref()?;
+        let hash = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&hash.as_ref()[..18]))
     }
 }

@@ -8,7 +8,7 @@
 use super::*;
 use crate::login::flow::MAX_TOKEN_ANSWER_BYTES;
 use crate::login::flow::{self, Event, Flow, Pending, Step};
-use crate::login::ledger::SharedLedger;
+use crate::login::ledger::{SharedLedger, SharedRefreshes};
 
 /// A back-channel logout body larger than this is refused unread (a logout token is small).
 pub const MAX_LOGIN_BODY_BYTES: usize = 64 * 1024;
@@ -203,6 +203,10 @@ impl Runtime {
             store: host.shared,
             issuer: &issuer,
         };
+        let refreshes = SharedRefreshes {
+            store: host.shared,
+            issuer: &issuer,
+        };
         let mut random_ok = true;
         let step = {
             let mut random = |buf: &mut [u8]| random_ok &= fill_random(buf);
@@ -211,10 +215,19 @@ impl Runtime {
                 endpoints: endpoints.as_ref(),
                 keys,
                 logouts: &ledger,
+                refreshes: &refreshes,
                 random: &mut random,
             };
             step_of(flow, &mut ctx)
         };
+        // A refresh's result serves the session's other requests, in every worker.
+        if let Step::Continue(flow::Continue {
+            refreshed: Some((key, sealed)),
+            ..
+        }) = &step
+        {
+            refreshes.record(key, sealed, host.now_ms / 1000);
+        }
         random_ok.then_some(step)
     }
 
@@ -544,6 +557,7 @@ impl Runtime {
                 endpoints: endpoints.as_ref(),
                 keys: None,
                 logouts: &flow::NoLogouts,
+                refreshes: &flow::NoRefreshes,
                 random: &mut random,
             };
             flow.start_login(&flow_request, &mut ctx)
@@ -617,6 +631,7 @@ impl Runtime {
             endpoints: None,
             keys,
             logouts: &ledger,
+            refreshes: &flow::NoRefreshes,
             random: &mut no_random,
         };
         let answer = flow.on_backchannel_logout(body, &ctx);

@@ -310,3 +310,59 @@ fn requests_of_one_session_share_one_refresh() {
     }
     assert_eq!(vm.envoy.metric("mesh_oauth.session.refreshed"), Some(1));
 }
+
+#[test]
+fn another_worker_uses_a_refresh_already_made_for_the_old_cookie() {
+    let mut first = Vm::new(login_config());
+    first.discover();
+    let session = logged_in(&mut first, 20);
+    first.envoy.now += 15_000;
+    first.browse(30, "GET", "/api/a", &[("cookie", &session)]);
+    let (token_id, _) = first.envoy.take_call(TOKEN_CLUSTER).expect("a refresh");
+    let fresh = first.token(
+        json!({"iss": ISSUER, "aud": "orders", "sub": "alice", "jti": "fresh",
+                                   "exp": NOW_S + 3600, "iat": NOW_S}),
+    );
+    let answer = json!({"access_token": fresh, "token_type": "Bearer", "expires_in": 300,
+                        "refresh_token": "rt-rotated"})
+    .to_string();
+    first.answer(ROOT, token_id, 200, &answer);
+    assert!(first.envoy.was_resumed(30));
+
+    // Another worker of the same sidecar: the same shared data, its own state.
+    let mut second = Vm::new(login_config());
+    // The same provider, so the same signing key.
+    std::mem::swap(&mut second.key, &mut first.key);
+    second.discover();
+    let shared: Vec<(String, (Vec<u8>, u32))> = first
+        .envoy
+        .shared
+        .0
+        .borrow()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    second.envoy.shared.0.borrow_mut().extend(shared);
+    second.envoy.now = first.envoy.now + 1_000;
+    second.browse(31, "GET", "/api/b", &[("cookie", &session)]);
+    assert!(
+        second.envoy.take_call(TOKEN_CLUSTER).is_none(),
+        "the spent refresh token is not used again"
+    );
+    assert!(
+        second.envoy.was_resumed(31),
+        "{:?}",
+        second.envoy.answer_for(31)
+    );
+    let edits: Vec<&HeaderEdit> = second
+        .envoy
+        .request_edits
+        .iter()
+        .filter(|(c, _)| *c == 31)
+        .flat_map(|(_, e)| e)
+        .collect();
+    assert!(edits.contains(&&HeaderEdit::Set(
+        "authorization".into(),
+        format!("Bearer {fresh}")
+    )));
+}
