@@ -28,6 +28,7 @@ pub mod host_verify;
 pub mod json;
 pub mod keys;
 pub mod keystore;
+pub mod outbound;
 pub mod path;
 pub mod peer;
 pub mod policy;

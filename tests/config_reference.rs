@@ -12,7 +12,15 @@ const REFERENCE: &str = "docs/configuration.md";
 const PARSER: &str = "src/config/";
 /// The field lists that are named constants rather than inline `&[...]` arrays.
 /// `MATCH_FIELDS` is a table whose rows start with the field name.
-const FIELD_CONSTS: [&str; 3] = ["CONFIG_FIELDS", "PROVIDER_FIELDS", "MATCH_FIELDS"];
+const FIELD_CONSTS: [&str; 7] = [
+    "CONFIG_FIELDS",
+    "PROVIDER_FIELDS",
+    "MATCH_FIELDS",
+    "OPERATION_FIELDS",
+    "OUTBOUND_ENTRY_FIELDS",
+    "OUTBOUND_CLIENT_FIELDS",
+    "OUTBOUND_EXCHANGE_FIELDS",
+];
 /// Far fewer than the parser accepts: extraction that silently finds (almost) nothing fails.
 const MIN_FIELDS: usize = 40;
 /// `Object::new` is called for each kind of object in the configuration.

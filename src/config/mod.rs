@@ -819,6 +819,7 @@ fn parse_limits(value: &Value, path: &At<'_>) -> Parsed<Limits> {
 
 mod answers;
 mod fields;
+mod outbound;
 mod providers;
 mod request_match;
 mod resource;
@@ -830,6 +831,7 @@ mod tests;
 
 pub use answers::*;
 use fields::*;
+pub use outbound::*;
 use providers::*;
 pub use providers::{http_target, metric_label};
 use request_match::*;
