@@ -4,6 +4,11 @@
 //! the shell carries them out.
 
 pub mod answer;
+pub mod cache;
+mod flow;
 pub mod request;
+pub mod subject;
 #[cfg(test)]
 pub(crate) mod testing;
+
+pub use flow::*;
