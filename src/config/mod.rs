@@ -25,6 +25,8 @@ pub struct Config {
     pub answers: Answers,
     /// `denyWith` for refusals no rule's own `denyWith` covers.
     pub deny_with: Option<DenyWith>,
+    /// `outbound`: tokens attached to a workload's outbound requests (issue 29).
+    pub outbound: Outbound,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +112,9 @@ pub struct Limits {
     /// `limits.maxDpopProofs`, default 65536: DPoP proofs the sidecar remembers within their
     /// window (24 bytes each in shared data); a proof that finds no room is refused (503).
     pub max_dpop_proofs: usize,
+    /// `limits.maxOutboundTokens`, default 1024: tokens the outbound cache holds for the
+    /// whole sidecar (slots in shared data).
+    pub max_outbound_tokens: usize,
 }
 
 impl Default for Limits {
@@ -124,6 +129,7 @@ impl Default for Limits {
             max_cached_tokens: 1024,
             max_dpop_proofs: 65536,
             max_revocation_bytes: 1024 * 1024,
+            max_outbound_tokens: DEFAULT_MAX_OUTBOUND_TOKENS,
         }
     }
 }
@@ -552,8 +558,14 @@ fn error(path: impl std::fmt::Display, problem: impl Into<String>) -> ConfigErro
 
 type Parsed<T> = Result<T, ConfigError>;
 
-/// Parses and validates the plugin configuration JSON.
+/// Parses and validates the plugin configuration JSON; `outbound` secrets and keys come from
+/// the process environment (the VM's, in the filter).
 pub fn parse(json: &str) -> Parsed<Config> {
+    parse_with_env(json, &|name| std::env::var(name).ok())
+}
+
+/// [`parse`] with the environment read through `env`.
+pub fn parse_with_env(json: &str, env: Env<'_>) -> Parsed<Config> {
     if json.trim().is_empty() {
         return Err(error(WHOLE_CONFIG, "empty; expected a JSON object"));
     }
@@ -567,13 +579,13 @@ pub fn parse(json: &str) -> Parsed<Config> {
                 .map_err(|e| error(WHOLE_CONFIG, format!("not valid JSON: {e}")))?;
             return match refusal {
                 // Valid JSON, not an object: the parser says so in its words.
-                crate::json::JsonError::NotObject => parse_config(&value),
+                crate::json::JsonError::NotObject => parse_config(&value, env),
                 _ => Err(error(WHOLE_CONFIG, refusal.describe())),
             };
         }
         Err(e) => return Err(error(WHOLE_CONFIG, e.describe())),
     };
-    parse_config(&value)
+    parse_config(&value, env)
 }
 
 /// Generous: only duplicate member names are meant to trip this.
@@ -594,11 +606,30 @@ const CONFIG_FIELDS: &[&str] = &[
     "protectedResource",
     "answers",
     "denyWith",
+    "outbound",
 ];
 
-fn parse_config(value: &Value) -> Parsed<Config> {
+fn parse_config(value: &Value, env: Env<'_>) -> Parsed<Config> {
     let config = Object::new(value, &At::Top, CONFIG_FIELDS)?;
     let providers = config.required("providers", parse_providers)?;
+    let outbound = config
+        .optional("outbound", |value, path| {
+            parse_outbound(value, path, &providers, env)
+        })?
+        .unwrap_or_default();
+    if !outbound.entries.is_empty() {
+        // The outbound side attaches tokens; deciding who may call is the inbound plugin's.
+        for field in ["rules", "unmatched", "protectedResource", "denyWith"] {
+            if value.get(field).is_some() {
+                return Err(error(
+                    field,
+                    "belongs to the inbound plugin: a configuration with outbound entries \
+                     configures a workload's outbound side, where no request is refused for \
+                     its own token",
+                ));
+            }
+        }
+    }
     let rules = config
         .optional("rules", |value, path| parse_rules(value, path, &providers))?
         .unwrap_or_default();
@@ -635,6 +666,7 @@ fn parse_config(value: &Value) -> Parsed<Config> {
             .optional("answers", parse_answers)?
             .unwrap_or_default(),
         deny_with: config.optional("denyWith", parse_deny_with)?,
+        outbound,
     })
 }
 
@@ -792,6 +824,7 @@ fn parse_limits(value: &Value, path: &At<'_>) -> Parsed<Limits> {
             "maxCachedTokens",
             "maxRevocationBytes",
             "maxDpopProofs",
+            "maxOutboundTokens",
         ],
     )?;
     let defaults = Limits::default();
@@ -814,6 +847,7 @@ fn parse_limits(value: &Value, path: &At<'_>) -> Parsed<Limits> {
         max_cached_tokens,
         max_revocation_bytes: limit("maxRevocationBytes", defaults.max_revocation_bytes)?,
         max_dpop_proofs: limit("maxDpopProofs", defaults.max_dpop_proofs)?,
+        max_outbound_tokens: limit("maxOutboundTokens", defaults.max_outbound_tokens)?,
     })
 }
 

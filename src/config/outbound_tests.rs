@@ -362,9 +362,62 @@ fn entry_shape_errors_name_their_path() {
     }
 }
 
+fn top(extra: serde_json::Value) -> Result<crate::config::Config, ConfigError> {
+    let mut config = json!({"providers": [{"issuer": ISSUER, "name": "idp"}],
+                            "outbound": entry("clientCredentials", cc(json!({})))});
+    config
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    crate::config::parse_with_env(&config.to_string(), &env)
+}
+
 #[test]
-fn the_top_level_still_refuses_outbound_until_the_flow_is_wired() {
-    let config = json!({"providers": [{"issuer": ISSUER}], "outbound": []});
-    let got = crate::config::parse(&config.to_string()).unwrap_err();
-    assert_eq!(got.to_string(), "outbound: unknown field");
+fn the_top_level_reads_outbound_and_its_limit() {
+    let config = top(json!({"limits": {"maxOutboundTokens": 16}})).unwrap();
+    assert_eq!(config.outbound.entries[0].name, "payments");
+    assert_eq!(config.limits.max_outbound_tokens, 16);
+    let default = top(json!({})).unwrap();
+    assert_eq!(
+        default.limits.max_outbound_tokens,
+        DEFAULT_MAX_OUTBOUND_TOKENS
+    );
+    assert_eq!(
+        top(json!({"limits": {"maxOutboundTokens": 0}}))
+            .unwrap_err()
+            .to_string(),
+        "limits.maxOutboundTokens: must be greater than zero"
+    );
+}
+
+#[test]
+fn an_outbound_configuration_has_no_inbound_rules() {
+    for field in ["rules", "unmatched", "protectedResource", "denyWith"] {
+        let value = match field {
+            "rules" => json!([]),
+            "unmatched" => json!("anonymous"),
+            "protectedResource" => json!({"resource": "https://a.example.com"}),
+            _ => json!({"status": 403}),
+        };
+        let got = top(json!({ field: value })).unwrap_err().to_string();
+        assert!(
+            got.starts_with(&format!("{field}: belongs to the inbound plugin")),
+            "{got}"
+        );
+    }
+    // Without outbound entries the inbound fields are as before.
+    let inbound =
+        json!({"providers": [{"issuer": ISSUER}], "outbound": [], "unmatched": "anonymous"});
+    assert!(crate::config::parse_with_env(&inbound.to_string(), &env).is_ok());
+}
+
+#[test]
+fn a_missing_secret_refuses_the_whole_configuration_naming_the_variable() {
+    let config = json!({"providers": [{"issuer": ISSUER, "name": "idp"}],
+                        "outbound": entry("clientCredentials", cc(json!({"clientSecretEnv": "UNSET"})))});
+    let got = crate::config::parse_with_env(&config.to_string(), &env).unwrap_err();
+    assert_eq!(
+        got.to_string(),
+        "outbound[0].clientCredentials.clientSecretEnv: environment variable UNSET is not set in the VM (vmConfig.env / vm_config.environment_variables)"
+    );
 }

@@ -64,7 +64,11 @@ pub enum Step {
     Call(Call),
     /// Hold the request and ask again at `until_ms` at the latest, or when the shared record
     /// of `key` changes.
-    Wait { key: CacheKey, until_ms: u64 },
+    Wait {
+        entry: usize,
+        key: CacheKey,
+        until_ms: u64,
+    },
     /// A background call finished: nothing to resume.
     Done,
 }
@@ -172,38 +176,37 @@ pub struct Flow {
 
 impl Flow {
     /// `capacity`: `limits.maxOutboundTokens`. `previous`: this worker's flow before a
-    /// configuration push, whose cached tokens are kept.
+    /// configuration push, whose cached tokens are kept. The parser checked each entry's
+    /// provider and key; were one missing anyway, its calls would fail (fail closed).
     pub fn new(
         config: &Config,
         outbound: &Outbound,
         capacity: usize,
         previous: Option<Flow>,
-    ) -> Result<Flow, String> {
-        let mut entries = Vec::with_capacity(outbound.entries.len());
-        for (index, entry) in outbound.entries.iter().enumerate() {
-            let client = entry.grant.client();
-            let provider = config
-                .providers
-                .get(client.provider)
-                .ok_or_else(|| format!("outbound[{index}]: its provider is gone"))?;
-            let signer = match &client.auth {
-                ClientAuth::PrivateKeyJwt(key) => Some(Signer::new(key).ok_or_else(|| {
-                    format!("outbound[{index}]: the client key no longer parses")
-                })?),
-                _ => None,
-            };
-            entries.push(Compiled {
-                entry: entry.clone(),
-                signer,
-                issuer: provider.issuer.clone(),
-                timeout_ms: provider.timeout_ms,
-            });
-        }
-        Ok(Flow {
+    ) -> Flow {
+        let entries = outbound
+            .entries
+            .iter()
+            .map(|entry| {
+                let client = entry.grant.client();
+                let provider = config.providers.get(client.provider);
+                let signer = match &client.auth {
+                    ClientAuth::PrivateKeyJwt(key) => Signer::new(key),
+                    _ => None,
+                };
+                Compiled {
+                    entry: entry.clone(),
+                    signer,
+                    issuer: provider.map(|p| p.issuer.clone()).unwrap_or_default(),
+                    timeout_ms: provider.map_or(5_000, |p| p.timeout_ms),
+                }
+            })
+            .collect();
+        Flow {
             entries,
             cache: TokenCache::new(capacity, previous.map(|p| p.cache)),
             max_token_bytes: config.limits.max_token_bytes,
-        })
+        }
     }
 
     pub fn entry_name(&self, entry: usize) -> Option<&str> {
@@ -301,6 +304,7 @@ impl Flow {
             Lookup::Fetch(lease) => match self.start(index, want, lease, false, &destination, cx) {
                 Started::Call(call) => Step::Call(*call),
                 Started::Wait { key, until_ms } if cx.now_ms < deadline => Step::Wait {
+                    entry: index,
                     key,
                     until_ms: until_ms.min(deadline),
                 },
@@ -311,6 +315,7 @@ impl Flow {
                 } => self.fail(index, reason, retry_after_seconds, destination),
             },
             Lookup::Wait { until_ms } if cx.now_ms < deadline => Step::Wait {
+                entry: index,
                 key,
                 until_ms: until_ms.min(deadline),
             },

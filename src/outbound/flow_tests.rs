@@ -23,7 +23,7 @@ fn no_endpoint(_: usize) -> Option<HttpTarget> {
 
 fn flow(entries: Value) -> Flow {
     let (config, outbound) = configure(entries);
-    Flow::new(&config, &outbound, 64, None).unwrap()
+    Flow::new(&config, &outbound, 64, None)
 }
 
 fn cx(store: &Shared, now_ms: u64) -> Context<'_, Shared> {
@@ -615,7 +615,7 @@ fn a_configuration_push_keeps_the_cached_tokens() {
         json!({"audience": "payments"}),
         json!({}),
     ));
-    let mut pushed = Flow::new(&config, &outbound, 64, Some(f)).unwrap();
+    let mut pushed = Flow::new(&config, &outbound, 64, Some(f));
     let step = ask(&mut pushed, &store, &req("payments.internal"), NOW + 1_000);
     assert_eq!(attached(&step), (bearer_edit("cc-1"), Source::Cached));
     // A changed entry (another audience) is another token.

@@ -474,6 +474,7 @@ mod tests {
             protected_resources: Vec::new(),
             answers: Default::default(),
             deny_with: None,
+            outbound: Default::default(),
         }
     }
 

@@ -44,6 +44,7 @@
 
 pub mod held;
 mod metrics;
+mod outbound;
 
 #[cfg(test)]
 mod tests;
@@ -158,6 +159,8 @@ pub struct CallId(u64);
 pub enum Purpose {
     /// A provider's discovery document, key set or revocation list.
     KeyFetch { provider: usize, stage: Stage },
+    /// A token endpoint call of the outbound flow; `id` names its pending state.
+    Outbound { id: u64 },
 }
 
 /// A call's answer as the host gave it. No `:status` (a reset call, unreadable headers):
@@ -268,6 +271,8 @@ pub struct Runtime {
     cached_tokens_counted: usize,
     /// Response-header edits waiting for their request's response, by context.
     response_edits: Vec<(u32, Vec<HeaderEdit>)>,
+    /// The outbound flow, when the configuration has `outbound` entries.
+    outbound: Option<outbound::OutboundState>,
 }
 
 fn log(out: &mut Effects, level: Level, message: &str) {
@@ -397,6 +402,7 @@ impl Runtime {
         if facts.new_in_vm {
             count_vm_start(&mut metrics, facts.plugin, out);
         }
+        let previous_outbound = previous.as_mut().and_then(|p| p.outbound.take());
         let (previous_keys, held, abandoned, cached_tokens_counted) = match previous {
             Some(mut old) => {
                 old.tally.flush(out);
@@ -415,6 +421,8 @@ impl Runtime {
                         Purpose::KeyFetch { provider, stage } => {
                             Some((new_index(provider)?, stage))
                         }
+                        // Freed with the outbound state below.
+                        Purpose::Outbound { .. } => None,
                     })
                     .collect();
                 (Some(old.keys), held, abandoned, old.cached_tokens_counted)
@@ -433,6 +441,8 @@ impl Runtime {
             replay::prepare_slots(host.shared, config.limits.max_dpop_proofs);
         }
         keys.use_signature_host(facts.signature_host);
+        // Cached outbound tokens live on in shared data and in the worker's copy.
+        let outbound = outbound::OutboundState::new(&config, previous_outbound, host);
         let providers = config.providers.len();
         let mut runtime = Runtime {
             owner_root: facts.root_id,
@@ -454,6 +464,7 @@ impl Runtime {
             // Provider indexes may mean other providers now: looked up afresh by name.
             tally: Tally::default(),
             response_edits: Vec::new(),
+            outbound,
         };
         runtime.metrics.record(
             HOST_SIGNATURES_GAUGE,
@@ -489,6 +500,12 @@ impl Runtime {
         host: Host<'_>,
         out: &mut Effects,
     ) {
+        // A configuration with outbound entries is a workload's outbound side: tokens are
+        // attached, no request is refused for its own token.
+        if self.outbound.is_some() {
+            self.outbound_request(context, request, None, host, out);
+            return;
+        }
         if let Some(wait) = self.handle(context, request, None, host, out) {
             self.held.hold(
                 held::Held {
@@ -617,6 +634,14 @@ impl Runtime {
                     .dispatch_failed(&host.shared, provider, stage, host.now_ms);
                 self.wake(&[provider], host, out);
             }
+            Purpose::Outbound { id } => {
+                log(
+                    out,
+                    Level::Warn,
+                    &format!("outbound token call could not start through cluster \"{cluster}\": {reason}"),
+                );
+                self.outbound_answered(false, id, None, &[], host, out);
+            }
         }
     }
 
@@ -630,6 +655,7 @@ impl Runtime {
                 Stage::Discovery | Stage::Jwks => limits.max_jwks_bytes,
                 Stage::Revocations => limits.max_revocation_bytes,
             },
+            Purpose::Outbound { .. } => self.outbound_answer_cap(),
         };
         Some(cap.saturating_add(1))
     }
@@ -655,6 +681,10 @@ impl Runtime {
                     Some(root_id) => self.pump(root_id, vec![provider], host, out),
                     None => self.wake(&[provider], host, out),
                 }
+            }
+            Purpose::Outbound { id } => {
+                let status = answer.header(":status").and_then(|s| s.parse::<u32>().ok());
+                self.outbound_answered(root_id.is_some(), id, status, answer.body, host, out);
             }
         }
     }
@@ -725,7 +755,8 @@ impl Runtime {
         self.last_pump_ms = now;
         self.tally.flush(out);
         self.record_cached_tokens(out);
-        if std::mem::take(&mut self.reconfigured) {
+        let reconfigured = std::mem::take(&mut self.reconfigured);
+        if reconfigured {
             changed.extend(self.held.key_providers());
         }
         let sync = self.keys.sync(&host.shared, now);
@@ -759,6 +790,7 @@ impl Runtime {
             self.dispatch(purpose, request, out);
         }
         self.wake(&changed, host, out);
+        self.pump_outbound(reconfigured, host, out);
     }
 
     fn record_keys_loaded(&mut self, provider_label: &str, count: usize, out: &mut Effects) {
@@ -824,6 +856,11 @@ impl Runtime {
                         provider_removed: *provider_removed,
                         expired,
                     }
+                }
+                // Looked at by the outbound flow's own wake.
+                Until::Outbound { .. } => {
+                    self.held.hold(waiter, &mut self.metrics, out);
+                    continue;
                 }
                 Until::Call { expiry, .. } => {
                     if expired {
