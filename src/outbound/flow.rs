@@ -15,6 +15,8 @@ use crate::policy::{observe, pattern_matches, RequestFacts};
 
 /// A waiting request is answered 503 once it has waited this long past its entry's timeout.
 const WAIT_MARGIN_MS: u64 = 1_000;
+/// How often a request waiting for another worker's call looks at the shared record again.
+const WAIT_POLL_MS: u64 = 50;
 /// How often a request waiting for the token endpoint to be discovered looks again.
 const DISCOVERY_POLL_MS: u64 = 250;
 
@@ -314,10 +316,14 @@ impl Flow {
                     retry_after_seconds,
                 } => self.fail(index, reason, retry_after_seconds, destination),
             },
+            // Another worker's call: its answer reaches this worker only through the shared
+            // record, so look again soon.
             Lookup::Wait { until_ms } if cx.now_ms < deadline => Step::Wait {
                 entry: index,
                 key,
-                until_ms: until_ms.min(deadline),
+                until_ms: until_ms
+                    .min(deadline)
+                    .min(cx.now_ms.saturating_add(WAIT_POLL_MS)),
             },
             Lookup::Wait { .. } => self.fail(index, "token_unavailable", 1, destination),
             Lookup::Failing {
