@@ -18,6 +18,7 @@ import selectors
 import shutil
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -85,9 +86,14 @@ class AuthorizationServer:
         with urllib.request.urlopen(request, timeout=5) as answer:
             return json.loads(answer.read())
 
-    def user_token(self, sub: str = "alice", ttl: int = 600, may_act: str | None = None) -> str:
-        query = f"sub={sub}&ttl={ttl}" + (f"&may_act={may_act}" if may_act else "")
-        return self.get(f"/test/mint?{query}")["token"]
+    def user_token(self, sub: str = "alice", ttl: int = 600, may_act: str | None = None,
+                   scope: str | None = None) -> str:
+        query = {"sub": sub, "ttl": str(ttl)}
+        if may_act:
+            query["may_act"] = may_act
+        if scope:
+            query["scope"] = scope
+        return self.get(f"/test/mint?{urllib.parse.urlencode(query)}")["token"]
 
     def token_requests(self) -> int:
         return self.get("/test/stats")["token_requests"]
@@ -364,3 +370,57 @@ def test_a_configuration_push_keeps_the_cached_tokens(envoy: Envoy, auth_server:
     after = eventually(lambda: _attached_ok(call(envoy, "basic.mesh.test")))
     assert after == before
     assert auth_server.token_requests() == 0
+
+
+# --------------------------------------------------------------------------- the agent chain
+
+
+@pytest.fixture(scope="module")
+def agent_chain(module_envoys: EnvoyFactory, auth_server: AuthorizationServer) -> dict[str, Envoy]:
+    """Two sidecars: the agent's outbound plugin exchanges the user's token for the tool, and the
+    tool's inbound plugin requires that token, with the agent as actor, before the tool (the echo
+    server) sees the request. Two agents share the outbound sidecar: `svc-basic`, the tool's
+    agent, and `svc-post`, another one."""
+    tool = module_envoys.start(
+        {"providers": [{"name": "as", "issuer": auth_server.issuer, "audiences": ["tools"],
+                        "jwksUri": f"{auth_server.issuer}/jwks",
+                        # The tool sees the token too, so the test can read what arrived.
+                        "forwardOriginalToken": True}],
+         "rules": [{"name": "tools", "match": {"paths": ["/*"]},
+                    "requires": {"scopes": ["tools:call"], "actor": ["svc-basic"], "maxDelegationDepth": 1}}],
+         "unmatched": "deny"},
+        extra_clusters={auth_server.cluster: auth_server.port})
+    exchange = lambda client: cc("as", client, audience="tools", scopes=["tools:call"],  # noqa: E731
+                                 actor="clientCredentials")
+    agent = module_envoys.start(
+        {"providers": [{"name": "as", "issuer": auth_server.issuer}],
+         "outbound": [{"name": "agent", "match": {"hosts": ["tools.mesh.test"]}, "tokenExchange": exchange("svc-basic")},
+                      {"name": "rogue", "match": {"hosts": ["rogue.mesh.test"]}, "tokenExchange": exchange("svc-post")}]},
+        # The agent's upstream is the tool's sidecar.
+        extra_clusters={auth_server.cluster: auth_server.port, "upstream": tool.port},
+        filter_args={"env": ENV})
+    return {"agent": agent, "tool": tool}
+
+
+def test_the_tool_receives_a_narrowed_actor_bound_token_through_both_sidecars(
+        agent_chain: dict[str, Envoy], auth_server: AuthorizationServer) -> None:
+    user = auth_server.user_token("erin", scope="tools:call pay:write")
+    response = call(agent_chain["agent"], "tools.mesh.test", {"authorization": f"Bearer {user}"})
+    assert response.status == 200, response
+    claims = auth_server.verify(attached(response), audience="tools")
+    assert claims["sub"] == "erin"
+    assert claims["scope"] == "tools:call", "narrowed: pay:write stayed behind"
+    assert claims["act"] == {"sub": "svc-basic"}
+
+
+def test_the_tool_refuses_a_token_whose_actor_is_another_agent(
+        agent_chain: dict[str, Envoy], auth_server: AuthorizationServer) -> None:
+    user = auth_server.user_token("erin", scope="tools:call")
+    response = call(agent_chain["agent"], "rogue.mesh.test", {"authorization": f"Bearer {user}"})
+    # The exchange succeeds (the server lets svc-post act), the tool's sidecar refuses the actor.
+    assert response.status == 403, response
+    assert b"outbound_credentials" not in response.body, "refused by the tool, not the agent's sidecar"
+    refused = [json.loads(line[line.index("{"):]) for line in agent_chain["tool"].log().splitlines()
+               if '"decision":"deny"' in line]
+    assert refused, "the tool's sidecar logged no refusal"
+    assert refused[-1]["sub"] == "erin" and "svc-post" in json.dumps(refused[-1]["actors"]), refused[-1]
