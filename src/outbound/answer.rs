@@ -1,6 +1,7 @@
 //! Token endpoint answers (RFC 6749 §5.1/§5.2, RFC 8693 §2.2), parsed strictly: whatever
 //! the server sends, the result is an issued token fit for a header or a typed error.
 
+use super::refusal::Refusal;
 use super::request::{ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, TXN_TOKEN_TYPE};
 use crate::json::{self, JsonError, JsonLimits};
 use serde_json::Value;
@@ -66,16 +67,16 @@ pub enum AnswerError {
 
 impl AnswerError {
     /// The metric / audit reason.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Refusal {
         match self {
-            AnswerError::NoAnswer => "token_endpoint_unreachable",
-            AnswerError::Status(..) => "token_endpoint_status",
+            AnswerError::NoAnswer => Refusal::TokenEndpointUnreachable,
+            AnswerError::Status(..) => Refusal::TokenEndpointStatus,
             AnswerError::TooLarge
             | AnswerError::NotJson(_)
             | AnswerError::AccessToken
             | AnswerError::TokenType
             | AnswerError::ExpiresIn
-            | AnswerError::IssuedTokenType => "token_endpoint_answer",
+            | AnswerError::IssuedTokenType => Refusal::TokenEndpointAnswer,
         }
     }
 

@@ -242,5 +242,5 @@ fn descriptions_never_echo_the_body() {
         err.describe(),
         "the token endpoint answered 400 (invalid_grant)"
     );
-    assert_eq!(err.reason(), "token_endpoint_status");
+    assert_eq!(err.reason().name(), "token_endpoint_status");
 }

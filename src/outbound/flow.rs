@@ -4,6 +4,7 @@
 
 use super::answer::{self, Expect, TokenAnswer};
 use super::cache::{CacheKey, Lease, Lookup, Outcome, Token, TokenCache};
+use super::refusal::Refusal;
 use super::request::{self, Grant as AskFor, Signer, ACCESS_TOKEN_TYPE, TXN_TOKEN_TYPE};
 use super::subject::{self, SubjectRefusal};
 use crate::config::{
@@ -60,7 +61,7 @@ pub enum Step {
         entry: usize,
         status: u16,
         retry_after_seconds: Option<u64>,
-        reason: &'static str,
+        reason: Refusal,
     },
     /// Dispatch this call and hold the request until its answer.
     Call(Call),
@@ -275,12 +276,13 @@ impl Flow {
                     }
                     // Never sent on unauthenticated, nor with a subject the server would refuse.
                     Err(refusal) => {
+                        let reason = refusal.reason();
                         return Step::Respond {
                             entry: index,
-                            status: 403,
+                            status: reason.status(),
                             retry_after_seconds: None,
-                            reason: refusal.reason(),
-                        }
+                            reason,
+                        };
                     }
                 }
             }
@@ -310,7 +312,9 @@ impl Flow {
                     key,
                     until_ms: until_ms.min(deadline),
                 },
-                Started::Wait { .. } => self.fail(index, "token_endpoint_unknown", 1, destination),
+                Started::Wait { .. } => {
+                    self.fail(index, Refusal::TokenEndpointUnknown, 1, destination)
+                }
                 Started::Failed {
                     reason,
                     retry_after_seconds,
@@ -325,12 +329,12 @@ impl Flow {
                     .min(deadline)
                     .min(cx.now_ms.saturating_add(WAIT_POLL_MS)),
             },
-            Lookup::Wait { .. } => self.fail(index, "token_unavailable", 1, destination),
+            Lookup::Wait { .. } => self.fail(index, Refusal::TokenUnavailable, 1, destination),
             Lookup::Failing {
                 retry_after_seconds,
             } => self.fail(
                 index,
-                "token_endpoint_failing",
+                Refusal::TokenEndpointFailing,
                 retry_after_seconds,
                 destination,
             ),
@@ -356,7 +360,7 @@ impl Flow {
             let reason = parsed
                 .as_ref()
                 .err()
-                .map_or("actor_token", answer::AnswerError::reason);
+                .map_or(Refusal::ActorToken, answer::AnswerError::reason);
             let outcome = match parsed {
                 Ok(issued) => Outcome::Issued {
                     value: issued.access_token,
@@ -374,7 +378,7 @@ impl Flow {
             };
             return match self.exchange_form(&pending, Some(&actor.value), cx) {
                 Some((target, form)) => Step::Call(self.call(target, form, pending)),
-                None => self.give_up(pending, "client_assertion", cx),
+                None => self.give_up(pending, Refusal::ClientAssertion, cx),
             };
         }
         let expect = self.expect(index, &pending.want);
@@ -406,7 +410,9 @@ impl Flow {
                         pending.destination,
                         None,
                     ),
-                    (false, None) => self.fail(index, "token_lifetime", 1, pending.destination),
+                    (false, None) => {
+                        self.fail(index, Refusal::TokenLifetime, 1, pending.destination)
+                    }
                 }
             }
             Err(error) => {
@@ -560,7 +566,7 @@ impl Flow {
                 } => {
                     self.cache.abandon(cx.store, &pending.lease);
                     return Started::Failed {
-                        reason: "actor_token",
+                        reason: Refusal::ActorToken,
                         retry_after_seconds,
                     };
                 }
@@ -576,7 +582,7 @@ impl Flow {
             None => {
                 self.abandon(cx.store, &pending);
                 Started::Failed {
-                    reason: "client_assertion",
+                    reason: Refusal::ClientAssertion,
                     retry_after_seconds: 1,
                 }
             }
@@ -638,7 +644,7 @@ impl Flow {
     fn give_up<S: SharedStore>(
         &mut self,
         pending: Pending,
-        reason: &'static str,
+        reason: Refusal,
         cx: &Context<'_, S>,
     ) -> Step {
         self.cache.abandon(cx.store, &pending.lease);
@@ -698,7 +704,7 @@ impl Flow {
     fn fail(
         &self,
         index: usize,
-        reason: &'static str,
+        reason: Refusal,
         retry_after_seconds: u64,
         destination: String,
     ) -> Step {
@@ -731,7 +737,7 @@ enum Started {
         until_ms: u64,
     },
     Failed {
-        reason: &'static str,
+        reason: Refusal,
         retry_after_seconds: u64,
     },
 }

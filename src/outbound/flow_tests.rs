@@ -1,5 +1,6 @@
 use super::*;
 use crate::keystore::tests::Shared;
+use crate::outbound::refusal::Refusal;
 use crate::outbound::testing::*;
 use crate::peer::NoPeer;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -260,7 +261,7 @@ fn a_failing_token_endpoint_is_503_with_retry_after_or_passes_through() {
     };
     assert_eq!(
         (status, retry_after_seconds, reason),
-        (503, Some(1), "token_endpoint_status")
+        (503, Some(1), Refusal::TokenEndpointStatus)
     );
     // During the backoff, no new call: 503 at once.
     let step = ask(&mut f, &store, &req("payments.internal"), NOW + 20);
@@ -268,7 +269,7 @@ fn a_failing_token_endpoint_is_503_with_retry_after_or_passes_through() {
         step,
         Step::Respond {
             status: 503,
-            reason: "token_endpoint_failing",
+            reason: Refusal::TokenEndpointFailing,
             ..
         }
     ));
@@ -378,7 +379,7 @@ fn a_subject_that_is_missing_expired_or_not_for_this_actor_is_refused_before_any
     for (request, expected) in cases {
         let step = ask(&mut f, &store, &request, NOW);
         assert!(
-            matches!(step, Step::Respond { status: 403, reason, retry_after_seconds: None, .. } if reason == expected),
+            matches!(step, Step::Respond { status: 403, reason, retry_after_seconds: None, .. } if reason.name() == expected),
             "{}",
             describe(&step)
         );
@@ -493,7 +494,7 @@ fn an_exchanged_token_never_outlives_its_subject() {
         expired,
         Step::Respond {
             status: 403,
-            reason: "subject_expired",
+            reason: Refusal::SubjectExpired,
             ..
         }
     ));
@@ -561,7 +562,7 @@ fn waiting_for_discovery_or_another_worker_ends_in_503_after_the_timeout() {
             late,
             Step::Respond {
                 status: 503,
-                reason: "token_endpoint_unknown",
+                reason: Refusal::TokenEndpointUnknown,
                 ..
             }
         ),
@@ -590,7 +591,7 @@ fn waiting_for_discovery_or_another_worker_ends_in_503_after_the_timeout() {
             late,
             Step::Respond {
                 status: 503,
-                reason: "token_unavailable",
+                reason: Refusal::TokenUnavailable,
                 ..
             }
         ),

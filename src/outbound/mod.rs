@@ -6,6 +6,7 @@
 pub mod answer;
 pub mod cache;
 mod flow;
+pub mod refusal;
 pub mod request;
 pub mod subject;
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! the server would refuse — an expired token, a `may_act` naming someone else — and to cap
 //! the exchanged token's life at the subject's.
 
+use super::refusal::Refusal;
 use crate::json::{self, JsonLimits};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -34,12 +35,12 @@ pub enum SubjectRefusal {
 }
 
 impl SubjectRefusal {
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> Refusal {
         match self {
-            SubjectRefusal::Missing => "missing_subject",
-            SubjectRefusal::Expired => "subject_expired",
-            SubjectRefusal::Malformed => "subject_malformed",
-            SubjectRefusal::MayAct => "may_act",
+            SubjectRefusal::Missing => Refusal::MissingSubject,
+            SubjectRefusal::Expired => Refusal::SubjectExpired,
+            SubjectRefusal::Malformed => Refusal::SubjectMalformed,
+            SubjectRefusal::MayAct => Refusal::MayAct,
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::authorize::{HeaderEdit, Request};
 use crate::config::{self, AuditLevel, Config};
 use crate::outbound::answer::{TokenAnswer, MAX_ANSWER_BYTES};
 use crate::outbound::cache::CacheKey;
+use crate::outbound::refusal::Refusal;
 use crate::outbound::{self, Context, Flow, OutboundRequest, Pending, Source, Step};
 use crate::response::Response;
 use std::collections::HashMap;
@@ -228,8 +229,8 @@ impl Runtime {
                 Level::Warn,
                 "held requests at their limit: answering at once",
             );
-            let reason = "held_requests_full";
-            let response = outbound_refusal(503, Some(1), reason);
+            let reason = Refusal::HeldRequestsFull;
+            let response = outbound_refusal(reason.status(), Some(1), reason);
             self.refuse_outbound(context, entry, response, reason, request, out);
             return;
         }
@@ -247,18 +248,18 @@ impl Runtime {
         context: u32,
         entry: usize,
         response: Response,
-        reason: &'static str,
+        reason: Refusal,
         request: &Request<'_>,
         out: &mut Effects,
     ) {
         let name = self.outbound_name(entry);
-        self.count_outbound(&name, &format!("refused.{reason}"), out);
+        self.count_outbound(&name, &format!("refused.{}", reason.name()), out);
         self.audit_outbound(
             serde_json::json!({
                 "decision": "outbound",
                 "outbound": name,
                 "status": response.status,
-                "reason": reason,
+                "reason": reason.name(),
                 "destination": clipped(request.authority),
             }),
             true,
@@ -490,7 +491,7 @@ fn clipped(text: &str) -> String {
 }
 
 /// 403 (the subject token) or 503 with `Retry-After` (no token could be had), with the reason.
-fn outbound_refusal(status: u16, retry_after_seconds: Option<u64>, reason: &str) -> Response {
+fn outbound_refusal(status: u16, retry_after_seconds: Option<u64>, reason: Refusal) -> Response {
     let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
     if let Some(seconds) = retry_after_seconds {
         headers.push(("retry-after".to_owned(), seconds.to_string()));
@@ -498,7 +499,8 @@ fn outbound_refusal(status: u16, retry_after_seconds: Option<u64>, reason: &str)
     Response {
         status: u32::from(status),
         headers,
-        body: serde_json::json!({"error": "outbound_credentials", "reason": reason}).to_string(),
+        body: serde_json::json!({"error": "outbound_credentials", "reason": reason.name()})
+            .to_string(),
         grpc_status: None,
     }
 }
