@@ -271,6 +271,36 @@ fn check_config_accepts_every_wasm_plugin_of_the_repository() {
     }
 }
 
+/// An outbound WasmPlugin's secrets live in the pod: check-config stands in a value for each
+/// variable `vmConfig.env` gives the VM, and names one it does not give.
+#[test]
+fn check_config_reads_outbound_secrets_from_the_plugins_vm_env() {
+    let file = repo().join("deploy/istio/outbound.yaml");
+    let out = run(&["check-config", file.to_str().unwrap()], None);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (
+            0,
+            "ok: WasmPlugin agents/mesh-oauth-outbound: 1 provider, 2 outbound entries\n"
+        ),
+        "{}",
+        out.stderr
+    );
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("- name: AGENT_CLIENT_SECRET", "- name: SOMETHING_ELSE");
+    let path = scratch("outbound-undeclared.yaml", &text);
+    let out = run(&["check-config", path.to_str().unwrap()], None);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains(
+            "spec.pluginConfig.outbound[0].tokenExchange.clientSecretEnv: environment variable AGENT_CLIENT_SECRET is not set in the VM"
+        ),
+        "{}",
+        out.stderr
+    );
+}
+
 const PLUGIN_HEAD: &str = "\
 apiVersion: extensions.istio.io/v1alpha1
 kind: WasmPlugin

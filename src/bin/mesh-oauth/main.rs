@@ -143,6 +143,14 @@ fn check_config(args: &[String]) -> Result<ExitCode, Failure> {
             identities.push(format!("{label}config sha256: {}\n", hash.hex()));
         }
         match plugin.result {
+            Ok(config) if !config.outbound.entries.is_empty() => emit(&format!(
+                "ok: {label}{}, {}\n",
+                count(config.providers.len(), "provider"),
+                match config.outbound.entries.len() {
+                    1 => "1 outbound entry".to_owned(),
+                    n => format!("{n} outbound entries"),
+                }
+            )),
             Ok(config) => emit(&format!(
                 "ok: {label}{}, {}\n",
                 count(config.providers.len(), "provider"),
