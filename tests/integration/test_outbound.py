@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from harness import Envoy, EnvoyFactory, Response, istio_cluster_name
+from observe import stats
 
 REPO = Path(__file__).resolve().parents[2]
 AS_SCRIPT = REPO / "tests" / "integration" / "outbound" / "as.mjs"
@@ -179,6 +180,8 @@ def outbound_config(server: AuthorizationServer, short: AuthorizationServer, aud
                                                                 actor="clientCredentials")),
             entry("txn", "txn.mesh.test", header="txn-token", tokenExchange=cc("as", "svc-basic", audience="txn")),
             entry("fragile", "fragile.mesh.test", clientCredentials=cc("short", "svc-basic", resource=PAYMENTS)),
+            entry("renewed", "renewed.mesh.test", clientCredentials=cc("short", "svc-basic", resource=PAYMENTS,
+                                                                      scopes=["pay:read"])),
             entry("lenient", "lenient.mesh.test", onFailure="passThrough",
                   clientCredentials=cc("short", "svc-post", resource=PAYMENTS)),
             # One per way the server fails, each with no token yet.
@@ -243,9 +246,40 @@ def test_one_token_request_for_concurrent_requests_over_four_workers(envoy: Envo
     assert auth_server.token_requests() == 1
     claims = auth_server.verify(tokens.pop(), audience=PAYMENTS)
     assert claims["scope"] == "pay:write"
+    # The counters, summed over the workers by Envoy: 40 attached, one call.
+    counted = eventually(lambda: _burst_counters(envoy))
+    assert counted["token_requests"] == 1 and counted["attached"] == 40, counted
     # The requests were spread over the workers (each audit line names its thread).
     workers = set(re.findall(r"\]\[(\d+)\]\[\w+\]\[wasm\].*\"outbound\":\"burst\"", envoy.log()))
     assert len(workers) >= 2, workers
+
+
+def _burst_counters(envoy: Envoy) -> dict[str, int]:
+    prefix = "mesh_oauth.outbound.burst."
+    counted = {name.removeprefix(prefix): value for name, value in stats(envoy).items() if name.startswith(prefix)}
+    assert counted.get("attached") == 40, counted
+    return counted
+
+
+def test_tokens_are_renewed_before_they_expire_and_none_arrives_expired(
+        envoy: Envoy, short_server: AuthorizationServer) -> None:
+    """Requests for longer than a token lives: each token the upstream gets is still valid, and a
+    new one replaced the first before it expired."""
+    short_server.mode("ok")
+    seen: list[tuple[str, float, int]] = []  # token, when first seen, its exp
+    deadline = time.monotonic() + SHORT_TTL_S * 1.5
+    while time.monotonic() < deadline:
+        response = call(envoy, "renewed.mesh.test")
+        assert response.status == 200, response
+        token = attached(response)
+        claims = short_server.verify(token, audience=PAYMENTS)
+        now = time.time()
+        assert claims["exp"] > now, "an expired token was attached"
+        if not seen or seen[-1][0] != token:
+            seen.append((token, now, claims["exp"]))
+        time.sleep(0.2)
+    assert len(seen) >= 2, "renewed at least once"
+    assert seen[1][1] < seen[0][2], "the new token came before the first one expired"
 
 
 def test_token_exchange_narrows_the_users_token_and_names_the_actor(envoy: Envoy,
