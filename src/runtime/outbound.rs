@@ -281,6 +281,9 @@ impl Runtime {
     /// token call answered or whose deadline passed.
     pub(super) fn pump_outbound(&mut self, reconfigured: bool, host: Host<'_>, out: &mut Effects) {
         let Some(state) = self.outbound.as_mut() else {
+            if reconfigured {
+                self.orphaned_outbound(out);
+            }
             return;
         };
         let queued = std::mem::take(&mut state.queued);
@@ -288,6 +291,19 @@ impl Runtime {
             self.dispatch_outbound(call, out);
         }
         self.wake_outbound(reconfigured, host, out);
+    }
+
+    /// A push took the outbound entries away while requests waited for a token: it will not
+    /// come, so they are answered 503 (never sent on without it).
+    fn orphaned_outbound(&mut self, out: &mut Effects) {
+        let waiting = self.held.take_outbound(|_| true, &mut self.metrics, out);
+        for waiter in waiting {
+            let reason = Refusal::TokenUnavailable;
+            out.push(Effect::Answer {
+                context: waiter.context,
+                response: outbound_refusal(reason.status(), Some(1), reason),
+            });
+        }
     }
 
     fn dispatch_outbound(&mut self, call: outbound::Call, out: &mut Effects) {

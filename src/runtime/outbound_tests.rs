@@ -396,3 +396,20 @@ fn an_exchange_without_a_subject_is_refused_403() {
         "no call for a refused request"
     );
 }
+
+#[test]
+fn a_push_without_outbound_entries_answers_the_requests_waiting_for_a_token() {
+    let mut vm = Vm::new(outbound_config(cc_entry(json!({}))));
+    vm.discover();
+    vm.request(7, "payments.internal", &[]);
+    assert_eq!(vm.held(), 1);
+    vm.configure(
+        2,
+        json!({"providers": [{"name": "idp", "issuer": ISSUER}], "unmatched": "anonymous"}),
+    );
+    vm.event(|runtime, host, out| runtime.on_tick(2, host, out));
+    let refused = vm.envoy.answer_for(7).expect("answered");
+    assert_eq!(refused.status, 503);
+    assert!(refused.body.contains("token_unavailable"));
+    assert_eq!(vm.held(), 0);
+}
