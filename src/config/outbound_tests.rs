@@ -421,3 +421,53 @@ fn a_missing_secret_refuses_the_whole_configuration_naming_the_variable() {
         "outbound[0].clientCredentials.clientSecretEnv: environment variable UNSET is not set in the VM (vmConfig.env / vm_config.environment_variables)"
     );
 }
+
+#[test]
+fn an_entry_an_earlier_one_always_takes_first_is_refused() {
+    let client = cc(json!({}));
+    let two = |first: serde_json::Value, second: serde_json::Value| {
+        json!([{"name": "a", "match": first, "clientCredentials": client},
+               {"name": "b", "match": second, "clientCredentials": client}])
+    };
+    let shadowed = [
+        (
+            json!({"hosts": ["*"]}),
+            json!({"hosts": ["x.internal"], "paths": ["/a"]}),
+        ),
+        (
+            json!({"hosts": ["x.internal"]}),
+            json!({"hosts": ["x.internal"], "methods": ["POST"]}),
+        ),
+        (
+            json!({"hosts": ["x.internal"], "paths": ["*"]}),
+            json!({"hosts": ["x.internal"]}),
+        ),
+    ];
+    for (first, second) in shadowed {
+        assert_eq!(
+            problem(two(first.clone(), second.clone())),
+            "outbound[1].match: never applies: every request it matches is taken by outbound[0] (\"a\"), which comes first",
+            "{first} then {second}"
+        );
+    }
+    let reachable = [
+        (
+            json!({"hosts": ["x.internal"], "paths": ["/a"]}),
+            json!({"hosts": ["x.internal"]}),
+        ),
+        (
+            json!({"hosts": ["x.internal"]}),
+            json!({"hosts": ["y.internal"]}),
+        ),
+        (
+            json!({"hosts": ["*"], "methods": ["GET"]}),
+            json!({"hosts": ["x.internal"]}),
+        ),
+    ];
+    for (first, second) in reachable {
+        assert!(
+            parse(two(first.clone(), second.clone())).is_ok(),
+            "{first} then {second}"
+        );
+    }
+}
