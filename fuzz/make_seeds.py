@@ -173,6 +173,19 @@ def wire_seeds() -> dict[str, bytes]:
 def main() -> None:
     if sys.argv[1:] == ["wire"]:
         write("wire", wire_seeds())
+    # token_answer: the first byte picks status and grant (0: 200, client credentials;
+    # 8: 200, exchange for an access token; 12: 200, exchange for a transaction token; 2: 4xx).
+    ok = {"access_token": tokens[0], "token_type": "Bearer", "expires_in": 300}
+    exchanged = {**ok, "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}
+    txn = {**ok, "token_type": "N_A", "issued_token_type": "urn:ietf:params:oauth:token-type:txn_token"}
+    write("token_answer", {
+        "cc": b"\x00" + json.dumps(ok).encode(),
+        "exchange": b"\x08" + json.dumps(exchanged).encode(),
+        "txn": b"\x0c" + json.dumps(txn).encode(),
+        "error": b"\x02" + json.dumps({"error": "invalid_grant", "error_description": "x"}).encode(),
+        "string-expiry": b"\x00" + json.dumps({**ok, "expires_in": "60"}).encode(),
+        "html": b"\x00<html><body>502 Bad Gateway</body></html>",
+    })
         return
     jwks = public_jwks()
     config = {

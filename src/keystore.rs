@@ -97,6 +97,9 @@ struct Meta {
     /// the document names none: a provider that only issues API tokens).
     #[serde(default)]
     login_endpoints: Option<LoginEndpoints>,
+    /// The `token_endpoint` learnt through discovery, for outbound credentials.
+    #[serde(default)]
+    token_endpoint: Option<String>,
 }
 
 /// What a login needs of the discovery document, as every worker shares it.
@@ -477,6 +480,13 @@ impl KeyStore {
         }
     }
 
+    /// The token endpoint the provider's discovery document named, as a call target.
+    pub fn token_endpoint(&self, provider: usize) -> Option<HttpTarget> {
+        let entry = self.entries.get(provider)?;
+        let uri = entry.keys_doc.meta.token_endpoint.as_deref()?;
+        config::http_target(uri, entry.cluster_override.as_deref()).ok()
+    }
+
     /// How old the provider's fetched keys are: those in use, or, once dropped as stale,
     /// the last ones fetched. `None`: inline keys, or never fetched.
     pub fn keys_age_ms(&self, provider: usize, now_ms: u64) -> Option<u64> {
@@ -552,9 +562,11 @@ impl KeyStore {
                     end_session: found.end_session,
                     iss_parameter_supported: found.iss_parameter_supported,
                 });
+                let token_endpoint = entry.discovered_token_endpoint(answer.body);
                 entry.keys_doc.update_meta(store, |meta| {
                     meta.jwks_uri = Some(uri.clone());
                     meta.login_endpoints = login.clone();
+                    meta.token_endpoint = token_endpoint.clone();
                     // Lease released, no backoff: the next sync claims the key fetch at once.
                     meta.fetching_until_ms = 0;
                     meta.retry_ms = 0;
@@ -742,6 +754,15 @@ impl Entry {
         config::http_target(uri, self.cluster_override.as_deref())
             .map_err(|problem| format!("discovery jwks_uri: {problem}"))?;
         Ok(uri.to_string())
+    }
+
+    /// The discovery document's `token_endpoint`, when it is a URL a call can go to
+    /// (through the provider's `jwksCluster` if it has one, like the keys).
+    fn discovered_token_endpoint(&self, body: &[u8]) -> Option<String> {
+        let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let uri = doc.get("token_endpoint")?.as_str()?;
+        config::http_target(uri, self.cluster_override.as_deref()).ok()?;
+        Some(uri.to_string())
     }
 }
 
@@ -1509,8 +1530,10 @@ pub(crate) mod tests {
         let due = s.sync(&shared, 0).fetches;
         assert_eq!(due[0].stage, Stage::Discovery);
         assert_eq!(due[0].target.path, "/.well-known/openid-configuration");
-        let doc = json!({"issuer": ISSUER, "jwks_uri": "https://keys.example.com:8443/certs"})
-            .to_string();
+        let doc = json!({"issuer": ISSUER, "jwks_uri": "https://keys.example.com:8443/certs",
+                         "token_endpoint": "https://idp.example.com/oauth/token"})
+        .to_string();
+        assert_eq!(s.token_endpoint(0), None, "not discovered yet");
         assert_eq!(
             s.on_answer(&shared, 0, Stage::Discovery, &ok(doc.as_bytes(), None), 5),
             Ok(0)
@@ -1520,12 +1543,20 @@ pub(crate) mod tests {
         assert_eq!(due[0].target.cluster, "outbound|8443||keys.example.com");
         assert_eq!(due[0].target.authority, "keys.example.com:8443");
         assert_eq!(due[0].target.path, "/certs");
+        let token = s.token_endpoint(0).unwrap();
+        assert_eq!(token.cluster, "outbound|443||idp.example.com");
+        assert_eq!(token.path, "/oauth/token");
         // Another worker needs no discovery of its own.
         let mut other = store(json!({"jwksUri": null}));
         s.on_answer(&shared, 0, Stage::Jwks, &ok(&jwks(), None), 6)
             .unwrap();
         assert!(other.sync(&shared, 7).fetches.is_empty());
         assert_eq!(state(&other, 7), "ready");
+        assert_eq!(
+            other.token_endpoint(0),
+            Some(token),
+            "learnt from the shared record"
+        );
     }
 
     #[test]

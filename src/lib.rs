@@ -8,6 +8,8 @@
 //!   `keystore`, still imports request and key-lookup types from `authorize`);
 //! - decision: [`authorize`], its step-by-step [`record`] for `explain`; [`audit`] renders
 //!   it for operators;
+//! - outbound: [`outbound`], on a workload's outbound side the token each destination gets
+//!   (client credentials, token exchange), from a cache shared by the workers;
 //! - runtime: [`runtime`], the per-VM state machine: events in, effects out;
 //! - shell: `filter` (+ `host`, [`header_map`]), the only code that calls the host;
 //! - tools: the `mesh-oauth` command (src/bin/mesh-oauth).
@@ -29,6 +31,7 @@ pub mod json;
 pub mod keys;
 pub mod keystore;
 pub mod login;
+pub mod outbound;
 pub mod path;
 pub mod peer;
 pub mod policy;

@@ -271,6 +271,122 @@ fn check_config_accepts_every_wasm_plugin_of_the_repository() {
     }
 }
 
+/// An outbound WasmPlugin's secrets live in the pod: check-config stands in a value for each
+/// variable `vmConfig.env` gives the VM, and names one it does not give.
+#[test]
+fn check_config_reads_outbound_secrets_from_the_plugins_vm_env() {
+    let file = repo().join("deploy/istio/outbound.yaml");
+    let out = run(&["check-config", file.to_str().unwrap()], None);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (
+            0,
+            "ok: WasmPlugin agents/mesh-oauth-outbound: 1 provider, 2 outbound entries\n"
+        ),
+        "{}",
+        out.stderr
+    );
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("- name: AGENT_CLIENT_SECRET", "- name: SOMETHING_ELSE");
+    let path = scratch("outbound-undeclared.yaml", &text);
+    let out = run(&["check-config", path.to_str().unwrap()], None);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains(
+            "spec.pluginConfig.outbound[0].tokenExchange.clientSecretEnv: environment variable AGENT_CLIENT_SECRET is not set in the VM"
+        ),
+        "{}",
+        out.stderr
+    );
+}
+
+/// `explain` on an outbound configuration prints the outbound flow's own decision for the
+/// first request (an empty cache): the entry, then the calls it makes, credentials named only.
+#[test]
+fn explain_an_outbound_request_shows_the_calls_without_credentials() {
+    let config = repo().join("deploy/istio/outbound.yaml");
+    let config = config.to_str().unwrap();
+    let user = format!(
+        "{}.{}.c2ln",
+        b64(br#"{"alg":"ES256"}"#),
+        b64(
+            json!({"sub": "alice", "exp": 4_102_444_800u64, "may_act": {"sub": "agent"}})
+                .to_string()
+                .as_bytes()
+        )
+    );
+    let out = run(
+        &[
+            "explain",
+            "--config",
+            config,
+            "--host",
+            "tools.tools:8080",
+            "--path",
+            "/mcp",
+            "--method",
+            "POST",
+            "--token",
+            &user,
+        ],
+        None,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines.contains(&"entry: outbound[0] \"tools\": token exchange (RFC 8693), client agent (client_secret_basic), token in authorization"), "{}", out.stdout);
+    for expected in [
+        "  grant_type=client_credentials",
+        "then, with that token as the actor, POST:",
+        "  subject_token=(the request's bearer token)",
+        "  actor_token=(the workload's own client-credentials token)",
+        "  audience=tools",
+        "  scope=tools:call",
+    ] {
+        assert!(lines.contains(&expected), "{expected}: {}", out.stdout);
+    }
+    assert!(!out.stdout.contains(&user) && !out.stdout.contains("stand-in"));
+
+    let refused = run(
+        &[
+            "explain",
+            "--config",
+            config,
+            "--host",
+            "tools.tools",
+            "--path",
+            "/mcp",
+        ],
+        None,
+    );
+    assert!(
+        refused
+            .stdout
+            .contains("decision: 403 missing_subject, before any call"),
+        "{}",
+        refused.stdout
+    );
+    let untouched = run(
+        &[
+            "explain",
+            "--config",
+            config,
+            "--host",
+            "orders.shop",
+            "--path",
+            "/",
+        ],
+        None,
+    );
+    assert!(
+        untouched
+            .stdout
+            .contains("entry: none matches: the request goes on untouched"),
+        "{}",
+        untouched.stdout
+    );
+}
+
 const PLUGIN_HEAD: &str = "\
 apiVersion: extensions.istio.io/v1alpha1
 kind: WasmPlugin

@@ -328,6 +328,7 @@ fuzz_target!(|input: Input| {
         answers: Default::default(),
         deny_with: None,
         limits: Limits::default(),
+        outbound: Default::default(),
     };
     let facts = RequestFacts {
         method: &input.method,

@@ -141,9 +141,6 @@ pub enum Forward {
     IdToken,
 }
 
-/// The VM's environment, as the caller reads it (`std::env::var` in the module).
-pub type Env<'e> = &'e dyn Fn(&str) -> Option<String>;
-
 /// Parses `login` (an object or a list of them) against the parsed `providers`.
 pub fn parse_login_section(
     value: &Value,

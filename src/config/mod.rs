@@ -27,6 +27,8 @@ pub struct Config {
     pub deny_with: Option<DenyWith>,
     /// `login`: browser login, one per set of hosts (empty: none).
     pub logins: Vec<Login>,
+    /// `outbound`: tokens attached to a workload's outbound requests (issue 29).
+    pub outbound: Outbound,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +114,9 @@ pub struct Limits {
     /// `limits.maxDpopProofs`, default 65536: DPoP proofs the sidecar remembers within their
     /// window (24 bytes each in shared data); a proof that finds no room is refused (503).
     pub max_dpop_proofs: usize,
+    /// `limits.maxOutboundTokens`, default 1024: tokens the outbound cache holds for the
+    /// whole sidecar (slots in shared data).
+    pub max_outbound_tokens: usize,
 }
 
 impl Default for Limits {
@@ -126,6 +131,7 @@ impl Default for Limits {
             max_cached_tokens: 1024,
             max_dpop_proofs: 65536,
             max_revocation_bytes: 1024 * 1024,
+            max_outbound_tokens: DEFAULT_MAX_OUTBOUND_TOKENS,
         }
     }
 }
@@ -554,13 +560,17 @@ fn error(path: impl std::fmt::Display, problem: impl Into<String>) -> ConfigErro
 
 type Parsed<T> = Result<T, ConfigError>;
 
-/// Parses and validates the plugin configuration JSON; the secrets it names come from this
-/// process's environment (the Wasm VM's, in the module).
+/// The VM's environment, as the caller reads it (`std::env::var` in the module): where the
+/// secrets and keys of `login` and `outbound` come from.
+pub type Env<'e> = &'e dyn Fn(&str) -> Option<String>;
+
+/// Parses and validates the plugin configuration JSON; the secrets and keys it names (`login`,
+/// `outbound`) come from this process's environment (the Wasm VM's, in the module).
 pub fn parse(json: &str) -> Parsed<Config> {
     parse_with_env(json, &|name| std::env::var(name).ok())
 }
 
-/// [`parse`], reading the environment variables a `login` names through `env`.
+/// [`parse`], reading the environment variables a `login` or `outbound` entry names through `env`.
 pub fn parse_with_env(json: &str, env: Env<'_>) -> Parsed<Config> {
     if json.trim().is_empty() {
         return Err(error(WHOLE_CONFIG, "empty; expected a JSON object"));
@@ -603,6 +613,7 @@ const CONFIG_FIELDS: &[&str] = &[
     "answers",
     "denyWith",
     "login",
+    "outbound",
 ];
 
 fn parse_config(value: &Value, env: Env<'_>) -> Parsed<Config> {
@@ -613,6 +624,30 @@ fn parse_config(value: &Value, env: Env<'_>) -> Parsed<Config> {
             parse_logins(value, path, &providers, env)
         })?
         .unwrap_or_default();
+    let outbound = config
+        .optional("outbound", |value, path| {
+            parse_outbound(value, path, &providers, env)
+        })?
+        .unwrap_or_default();
+    if !outbound.entries.is_empty() {
+        // The outbound side attaches tokens; deciding who may call is the inbound plugin's.
+        for field in [
+            "rules",
+            "unmatched",
+            "protectedResource",
+            "denyWith",
+            "login",
+        ] {
+            if value.get(field).is_some() {
+                return Err(error(
+                    field,
+                    "belongs to the inbound plugin: a configuration with outbound entries \
+                     configures a workload's outbound side, where no request is refused for \
+                     its own token",
+                ));
+            }
+        }
+    }
     let rules = config
         .optional("rules", |value, path| parse_rules(value, path, &providers))?
         .unwrap_or_default();
@@ -650,6 +685,7 @@ fn parse_config(value: &Value, env: Env<'_>) -> Parsed<Config> {
             .optional("answers", parse_answers)?
             .unwrap_or_default(),
         deny_with: config.optional("denyWith", parse_deny_with)?,
+        outbound,
     })
 }
 
@@ -807,6 +843,7 @@ fn parse_limits(value: &Value, path: &At<'_>) -> Parsed<Limits> {
             "maxCachedTokens",
             "maxRevocationBytes",
             "maxDpopProofs",
+            "maxOutboundTokens",
         ],
     )?;
     let defaults = Limits::default();
@@ -829,12 +866,14 @@ fn parse_limits(value: &Value, path: &At<'_>) -> Parsed<Limits> {
         max_cached_tokens,
         max_revocation_bytes: limit("maxRevocationBytes", defaults.max_revocation_bytes)?,
         max_dpop_proofs: limit("maxDpopProofs", defaults.max_dpop_proofs)?,
+        max_outbound_tokens: limit("maxOutboundTokens", defaults.max_outbound_tokens)?,
     })
 }
 
 mod answers;
 mod fields;
 mod login;
+mod outbound;
 mod providers;
 mod request_match;
 mod resource;
@@ -847,6 +886,7 @@ mod tests;
 pub use answers::*;
 use fields::*;
 pub use login::*;
+pub use outbound::*;
 use providers::*;
 pub use providers::{http_target, metric_label};
 use request_match::*;

@@ -112,6 +112,43 @@ pub(super) fn parse_rule_match(value: &Value, path: &At<'_>) -> Parsed<RuleMatch
     Ok(RuleMatch { conditions })
 }
 
+/// An outbound entry's `match`: the operation part of the vocabulary only; an outbound
+/// request has no token or peer facts worth matching.
+const OPERATION_FIELDS: &[&str] = &[
+    "paths",
+    "notPaths",
+    "methods",
+    "notMethods",
+    "hosts",
+    "notHosts",
+    "ports",
+    "notPorts",
+];
+
+pub(super) fn parse_operation_match(value: &Value, path: &At<'_>) -> Parsed<RuleMatch> {
+    let matcher = Object::new(value, path, OPERATION_FIELDS)?;
+    let mut conditions = Vec::new();
+    for (name, fact, negated, kind) in MATCH_FIELDS
+        .iter()
+        .filter(|(name, ..)| OPERATION_FIELDS.contains(name))
+    {
+        if let Some(patterns) = match_list(&matcher, name, |value, path| kind.parse(value, path))? {
+            let (any_of, none_of) = if *negated {
+                (None, Some(patterns))
+            } else {
+                (Some(patterns), None)
+            };
+            conditions.push(Condition {
+                field: std::borrow::Cow::Borrowed(name),
+                fact: fact.clone(),
+                any_of,
+                none_of,
+            });
+        }
+    }
+    Ok(RuleMatch { conditions })
+}
+
 fn with_when(fields: &[(&'static str, Fact, bool, Kind)]) -> Vec<&'static str> {
     let names = fields.iter().map(|(name, ..)| *name);
     names.chain(["when"]).collect()

@@ -1407,6 +1407,7 @@ fn full_config_with_every_field() {
             max_cached_tokens: 1024,
             max_revocation_bytes: 1024 * 1024,
             max_dpop_proofs: 65536,
+            max_outbound_tokens: 1024,
         }
     );
 

@@ -475,6 +475,7 @@ mod tests {
             answers: Default::default(),
             deny_with: None,
             logins: Vec::new(),
+            outbound: Default::default(),
         }
     }
 

@@ -82,6 +82,13 @@ pub enum Until {
     /// A call's answer: the flow that made the call takes the request
     /// ([`super::Runtime::take_held_for_call`]). Past its deadline it is answered with `expiry`.
     Call { call: CallId, expiry: Response },
+    /// An outbound token (issue 29): asked about again when a call for `key` answers, and
+    /// at its deadline (the outbound flow then decides: wait on, call, or refuse).
+    Outbound {
+        key: crate::outbound::cache::CacheKey,
+        /// When the request arrived: the flow bounds its whole wait.
+        arrived_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -145,6 +152,33 @@ impl HeldRequests {
         taken
     }
 
+    /// The requests waiting for an outbound token that `due` picks, taken out.
+    pub(super) fn take_outbound(
+        &mut self,
+        due: impl Fn(&Held) -> bool,
+        metrics: &mut Metrics,
+        out: &mut Effects,
+    ) -> Vec<Held> {
+        if !self
+            .0
+            .iter()
+            .any(|h| matches!(h.until, Until::Outbound { .. }) && due(h))
+        {
+            return Vec::new();
+        }
+        let (taken, kept): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.0)
+            .into_iter()
+            .partition(|h| matches!(h.until, Until::Outbound { .. }) && due(h));
+        self.0 = kept;
+        metrics.add(
+            MetricKind::Gauge,
+            HELD_GAUGE,
+            -i64::try_from(taken.len()).unwrap_or(i64::MAX),
+            out,
+        );
+        taken
+    }
+
     /// Request `context` is over: it no longer waits.
     pub(super) fn release(&mut self, context: u32, metrics: &mut Metrics, out: &mut Effects) {
         if let Some(at) = self.0.iter().position(|h| h.context == context) {
@@ -157,7 +191,7 @@ impl HeldRequests {
     pub fn key_providers(&self) -> impl Iterator<Item = usize> + '_ {
         self.0.iter().filter_map(|h| match h.until {
             Until::Keys { provider, .. } => Some(provider),
-            Until::Call { .. } => None,
+            Until::Call { .. } | Until::Outbound { .. } => None,
         })
     }
 

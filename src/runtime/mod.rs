@@ -45,6 +45,7 @@
 pub mod held;
 mod login;
 mod metrics;
+mod outbound;
 
 #[cfg(test)]
 mod tests;
@@ -169,6 +170,8 @@ pub enum Purpose {
     /// A browser login's call to the token endpoint (code redemption or refresh), made while
     /// handling a request: answered in that request's context.
     Login { call: u64 },
+    /// A token endpoint call of the outbound flow; `id` names its pending state.
+    Outbound { id: u64 },
 }
 
 /// A call's answer as the host gave it. No `:status` (a reset call, unreadable headers):
@@ -281,6 +284,8 @@ pub struct Runtime {
     response_edits: Vec<(u32, Vec<HeaderEdit>)>,
     /// Browser logins (`login`) and what they have under way.
     logins: Logins,
+    /// The outbound flow, when the configuration has `outbound` entries.
+    outbound: Option<outbound::OutboundState>,
 }
 
 fn log(out: &mut Effects, level: Level, message: &str) {
@@ -418,6 +423,7 @@ impl Runtime {
         if facts.new_in_vm {
             count_vm_start(&mut metrics, facts.plugin, out);
         }
+        let previous_outbound = previous.as_mut().and_then(|p| p.outbound.take());
         let (previous_keys, held, abandoned, cached_tokens_counted) = match previous {
             Some(mut old) => {
                 old.tally.flush(out);
@@ -439,6 +445,8 @@ impl Runtime {
                         // Answered in its request's context, to a state that forgot it:
                         // the held request gets its expiry answer.
                         Purpose::Login { .. } => None,
+                        // Freed with the outbound state below.
+                        Purpose::Outbound { .. } => None,
                     })
                     .collect();
                 (Some(old.keys), held, abandoned, old.cached_tokens_counted)
@@ -459,6 +467,8 @@ impl Runtime {
         keys.use_signature_host(facts.signature_host);
         // `check` made sure every login compiles.
         let logins = Logins::new(&config).unwrap_or_default();
+        // Cached outbound tokens live on in shared data and in the worker's copy.
+        let outbound = outbound::OutboundState::new(&config, previous_outbound, host);
         let providers = config.providers.len();
         let mut runtime = Runtime {
             owner_root: facts.root_id,
@@ -481,6 +491,7 @@ impl Runtime {
             tally: Tally::default(),
             response_edits: Vec::new(),
             logins,
+            outbound,
         };
         runtime.metrics.record(
             HOST_SIGNATURES_GAUGE,
@@ -516,6 +527,12 @@ impl Runtime {
         host: Host<'_>,
         out: &mut Effects,
     ) {
+        // A configuration with outbound entries is a workload's outbound side: tokens are
+        // attached, no request is refused for its own token.
+        if self.outbound.is_some() {
+            self.outbound_request(context, request, None, host, out);
+            return;
+        }
         match self.login_request(context, request, host, out) {
             login::Route::Done => {}
             login::Route::Pipeline => self.decide_request(context, request, host, out),
@@ -680,6 +697,14 @@ impl Runtime {
                     .dispatch_failed(&host.shared, provider, stage, host.now_ms);
                 self.wake(&[provider], host, out);
             }
+            Purpose::Outbound { id } => {
+                log(
+                    out,
+                    Level::Warn,
+                    &format!("outbound token call could not start through cluster \"{cluster}\": {reason}"),
+                );
+                self.outbound_answered(false, id, None, &[], host, out);
+            }
         }
     }
 
@@ -694,6 +719,7 @@ impl Runtime {
                 Stage::Discovery | Stage::Jwks => limits.max_jwks_bytes,
                 Stage::Revocations => limits.max_revocation_bytes,
             },
+            Purpose::Outbound { .. } => self.outbound_answer_cap(),
         };
         Some(cap.saturating_add(1))
     }
@@ -723,6 +749,10 @@ impl Runtime {
                     Some(root_id) => self.pump(root_id, vec![provider], host, out),
                     None => self.wake(&[provider], host, out),
                 }
+            }
+            Purpose::Outbound { id } => {
+                let status = answer.header(":status").and_then(|s| s.parse::<u32>().ok());
+                self.outbound_answered(root_id.is_some(), id, status, answer.body, host, out);
             }
         }
     }
@@ -793,7 +823,8 @@ impl Runtime {
         self.last_pump_ms = now;
         self.tally.flush(out);
         self.record_cached_tokens(out);
-        if std::mem::take(&mut self.reconfigured) {
+        let reconfigured = std::mem::take(&mut self.reconfigured);
+        if reconfigured {
             changed.extend(self.held.key_providers());
         }
         let sync = self.keys.sync(&host.shared, now);
@@ -827,6 +858,7 @@ impl Runtime {
             self.dispatch(purpose, request, out);
         }
         self.wake(&changed, host, out);
+        self.pump_outbound(reconfigured, host, out);
     }
 
     fn record_keys_loaded(&mut self, provider_label: &str, count: usize, out: &mut Effects) {
@@ -892,6 +924,11 @@ impl Runtime {
                         provider_removed: *provider_removed,
                         expired,
                     }
+                }
+                // Looked at by the outbound flow's own wake.
+                Until::Outbound { .. } => {
+                    self.held.hold(waiter, &mut self.metrics, out);
+                    continue;
                 }
                 Until::Call { expiry, .. } => {
                     if expired {

@@ -84,15 +84,17 @@ def test_the_files_are_there() -> None:
     assert {"wasm-plugin.yaml", "keycloak.yaml", "auth0.yaml", "okta.yaml", "google.yaml",
             "entra-id.yaml", "entra-multi-tenant.yaml", "migration.yaml"} <= names
     assert {path.name for path in DEPLOY_FILES} >= {"ingress-gateway.yaml", "waypoint.yaml",
-                                                     "service-waypoint.yaml", "mesh-baseline.yaml"}
+                                                     "service-waypoint.yaml", "mesh-baseline.yaml",
+                                                     "outbound.yaml"}
     for path in FILES:
         assert of_kind(path, "WasmPlugin"), f"{path.name} has no WasmPlugin"
-    # The deploy/ manifests are the targetRefs ones; wasm-plugin.yaml keeps the sidecar selector.
+    # The deploy/ manifests are the targetRefs ones; wasm-plugin.yaml keeps the sidecar selector,
+    # as does the outbound plugin (a workload's own outbound calls: only a sidecar has them).
     # The mesh baseline has neither: in the root namespace, that is every sidecar.
     for path in DEPLOY_FILES:
         if path.name == "mesh-baseline.yaml":
             continue
-        assert all("targetRefs" in p["spec"] for p in of_kind(path, "WasmPlugin")), path.name
+        assert all("targetRefs" in p["spec"] or is_outbound(p) for p in of_kind(path, "WasmPlugin")), path.name
     assert "selector" in root_wasm_plugin()["spec"]
 
 
@@ -300,10 +302,25 @@ def certificate_reads(config: dict[str, Any]) -> list[str]:
     return reads
 
 
+def is_outbound(plugin: dict[str, Any]) -> bool:
+    """A plugin that attaches tokens to a workload's outbound calls (`outbound` entries)."""
+    return bool(plugin["spec"].get("pluginConfig", {}).get("outbound"))
+
+
 def attachment_problems(objects: list[dict[str, Any]]) -> list[str]:
     problems = []
     for plugin in of_kind(objects, "WasmPlugin"):
         name, match = plugin["metadata"]["name"], plugin["spec"].get("match")
+        if is_outbound(plugin):
+            # Only the sidecar's outbound (CLIENT) listeners: its inbound side is not its business.
+            for place in placements(objects, plugin):
+                if place.proxy != "sidecar":
+                    problems.append(f"{name}: outbound entries belong on a sidecar, not a {place.proxy}")
+                if not applies(match, "CLIENT"):
+                    problems.append(f"{name}: `match` leaves the sidecar's outbound calls without the filter")
+                if applies(match, "SERVER"):
+                    problems.append(f"{name}: also runs on the sidecar's inbound requests (match mode CLIENT)")
+            continue
         for place in placements(objects, plugin):
             if not applies(match, LISTENER_MODE[place.proxy]):
                 problems.append(f"{name}: `match` leaves the {place.proxy} without the filter "
@@ -343,7 +360,11 @@ def test_every_kind_of_proxy_is_covered() -> None:
         principals=["cluster.local/ns/shop/sa/checkout"]), "rules[0].match.principals reads the peer"),
     ("waypoint.yaml", lambda s: s["pluginConfig"]["providers"][0].update(certificateBound="required"),
      "providers[0].certificateBound reads the peer"),
-], ids=["gateway-server-only", "waypoint-client-only", "waypoint-principals", "waypoint-certificate"])
+    # The inbound sidecar's `match` copied to the outbound plugin, or none at all.
+    ("outbound.yaml", lambda s: s.update(match=[{"mode": "SERVER"}]), "leaves the sidecar's outbound calls"),
+    ("outbound.yaml", lambda s: s.pop("match"), "also runs on the sidecar's inbound requests"),
+], ids=["gateway-server-only", "waypoint-client-only", "waypoint-principals", "waypoint-certificate",
+        "outbound-server-only", "outbound-without-match"])
 def test_a_plugin_istio_would_not_run_is_found(name: str, mutate: Any, named: str) -> None:
     objects = deploy_objects(name)
     (plugin,) = of_kind(objects, "WasmPlugin")
@@ -376,13 +397,32 @@ PLUGIN_CONFIGS = [
 ]
 
 
+def stand_in_env(plugin_config: dict[str, Any]) -> dict[str, str]:
+    """A value for each environment variable an outbound entry names: a secret, or for
+    `clientKeyEnv` a fresh P-256 key (the plugin checks that it is one)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    env = {}
+    for entry in plugin_config.get("outbound", []):
+        client = entry.get("clientCredentials") or entry.get("tokenExchange") or {}
+        if "clientSecretEnv" in client:
+            env[client["clientSecretEnv"]] = "stand-in-secret"
+        if "clientKeyEnv" in client:
+            key = ec.generate_private_key(ec.SECP256R1())
+            env[client["clientKeyEnv"]] = key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    return env
+
+
 @pytest.mark.parametrize("plugin_config", PLUGIN_CONFIGS)
 def test_plugin_accepts_the_plugin_config(envoys: EnvoyFactory, plugin_config: dict[str, Any]) -> None:
     """Envoy starts only if the plugin's on_configure accepted the configuration; a request
-    without a token is then answered by the plugin (401, or 403 where nothing is anonymous)."""
-    envoy = envoys.start(plugin_config)
+    without a token is then answered by the plugin (401, or 403 where nothing is anonymous).
+    An outbound configuration lets a request no entry matches through untouched."""
+    envoy = envoys.start(plugin_config, filter_args={"env": stand_in_env(plugin_config)})
     response = envoy.request("/no-such-path")
-    assert response.status in (401, 403), response
+    expected = (200,) if plugin_config.get("outbound") else (401, 403)
+    assert response.status in expected, response
 
 
 # What each deploy/istio manifest's rules decide for a request without a token, with the
@@ -405,6 +445,11 @@ AUTHORITY_CASES = {
                            ("payments:8080", "/healthz", 200),
                            ("orders.shop:8080", "/actuator/env", 403),
                            ("orders.shop:8080", "/debug/pprof", 403)],
+    # The agent's outbound calls: a tool call without the user's token is refused, a call to a
+    # host no entry names goes on untouched.
+    "outbound.yaml": [("tools.tools.svc.cluster.local:8080", "/mcp", 403),
+                      ("tools.tools", "/mcp", 403),
+                      ("orders.shop.svc.cluster.local:8080", "/orders/42", 200)],
 }
 
 
@@ -412,7 +457,8 @@ AUTHORITY_CASES = {
 def test_rules_read_the_authority_the_proxy_sees(envoys: EnvoyFactory, path: Path) -> None:
     assert path.name in AUTHORITY_CASES, f"add {path.name}'s requests to AUTHORITY_CASES"
     (plugin,) = of_kind(path, "WasmPlugin")
-    envoy = envoys.start(plugin["spec"]["pluginConfig"])
+    config = plugin["spec"]["pluginConfig"]
+    envoy = envoys.start(config, filter_args={"env": stand_in_env(config)})
     for authority, request_path, status in AUTHORITY_CASES[path.name]:
         response = envoy.request(request_path, headers={"Host": authority})
         assert response.status == status, (authority, request_path, str(response))

@@ -4,7 +4,7 @@
 //! ([`compile::configure`]).
 
 use mesh_oauth::compile::{self, Compiled};
-use mesh_oauth::config::ConfigError;
+use mesh_oauth::config::{self, ConfigError};
 use mesh_oauth::config_hash::ConfigHash;
 use serde_json::{Map, Number, Value};
 use yaml_rust2::{Yaml, YamlLoader};
@@ -41,7 +41,7 @@ pub fn load(path: &str) -> Result<Vec<Plugin>, String> {
             let plugin_config = &doc["spec"]["pluginConfig"];
             Plugin {
                 label: format!("WasmPlugin {}", object_name(doc, index)),
-                result: from_plugin_config(plugin_config),
+                result: from_plugin_config(plugin_config, &vm_env_names(doc)),
                 // Istio hands the plugin this mapping as JSON: the same canonical text.
                 hash: to_json(plugin_config)
                     .ok()
@@ -58,7 +58,33 @@ pub fn load(path: &str) -> Result<Vec<Plugin>, String> {
     Ok(plugins)
 }
 
-fn from_plugin_config(plugin_config: &Yaml) -> Result<Compiled, String> {
+/// The variables a WasmPlugin's `vmConfig.env` gives its VM.
+fn vm_env_names(doc: &Yaml) -> Vec<String> {
+    doc["spec"]["vmConfig"]["env"]
+        .as_vec()
+        .map(|env| {
+            env.iter()
+                .filter_map(|var| var["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What the VM would read for a variable its `vmConfig.env` names: the value lives in the pod,
+/// so a stand-in that passes as a secret and as a client key (base64 PKCS#8 of a fresh P-256
+/// key) is checked instead. A variable `vmConfig.env` does not name is not set in the VM.
+fn stand_in_env(declared: &[String]) -> impl Fn(&str) -> Option<String> + '_ {
+    use base64::Engine;
+    let stand_in = ring::signature::EcdsaKeyPair::generate_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &ring::rand::SystemRandom::new(),
+    )
+    .map(|pkcs8| base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref()))
+    .unwrap_or_else(|_| "stand-in-secret".to_owned());
+    move |name| declared.iter().any(|d| d == name).then(|| stand_in.clone())
+}
+
+fn from_plugin_config(plugin_config: &Yaml, vm_env: &[String]) -> Result<Compiled, String> {
     const BASE: &str = "spec.pluginConfig";
     // No pluginConfig: the plugin is configured with nothing, which its parser refuses.
     let json = match plugin_config {
@@ -67,7 +93,9 @@ fn from_plugin_config(plugin_config: &Yaml) -> Result<Compiled, String> {
             .map_err(|problem| format!("{BASE}: {problem}"))?
             .to_string(),
     };
-    compile::configure(&json).map_err(|e| located(&e, Some(BASE)))
+    config::parse_with_env(&json, &stand_in_env(vm_env))
+        .and_then(compile::compile)
+        .map_err(|e| located(&e, Some(BASE)))
 }
 
 /// `path: problem`, the path within the YAML file when the config is part of one.

@@ -10,6 +10,7 @@
 
 mod convert;
 mod explain;
+mod explain_outbound;
 mod keys;
 mod load;
 mod time;
@@ -42,6 +43,8 @@ const CONVERT_USAGE: &str = "  mesh-oauth convert FILE... [--check] [--report] [
       --url URL             the module's url in each WasmPlugin";
 const EXPLAIN_USAGE: &str = "  mesh-oauth explain --config FILE [--token TOKEN] [options]
       Shows step by step how the filter decides a request carrying TOKEN, and its answer.
+      For a configuration with `outbound` entries: the entry the request meets and, with no
+      token cached yet, the token endpoint calls it makes (TOKEN is the app's bearer token).
       --token TOKEN         the token, put where --header, --param or --cookie says; without
                             it the request carries only the headers given
       --token -             read the token from standard input
@@ -143,6 +146,14 @@ fn check_config(args: &[String]) -> Result<ExitCode, Failure> {
             identities.push(format!("{label}config sha256: {}\n", hash.hex()));
         }
         match plugin.result {
+            Ok(config) if !config.outbound.entries.is_empty() => emit(&format!(
+                "ok: {label}{}, {}\n",
+                count(config.providers.len(), "provider"),
+                match config.outbound.entries.len() {
+                    1 => "1 outbound entry".to_owned(),
+                    n => format!("{n} outbound entries"),
+                }
+            )),
             Ok(config) => emit(&format!(
                 "ok: {label}{}, {}\n",
                 count(config.providers.len(), "provider"),
@@ -339,7 +350,12 @@ fn explain_command(args: &[String]) -> Result<ExitCode, Failure> {
         dpop,
         scheme: scheme.unwrap_or_else(|| "https".into()),
     };
-    let report = explain::explain(&config, &options).map_err(Failure::Invalid)?;
+    let report = if config.outbound.entries.is_empty() {
+        explain::explain(&config, &options)
+    } else {
+        explain_outbound::explain(&config, &options)
+    }
+    .map_err(Failure::Invalid)?;
     emit(&report);
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,619 @@
+//! `outbound` (issue 29): on a workload's outbound side, which requests get a token, from
+//! which client and grant, and in which header. Plain data; the flow is `crate::outbound`.
+//!
+//! Secrets and client keys come from the VM's environment, read through the function the
+//! caller passes (`std::env::var` in the filter), never from the configuration itself.
+
+use super::*;
+use crate::alg::Alg;
+use base64::Engine;
+
+/// `limits.maxOutboundTokens` when not given.
+pub const DEFAULT_MAX_OUTBOUND_TOKENS: usize = 1024;
+
+#[derive(Debug, Clone, Default)]
+pub struct Outbound {
+    /// First match wins.
+    pub entries: Vec<OutboundEntry>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboundEntry {
+    /// `name`: also the metric label (`outbound.<name>.…`).
+    pub name: String,
+    /// `match`: the operation part of the rule vocabulary.
+    pub matcher: RuleMatch,
+    /// `header`, lower-cased (default `authorization`).
+    pub header: String,
+    pub grant: Grant,
+    pub on_failure: OnFailure,
+}
+
+impl OutboundEntry {
+    /// The token goes in `Authorization` (as `Bearer`), replacing what the app sent.
+    pub fn in_authorization(&self) -> bool {
+        self.header == "authorization"
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Grant {
+    /// `clientCredentials`
+    ClientCredentials(OutboundClient),
+    /// `tokenExchange` (RFC 8693)
+    TokenExchange(Exchange),
+}
+
+impl Grant {
+    pub fn client(&self) -> &OutboundClient {
+        match self {
+            Grant::ClientCredentials(client) => client,
+            Grant::TokenExchange(exchange) => &exchange.client,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub client: OutboundClient,
+    /// `actor: "clientCredentials"`: the workload's own client-credentials token goes as
+    /// `actor_token`.
+    pub actor_client_credentials: bool,
+    pub missing_subject: MissingSubject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingSubject {
+    /// 403: never sent on unauthenticated (the default).
+    Refuse,
+    /// The workload's own client-credentials token instead.
+    ClientCredentials,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// 503 with `Retry-After` (the default): fail closed.
+    Refuse,
+    /// The request goes on as the app sent it.
+    PassThrough,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboundClient {
+    /// Index into `providers`: its issuer is the assertion's `aud`, its discovery document
+    /// names the token endpoint.
+    pub provider: usize,
+    pub client_id: String,
+    pub auth: OutboundClientAuth,
+    /// `audience`: one or more (RFC 8693 §2.1).
+    pub audiences: Vec<String>,
+    /// `resource`: absolute URIs (RFC 8707).
+    pub resources: Vec<String>,
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboundClientAuth {
+    /// `client_secret_basic` (the default).
+    SecretBasic(OutboundSecret),
+    /// `client_secret_post`
+    SecretPost(OutboundSecret),
+    /// `private_key_jwt` (RFC 7523 §2.2).
+    PrivateKeyJwt(OutboundClientKey),
+}
+
+impl OutboundClientAuth {
+    pub fn name(&self) -> &'static str {
+        match self {
+            OutboundClientAuth::SecretBasic(_) => "client_secret_basic",
+            OutboundClientAuth::SecretPost(_) => "client_secret_post",
+            OutboundClientAuth::PrivateKeyJwt(_) => "private_key_jwt",
+        }
+    }
+}
+
+/// A client secret. Its `Debug` never shows it: configurations are logged in tests and tools.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OutboundSecret(String);
+
+impl OutboundSecret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for OutboundSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OutboundSecret(…)")
+    }
+}
+
+/// A client's signing key: PKCS#8 DER, checked by `ring` while parsing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OutboundClientKey {
+    /// ES256 for a P-256 key, RS256 for an RSA key.
+    pub alg: Alg,
+    pub pkcs8: Vec<u8>,
+}
+
+impl std::fmt::Debug for OutboundClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OutboundClientKey({}, …)", self.alg.name())
+    }
+}
+
+const OUTBOUND_ENTRY_FIELDS: &[&str] = &[
+    "name",
+    "match",
+    "header",
+    "clientCredentials",
+    "tokenExchange",
+    "onFailure",
+];
+const OUTBOUND_CLIENT_FIELDS: &[&str] = &[
+    "provider",
+    "clientId",
+    "clientAuth",
+    "clientSecretEnv",
+    "clientKeyEnv",
+    "audience",
+    "resource",
+    "scopes",
+];
+/// `tokenExchange`: the client's fields and two more.
+const OUTBOUND_EXCHANGE_FIELDS: &[&str] = &[
+    "provider",
+    "clientId",
+    "clientAuth",
+    "clientSecretEnv",
+    "clientKeyEnv",
+    "audience",
+    "resource",
+    "scopes",
+    "actor",
+    "missingSubject",
+];
+
+/// Headers a token must never be written into: they frame or route the request.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "upgrade",
+    "cookie",
+];
+
+/// The top-level `outbound` list, checked against the parsed `providers`.
+pub fn parse_outbound_list(
+    value: &Value,
+    providers: &[Provider],
+    env: Env<'_>,
+) -> Result<Outbound, ConfigError> {
+    parse_outbound(value, &At::Top.field("outbound"), providers, env)
+}
+
+/// `outbound`: the list, with names unique (they label metrics).
+pub(super) fn parse_outbound(
+    value: &Value,
+    path: &At<'_>,
+    providers: &[Provider],
+    env: Env<'_>,
+) -> Parsed<Outbound> {
+    let entries = items(value, path, |value, path| {
+        parse_entry(value, path, providers, env)
+    })?;
+    for (index, entry) in entries.iter().enumerate() {
+        if entries[..index].iter().any(|e| e.name == entry.name) {
+            return Err(error(
+                path.item(index).field("name"),
+                format!("\"{}\" is used by an earlier entry", entry.name),
+            ));
+        }
+    }
+    // First match wins: an entry whose every request an earlier one takes never applies.
+    for (index, entry) in entries.iter().enumerate() {
+        if let Some(earlier) = entries[..index]
+            .iter()
+            .position(|e| shadows(&e.matcher, &entry.matcher))
+        {
+            return Err(error(
+                path.item(index).field("match"),
+                format!(
+                    "never applies: every request it matches is taken by outbound[{earlier}] \
+                     (\"{}\"), which comes first",
+                    entries[earlier].name
+                ),
+            ));
+        }
+    }
+    Ok(Outbound { entries })
+}
+
+/// Whether every request `later` matches is matched by `earlier`: each of `earlier`'s
+/// conditions is also one of `later`'s, or holds for every request (`"*"`). Syntactic, so
+/// sound but not complete: it finds the copy-paste and catch-all mistakes.
+fn shadows(earlier: &RuleMatch, later: &RuleMatch) -> bool {
+    earlier.conditions.iter().all(|condition| {
+        holds_always(condition)
+            || later.conditions.iter().any(|other| {
+                other.fact == condition.fact
+                    && other.any_of == condition.any_of
+                    && other.none_of == condition.none_of
+            })
+    })
+}
+
+fn holds_always(condition: &Condition) -> bool {
+    condition.none_of.is_none()
+        && condition.any_of.as_ref().is_some_and(|patterns| {
+            patterns.iter().any(|pattern| {
+                matches!(
+                    pattern,
+                    Pattern::Host(HostPattern::Any) | Pattern::Path(PathPattern::Any)
+                )
+            })
+        })
+}
+
+fn parse_entry(
+    value: &Value,
+    path: &At<'_>,
+    providers: &[Provider],
+    env: Env<'_>,
+) -> Parsed<OutboundEntry> {
+    let entry = Object::new(value, path, OUTBOUND_ENTRY_FIELDS)?;
+    let name = entry.required("name", parse_entry_name)?;
+    let matcher = entry.required("match", parse_operation_match)?;
+    if !matcher
+        .conditions
+        .iter()
+        .any(|c| c.fact == Fact::Host && c.any_of.is_some())
+    {
+        return Err(error(
+            entry.path_of("match").field("hosts"),
+            "required: a token must go only to the destinations it is meant for (\"*\" if really any)",
+        ));
+    }
+    let header = entry
+        .optional("header", parse_header_name)?
+        .unwrap_or_else(|| "authorization".to_owned());
+    let credentials = entry.optional("clientCredentials", |value, path| {
+        let client = Object::new(value, path, OUTBOUND_CLIENT_FIELDS)?;
+        parse_client(&client, providers, env)
+    })?;
+    let exchange = entry.optional("tokenExchange", |value, path| {
+        parse_exchange(value, path, providers, env)
+    })?;
+    let grant = match (credentials, exchange) {
+        (Some(client), None) => Grant::ClientCredentials(client),
+        (None, Some(exchange)) => Grant::TokenExchange(exchange),
+        (Some(_), Some(_)) => {
+            return Err(error(
+                entry.path_of("tokenExchange"),
+                "give either clientCredentials or tokenExchange, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(error(
+                path,
+                "needs clientCredentials or tokenExchange: how the token is obtained",
+            ))
+        }
+    };
+    let on_failure = entry
+        .optional("onFailure", |value, path| {
+            match string(value, path)?.as_str() {
+                "refuse" => Ok(OnFailure::Refuse),
+                "passThrough" => Ok(OnFailure::PassThrough),
+                _ => Err(error(path, "must be \"refuse\" or \"passThrough\"")),
+            }
+        })?
+        .unwrap_or(OnFailure::Refuse);
+    Ok(OutboundEntry {
+        name,
+        matcher,
+        header,
+        grant,
+        on_failure,
+    })
+}
+
+/// A metric-name segment as written: letters, digits, `_` and `-`.
+fn parse_entry_name(value: &Value, path: &At<'_>) -> Parsed<String> {
+    let name = non_empty_string(value, path)?;
+    let fits = name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !fits {
+        return Err(error(
+            path,
+            "up to 64 ASCII letters, digits, '_' or '-' (it names the entry's metrics)",
+        ));
+    }
+    Ok(name)
+}
+
+fn parse_header_name(value: &Value, path: &At<'_>) -> Parsed<String> {
+    let name = non_empty_string(value, path)?.to_ascii_lowercase();
+    if !is_token(&name) {
+        return Err(error(path, "not a header name"));
+    }
+    if RESERVED_HEADERS.contains(&name.as_str()) {
+        return Err(error(
+            path,
+            format!("\"{name}\" frames or routes the request; a token cannot go there"),
+        ));
+    }
+    Ok(name)
+}
+
+fn parse_exchange(
+    value: &Value,
+    path: &At<'_>,
+    providers: &[Provider],
+    env: Env<'_>,
+) -> Parsed<Exchange> {
+    let exchange = Object::new(value, path, OUTBOUND_EXCHANGE_FIELDS)?;
+    let client = parse_client(&exchange, providers, env)?;
+    let actor_client_credentials = exchange
+        .optional("actor", |value, path| match string(value, path)?.as_str() {
+            "clientCredentials" => Ok(true),
+            _ => Err(error(
+                path,
+                "must be \"clientCredentials\" (the workload's own token acts)",
+            )),
+        })?
+        .unwrap_or(false);
+    let missing_subject = exchange
+        .optional("missingSubject", |value, path| {
+            match string(value, path)?.as_str() {
+                "refuse" => Ok(MissingSubject::Refuse),
+                "clientCredentials" => Ok(MissingSubject::ClientCredentials),
+                _ => Err(error(path, "must be \"refuse\" or \"clientCredentials\"")),
+            }
+        })?
+        .unwrap_or(MissingSubject::Refuse);
+    Ok(Exchange {
+        client,
+        actor_client_credentials,
+        missing_subject,
+    })
+}
+
+/// The client fields of `clientCredentials` or `tokenExchange`.
+fn parse_client(
+    client: &Object<'_, '_>,
+    providers: &[Provider],
+    env: Env<'_>,
+) -> Parsed<OutboundClient> {
+    let provider = client.required("provider", |value, path| {
+        outbound_provider(value, path, providers)
+    })?;
+    let client_id = client.required("clientId", non_empty_string)?;
+    let auth_name = client
+        .optional("clientAuth", string)?
+        .unwrap_or_else(|| "client_secret_basic".to_owned());
+    let secret_env = client.optional("clientSecretEnv", parse_env_name)?;
+    let key_env = client.optional("clientKeyEnv", parse_env_name)?;
+    let secret = |secret_env: Option<String>| -> Parsed<OutboundSecret> {
+        if key_env.is_some() {
+            return Err(error(
+                client.path_of("clientKeyEnv"),
+                format!("{auth_name} authenticates with clientSecretEnv, not a key"),
+            ));
+        }
+        let variable = secret_env.ok_or_else(|| {
+            error(
+                client.path_of("clientSecretEnv"),
+                format!("required with clientAuth {auth_name}"),
+            )
+        })?;
+        read_secret(&variable, &client.path_of("clientSecretEnv"), env)
+    };
+    let auth =
+        match auth_name.as_str() {
+            "client_secret_basic" => OutboundClientAuth::SecretBasic(secret(secret_env)?),
+            "client_secret_post" => OutboundClientAuth::SecretPost(secret(secret_env)?),
+            "private_key_jwt" => {
+                if secret_env.is_some() {
+                    return Err(error(
+                        client.path_of("clientSecretEnv"),
+                        "private_key_jwt signs with the key in clientKeyEnv, not a secret",
+                    ));
+                }
+                let variable = key_env.ok_or_else(|| {
+                    error(
+                        client.path_of("clientKeyEnv"),
+                        "required with clientAuth private_key_jwt",
+                    )
+                })?;
+                OutboundClientAuth::PrivateKeyJwt(read_key(
+                    &variable,
+                    &client.path_of("clientKeyEnv"),
+                    env,
+                )?)
+            }
+            _ => return Err(error(
+                client.path_of("clientAuth"),
+                "must be \"client_secret_basic\", \"client_secret_post\" or \"private_key_jwt\"",
+            )),
+        };
+    let audiences = client
+        .optional("audience", |value, path| {
+            one_or_more(value, path, non_empty_string)
+        })?
+        .unwrap_or_default();
+    let resources = client
+        .optional("resource", |value, path| {
+            one_or_more(value, path, parse_resource)
+        })?
+        .unwrap_or_default();
+    let scopes = client
+        .optional("scopes", |value, path| {
+            let scopes = non_empty_items(value, path, parse_scope)?;
+            reject_duplicates(&scopes, path)?;
+            Ok(scopes)
+        })?
+        .unwrap_or_default();
+    Ok(OutboundClient {
+        provider,
+        client_id,
+        auth,
+        audiences,
+        resources,
+        scopes,
+    })
+}
+
+/// The provider by `name` (which defaults to its issuer). Its token endpoint comes from its
+/// discovery document, so it must be one that is discovered.
+fn outbound_provider(value: &Value, path: &At<'_>, providers: &[Provider]) -> Parsed<usize> {
+    let name = non_empty_string(value, path)?;
+    let (index, provider) = providers
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.name == name)
+        .ok_or_else(|| error(path, format!("no provider is named \"{name}\"")))?;
+    if provider.tenancy.is_some() {
+        return Err(error(
+            path,
+            "names a provider with issuerPattern: a client belongs to one issuer",
+        ));
+    }
+    if !matches!(provider.keys, KeySource::Discovery(_)) {
+        return Err(error(
+            path,
+            format!(
+                "providers[{index}] gives jwks or jwksUri; its token endpoint is read from its \
+                 discovery document, so leave both out"
+            ),
+        ));
+    }
+    Ok(index)
+}
+
+/// A string, or a non-empty list of them without repeats.
+fn one_or_more(
+    value: &Value,
+    path: &At<'_>,
+    item: impl Fn(&Value, &At<'_>) -> Parsed<String>,
+) -> Parsed<Vec<String>> {
+    if value.is_string() {
+        return Ok(vec![item(value, path)?]);
+    }
+    let values = non_empty_items(value, path, item)?;
+    reject_duplicates(&values, path)?;
+    Ok(values)
+}
+
+/// RFC 8707 §2: an absolute URI without a fragment.
+fn parse_resource(value: &Value, path: &At<'_>) -> Parsed<String> {
+    let resource = non_empty_string(value, path)?;
+    let scheme = resource.split_once(':').map(|(scheme, _)| scheme);
+    let absolute = scheme.is_some_and(|s| {
+        s.starts_with(|c: char| c.is_ascii_alphabetic())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    });
+    if !absolute || resource.contains('#') || resource.chars().any(char::is_whitespace) {
+        return Err(error(
+            path,
+            "not an absolute URI without a fragment (RFC 8707)",
+        ));
+    }
+    Ok(resource)
+}
+
+fn parse_env_name(value: &Value, path: &At<'_>) -> Parsed<String> {
+    let name = non_empty_string(value, path)?;
+    let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(error(
+            path,
+            "not an environment variable name (letters, digits and '_')",
+        ));
+    }
+    Ok(name)
+}
+
+fn read_variable(variable: &str, path: &At<'_>, env: Env<'_>) -> Parsed<String> {
+    let value = env(variable).ok_or_else(|| {
+        error(
+            path,
+            format!(
+                "environment variable {variable} is not set in the VM (vmConfig.env / \
+                 vm_config.environment_variables)"
+            ),
+        )
+    })?;
+    if value.is_empty() {
+        return Err(error(
+            path,
+            format!("environment variable {variable} is empty"),
+        ));
+    }
+    Ok(value)
+}
+
+fn read_secret(variable: &str, path: &At<'_>, env: Env<'_>) -> Parsed<OutboundSecret> {
+    let value = read_variable(variable, path, env)?;
+    // Never the value itself in the message: only where it is wrong.
+    if value.chars().any(char::is_control) {
+        return Err(error(
+            path,
+            format!(
+                "environment variable {variable} holds a control character (a trailing newline?)"
+            ),
+        ));
+    }
+    Ok(OutboundSecret(value))
+}
+
+/// A PKCS#8 private key, PEM (`-----BEGIN PRIVATE KEY-----`) or bare base64 DER: a P-256
+/// key signs ES256, an RSA key (2048 bits or more) RS256.
+fn read_key(variable: &str, path: &At<'_>, env: Env<'_>) -> Parsed<OutboundClientKey> {
+    let value = read_variable(variable, path, env)?;
+    let malformed = |why: &str| error(path, format!("environment variable {variable} {why}"));
+    let body: String = if value.contains("-----BEGIN") {
+        let inner = value
+            .split_once("-----BEGIN PRIVATE KEY-----")
+            .and_then(|(_, rest)| rest.split_once("-----END PRIVATE KEY-----"))
+            .map(|(inner, _)| inner)
+            .ok_or_else(|| {
+                malformed("is not a PKCS#8 PEM key (-----BEGIN PRIVATE KEY-----); convert it with `openssl pkcs8 -topk8 -nocrypt`")
+            })?;
+        inner.chars().filter(|c| !c.is_whitespace()).collect()
+    } else {
+        value.chars().filter(|c| !c.is_whitespace()).collect()
+    };
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.as_bytes())
+        .map_err(|_| malformed("is not PEM or base64"))?;
+    let rng = ring::rand::SystemRandom::new();
+    let alg = if ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &der,
+        &rng,
+    )
+    .is_ok()
+    {
+        Alg::ES256
+    } else if ring::signature::RsaKeyPair::from_pkcs8(&der).is_ok() {
+        Alg::RS256
+    } else {
+        return Err(malformed(
+            "is not a P-256 or RSA (2048 bits or more) PKCS#8 private key",
+        ));
+    };
+    Ok(OutboundClientKey { alg, pkcs8: der })
+}
+
+#[cfg(test)]
+#[path = "outbound_tests.rs"]
+mod tests;

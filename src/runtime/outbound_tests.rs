@@ -1,0 +1,416 @@
+//! The outbound flow driven through the runtime as the shell drives it, against a small fake
+//! Envoy (shared data, metrics by name, answers, resumed requests, dispatched calls).
+
+use super::super::*;
+use crate::keystore::tests::Shared;
+use crate::peer::NoPeer;
+use serde_json::{json, Value};
+
+const ISSUER: &str = "https://idp.example.com";
+const IDP_CLUSTER: &str = "outbound|443||idp.example.com";
+const T0: u64 = 1_700_000_000_000;
+const ROOT: u32 = 1;
+/// Set once for the process: the runtime reads secrets from the environment.
+const SECRET_ENV: &str = "MESH_OAUTH_RUNTIME_TEST_OUTBOUND_SECRET";
+const SECRET: &str = "runtime-test-secret";
+
+#[derive(Default)]
+struct Envoy {
+    shared: Shared,
+    now: u64,
+    metrics: HashMap<String, i64>,
+    names: HashMap<MetricId, String>,
+    logs: Vec<String>,
+    answered: Vec<(u32, Response)>,
+    resumed: Vec<(u32, Vec<HeaderEdit>)>,
+    calls: Vec<(u32, Call)>,
+    next_token: u32,
+    refuse_dispatch: bool,
+}
+
+impl Envoy {
+    fn host(&self) -> Host<'_> {
+        Host {
+            now_ms: self.now,
+            shared: &self.shared,
+        }
+    }
+
+    fn run(&mut self, runtime: &mut Runtime, effects: Effects) {
+        let mut queue = std::collections::VecDeque::from(effects);
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                Effect::Dispatch { call, request } => {
+                    if self.refuse_dispatch {
+                        let mut more = Vec::new();
+                        runtime.not_dispatched(call, "BadArgument", self.host(), &mut more);
+                        for effect in more.into_iter().rev() {
+                            queue.push_front(effect);
+                        }
+                    } else {
+                        self.next_token += 1;
+                        runtime.dispatched(call, self.next_token);
+                        self.calls.push((self.next_token, request));
+                    }
+                }
+                Effect::Resume { context, edits } => self.resumed.push((context, edits)),
+                Effect::Answer { context, response } => self.answered.push((context, response)),
+                Effect::DefineMetric { id, name, .. } => {
+                    self.names.insert(id, name.clone());
+                    self.metrics.entry(name).or_insert(0);
+                }
+                Effect::IncrementMetric { id, delta } => {
+                    *self.metrics.get_mut(&self.names[&id]).unwrap() += delta;
+                }
+                Effect::RecordMetric { id, value } => {
+                    *self.metrics.get_mut(&self.names[&id]).unwrap() = value as i64;
+                }
+                Effect::Log { line, .. } => self.logs.push(line),
+                Effect::EditResponse { .. } | Effect::SetTickPeriod { .. } => {}
+                Effect::EditRequest { .. } => panic!("the outbound side edits no request in place"),
+            }
+        }
+    }
+
+    fn metric(&self, name: &str) -> i64 {
+        self.metrics.get(name).copied().unwrap_or(0)
+    }
+
+    fn edits_of(&self, context: u32) -> Option<&Vec<HeaderEdit>> {
+        self.resumed
+            .iter()
+            .find(|(c, _)| *c == context)
+            .map(|(_, e)| e)
+    }
+
+    fn answer_for(&self, context: u32) -> Option<&Response> {
+        self.answered
+            .iter()
+            .find(|(c, _)| *c == context)
+            .map(|(_, r)| r)
+    }
+
+    fn take_call(&mut self, path: &str) -> Option<(u32, Call)> {
+        let at = self.calls.iter().position(|(_, c)| {
+            c.headers
+                .iter()
+                .any(|(n, v)| n == ":path" && v.as_str() == path)
+        })?;
+        Some(self.calls.remove(at))
+    }
+}
+
+struct Vm {
+    runtime: Option<Runtime>,
+    envoy: Envoy,
+}
+
+fn outbound_config(entries: Value) -> Value {
+    static ENV: std::sync::Once = std::sync::Once::new();
+    // A name no other test reads; set before any runtime parses a configuration.
+    ENV.call_once(|| std::env::set_var(SECRET_ENV, SECRET));
+    json!({
+        "providers": [{"name": "idp", "issuer": ISSUER, "timeout": "2s"}],
+        "outbound": entries,
+        "audit": {"allowedSampleRate": 1},
+    })
+}
+
+fn cc_entry(extra: Value) -> Value {
+    let mut entry = json!({
+        "name": "payments",
+        "match": {"hosts": ["payments.internal"]},
+        "clientCredentials": {"provider": "idp", "clientId": "orders", "clientSecretEnv": SECRET_ENV,
+                              "resource": "https://payments.example.com"},
+    });
+    entry
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    json!([entry])
+}
+
+impl Vm {
+    fn new(config: Value) -> Vm {
+        let mut vm = Vm {
+            runtime: None,
+            envoy: Envoy {
+                now: T0,
+                ..Envoy::default()
+            },
+        };
+        vm.configure(ROOT, config);
+        vm
+    }
+
+    fn configure(&mut self, root: u32, config: Value) {
+        let mut out = Vec::new();
+        let checked = Runtime::check(&config.to_string(), root, self.envoy.now, 7, &mut out)
+            .unwrap_or_else(|| panic!("refused: {out:?}"));
+        let previous = self.runtime.take();
+        let facts = TakeOver {
+            root_id: root,
+            plugin: "mesh-oauth",
+            new_in_vm: previous.is_none(),
+            signature_host: None,
+        };
+        let mut runtime = Runtime::take_over(checked, previous, facts, self.envoy.host(), &mut out);
+        self.envoy.run(&mut runtime, out);
+        self.runtime = Some(runtime);
+    }
+
+    fn event(&mut self, run: impl FnOnce(&mut Runtime, Host<'_>, &mut Effects)) {
+        let mut runtime = self.runtime.take().unwrap();
+        let mut out = Vec::new();
+        run(&mut runtime, self.envoy.host(), &mut out);
+        self.envoy.run(&mut runtime, out);
+        self.runtime = Some(runtime);
+    }
+
+    fn tick(&mut self) {
+        self.event(|runtime, host, out| runtime.on_tick(ROOT, host, out));
+    }
+
+    fn answer(&mut self, token: u32, status: u32, body: &str) {
+        let headers = vec![(":status".to_string(), status.to_string())];
+        let answer = CallAnswer {
+            headers: &headers,
+            body: body.as_bytes(),
+        };
+        self.event(|runtime, host, out| {
+            runtime.on_call_answer(Some(ROOT), token, &answer, host, out)
+        });
+    }
+
+    /// The first tick's discovery, answered: the token endpoint is known.
+    fn discover(&mut self) {
+        self.tick();
+        let (token, _) = self
+            .envoy
+            .take_call("/.well-known/openid-configuration")
+            .expect("discovery");
+        let doc = json!({"issuer": ISSUER, "jwks_uri": "https://idp.example.com/jwks",
+                         "token_endpoint": "https://idp.example.com/token"});
+        self.answer(token, 200, &doc.to_string());
+    }
+
+    fn request(&mut self, context: u32, host: &str, headers: &[(&str, &str)]) {
+        let request = Request {
+            method: "POST",
+            scheme: "http",
+            path: "/pay",
+            authority: host,
+            headers,
+            peer: &NoPeer,
+        };
+        self.event(|runtime, host, out| runtime.on_request(context, &request, host, out));
+    }
+
+    fn held(&self) -> usize {
+        self.runtime.as_ref().unwrap().held.len()
+    }
+}
+
+fn token_answer(token: &str) -> String {
+    json!({"access_token": token, "token_type": "Bearer", "expires_in": 300}).to_string()
+}
+
+fn bearer(token: &str) -> Vec<HeaderEdit> {
+    vec![HeaderEdit::Set(
+        "authorization".into(),
+        format!("Bearer {token}"),
+    )]
+}
+
+#[test]
+fn a_request_waits_for_its_token_which_is_then_attached_and_cached() {
+    let mut vm = Vm::new(outbound_config(cc_entry(json!({}))));
+    vm.discover();
+    vm.request(
+        7,
+        "payments.internal",
+        &[("authorization", "Bearer app-token")],
+    );
+    assert_eq!(vm.held(), 1, "held for the token");
+    assert!(vm.envoy.resumed.is_empty());
+    vm.tick();
+    let (token, call) = vm
+        .envoy
+        .take_call("/token")
+        .expect("a token call from the root");
+    assert_eq!(call.cluster, IDP_CLUSTER);
+    assert!(call.headers.contains(&(":method".into(), "POST".into())));
+    assert!(call
+        .headers
+        .iter()
+        .any(|(n, v)| n == "authorization" && v.starts_with("Basic ")));
+    let body = String::from_utf8(call.body.clone().unwrap()).unwrap();
+    assert!(body.contains("grant_type=client_credentials"), "{body}");
+    assert!(
+        body.contains("resource=https%3A%2F%2Fpayments.example.com"),
+        "{body}"
+    );
+    vm.answer(token, 200, &token_answer("cc-1"));
+    assert_eq!(vm.envoy.edits_of(7), Some(&bearer("cc-1")));
+    assert_eq!(vm.held(), 0);
+
+    vm.request(8, "payments.internal", &[]);
+    assert_eq!(
+        vm.envoy.edits_of(8),
+        Some(&bearer("cc-1")),
+        "from the cache at once"
+    );
+    vm.tick();
+    assert!(vm.envoy.take_call("/token").is_none());
+    assert_eq!(
+        vm.envoy
+            .metric("mesh_oauth.outbound.payments.token_requests"),
+        1
+    );
+    assert_eq!(vm.envoy.metric("mesh_oauth.outbound.payments.attached"), 2);
+    assert_eq!(vm.envoy.metric("mesh_oauth.outbound.payments.cache_hit"), 1);
+    let audits: Vec<&String> = vm
+        .envoy
+        .logs
+        .iter()
+        .filter(|l| l.contains("\"decision\":\"outbound\""))
+        .collect();
+    assert_eq!(audits.len(), 2, "{:?}", vm.envoy.logs);
+    assert!(
+        audits[0].contains("\"token\":\"fetched\"") && audits[1].contains("\"token\":\"cached\"")
+    );
+    for line in &vm.envoy.logs {
+        assert!(
+            !line.contains("cc-1") && !line.contains(SECRET) && !line.contains("Basic"),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn concurrent_requests_make_one_token_call() {
+    let mut vm = Vm::new(outbound_config(cc_entry(json!({}))));
+    vm.discover();
+    for context in 10..30 {
+        vm.request(context, "payments.internal", &[]);
+    }
+    assert_eq!(vm.held(), 20);
+    vm.tick();
+    let (token, _) = vm.envoy.take_call("/token").unwrap();
+    assert!(vm.envoy.take_call("/token").is_none(), "one call");
+    vm.answer(token, 200, &token_answer("cc-1"));
+    for context in 10..30 {
+        assert_eq!(
+            vm.envoy.edits_of(context),
+            Some(&bearer("cc-1")),
+            "{context}"
+        );
+    }
+    assert_eq!(vm.held(), 0);
+}
+
+#[test]
+fn a_failed_call_answers_its_waiting_requests_503_with_retry_after() {
+    let mut vm = Vm::new(outbound_config(cc_entry(json!({}))));
+    vm.discover();
+    vm.request(7, "payments.internal", &[]);
+    vm.request(8, "payments.internal", &[]);
+    vm.tick();
+    let (token, _) = vm.envoy.take_call("/token").unwrap();
+    vm.answer(token, 500, "{}");
+    for context in [7, 8] {
+        let refused = vm.envoy.answer_for(context).expect("answered");
+        assert_eq!(refused.status, 503);
+        assert!(refused.headers.iter().any(|(n, _)| n == "retry-after"));
+        assert!(refused.body.contains("token_endpoint_status"));
+    }
+    assert_eq!(
+        vm.envoy
+            .metric("mesh_oauth.outbound.payments.refused.token_endpoint_status"),
+        2
+    );
+    assert!(vm
+        .envoy
+        .logs
+        .iter()
+        .any(|l| l.contains("outbound \"payments\": no token")));
+
+    let mut lenient = Vm::new(outbound_config(cc_entry(
+        json!({"onFailure": "passThrough"}),
+    )));
+    lenient.discover();
+    lenient.envoy.refuse_dispatch = true;
+    lenient.request(7, "payments.internal", &[("authorization", "Bearer app")]);
+    lenient.tick();
+    assert_eq!(
+        lenient.envoy.edits_of(7),
+        Some(&Vec::new()),
+        "on as the app sent it"
+    );
+}
+
+#[test]
+fn requests_no_entry_matches_go_on_untouched_without_any_token() {
+    let mut vm = Vm::new(outbound_config(cc_entry(json!({}))));
+    vm.request(7, "elsewhere.internal", &[]);
+    assert_eq!(vm.envoy.edits_of(7), Some(&Vec::new()));
+    assert!(vm.envoy.answered.is_empty());
+}
+
+#[test]
+fn a_configuration_push_keeps_the_cached_token() {
+    let mut vm = Vm::new(outbound_config(cc_entry(json!({}))));
+    vm.discover();
+    vm.request(7, "payments.internal", &[]);
+    vm.tick();
+    let (token, _) = vm.envoy.take_call("/token").unwrap();
+    vm.answer(token, 200, &token_answer("cc-1"));
+    vm.configure(2, outbound_config(cc_entry(json!({}))));
+    vm.request(8, "payments.internal", &[]);
+    assert_eq!(vm.envoy.edits_of(8), Some(&bearer("cc-1")));
+    vm.tick();
+    assert!(vm.envoy.take_call("/token").is_none());
+}
+
+#[test]
+fn an_exchange_without_a_subject_is_refused_403() {
+    let entry = json!([{
+        "name": "agent",
+        "match": {"hosts": ["tools.internal"]},
+        "tokenExchange": {"provider": "idp", "clientId": "agent", "clientSecretEnv": SECRET_ENV,
+                          "audience": "tools"},
+    }]);
+    let mut vm = Vm::new(outbound_config(entry));
+    vm.discover();
+    vm.request(7, "tools.internal", &[]);
+    let refused = vm.envoy.answer_for(7).expect("answered");
+    assert_eq!(refused.status, 403);
+    assert!(refused.body.contains("missing_subject"));
+    assert_eq!(
+        vm.envoy
+            .metric("mesh_oauth.outbound.agent.refused.missing_subject"),
+        1
+    );
+    vm.tick();
+    assert!(
+        vm.envoy.take_call("/token").is_none(),
+        "no call for a refused request"
+    );
+}
+
+#[test]
+fn a_push_without_outbound_entries_answers_the_requests_waiting_for_a_token() {
+    let mut vm = Vm::new(outbound_config(cc_entry(json!({}))));
+    vm.discover();
+    vm.request(7, "payments.internal", &[]);
+    assert_eq!(vm.held(), 1);
+    vm.configure(
+        2,
+        json!({"providers": [{"name": "idp", "issuer": ISSUER}], "unmatched": "anonymous"}),
+    );
+    vm.event(|runtime, host, out| runtime.on_tick(2, host, out));
+    let refused = vm.envoy.answer_for(7).expect("answered");
+    assert_eq!(refused.status, 503);
+    assert!(refused.body.contains("token_unavailable"));
+    assert_eq!(vm.held(), 0);
+}
