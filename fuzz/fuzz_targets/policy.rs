@@ -328,6 +328,7 @@ fuzz_target!(|input: Input| {
         answers: Default::default(),
         deny_with: None,
         limits: Limits::default(),
+        logins: Vec::new(),
         outbound: Default::default(),
     };
     let facts = RequestFacts {
