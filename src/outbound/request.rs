@@ -2,7 +2,7 @@
 //! (RFC 6749 §2.3.1, RFC 7523 §2.2). Built here, dispatched by the shell.
 
 use crate::alg::Alg;
-use crate::config::{OutboundClient, OutboundClientAuth, OutboundClientKey};
+use crate::config::{ClientAuth, ClientKey, OutboundClient};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use ring::rand::SystemRandom;
@@ -32,17 +32,17 @@ enum SignerKey {
 
 impl Signer {
     /// `None` only if the key changed under us: configuration parsing already checked it.
-    pub fn new(key: &OutboundClientKey) -> Option<Signer> {
+    pub fn new(key: &ClientKey) -> Option<Signer> {
         let parsed = match key.alg {
             Alg::ES256 => SignerKey::Ec(
                 EcdsaKeyPair::from_pkcs8(
                     &ECDSA_P256_SHA256_FIXED_SIGNING,
-                    &key.pkcs8,
+                    &key.pkcs8.0,
                     &SystemRandom::new(),
                 )
                 .ok()?,
             ),
-            Alg::RS256 => SignerKey::Rsa(RsaKeyPair::from_pkcs8(&key.pkcs8).ok()?),
+            Alg::RS256 => SignerKey::Rsa(RsaKeyPair::from_pkcs8(&key.pkcs8.0).ok()?),
             _ => return None,
         };
         Some(Signer {
@@ -153,20 +153,20 @@ pub fn token_request(
         ("accept", "application/json".to_owned()),
     ];
     match &client.auth {
-        OutboundClientAuth::SecretBasic(secret) => {
+        ClientAuth::SecretBasic(secret) => {
             // RFC 6749 §2.3.1: each part form-encoded, then joined and base64-encoded.
             let pair = format!(
                 "{}:{}",
                 form_encode(&client.client_id),
-                form_encode(secret.expose())
+                form_encode(&secret.0)
             );
             headers.push(("authorization", format!("Basic {}", STANDARD.encode(pair))));
         }
-        OutboundClientAuth::SecretPost(secret) => {
+        ClientAuth::SecretPost(secret) => {
             form.add("client_id", &client.client_id);
-            form.add("client_secret", secret.expose());
+            form.add("client_secret", &secret.0);
         }
-        OutboundClientAuth::PrivateKeyJwt(_) => {
+        ClientAuth::PrivateKeyJwt(_) => {
             let signer = signer.ok_or(RequestError::Signing)?;
             let assertion = client_assertion(signer, &client.client_id, issuer, now_s, jti)?;
             form.add("client_id", &client.client_id);

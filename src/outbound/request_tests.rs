@@ -120,7 +120,7 @@ fn assertion_of(key_env: &str, jti: [u8; 16]) -> (String, OutboundClient) {
         json!({"clientAuth": "private_key_jwt", "clientSecretEnv": null, "clientKeyEnv": key_env}),
         json!({}),
     ));
-    let OutboundClientAuth::PrivateKeyJwt(key) = &client.auth else {
+    let ClientAuth::PrivateKeyJwt(key) = &client.auth else {
         panic!("private_key_jwt")
     };
     let signer = Signer::new(key).unwrap();
