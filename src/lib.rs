@@ -21,6 +21,7 @@ pub mod audit;
 pub mod authorize;
 pub mod cache;
 pub mod claims;
+pub mod client_auth;
 pub mod compile;
 pub mod config;
 pub mod config_hash;

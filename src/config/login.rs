@@ -50,17 +50,6 @@ const RESERVED_AUTHORIZATION_PARAMS: &[&str] = &[
     "request_uri",
 ];
 
-/// A value from the environment that must never be printed: its `Debug` says only that it is
-/// there.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret<T>(pub T);
-
-impl<T> std::fmt::Debug for Secret<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<secret>")
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Login {
     /// `provider`: index into `Config::providers`.
@@ -116,23 +105,6 @@ impl Origin {
         let authority = authority.strip_suffix(default_port).unwrap_or(authority);
         authority == self.authority
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientAuth {
-    /// `client_secret_basic` (the default), the secret from `clientSecretEnv`.
-    SecretBasic(Secret<String>),
-    /// `client_secret_post`.
-    SecretPost(Secret<String>),
-    /// `private_key_jwt` (RFC 7523), the key from `clientKeyEnv`.
-    PrivateKeyJwt(ClientKey),
-}
-
-/// A client's signing key: PKCS#8, RSA (RS256), P-256 (ES256) or Ed25519 (EdDSA).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientKey {
-    pub alg: Alg,
-    pub pkcs8: Secret<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,7 +178,7 @@ fn parse_login(
         Ok(index)
     })?;
     let client_id = login.required("clientId", non_empty_string)?;
-    let client_auth = parse_client_auth(&login, env)?;
+    let client_auth = parse_client_auth(&login, env, LOGIN_KEY_ALGS)?;
     let cookie_keys = login.required("cookieKeysEnv", |value, path| {
         let name = env_name(value, path)?;
         let text = env(&name).ok_or_else(|| unset(path, &name))?;
@@ -282,84 +254,6 @@ fn parse_login(
     })
 }
 
-fn parse_client_auth(login: &Object<'_, '_>, env: Env<'_>) -> Parsed<ClientAuth> {
-    let method = login.optional("clientAuth", string)?;
-    let secret_env = login.optional("clientSecretEnv", env_name)?;
-    let key_env = login.optional("clientKeyEnv", env_name)?;
-    let read_secret = || -> Parsed<Secret<String>> {
-        let path = login.path_of("clientSecretEnv");
-        let name = secret_env.clone().ok_or_else(|| {
-            error(
-                path,
-                format!(
-                    "required with clientAuth {}",
-                    method.as_deref().unwrap_or("client_secret_basic")
-                ),
-            )
-        })?;
-        let secret = env(&name).ok_or_else(|| unset(&path, &name))?;
-        if secret.is_empty() {
-            return Err(error(path, format!("environment variable {name} is empty")));
-        }
-        Ok(Secret(secret))
-    };
-    match method.as_deref() {
-        None | Some("client_secret_basic" | "client_secret_post") => {
-            if key_env.is_some() {
-                return Err(error(
-                    login.path_of("clientKeyEnv"),
-                    "is only for clientAuth private_key_jwt",
-                ));
-            }
-            let secret = read_secret()?;
-            Ok(match method.as_deref() {
-                Some("client_secret_post") => ClientAuth::SecretPost(secret),
-                _ => ClientAuth::SecretBasic(secret),
-            })
-        }
-        Some("private_key_jwt") => {
-            if secret_env.is_some() {
-                return Err(error(
-                    login.path_of("clientSecretEnv"),
-                    "is not used with clientAuth private_key_jwt",
-                ));
-            }
-            let path = login.path_of("clientKeyEnv");
-            let name =
-                key_env.ok_or_else(|| error(path, "required with clientAuth private_key_jwt"))?;
-            let text = env(&name).ok_or_else(|| unset(&path, &name))?;
-            parse_client_key(&text)
-                .map(ClientAuth::PrivateKeyJwt)
-                .map_err(|problem| error(path, format!("environment variable {name} {problem}")))
-        }
-        Some(_) => Err(error(
-            login.path_of("clientAuth"),
-            "must be \"client_secret_basic\", \"client_secret_post\" or \"private_key_jwt\"",
-        )),
-    }
-}
-
-fn unset(path: &At<'_>, name: &str) -> ConfigError {
-    error(
-        path,
-        format!("environment variable {name} is not set in the VM"),
-    )
-}
-
-/// An environment variable's name (POSIX: letters, digits, `_`, not starting with a digit).
-fn env_name(value: &Value, path: &At<'_>) -> Parsed<String> {
-    let name = non_empty_string(value, path)?;
-    let valid = name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        && !name.as_bytes()[0].is_ascii_digit();
-    if !valid {
-        return Err(error(
-            path,
-            "not an environment variable name (letters, digits and _)",
-        ));
-    }
-    Ok(name)
-}
-
 /// Keys separated by commas or white space, each 32 bytes in base64 (either alphabet,
 /// padded or not). The problem never quotes the value.
 pub(super) fn parse_cookie_keys(text: &str) -> Result<Vec<[u8; 32]>, String> {
@@ -391,41 +285,6 @@ pub(super) fn parse_cookie_keys(text: &str) -> Result<Vec<[u8; 32]>, String> {
         return Err(format!("holds more than {MAX_COOKIE_KEYS} keys"));
     }
     Ok(keys)
-}
-
-/// A PKCS#8 private key, PEM (`-----BEGIN PRIVATE KEY-----`) or bare base64 DER.
-pub(super) fn parse_client_key(text: &str) -> Result<ClientKey, String> {
-    use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, RsaKeyPair};
-    let body: String = text
-        .lines()
-        .filter(|line| !line.trim_start().starts_with("-----"))
-        .flat_map(str::split_whitespace)
-        .collect();
-    let der = STANDARD
-        .decode(body.as_bytes())
-        .map_err(|_| "is not a PEM or base64 PKCS#8 private key".to_owned())?;
-    let alg = if RsaKeyPair::from_pkcs8(&der).is_ok() {
-        Alg::RS256
-    } else if EcdsaKeyPair::from_pkcs8(
-        &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-        &der,
-        &ring::rand::SystemRandom::new(),
-    )
-    .is_ok()
-    {
-        Alg::ES256
-    } else if Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).is_ok() {
-        Alg::EdDSA
-    } else {
-        return Err(
-            "is not a usable PKCS#8 private key (RSA of 2048 to 4096 bits, P-256 or Ed25519)"
-                .to_owned(),
-        );
-    };
-    Ok(ClientKey {
-        alg,
-        pkcs8: Secret(der),
-    })
 }
 
 /// RFC 6749 §3.3: space-separated scope tokens of `%x21 / %x23-5B / %x5D-7E`.

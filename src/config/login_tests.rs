@@ -212,10 +212,10 @@ fn secrets_never_show_in_debug_output() {
 #[test]
 fn environment_problems_name_the_variable_never_its_value() {
     for (patch, expected) in [
-        (json!({"cookieKeysEnv": "MISSING"}), "login.cookieKeysEnv: environment variable MISSING is not set in the VM"),
+        (json!({"cookieKeysEnv": "MISSING"}), "login.cookieKeysEnv: environment variable MISSING is not set in the VM (vmConfig.env / vm_config.environment_variables)"),
         (json!({"cookieKeysEnv": "BAD_KEYS"}), "login.cookieKeysEnv: environment variable BAD_KEYS has a key (number 1) that is not 32 bytes (make one with: openssl rand -base64 32)"),
         (json!({"cookieKeysEnv": "EMPTY"}), "login.cookieKeysEnv: environment variable EMPTY holds no key (make one with: openssl rand -base64 32)"),
-        (json!({"clientSecretEnv": "MISSING"}), "login.clientSecretEnv: environment variable MISSING is not set in the VM"),
+        (json!({"clientSecretEnv": "MISSING"}), "login.clientSecretEnv: environment variable MISSING is not set in the VM (vmConfig.env / vm_config.environment_variables)"),
         (json!({"clientSecretEnv": "EMPTY"}), "login.clientSecretEnv: environment variable EMPTY is empty"),
         (json!({"clientSecretEnv": null}), "login.clientSecretEnv: required with clientAuth client_secret_basic"),
         (json!({"clientAuth": "private_key_jwt", "clientSecretEnv": null, "clientKeyEnv": "CLIENT_SECRET"}),
@@ -223,8 +223,8 @@ fn environment_problems_name_the_variable_never_its_value() {
         (json!({"clientAuth": "private_key_jwt", "clientSecretEnv": null, "clientKeyEnv": "COOKIE_KEYS"}),
             "login.clientKeyEnv: environment variable COOKIE_KEYS is not a usable PKCS#8 private key (RSA of 2048 to 4096 bits, P-256 or Ed25519)"),
         (json!({"clientAuth": "private_key_jwt", "clientSecretEnv": null}), "login.clientKeyEnv: required with clientAuth private_key_jwt"),
-        (json!({"clientAuth": "private_key_jwt", "clientKeyEnv": "CLIENT_KEY"}), "login.clientSecretEnv: is not used with clientAuth private_key_jwt"),
-        (json!({"clientKeyEnv": "CLIENT_KEY"}), "login.clientKeyEnv: is only for clientAuth private_key_jwt"),
+        (json!({"clientAuth": "private_key_jwt", "clientKeyEnv": "CLIENT_KEY"}), "login.clientSecretEnv: private_key_jwt signs with the key in clientKeyEnv, not a secret"),
+        (json!({"clientKeyEnv": "CLIENT_KEY"}), "login.clientKeyEnv: client_secret_basic authenticates with clientSecretEnv, not a key"),
         (json!({"cookieKeysEnv": "1X"}), "login.cookieKeysEnv: not an environment variable name (letters, digits and _)"),
     ] {
         let got = problem(with(patch.clone()));
@@ -301,7 +301,7 @@ fn the_top_level_reads_login_with_the_environment() {
     let missing = parse_with_env(&config, &|_| None).unwrap_err().to_string();
     assert_eq!(
         missing,
-        "login.clientSecretEnv: environment variable CLIENT_SECRET is not set in the VM"
+        "login.clientSecretEnv: environment variable CLIENT_SECRET is not set in the VM (vmConfig.env / vm_config.environment_variables)"
     );
     let none = parse(&json!({"providers": [{"issuer": "https://op.example.com"}]}).to_string());
     assert!(none.unwrap().logins.is_empty());

@@ -871,6 +871,7 @@ fn parse_limits(value: &Value, path: &At<'_>) -> Parsed<Limits> {
 }
 
 mod answers;
+mod client;
 mod fields;
 mod login;
 mod outbound;
@@ -884,6 +885,7 @@ mod tenancy;
 mod tests;
 
 pub use answers::*;
+pub use client::*;
 use fields::*;
 pub use login::*;
 pub use outbound::*;

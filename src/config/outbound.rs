@@ -5,8 +5,6 @@
 //! caller passes (`std::env::var` in the filter), never from the configuration itself.
 
 use super::*;
-use crate::alg::Alg;
-use base64::Engine;
 
 /// `limits.maxOutboundTokens` when not given.
 pub const DEFAULT_MAX_OUTBOUND_TOKENS: usize = 1024;
@@ -84,62 +82,12 @@ pub struct OutboundClient {
     /// names the token endpoint.
     pub provider: usize,
     pub client_id: String,
-    pub auth: OutboundClientAuth,
+    pub auth: ClientAuth,
     /// `audience`: one or more (RFC 8693 §2.1).
     pub audiences: Vec<String>,
     /// `resource`: absolute URIs (RFC 8707).
     pub resources: Vec<String>,
     pub scopes: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OutboundClientAuth {
-    /// `client_secret_basic` (the default).
-    SecretBasic(OutboundSecret),
-    /// `client_secret_post`
-    SecretPost(OutboundSecret),
-    /// `private_key_jwt` (RFC 7523 §2.2).
-    PrivateKeyJwt(OutboundClientKey),
-}
-
-impl OutboundClientAuth {
-    pub fn name(&self) -> &'static str {
-        match self {
-            OutboundClientAuth::SecretBasic(_) => "client_secret_basic",
-            OutboundClientAuth::SecretPost(_) => "client_secret_post",
-            OutboundClientAuth::PrivateKeyJwt(_) => "private_key_jwt",
-        }
-    }
-}
-
-/// A client secret. Its `Debug` never shows it: configurations are logged in tests and tools.
-#[derive(Clone, PartialEq, Eq)]
-pub struct OutboundSecret(String);
-
-impl OutboundSecret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for OutboundSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OutboundSecret(…)")
-    }
-}
-
-/// A client's signing key: PKCS#8 DER, checked by `ring` while parsing.
-#[derive(Clone, PartialEq, Eq)]
-pub struct OutboundClientKey {
-    /// ES256 for a P-256 key, RS256 for an RSA key.
-    pub alg: Alg,
-    pub pkcs8: Vec<u8>,
-}
-
-impl std::fmt::Debug for OutboundClientKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "OutboundClientKey({}, …)", self.alg.name())
-    }
 }
 
 const OUTBOUND_ENTRY_FIELDS: &[&str] = &[
@@ -395,54 +343,7 @@ fn parse_client(
         outbound_provider(value, path, providers)
     })?;
     let client_id = client.required("clientId", non_empty_string)?;
-    let auth_name = client
-        .optional("clientAuth", string)?
-        .unwrap_or_else(|| "client_secret_basic".to_owned());
-    let secret_env = client.optional("clientSecretEnv", parse_env_name)?;
-    let key_env = client.optional("clientKeyEnv", parse_env_name)?;
-    let secret = |secret_env: Option<String>| -> Parsed<OutboundSecret> {
-        if key_env.is_some() {
-            return Err(error(
-                client.path_of("clientKeyEnv"),
-                format!("{auth_name} authenticates with clientSecretEnv, not a key"),
-            ));
-        }
-        let variable = secret_env.ok_or_else(|| {
-            error(
-                client.path_of("clientSecretEnv"),
-                format!("required with clientAuth {auth_name}"),
-            )
-        })?;
-        read_secret(&variable, &client.path_of("clientSecretEnv"), env)
-    };
-    let auth =
-        match auth_name.as_str() {
-            "client_secret_basic" => OutboundClientAuth::SecretBasic(secret(secret_env)?),
-            "client_secret_post" => OutboundClientAuth::SecretPost(secret(secret_env)?),
-            "private_key_jwt" => {
-                if secret_env.is_some() {
-                    return Err(error(
-                        client.path_of("clientSecretEnv"),
-                        "private_key_jwt signs with the key in clientKeyEnv, not a secret",
-                    ));
-                }
-                let variable = key_env.ok_or_else(|| {
-                    error(
-                        client.path_of("clientKeyEnv"),
-                        "required with clientAuth private_key_jwt",
-                    )
-                })?;
-                OutboundClientAuth::PrivateKeyJwt(read_key(
-                    &variable,
-                    &client.path_of("clientKeyEnv"),
-                    env,
-                )?)
-            }
-            _ => return Err(error(
-                client.path_of("clientAuth"),
-                "must be \"client_secret_basic\", \"client_secret_post\" or \"private_key_jwt\"",
-            )),
-        };
+    let auth = parse_client_auth(client, env, OUTBOUND_KEY_ALGS)?;
     let audiences = client
         .optional("audience", |value, path| {
             one_or_more(value, path, non_empty_string)
@@ -527,91 +428,6 @@ fn parse_resource(value: &Value, path: &At<'_>) -> Parsed<String> {
         ));
     }
     Ok(resource)
-}
-
-fn parse_env_name(value: &Value, path: &At<'_>) -> Parsed<String> {
-    let name = non_empty_string(value, path)?;
-    let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !valid {
-        return Err(error(
-            path,
-            "not an environment variable name (letters, digits and '_')",
-        ));
-    }
-    Ok(name)
-}
-
-fn read_variable(variable: &str, path: &At<'_>, env: Env<'_>) -> Parsed<String> {
-    let value = env(variable).ok_or_else(|| {
-        error(
-            path,
-            format!(
-                "environment variable {variable} is not set in the VM (vmConfig.env / \
-                 vm_config.environment_variables)"
-            ),
-        )
-    })?;
-    if value.is_empty() {
-        return Err(error(
-            path,
-            format!("environment variable {variable} is empty"),
-        ));
-    }
-    Ok(value)
-}
-
-fn read_secret(variable: &str, path: &At<'_>, env: Env<'_>) -> Parsed<OutboundSecret> {
-    let value = read_variable(variable, path, env)?;
-    // Never the value itself in the message: only where it is wrong.
-    if value.chars().any(char::is_control) {
-        return Err(error(
-            path,
-            format!(
-                "environment variable {variable} holds a control character (a trailing newline?)"
-            ),
-        ));
-    }
-    Ok(OutboundSecret(value))
-}
-
-/// A PKCS#8 private key, PEM (`-----BEGIN PRIVATE KEY-----`) or bare base64 DER: a P-256
-/// key signs ES256, an RSA key (2048 bits or more) RS256.
-fn read_key(variable: &str, path: &At<'_>, env: Env<'_>) -> Parsed<OutboundClientKey> {
-    let value = read_variable(variable, path, env)?;
-    let malformed = |why: &str| error(path, format!("environment variable {variable} {why}"));
-    let body: String = if value.contains("-----BEGIN") {
-        let inner = value
-            .split_once("-----BEGIN PRIVATE KEY-----")
-            .and_then(|(_, rest)| rest.split_once("-----END PRIVATE KEY-----"))
-            .map(|(inner, _)| inner)
-            .ok_or_else(|| {
-                malformed("is not a PKCS#8 PEM key (-----BEGIN PRIVATE KEY-----); convert it with `openssl pkcs8 -topk8 -nocrypt`")
-            })?;
-        inner.chars().filter(|c| !c.is_whitespace()).collect()
-    } else {
-        value.chars().filter(|c| !c.is_whitespace()).collect()
-    };
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(body.as_bytes())
-        .map_err(|_| malformed("is not PEM or base64"))?;
-    let rng = ring::rand::SystemRandom::new();
-    let alg = if ring::signature::EcdsaKeyPair::from_pkcs8(
-        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-        &der,
-        &rng,
-    )
-    .is_ok()
-    {
-        Alg::ES256
-    } else if ring::signature::RsaKeyPair::from_pkcs8(&der).is_ok() {
-        Alg::RS256
-    } else {
-        return Err(malformed(
-            "is not a P-256 or RSA (2048 bits or more) PKCS#8 private key",
-        ));
-    };
-    Ok(OutboundClientKey { alg, pkcs8: der })
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
 use super::*;
+use base64::Engine as _;
 use serde_json::json;
 
 /// An RSA-2048 PKCS#8 key (the fixture the key tests sign with).
@@ -97,7 +98,7 @@ fn a_client_credentials_entry_reads_every_field() {
     assert_eq!(client.client_id, "orders");
     assert_eq!(
         client.auth,
-        OutboundClientAuth::SecretBasic(OutboundSecret("s3cr:et/+".into()))
+        ClientAuth::SecretBasic(Secret("s3cr:et/+".into()))
     );
     assert_eq!(client.audiences, ["payments"]);
     assert_eq!(client.resources, ["https://payments.internal/"]);
@@ -160,12 +161,11 @@ fn private_key_jwt_reads_ec_and_rsa_keys_from_the_environment() {
         let client = json!({"provider": "idp", "clientId": "agent",
                             "clientAuth": "private_key_jwt", "clientKeyEnv": variable});
         let outbound = parse(entry("clientCredentials", client)).unwrap();
-        let OutboundClientAuth::PrivateKeyJwt(key) = &outbound.entries[0].grant.client().auth
-        else {
+        let ClientAuth::PrivateKeyJwt(key) = &outbound.entries[0].grant.client().auth else {
             panic!("private_key_jwt")
         };
         assert_eq!(key.alg, alg, "{variable}");
-        assert!(!format!("{key:?}").contains(&format!("{:?}", &key.pkcs8[..4])));
+        assert!(!format!("{key:?}").contains(&format!("{:?}", &key.pkcs8.0[..4])));
     }
 }
 
@@ -174,7 +174,7 @@ fn secrets_never_show_in_debug_output() {
     let outbound = parse(entry("clientCredentials", cc(json!({})))).unwrap();
     let shown = format!("{outbound:?}");
     assert!(!shown.contains("s3cr"), "{shown}");
-    assert!(shown.contains("OutboundSecret(…)"));
+    assert!(shown.contains("<secret>"));
 }
 
 #[test]
@@ -202,11 +202,11 @@ fn missing_or_malformed_variables_are_named() {
         ),
         (
             key("NOT_A_KEY"),
-            "outbound[0].clientCredentials.clientKeyEnv: environment variable NOT_A_KEY is not a P-256 or RSA",
+            "outbound[0].clientCredentials.clientKeyEnv: environment variable NOT_A_KEY is not a usable PKCS#8 private key (P-256 or RSA",
         ),
         (
             key("SECRET"),
-            "outbound[0].clientCredentials.clientKeyEnv: environment variable SECRET is not PEM or base64",
+            "outbound[0].clientCredentials.clientKeyEnv: environment variable SECRET is not a PEM or base64 PKCS#8 private key",
         ),
         (
             cc(json!({"clientSecretEnv": "lower-case"})),

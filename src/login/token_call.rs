@@ -6,16 +6,14 @@ use super::flow::{Context, Flow};
 use super::form;
 use super::id_token::{self, Verified};
 use super::session::Session;
-use crate::alg::Alg;
-use crate::config::{ClientAuth, ClientKey, Forward, HttpTarget};
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use crate::client_auth::{self, Credentials, Signer};
+use crate::config::{ClientAuth, Forward, HttpTarget};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-/// How long a `private_key_jwt` client assertion lives (RFC 7523 §3: short).
-pub const CLIENT_ASSERTION_SECONDS: u64 = 60;
 /// Random bytes for a client assertion's `jti`.
-pub const CLIENT_ASSERTION_RANDOM_LEN: usize = 16;
+pub const CLIENT_ASSERTION_RANDOM_LEN: usize = client_auth::JTI_LEN;
 /// A token answer larger than this is refused unread.
 pub const MAX_TOKEN_ANSWER_BYTES: usize = 64 * 1024;
 
@@ -82,34 +80,36 @@ impl Flow {
             ),
             ("accept".to_owned(), "application/json".to_owned()),
         ];
-        let client_id = self.login.client_id.as_str();
-        let assertion;
-        match &self.login.client_auth {
-            ClientAuth::SecretBasic(secret) => {
-                // RFC 6749 §2.3.1: both parts form-encoded before Basic.
-                let pair = format!("{}:{}", form::escape(client_id), form::escape(&secret.0));
-                headers.push((
-                    "authorization".to_owned(),
-                    format!("Basic {}", STANDARD.encode(pair)),
-                ));
-            }
-            ClientAuth::SecretPost(secret) => {
-                params.push(("client_id", client_id));
-                params.push(("client_secret", &secret.0));
-            }
-            ClientAuth::PrivateKeyJwt(key) => {
-                let mut jti = [0u8; CLIENT_ASSERTION_RANDOM_LEN];
-                (ctx.random)(&mut jti);
-                assertion = client_assertion(key, client_id, &self.issuer, &jti, ctx.now)
-                    .unwrap_or_default();
-                params.push(("client_id", client_id));
-                params.push((
-                    "client_assertion_type",
-                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                ));
-                params.push(("client_assertion", &assertion));
-            }
+        let mut jti = [0u8; CLIENT_ASSERTION_RANDOM_LEN];
+        if matches!(self.login.client_auth, ClientAuth::PrivateKeyJwt(_)) {
+            (ctx.random)(&mut jti);
         }
+        let signer = match &self.login.client_auth {
+            ClientAuth::PrivateKeyJwt(key) => Signer::new(key),
+            _ => None,
+        };
+        // A key that will not sign (parsing checked it) sends no credentials: the OP refuses.
+        let credentials = client_auth::credentials(
+            &self.login.client_auth,
+            &self.login.client_id,
+            signer.as_ref(),
+            &self.issuer,
+            ctx.now,
+            jti,
+        )
+        .unwrap_or(Credentials {
+            authorization: None,
+            params: Vec::new(),
+        });
+        if let Some(authorization) = credentials.authorization {
+            headers.push(("authorization".to_owned(), authorization));
+        }
+        params.extend(
+            credentials
+                .params
+                .iter()
+                .map(|(name, value)| (*name, value.as_str())),
+        );
         TokenCall {
             target: endpoints.token.clone(),
             headers,
@@ -264,59 +264,4 @@ fn unverified_exp(token: &str) -> Option<u64> {
     let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
     let claims: Value = serde_json::from_slice(&bytes).ok()?;
     claims.get("exp")?.as_u64()
-}
-
-/// An RFC 7523 client assertion: `iss` = `sub` = the client, `aud` = the issuer, a fresh
-/// `jti`, 60 s of life.
-fn client_assertion(
-    key: &ClientKey,
-    client_id: &str,
-    issuer: &str,
-    jti: &[u8],
-    now: u64,
-) -> Option<String> {
-    use ring::rand::SystemRandom;
-    use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, RsaKeyPair};
-    let header = json!({"alg": key.alg.name(), "typ": "JWT"});
-    let claims = json!({
-        "iss": client_id,
-        "sub": client_id,
-        "aud": issuer,
-        "jti": URL_SAFE_NO_PAD.encode(jti),
-        "iat": now,
-        "exp": now.saturating_add(CLIENT_ASSERTION_SECONDS),
-    });
-    let input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
-    let rng = SystemRandom::new();
-    let der = &key.pkcs8.0;
-    let signature = match key.alg {
-        Alg::RS256 => {
-            let pair = RsaKeyPair::from_pkcs8(der).ok()?;
-            let mut signature = vec![0; pair.public().modulus_len()];
-            pair.sign(
-                &signature::RSA_PKCS1_SHA256,
-                &rng,
-                input.as_bytes(),
-                &mut signature,
-            )
-            .ok()?;
-            signature
-        }
-        Alg::ES256 => {
-            let pair =
-                EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
-                    .ok()?;
-            pair.sign(&rng, input.as_bytes()).ok()?.as_ref().to_vec()
-        }
-        Alg::EdDSA => {
-            let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).ok()?;
-            pair.sign(input.as_bytes()).as_ref().to_vec()
-        }
-        _ => return None,
-    };
-    Some(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
 }

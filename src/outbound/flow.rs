@@ -8,8 +8,7 @@ use super::refusal::Refusal;
 use super::request::{self, Grant as AskFor, Signer, ACCESS_TOKEN_TYPE, TXN_TOKEN_TYPE};
 use super::subject::{self, SubjectRefusal};
 use crate::config::{
-    Config, Grant, HttpTarget, MissingSubject, OnFailure, Outbound, OutboundClientAuth,
-    OutboundEntry,
+    ClientAuth, Config, Grant, HttpTarget, MissingSubject, OnFailure, Outbound, OutboundEntry,
 };
 use crate::keystore::SharedStore;
 use crate::peer::Peer;
@@ -195,7 +194,7 @@ impl Flow {
                 let client = entry.grant.client();
                 let provider = config.providers.get(client.provider);
                 let signer = match &client.auth {
-                    OutboundClientAuth::PrivateKeyJwt(key) => Signer::new(key),
+                    ClientAuth::PrivateKeyJwt(key) => Signer::new(key),
                     _ => None,
                 };
                 Compiled {

@@ -1,75 +1,16 @@
 //! Token endpoint requests (RFC 6749 §4.4, RFC 8693 §2.1) and client authentication
-//! (RFC 6749 §2.3.1, RFC 7523 §2.2). Built here, dispatched by the shell.
+//! (RFC 6749 §2.3.1, RFC 7523 §2.2, from `crate::client_auth`). Built here, dispatched by the
+//! shell.
 
-use crate::alg::Alg;
-use crate::config::{OutboundClient, OutboundClientAuth, OutboundClientKey};
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use base64::Engine;
-use ring::rand::SystemRandom;
-use ring::signature::{
-    EcdsaKeyPair, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING, RSA_PKCS1_SHA256,
-};
+use crate::client_auth::{self, Credentials};
+pub use crate::client_auth::{client_assertion, form_encode, Signer, ASSERTION_TYPE};
+use crate::config::OutboundClient;
 
 pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 /// draft-ietf-oauth-transaction-tokens: what a `Txn-Token` header carries.
 pub const TXN_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:txn_token";
-const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-/// An assertion is used at once: a short life bounds what a leaked one is worth.
-const ASSERTION_LIFETIME_SECONDS: u64 = 60;
-
-/// A client's signing key, parsed once per configuration.
-pub struct Signer {
-    alg: Alg,
-    key: SignerKey,
-}
-
-enum SignerKey {
-    Ec(EcdsaKeyPair),
-    Rsa(RsaKeyPair),
-}
-
-impl Signer {
-    /// `None` only if the key changed under us: configuration parsing already checked it.
-    pub fn new(key: &OutboundClientKey) -> Option<Signer> {
-        let parsed = match key.alg {
-            Alg::ES256 => SignerKey::Ec(
-                EcdsaKeyPair::from_pkcs8(
-                    &ECDSA_P256_SHA256_FIXED_SIGNING,
-                    &key.pkcs8,
-                    &SystemRandom::new(),
-                )
-                .ok()?,
-            ),
-            Alg::RS256 => SignerKey::Rsa(RsaKeyPair::from_pkcs8(&key.pkcs8).ok()?),
-            _ => return None,
-        };
-        Some(Signer {
-            alg: key.alg,
-            key: parsed,
-        })
-    }
-
-    fn sign(&self, input: &[u8]) -> Option<Vec<u8>> {
-        let rng = SystemRandom::new();
-        match &self.key {
-            SignerKey::Ec(pair) => pair.sign(&rng, input).ok().map(|s| s.as_ref().to_vec()),
-            SignerKey::Rsa(pair) => {
-                let mut signature = vec![0; pair.public().modulus_len()];
-                pair.sign(&RSA_PKCS1_SHA256, &rng, input, &mut signature)
-                    .ok()?;
-                Some(signature)
-            }
-        }
-    }
-}
-
-impl std::fmt::Debug for Signer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Signer({})", self.alg.name())
-    }
-}
 
 /// What is asked for.
 pub enum Grant<'a> {
@@ -152,61 +93,21 @@ pub fn token_request(
         ),
         ("accept", "application/json".to_owned()),
     ];
-    match &client.auth {
-        OutboundClientAuth::SecretBasic(secret) => {
-            // RFC 6749 §2.3.1: each part form-encoded, then joined and base64-encoded.
-            let pair = format!(
-                "{}:{}",
-                form_encode(&client.client_id),
-                form_encode(secret.expose())
-            );
-            headers.push(("authorization", format!("Basic {}", STANDARD.encode(pair))));
-        }
-        OutboundClientAuth::SecretPost(secret) => {
-            form.add("client_id", &client.client_id);
-            form.add("client_secret", secret.expose());
-        }
-        OutboundClientAuth::PrivateKeyJwt(_) => {
-            let signer = signer.ok_or(RequestError::Signing)?;
-            let assertion = client_assertion(signer, &client.client_id, issuer, now_s, jti)?;
-            form.add("client_id", &client.client_id);
-            form.add("client_assertion_type", ASSERTION_TYPE);
-            form.add("client_assertion", &assertion);
-        }
+    let Credentials {
+        authorization,
+        params,
+    } = client_auth::credentials(&client.auth, &client.client_id, signer, issuer, now_s, jti)
+        .map_err(|_| RequestError::Signing)?;
+    if let Some(authorization) = authorization {
+        headers.push(("authorization", authorization));
+    }
+    for (name, value) in &params {
+        form.add(name, value);
     }
     Ok(FormRequest {
         headers,
         body: form.0,
     })
-}
-
-/// RFC 7523 §3 as updated for private_key_jwt: `iss` = `sub` = the client, `aud` = the
-/// authorization server's issuer identifier (not the endpoint URL), a fresh `jti`, a short
-/// `exp`.
-pub fn client_assertion(
-    signer: &Signer,
-    client_id: &str,
-    issuer: &str,
-    now_s: u64,
-    jti: [u8; 16],
-) -> Result<String, RequestError> {
-    let header = serde_json::json!({"alg": signer.alg.name(), "typ": "JWT"});
-    let jti: String = jti.iter().map(|b| format!("{b:02x}")).collect();
-    let claims = serde_json::json!({
-        "iss": client_id,
-        "sub": client_id,
-        "aud": issuer,
-        "jti": jti,
-        "iat": now_s,
-        "exp": now_s.saturating_add(ASSERTION_LIFETIME_SECONDS),
-    });
-    let input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
-    let signature = signer.sign(input.as_bytes()).ok_or(RequestError::Signing)?;
-    Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
 }
 
 #[derive(Default)]
@@ -221,22 +122,6 @@ impl Form {
         self.0.push('=');
         self.0.push_str(&form_encode(value));
     }
-}
-
-/// `application/x-www-form-urlencoded` (the WHATWG URL serializer's byte set): letters,
-/// digits and `*-._` stay, space becomes `+`, every other byte `%XX`.
-pub fn form_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
-                out.push(char::from(byte))
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

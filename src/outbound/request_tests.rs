@@ -1,5 +1,10 @@
 use super::*;
+use crate::config::ClientAuth;
 use crate::outbound::testing::*;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::{json, Value};
 
 fn client_of(entries: Value) -> OutboundClient {
@@ -120,7 +125,7 @@ fn assertion_of(key_env: &str, jti: [u8; 16]) -> (String, OutboundClient) {
         json!({"clientAuth": "private_key_jwt", "clientSecretEnv": null, "clientKeyEnv": key_env}),
         json!({}),
     ));
-    let OutboundClientAuth::PrivateKeyJwt(key) = &client.auth else {
+    let ClientAuth::PrivateKeyJwt(key) = &client.auth else {
         panic!("private_key_jwt")
     };
     let signer = Signer::new(key).unwrap();

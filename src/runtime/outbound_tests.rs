@@ -1,8 +1,8 @@
-//! The outbound flow driven through the runtime as the shell drives it, against a small fake
-//! Envoy (shared data, metrics by name, answers, resumed requests, dispatched calls).
+//! The outbound flow driven through the runtime as the shell drives it, against the fake Envoy
+//! of the runtime's tests.
 
+use super::super::tests::Envoy;
 use super::super::*;
-use crate::keystore::tests::Shared;
 use crate::peer::NoPeer;
 use serde_json::{json, Value};
 
@@ -13,92 +13,6 @@ const ROOT: u32 = 1;
 /// Set once for the process: the runtime reads secrets from the environment.
 const SECRET_ENV: &str = "MESH_OAUTH_RUNTIME_TEST_OUTBOUND_SECRET";
 const SECRET: &str = "runtime-test-secret";
-
-#[derive(Default)]
-struct Envoy {
-    shared: Shared,
-    now: u64,
-    metrics: HashMap<String, i64>,
-    names: HashMap<MetricId, String>,
-    logs: Vec<String>,
-    answered: Vec<(u32, Response)>,
-    resumed: Vec<(u32, Vec<HeaderEdit>)>,
-    calls: Vec<(u32, Call)>,
-    next_token: u32,
-    refuse_dispatch: bool,
-}
-
-impl Envoy {
-    fn host(&self) -> Host<'_> {
-        Host {
-            now_ms: self.now,
-            shared: &self.shared,
-        }
-    }
-
-    fn run(&mut self, runtime: &mut Runtime, effects: Effects) {
-        let mut queue = std::collections::VecDeque::from(effects);
-        while let Some(effect) = queue.pop_front() {
-            match effect {
-                Effect::Dispatch { call, request } => {
-                    if self.refuse_dispatch {
-                        let mut more = Vec::new();
-                        runtime.not_dispatched(call, "BadArgument", self.host(), &mut more);
-                        for effect in more.into_iter().rev() {
-                            queue.push_front(effect);
-                        }
-                    } else {
-                        self.next_token += 1;
-                        runtime.dispatched(call, self.next_token);
-                        self.calls.push((self.next_token, request));
-                    }
-                }
-                Effect::Resume { context, edits } => self.resumed.push((context, edits)),
-                Effect::Answer { context, response } => self.answered.push((context, response)),
-                Effect::DefineMetric { id, name, .. } => {
-                    self.names.insert(id, name.clone());
-                    self.metrics.entry(name).or_insert(0);
-                }
-                Effect::IncrementMetric { id, delta } => {
-                    *self.metrics.get_mut(&self.names[&id]).unwrap() += delta;
-                }
-                Effect::RecordMetric { id, value } => {
-                    *self.metrics.get_mut(&self.names[&id]).unwrap() = value as i64;
-                }
-                Effect::Log { line, .. } => self.logs.push(line),
-                Effect::EditResponse { .. } | Effect::SetTickPeriod { .. } => {}
-                Effect::EditRequest { .. } => panic!("the outbound side edits no request in place"),
-            }
-        }
-    }
-
-    fn metric(&self, name: &str) -> i64 {
-        self.metrics.get(name).copied().unwrap_or(0)
-    }
-
-    fn edits_of(&self, context: u32) -> Option<&Vec<HeaderEdit>> {
-        self.resumed
-            .iter()
-            .find(|(c, _)| *c == context)
-            .map(|(_, e)| e)
-    }
-
-    fn answer_for(&self, context: u32) -> Option<&Response> {
-        self.answered
-            .iter()
-            .find(|(c, _)| *c == context)
-            .map(|(_, r)| r)
-    }
-
-    fn take_call(&mut self, path: &str) -> Option<(u32, Call)> {
-        let at = self.calls.iter().position(|(_, c)| {
-            c.headers
-                .iter()
-                .any(|(n, v)| n == ":path" && v.as_str() == path)
-        })?;
-        Some(self.calls.remove(at))
-    }
-}
 
 struct Vm {
     runtime: Option<Runtime>,
@@ -165,6 +79,10 @@ impl Vm {
         run(&mut runtime, self.envoy.host(), &mut out);
         self.envoy.run(&mut runtime, out);
         self.runtime = Some(runtime);
+        assert!(
+            self.envoy.request_edits.is_empty(),
+            "the outbound side edits no request in place"
+        );
     }
 
     fn tick(&mut self) {
@@ -187,7 +105,7 @@ impl Vm {
         self.tick();
         let (token, _) = self
             .envoy
-            .take_call("/.well-known/openid-configuration")
+            .take_call_to("/.well-known/openid-configuration")
             .expect("discovery");
         let doc = json!({"issuer": ISSUER, "jwks_uri": "https://idp.example.com/jwks",
                          "token_endpoint": "https://idp.example.com/token"});
@@ -236,7 +154,7 @@ fn a_request_waits_for_its_token_which_is_then_attached_and_cached() {
     vm.tick();
     let (token, call) = vm
         .envoy
-        .take_call("/token")
+        .take_call_to("/token")
         .expect("a token call from the root");
     assert_eq!(call.cluster, IDP_CLUSTER);
     assert!(call.headers.contains(&(":method".into(), "POST".into())));
@@ -261,25 +179,24 @@ fn a_request_waits_for_its_token_which_is_then_attached_and_cached() {
         "from the cache at once"
     );
     vm.tick();
-    assert!(vm.envoy.take_call("/token").is_none());
+    assert!(vm.envoy.take_call_to("/token").is_none());
     assert_eq!(
         vm.envoy
-            .metric("mesh_oauth.outbound.payments.token_requests"),
+            .count("mesh_oauth.outbound.payments.token_requests"),
         1
     );
-    assert_eq!(vm.envoy.metric("mesh_oauth.outbound.payments.attached"), 2);
-    assert_eq!(vm.envoy.metric("mesh_oauth.outbound.payments.cache_hit"), 1);
+    assert_eq!(vm.envoy.count("mesh_oauth.outbound.payments.attached"), 2);
+    assert_eq!(vm.envoy.count("mesh_oauth.outbound.payments.cache_hit"), 1);
     let audits: Vec<&String> = vm
         .envoy
-        .logs
-        .iter()
+        .log_lines()
         .filter(|l| l.contains("\"decision\":\"outbound\""))
         .collect();
     assert_eq!(audits.len(), 2, "{:?}", vm.envoy.logs);
     assert!(
         audits[0].contains("\"token\":\"fetched\"") && audits[1].contains("\"token\":\"cached\"")
     );
-    for line in &vm.envoy.logs {
+    for line in vm.envoy.log_lines() {
         assert!(
             !line.contains("cc-1") && !line.contains(SECRET) && !line.contains("Basic"),
             "{line}"
@@ -296,8 +213,8 @@ fn concurrent_requests_make_one_token_call() {
     }
     assert_eq!(vm.held(), 20);
     vm.tick();
-    let (token, _) = vm.envoy.take_call("/token").unwrap();
-    assert!(vm.envoy.take_call("/token").is_none(), "one call");
+    let (token, _) = vm.envoy.take_call_to("/token").unwrap();
+    assert!(vm.envoy.take_call_to("/token").is_none(), "one call");
     vm.answer(token, 200, &token_answer("cc-1"));
     for context in 10..30 {
         assert_eq!(
@@ -316,7 +233,7 @@ fn a_failed_call_answers_its_waiting_requests_503_with_retry_after() {
     vm.request(7, "payments.internal", &[]);
     vm.request(8, "payments.internal", &[]);
     vm.tick();
-    let (token, _) = vm.envoy.take_call("/token").unwrap();
+    let (token, _) = vm.envoy.take_call_to("/token").unwrap();
     vm.answer(token, 500, "{}");
     for context in [7, 8] {
         let refused = vm.envoy.answer_for(context).expect("answered");
@@ -326,13 +243,12 @@ fn a_failed_call_answers_its_waiting_requests_503_with_retry_after() {
     }
     assert_eq!(
         vm.envoy
-            .metric("mesh_oauth.outbound.payments.refused.token_endpoint_status"),
+            .count("mesh_oauth.outbound.payments.refused.token_endpoint_status"),
         2
     );
     assert!(vm
         .envoy
-        .logs
-        .iter()
+        .log_lines()
         .any(|l| l.contains("outbound \"payments\": no token")));
 
     let mut lenient = Vm::new(outbound_config(cc_entry(
@@ -363,13 +279,13 @@ fn a_configuration_push_keeps_the_cached_token() {
     vm.discover();
     vm.request(7, "payments.internal", &[]);
     vm.tick();
-    let (token, _) = vm.envoy.take_call("/token").unwrap();
+    let (token, _) = vm.envoy.take_call_to("/token").unwrap();
     vm.answer(token, 200, &token_answer("cc-1"));
     vm.configure(2, outbound_config(cc_entry(json!({}))));
     vm.request(8, "payments.internal", &[]);
     assert_eq!(vm.envoy.edits_of(8), Some(&bearer("cc-1")));
     vm.tick();
-    assert!(vm.envoy.take_call("/token").is_none());
+    assert!(vm.envoy.take_call_to("/token").is_none());
 }
 
 #[test]
@@ -388,12 +304,12 @@ fn an_exchange_without_a_subject_is_refused_403() {
     assert!(refused.body.contains("missing_subject"));
     assert_eq!(
         vm.envoy
-            .metric("mesh_oauth.outbound.agent.refused.missing_subject"),
+            .count("mesh_oauth.outbound.agent.refused.missing_subject"),
         1
     );
     vm.tick();
     assert!(
-        vm.envoy.take_call("/token").is_none(),
+        vm.envoy.take_call_to("/token").is_none(),
         "no call for a refused request"
     );
 }

@@ -19,28 +19,28 @@ const ROOT: u32 = 1;
 
 /// What Envoy would have done with the effects so far.
 #[derive(Default)]
-struct Envoy {
-    shared: Shared,
-    now: u64,
+pub(super) struct Envoy {
+    pub(super) shared: Shared,
+    pub(super) now: u64,
     /// Metric name → kind and value, as Envoy's stats show them.
-    metrics: HashMap<String, (MetricKind, i64)>,
-    metric_names: HashMap<MetricId, String>,
-    logs: Vec<(Level, String)>,
-    answered: Vec<(u32, Response)>,
-    resumed: Vec<(u32, Vec<HeaderEdit>)>,
+    pub(super) metrics: HashMap<String, (MetricKind, i64)>,
+    pub(super) metric_names: HashMap<MetricId, String>,
+    pub(super) logs: Vec<(Level, String)>,
+    pub(super) answered: Vec<(u32, Response)>,
+    pub(super) resumed: Vec<(u32, Vec<HeaderEdit>)>,
     /// Request-header edits made before a request goes on.
-    request_edits: Vec<(u32, Vec<HeaderEdit>)>,
-    response_edits: Vec<(u32, Vec<HeaderEdit>)>,
+    pub(super) request_edits: Vec<(u32, Vec<HeaderEdit>)>,
+    pub(super) response_edits: Vec<(u32, Vec<HeaderEdit>)>,
     /// Calls in flight: token and request.
-    calls: Vec<(u32, Call)>,
-    next_token: u32,
+    pub(super) calls: Vec<(u32, Call)>,
+    pub(super) next_token: u32,
     /// The host refuses every dispatch (an unknown cluster).
-    refuse_dispatch: bool,
-    tick_ms: Option<u64>,
+    pub(super) refuse_dispatch: bool,
+    pub(super) tick_ms: Option<u64>,
 }
 
 impl Envoy {
-    fn host(&self) -> Host<'_> {
+    pub(super) fn host(&self) -> Host<'_> {
         Host {
             now_ms: self.now,
             shared: &self.shared,
@@ -49,7 +49,7 @@ impl Envoy {
 
     /// Carries out effects in order, as the shell does (a refused dispatch is reported back
     /// and its effects carried out at once).
-    fn run(&mut self, runtime: &mut Runtime, effects: Effects) {
+    pub(super) fn run(&mut self, runtime: &mut Runtime, effects: Effects) {
         let mut queue = std::collections::VecDeque::from(effects);
         while let Some(effect) = queue.pop_front() {
             match effect {
@@ -96,28 +96,56 @@ impl Envoy {
         }
     }
 
-    fn metric(&self, name: &str) -> Option<i64> {
+    pub(super) fn metric(&self, name: &str) -> Option<i64> {
         self.metrics.get(name).map(|(_, value)| *value)
     }
 
-    fn logged(&self, text: &str) -> bool {
+    pub(super) fn logged(&self, text: &str) -> bool {
         self.logs.iter().any(|(_, line)| line.contains(text))
     }
 
-    fn answer_for(&self, context: u32) -> Option<&Response> {
+    pub(super) fn answer_for(&self, context: u32) -> Option<&Response> {
         self.answered
             .iter()
             .find(|(c, _)| *c == context)
             .map(|(_, r)| r)
     }
 
-    fn was_resumed(&self, context: u32) -> bool {
+    pub(super) fn was_resumed(&self, context: u32) -> bool {
         self.resumed.iter().any(|(c, _)| *c == context)
     }
 
     /// The call in flight to `cluster`, taken.
-    fn take_call(&mut self, cluster: &str) -> Option<(u32, Call)> {
+    pub(super) fn take_call(&mut self, cluster: &str) -> Option<(u32, Call)> {
         let at = self.calls.iter().position(|(_, c)| c.cluster == cluster)?;
+        Some(self.calls.remove(at))
+    }
+
+    /// A metric's value, 0 before it is defined.
+    pub(super) fn count(&self, name: &str) -> i64 {
+        self.metric(name).unwrap_or(0)
+    }
+
+    /// The log lines, without their levels.
+    pub(super) fn log_lines(&self) -> impl Iterator<Item = &String> {
+        self.logs.iter().map(|(_, line)| line)
+    }
+
+    /// The header edits `context` went on with.
+    pub(super) fn edits_of(&self, context: u32) -> Option<&Vec<HeaderEdit>> {
+        self.resumed
+            .iter()
+            .find(|(c, _)| *c == context)
+            .map(|(_, e)| e)
+    }
+
+    /// The call in flight to `path`, taken.
+    pub(super) fn take_call_to(&mut self, path: &str) -> Option<(u32, Call)> {
+        let at = self.calls.iter().position(|(_, c)| {
+            c.headers
+                .iter()
+                .any(|(n, v)| n == ":path" && v.as_str() == path)
+        })?;
         Some(self.calls.remove(at))
     }
 }

@@ -1,0 +1,212 @@
+//! How a client authenticates at a token endpoint (`clientAuth`, `clientSecretEnv`,
+//! `clientKeyEnv`), shared by browser login and outbound credentials. The secret or key is
+//! read from the VM's environment; a missing or malformed variable is a configuration error
+//! that names the variable, never its value.
+
+use super::*;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+
+/// A value from the environment that must never be printed: its `Debug` says only that it is
+/// there.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(pub T);
+
+impl<T> std::fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `client_secret_basic` (the default), the secret from `clientSecretEnv`.
+    SecretBasic(Secret<String>),
+    /// `client_secret_post`.
+    SecretPost(Secret<String>),
+    /// `private_key_jwt` (RFC 7523 §2.2), the key from `clientKeyEnv`.
+    PrivateKeyJwt(ClientKey),
+}
+
+impl ClientAuth {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientAuth::SecretBasic(_) => "client_secret_basic",
+            ClientAuth::SecretPost(_) => "client_secret_post",
+            ClientAuth::PrivateKeyJwt(_) => "private_key_jwt",
+        }
+    }
+}
+
+/// A client's signing key: PKCS#8 DER, checked by `ring` while parsing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientKey {
+    /// RS256 for an RSA key, ES256 for a P-256 key, EdDSA for an Ed25519 key.
+    pub alg: Alg,
+    pub pkcs8: Secret<Vec<u8>>,
+}
+
+/// What a client key may sign for browser login.
+pub const LOGIN_KEY_ALGS: &[Alg] = &[Alg::RS256, Alg::ES256, Alg::EdDSA];
+/// What a client key may sign for outbound credentials.
+pub const OUTBOUND_KEY_ALGS: &[Alg] = &[Alg::ES256, Alg::RS256];
+
+/// `clientAuth` with its `clientSecretEnv` or `clientKeyEnv` in `client`; a key must sign
+/// one of `key_algs`.
+pub(super) fn parse_client_auth(
+    client: &Object<'_, '_>,
+    env: Env<'_>,
+    key_algs: &[Alg],
+) -> Parsed<ClientAuth> {
+    let method = client
+        .optional("clientAuth", string)?
+        .unwrap_or_else(|| "client_secret_basic".to_owned());
+    let secret_env = client.optional("clientSecretEnv", env_name)?;
+    let key_env = client.optional("clientKeyEnv", env_name)?;
+    let read_secret = || -> Parsed<Secret<String>> {
+        if key_env.is_some() {
+            return Err(error(
+                client.path_of("clientKeyEnv"),
+                format!("{method} authenticates with clientSecretEnv, not a key"),
+            ));
+        }
+        let path = client.path_of("clientSecretEnv");
+        let name = secret_env.clone().ok_or_else(|| {
+            error(
+                client.path_of("clientSecretEnv"),
+                format!("required with clientAuth {method}"),
+            )
+        })?;
+        let secret = read_variable(&name, &path, env)?;
+        // Never the value itself in the message: only where it is wrong.
+        if secret.chars().any(char::is_control) {
+            return Err(error(
+                path,
+                format!(
+                    "environment variable {name} holds a control character (a trailing newline?)"
+                ),
+            ));
+        }
+        Ok(Secret(secret))
+    };
+    match method.as_str() {
+        "client_secret_basic" => Ok(ClientAuth::SecretBasic(read_secret()?)),
+        "client_secret_post" => Ok(ClientAuth::SecretPost(read_secret()?)),
+        "private_key_jwt" => {
+            if secret_env.is_some() {
+                return Err(error(
+                    client.path_of("clientSecretEnv"),
+                    "private_key_jwt signs with the key in clientKeyEnv, not a secret",
+                ));
+            }
+            let path = client.path_of("clientKeyEnv");
+            let name = key_env.clone().ok_or_else(|| {
+                error(
+                    client.path_of("clientKeyEnv"),
+                    "required with clientAuth private_key_jwt",
+                )
+            })?;
+            let text = read_variable(&name, &path, env)?;
+            parse_client_key(&text, key_algs)
+                .map(ClientAuth::PrivateKeyJwt)
+                .map_err(|problem| error(path, format!("environment variable {name} {problem}")))
+        }
+        _ => Err(error(
+            client.path_of("clientAuth"),
+            "must be \"client_secret_basic\", \"client_secret_post\" or \"private_key_jwt\"",
+        )),
+    }
+}
+
+/// An environment variable's name (POSIX: letters, digits, `_`, not starting with a digit).
+pub(super) fn env_name(value: &Value, path: &At<'_>) -> Parsed<String> {
+    let name = non_empty_string(value, path)?;
+    let valid = name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit();
+    if !valid {
+        return Err(error(
+            path,
+            "not an environment variable name (letters, digits and _)",
+        ));
+    }
+    Ok(name)
+}
+
+/// The value of the environment variable `name`, which must be set and not empty.
+pub(super) fn read_variable(name: &str, path: &At<'_>, env: Env<'_>) -> Parsed<String> {
+    let value = env(name).ok_or_else(|| unset(path, name))?;
+    if value.is_empty() {
+        return Err(error(path, format!("environment variable {name} is empty")));
+    }
+    Ok(value)
+}
+
+/// The variable `name` is not in the VM's environment.
+pub(super) fn unset(path: &At<'_>, name: &str) -> ConfigError {
+    error(
+        path,
+        format!(
+            "environment variable {name} is not set in the VM (vmConfig.env / \
+             vm_config.environment_variables)"
+        ),
+    )
+}
+
+/// A PKCS#8 private key, PEM (`-----BEGIN PRIVATE KEY-----`) or bare base64 DER, that signs
+/// one of `algs`. The problem never quotes the value.
+pub(super) fn parse_client_key(text: &str, algs: &[Alg]) -> Result<ClientKey, String> {
+    use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, RsaKeyPair};
+    let body: String = if text.contains("-----BEGIN") {
+        text.split_once("-----BEGIN PRIVATE KEY-----")
+            .and_then(|(_, rest)| rest.split_once("-----END PRIVATE KEY-----"))
+            .map(|(inner, _)| inner.chars().filter(|c| !c.is_whitespace()).collect())
+            .ok_or_else(|| {
+                "is not a PKCS#8 PEM key (-----BEGIN PRIVATE KEY-----); convert it with `openssl pkcs8 -topk8 -nocrypt`"
+                    .to_owned()
+            })?
+    } else {
+        text.chars().filter(|c| !c.is_whitespace()).collect()
+    };
+    let der = STANDARD
+        .decode(body.as_bytes())
+        .map_err(|_| "is not a PEM or base64 PKCS#8 private key".to_owned())?;
+    let signs = |alg: Alg| match alg {
+        Alg::RS256 => RsaKeyPair::from_pkcs8(&der).is_ok(),
+        Alg::ES256 => EcdsaKeyPair::from_pkcs8(
+            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &der,
+            &ring::rand::SystemRandom::new(),
+        )
+        .is_ok(),
+        Alg::EdDSA => Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).is_ok(),
+        _ => false,
+    };
+    let Some(alg) = algs.iter().copied().find(|&alg| signs(alg)) else {
+        return Err(format!(
+            "is not a usable PKCS#8 private key ({})",
+            key_kinds(algs)
+        ));
+    };
+    Ok(ClientKey {
+        alg,
+        pkcs8: Secret(der),
+    })
+}
+
+/// `algs` as the keys that sign them: "RSA of 2048 to 4096 bits, P-256 or Ed25519".
+fn key_kinds(algs: &[Alg]) -> String {
+    let kinds: Vec<&str> = algs
+        .iter()
+        .map(|alg| match alg {
+            Alg::RS256 => "RSA of 2048 to 4096 bits",
+            Alg::ES256 => "P-256",
+            Alg::EdDSA => "Ed25519",
+            _ => alg.name(),
+        })
+        .collect();
+    match kinds.split_last() {
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
