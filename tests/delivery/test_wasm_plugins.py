@@ -88,6 +88,7 @@ def test_the_files_are_there() -> None:
     assert {path.name for path in DEPLOY_FILES} >= {"ingress-gateway.yaml", "waypoint.yaml",
                                                      "service-waypoint.yaml", "mesh-baseline.yaml",
                                                      "outbound.yaml", "login-gateway.yaml"}
+    assert {"login-keycloak.yaml", "login-entra-id.yaml", "login-okta.yaml", "login-google.yaml"} <= names
     for path in FILES:
         assert of_kind(path, "WasmPlugin"), f"{path.name} has no WasmPlugin"
     # The deploy/ manifests are the targetRefs ones; wasm-plugin.yaml keeps the sidecar selector,
@@ -555,8 +556,16 @@ def test_schema_alone_would_not_catch_an_unknown_field() -> None:
 # --------------------------------------------------------------------------- egress for key fetches
 
 
+# Issuers whose discovery documents send the plugin to other hosts: their keys (`jwks_uri`) and
+# token endpoint (a login's, an outbound entry's) are fetched there too.
+DISCOVERED_HOSTS = {
+    "https://accounts.google.com": {("www.googleapis.com", 443), ("oauth2.googleapis.com", 443)},
+}
+
+
 def key_hosts(plugin_config: dict[str, Any]) -> set[tuple[str, int]]:
-    """(host, port) of every URL the plugin fetches keys from through Istio's derived cluster."""
+    """(host, port) of every URL the plugin fetches keys from, or calls a token endpoint at,
+    through Istio's derived cluster."""
     hosts = set()
     for provider in plugin_config["providers"]:
         if "jwks" in provider or "jwksCluster" in provider:
@@ -564,6 +573,8 @@ def key_hosts(plugin_config: dict[str, Any]) -> set[tuple[str, int]]:
         url = urllib.parse.urlsplit(provider.get("jwksUri") or provider["issuer"])
         assert url.hostname is not None
         hosts.add((url.hostname, url.port or (443 if url.scheme == "https" else 80)))
+        if "jwksUri" not in provider:
+            hosts |= DISCOVERED_HOSTS.get(provider["issuer"], set())
     return hosts
 
 
@@ -646,7 +657,16 @@ def unlabel(objects: list[dict[str, Any]]) -> None:
         entry["metadata"].pop("labels", None)
 
 
+def drop_host(host: str) -> Any:
+    def mutate(objects: list[dict[str, Any]]) -> None:
+        for entry in of_kind(objects, "ServiceEntry"):
+            entry["spec"]["hosts"].remove(host)
+    return mutate
+
+
 @pytest.mark.parametrize("name, mutate, named", [
+    # Google's token endpoint is on a host of its own, named only in the discovery document.
+    ("login-google.yaml", drop_host("oauth2.googleapis.com"), "gives outbound|443||oauth2.googleapis.com"),
     ("waypoint.yaml", drop("EnvoyFilter"), "no EnvoyFilter on waypoint waypoint names login.example.com"),
     ("service-waypoint.yaml", drop("EnvoyFilter"), "no EnvoyFilter on waypoint waypoint"),
     ("waypoint.yaml", set_export("ServiceEntry", ["payments"]), "no ServiceEntry exported to shop"),
@@ -654,10 +674,10 @@ def unlabel(objects: list[dict[str, Any]]) -> None:
     ("ingress-gateway.yaml", move("ServiceEntry", "shop"), "no ServiceEntry exported to istio-ingress"),
     ("ingress-gateway.yaml", move("DestinationRule", "shop"), "no DestinationRule with tls.mode SIMPLE"),
     ("waypoint.yaml", unlabel, "may be bound to the waypoint"),
-], ids=["waypoint-no-envoyfilter", "service-no-envoyfilter", "waypoint-not-exported",
+], ids=["google-token-host", "waypoint-no-envoyfilter", "service-no-envoyfilter", "waypoint-not-exported",
         "gateway-entry-elsewhere", "gateway-rule-elsewhere", "waypoint-entry-bound"])
 def test_missing_egress_is_found(name: str, mutate: Any, named: str) -> None:
-    objects = deploy_objects(name)
+    objects = documents(next(path for path in FILES if path.name == name))
     mutate(objects)
     problems = egress_problems(objects)
     assert any(named in problem for problem in problems), problems
@@ -832,3 +852,49 @@ def test_egress_shared_by_deploy_files_is_the_same() -> None:
                 other, earlier = seen[key]
                 assert obj == earlier, f"{key} differs between {other} and {path.name}"
             seen[key] = (path.name, obj)
+
+
+# --------------------------------------------------------------------------- browser login
+
+
+def login_plugins() -> list[Any]:
+    return [pytest.param(plugin, id=f"{path.relative_to(REPO)}") for path in FILES
+            for plugin in of_kind(path, "WasmPlugin") if plugin["spec"]["pluginConfig"].get("login")]
+
+
+def login_problems(plugin: dict[str, Any]) -> list[str]:
+    """What makes a login that the plugin accepts fail its users: the token a session forwards
+    must pass its provider's `audiences` (the ID token's aud is the client id), and a secret the
+    VM is not given is missing in the pod."""
+    config = plugin["spec"]["pluginConfig"]
+    providers = {p["name"]: p for p in config["providers"]}
+    given = set(host_variables(plugin))
+    problems = []
+    for login in logins(config):
+        audiences = providers[login["provider"]].get("audiences", [])
+        if login.get("forward") == "id_token" and audiences and login["clientId"] not in audiences:
+            problems.append(f"forward id_token: the provider's audiences lack the client id {login['clientId']}")
+        problems += [f"{field} {login[field]}: not given by vmConfig.env (valueFrom: HOST)"
+                     for field in ("clientSecretEnv", "clientKeyEnv", "cookieKeysEnv")
+                     if field in login and login[field] not in given]
+    return problems
+
+
+@pytest.mark.parametrize("plugin", login_plugins())
+def test_a_login_can_serve_its_users(plugin: dict[str, Any]) -> None:
+    assert login_problems(plugin) == []
+
+
+def test_the_logins_are_there() -> None:
+    """Guards the test above: the gateway and the four IdP examples have a login."""
+    assert len(login_plugins()) >= 5
+
+
+def test_a_login_its_tokens_cannot_pass_is_found() -> None:
+    (plugin,) = of_kind(REPO / "examples" / "login-google.yaml", "WasmPlugin")
+    plugin["spec"]["pluginConfig"]["providers"][0]["audiences"] = ["https://reports.example.com"]
+    plugin["spec"]["vmConfig"]["env"].pop()
+    assert login_problems(plugin) == [
+        "forward id_token: the provider's audiences lack the client id "
+        "123456789012-abcdefghijklmnopqrstuvwxyz012345.apps.googleusercontent.com",
+        "cookieKeysEnv REPORTS_COOKIE_KEYS: not given by vmConfig.env (valueFrom: HOST)"]
