@@ -461,11 +461,15 @@ AUTHORITY_CASES = {
     # The agent's outbound calls: a tool call without the user's token is refused, a call to a
     # host no entry names goes on untouched.
     # The login gateway: the public pages pass, an API call without a session keeps its 401 (a
-    # navigation is sent to log in instead: tests/integration), other hosts are refused.
+    # navigation is sent to log in instead: tests/integration), other hosts are refused. The
+    # login's own paths are answered by the login before the `app` rule could ask for a token:
+    # a callback without this browser's transaction cookie is a 400, a logout must be a POST.
     "login-gateway.yaml": [("app.example.com", "/signed-out", 200),
                            ("app.example.com", "/orders", 401),
                            ("app.example.com", "/admin/users", 401),
-                           ("api.example.com", "/", 403)],
+                           ("api.example.com", "/", 403),
+                           ("app.example.com", "/oauth2/callback?code=c&state=s", 400),
+                           ("app.example.com", "/oauth2/logout", 405)],
     "outbound.yaml": [("tools.tools.svc.cluster.local:8080", "/mcp", 403),
                       ("tools.tools", "/mcp", 403),
                       ("orders.shop.svc.cluster.local:8080", "/orders/42", 200)],
