@@ -301,6 +301,38 @@ fn check_config_reads_outbound_secrets_from_the_plugins_vm_env() {
     );
 }
 
+/// A login WasmPlugin's client secret and cookie keys live in the pod too: check-config stands in
+/// a key ring for the `cookieKeysEnv` variable (a client key would not pass as one), and names a
+/// variable `vmConfig.env` does not give.
+#[test]
+fn check_config_reads_login_secrets_from_the_plugins_vm_env() {
+    let file = repo().join("deploy/istio/login-gateway.yaml");
+    let out = run(&["check-config", file.to_str().unwrap()], None);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (
+            0,
+            "ok: WasmPlugin istio-ingress/mesh-oauth-login: 1 provider, 3 rules\n"
+        ),
+        "{}",
+        out.stderr
+    );
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "- name: WEB_LOGIN_COOKIE_KEYS\n        valueFrom: HOST",
+        "- name: OTHER\n        valueFrom: HOST",
+    );
+    let path = scratch("login-undeclared.yaml", &text);
+    let out = run(&["check-config", path.to_str().unwrap()], None);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains(
+            "spec.pluginConfig.login.cookieKeysEnv: environment variable WEB_LOGIN_COOKIE_KEYS is not set in the VM"
+        ),
+        "{}",
+        out.stderr
+    );
+}
+
 /// `explain` on an outbound configuration prints the outbound flow's own decision for the
 /// first request (an empty cache): the entry, then the calls it makes, credentials named only.
 #[test]

@@ -14,8 +14,10 @@ outbound clusters a waypoint gets)."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
+import os
 import subprocess
 import urllib.parse
 from pathlib import Path
@@ -85,7 +87,8 @@ def test_the_files_are_there() -> None:
             "entra-id.yaml", "entra-multi-tenant.yaml", "migration.yaml"} <= names
     assert {path.name for path in DEPLOY_FILES} >= {"ingress-gateway.yaml", "waypoint.yaml",
                                                      "service-waypoint.yaml", "mesh-baseline.yaml",
-                                                     "outbound.yaml"}
+                                                     "outbound.yaml", "login-gateway.yaml"}
+    assert {"login-keycloak.yaml", "login-entra-id.yaml", "login-okta.yaml", "login-google.yaml"} <= names
     for path in FILES:
         assert of_kind(path, "WasmPlugin"), f"{path.name} has no WasmPlugin"
     # The deploy/ manifests are the targetRefs ones; wasm-plugin.yaml keeps the sidecar selector,
@@ -397,20 +400,30 @@ PLUGIN_CONFIGS = [
 ]
 
 
+def logins(plugin_config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The `login` entries: one object, or a list of them."""
+    login = plugin_config.get("login", [])
+    return login if isinstance(login, list) else [login]
+
+
 def stand_in_env(plugin_config: dict[str, Any]) -> dict[str, str]:
-    """A value for each environment variable an outbound entry names: a secret, or for
-    `clientKeyEnv` a fresh P-256 key (the plugin checks that it is one)."""
+    """A value for each environment variable an outbound or login entry names: a secret, for
+    `clientKeyEnv` a fresh P-256 key, for `cookieKeysEnv` a fresh 32-byte key (the plugin checks
+    that each is one)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
+    clients = [entry.get("clientCredentials") or entry.get("tokenExchange") or {}
+               for entry in plugin_config.get("outbound", [])]
     env = {}
-    for entry in plugin_config.get("outbound", []):
-        client = entry.get("clientCredentials") or entry.get("tokenExchange") or {}
+    for client in [*clients, *logins(plugin_config)]:
         if "clientSecretEnv" in client:
             env[client["clientSecretEnv"]] = "stand-in-secret"
         if "clientKeyEnv" in client:
             key = ec.generate_private_key(ec.SECP256R1())
             env[client["clientKeyEnv"]] = key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+        if "cookieKeysEnv" in client:
+            env[client["cookieKeysEnv"]] = base64.b64encode(os.urandom(32)).decode()
     return env
 
 
@@ -447,6 +460,16 @@ AUTHORITY_CASES = {
                            ("orders.shop:8080", "/debug/pprof", 403)],
     # The agent's outbound calls: a tool call without the user's token is refused, a call to a
     # host no entry names goes on untouched.
+    # The login gateway: the public pages pass, an API call without a session keeps its 401 (a
+    # navigation is sent to log in instead: tests/integration), other hosts are refused. The
+    # login's own paths are answered by the login before the `app` rule could ask for a token:
+    # a callback without this browser's transaction cookie is a 400, a logout must be a POST.
+    "login-gateway.yaml": [("app.example.com", "/signed-out", 200),
+                           ("app.example.com", "/orders", 401),
+                           ("app.example.com", "/admin/users", 401),
+                           ("api.example.com", "/", 403),
+                           ("app.example.com", "/oauth2/callback?code=c&state=s", 400),
+                           ("app.example.com", "/oauth2/logout", 405)],
     "outbound.yaml": [("tools.tools.svc.cluster.local:8080", "/mcp", 403),
                       ("tools.tools", "/mcp", 403),
                       ("orders.shop.svc.cluster.local:8080", "/orders/42", 200)],
@@ -537,8 +560,16 @@ def test_schema_alone_would_not_catch_an_unknown_field() -> None:
 # --------------------------------------------------------------------------- egress for key fetches
 
 
+# Issuers whose discovery documents send the plugin to other hosts: their keys (`jwks_uri`) and
+# token endpoint (a login's, an outbound entry's) are fetched there too.
+DISCOVERED_HOSTS = {
+    "https://accounts.google.com": {("www.googleapis.com", 443), ("oauth2.googleapis.com", 443)},
+}
+
+
 def key_hosts(plugin_config: dict[str, Any]) -> set[tuple[str, int]]:
-    """(host, port) of every URL the plugin fetches keys from through Istio's derived cluster."""
+    """(host, port) of every URL the plugin fetches keys from, or calls a token endpoint at,
+    through Istio's derived cluster."""
     hosts = set()
     for provider in plugin_config["providers"]:
         if "jwks" in provider or "jwksCluster" in provider:
@@ -546,6 +577,8 @@ def key_hosts(plugin_config: dict[str, Any]) -> set[tuple[str, int]]:
         url = urllib.parse.urlsplit(provider.get("jwksUri") or provider["issuer"])
         assert url.hostname is not None
         hosts.add((url.hostname, url.port or (443 if url.scheme == "https" else 80)))
+        if "jwksUri" not in provider:
+            hosts |= DISCOVERED_HOSTS.get(provider["issuer"], set())
     return hosts
 
 
@@ -628,7 +661,16 @@ def unlabel(objects: list[dict[str, Any]]) -> None:
         entry["metadata"].pop("labels", None)
 
 
+def drop_host(host: str) -> Any:
+    def mutate(objects: list[dict[str, Any]]) -> None:
+        for entry in of_kind(objects, "ServiceEntry"):
+            entry["spec"]["hosts"].remove(host)
+    return mutate
+
+
 @pytest.mark.parametrize("name, mutate, named", [
+    # Google's token endpoint is on a host of its own, named only in the discovery document.
+    ("login-google.yaml", drop_host("oauth2.googleapis.com"), "gives outbound|443||oauth2.googleapis.com"),
     ("waypoint.yaml", drop("EnvoyFilter"), "no EnvoyFilter on waypoint waypoint names login.example.com"),
     ("service-waypoint.yaml", drop("EnvoyFilter"), "no EnvoyFilter on waypoint waypoint"),
     ("waypoint.yaml", set_export("ServiceEntry", ["payments"]), "no ServiceEntry exported to shop"),
@@ -636,10 +678,227 @@ def unlabel(objects: list[dict[str, Any]]) -> None:
     ("ingress-gateway.yaml", move("ServiceEntry", "shop"), "no ServiceEntry exported to istio-ingress"),
     ("ingress-gateway.yaml", move("DestinationRule", "shop"), "no DestinationRule with tls.mode SIMPLE"),
     ("waypoint.yaml", unlabel, "may be bound to the waypoint"),
-], ids=["waypoint-no-envoyfilter", "service-no-envoyfilter", "waypoint-not-exported",
+], ids=["google-token-host", "waypoint-no-envoyfilter", "service-no-envoyfilter", "waypoint-not-exported",
         "gateway-entry-elsewhere", "gateway-rule-elsewhere", "waypoint-entry-bound"])
 def test_missing_egress_is_found(name: str, mutate: Any, named: str) -> None:
-    objects = deploy_objects(name)
+    objects = documents(next(path for path in FILES if path.name == name))
     mutate(objects)
     problems = egress_problems(objects)
     assert any(named in problem for problem in problems), problems
+
+
+# --------------------------------------------------------------------------- secrets from the pod
+
+PROXY = "istio-proxy"
+
+
+def host_variables(plugin: dict[str, Any]) -> list[str]:
+    """The variables `vmConfig.env` has the VM read from the proxy container (`valueFrom: HOST`)."""
+    return [var["name"] for var in plugin["spec"].get("vmConfig", {}).get("env", [])
+            if var.get("valueFrom") == "HOST"]
+
+
+def named(objects: list[dict[str, Any]], kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    found = [obj for obj in of_kind(objects, kind)
+             if (obj["metadata"].get("namespace"), obj["metadata"]["name"]) == (namespace, name)]
+    return found[0] if found else None
+
+
+def deployment_patch(objects: list[dict[str, Any]], place: Placement) -> dict[str, Any] | str:
+    """The patch Istio merges into the Deployment it generates for a Gateway: the `deployment` key
+    of the ConfigMap the Gateway's `infrastructure.parametersRef` names; or why there is none."""
+    gateway = named(objects, "Gateway", place.namespace, place.gateway or "")
+    ref = (gateway or {}).get("spec", {}).get("infrastructure", {}).get("parametersRef")
+    if not ref or (ref.get("group", ""), ref.get("kind")) != ("", "ConfigMap"):
+        return f"Gateway {place.namespace}/{place.gateway} has no infrastructure.parametersRef to a ConfigMap"
+    config_map = named(objects, "ConfigMap", place.namespace, ref["name"])
+    if config_map is None or "deployment" not in config_map.get("data", {}):
+        return f"no ConfigMap {place.namespace}/{ref['name']} with a `deployment` patch in the file"
+    return yaml.safe_load(config_map["data"]["deployment"])
+
+
+def proxy_container(patch: dict[str, Any]) -> dict[str, Any]:
+    containers = patch.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+    return next((c for c in containers if c.get("name") == PROXY), {})
+
+
+def wiring_problems(objects: list[dict[str, Any]]) -> list[str]:
+    """Every variable a gateway's plugin reads from its proxy container reaches that container
+    from a key of a Secret in the file (a sidecar's Deployment is the user's own: the files
+    show its `istio-proxy` entry in their comments)."""
+    problems = []
+    for plugin in of_kind(objects, "WasmPlugin"):
+        variables = host_variables(plugin)
+        for place in placements(objects, plugin):
+            if not variables or place.proxy != "gateway":
+                continue
+            patch = deployment_patch(objects, place)
+            if isinstance(patch, str):
+                problems.append(patch)
+                continue
+            if "name" in patch.get("metadata", {}):
+                problems.append("the deployment patch renames the Deployment (Istio refuses it)")
+            env = {var["name"]: var for var in proxy_container(patch).get("env", [])}
+            for variable in variables:
+                ref = env.get(variable, {}).get("valueFrom", {}).get("secretKeyRef")
+                if variable not in env:
+                    problems.append(f"{variable}: not in the {PROXY} container's env")
+                elif not ref:
+                    problems.append(f"{variable}: not from a Secret (valueFrom.secretKeyRef)")
+                elif (secret := named(objects, "Secret", place.namespace, ref["name"])) is None:
+                    problems.append(f"{variable}: no Secret {place.namespace}/{ref['name']} in the file")
+                elif ref["key"] not in {**secret.get("data", {}), **secret.get("stringData", {})}:
+                    problems.append(f"{variable}: Secret {ref['name']} has no key {ref['key']}")
+    return problems
+
+
+@pytest.mark.parametrize("path", DEPLOY_FILES, ids=DEPLOY_IDS)
+def test_gateway_secrets_reach_the_proxy_container(path: Path) -> None:
+    assert wiring_problems(documents(path)) == []
+
+
+def drop_patch_env(objects: list[dict[str, Any]]) -> None:
+    (config_map,) = of_kind(objects, "ConfigMap")
+    patch = yaml.safe_load(config_map["data"]["deployment"])
+    proxy_container(patch)["env"].pop()
+    config_map["data"]["deployment"] = yaml.safe_dump(patch)
+
+
+def rename_secret_key(objects: list[dict[str, Any]]) -> None:
+    (secret,) = of_kind(objects, "Secret")
+    secret["stringData"]["cookie_keys"] = secret["stringData"].pop("cookie-keys")
+
+
+def unreference(objects: list[dict[str, Any]]) -> None:
+    for gateway in of_kind(objects, "Gateway"):
+        gateway["spec"].pop("infrastructure")
+
+
+@pytest.mark.parametrize("mutate, named_problem", [
+    (drop_patch_env, "WEB_LOGIN_COOKIE_KEYS: not in the istio-proxy container's env"),
+    (rename_secret_key, "WEB_LOGIN_COOKIE_KEYS: Secret web-login has no key cookie-keys"),
+    (drop("Secret"), "no Secret istio-ingress/web-login in the file"),
+    (unreference, "has no infrastructure.parametersRef to a ConfigMap"),
+], ids=["variable-not-given", "secret-key-renamed", "no-secret", "gateway-without-parametersRef"])
+def test_missing_secret_wiring_is_found(mutate: Any, named_problem: str) -> None:
+    objects = deploy_objects("login-gateway.yaml")
+    mutate(objects)
+    problems = wiring_problems(objects)
+    assert any(named_problem in problem for problem in problems), problems
+
+
+def strategic_merge(base: Any, patch: Any) -> Any:
+    """Kubernetes' strategic merge for what a deployment patch holds: maps merge, lists of
+    named items (containers, env) merge by name, anything else is replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        return {**base, **{k: strategic_merge(base.get(k), v) for k, v in patch.items()}}
+    if isinstance(base, list) and isinstance(patch, list) and all("name" in item for item in base + patch):
+        merged = {item["name"]: item for item in base}
+        for item in patch:
+            merged[item["name"]] = strategic_merge(merged.get(item["name"]), item)
+        return list(merged.values())
+    return patch
+
+
+def test_the_patched_gateway_deployment_is_valid() -> None:
+    """The Deployment Istio generates for the login Gateway (its shape: one istio-proxy container
+    with env of its own), with the ConfigMap's patch merged in, passes Kubernetes' schema and
+    keeps Istio's own variables."""
+    objects = deploy_objects("login-gateway.yaml")
+    (gateway,) = of_kind(objects, "Gateway")
+    name, namespace = gateway["metadata"]["name"], gateway["metadata"]["namespace"]
+    labels = {"gateway.networking.k8s.io/gateway-name": name}
+    generated = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": f"{name}-istio", "namespace": namespace, "labels": labels},
+        "spec": {"selector": {"matchLabels": labels}, "template": {
+            "metadata": {"labels": labels},
+            "spec": {"serviceAccountName": f"{name}-istio", "containers": [{
+                "name": PROXY, "image": "auto", "args": ["proxy", "router"],
+                "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}]}}},
+    }
+    patch = deployment_patch(objects, Placement("gateway", namespace, name))
+    assert isinstance(patch, dict), patch
+    deployment = strategic_merge(generated, patch)
+    (verdict,) = validate([deployment])
+    assert verdict["ok"], verdict
+    env = [var["name"] for var in proxy_container(deployment)["env"]]
+    assert env[0] == "POD_NAME" and set(host_variables(deploy_plugin("login-gateway.yaml"))) <= set(env), env
+
+
+def test_the_secrets_placeholders_are_refused(envoys: EnvoyFactory) -> None:
+    """Applied as it is, with the Secret's placeholders in the proxy's environment, the plugin
+    refuses its configuration (so the gateway refuses every request): a published example key
+    never seals a session."""
+    objects = deploy_objects("login-gateway.yaml")
+    plugin = deploy_plugin("login-gateway.yaml")
+    (secret,) = of_kind(objects, "Secret")
+    (place,) = placements(objects, plugin)
+    patch = deployment_patch(objects, place)
+    assert isinstance(patch, dict), patch
+    env = {var["name"]: secret["stringData"][var["valueFrom"]["secretKeyRef"]["key"]]
+           for var in proxy_container(patch)["env"]}
+    envoy = envoys.build(plugin["spec"]["pluginConfig"], filter_args={"env": env})
+    with pytest.raises(EnvoyStartError) as refused:
+        envoy.start()
+    assert "login.cookieKeysEnv: environment variable WEB_LOGIN_COOKIE_KEYS" in refused.value.log
+
+
+def test_egress_shared_by_deploy_files_is_the_same() -> None:
+    """Two files may carry the same IdP egress (the ServiceEntry and DestinationRule of
+    login.example.com at the ingress gateway): applying one after the other must not change it.
+    (The waypoint files' plugins are alternatives of one another, named alike on purpose.)"""
+    seen: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}
+    for path in DEPLOY_FILES:
+        for obj in [*of_kind(path, "ServiceEntry"), *of_kind(path, "DestinationRule")]:
+            key = (obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+            if key in seen:
+                other, earlier = seen[key]
+                assert obj == earlier, f"{key} differs between {other} and {path.name}"
+            seen[key] = (path.name, obj)
+
+
+# --------------------------------------------------------------------------- browser login
+
+
+def login_plugins() -> list[Any]:
+    return [pytest.param(plugin, id=f"{path.relative_to(REPO)}") for path in FILES
+            for plugin in of_kind(path, "WasmPlugin") if plugin["spec"]["pluginConfig"].get("login")]
+
+
+def login_problems(plugin: dict[str, Any]) -> list[str]:
+    """What makes a login that the plugin accepts fail its users: the token a session forwards
+    must pass its provider's `audiences` (the ID token's aud is the client id), and a secret the
+    VM is not given is missing in the pod."""
+    config = plugin["spec"]["pluginConfig"]
+    providers = {p["name"]: p for p in config["providers"]}
+    given = set(host_variables(plugin))
+    problems = []
+    for login in logins(config):
+        audiences = providers[login["provider"]].get("audiences", [])
+        if login.get("forward") == "id_token" and audiences and login["clientId"] not in audiences:
+            problems.append(f"forward id_token: the provider's audiences lack the client id {login['clientId']}")
+        problems += [f"{field} {login[field]}: not given by vmConfig.env (valueFrom: HOST)"
+                     for field in ("clientSecretEnv", "clientKeyEnv", "cookieKeysEnv")
+                     if field in login and login[field] not in given]
+    return problems
+
+
+@pytest.mark.parametrize("plugin", login_plugins())
+def test_a_login_can_serve_its_users(plugin: dict[str, Any]) -> None:
+    assert login_problems(plugin) == []
+
+
+def test_the_logins_are_there() -> None:
+    """Guards the test above: the gateway and the four IdP examples have a login."""
+    assert len(login_plugins()) >= 5
+
+
+def test_a_login_its_tokens_cannot_pass_is_found() -> None:
+    (plugin,) = of_kind(REPO / "examples" / "login-google.yaml", "WasmPlugin")
+    plugin["spec"]["pluginConfig"]["providers"][0]["audiences"] = ["https://reports.example.com"]
+    plugin["spec"]["vmConfig"]["env"].pop()
+    assert login_problems(plugin) == [
+        "forward id_token: the provider's audiences lack the client id "
+        "123456789012-abcdefghijklmnopqrstuvwxyz012345.apps.googleusercontent.com",
+        "cookieKeysEnv REPORTS_COOKIE_KEYS: not given by vmConfig.env (valueFrom: HOST)"]

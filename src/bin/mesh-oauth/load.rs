@@ -41,7 +41,11 @@ pub fn load(path: &str) -> Result<Vec<Plugin>, String> {
             let plugin_config = &doc["spec"]["pluginConfig"];
             Plugin {
                 label: format!("WasmPlugin {}", object_name(doc, index)),
-                result: from_plugin_config(plugin_config, &vm_env_names(doc)),
+                result: from_plugin_config(
+                    plugin_config,
+                    &vm_env_names(doc),
+                    &cookie_key_names(plugin_config),
+                ),
                 // Istio hands the plugin this mapping as JSON: the same canonical text.
                 hash: to_json(plugin_config)
                     .ok()
@@ -70,10 +74,27 @@ fn vm_env_names(doc: &Yaml) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The variables the `login` entries (an object or a list) name in `cookieKeysEnv`: their
+/// stand-in must be a key ring, not a client key.
+fn cookie_key_names(plugin_config: &Yaml) -> Vec<String> {
+    let login = &plugin_config["login"];
+    let logins = login
+        .as_vec()
+        .map_or_else(|| vec![login], |list| list.iter().collect());
+    logins
+        .into_iter()
+        .filter_map(|login| login["cookieKeysEnv"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// What the VM would read for a variable its `vmConfig.env` names: the value lives in the pod,
-/// so a stand-in that passes as a secret and as a client key (base64 PKCS#8 of a fresh P-256
-/// key) is checked instead. A variable `vmConfig.env` does not name is not set in the VM.
-fn stand_in_env(declared: &[String]) -> impl Fn(&str) -> Option<String> + '_ {
+/// so a stand-in is checked instead: for a `cookieKeysEnv` variable one 32-byte key in base64,
+/// for any other one that passes as a secret and as a client key (base64 PKCS#8 of a fresh
+/// P-256 key). A variable `vmConfig.env` does not name is not set in the VM.
+fn stand_in_env<'a>(
+    declared: &'a [String],
+    cookie_keys: &'a [String],
+) -> impl Fn(&str) -> Option<String> + 'a {
     use base64::Engine;
     let stand_in = ring::signature::EcdsaKeyPair::generate_pkcs8(
         &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
@@ -81,10 +102,23 @@ fn stand_in_env(declared: &[String]) -> impl Fn(&str) -> Option<String> + '_ {
     )
     .map(|pkcs8| base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref()))
     .unwrap_or_else(|_| "stand-in-secret".to_owned());
-    move |name| declared.iter().any(|d| d == name).then(|| stand_in.clone())
+    let key_ring = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    move |name| {
+        declared.iter().any(|d| d == name).then(|| {
+            if cookie_keys.iter().any(|c| c == name) {
+                key_ring.clone()
+            } else {
+                stand_in.clone()
+            }
+        })
+    }
 }
 
-fn from_plugin_config(plugin_config: &Yaml, vm_env: &[String]) -> Result<Compiled, String> {
+fn from_plugin_config(
+    plugin_config: &Yaml,
+    vm_env: &[String],
+    cookie_keys: &[String],
+) -> Result<Compiled, String> {
     const BASE: &str = "spec.pluginConfig";
     // No pluginConfig: the plugin is configured with nothing, which its parser refuses.
     let json = match plugin_config {
@@ -93,7 +127,7 @@ fn from_plugin_config(plugin_config: &Yaml, vm_env: &[String]) -> Result<Compile
             .map_err(|problem| format!("{BASE}: {problem}"))?
             .to_string(),
     };
-    config::parse_with_env(&json, &stand_in_env(vm_env))
+    config::parse_with_env(&json, &stand_in_env(vm_env, cookie_keys))
         .and_then(compile::compile)
         .map_err(|e| located(&e, Some(BASE)))
 }
