@@ -32,6 +32,32 @@ pub trait SharedStore {
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
 }
 
+/// Envoy's shared-data semantics in memory, for one process with no Envoy (the command line
+/// and the tests): a CAS token per value, bumped on every write; a write with a stale token
+/// fails; creating a value is unconditional.
+#[derive(Debug, Default)]
+pub struct MemoryShared(pub std::cell::RefCell<std::collections::HashMap<String, (Vec<u8>, u32)>>);
+
+impl SharedStore for MemoryShared {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.0.borrow().get(key) {
+            Some((value, cas)) => (Some(value.clone()), Some(*cas)),
+            None => (None, None),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        let mut map = self.0.borrow_mut();
+        let next = match map.get(key) {
+            Some((_, current)) if cas.is_some_and(|c| c != *current) => return false,
+            Some((_, current)) => current + 1,
+            None => 1,
+        };
+        map.insert(key.to_string(), (value.to_vec(), next));
+        true
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     /// `<issuer>/.well-known/openid-configuration`
@@ -927,36 +953,11 @@ pub(crate) mod tests {
     use super::*;
     use crate::keys::testing::TestKey;
     use serde_json::json;
-    use std::cell::RefCell;
-    use std::collections::HashMap;
 
     const ISSUER: &str = "https://idp.example.com";
     const URI: &str = "https://idp.example.com/jwks";
 
-    /// Envoy's shared-data semantics: a CAS token per value, bumped on every write; a write
-    /// with a stale token fails; creating a value is unconditional.
-    #[derive(Default)]
-    pub(crate) struct Shared(pub(crate) RefCell<HashMap<String, (Vec<u8>, u32)>>);
-
-    impl SharedStore for Shared {
-        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-            match self.0.borrow().get(key) {
-                Some((value, cas)) => (Some(value.clone()), Some(*cas)),
-                None => (None, None),
-            }
-        }
-
-        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-            let mut map = self.0.borrow_mut();
-            let next = match map.get(key) {
-                Some((_, current)) if cas.is_some_and(|c| c != *current) => return false,
-                Some((_, current)) => current + 1,
-                None => 1,
-            };
-            map.insert(key.to_string(), (value.to_vec(), next));
-            true
-        }
-    }
+    pub(crate) use super::MemoryShared as Shared;
 
     fn config(provider: serde_json::Value) -> Compiled {
         let mut p = json!({"issuer": ISSUER, "jwksUri": URI});

@@ -122,21 +122,7 @@ impl RecentRefreshes for SharedRefreshes<'_> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
-    use std::collections::HashMap;
-
-    #[derive(Default)]
-    struct Map(RefCell<HashMap<String, Vec<u8>>>);
-
-    impl SharedStore for Map {
-        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-            (self.0.borrow().get(key).cloned(), None)
-        }
-        fn set(&self, key: &str, value: &[u8], _cas: Option<u32>) -> bool {
-            self.0.borrow_mut().insert(key.to_owned(), value.to_vec());
-            true
-        }
-    }
+    use crate::keystore::MemoryShared as Map;
 
     #[test]
     fn a_sid_logout_is_seen_by_every_reader_and_names_nothing() {

@@ -12,8 +12,6 @@ import json
 import os
 import re
 import secrets
-import selectors
-import shutil
 import socket
 import subprocess
 import time
@@ -24,6 +22,7 @@ from typing import Any, Iterator
 
 import pytest
 
+import node_tools
 from harness import (Envoy, EnvoyFactory, IdpServer, Reply, http_request, istio_cluster_name)
 from observe import stats
 from tokens import KeySet, b64url
@@ -44,28 +43,7 @@ def free_port() -> int:
 
 
 def node_binary() -> str:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node not found: the login tests run a Node.js OpenID Provider", pytrace=False)
-    for package in ("oidc-provider", "playwright-core"):
-        if not (REPO / "node_modules" / package / "package.json").is_file():
-            pytest.fail(f"npm package {package} not installed: run `make node-deps` (npm ci)", pytrace=False)
-    return node
-
-
-def read_line(proc: subprocess.Popen[bytes], timeout_s: float) -> bytes:
-    assert proc.stdout is not None
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
-    try:
-        if not selector.select(timeout_s):
-            raise TimeoutError(f"no line from {proc.args} within {timeout_s}s")
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"{proc.args} exited ({proc.poll()}) before a line")
-        return line
-    finally:
-        selector.close()
+    return node_tools.node_binary("the login tests run a Node.js OpenID Provider", ("oidc-provider", "playwright-core"))
 
 
 def login_config(issuer: str, origin: str, **login: Any) -> dict[str, Any]:
@@ -133,7 +111,7 @@ def start_op(app_port: int, log: Path, *extra: str) -> OpenIdProvider:
              "--app-origin", f"http://localhost:{app_port}",
              "--access-token-ttl", str(ACCESS_TOKEN_TTL_S), *extra],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, cwd=REPO)
-    ready = json.loads(read_line(proc, 20))
+    ready = json.loads(node_tools.read_line(proc, 20))
     return OpenIdProvider(proc, ready["issuer"], ready["port"], ready["client_secret"])
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import subprocess
 import urllib.error
 import urllib.parse
@@ -33,9 +32,9 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import REPO
+import node_tools
 from harness import LOOPBACK, READY_TIMEOUT_S, REQUEST_TIMEOUT_S, Envoy, EnvoyFactory, Response, istio_cluster_name
 from mtls import free_ports
-from test_sender_constrained import read_line
 from tokens import payload_of
 
 MCP = Path(__file__).resolve().parent / "mcp"
@@ -61,14 +60,7 @@ MCP_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, 
 
 
 def node_binary() -> str:
-    """Fails (not skips) without Node.js or the npm packages: this test is the MCP claim."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node not found: the MCP test runs the MCP TypeScript SDK and oidc-provider", pytrace=False)
-    for package in NODE_PACKAGES:
-        if not (REPO / "node_modules" / package / "package.json").is_file():
-            pytest.fail(f"npm package {package} not installed: run `make node-deps` (npm ci)", pytrace=False)
-    return node
+    return node_tools.node_binary("the MCP test runs the MCP TypeScript SDK and oidc-provider", NODE_PACKAGES)
 
 
 @dataclass
@@ -94,7 +86,7 @@ def start_node(script: Path, args: list[str], log_path: Path) -> NodeProcess:
         proc = subprocess.Popen([node_binary(), str(script), *args],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=REPO)
     try:
-        ready = json.loads(read_line(proc, READY_TIMEOUT_S))
+        ready = json.loads(node_tools.read_line(proc, READY_TIMEOUT_S))
     except BaseException:
         proc.kill()
         proc.wait(5)

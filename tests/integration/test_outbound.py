@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import selectors
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -30,6 +28,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+import node_tools
 from harness import Envoy, EnvoyFactory, Response, istio_cluster_name
 from observe import stats
 
@@ -46,25 +45,7 @@ ENV = {"SVC_BASIC_SECRET": "svc-basic-secret", "SVC_POST_SECRET": "svc-post-secr
 
 
 def node_binary() -> str:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node not found: the outbound tests run an oidc-provider authorization server", pytrace=False)
-    for package in ("oidc-provider", "jose"):
-        if not (REPO / "node_modules" / package / "package.json").is_file():
-            pytest.fail(f"npm package {package} not installed: run `make node-deps` (npm ci)", pytrace=False)
-    return node
-
-
-def read_line(proc: subprocess.Popen[bytes], timeout_s: float) -> bytes:
-    assert proc.stdout is not None
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
-    try:
-        if not selector.select(timeout_s):
-            raise TimeoutError(f"no ready line from {proc.args} within {timeout_s}s")
-        return proc.stdout.readline()
-    finally:
-        selector.close()
+    return node_tools.node_binary("the outbound tests run an oidc-provider authorization server", ("oidc-provider", "jose"))
 
 
 @dataclass
@@ -124,7 +105,7 @@ def start_as(tmp: Path, *args: str) -> AuthorizationServer:
         proc = subprocess.Popen([node_binary(), str(AS_SCRIPT), "--port", "0", *args],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=REPO)
     try:
-        ready = json.loads(read_line(proc, READY_TIMEOUT_S))
+        ready = json.loads(node_tools.read_line(proc, READY_TIMEOUT_S))
     except BaseException:
         proc.kill()
         raise RuntimeError(f"authorization server did not start:\n{log_path.read_text(errors='replace')}")

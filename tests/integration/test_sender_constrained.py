@@ -23,8 +23,6 @@ import hmac
 import http.client
 import json
 import re
-import selectors
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -39,6 +37,7 @@ from cryptography.hazmat.primitives import serialization
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from conftest import REPO
+import node_tools
 from harness import LOOPBACK, READY_TIMEOUT_S, REQUEST_TIMEOUT_S, Envoy, EnvoyFactory, Response, istio_cluster_name
 from mtls import TestCA, https_request, sidecar_inbound, spiffe_id
 from observe import counters_changed, requests_on_one_connection, start_together, stats, wait_for_audit
@@ -80,34 +79,7 @@ CERT_MISMATCH = "token is bound to another client certificate"
 
 
 def node_binary() -> str:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node not found: the sender-constrained tests run a Node.js authorization server", pytrace=False)
-    for package in ("oidc-provider", "dpop"):
-        if not (REPO / "node_modules" / package / "package.json").is_file():
-            pytest.fail(f"npm package {package} not installed: run `make node-deps` (npm ci)", pytrace=False)
-    return node
-
-
-def read_line(proc: subprocess.Popen[bytes], timeout_s: float) -> bytes:
-    """One line of `proc`'s stdout, waited for at most `timeout_s`."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
-    line = b""
-    try:
-        while not line.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0 or not selector.select(left):
-                raise TimeoutError(f"no line from {proc.args} within {timeout_s}s (so far {line!r})")
-            chunk = proc.stdout.readline()
-            if not chunk:
-                raise RuntimeError(f"{proc.args} exited ({proc.poll()}) before a line (so far {line!r})")
-            line += chunk
-        return line
-    finally:
-        selector.close()
+    return node_tools.node_binary("the sender-constrained tests run a Node.js authorization server", ("oidc-provider", "dpop"))
 
 
 @dataclass
@@ -156,7 +128,7 @@ def authorization_server(pki: TestCA, tmp_path_factory: pytest.TempPathFactory) 
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=REPO,
         )
     try:
-        ready = json.loads(read_line(proc, READY_TIMEOUT_S))
+        ready = json.loads(node_tools.read_line(proc, READY_TIMEOUT_S))
     except BaseException:
         proc.kill()
         proc.wait(5)

@@ -4,11 +4,9 @@
 
 use crate::explain::Options;
 use mesh_oauth::config::{Config, Grant, HttpTarget};
-use mesh_oauth::keystore::SharedStore;
+use mesh_oauth::keystore::MemoryShared;
 use mesh_oauth::outbound::answer::TokenAnswer;
 use mesh_oauth::outbound::{Call, Context, Flow, HeaderEdit, OutboundRequest, Step};
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fmt::Write;
 
 /// Form fields that carry a credential: shown by what they hold.
@@ -21,29 +19,6 @@ const HIDDEN: &[(&str, &str)] = &[
         "(the workload's own client-credentials token)",
     ),
 ];
-
-#[derive(Default)]
-struct Memory(RefCell<HashMap<String, (Vec<u8>, u32)>>);
-
-impl SharedStore for Memory {
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        match self.0.borrow().get(key) {
-            Some((value, cas)) => (Some(value.clone()), Some(*cas)),
-            None => (None, None),
-        }
-    }
-
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-        let mut map = self.0.borrow_mut();
-        let next = match map.get(key) {
-            Some((_, current)) if cas.is_some_and(|c| c != *current) => return false,
-            Some((_, current)) => current + 1,
-            None => 1,
-        };
-        map.insert(key.to_owned(), (value.to_vec(), next));
-        true
-    }
-}
 
 pub fn explain(config: &Config, options: &Options) -> Result<String, String> {
     let mut flow = Flow::new(
@@ -77,7 +52,7 @@ pub fn explain(config: &Config, options: &Options) -> Result<String, String> {
             path: String::new(),
         })
     };
-    let store = Memory::default();
+    let store = MemoryShared::default();
     let cx = Context {
         store: &store,
         now_ms: options.now_ms,
