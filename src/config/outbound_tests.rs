@@ -48,6 +48,7 @@ fn env(name: &str) -> Option<String> {
         "RSA_KEY" => Some(pem(RSA_A)),
         "RSA_B64" => Some(base64::engine::general_purpose::STANDARD.encode(RSA_A)),
         "NOT_A_KEY" => Some(pem(b"not a key at all")),
+        "COOKIE_KEYS" => Some(base64::engine::general_purpose::STANDARD.encode([7u8; 32])),
         _ => None,
     }
 }
@@ -389,6 +390,20 @@ fn the_top_level_reads_outbound_and_its_limit() {
             .to_string(),
         "limits.maxOutboundTokens: must be greater than zero"
     );
+}
+
+#[test]
+fn an_outbound_configuration_has_no_login() {
+    // A browser login answers the requests coming in; on the outbound side it would never run.
+    let login = json!({"provider": "idp", "clientId": "web", "clientSecretEnv": "SECRET",
+                       "cookieKeysEnv": "COOKIE_KEYS", "hosts": ["app.example.com"]});
+    let got = top(json!({ "login": login })).unwrap_err().to_string();
+    assert!(
+        got.starts_with("login: belongs to the inbound plugin"),
+        "{got}"
+    );
+    let inbound = json!({"providers": [{"issuer": ISSUER, "name": "idp"}], "login": login});
+    assert!(crate::config::parse_with_env(&inbound.to_string(), &env).is_ok());
 }
 
 #[test]
