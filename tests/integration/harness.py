@@ -430,6 +430,8 @@ class Envoy:
         self.module: Path | None = None
         self.discovery_path: Path | None = None
         self.filter_args: Mapping[str, Any] = {}
+        # More command-line options, e.g. `--component-log-level wasm:debug`.
+        self.extra_args: list[str] = []
 
     def start(self) -> "Envoy":
         # JSON is YAML; Envoy picks the parser from the file extension.
@@ -442,6 +444,7 @@ class Envoy:
                     "-c", str(self.config_path),
                     "--concurrency", str(self.concurrency),
                     "-l", "info",
+                    *self.extra_args,
                     "--use-dynamic-base-id",
                     "--admin-address-path", str(self.admin_address_path),
                 ],

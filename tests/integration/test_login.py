@@ -24,7 +24,7 @@ import pytest
 
 import node_tools
 from harness import (Envoy, EnvoyFactory, IdpServer, Reply, http_request, istio_cluster_name)
-from observe import stats
+from observe import audit_lines, stats
 from tokens import KeySet, b64url
 
 REPO = Path(__file__).resolve().parents[2]
@@ -252,11 +252,14 @@ def fake_op(module_idps: Any, keys: KeySet) -> IdpServer:
 
 
 def start_envoy(factory: EnvoyFactory, idp: IdpServer, cookie_keys: str = COOKIE_KEYS, concurrency: int = 1,
-                **login: Any) -> Envoy:
+                extra_args: tuple[str, ...] = (), audit_level: str = "info", **login: Any) -> Envoy:
     config = login_config(idp.url, f"http://{APP_HOST}", **login)
     config["login"]["hosts"] = [f"http://{APP_HOST}", f"http://{OTHER_HOST}"]
-    envoy = factory.start(config, idps=[idp], concurrency=concurrency,
+    config["audit"]["level"] = audit_level
+    envoy = factory.build(config, idps=[idp], concurrency=concurrency,
                           filter_args={"env": {CLIENT_SECRET_ENV: "the-client-secret", COOKIE_KEYS_ENV: cookie_keys}})
+    envoy.extra_args = list(extra_args)
+    envoy.start()
     wait_for_login(envoy, APP_HOST)
     return envoy
 
@@ -581,16 +584,37 @@ def test_a_backchannel_logout_ends_the_session_in_every_worker_at_once(
     assert len(counts) == 2 and min(counts) > 0, per_worker
 
 
-def test_nothing_secret_reaches_the_log(attack_envoy: Envoy, fake_op: IdpServer, keys: KeySet) -> None:
-    b = browser(attack_envoy, fake_op.url)
+def log_in_and_read_the_log(envoy: Envoy, fake_op: IdpServer, keys: KeySet) -> tuple[str, list[str]]:
+    """A whole login and an API call through `envoy`: its log, and every secret the flow used."""
+    b = browser(envoy, fake_op.url)
     params = b.authorize()
     answer_id_token = id_token(keys, fake_op.url, params["nonce"])
     token_answer(fake_op, keys, answer_id_token)
     access = json.loads(fake_op._replies["/token"].body)["access_token"]
     assert b.callback(params, fake_op.url, code="a-secret-code").status == 302
     assert b.get("/orders", [("accept", "application/json")]).status == 200
-    log = attack_envoy.log()
+    secrets_used = [params["state"], params["nonce"], "a-secret-code", answer_id_token, access,
+                    "the-client-secret", COOKIE_KEYS, *b.jar.values()]
+    return envoy.log(), secrets_used
+
+
+def test_nothing_secret_reaches_the_log(attack_envoy: Envoy, fake_op: IdpServer, keys: KeySet) -> None:
+    log, secrets_used = log_in_and_read_the_log(attack_envoy, fake_op, keys)
     assert "mesh_oauth" in log or "mesh-oauth" in log
-    for secret in (params["state"], params["nonce"], "a-secret-code", answer_id_token, access,
-                   "the-client-secret", COOKIE_KEYS, *b.jar.values()):
+    for secret in secrets_used:
+        assert secret not in log, secret[:12]
+
+
+def test_nothing_secret_reaches_the_log_at_debug(module_envoys: EnvoyFactory, fake_op: IdpServer,
+                                                 keys: KeySet) -> None:
+    """The module's every line at Envoy's `debug` (component `wasm`), its audit line for every
+    request included. Envoy's own `http` debug lines print request headers, cookies among them:
+    that level is Envoy's, not the module's, to keep out of production."""
+    envoy = start_envoy(module_envoys, fake_op, extra_args=("--component-log-level", "wasm:debug"),
+                        audit_level="debug")
+    log, secrets_used = log_in_and_read_the_log(envoy, fake_op, keys)
+    allowed_at_debug = [line for line in audit_lines(envoy)
+                        if line.level == "debug" and line.fields.get("decision") == "allow"]
+    assert allowed_at_debug, "the module's debug lines (audit lines of allowed requests) are in the log"
+    for secret in secrets_used:
         assert secret not in log, secret[:12]
