@@ -88,22 +88,7 @@ impl Kind {
 
 pub(super) fn parse_rule_match(value: &Value, path: &At<'_>) -> Parsed<RuleMatch> {
     let matcher = Object::new(value, path, &with_when(MATCH_FIELDS))?;
-    let mut conditions = Vec::new();
-    for (name, fact, negated, kind) in MATCH_FIELDS {
-        if let Some(patterns) = match_list(&matcher, name, |value, path| kind.parse(value, path))? {
-            let (any_of, none_of) = if *negated {
-                (None, Some(patterns))
-            } else {
-                (Some(patterns), None)
-            };
-            conditions.push(Condition {
-                field: std::borrow::Cow::Borrowed(name),
-                fact: fact.clone(),
-                any_of,
-                none_of,
-            });
-        }
-    }
+    let mut conditions = field_conditions(&matcher, MATCH_FIELDS.iter())?;
     if let Some(when) = matcher.optional("when", |value, path| items(value, path, parse_when))? {
         conditions.extend(when);
     }
@@ -127,12 +112,21 @@ const OPERATION_FIELDS: &[&str] = &[
 
 pub(super) fn parse_operation_match(value: &Value, path: &At<'_>) -> Parsed<RuleMatch> {
     let matcher = Object::new(value, path, OPERATION_FIELDS)?;
-    let mut conditions = Vec::new();
-    for (name, fact, negated, kind) in MATCH_FIELDS
+    let fields = MATCH_FIELDS
         .iter()
-        .filter(|(name, ..)| OPERATION_FIELDS.contains(name))
-    {
-        if let Some(patterns) = match_list(&matcher, name, |value, path| kind.parse(value, path))? {
+        .filter(|(name, ..)| OPERATION_FIELDS.contains(name));
+    let conditions = field_conditions(&matcher, fields)?;
+    Ok(RuleMatch { conditions })
+}
+
+/// The conditions of `fields` that `matcher` gives: a `not…` field's patterns must all miss.
+fn field_conditions<'f>(
+    matcher: &Object<'_, '_>,
+    fields: impl Iterator<Item = &'f (&'static str, Fact, bool, Kind)>,
+) -> Parsed<Vec<Condition>> {
+    let mut conditions = Vec::new();
+    for (name, fact, negated, kind) in fields {
+        if let Some(patterns) = match_list(matcher, name, |value, path| kind.parse(value, path))? {
             let (any_of, none_of) = if *negated {
                 (None, Some(patterns))
             } else {
@@ -146,7 +140,7 @@ pub(super) fn parse_operation_match(value: &Value, path: &At<'_>) -> Parsed<Rule
             });
         }
     }
-    Ok(RuleMatch { conditions })
+    Ok(conditions)
 }
 
 fn with_when(fields: &[(&'static str, Fact, bool, Kind)]) -> Vec<&'static str> {
