@@ -21,6 +21,8 @@ pub const JTI_LEN: usize = 16;
 pub struct Signer {
     alg: Alg,
     key: SignerKey,
+    /// The assertion's JOSE header, the same for every assertion.
+    header: String,
 }
 
 enum SignerKey {
@@ -46,9 +48,18 @@ impl Signer {
             Alg::EdDSA => SignerKey::Ed25519(Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).ok()?),
             _ => return None,
         };
+        let mut header = serde_json::json!({"alg": key.alg.name(), "typ": "JWT"});
+        if let Some(kid) = &key.key_id {
+            header["kid"] = kid.as_str().into();
+        }
+        if let Some(certificate) = &key.certificate {
+            header["x5t"] = certificate.x5t.as_str().into();
+            header["x5t#S256"] = certificate.x5t_s256.as_str().into();
+        }
         Some(Signer {
             alg: key.alg,
             key: parsed,
+            header: URL_SAFE_NO_PAD.encode(header.to_string()),
         })
     }
 
@@ -136,7 +147,6 @@ pub fn client_assertion(
     now_s: u64,
     jti: [u8; JTI_LEN],
 ) -> Result<String, SigningError> {
-    let header = serde_json::json!({"alg": signer.alg.name(), "typ": "JWT"});
     let jti: String = jti.iter().map(|b| format!("{b:02x}")).collect();
     let claims = serde_json::json!({
         "iss": client_id,
@@ -148,7 +158,7 @@ pub fn client_assertion(
     });
     let input = format!(
         "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
+        signer.header,
         URL_SAFE_NO_PAD.encode(claims.to_string())
     );
     let signature = signer.sign(input.as_bytes()).ok_or(SigningError)?;
@@ -170,3 +180,7 @@ pub fn form_encode(text: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+#[path = "client_auth_tests.rs"]
+mod tests;

@@ -1,5 +1,5 @@
 //! How a client authenticates at a token endpoint (`clientAuth`, `clientSecretEnv`,
-//! `clientKeyEnv`), shared by browser login and outbound credentials. The secret or key is
+//! `clientKeyEnv`, `clientKeyId`, `clientCertEnv`), shared by browser login and outbound credentials. The secret or key is
 //! read from the VM's environment; a missing or malformed variable is a configuration error
 //! that names the variable, never its value.
 
@@ -44,6 +44,19 @@ pub struct ClientKey {
     /// RS256 for an RSA key, ES256 for a P-256 key, EdDSA for an Ed25519 key.
     pub alg: Alg,
     pub pkcs8: Secret<Vec<u8>>,
+    /// `clientKeyId`: the assertion's `kid`, for an authorization server that picks the
+    /// client's key by it (Okta, Keycloak with several keys registered).
+    pub key_id: Option<String>,
+    /// `clientCertEnv`: the thumbprints of the key's certificate, for an authorization server
+    /// that picks the key by `x5t` (Microsoft Entra ID).
+    pub certificate: Option<CertificateThumbprints>,
+}
+
+/// RFC 7515 §4.1.7–4.1.8: base64url of the SHA-1 and SHA-256 digests of a certificate's DER.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateThumbprints {
+    pub x5t: String,
+    pub x5t_s256: String,
 }
 
 /// What a client key may sign for browser login.
@@ -63,12 +76,20 @@ pub(super) fn parse_client_auth(
         .unwrap_or_else(|| "client_secret_basic".to_owned());
     let secret_env = client.optional("clientSecretEnv", env_name)?;
     let key_env = client.optional("clientKeyEnv", env_name)?;
+    let key_id = client.optional("clientKeyId", non_empty_string)?;
+    let cert_env = client.optional("clientCertEnv", env_name)?;
     let read_secret = || -> Parsed<Secret<String>> {
-        if key_env.is_some() {
-            return Err(error(
-                client.path_of("clientKeyEnv"),
-                format!("{method} authenticates with clientSecretEnv, not a key"),
-            ));
+        for (field, present) in [
+            ("clientKeyEnv", key_env.is_some()),
+            ("clientKeyId", key_id.is_some()),
+            ("clientCertEnv", cert_env.is_some()),
+        ] {
+            if present {
+                return Err(error(
+                    client.path_of(field),
+                    format!("{method} authenticates with clientSecretEnv, not a key"),
+                ));
+            }
         }
         let path = client.path_of("clientSecretEnv");
         let name = secret_env.clone().ok_or_else(|| {
@@ -107,9 +128,22 @@ pub(super) fn parse_client_auth(
                 )
             })?;
             let text = read_variable(&name, &path, env)?;
-            parse_client_key(&text, key_algs)
-                .map(ClientAuth::PrivateKeyJwt)
-                .map_err(|problem| error(path, format!("environment variable {name} {problem}")))
+            let (mut key, public_key) = parse_client_key(&text, key_algs)
+                .map_err(|problem| error(path, format!("environment variable {name} {problem}")))?;
+            key.key_id = key_id;
+            if let Some(cert_name) = cert_env {
+                let cert_path = client.path_of("clientCertEnv");
+                let pem = read_variable(&cert_name, &cert_path, env)?;
+                key.certificate = Some(certificate_thumbprints(&pem, &public_key).map_err(
+                    |problem| {
+                        error(
+                            cert_path,
+                            format!("environment variable {cert_name} {problem}"),
+                        )
+                    },
+                )?);
+            }
+            Ok(ClientAuth::PrivateKeyJwt(key))
         }
         _ => Err(error(
             client.path_of("clientAuth"),
@@ -152,44 +186,89 @@ pub(super) fn unset(path: &At<'_>, name: &str) -> ConfigError {
     )
 }
 
-/// A PKCS#8 private key, PEM (`-----BEGIN PRIVATE KEY-----`) or bare base64 DER, that signs
-/// one of `algs`. The problem never quotes the value.
-pub(super) fn parse_client_key(text: &str, algs: &[Alg]) -> Result<ClientKey, String> {
-    use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, RsaKeyPair};
+/// The DER inside a PEM block labelled `label`, or bare base64 DER; `None` when neither.
+fn pem_or_base64_der(text: &str, label: &str) -> Option<Vec<u8>> {
     let body: String = if text.contains("-----BEGIN") {
-        text.split_once("-----BEGIN PRIVATE KEY-----")
-            .and_then(|(_, rest)| rest.split_once("-----END PRIVATE KEY-----"))
-            .map(|(inner, _)| inner.chars().filter(|c| !c.is_whitespace()).collect())
-            .ok_or_else(|| {
-                "is not a PKCS#8 PEM key (-----BEGIN PRIVATE KEY-----); convert it with `openssl pkcs8 -topk8 -nocrypt`"
-                    .to_owned()
-            })?
+        let begin = format!("-----BEGIN {label}-----");
+        let end = format!("-----END {label}-----");
+        text.split_once(begin.as_str())
+            .and_then(|(_, rest)| rest.split_once(end.as_str()))
+            .map(|(inner, _)| inner.chars().filter(|c| !c.is_whitespace()).collect())?
     } else {
         text.chars().filter(|c| !c.is_whitespace()).collect()
     };
-    let der = STANDARD
-        .decode(body.as_bytes())
-        .map_err(|_| "is not a PEM or base64 PKCS#8 private key".to_owned())?;
-    let signs = |alg: Alg| match alg {
-        Alg::RS256 => RsaKeyPair::from_pkcs8(&der).is_ok(),
-        Alg::ES256 => EcdsaKeyPair::from_pkcs8(
-            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-            &der,
-            &ring::rand::SystemRandom::new(),
-        )
-        .is_ok(),
-        Alg::EdDSA => Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).is_ok(),
-        _ => false,
+    STANDARD.decode(body.as_bytes()).ok()
+}
+
+/// A PKCS#8 private key, PEM (`-----BEGIN PRIVATE KEY-----`) or bare base64 DER, that signs
+/// one of `algs`, with its public key as a certificate carries it (the RSAPublicKey DER, the
+/// uncompressed P-256 point, the Ed25519 bytes). The problem never quotes the value.
+pub(super) fn parse_client_key(text: &str, algs: &[Alg]) -> Result<(ClientKey, Vec<u8>), String> {
+    use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, RsaKeyPair};
+    let der = pem_or_base64_der(text, "PRIVATE KEY").ok_or_else(|| {
+        if text.contains("-----BEGIN") {
+            "is not a PKCS#8 PEM key (-----BEGIN PRIVATE KEY-----); convert it with `openssl pkcs8 -topk8 -nocrypt`"
+                .to_owned()
+        } else {
+            "is not a PEM or base64 PKCS#8 private key".to_owned()
+        }
+    })?;
+    let public_key = |alg: Alg| -> Option<Vec<u8>> {
+        match alg {
+            Alg::RS256 => RsaKeyPair::from_pkcs8(&der)
+                .ok()
+                .map(|pair| pair.public_key().as_ref().to_vec()),
+            Alg::ES256 => EcdsaKeyPair::from_pkcs8(
+                &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                &der,
+                &ring::rand::SystemRandom::new(),
+            )
+            .ok()
+            .map(|pair| pair.public_key().as_ref().to_vec()),
+            Alg::EdDSA => Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
+                .ok()
+                .map(|pair| pair.public_key().as_ref().to_vec()),
+            _ => None,
+        }
     };
-    let Some(alg) = algs.iter().copied().find(|&alg| signs(alg)) else {
+    let Some((alg, public_key)) = algs
+        .iter()
+        .find_map(|&alg| public_key(alg).map(|public_key| (alg, public_key)))
+    else {
         return Err(format!(
             "is not a usable PKCS#8 private key ({})",
             key_kinds(algs)
         ));
     };
-    Ok(ClientKey {
+    let key = ClientKey {
         alg,
         pkcs8: Secret(der),
+        key_id: None,
+        certificate: None,
+    };
+    Ok((key, public_key))
+}
+
+/// The thumbprints of an X.509 certificate (PEM `-----BEGIN CERTIFICATE-----` or bare base64
+/// DER) that must carry `public_key`: a certificate of another key would name a key the
+/// authorization server then fails to match, at every token call instead of at configuration.
+pub(super) fn certificate_thumbprints(
+    text: &str,
+    public_key: &[u8],
+) -> Result<CertificateThumbprints, String> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use ring::digest::{digest, SHA1_FOR_LEGACY_USE_ONLY, SHA256};
+    let der = pem_or_base64_der(text, "CERTIFICATE")
+        .filter(|der| der.first() == Some(&0x30))
+        .ok_or_else(|| "is not a PEM or base64 DER X.509 certificate".to_owned())?;
+    // The certificate's subjectPublicKeyInfo holds the key's bytes verbatim (RFC 5280 §4.1,
+    // RFC 3279, RFC 8410): finding them is the match, without an X.509 parser.
+    if public_key.is_empty() || !der.windows(public_key.len()).any(|w| w == public_key) {
+        return Err("is a certificate for another key than clientKeyEnv's".to_owned());
+    }
+    Ok(CertificateThumbprints {
+        x5t: URL_SAFE_NO_PAD.encode(digest(&SHA1_FOR_LEGACY_USE_ONLY, &der)),
+        x5t_s256: URL_SAFE_NO_PAD.encode(digest(&SHA256, &der)),
     })
 }
 

@@ -13,6 +13,8 @@ pub(super) const LOGIN_FIELDS: &[&str] = &[
     "clientAuth",
     "clientSecretEnv",
     "clientKeyEnv",
+    "clientKeyId",
+    "clientCertEnv",
     "cookieKeysEnv",
     "scopes",
     "authorizationParams",
