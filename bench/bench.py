@@ -15,7 +15,9 @@ one core; wrk pinned to another, keep-alive, direct_response upstream):
 Workloads: one RS256 token repeated; a unique token per request (RS256, ES256, EdDSA, PS256) from a
 pre-minted pool; every other request an invalid (bad-signature) token; one DPoP-bound ES256
 token with a fresh ES256 proof per request (RFC 9449; arms A, D and E (F) only: jwt_authn cannot
-check a proof).
+check a proof); a browser session (`session`, bench/login_arms.py: the cookies of real logins at
+npm oidc-provider, with arms G oauth2, H oauth2+jwt_authn, I the same with its cache, E mesh-oauth's
+`login`, J mesh-oauth with the session's token as a bearer).
 
 Writes bench/results/{report.md, chart.png, runs.json} and prints a summary. Tokens are minted
 by cryptography (tests/integration/tokens.py), never by the project."""

@@ -8,6 +8,9 @@ Arms (each run a fresh Envoy like every other arm of bench.py):
   H oauth2+jwt_authn  the same, followed by `jwt_authn` verifying the forwarded token: what a
                       user must run natively to get a login and a verified token
   I oauth2+jwt_authn+cache  H with jwt_authn's token cache (reported, no target)
+  J mesh-oauth bearer E's configuration, the session's access token sent as `Authorization:
+                      Bearer` without cookies (an API call: the session is never looked at), so
+                      E − J is what the session itself costs (reported, no target)
 
 The OP is npm `oidc-provider` (`tests/integration/login/op.mjs`, as `test_login.py` and
 `make demo-login` run it): RS256 JWT access tokens for `web-api`, ID tokens, refresh tokens.
@@ -64,7 +67,7 @@ UNLOADED_REQUESTS = 50
 NAVIGATE = [("sec-fetch-mode", "navigate"), ("accept", "text/html")]
 USER = "alice"
 
-SESSION_ARMS = "GHIE"
+SESSION_ARMS = "GHIEJ"
 MODE = "session"
 
 
@@ -339,7 +342,7 @@ class Latency:
 class CookieSet:
     config: str
     cookies: dict[str, str]
-    access_token_bytes: int  # the bearer token the upstream got (the echo, at the login check)
+    access_token: str  # the bearer token the upstream got (the echo, at the login check)
     upstream_cookie_bytes: int  # the `Cookie` header the upstream got
 
     @property
@@ -351,9 +354,10 @@ class CookieSet:
 
 
 def configuration(arm: str) -> str:
-    """Which login's cookies an arm's requests carry: mesh-oauth's (E, and F its baseline) or
-    the native filter's (G, H, I share one filter configuration, so one cookie set)."""
-    return "mesh-oauth" if arm in "EF" else "oauth2"
+    """Which login's cookies an arm's requests carry: mesh-oauth's (E, and F its baseline; J
+    runs that configuration too) or the native filter's (G, H, I share one filter
+    configuration, so one cookie set)."""
+    return "mesh-oauth" if arm in "EFJ" else "oauth2"
 
 
 def echo_route(config: dict[str, Any], port: int) -> dict[str, Any]:
@@ -373,7 +377,7 @@ class SessionWorkload:
     def __init__(self, bench: ModuleType) -> None:
         self.bench = bench
         self.arms = [bench.Arm("G", "oauth2", False), bench.Arm("H", "oauth2+jwt_authn", True),
-                     bench.Arm("I", "oauth2+jwt_authn+cache", True)]
+                     bench.Arm("I", "oauth2+jwt_authn+cache", True), bench.Arm("J", "mesh-oauth bearer", True)]
         workload = bench.Workload(MODE, "browser session cookie (a real login's cookies)", "RS256", MODE,
                                   arms=SESSION_ARMS)
         bench.ARM.update({arm.key: arm for arm in self.arms})
@@ -402,16 +406,21 @@ class SessionWorkload:
         echo = EchoServer()
         try:
             for config, arm in (("mesh-oauth", "E"), ("oauth2", "H")):
-                self.cookie_sets[config] = self.login_once(binary, workdir / f"login-{config}", arm, pin, echo.port)
-                path = workdir / f"{config}.headers"
-                path.write_text(f"Host: {APP_HOST}\nCookie: {cookie_header(self.cookie_sets[config].cookies)}\n")
-                self.header_files[config] = path
-                cookies = self.cookie_sets[config]
+                cookies = self.login_once(binary, workdir / f"login-{config}", arm, pin, echo.port)
+                self.cookie_sets[config] = cookies
+                self.header_files[config] = workdir / f"{config}.headers"
+                self.header_files[config].write_text(f"Host: {APP_HOST}\nCookie: {cookie_header(cookies.cookies)}\n")
                 self.bench.log(f"  {config}: logged in; cookies {', '.join(cookies.cookies)} "
                                f"({cookies.header_bytes:,} bytes in `Cookie`), access token "
-                               f"{cookies.access_token_bytes:,} bytes at the upstream")
+                               f"{len(cookies.access_token):,} bytes at the upstream")
         finally:
             echo.stop()
+        # Arm J: the mesh-oauth session's own access token, as an API client sends it.
+        self.header_files["bearer"] = workdir / "bearer.headers"
+        self.header_files["bearer"].write_text(
+            f"Host: {APP_HOST}\nAuthorization: Bearer {self.cookie_sets['mesh-oauth'].access_token}\n")
+        for config, arm in (("mesh-oauth", "E"), ("oauth2", "G")):
+            self.unloaded[config] = self.unloaded_requests(binary, workdir / f"unloaded-{config}", arm, pin)
 
     def login_once(self, binary: Path, workdir: Path, arm: str, pin: bool, echo_port: int) -> CookieSet:
         assert self.op is not None
@@ -427,11 +436,21 @@ class SessionWorkload:
             token = upstream.get("authorization", "").removeprefix("Bearer ")
             if token.count(".") != 2:
                 raise LoginError(f"{config}: no bearer token reached the upstream")
-            # Unloaded session requests (no wrk): the floor the refresh latency compares with.
-            unloaded = Latency(config)
-            unloaded.plain_ms = [session_request(envoy.port, login.cookies)[1] for _ in range(UNLOADED_REQUESTS)]
-            self.unloaded[config] = unloaded
-            return CookieSet(config, login.cookies, len(token), len(upstream.get("cookie", "")))
+            return CookieSet(config, login.cookies, token, len(upstream.get("cookie", "")))
+        finally:
+            envoy.stop()
+
+    def unloaded_requests(self, binary: Path, workdir: Path, arm: str, pin: bool) -> Latency:
+        """Session requests one at a time on a run's Envoy (direct_response): the floor the
+        refresh latency compares with."""
+        envoy = self.start(binary, workdir, arm, pin)
+        try:
+            assert envoy.port is not None
+            cookies = self.cookie_sets[configuration(arm)].cookies
+            wait_for_session(envoy, cookies)
+            measured = Latency(configuration(arm))
+            measured.plain_ms = [session_request(envoy.port, cookies)[1] for _ in range(UNLOADED_REQUESTS)]
+            return measured
         finally:
             envoy.stop()
 
@@ -496,7 +515,7 @@ class SessionWorkload:
     def filters(self, arm: str, op: Provider | None = None) -> list[dict[str, Any]]:
         op = op or self.op
         assert op is not None
-        if arm in "EF":  # F: E's configuration with the --baseline-wasm module
+        if arm in "EFJ":  # F: E's configuration with the --baseline-wasm module
             module = self.bench.BASELINE_MODULE if arm == "F" else self.bench.MODULE
             return [mesh_filter(module, op, self.cookie_keys)]
         native = [oauth2_filter(op)]
@@ -514,7 +533,7 @@ class SessionWorkload:
         wait_for_session(envoy, self.cookie_sets[configuration(arm)].cookies)
 
     def lua_args(self, arm: str) -> list[str]:
-        return ["headers", str(self.header_files[configuration(arm)])]
+        return ["headers", str(self.header_files["bearer" if arm == "J" else configuration(arm)])]
 
     # ---- results
 
@@ -529,7 +548,11 @@ class SessionWorkload:
 
         result = [versus("session: mesh-oauth vs native oauth2+jwt_authn (E ÷ H)", "H", 1.5),
                   versus("session: mesh-oauth vs native oauth2 alone (E ÷ G)", "G", 0.8),
-                  versus("session: mesh-oauth vs native oauth2+jwt_authn with cache (E ÷ I)", "I", None)]
+                  versus("session: mesh-oauth vs native oauth2+jwt_authn with cache (E ÷ I)", "I", None),
+                  versus("session: mesh-oauth session vs the same token as a bearer (E ÷ J)", "J", None)]
+        added = b.added_cpu(runs, MODE, "E", "J")
+        result.append(b.Target("session: what the session adds, mesh-oauth CPU-µs/req (E − J)", b.median(added),
+                               "report", None, rounds=added))
         mesh, native = self.cookie_sets.get("mesh-oauth"), self.cookie_sets.get("oauth2")
         if mesh and native:
             share = mesh.header_bytes / native.header_bytes
@@ -545,7 +568,7 @@ class SessionWorkload:
         return result
 
     def summary(self) -> dict[str, Any]:
-        return {"cookies": {name: {"cookie_header_bytes": c.header_bytes, "access_token_bytes": c.access_token_bytes,
+        return {"cookies": {name: {"cookie_header_bytes": c.header_bytes, "access_token_bytes": len(c.access_token),
                                    "upstream_cookie_bytes": c.upstream_cookie_bytes,
                                    "cookies": {n: len(v) for n, v in c.cookies.items()}}
                             for name, c in self.cookie_sets.items()},
@@ -562,21 +585,24 @@ class SessionWorkload:
                  f"{APP_HOST}`. Arms: E mesh-oauth (`login`, session cookie; `sessionRecheckSeconds` "
                  f"{SESSION_RECHECK_S:,} and tokens of {THROUGHPUT_TOKEN_TTL_S} s, so no timed request refreshes), "
                  "G Envoy's `oauth2` (HMAC and expiry check, `forward_bearer_token`), H `oauth2` + "
-                 "`jwt_authn` verifying the forwarded token (no cache), I the same with jwt_authn's cache. "
-                 "Every arm hands the upstream the access token.", "",
+                 "`jwt_authn` verifying the forwarded token (no cache), I the same with jwt_authn's cache, "
+                 "J mesh-oauth's configuration with the session's access token sent as `Authorization: "
+                 "Bearer` and no cookie (E − J: what the session itself costs). Every arm hands the "
+                 "upstream the access token.", "",
                  "| login | `Cookie` bytes per request | cookies (name: value bytes) | access token bytes "
                  "| `Cookie` bytes reaching the upstream |", "| --- | ---: | --- | ---: | ---: |"]
         for name, c in self.cookie_sets.items():
             each = ", ".join(f"{n}: {len(v):,}" for n, v in c.cookies.items())
-            lines.append(f"| {name} | {c.header_bytes:,} | {each} | {c.access_token_bytes:,} "
+            lines.append(f"| {name} | {c.header_bytes:,} | {each} | {len(c.access_token):,} "
                          f"| {c.upstream_cookie_bytes:,} |")
         if self.latency:
             lines += ["", f"Latency of real flows (one request at a time, ms; an OP whose access tokens "
                       f"live {LATENCY_TOKEN_TTL_S} s): the callback (code redemption at the OP, and for "
                       "mesh-oauth the ID token's checks), then one request per session that refreshes it "
                       "(mesh-oauth: the token is within its 10 s refresh margin at once; the native filter: "
-                      "after the token expired). Unloaded: session requests without a refresh, from the "
-                      "throughput logins.", "",
+                      "after the token expired). Nearest-rank percentiles: with fewer than 100 flows, p99 is the "
+                      f"slowest flow. Unloaded: {UNLOADED_REQUESTS} session requests one at a time without a "
+                      "refresh, on a run's Envoy with the throughput logins' cookies.", "",
                       "| login | callback p50 | callback p99 | refresh p50 | refresh p99 | unloaded request p50 "
                       "| flows | refreshed | failures |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
             for m in self.latency:
