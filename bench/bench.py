@@ -1261,7 +1261,8 @@ def main() -> int:
     # Per run: Envoy start and stop, about 1 s. Memory: six Envoys. Micro: 12 benchmarks.
     estimate = runs_total * (args.warmup + args.duration + 1.0) \
         + (0 if args.skip_memory else 40) \
-        + (0 if args.skip_micro else 12 * (args.micro_warmup + args.micro_time) + 20)
+        + (0 if args.skip_micro else 12 * (args.micro_warmup + args.micro_time) + 20) \
+        + (SESSION.seconds(args.login_flows) if SESSION.selected(workloads) else 0)
     log(f"{runs_total} runs of {args.warmup}+{args.duration} s; about {estimate / 60:.1f} min once built "
         "(a fresh machine adds a few minutes of installing, building and token minting)")
     ensure_tools()
@@ -1285,7 +1286,7 @@ def main() -> int:
     shutil.rmtree(workdir, ignore_errors=True)
     # The OP it starts ends with the bench at the latest (op.mjs stops when its stdin closes).
     if SESSION.selected(workloads):
-        SESSION.prepare(binary, workdir, args.pin)
+        workloads = SESSION.prepare(binary, workdir, args.pin, workloads)
 
     runs: list[Run] = []
     for round_no in range(1, max(rounds_of.values(), default=0) + 1):
