@@ -271,9 +271,11 @@ def log_in(envoy_port: int, op: Provider, path: str = "/orders?page=2") -> Login
     began = time.perf_counter()
     back = to_app(f"{parts.path}?{parts.query}")
     callback_ms = (time.perf_counter() - began) * 1000
-    if back.status != 302:
-        raise LoginError(f"the callback failed: {back.status} {back.body[:300]!r}")
-    return Login(dict(app), callback_ms, back.header("location") or "")
+    landed = back.header("location") or ""
+    if back.status != 302 or not landed.endswith(path):
+        raise LoginError(f"the callback did not send the browser to {path}: {back.status} {landed[:100]} "
+                         f"{back.body[:300]!r}")
+    return Login(dict(app), callback_ms, landed)
 
 
 def session_request(envoy_port: int, cookies: dict[str, str]) -> tuple[Response, float]:
