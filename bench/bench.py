@@ -15,7 +15,9 @@ one core; wrk pinned to another, keep-alive, direct_response upstream):
 Workloads: one RS256 token repeated; a unique token per request (RS256, ES256, EdDSA, PS256) from a
 pre-minted pool; every other request an invalid (bad-signature) token; one DPoP-bound ES256
 token with a fresh ES256 proof per request (RFC 9449; arms A, D and E (F) only: jwt_authn cannot
-check a proof).
+check a proof); a browser session (`session`, bench/login_arms.py: the cookies of real logins at
+npm oidc-provider, with arms G oauth2, H oauth2+jwt_authn, I the same with its cache, E mesh-oauth's
+`login`, J mesh-oauth with the session's token as a bearer).
 
 Writes bench/results/{report.md, chart.png, runs.json} and prints a summary. Tokens are minted
 by cryptography (tests/integration/tokens.py), never by the project."""
@@ -131,6 +133,11 @@ WORKLOADS = [
              arms="ADE"),
 ]
 WORKLOAD = {w.key: w for w in WORKLOADS}
+
+# The browser-session workload (issue 28) and its arms G, H, I: bench/login_arms.py.
+import login_arms  # noqa: E402
+
+SESSION = login_arms.SessionWorkload(sys.modules[__name__])
 
 
 def enable_baseline(module: Path) -> None:
@@ -452,10 +459,10 @@ def bootstrap(http_filters: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def start_envoy(binary: Path, workdir: Path, filters: list[dict[str, Any]], concurrency: int,
-                pin: bool) -> Envoy:
+                pin: bool, config: dict[str, Any] | None = None) -> Envoy:
     """Envoy with every thread on ENVOY_CPU: the affinity is set around the fork, so the
-    process inherits it before it starts any thread."""
-    envoy = Envoy(binary, workdir, bootstrap(filters), concurrency)
+    process inherits it before it starts any thread. `config`: a whole bootstrap instead."""
+    envoy = Envoy(binary, workdir, config or bootstrap(filters), concurrency)
     saved = os.sched_getaffinity(0)
     if pin:
         os.sched_setaffinity(0, {ENVOY_CPU})
@@ -559,12 +566,19 @@ def expected_refusals(workload: Workload, arm: Arm, result: dict[str, Any]) -> l
 
 def measure(binary: Path, workdir: Path, arm: Arm, workload: Workload, files: dict[str, Path],
             jwks: str, args: argparse.Namespace, round_no: int) -> Run:
-    envoy = start_envoy(binary, workdir, arm_filters(arm.key, jwks, workload), 1, args.pin)
+    session = workload.mode == login_arms.MODE
+    envoy = SESSION.start(binary, workdir, arm.key, args.pin) if session else \
+        start_envoy(binary, workdir, arm_filters(arm.key, jwks, workload), 1, args.pin)
     try:
         assert envoy.port is not None and envoy.proc is not None
         pid = envoy.proc.pid
         warm_problems = []
-        if workload.mode == "dpop":
+        timed_args = SESSION.lua_args(arm.key) if session else lua_args(workload, files)
+        if session:
+            # Once its keys are in (mesh-oauth fetches them), the session's own requests warm up.
+            SESSION.ready(envoy, arm.key)
+            wrk(envoy.port, args.warmup, args.connections, timed_args, args.pin)
+        elif workload.mode == "dpop":
             # The DPoP token with the warm-up's own proofs: none of them is in the timed pool.
             warmed = wrk(envoy.port, args.warmup, args.connections, lua_args(workload, files, warmup=True),
                          args.pin)
@@ -578,7 +592,7 @@ def measure(binary: Path, workdir: Path, arm: Arm, workload: Workload, files: di
         hits_before = jwt_cache_hits(envoy) if arm.key == "C" else None
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         before = cpu_ticks(pid)
-        result = wrk(envoy.port, args.duration, args.connections, lua_args(workload, files), args.pin)
+        result = wrk(envoy.port, args.duration, args.connections, timed_args, args.pin)
         after = cpu_ticks(pid)
         children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         problems = warm_problems + expected_refusals(workload, arm, result)
@@ -934,7 +948,8 @@ def fmt(value: float, digits: int = 0) -> str:
 def write_report(path: Path, runs: list[Run], tgts: list[Target], rss: dict[str, dict[int, int]] | None,
                  served: dict[str, dict[int, int]] | None, micro_results: list[dict[str, Any]],
                  hot: list[dict[str, Any]], context: dict[str, Any],
-                 scale: list[dict[str, Any]] | None = None) -> None:
+                 scale: list[dict[str, Any]] | None = None, sections: list[str] | None = None) -> None:
+    """`sections`: more report lines (the session workload's), after the workload tables."""
     lines = ["# mesh-oauth benchmark", ""]
     lines += [f"- {key}: {value}" for key, value in context.items()]
     lines += ["", "Medians over rounds. Ratios are per-round throughput ratios, median over rounds. "
@@ -1014,6 +1029,7 @@ def write_report(path: Path, runs: list[Run], tgts: list[Target], rss: dict[str,
         hits = [r.jwt_cache_hits for r in runs_of(runs, workload.key, "C") if r.jwt_cache_hits is not None]
         if hits:
             lines.append(f"\njwt_authn cache hits in C's timed windows (per round): {hits}")
+    lines += sections or []
     problems = [r for r in runs if r.problems]
     if problems:
         lines += ["", "## Runs left out", ""]
@@ -1197,6 +1213,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--skip-hotpath", action="store_true", help="skip the V8-without-Envoy measurement")
     p.add_argument("--skip-policy", action="store_true", help="skip the policy size and configuration load measurement")
+    p.add_argument("--login-flows", type=int, default=30,
+                   help="session workload: real logins per configuration for the callback and refresh "
+                        "latency (0: not measured)")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--mesh-limits", type=json.loads, default={},
                    help='plugin "limits" for mesh-oauth, e.g. \'{"maxCachedTokens": 0}\' to measure without the cache')
@@ -1213,6 +1232,7 @@ def parse_args() -> argparse.Namespace:
     if args.quick:
         args.rounds, args.repeat_rounds, args.duration = 2, 3, 1
         args.micro_time, args.micro_warmup = 0.5, 0.2
+        args.login_flows = min(args.login_flows, 10)
     unknown = set(args.workloads.split(",")) - set(WORKLOAD)
     if unknown:
         p.error(f"unknown workloads {', '.join(sorted(unknown))}; known: {', '.join(WORKLOAD)}")
@@ -1241,7 +1261,8 @@ def main() -> int:
     # Per run: Envoy start and stop, about 1 s. Memory: six Envoys. Micro: 12 benchmarks.
     estimate = runs_total * (args.warmup + args.duration + 1.0) \
         + (0 if args.skip_memory else 40) \
-        + (0 if args.skip_micro else 12 * (args.micro_warmup + args.micro_time) + 20)
+        + (0 if args.skip_micro else 12 * (args.micro_warmup + args.micro_time) + 20) \
+        + (SESSION.seconds(args.login_flows) if SESSION.selected(workloads) else 0)
     log(f"{runs_total} runs of {args.warmup}+{args.duration} s; about {estimate / 60:.1f} min once built "
         "(a fresh machine adds a few minutes of installing, building and token minting)")
     ensure_tools()
@@ -1263,6 +1284,9 @@ def main() -> int:
     jwks = keys.jwks_string(ALGS)
     workdir = REPO / ".cache" / "bench" / "envoy"
     shutil.rmtree(workdir, ignore_errors=True)
+    # The OP it starts ends with the bench at the latest (op.mjs stops when its stdin closes).
+    if SESSION.selected(workloads):
+        workloads = SESSION.prepare(binary, workdir, args.pin, workloads)
 
     runs: list[Run] = []
     for round_no in range(1, max(rounds_of.values(), default=0) + 1):
@@ -1280,6 +1304,9 @@ def main() -> int:
                     + (f"  wraps {result.pool_wraps}" if result.pool_wraps else "")
                     + (f"  PROBLEM: {'; '.join(result.problems)}" if result.problems else ""))
 
+    if SESSION.selected(workloads) and args.login_flows > 0:
+        SESSION.measure_latency(binary, workdir, args.pin, args.login_flows)
+    SESSION.close()
     rss, served = (None, None) if args.skip_memory else memory(binary, workdir, files, jwks, args)
     extra_rss = per_worker(rss["E"]) - per_worker(rss["A"]) if rss else None
     micro_results = [] if args.skip_micro else micro(args)
@@ -1288,6 +1315,8 @@ def main() -> int:
 
     module_bytes, empty_bytes = MODULE.stat().st_size, EMPTY_FILTER.stat().st_size
     tgts = targets(runs, module_bytes, extra_rss, None if args.skip_micro else micro_results)
+    if SESSION.selected(workloads):
+        tgts += SESSION.targets(runs)
     context = machine_context(args, binary, module_bytes, empty_bytes)
     if BASELINE_MODULE is not None:
         data = BASELINE_MODULE.read_bytes()
@@ -1301,9 +1330,10 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "runs.json").write_text(json.dumps({
         "context": context, "runs": [asdict(r) for r in runs], "rss": rss, "micro": micro_results,
-        "hotpath": hot, "policy_scale": scale,
+        "hotpath": hot, "policy_scale": scale, "session": SESSION.summary(),
         "targets": [asdict(t) for t in tgts]}, indent=1))
-    write_report(args.out / "report.md", runs, tgts, rss, served, micro_results, hot, context, scale)
+    write_report(args.out / "report.md", runs, tgts, rss, served, micro_results, hot, context, scale,
+                 SESSION.report())
     write_chart(args.out / "chart.png", runs)
     print_summary(runs, tgts, hot)
     if rss:

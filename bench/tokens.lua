@@ -7,6 +7,8 @@
 --   dpop TOKEN PROOFS    `Authorization: DPoP <first token of TOKEN>` and `DPoP: <next proof of
 --                        PROOFS>` on every request; PROOFS wraps and counts like a pool (a
 --                        wrapped proof is a replay: bench.py reports every wrap as a problem)
+--   headers FILE         the same headers on every request, one `Name: value` a line (a
+--                        browser session's `Host` and `Cookie`, bench/login_arms.py)
 -- done() prints one line "BENCH {json}" with the counts and the latency distribution (µs).
 
 local threads = {}
@@ -54,6 +56,15 @@ function init(args)
   elseif mode == "mix" then
     fixed = request_for(first_line(args[2]))
     pool = assert(io.open(args[3], "r"))
+  elseif mode == "headers" then
+    local headers = {}
+    for line in io.lines(args[2]) do
+      local name, value = line:match("^([^:]+):%s*(.*)$")
+      if name then
+        headers[name] = value
+      end
+    end
+    fixed = wrk.format("GET", "/", headers)
   elseif mode == "dpop" then
     dpop_authorization = "DPoP " .. first_line(args[2])
     pool = assert(io.open(args[3], "r"))
@@ -64,7 +75,7 @@ end
 
 function request()
   sent = sent + 1
-  if mode == "repeat" or (mode == "mix" and sent % 2 == 1) then
+  if mode == "repeat" or mode == "headers" or (mode == "mix" and sent % 2 == 1) then
     return fixed
   end
   if mode == "dpop" then
