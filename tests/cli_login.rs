@@ -660,3 +660,34 @@ fn the_cookie_header_comes_from_stdin_a_file_or_argv_and_the_keys_from_the_envir
     let out = run(&args, &[KEY_A], "");
     has(&out, "sent as cookie `session=<token>`");
 }
+
+#[test]
+fn a_logout_names_the_id_token_hint_without_showing_it() {
+    let sealed = session(&[KEY_A], APP, NOW + 240, NOW + 3600);
+    let discovery = scratch("logout.discovery.json", &json!({
+        "issuer": ISSUER, "authorization_endpoint": format!("{ISSUER}/authorize"),
+        "token_endpoint": format!("{ISSUER}/token"), "end_session_endpoint": format!("{ISSUER}/logout")
+    }).to_string());
+    let out = explain(
+        "logout",
+        json!({"forward": "id_token"}),
+        APP,
+        "/oauth2/logout",
+        &sealed.cookie,
+        &[KEY_A],
+        &[
+            "--method",
+            "POST",
+            "--request-header",
+            "origin: https://app.example.com",
+            "--discovery",
+            discovery.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    has(&out, "final: 302 Found");
+    has(&out, "location: https://op.example.com/logout");
+    has(&out, "id_token_hint=<the session's ID token>");
+    has(&out, "login event: session.logout");
+    assert_secret_free(&out, &sealed);
+}

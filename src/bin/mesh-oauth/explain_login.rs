@@ -817,8 +817,15 @@ fn answer_lines(answer: &Answer, authorization: &str) -> Vec<String> {
     for (name, value) in &answer.headers {
         match name.as_str() {
             "set-cookie" => describe_set_cookies(std::slice::from_ref(value), &mut out),
-            "location" if !authorization.is_empty() && value.starts_with(authorization) => {
-                let query = value.get(authorization.len() + 1..).unwrap_or("");
+            "location" => {
+                let (base, query) = value.split_once('?').unwrap_or((value, ""));
+                // Without --discovery the authorization endpoint is a description, not a URL.
+                let base = if base.starts_with(authorization) {
+                    authorization
+                } else {
+                    base
+                };
+                lines.push(format!("  location: {base}"));
                 let shown: Vec<String> = form::decode(query)
                     .unwrap_or_default()
                     .into_iter()
@@ -826,11 +833,13 @@ fn answer_lines(answer: &Answer, authorization: &str) -> Vec<String> {
                         "state" => "state=<fresh, 256 random bits>".to_owned(),
                         "nonce" => "nonce=<fresh, 256 random bits>".to_owned(),
                         "code_challenge" => "code_challenge=<S256 of a fresh verifier>".to_owned(),
+                        "id_token_hint" => "id_token_hint=<the session's ID token>".to_owned(),
                         _ => format!("{n}={v}"),
                     })
                     .collect();
-                lines.push(format!("  location: {authorization}"));
-                lines.push(format!("    with {}", shown.join(" ")));
+                if !shown.is_empty() {
+                    lines.push(format!("    with {}", shown.join(" ")));
+                }
             }
             _ => lines.push(format!("  {name}: {value}")),
         }
