@@ -550,6 +550,7 @@ fn a_callback_shows_each_check_before_the_token_call() {
         "next: the filter redeems the code: POST to https://op.example.com/token",
     );
     has(&good, "explain cannot redeem it");
+    has(&good, "client authentication client_secret_basic");
     {
         let out = &good;
         assert!(

@@ -142,12 +142,12 @@ pub fn explain(
             now,
             &mut out,
         );
-        step_answer(step, &endpoints, &mut out);
+        step_answer(step, &flow, &endpoints, &mut out);
         return Ok(out.0);
     }
     if path_only == login.logout_path || path_only == login.backchannel_logout_path {
         out.line("login endpoint: the filter answers it itself (the rules do not run)");
-        step_answer(step, &endpoints, &mut out);
+        step_answer(step, &flow, &endpoints, &mut out);
         return Ok(out.0);
     }
     let host = login
@@ -233,7 +233,7 @@ pub fn explain(
                 )?);
             }
         }
-        step => step_answer(step, &endpoints, &mut out),
+        step => step_answer(step, &flow, &endpoints, &mut out),
     }
     Ok(out.0)
 }
@@ -605,7 +605,8 @@ fn login_instead(
         answer.status,
         status_text(answer.status)
     )];
-    lines.extend(answer_lines(&answer, &ctx_endpoints_note(ctx)));
+    let authorization = ctx.endpoints.map_or("", |e| e.authorization.as_str());
+    lines.extend(answer_lines(&answer, authorization));
     if let Some(tx) = opened_transaction(flow, &answer, request.authority, ctx.now) {
         lines.push(format!(
             "  after the login the browser comes back to {} (same-origin paths only; anything else becomes /)",
@@ -613,11 +614,6 @@ fn login_instead(
         ));
     }
     Some(lines)
-}
-
-fn ctx_endpoints_note(ctx: &flow::Context<'_>) -> String {
-    ctx.endpoints
-        .map_or(String::new(), |e| e.authorization.clone())
 }
 
 /// The transaction a login answer sets, opened as the callback will open it.
@@ -777,7 +773,7 @@ fn explain_callback(
 }
 
 /// What the filter does with a step that answers (or calls) by itself.
-fn step_answer(step: Step, endpoints: &Endpoints, out: &mut Out) {
+fn step_answer(step: Step, flow: &Flow, endpoints: &Endpoints, out: &mut Out) {
     match step {
         Step::Respond(answer) => {
             out.line(format!(
@@ -794,7 +790,7 @@ fn step_answer(step: Step, endpoints: &Endpoints, out: &mut Out) {
                 out.line(format!(
                     "next: the filter redeems the code: POST to {} (grant_type=authorization_code, the PKCE verifier from the transaction, client authentication {}), holding the request",
                     call.request.target.url,
-                    "as configured"
+                    flow.login.client_auth.name()
                 ));
                 out.line("   explain cannot redeem it: a code is single-use and only the OP answers");
                 out.line("   then: the ID token is verified (alg allow-list, iss, aud and azp, exp/iat, the transaction's nonce, at_hash), the session cookie is set and the browser sent (302) to");
