@@ -487,6 +487,21 @@ fn no_token_on_a_login_host_a_navigation_logs_in_anything_else_gets_the_401() {
         &fetch,
         "navigation: no (Sec-Fetch-Mode: cors, not navigate)",
     );
+    // An open-redirect target comes back to the root.
+    let evil = explain(
+        "evil",
+        json!({}),
+        APP,
+        "//evil.example/x",
+        "",
+        &[KEY_A],
+        NAVIGATE,
+    );
+    has(&evil, "final: 302 Found: sent to log in");
+    has(
+        &evil,
+        "after the login the browser comes back to / (same-origin paths only",
+    );
     // A public page needs no token: nobody is sent to log in.
     let public = explain(
         "public",

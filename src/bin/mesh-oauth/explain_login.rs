@@ -718,7 +718,7 @@ fn explain_callback(
                 let key_id = sealed.split_once('.').map_or("", |(id, _)| id);
                 match Transaction::open(&name, sealed, flow.key_ring(), &host, now) {
                     Ok(tx) if transaction::same_secret(&tx.state, state) => out.line(format!(
-                        "   state: matches this browser's transaction (key id {key_id:?}), started at {} ({} ago, lives {TRANSACTION_SECONDS} s); it returns to {}",
+                        "   state: matches this browser's transaction (key id {key_id:?}), started at {} ({} ago, lives {TRANSACTION_SECONDS} s); it returns to {} (sanitised when the login started: same-origin paths only, anything else became /)",
                         shown(tx.started_at),
                         time::span(now.saturating_sub(tx.started_at) as f64),
                         tx.return_path
