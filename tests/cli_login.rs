@@ -246,6 +246,10 @@ fn a_valid_session_is_opened_and_its_token_decided_by_the_rules() {
             key_id(KEY_A)
         ),
     );
+    has(
+        &out,
+        "cookie keys: 1 from COOKIE_KEYS in explain's environment",
+    );
     has(&out, "refresh: not due");
     has(
         &out,

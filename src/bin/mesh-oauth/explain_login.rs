@@ -28,8 +28,9 @@ use mesh_oauth::login::transaction::{self, Transaction, TRANSACTION_SECONDS};
 pub struct LoginInputs {
     /// `--discovery FILE|URL`: the provider's discovery document, as the filter fetches it.
     pub discovery: Option<String>,
-    /// `cookieKeysEnv` variables explain's environment does not set (their ring is a stand-in).
-    pub unset_cookie_keys: Vec<String>,
+    /// Each login's `cookieKeysEnv` variable, and whether explain's environment sets it (if
+    /// not, its ring is a stand-in).
+    pub cookie_keys: Vec<(String, bool)>,
 }
 
 #[derive(Default)]
@@ -106,12 +107,14 @@ pub fn explain(
             Forward::IdToken => "ID token",
         }
     ));
-    describe_ring(flow.key_ring(), inputs, &mut out);
-    if !inputs.unset_cookie_keys.is_empty() && carries_login_cookies(&headers) {
-        return Err(format!(
-            "the request carries login cookies, which open only with the key ring the VM gets: set {} in explain's environment (the value of the Secret behind cookieKeysEnv)",
-            inputs.unset_cookie_keys.join(", ")
-        ));
+    let variable = inputs.cookie_keys.get(index);
+    describe_ring(flow.key_ring(), variable, &mut out);
+    if let Some((name, false)) = variable {
+        if carries_login_cookies(&headers) {
+            return Err(format!(
+                "the request carries login cookies, which open only with the key ring the VM gets: set {name} in explain's environment (the value of the Secret behind login[{index}].cookieKeysEnv)"
+            ));
+        }
     }
     let (endpoints, from_discovery) = endpoints_for(provider, inputs)?;
     if !from_discovery {
@@ -300,7 +303,7 @@ fn redacted_query(path: &str) -> String {
     format!("{path}?{}", shown.join("&"))
 }
 
-fn describe_ring(ring: &KeyRing, inputs: &LoginInputs, out: &mut Out) {
+fn describe_ring(ring: &KeyRing, variable: Option<&(String, bool)>, out: &mut Out) {
     let ids: Vec<String> = ring
         .key_ids()
         .enumerate()
@@ -312,17 +315,16 @@ fn describe_ring(ring: &KeyRing, inputs: &LoginInputs, out: &mut Out) {
             }
         })
         .collect();
-    if inputs.unset_cookie_keys.is_empty() {
-        out.line(format!(
-            "cookie keys: {} from explain's environment, ids {} (the first seals, all open)",
+    match variable {
+        Some((name, false)) => out.line(format!(
+            "cookie keys: {name} is not set in explain's environment: a stand-in ring, which opens no cookie of the filter"
+        )),
+        Some((name, true)) => out.line(format!(
+            "cookie keys: {} from {name} in explain's environment, ids {} (the first seals, all open)",
             ids.len(),
             ids.join(", ")
-        ));
-    } else {
-        out.line(format!(
-            "cookie keys: {} not set in explain's environment: a stand-in ring, which opens no cookie of the filter",
-            inputs.unset_cookie_keys.join(", ")
-        ));
+        )),
+        None => out.line(format!("cookie keys: ids {}", ids.join(", "))),
     }
 }
 

@@ -36,9 +36,9 @@ pub fn load(path: &str) -> Result<Vec<Plugin>, String> {
     load_with(path, Secrets::Check)
 }
 
-/// The `cookieKeysEnv` variables of a configuration file that explain's environment does not
-/// set: their stand-in opens no cookie.
-pub fn unset_cookie_keys(path: &str) -> Vec<String> {
+/// The `cookieKeysEnv` variable of each `login` entry of a configuration file, in order, and
+/// whether explain's environment sets it (a stand-in ring opens no cookie).
+pub fn cookie_key_variables(path: &str) -> Vec<(String, bool)> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();
     };
@@ -50,6 +50,7 @@ pub fn unset_cookie_keys(path: &str) -> Vec<String> {
         YamlLoader::load_from_str(&text)
             .map(|docs| {
                 docs.iter()
+                    .filter(|doc| doc["kind"].as_str() == Some("WasmPlugin"))
                     .flat_map(|doc| cookie_key_names(&doc["spec"]["pluginConfig"]))
                     .collect()
             })
@@ -57,7 +58,10 @@ pub fn unset_cookie_keys(path: &str) -> Vec<String> {
     };
     names
         .into_iter()
-        .filter(|name| std::env::var(name).is_err())
+        .map(|name| {
+            let set = std::env::var(&name).is_ok();
+            (name, set)
+        })
         .collect()
 }
 

@@ -389,7 +389,7 @@ fn explain_command(args: &[String]) -> Result<ExitCode, Failure> {
     } else if !config.logins.is_empty() {
         let inputs = explain_login::LoginInputs {
             discovery,
-            unset_cookie_keys: load::unset_cookie_keys(&config_path),
+            cookie_keys: load::cookie_key_variables(&config_path),
         };
         explain_login::explain(&config, &options, &inputs)
     } else {
