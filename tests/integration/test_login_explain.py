@@ -15,6 +15,7 @@ import re
 import secrets
 import subprocess
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +153,15 @@ def test_an_expired_session(module_envoys: EnvoyFactory, fake_op: IdpServer, key
     assert "session.refused.expired" in out and "cookie expired at" in out, out
 
 
+@pytest.mark.parametrize("headers", [login.NAVIGATE, API, [("accept", "text/html")], [("sec-fetch-mode", "cors")]],
+                         ids=["navigate", "api", "accept-html", "fetch"])
+def test_no_session_a_navigation_logs_in_the_rest_gets_the_401(envoy: Envoy, fake_op: IdpServer,  # noqa: F811
+                                                               headers: list[tuple[str, str]]) -> None:
+    out = agree(envoy, fake_op, login.browser(envoy, fake_op.url), "/orders?page=2", headers)
+    navigation = headers != API and headers[0] != ("sec-fetch-mode", "cors")
+    assert ("after the login the browser comes back to /orders?page=2" in out) == navigation, out
+
+
 @pytest.mark.parametrize("case", ["stranger", "wrong_iss", "missing_iss", "provider_error"])
 def test_a_callback(envoy: Envoy, fake_op: IdpServer, keys: KeySet, case: str) -> None:  # noqa: F811
     """Callbacks the filter refuses before the token call: the same refusal, the same event."""
@@ -166,7 +176,6 @@ def test_a_callback(envoy: Envoy, fake_op: IdpServer, keys: KeySet, case: str) -
         del query["iss"]
     else:
         query = {"error": "access_denied", "state": params["state"], "iss": fake_op.url}
-    import urllib.parse
     path = f"/oauth2/callback?{urllib.parse.urlencode(query)}"
     out = agree(envoy, fake_op, b, path, login.NAVIGATE)
     assert params["state"] not in out and "a-code" not in out, out
