@@ -25,9 +25,9 @@ pub enum Secrets {
     /// check-config: a JSON file's from this process's environment, as the VM's; a
     /// WasmPlugin's are stood in (their values live in the pod).
     Check,
-    /// explain: the cookie keys from explain's own environment, so that it opens the cookies
-    /// it is given as the filter would; a variable it does not set, and every other secret
-    /// (explain never calls a token endpoint), is stood in.
+    /// explain: the variables from explain's own environment, so that it opens the cookies it
+    /// is given with the filter's cookie keys; a variable it does not set is stood in (explain
+    /// never calls a token endpoint, so only the cookie keys matter).
     Explain,
 }
 
@@ -158,8 +158,8 @@ fn cookie_key_names(plugin_config: &Yaml) -> Vec<String> {
 /// checked instead: for a `cookieKeysEnv` variable one 32-byte key in base64, for any other one
 /// that passes as a secret and as a client key (base64 PKCS#8 of a fresh P-256 key).
 /// `declared`: the variables a WasmPlugin's `vmConfig.env` gives its VM (any other is not set
-/// in it); `None` for a plugin JSON file. For explain, the cookie keys come from its own
-/// environment when it sets them.
+/// in it); `None` for a plugin JSON file. For explain, a variable its own environment sets is
+/// read from there.
 fn stand_in_env<'a>(
     declared: Option<&'a [String]>,
     cookie_keys: &'a [String],
@@ -176,7 +176,7 @@ fn stand_in_env<'a>(
     move |name| {
         let is_declared = declared.is_none_or(|declared| declared.iter().any(|d| d == name));
         let cookie_keys = cookie_keys.iter().any(|c| c == name);
-        let own = (secrets == Secrets::Explain && cookie_keys)
+        let own = (secrets == Secrets::Explain)
             .then(|| std::env::var(name).ok())
             .flatten();
         is_declared.then(|| match own {
