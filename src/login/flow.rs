@@ -263,6 +263,15 @@ impl Context<'_> {
     }
 }
 
+/// Why a session is refreshed before its token is forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshDue {
+    /// The token expires within [`REFRESH_MARGIN_SECONDS`].
+    pub expiring: bool,
+    /// `sessionRecheckSeconds` have passed since the tokens were last obtained.
+    pub recheck_due: bool,
+}
+
 /// One `login` entry, compiled: its configuration, its cookie keys, its provider's facts.
 pub struct Flow {
     pub login: Login,
@@ -352,11 +361,10 @@ impl Flow {
             next.event = Some(Event::SessionRefused("logged_out"));
             return Step::Continue(next);
         }
-        let expiring = ctx.now.saturating_add(REFRESH_MARGIN_SECONDS) >= session.token_expires_at;
-        let recheck_due = ctx.now
-            >= session
-                .refreshed_at
-                .saturating_add(self.login.session_recheck_seconds);
+        let RefreshDue {
+            expiring,
+            recheck_due,
+        } = self.refresh_due(&session, ctx.now);
         if expiring || (recheck_due && session.refresh_token.is_some()) {
             let Some(refresh_token) = session.refresh_token.clone() else {
                 // Nothing to refresh with: the session ends with its token.
@@ -416,6 +424,22 @@ impl Flow {
         next.edits.push(bearer(&session.token));
         next.may_login = false;
         Step::Continue(next)
+    }
+
+    /// Whether `session` is due a refresh at `now` (Unix seconds), and why.
+    pub fn refresh_due(&self, session: &Session, now: u64) -> RefreshDue {
+        RefreshDue {
+            expiring: now.saturating_add(REFRESH_MARGIN_SECONDS) >= session.token_expires_at,
+            recheck_due: now
+                >= session
+                    .refreshed_at
+                    .saturating_add(self.login.session_recheck_seconds),
+        }
+    }
+
+    /// The cookie keys: `explain` opens cookies with them as the filter does.
+    pub fn key_ring(&self) -> &KeyRing {
+        &self.keys
     }
 
     /// A recent refresh of `session` by another request, still usable.

@@ -119,8 +119,27 @@ impl KeyRing {
         format!("{}.{}", key.id, URL_SAFE_NO_PAD.encode(sealed))
     }
 
+    /// The ids of the ring's keys, the sealing key first (ids name keys, never reveal them).
+    pub fn key_ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(SealKey::id)
+    }
+
     /// Opens a sealed value; checks the expiry against `now` (Unix seconds).
     pub fn open(&self, sealed: &str, binding: Binding<'_>, now: u64) -> Result<Vec<u8>, OpenError> {
+        let opened = self.open_at_any_time(sealed, binding)?;
+        if now >= opened.expires_at {
+            return Err(OpenError::Expired);
+        }
+        Ok(opened.plaintext)
+    }
+
+    /// Opens a sealed value whatever its expiry, and says which key opened it and until
+    /// when it lives: what `explain` reports. The filter uses [`KeyRing::open`].
+    pub fn open_at_any_time(
+        &self,
+        sealed: &str,
+        binding: Binding<'_>,
+    ) -> Result<Opened, OpenError> {
         let (id, body) = sealed.split_once('.').ok_or(OpenError::Malformed)?;
         let mut bytes = URL_SAFE_NO_PAD
             .decode(body)
@@ -128,10 +147,11 @@ impl KeyRing {
         if bytes.len() < OVERHEAD_LEN {
             return Err(OpenError::Malformed);
         }
-        let key = self
+        let (index, key) = self
             .keys
             .iter()
-            .find(|key| key.id == id)
+            .enumerate()
+            .find(|(_, key)| key.id == id)
             .ok_or(OpenError::UnknownKey)?;
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&bytes[..NONCE_LEN]);
@@ -147,11 +167,21 @@ impl KeyRing {
         let (expiry, plaintext) = opened.split_at(EXPIRY_LEN);
         let mut expiry_bytes = [0u8; EXPIRY_LEN];
         expiry_bytes.copy_from_slice(expiry);
-        if now >= u64::from_be_bytes(expiry_bytes) {
-            return Err(OpenError::Expired);
-        }
-        Ok(plaintext.to_vec())
+        Ok(Opened {
+            key_index: index,
+            expires_at: u64::from_be_bytes(expiry_bytes),
+            plaintext: plaintext.to_vec(),
+        })
     }
+}
+
+/// A sealed value that opened. Never `Debug`: the plaintext is a secret.
+pub struct Opened {
+    /// The key of the ring that opened it: 0 is the sealing key.
+    pub key_index: usize,
+    /// Unix seconds.
+    pub expires_at: u64,
+    pub plaintext: Vec<u8>,
 }
 
 /// Nonce, expiry and tag: what sealing adds to a value before base64url.
@@ -323,6 +353,27 @@ mod tests {
             ring.open(&format!("{old_id}.{body}"), binding(), NOW),
             Err(OpenError::Tampered)
         );
+    }
+
+    #[test]
+    fn an_expired_value_still_says_which_key_sealed_it_and_when_it_ended() {
+        let ring = ring(&[2, 1]);
+        let old = ring_of_one_key_sealed_by(&[1]);
+        let opened = ring.open_at_any_time(&old, binding()).unwrap();
+        assert_eq!((opened.key_index, opened.expires_at), (1, NOW + 60));
+        assert_eq!(opened.plaintext, b"the session");
+        assert_eq!(
+            ring.open(&old, binding(), NOW + 60),
+            Err(OpenError::Expired)
+        );
+        let ids: Vec<&str> = ring.key_ids().collect();
+        assert_eq!(ids.len(), 2);
+        assert_eq!(ids[0], ring.sealing_key_id());
+        assert!(old.starts_with(ids[1]));
+    }
+
+    fn ring_of_one_key_sealed_by(keys: &[u8]) -> String {
+        sealed(&ring(keys))
     }
 
     #[test]

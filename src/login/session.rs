@@ -2,7 +2,7 @@
 //! refresh token, `sub`/`sid` (for back-channel logout), and the times that decide refreshes.
 
 use super::cookies::{self, SESSION_COOKIE};
-use super::seal::{Binding, KeyRing, OpenError, SEAL_RANDOM_LEN};
+use super::seal::{Binding, KeyRing, OpenError, Opened, SEAL_RANDOM_LEN};
 use serde::{Deserialize, Serialize};
 
 /// Never `Debug`: it holds tokens.
@@ -106,7 +106,28 @@ impl Session {
         let plaintext = keys
             .open(sealed, binding, now)
             .map_err(SessionError::Open)?;
-        serde_json::from_slice(&plaintext).map_err(|_| SessionError::Open(OpenError::Malformed))
+        Session::from_plaintext(&plaintext)
+    }
+
+    /// A sealed session value opened whatever its expiry, with what opened it: `explain`
+    /// reports it; the filter uses [`Session::open`].
+    pub fn inspect(
+        sealed: &str,
+        keys: &KeyRing,
+        host: &str,
+    ) -> Result<(Session, Opened), SessionError> {
+        let binding = Binding {
+            host,
+            cookie: SESSION_COOKIE,
+        };
+        let opened = keys
+            .open_at_any_time(sealed, binding)
+            .map_err(SessionError::Open)?;
+        Ok((Session::from_plaintext(&opened.plaintext)?, opened))
+    }
+
+    fn from_plaintext(plaintext: &[u8]) -> Result<Session, SessionError> {
+        serde_json::from_slice(plaintext).map_err(|_| SessionError::Open(OpenError::Malformed))
     }
 
     /// The name a refresh of this session goes by in the sidecar's shared data: a digest of

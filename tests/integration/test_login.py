@@ -259,6 +259,7 @@ def start_envoy(factory: EnvoyFactory, idp: IdpServer, cookie_keys: str = COOKIE
     envoy = factory.build(config, idps=[idp], concurrency=concurrency,
                           filter_args={"env": {CLIENT_SECRET_ENV: "the-client-secret", COOKIE_KEYS_ENV: cookie_keys}})
     envoy.extra_args = list(extra_args)
+    envoy.plugin_config = config  # what `mesh-oauth explain --config` is given (test_login_explain.py)
     envoy.start()
     wait_for_login(envoy, APP_HOST)
     return envoy

@@ -70,21 +70,54 @@ impl Out {
     }
 }
 
-/// The report for one request; `Err` when `--jwks` cannot be read.
-pub fn explain(config: &Compiled, options: &Options) -> Result<String, String> {
-    let mut out = Out::default();
-    let (headers, raw_path, placed) = place_token(config, options);
-    out.line(format!(
-        "request: {} {} (host {})",
-        options.method, options.path, options.host
-    ));
-    match (&options.token, placed) {
-        (Some(token), Some(placed)) => out.line(format!(
+/// The request as the decision gets it: the headers (the token in place, then the others)
+/// and `:path`, with the `token:` line that says where the token is.
+pub struct Prepared {
+    pub headers: Vec<(String, String)>,
+    pub path: String,
+    pub token_line: String,
+}
+
+/// The request `options` describe, for a configuration's token locations.
+pub fn prepare(config: &Config, options: &Options) -> Prepared {
+    let (mut headers, path, placed) = place_token(config, options);
+    headers.extend(options.headers.iter().cloned());
+    let token_line = match (&options.token, placed) {
+        (Some(token), Some(placed)) => format!(
             "token: {} bytes, sent as {placed} (the token itself is never printed)",
             token.len()
-        )),
-        _ => out.line("token: none given (the request carries the headers given, if any)"),
+        ),
+        _ => "token: none given (the request carries the headers given, if any)".to_string(),
+    };
+    Prepared {
+        headers,
+        path,
+        token_line,
     }
+}
+
+/// The report for one request; `Err` when `--jwks` cannot be read.
+pub fn explain(config: &Compiled, options: &Options) -> Result<String, String> {
+    let prepared = prepare(config, options);
+    let mut report = format!(
+        "request: {} {} (host {})\n",
+        options.method, options.path, options.host
+    );
+    report.push_str(&decide(config, options, &prepared, None)?);
+    Ok(report)
+}
+
+/// The pipeline's decision on a prepared request, step by step, and its answer.
+/// `login_answer`: what a login host answers instead of a refusal for want of a token (the
+/// lines to print), when the request may start a login.
+pub fn decide(
+    config: &Compiled,
+    options: &Options,
+    prepared: &Prepared,
+    login_answer: Option<&[String]>,
+) -> Result<String, String> {
+    let mut out = Out::default();
+    out.line(&prepared.token_line);
     let asks_peer = config.rules.iter().any(|rule| {
         let conditions = &rule.matcher.conditions;
         conditions.iter().any(|c| c.fact.needs_peer())
@@ -92,15 +125,15 @@ pub fn explain(config: &Compiled, options: &Options) -> Result<String, String> {
     if asks_peer || options.peer.uri_san.is_some() {
         describe_connection(&options.peer, &mut out);
     }
-    let headers: Vec<(&str, &str)> = headers
+    let headers: Vec<(&str, &str)> = prepared
+        .headers
         .iter()
-        .chain(&options.headers)
         .map(|(name, value)| (name.as_str(), value.as_str()))
         .collect();
     let request = Request {
         method: &options.method,
         scheme: &options.scheme,
-        path: &raw_path,
+        path: &prepared.path,
         authority: &options.host,
         headers: &headers,
         peer: &options.peer,
@@ -135,7 +168,15 @@ pub fn explain(config: &Compiled, options: &Options) -> Result<String, String> {
     if stops {
         out.line("(the filter stops here)");
     }
-    final_answer(config, &keys, &request, options.now_ms, decision, &mut out);
+    final_answer(
+        config,
+        &keys,
+        &request,
+        options.now_ms,
+        decision,
+        login_answer,
+        &mut out,
+    );
     Ok(out.0)
 }
 
@@ -1044,6 +1085,7 @@ fn final_answer(
     request: &Request<'_>,
     now_ms: u64,
     decision: authorize::Decision,
+    login_answer: Option<&[String]>,
     out: &mut Out,
 ) {
     out.line("");
@@ -1088,6 +1130,11 @@ fn final_answer(
             ));
             out.line("  if they do not come in time:");
             outcome_lines(out, config, &logged.outcome, &answering);
+        }
+        Outcome::Deny(Denial::MissingToken) if login_answer.is_some() => {
+            for line in login_answer.unwrap_or_default() {
+                out.line(line);
+            }
         }
         outcome => outcome_lines(out, config, &outcome, &answering),
     }

@@ -19,15 +19,81 @@ pub struct Plugin {
     pub hash: Option<ConfigHash>,
 }
 
+/// Where the secrets a configuration names come from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    /// check-config: a JSON file's from this process's environment, as the VM's; a
+    /// WasmPlugin's are stood in (their values live in the pod).
+    Check,
+    /// explain: the variables from explain's own environment, so that it opens the cookies it
+    /// is given with the filter's cookie keys; a variable it does not set is stood in (explain
+    /// never calls a token endpoint, so only the cookie keys matter).
+    Explain,
+}
+
 /// The configurations a file holds; `Err` when the file itself cannot be read as one.
 pub fn load(path: &str) -> Result<Vec<Plugin>, String> {
+    load_with(path, Secrets::Check)
+}
+
+/// The `cookieKeysEnv` variable of each `login` entry of a configuration file, in order, and
+/// whether explain's environment sets it (a stand-in ring opens no cookie).
+pub fn cookie_key_variables(path: &str) -> Vec<(String, bool)> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let names = if text.trim_start().starts_with('{') {
+        serde_json::from_str::<Value>(&text)
+            .map(|config| json_cookie_key_names(&config))
+            .unwrap_or_default()
+    } else {
+        YamlLoader::load_from_str(&text)
+            .map(|docs| {
+                docs.iter()
+                    .filter(|doc| doc["kind"].as_str() == Some("WasmPlugin"))
+                    .flat_map(|doc| cookie_key_names(&doc["spec"]["pluginConfig"]))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    names
+        .into_iter()
+        .map(|name| {
+            let set = std::env::var(&name).is_ok();
+            (name, set)
+        })
+        .collect()
+}
+
+fn json_cookie_key_names(config: &Value) -> Vec<String> {
+    let login = &config["login"];
+    let logins = login
+        .as_array()
+        .map_or_else(|| vec![login], |list| list.iter().collect());
+    logins
+        .into_iter()
+        .filter_map(|login| login["cookieKeysEnv"].as_str().map(str::to_owned))
+        .collect()
+}
+
+pub fn load_with(path: &str, secrets: Secrets) -> Result<Vec<Plugin>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
     // A JSON document goes to the parser as it is, so that its own checks (duplicate member
     // names, exact syntax errors) see the text the filter would see.
     if text.trim_start().starts_with('{') {
+        let result = match secrets {
+            Secrets::Check => compile::configure(&text),
+            Secrets::Explain => {
+                let cookie_keys = serde_json::from_str::<Value>(&text)
+                    .map(|config| json_cookie_key_names(&config))
+                    .unwrap_or_default();
+                let env = stand_in_env(None, &cookie_keys, secrets);
+                config::parse_with_env(&text, &env).and_then(compile::compile)
+            }
+        };
         return Ok(vec![Plugin {
             label: String::new(),
-            result: compile::configure(&text).map_err(|e| located(&e, None)),
+            result: result.map_err(|e| located(&e, None)),
             hash: ConfigHash::of(&text),
         }]);
     }
@@ -45,6 +111,7 @@ pub fn load(path: &str) -> Result<Vec<Plugin>, String> {
                     plugin_config,
                     &vm_env_names(doc),
                     &cookie_key_names(plugin_config),
+                    secrets,
                 ),
                 // Istio hands the plugin this mapping as JSON: the same canonical text.
                 hash: to_json(plugin_config)
@@ -87,13 +154,16 @@ fn cookie_key_names(plugin_config: &Yaml) -> Vec<String> {
         .collect()
 }
 
-/// What the VM would read for a variable its `vmConfig.env` names: the value lives in the pod,
-/// so a stand-in is checked instead: for a `cookieKeysEnv` variable one 32-byte key in base64,
-/// for any other one that passes as a secret and as a client key (base64 PKCS#8 of a fresh
-/// P-256 key). A variable `vmConfig.env` does not name is not set in the VM.
+/// What the VM would read for a variable: the value lives in the pod, so a stand-in is
+/// checked instead: for a `cookieKeysEnv` variable one 32-byte key in base64, for any other one
+/// that passes as a secret and as a client key (base64 PKCS#8 of a fresh P-256 key).
+/// `declared`: the variables a WasmPlugin's `vmConfig.env` gives its VM (any other is not set
+/// in it); `None` for a plugin JSON file. For explain, a variable its own environment sets is
+/// read from there.
 fn stand_in_env<'a>(
-    declared: &'a [String],
+    declared: Option<&'a [String]>,
     cookie_keys: &'a [String],
+    secrets: Secrets,
 ) -> impl Fn(&str) -> Option<String> + 'a {
     use base64::Engine;
     let stand_in = ring::signature::EcdsaKeyPair::generate_pkcs8(
@@ -104,12 +174,15 @@ fn stand_in_env<'a>(
     .unwrap_or_else(|_| "stand-in-secret".to_owned());
     let key_ring = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
     move |name| {
-        declared.iter().any(|d| d == name).then(|| {
-            if cookie_keys.iter().any(|c| c == name) {
-                key_ring.clone()
-            } else {
-                stand_in.clone()
-            }
+        let is_declared = declared.is_none_or(|declared| declared.iter().any(|d| d == name));
+        let cookie_keys = cookie_keys.iter().any(|c| c == name);
+        let own = (secrets == Secrets::Explain)
+            .then(|| std::env::var(name).ok())
+            .flatten();
+        is_declared.then(|| match own {
+            Some(value) => value,
+            None if cookie_keys => key_ring.clone(),
+            None => stand_in.clone(),
         })
     }
 }
@@ -118,6 +191,7 @@ fn from_plugin_config(
     plugin_config: &Yaml,
     vm_env: &[String],
     cookie_keys: &[String],
+    secrets: Secrets,
 ) -> Result<Compiled, String> {
     const BASE: &str = "spec.pluginConfig";
     // No pluginConfig: the plugin is configured with nothing, which its parser refuses.
@@ -127,7 +201,7 @@ fn from_plugin_config(
             .map_err(|problem| format!("{BASE}: {problem}"))?
             .to_string(),
     };
-    config::parse_with_env(&json, &stand_in_env(vm_env, cookie_keys))
+    config::parse_with_env(&json, &stand_in_env(Some(vm_env), cookie_keys, secrets))
         .and_then(compile::compile)
         .map_err(|e| located(&e, Some(BASE)))
 }

@@ -6,10 +6,12 @@
 //!                        [--path P] [--host H] [--now T] [--header NAME|--param NAME|--cookie NAME]
 //!                        [--request-header 'NAME: VALUE']... [--peer URI] [--source ADDR]
 //!                        [--destination ADDR] [--sni NAME] [--client-cert-sha256 HEX]
-//!                        [--dpop PROOF] [--scheme S]
+//!                        [--dpop PROOF] [--scheme S] [--cookie 'HEADER'|-|@FILE]
+//!                        [--discovery FILE|URL]
 
 mod convert;
 mod explain;
+mod explain_login;
 mod explain_outbound;
 mod keys;
 mod load;
@@ -56,6 +58,23 @@ const EXPLAIN_USAGE: &str = "  mesh-oauth explain --config FILE [--token TOKEN] 
       --now T               Unix seconds or RFC 3339 (2024-05-01T12:00:00Z); default: now
       --header NAME | --param NAME | --cookie NAME
                             where the token goes; default the Authorization header
+      --cookie 'NAME=VALUE; ...' | --cookie - | --cookie @FILE
+                            the browser's Cookie header (a value with `=`), read from
+                            standard input (-) or from FILE (@FILE): keep session cookies
+                            out of argv, which other users of the host can read.
+                            For a configuration with `login`: the session cookie is opened
+                            with the key ring in explain's own environment (the variable
+                            `cookieKeysEnv` names, set to the Secret's value), and explain
+                            shows which key opened it (by id), whether it is valid,
+                            expired, tampered, from another host or a retired key, whether
+                            a refresh or recheck is due, then the request as the filter
+                            decides it with the session's token. A request to the
+                            callbackPath shows the checks before the token call (state,
+                            iss, error, return path); explain never redeems the code. A
+                            request without a token shows whether it is sent to log in
+                            (a top-level navigation) or gets the 401.
+      --discovery FILE|URL  the login provider's discovery document (its endpoints and
+                            RFC 9207 authorization_response_iss_parameter_supported)
       --request-header 'NAME: VALUE'
                             another request header (repeatable)
       --peer URI            the client certificate's URI SAN (spiffe://TD/ns/NS/sa/SA);
@@ -257,6 +276,8 @@ fn explain_command(args: &[String]) -> Result<ExitCode, Failure> {
     let mut peer = FixedPeer::default();
     let mut dpop = None;
     let mut scheme = None;
+    let mut discovery = None;
+    let mut cookie_header = None;
     let mut rest = args.iter();
     while let Some(flag) = rest.next() {
         if asks_help(flag) {
@@ -281,6 +302,11 @@ fn explain_command(args: &[String]) -> Result<ExitCode, Failure> {
             "--client-cert-sha256" => (&mut peer.certificate_digest, value),
             "--dpop" => (&mut dpop, value),
             "--scheme" => (&mut scheme, value),
+            "--discovery" => (&mut discovery, value),
+            // A Cookie header (`=`), standard input or a file: the browser's cookies.
+            "--cookie" if value.contains('=') || value == "-" || value.starts_with('@') => {
+                (&mut cookie_header, value)
+            }
             "--request-header" => {
                 let (name, header_value) = value.split_once(':').ok_or_else(|| {
                     Failure::Usage(format!("--request-header {value}: expected 'NAME: VALUE'"))
@@ -311,7 +337,15 @@ fn explain_command(args: &[String]) -> Result<ExitCode, Failure> {
         }
     }
     let config_path = config_path.ok_or_else(|| Failure::Usage("--config is needed".into()))?;
+    if token.as_deref() == Some("-") && cookie_header.as_deref() == Some("-") {
+        return Err(Failure::Usage(
+            "--token - and --cookie - both read standard input: give one as @FILE".into(),
+        ));
+    }
     let token = token.map(read_token).transpose()?;
+    if let Some(cookie) = cookie_header.map(read_cookie).transpose()? {
+        headers.push(("cookie".to_string(), cookie));
+    }
     if dpop.is_some() && token.is_none() {
         return Err(Failure::Usage("--dpop needs --token".into()));
     }
@@ -320,8 +354,8 @@ fn explain_command(args: &[String]) -> Result<ExitCode, Failure> {
         None => system_now_ms(),
     };
 
-    let mut plugins =
-        load::load(&config_path).map_err(|e| Failure::Invalid(format!("{config_path}: {e}")))?;
+    let mut plugins = load::load_with(&config_path, load::Secrets::Explain)
+        .map_err(|e| Failure::Invalid(format!("{config_path}: {e}")))?;
     let plugin = match plugins.len() {
         1 => plugins.remove(0),
         n => {
@@ -350,10 +384,16 @@ fn explain_command(args: &[String]) -> Result<ExitCode, Failure> {
         dpop,
         scheme: scheme.unwrap_or_else(|| "https".into()),
     };
-    let report = if config.outbound.entries.is_empty() {
-        explain::explain(&config, &options)
-    } else {
+    let report = if !config.outbound.entries.is_empty() {
         explain_outbound::explain(&config, &options)
+    } else if !config.logins.is_empty() {
+        let inputs = explain_login::LoginInputs {
+            discovery,
+            cookie_keys: load::cookie_key_variables(&config_path),
+        };
+        explain_login::explain(&config, &options, &inputs)
+    } else {
+        explain::explain(&config, &options)
     }
     .map_err(Failure::Invalid)?;
     emit(&report);
@@ -374,6 +414,33 @@ fn read_token(given: String) -> Result<String, Failure> {
         return Err(Failure::Usage("the token is empty".into()));
     }
     Ok(token)
+}
+
+/// `--cookie`: the header as given, or read from standard input (`-`) or a file (`@FILE`),
+/// so that a live session cookie need not appear in argv (`ps`, /proc, shell history).
+fn read_cookie(given: String) -> Result<String, Failure> {
+    let text = if given == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).map_err(|e| {
+            Failure::Invalid(format!("--cookie -: cannot read standard input: {e}"))
+        })?;
+        text
+    } else if let Some(file) = given.strip_prefix('@') {
+        std::fs::read_to_string(file)
+            .map_err(|e| Failure::Invalid(format!("--cookie @{file}: cannot read: {e}")))?
+    } else {
+        given
+    };
+    // A copied `Cookie: a=b` line works as well as its value.
+    let text = text.trim();
+    let text = text
+        .get(..7)
+        .filter(|head| head.eq_ignore_ascii_case("cookie:"))
+        .map_or(text, |_| text[7..].trim());
+    if text.is_empty() {
+        return Err(Failure::Usage("the Cookie header is empty".into()));
+    }
+    Ok(text.to_string())
 }
 
 fn system_now_ms() -> u64 {
