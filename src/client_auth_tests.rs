@@ -28,6 +28,8 @@ fn env(name: &str) -> Option<String> {
             "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----".to_owned(),
         ),
         "SECRET" => Some("s3cret".to_owned()),
+        // A PKCS#8 key holds its public key too, but is no certificate.
+        "KEY_AS_CERT" => Some(STANDARD.encode(RSA_A)),
         _ => None,
     }
 }
@@ -104,7 +106,11 @@ fn a_wrong_certificate_or_a_secret_method_is_a_configuration_error() {
         ),
         (
             key(json!({"clientCertEnv": "GARBAGE"})),
-            "outbound[0].clientCredentials.clientCertEnv: environment variable GARBAGE is not a PEM or base64 DER X.509 certificate",
+            "outbound[0].clientCredentials.clientCertEnv: environment variable GARBAGE is not an X.509 certificate",
+        ),
+        (
+            key(json!({"clientCertEnv": "KEY_AS_CERT"})),
+            "outbound[0].clientCredentials.clientCertEnv: environment variable KEY_AS_CERT is not an X.509 certificate",
         ),
         (
             key(json!({"clientCertEnv": "UNSET"})),

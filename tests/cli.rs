@@ -301,6 +301,41 @@ fn check_config_reads_outbound_secrets_from_the_plugins_vm_env() {
     );
 }
 
+/// A client key and its certificate (`clientCertEnv`) live in the pod too: check-config stands in
+/// a certificate that carries the stand-in key (a client key would not pass as a certificate).
+#[test]
+fn check_config_stands_in_a_certificate_for_client_cert_env() {
+    let text = std::fs::read_to_string(repo().join("deploy/istio/outbound.yaml"))
+        .unwrap()
+        .replacen(
+            "          clientSecretEnv: AGENT_CLIENT_SECRET\n          audience: tools",
+            "          clientAuth: private_key_jwt\n          clientKeyEnv: AGENT_KEY\n          \
+             clientCertEnv: AGENT_CERT\n          audience: tools",
+            1,
+        )
+        .replace(
+            "      - name: AGENT_CLIENT_SECRET\n        valueFrom: HOST",
+            "      - name: AGENT_CLIENT_SECRET\n        valueFrom: HOST\n      \
+             - name: AGENT_KEY\n        valueFrom: HOST\n      \
+             - name: AGENT_CERT\n        valueFrom: HOST",
+        );
+    assert!(text.contains("clientCertEnv: AGENT_CERT") && text.contains("- name: AGENT_CERT"));
+    let path = scratch("outbound-certificate.yaml", &text);
+    let out = run(&["check-config", path.to_str().unwrap()], None);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let undeclared = text.replace("- name: AGENT_CERT", "- name: SOMETHING_ELSE");
+    let path = scratch("outbound-certificate-undeclared.yaml", &undeclared);
+    let out = run(&["check-config", path.to_str().unwrap()], None);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains(
+            "spec.pluginConfig.outbound[0].tokenExchange.clientCertEnv: environment variable AGENT_CERT is not set in the VM"
+        ),
+        "{}",
+        out.stderr
+    );
+}
+
 /// A login WasmPlugin's client secret and cookie keys live in the pod too: check-config stands in
 /// a key ring for the `cookieKeysEnv` variable (a client key would not pass as one), and names a
 /// variable `vmConfig.env` does not give.

@@ -259,17 +259,63 @@ pub(super) fn certificate_thumbprints(
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use ring::digest::{digest, SHA1_FOR_LEGACY_USE_ONLY, SHA256};
     let der = pem_or_base64_der(text, "CERTIFICATE")
-        .filter(|der| der.first() == Some(&0x30))
         .ok_or_else(|| "is not a PEM or base64 DER X.509 certificate".to_owned())?;
-    // The certificate's subjectPublicKeyInfo holds the key's bytes verbatim (RFC 5280 §4.1,
-    // RFC 3279, RFC 8410): finding them is the match, without an X.509 parser.
-    if public_key.is_empty() || !der.windows(public_key.len()).any(|w| w == public_key) {
+    let tbs = to_be_signed(&der)
+        .ok_or_else(|| "is not an X.509 certificate (RFC 5280 §4.1)".to_owned())?;
+    // The subjectPublicKeyInfo holds the key's bytes verbatim (RFC 5280 §4.1, RFC 3279,
+    // RFC 8410): finding them in the signed part is the match, without a full X.509 parser.
+    if public_key.is_empty() || !tbs.windows(public_key.len()).any(|w| w == public_key) {
         return Err("is a certificate for another key than clientKeyEnv's".to_owned());
     }
     Ok(CertificateThumbprints {
         x5t: URL_SAFE_NO_PAD.encode(digest(&SHA1_FOR_LEGACY_USE_ONLY, &der)),
         x5t_s256: URL_SAFE_NO_PAD.encode(digest(&SHA256, &der)),
     })
+}
+
+/// The tbsCertificate of a DER X.509 certificate: the outline of RFC 5280 §4.1 (one SEQUENCE
+/// of tbsCertificate SEQUENCE, signatureAlgorithm SEQUENCE and signatureValue BIT STRING, with
+/// nothing after), so a private key (PKCS#8 starts with an INTEGER) is never taken for one.
+fn to_be_signed(der: &[u8]) -> Option<&[u8]> {
+    const SEQUENCE: u8 = 0x30;
+    const BIT_STRING: u8 = 0x03;
+    let (SEQUENCE, certificate, []) = der_element(der)? else {
+        return None;
+    };
+    let (SEQUENCE, tbs, rest) = der_element(certificate)? else {
+        return None;
+    };
+    let (SEQUENCE, _, rest) = der_element(rest)? else {
+        return None;
+    };
+    let (BIT_STRING, _, []) = der_element(rest)? else {
+        return None;
+    };
+    Some(tbs)
+}
+
+/// The DER element at the start of `der`: its tag, its contents and what follows it.
+fn der_element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at(count);
+        let len = bytes
+            .iter()
+            .fold(0usize, |len, &byte| (len << 8) | usize::from(byte));
+        (len, rest)
+    };
+    if rest.len() < len {
+        return None;
+    }
+    let (contents, rest) = rest.split_at(len);
+    Some((tag, contents, rest))
 }
 
 /// `algs` as the keys that sign them: "RSA of 2048 to 4096 bits, P-256 or Ed25519".

@@ -44,14 +44,15 @@ pub fn cookie_key_variables(path: &str) -> Vec<(String, bool)> {
     };
     let names = if text.trim_start().starts_with('{') {
         serde_json::from_str::<Value>(&text)
-            .map(|config| json_cookie_key_names(&config))
+            .map(|config| variables_named(&config, "cookieKeysEnv"))
             .unwrap_or_default()
     } else {
         YamlLoader::load_from_str(&text)
             .map(|docs| {
                 docs.iter()
                     .filter(|doc| doc["kind"].as_str() == Some("WasmPlugin"))
-                    .flat_map(|doc| cookie_key_names(&doc["spec"]["pluginConfig"]))
+                    .filter_map(|doc| to_json(&doc["spec"]["pluginConfig"]).ok())
+                    .flat_map(|config| variables_named(&config, "cookieKeysEnv"))
                     .collect()
             })
             .unwrap_or_default()
@@ -65,15 +66,38 @@ pub fn cookie_key_variables(path: &str) -> Vec<(String, bool)> {
         .collect()
 }
 
-fn json_cookie_key_names(config: &Value) -> Vec<String> {
+/// The variables a configuration names in `field` of its `login` entries (an object or a
+/// list) and of its outbound clients.
+fn variables_named(config: &Value, field: &str) -> Vec<String> {
     let login = &config["login"];
     let logins = login
         .as_array()
         .map_or_else(|| vec![login], |list| list.iter().collect());
+    let outbound_clients = config["outbound"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|entry| [&entry["clientCredentials"], &entry["tokenExchange"]]);
     logins
         .into_iter()
-        .filter_map(|login| login["cookieKeysEnv"].as_str().map(str::to_owned))
+        .chain(outbound_clients)
+        .filter_map(|holder| holder[field].as_str().map(str::to_owned))
         .collect()
+}
+
+/// The variables whose stand-in must be something else than a secret or client key.
+struct Roles {
+    cookie_keys: Vec<String>,
+    certificates: Vec<String>,
+}
+
+impl Roles {
+    fn of(config: &Value) -> Roles {
+        Roles {
+            cookie_keys: variables_named(config, "cookieKeysEnv"),
+            certificates: variables_named(config, "clientCertEnv"),
+        }
+    }
 }
 
 pub fn load_with(path: &str, secrets: Secrets) -> Result<Vec<Plugin>, String> {
@@ -84,10 +108,13 @@ pub fn load_with(path: &str, secrets: Secrets) -> Result<Vec<Plugin>, String> {
         let result = match secrets {
             Secrets::Check => compile::configure(&text),
             Secrets::Explain => {
-                let cookie_keys = serde_json::from_str::<Value>(&text)
-                    .map(|config| json_cookie_key_names(&config))
-                    .unwrap_or_default();
-                let env = stand_in_env(None, &cookie_keys, secrets);
+                let roles = serde_json::from_str::<Value>(&text)
+                    .map(|config| Roles::of(&config))
+                    .unwrap_or(Roles {
+                        cookie_keys: Vec::new(),
+                        certificates: Vec::new(),
+                    });
+                let env = stand_in_env(None, &roles, secrets);
                 config::parse_with_env(&text, &env).and_then(compile::compile)
             }
         };
@@ -107,12 +134,7 @@ pub fn load_with(path: &str, secrets: Secrets) -> Result<Vec<Plugin>, String> {
             let plugin_config = &doc["spec"]["pluginConfig"];
             Plugin {
                 label: format!("WasmPlugin {}", object_name(doc, index)),
-                result: from_plugin_config(
-                    plugin_config,
-                    &vm_env_names(doc),
-                    &cookie_key_names(plugin_config),
-                    secrets,
-                ),
+                result: from_plugin_config(plugin_config, &vm_env_names(doc), secrets),
                 // Istio hands the plugin this mapping as JSON: the same canonical text.
                 hash: to_json(plugin_config)
                     .ok()
@@ -141,47 +163,56 @@ fn vm_env_names(doc: &Yaml) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The variables the `login` entries (an object or a list) name in `cookieKeysEnv`: their
-/// stand-in must be a key ring, not a client key.
-fn cookie_key_names(plugin_config: &Yaml) -> Vec<String> {
-    let login = &plugin_config["login"];
-    let logins = login
-        .as_vec()
-        .map_or_else(|| vec![login], |list| list.iter().collect());
-    logins
-        .into_iter()
-        .filter_map(|login| login["cookieKeysEnv"].as_str().map(str::to_owned))
-        .collect()
-}
-
 /// What the VM would read for a variable: the value lives in the pod, so a stand-in is
-/// checked instead: for a `cookieKeysEnv` variable one 32-byte key in base64, for any other one
-/// that passes as a secret and as a client key (base64 PKCS#8 of a fresh P-256 key).
+/// checked instead: for a `cookieKeysEnv` variable one 32-byte key in base64, for a
+/// `clientCertEnv` one a certificate's outline around the stand-in key's public point, for any other one that passes as a secret and as a
+/// client key (base64 PKCS#8 of a fresh P-256 key).
 /// `declared`: the variables a WasmPlugin's `vmConfig.env` gives its VM (any other is not set
 /// in it); `None` for a plugin JSON file. For explain, a variable its own environment sets is
 /// read from there.
 fn stand_in_env<'a>(
     declared: Option<&'a [String]>,
-    cookie_keys: &'a [String],
+    roles: &'a Roles,
     secrets: Secrets,
 ) -> impl Fn(&str) -> Option<String> + 'a {
+    use base64::engine::general_purpose::STANDARD;
     use base64::Engine;
-    let stand_in = ring::signature::EcdsaKeyPair::generate_pkcs8(
-        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-        &ring::rand::SystemRandom::new(),
-    )
-    .map(|pkcs8| base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref()))
-    .unwrap_or_else(|_| "stand-in-secret".to_owned());
-    let key_ring = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    let rng = ring::rand::SystemRandom::new();
+    let key = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+        .ok()
+        .and_then(|pkcs8| {
+            let pair =
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+                    .ok()?;
+            // RFC 5280's outline around the point: SEQUENCE { SEQUENCE { OCTET STRING point },
+            // SEQUENCE {}, BIT STRING {} }, all the configuration checks of a certificate.
+            let point = pair.public_key().as_ref();
+            let tbs = [
+                &[0x30, point.len() as u8 + 2, 0x04, point.len() as u8][..],
+                point,
+            ]
+            .concat();
+            let body = [&tbs[..], &[0x30, 0x00, 0x03, 0x01, 0x00]].concat();
+            let certificate = [&[0x30, body.len() as u8][..], &body].concat();
+            Some((
+                STANDARD.encode(pkcs8.as_ref()),
+                STANDARD.encode(certificate),
+            ))
+        });
+    let (stand_in, certificate) =
+        key.unwrap_or_else(|| ("stand-in-secret".to_owned(), String::new()));
+    let key_ring = STANDARD.encode([7u8; 32]);
     move |name| {
         let is_declared = declared.is_none_or(|declared| declared.iter().any(|d| d == name));
-        let cookie_keys = cookie_keys.iter().any(|c| c == name);
+        let has_role = |names: &[String]| names.iter().any(|n| n == name);
         let own = (secrets == Secrets::Explain)
             .then(|| std::env::var(name).ok())
             .flatten();
         is_declared.then(|| match own {
             Some(value) => value,
-            None if cookie_keys => key_ring.clone(),
+            None if has_role(&roles.cookie_keys) => key_ring.clone(),
+            None if has_role(&roles.certificates) => certificate.clone(),
             None => stand_in.clone(),
         })
     }
@@ -190,20 +221,19 @@ fn stand_in_env<'a>(
 fn from_plugin_config(
     plugin_config: &Yaml,
     vm_env: &[String],
-    cookie_keys: &[String],
     secrets: Secrets,
 ) -> Result<Compiled, String> {
     const BASE: &str = "spec.pluginConfig";
     // No pluginConfig: the plugin is configured with nothing, which its parser refuses.
-    let json = match plugin_config {
-        Yaml::BadValue => String::new(),
-        yaml => to_json(yaml)
-            .map_err(|problem| format!("{BASE}: {problem}"))?
-            .to_string(),
+    let value = match plugin_config {
+        Yaml::BadValue => None,
+        yaml => Some(to_json(yaml).map_err(|problem| format!("{BASE}: {problem}"))?),
     };
-    config::parse_with_env(&json, &stand_in_env(Some(vm_env), cookie_keys, secrets))
-        .and_then(compile::compile)
-        .map_err(|e| located(&e, Some(BASE)))
+    let json = value.as_ref().map(Value::to_string).unwrap_or_default();
+    let roles = Roles::of(value.as_ref().unwrap_or(&Value::Null));
+    let env = stand_in_env(Some(vm_env), &roles, secrets);
+    let compiled = config::parse_with_env(&json, &env).and_then(compile::compile);
+    compiled.map_err(|e| located(&e, Some(BASE)))
 }
 
 /// `path: problem`, the path within the YAML file when the config is part of one.
