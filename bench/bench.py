@@ -847,10 +847,12 @@ def added_cpu(runs: list[Run], workload: str, arm: str, base: str) -> list[float
 def targets(runs: list[Run], module_bytes: int, extra_rss: float | None,
             micro_results: list[dict[str, Any]] | None = None) -> list[Target]:
     """`micro_results` None: the micro-benchmarks were skipped (said so in the DPoP rows)."""
-    def at_least(name: str, workload: str, den: str, bound: float, den_workload: str | None = None,
+    def at_least(name: str, workload: str, den: str, bound: float | None, den_workload: str | None = None,
                  num: str = "E") -> Target:
+        """`bound` None: the ratio is reported, not judged."""
         value = ratio(runs, workload, num, den, den_workload=den_workload)
-        return Target(name, value, f"≥ {bound}×", None if value != value else value >= bound,
+        return Target(name, value, "report" if bound is None else f"≥ {bound}×",
+                      None if value != value or bound is None else value >= bound,
                       ratio(runs, workload, num, den, by_cpu=True, den_workload=den_workload),
                       round_ratios(runs, workload, num, den, den_workload=den_workload))
 
