@@ -100,7 +100,8 @@ include fuzz/fuzz.mk
 
 # Performance against jwt_authn and an empty Wasm filter (issue 6); not part of `make test`.
 # bench/bench.py installs wrk and taskset, builds, mints tokens, runs; BENCH_ARGS passes options.
-bench: venv $(VENV)/.bench-stamp
+# node-deps: the outbound workload's authorization server (npm oidc-provider, issue 29).
+bench: venv node-deps $(VENV)/.bench-stamp
 	$(PY) bench/bench.py $(BENCH_ARGS)
 
 # The same bench with a baseline module built from REF (a commit, tag or branch) as arm F, next
