@@ -100,7 +100,8 @@ include fuzz/fuzz.mk
 
 # Performance against jwt_authn and an empty Wasm filter (issue 6); not part of `make test`.
 # bench/bench.py installs wrk and taskset, builds, mints tokens, runs; BENCH_ARGS passes options.
-# node-deps: the session workload (bench/login_arms.py) logs in at npm oidc-provider.
+# node-deps: the session workload (bench/login_arms.py) logs in at npm oidc-provider, and the
+# outbound workload's authorization server is one too (issue 29).
 bench: venv node-deps $(VENV)/.bench-stamp
 	$(PY) bench/bench.py $(BENCH_ARGS)
 

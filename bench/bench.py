@@ -18,6 +18,9 @@ token with a fresh ES256 proof per request (RFC 9449; arms A, D and E (F) only: 
 check a proof); a browser session (`session`, bench/login_arms.py: the cookies of real logins at
 npm oidc-provider, with arms G oauth2, H oauth2+jwt_authn, I the same with its cache, E mesh-oauth's
 `login`, J mesh-oauth with the session's token as a bearer).
+Workload `outbound` (issue 29, bench/outbound_arms.py): arms A, D and N credential_injector, O
+mesh-oauth clientCredentials, X mesh-oauth tokenExchange, against a real authorization server;
+then token-endpoint calls per token lifetime with 4 workers.
 
 Writes bench/results/{report.md, chart.png, runs.json} and prints a summary. Tokens are minted
 by cryptography (tests/integration/tokens.py), never by the project."""
@@ -46,6 +49,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from harness import LOOPBACK, Envoy, locate_envoy, wasm_filter  # noqa: E402
+import outbound_arms  # noqa: E402  (bench/, next to this file)
 from tokens import KeySet, SigningKey, b64url, generate_key  # noqa: E402
 
 BENCH = REPO / "bench"
@@ -100,6 +104,8 @@ ARMS = [
     Arm("C", "jwt_authn+cache", True),
     Arm("D", "empty wasm", False),
     Arm("E", "mesh-oauth", True),
+    # The outbound workload's (issue 29): credential_injector, mesh-oauth clientCredentials, tokenExchange.
+    *(Arm(*spec) for spec in outbound_arms.ARMS),
 ]
 # Arm F runs only with --baseline-wasm (see enable_baseline); without it nothing changes.
 BASELINE_ARM = Arm("F", "mesh-oauth (baseline)", True)
@@ -131,6 +137,7 @@ WORKLOADS = [
     # jwt_authn cannot check a DPoP proof (B and C would refuse the scheme or skip the proof).
     Workload("dpop-ES256", "DPoP-bound ES256 token, a fresh ES256 proof per request", "ES256", "dpop",
              arms="ADE"),
+    Workload(*outbound_arms.WORKLOAD),
 ]
 WORKLOAD = {w.key: w for w in WORKLOADS}
 
@@ -416,6 +423,8 @@ def arm_filters(arm: str, jwks: str, workload: Workload | None = None) -> list[d
         return [jwt_authn_filter(jwks, cache=arm == "C")]
     if arm == "D":
         return [wasm_filter(EMPTY_FILTER, "")]
+    if arm in outbound_arms.ARM_KEYS:
+        return outbound_arms.filters(arm, MODULE)
     provider: dict[str, Any] = {"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": jwks}
     limits = dict(MESH_LIMITS)
     if workload is not None and workload.mode == "dpop":
@@ -431,9 +440,10 @@ def arm_filters(arm: str, jwks: str, workload: Workload | None = None) -> list[d
     return [wasm_filter(module, json.dumps(plugin))]
 
 
-def bootstrap(http_filters: list[dict[str, Any]]) -> dict[str, Any]:
+def bootstrap(http_filters: list[dict[str, Any]], resources: dict[str, Any] | None = None) -> dict[str, Any]:
     """Listener and admin on kernel-chosen ports; every request that passes the filters is
-    answered by Envoy itself (direct_response), so only the filter's cost shows."""
+    answered by Envoy itself (direct_response), so only the filter's cost shows. `resources`:
+    more static resources (an outbound arm's clusters and secrets)."""
     router = {"name": "envoy.filters.http.router",
               "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
     hcm = {
@@ -454,15 +464,17 @@ def bootstrap(http_filters: list[dict[str, Any]]) -> dict[str, Any]:
             "address": {"socket_address": {"address": LOOPBACK, "port_value": 0}},
             "filter_chains": [{"filters": [
                 {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
-        }]},
+        }], **(resources or {})},
     }
 
 
 def start_envoy(binary: Path, workdir: Path, filters: list[dict[str, Any]], concurrency: int,
-                pin: bool, config: dict[str, Any] | None = None) -> Envoy:
+                pin: bool, config: dict[str, Any] | None = None,
+                resources: dict[str, Any] | None = None) -> Envoy:
     """Envoy with every thread on ENVOY_CPU: the affinity is set around the fork, so the
-    process inherits it before it starts any thread. `config`: a whole bootstrap instead."""
-    envoy = Envoy(binary, workdir, config or bootstrap(filters), concurrency)
+    process inherits it before it starts any thread. `config`: a whole bootstrap instead;
+    `resources`: static resources added to the bootstrap (clusters, secrets)."""
+    envoy = Envoy(binary, workdir, config or bootstrap(filters, resources), concurrency)
     saved = os.sched_getaffinity(0)
     if pin:
         os.sched_setaffinity(0, {ENVOY_CPU})
@@ -568,7 +580,8 @@ def measure(binary: Path, workdir: Path, arm: Arm, workload: Workload, files: di
             jwks: str, args: argparse.Namespace, round_no: int) -> Run:
     session = workload.mode == login_arms.MODE
     envoy = SESSION.start(binary, workdir, arm.key, args.pin) if session else \
-        start_envoy(binary, workdir, arm_filters(arm.key, jwks, workload), 1, args.pin)
+        start_envoy(binary, workdir, arm_filters(arm.key, jwks, workload), 1, args.pin,
+                    resources=outbound_arms.resources(arm.key))
     try:
         assert envoy.port is not None and envoy.proc is not None
         pid = envoy.proc.pid
@@ -590,12 +603,14 @@ def measure(binary: Path, workdir: Path, arm: Arm, workload: Workload, files: di
         # Requests still in Envoy when wrk stopped must not count in the timed window.
         time.sleep(0.2)
         hits_before = jwt_cache_hits(envoy) if arm.key == "C" else None
+        outbound_before = outbound_arms.counters(envoy, arm.key)
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         before = cpu_ticks(pid)
         result = wrk(envoy.port, args.duration, args.connections, timed_args, args.pin)
         after = cpu_ticks(pid)
         children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        problems = warm_problems + expected_refusals(workload, arm, result)
+        problems = warm_problems + expected_refusals(workload, arm, result) \
+            + outbound_arms.check(envoy, arm.key, result["requests"], outbound_before)
         if envoy.proc.poll() is not None:
             problems.append(f"envoy exited with {envoy.proc.returncode}")
         if "panicked" in envoy.log():
@@ -848,11 +863,14 @@ def added_cpu(runs: list[Run], workload: str, arm: str, base: str) -> list[float
 def targets(runs: list[Run], module_bytes: int, extra_rss: float | None,
             micro_results: list[dict[str, Any]] | None = None) -> list[Target]:
     """`micro_results` None: the micro-benchmarks were skipped (said so in the DPoP rows)."""
-    def at_least(name: str, workload: str, den: str, bound: float, den_workload: str | None = None) -> Target:
-        value = ratio(runs, workload, "E", den, den_workload=den_workload)
-        return Target(name, value, f"≥ {bound}×", None if value != value else value >= bound,
-                      ratio(runs, workload, "E", den, by_cpu=True, den_workload=den_workload),
-                      round_ratios(runs, workload, "E", den, den_workload=den_workload))
+    def at_least(name: str, workload: str, den: str, bound: float | None, den_workload: str | None = None,
+                 num: str = "E") -> Target:
+        """`bound` None: the ratio is reported, not judged."""
+        value = ratio(runs, workload, num, den, den_workload=den_workload)
+        return Target(name, value, "report" if bound is None else f"≥ {bound}×",
+                      None if value != value or bound is None else value >= bound,
+                      ratio(runs, workload, num, den, by_cpu=True, den_workload=den_workload),
+                      round_ratios(runs, workload, num, den, den_workload=den_workload))
 
     p99 = {arm: stat(runs, "repeat", arm, lambda r: r.p99_us) for arm in "ABE"}
     added_e, added_b = p99["E"] - p99["A"], p99["B"] - p99["A"]
@@ -871,6 +889,8 @@ def targets(runs: list[Run], module_bytes: int, extra_rss: float | None,
                p99_ratio, "≤ 1.5×", None if p99_ratio != p99_ratio else p99_ratio <= 1.5),
         at_least("DPoP ES256 (E, dpop-ES256) vs jwt_authn unique ES256 (B, unique-ES256)",
                  "dpop-ES256", "B", 0.6, den_workload="unique-ES256"),
+        *(at_least(name, outbound_arms.WORKLOAD_KEY, "N", bound, num=num)
+          for num, bound, name in outbound_arms.RATIO_TARGETS),
     ]
     # What the proof costs: in Envoy, all mesh-oauth adds over the empty filter when the token
     # is cached (the proof check, the cache hit, the header removal); natively, criterion's.
@@ -1225,6 +1245,7 @@ def parse_args() -> argparse.Namespace:
                         "run right after E in every round of every workload E runs, and in the V8 hot "
                         "path; the report and the summary add E ÷ F per workload, each round. Not built "
                         "or changed by this script")
+    outbound_arms.add_arguments(p)
     p.add_argument("--quick", action="store_true",
                    help="about half the time: 2 rounds (3 for the repeated token), 1 s timed runs, shorter "
                         "micro-benchmarks; ratios scatter more")
@@ -1233,6 +1254,7 @@ def parse_args() -> argparse.Namespace:
         args.rounds, args.repeat_rounds, args.duration = 2, 3, 1
         args.micro_time, args.micro_warmup = 0.5, 0.2
         args.login_flows = min(args.login_flows, 10)
+    outbound_arms.settle_arguments(args)
     unknown = set(args.workloads.split(",")) - set(WORKLOAD)
     if unknown:
         p.error(f"unknown workloads {', '.join(sorted(unknown))}; known: {', '.join(WORKLOAD)}")
@@ -1262,7 +1284,8 @@ def main() -> int:
     estimate = runs_total * (args.warmup + args.duration + 1.0) \
         + (0 if args.skip_memory else 40) \
         + (0 if args.skip_micro else 12 * (args.micro_warmup + args.micro_time) + 20) \
-        + (SESSION.seconds(args.login_flows) if SESSION.selected(workloads) else 0)
+        + (SESSION.seconds(args.login_flows) if SESSION.selected(workloads) else 0) \
+        + (outbound_arms.lifetime_seconds(args) if WORKLOAD[outbound_arms.WORKLOAD_KEY] in workloads else 0)
     log(f"{runs_total} runs of {args.warmup}+{args.duration} s; about {estimate / 60:.1f} min once built "
         "(a fresh machine adds a few minutes of installing, building and token minting)")
     ensure_tools()
@@ -1288,21 +1311,31 @@ def main() -> int:
     if SESSION.selected(workloads):
         workloads = SESSION.prepare(binary, workdir, args.pin, workloads)
 
+    outbound = WORKLOAD[outbound_arms.WORKLOAD_KEY] in workloads
+    if outbound:
+        files.update(outbound_arms.start(workdir / "outbound"))
     runs: list[Run] = []
-    for round_no in range(1, max(rounds_of.values(), default=0) + 1):
-        for workload in (w for w in workloads if round_no <= rounds_of[w.key]):
-            if workload.mode == "dpop":
-                files.update(dpop_files(keys, dpop_sizes, run_seconds, quiet=True))
-            for arm in workload.arm_list:
-                result = measure(binary, workdir / f"r{round_no}-{workload.key}-{arm.key}", arm, workload,
-                                 files, jwks, args, round_no)
-                runs.append(result)
-                log(f"round {round_no} {workload.key:<13} {arm.key} {arm.label:<16} "
-                    f"{result.rps:>9,.0f} req/s  p50 {result.p50_us:>6} µs  p99 {result.p99_us:>6} µs  "
-                    f"{result.cpu_us_per_req:>7.1f} CPU-µs/req  Envoy {result.envoy_cpu_pct:>3.0f} % "
-                    f"wrk {result.wrk_cpu_pct:>3.0f} %"
-                    + (f"  wraps {result.pool_wraps}" if result.pool_wraps else "")
-                    + (f"  PROBLEM: {'; '.join(result.problems)}" if result.problems else ""))
+    lifetimes: list[dict[str, Any]] = []
+    try:
+        for round_no in range(1, max(rounds_of.values(), default=0) + 1):
+            for workload in (w for w in workloads if round_no <= rounds_of[w.key]):
+                if workload.mode == "dpop":
+                    files.update(dpop_files(keys, dpop_sizes, run_seconds, quiet=True))
+                for arm in workload.arm_list:
+                    result = measure(binary, workdir / f"r{round_no}-{workload.key}-{arm.key}", arm, workload,
+                                     files, jwks, args, round_no)
+                    runs.append(result)
+                    log(f"round {round_no} {workload.key:<13} {arm.key} {arm.label:<16} "
+                        f"{result.rps:>9,.0f} req/s  p50 {result.p50_us:>6} µs  p99 {result.p99_us:>6} µs  "
+                        f"{result.cpu_us_per_req:>7.1f} CPU-µs/req  Envoy {result.envoy_cpu_pct:>3.0f} % "
+                        f"wrk {result.wrk_cpu_pct:>3.0f} %"
+                        + (f"  wraps {result.pool_wraps}" if result.pool_wraps else "")
+                        + (f"  PROBLEM: {'; '.join(result.problems)}" if result.problems else ""))
+        if outbound:
+            lifetimes = outbound_arms.lifetimes(binary, workdir / "outbound", args, start_envoy, wrk, MODULE,
+                                                log)
+    finally:
+        outbound_arms.stop()
 
     if SESSION.selected(workloads) and args.login_flows > 0:
         SESSION.measure_latency(binary, workdir, args.pin, args.login_flows)
@@ -1314,7 +1347,8 @@ def main() -> int:
     scale = [] if args.skip_policy else policy_scale(files, jwks, workdir)
 
     module_bytes, empty_bytes = MODULE.stat().st_size, EMPTY_FILTER.stat().st_size
-    tgts = targets(runs, module_bytes, extra_rss, None if args.skip_micro else micro_results)
+    tgts = targets(runs, module_bytes, extra_rss, None if args.skip_micro else micro_results) \
+        + [Target(*row) for row in outbound_arms.lifetime_targets(lifetimes)]
     if SESSION.selected(workloads):
         tgts += SESSION.targets(runs)
     context = machine_context(args, binary, module_bytes, empty_bytes)
@@ -1331,11 +1365,16 @@ def main() -> int:
     (args.out / "runs.json").write_text(json.dumps({
         "context": context, "runs": [asdict(r) for r in runs], "rss": rss, "micro": micro_results,
         "hotpath": hot, "policy_scale": scale, "session": SESSION.summary(),
+        "outbound_lifetimes": lifetimes,
         "targets": [asdict(t) for t in tgts]}, indent=1))
     write_report(args.out / "report.md", runs, tgts, rss, served, micro_results, hot, context, scale,
                  SESSION.report())
+    if outbound:
+        with open(args.out / "report.md", "a") as report:
+            report.write("\n".join(outbound_arms.report_lines(lifetimes)) + "\n")
     write_chart(args.out / "chart.png", runs)
     print_summary(runs, tgts, hot)
+    outbound_arms.summary(lifetimes)
     if rss:
         print(f"\nRSS per extra worker VM: mesh-oauth {per_worker(rss['E']) / MIB:.2f} MiB, "
               f"empty filter {per_worker(rss['D']) / MIB:.2f} MiB, no filter {per_worker(rss['A']) / MIB:.2f} MiB")

@@ -14,7 +14,8 @@
 //
 // Test controls, outside the OAuth endpoints:
 //   GET  /test/mint?sub=S&ttl=N[&may_act=C][&scope=A+B]  a user token (the subject of exchanges)
-//   GET  /test/stats                 {"token_requests": n, "granted": {client: {grant: n}}, "refused": …}
+//   GET  /test/stats                 {"token_requests": n, "token_request_ms": [when, …], "granted":
+//                                    {client: {grant: n}}, "refused": …} (when: each call's epoch ms)
 //   POST /test/reset                 zeroes the counts
 //   POST /test/mode?mode=M[&delay_ms=N]  the token endpoint: ok | status500 | garbage | slow | reset
 // Prints one JSON line on stdout once it listens: {"ready": true, "issuer", "port",
@@ -204,7 +205,7 @@ provider.registerGrantType(
 
 // Every POST to the token endpoint counts (injected failures too); the grants oidc-provider
 // answered are counted by client and grant type from its own events.
-const stats = { token_requests: 0, granted: {}, refused: {} };
+const stats = { token_requests: 0, token_request_ms: [], granted: {}, refused: {} };
 let mode = 'ok';
 let delayMs = 0;
 
@@ -242,6 +243,7 @@ handler = async (req, res) => {
   if (url.pathname === '/test/stats') return json(res, 200, stats);
   if (url.pathname === '/test/reset' && req.method === 'POST') {
     stats.token_requests = 0;
+    stats.token_request_ms = [];
     stats.granted = {};
     stats.refused = {};
     return json(res, 200, stats);
@@ -253,6 +255,7 @@ handler = async (req, res) => {
   }
   if (url.pathname === TOKEN_PATH && req.method === 'POST') {
     stats.token_requests += 1;
+    stats.token_request_ms.push(Date.now());
     if (mode === 'reset') {
       req.socket.destroy();
       return;
