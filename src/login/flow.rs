@@ -663,6 +663,17 @@ impl Flow {
         }
     }
 
+    /// A refresh this request waited for, made by another request (in any worker), failed:
+    /// the request goes on as that one did (the old token while it is good, else the session
+    /// ends), counted once, for the request that made the call.
+    pub fn on_refresh_failed_elsewhere(&self, pending: Pending, ctx: &mut Context<'_>) -> Step {
+        let mut step = self.on_token_answer(pending, None, &[], ctx);
+        if let Step::Continue(next) = &mut step {
+            next.event = None;
+        }
+        step
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn finish_login(
         &self,

@@ -2,7 +2,8 @@
 //! session at once. Keys are digests of the issuer and the `sid`/`sub`, never the identifiers
 //! themselves; values are the logout time.
 
-use super::flow::{LogoutLedger, RecentRefreshes, REFRESH_SHARED_SECONDS};
+use super::flow::LogoutLedger;
+pub use super::refreshes::{SharedRefreshes, REFRESH_SLOTS};
 use crate::keystore::SharedStore;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -70,54 +71,6 @@ impl LogoutLedger for SharedLedger<'_> {
     }
 }
 
-/// Recent refreshes in shared data, in a fixed number of slots (a refresh overwrites its
-/// slot's older one: at worst a request refreshes again), so they take bounded memory.
-pub struct SharedRefreshes<'a> {
-    pub store: &'a dyn SharedStore,
-    pub issuer: &'a str,
-}
-
-/// Slots for recent refreshes, per issuer: each holds one sealed session (at most 16 KB).
-pub const REFRESH_SLOTS: u8 = 64;
-
-impl SharedRefreshes<'_> {
-    fn slot(&self, key: &str) -> String {
-        let mut input = self.issuer.as_bytes().to_vec();
-        input.push(0);
-        input.extend_from_slice(key.as_bytes());
-        let hash = digest::digest(&digest::SHA256, &input);
-        let issuer = URL_SAFE_NO_PAD
-            .encode(&digest::digest(&digest::SHA256, self.issuer.as_bytes()).as_ref()[..9]);
-        format!(
-            "mesh-oauth/refresh/{issuer}/{}",
-            hash.as_ref()[0] % REFRESH_SLOTS
-        )
-    }
-
-    /// Records the sealed session a refresh of the session named `key` made.
-    pub fn record(&self, key: &str, sealed: &str, now: u64) {
-        let mut value = now.to_be_bytes().to_vec();
-        value.push(key.len().min(255) as u8);
-        value.extend_from_slice(key.as_bytes());
-        value.extend_from_slice(sealed.as_bytes());
-        self.store.set(&self.slot(key), &value, None);
-    }
-}
-
-impl RecentRefreshes for SharedRefreshes<'_> {
-    fn recent(&self, key: &str, now: u64) -> Option<String> {
-        let (value, _) = self.store.get(&self.slot(key));
-        let value = value?;
-        let (stamp, rest) = value.split_first_chunk::<8>()?;
-        let (len, rest) = rest.split_first()?;
-        let (stored_key, sealed) = rest.split_at_checked(usize::from(*len))?;
-        let fresh = now.saturating_sub(u64::from_be_bytes(*stamp)) <= REFRESH_SHARED_SECONDS;
-        (fresh && stored_key == key.as_bytes())
-            .then(|| String::from_utf8(sealed.to_vec()).ok())
-            .flatten()
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -166,31 +119,5 @@ mod tests {
         assert_eq!(ledger.sub_logged_out_at("alice"), Some(200));
         ledger.record(None, None, 300);
         assert_eq!(map.0.borrow().len(), 1);
-    }
-
-    #[test]
-    fn a_refresh_is_shared_for_a_minute_under_its_own_key_only() {
-        let map = Map::default();
-        let refreshes = SharedRefreshes {
-            store: &map,
-            issuer: "https://op.example.com",
-        };
-        refreshes.record("key-1", "sealed-session", 100);
-        assert_eq!(
-            refreshes.recent("key-1", 160).as_deref(),
-            Some("sealed-session")
-        );
-        assert_eq!(refreshes.recent("key-1", 161), None);
-        assert_eq!(refreshes.recent("key-2", 100), None);
-        let other = SharedRefreshes {
-            store: &map,
-            issuer: "https://other.example.com",
-        };
-        assert_eq!(other.recent("key-1", 100), None);
-        // Bounded: however many sessions refresh, at most REFRESH_SLOTS values per issuer.
-        for i in 0..1000 {
-            refreshes.record(&format!("k{i}"), "s", 100);
-        }
-        assert!(map.0.borrow().len() <= usize::from(REFRESH_SLOTS) + 1);
     }
 }
