@@ -207,6 +207,14 @@ pub trait LogoutLedger {
     fn sid_logged_out_at(&self, sid: &str) -> Option<u64>;
     /// When a logout of every session of this subject (`sub` only) was recorded.
     fn sub_logged_out_at(&self, sub: &str) -> Option<u64>;
+    /// Whether a session (its `sid`, `sub`, and when it began) is logged out.
+    fn session_logged_out(&self, sid: Option<&str>, sub: &str, authenticated_at: u64) -> bool {
+        let by_sid = sid.and_then(|sid| self.sid_logged_out_at(sid)).is_some();
+        let by_sub = self
+            .sub_logged_out_at(sub)
+            .is_some_and(|at| at >= authenticated_at);
+        by_sid || by_sub
+    }
 }
 
 /// Refreshes made in the sidecar in the last [`REFRESH_SHARED_SECONDS`], by session.
@@ -433,15 +441,11 @@ impl Flow {
     }
 
     fn logged_out(&self, session: &Session, logouts: &dyn LogoutLedger) -> bool {
-        let by_sid = session
-            .sid
-            .as_deref()
-            .and_then(|sid| logouts.sid_logged_out_at(sid))
-            .is_some();
-        let by_sub = logouts
-            .sub_logged_out_at(&session.sub)
-            .is_some_and(|at| at >= session.authenticated_at);
-        by_sid || by_sub
+        logouts.session_logged_out(
+            session.sid.as_deref(),
+            &session.sub,
+            session.authenticated_at,
+        )
     }
 
     /// The redirect to the OP for a navigation the pipeline refused for want of a token;

@@ -205,6 +205,7 @@ impl Runtime {
         let ledger = SharedLedger {
             store: host.shared,
             issuer: &issuer,
+            lifetime_seconds: self.logout_lifetime(&issuer),
         };
         let refreshes = SharedRefreshes {
             store: host.shared,
@@ -562,6 +563,23 @@ impl Runtime {
         }
     }
 
+    /// How long a back-channel logout of `issuer` is kept: the longest session lifetime of the
+    /// logins of that issuer.
+    fn logout_lifetime(&self, issuer: &str) -> u64 {
+        self.logins
+            .flows
+            .iter()
+            .filter(|flow| {
+                self.config
+                    .providers
+                    .get(flow.login.provider)
+                    .is_some_and(|p| p.issuer == issuer)
+            })
+            .map(|flow| flow.login.session_max_age_seconds)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The issuer of login `index`'s provider.
     fn issuer_of(&self, index: usize) -> Option<String> {
         let provider = self.logins.flows.get(index)?.login.provider;
@@ -742,6 +760,7 @@ impl Runtime {
         let ledger = SharedLedger {
             store: host.shared,
             issuer: &issuer,
+            lifetime_seconds: self.logout_lifetime(&issuer),
         };
         let now = host.now_ms / 1000;
         let mut no_random = |_: &mut [u8]| {};
@@ -753,9 +772,25 @@ impl Runtime {
             refreshes: &flow::NoRefreshes,
             random: &mut no_random,
         };
-        let answer = flow.on_backchannel_logout(body, &ctx);
+        let mut answer = flow.on_backchannel_logout(body, &ctx);
         if let Some(Event::BackchannelLogout { sid, sub }) = &answer.event {
-            ledger.record(sid.as_deref(), sub.as_deref(), now);
+            if !ledger.record(sid.as_deref(), sub.as_deref(), now) {
+                // Not acknowledged, so the OP may send it again (fail closed).
+                log(
+                    out,
+                    Level::Warn,
+                    "login: back-channel logout not recorded: shared data busy",
+                );
+                answer = flow::Answer {
+                    status: 503,
+                    headers: vec![
+                        ("retry-after".to_string(), "1".to_string()),
+                        ("cache-control".to_string(), "no-store".to_string()),
+                    ],
+                    body: String::new(),
+                    event: Some(Event::BackchannelLogoutRefused("unrecorded")),
+                };
+            }
         }
         if let Some(event) = &answer.event {
             self.login_event(event, out);
