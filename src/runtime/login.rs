@@ -788,7 +788,9 @@ impl Runtime {
                         ("cache-control".to_string(), "no-store".to_string()),
                     ],
                     body: String::new(),
-                    event: Some(Event::BackchannelLogoutRefused("unrecorded")),
+                    event: Some(Event::BackchannelLogoutRefused(
+                        crate::reason::LoginReason::Unrecorded,
+                    )),
                 };
             }
         }
@@ -828,10 +830,14 @@ impl Runtime {
             AuditLevel::Info => Level::Info,
             AuditLevel::Warn => Level::Warn,
         };
-        // Everything a login does is worth a line at the configured audit level.
-        out.push(Effect::Log {
-            level,
-            line: format!("mesh-oauth: {{\"login\":\"{metric}\"}}"),
-        });
+        // Everything a login does is worth a line at the configured audit level; the reason is
+        // a name from one list (`LoginReason`), never anything the request carried.
+        let line = match event.reason() {
+            Some(reason) => {
+                format!("mesh-oauth: {{\"login\":\"{metric}\",\"reason\":\"{reason}\"}}")
+            }
+            None => format!("mesh-oauth: {{\"login\":\"{metric}\"}}"),
+        };
+        out.push(Effect::Log { level, line });
     }
 }

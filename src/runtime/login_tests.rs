@@ -525,6 +525,10 @@ fn a_refresh_that_failed_in_one_worker_ends_the_session_in_another_without_a_sec
             .any(|c| c.contains("Max-Age=0"));
     assert!(cleared, "the session cookie is cleared");
     assert_eq!(first.envoy.count("mesh_oauth.session.refresh_failed"), 1);
+    // The audit line says why, with a name from the one list of login reasons.
+    assert!(first
+        .envoy
+        .logged(r#"{"login":"session.refresh_failed","reason":"token_refused"}"#));
     assert_eq!(second.envoy.count("mesh_oauth.session.refresh_failed"), 0);
 }
 
