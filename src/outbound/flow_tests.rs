@@ -119,6 +119,7 @@ fn describe(step: &Step) -> String {
         Step::Call(call) => format!("{call:?}"),
         Step::Wait { .. } => "wait".into(),
         Step::Done => "done".into(),
+        Step::RenewalFailed { reason, .. } => format!("renewal failed {reason}"),
     }
 }
 
@@ -302,9 +303,13 @@ fn a_token_is_kept_through_a_failed_renewal_and_dropped_once_expired() {
         panic!("{}", describe(&step))
     };
     assert_eq!(edits, bearer_edit("cc-1"));
+    // Shown (the runtime counts and logs it), with the reason; nothing to resume.
     assert!(matches!(
         answer(&mut f, &store, renewal, 503, b"", NOW + 86_100),
-        Step::Done
+        Step::RenewalFailed {
+            entry: 0,
+            reason: Refusal::TokenEndpointStatus
+        }
     ));
     let still = ask(&mut f, &store, &req("payments.internal"), NOW + 89_000);
     assert_eq!(attached(&still).0, bearer_edit("cc-1"));

@@ -330,3 +330,42 @@ fn a_push_without_outbound_entries_answers_the_requests_waiting_for_a_token() {
     assert!(refused.body.contains("token_unavailable"));
     assert_eq!(vm.held(), 0);
 }
+
+#[test]
+fn a_failed_renewal_is_counted_and_logged_with_its_reason_and_the_token_goes_on() {
+    let mut vm = Vm::new(outbound_config(cc_entry(json!({}))));
+    vm.discover();
+    vm.request(7, "payments.internal", &[]);
+    vm.tick();
+    let (token, _) = vm.envoy.take_call_to("/token").unwrap();
+    vm.answer(token, 200, &token_answer("cc-1"));
+    // 300 s issued, 270 s usable: past 90 % of that a request starts the renewal.
+    vm.envoy.now += 250_000;
+    vm.request(8, "payments.internal", &[]);
+    assert_eq!(vm.envoy.edits_of(8), Some(&bearer("cc-1")));
+    vm.tick();
+    let (renewal, _) = vm.envoy.take_call_to("/token").expect("a renewal");
+    assert_eq!(
+        vm.envoy
+            .count("mesh_oauth.outbound.payments.renewal_failed"),
+        0
+    );
+    vm.answer(renewal, 500, "{\"error\":\"server_error\"}");
+    assert_eq!(
+        vm.envoy.metrics["mesh_oauth.outbound.payments.renewal_failed"],
+        (MetricKind::Counter, 1)
+    );
+    assert!(vm.envoy.log_lines().any(|l| l
+        == "mesh-oauth: outbound \"payments\": renewal failed: token_endpoint_status; the cached token is used until it expires"));
+    // Not a refusal: no request was answered for it, and the next one still gets the token.
+    assert_eq!(
+        vm.envoy
+            .count("mesh_oauth.outbound.payments.refused.token_endpoint_status"),
+        0
+    );
+    vm.request(9, "payments.internal", &[]);
+    assert_eq!(vm.envoy.edits_of(9), Some(&bearer("cc-1")));
+    for line in vm.envoy.log_lines() {
+        assert!(!line.contains("cc-1") && !line.contains(SECRET), "{line}");
+    }
+}
