@@ -559,7 +559,3 @@ fn fresh_jti(now_ms: u64, jitter: f64) -> [u8; 16] {
     }
     jti
 }
-
-#[cfg(test)]
-#[path = "outbound_tests.rs"]
-mod tests;
