@@ -155,6 +155,16 @@ impl Event {
             Event::BackchannelLogoutRefused(_) => "session.backchannel_logout_refused".to_owned(),
         }
     }
+
+    /// The audit line's JSON: the metric and, for a failure or refusal, its reason; never
+    /// anything the request carried.
+    pub fn audit_json(&self) -> String {
+        let metric = self.metric();
+        match self.reason() {
+            Some(reason) => format!("{{\"login\":\"{metric}\",\"reason\":\"{reason}\"}}"),
+            None => format!("{{\"login\":\"{metric}\"}}"),
+        }
+    }
 }
 
 /// A local answer.

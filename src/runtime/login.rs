@@ -832,12 +832,7 @@ impl Runtime {
         };
         // Everything a login does is worth a line at the configured audit level; the reason is
         // a name from one list (`LoginReason`), never anything the request carried.
-        let line = match event.reason() {
-            Some(reason) => {
-                format!("mesh-oauth: {{\"login\":\"{metric}\",\"reason\":\"{reason}\"}}")
-            }
-            None => format!("mesh-oauth: {{\"login\":\"{metric}\"}}"),
-        };
+        let line = format!("mesh-oauth: {}", event.audit_json());
         out.push(Effect::Log { level, line });
     }
 }

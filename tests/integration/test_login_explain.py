@@ -3,7 +3,7 @@ itself set (valid, tampered, truncated, expired, sealed by a retired key, carrie
 and callbacks, each sent to a real Envoy with the module and then put to explain exactly as it
 was sent, explain opening the cookies with the key ring from its own environment. Compared: the
 audit line of the pipeline (decision, status, reason, rule, provider), the login events the
-filter logs for the request (`{"login":"session.refused.tampered"}` …), and the status the
+filter logs for the request (`{"login":"session.refused.tampered","reason":"tampered"}` …), and the status the
 client gets (a navigation sent to log in: 302). Nothing secret in what explain prints."""
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from tokens import KeySet
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = Path(os.environ.get("MESH_OAUTH_CLI") or REPO / "target" / "debug" / "mesh-oauth")
-LOGIN_EVENT = re.compile(r'\{"login":"([a-z_.]+)"\}')
+# The whole audit line of a login event (its metric and reason), as the filter logs it.
+LOGIN_EVENT = re.compile(r'\{"login":"[a-z_.]+"(?:,"reason":"[a-z_]+")?\}')
 API = [("accept", "application/json")]
 
 
@@ -79,7 +80,7 @@ def explain(envoy: Envoy, idp: IdpServer, cookie_keys: str, host: str, path: str
     final = re.search(r"^final: (\d+) ", out, re.M)
     allowed = re.search(r"^final: allowed", out, re.M)
     status = 200 if allowed else int(final.group(1)) if final else 0
-    events = re.findall(r"login event: ([a-z_.]+)", out)
+    events = LOGIN_EVENT.findall("\n".join(re.findall(r"login event: .*log line (.*)\)$", out, re.M)))
     return Seen(status, {key: audit.get(key) for key in COMPARED} if audit else None, events), out
 
 

@@ -534,7 +534,8 @@ fn describe_continue(next: &flow::Continue, out: &mut Out) {
 fn login_event(event: &Event) -> String {
     let metric = event.metric();
     format!(
-        "login event: {metric} (metric mesh_oauth.{metric}; log line {{\"login\":\"{metric}\"}})"
+        "login event: {metric} (metric mesh_oauth.{metric}; log line {})",
+        event.audit_json()
     )
 }
 
