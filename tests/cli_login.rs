@@ -142,6 +142,7 @@ fn session(keys: &[[u8; 32]], host: &str, token_exp: u64, cookie_exp: u64) -> Se
         token_expires_at: token_exp,
         authenticated_at: NOW - 60,
         refreshed_at: NOW - 60,
+        id_token_hint: None,
     };
     let ring = KeyRing::new(keys).unwrap();
     let chunks = session.seal(&ring, host, cookie_exp, [3; 12]).unwrap();

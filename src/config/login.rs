@@ -26,6 +26,7 @@ pub(super) const LOGIN_FIELDS: &[&str] = &[
     "sessionMaxAgeSeconds",
     "sessionRecheckSeconds",
     "forward",
+    "logoutHint",
 ];
 
 pub const DEFAULT_CALLBACK_PATH: &str = "/oauth2/callback";
@@ -72,9 +73,16 @@ pub struct Login {
     pub session_max_age_seconds: u64,
     pub session_recheck_seconds: u64,
     pub forward: Forward,
+    /// `logoutHint`: what the end-session redirect names the session by.
+    pub logout_hint: LogoutHint,
 }
 
 impl Login {
+    /// Whether the session keeps the ID token beside the forwarded token, for `id_token_hint`.
+    pub fn keeps_id_token(&self) -> bool {
+        self.logout_hint == LogoutHint::IdToken && self.forward == Forward::AccessToken
+    }
+
     /// The origin of `authority` (`:authority` as received) when this login serves it.
     pub fn origin_for(&self, authority: &str) -> Option<&Origin> {
         let authority = authority.to_ascii_lowercase();
@@ -112,6 +120,14 @@ impl Origin {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forward {
     AccessToken,
+    IdToken,
+}
+
+/// RP-Initiated Logout 1.0 §2: `client_id`, or `id_token_hint` (which some OPs require, Okta
+/// among them) at the cost of the ID token's bytes in the session cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogoutHint {
+    ClientId,
     IdToken,
 }
 
@@ -234,6 +250,16 @@ fn parse_login(
             ))
         }
     };
+    let logout_hint = match login.optional("logoutHint", string)?.as_deref() {
+        None | Some("client_id") => LogoutHint::ClientId,
+        Some("id_token") => LogoutHint::IdToken,
+        Some(_) => {
+            return Err(error(
+                login.path_of("logoutHint"),
+                "must be \"client_id\" or \"id_token\"",
+            ))
+        }
+    };
     Ok(Login {
         provider,
         client_id,
@@ -253,6 +279,7 @@ fn parse_login(
             .optional("sessionRecheckSeconds", positive_integer)?
             .unwrap_or(DEFAULT_SESSION_RECHECK_SECONDS),
         forward,
+        logout_hint,
     })
 }
 

@@ -281,6 +281,7 @@ fn field_problems_name_their_path() {
         (json!({"sessionMaxAgeSeconds": 0}), "login.sessionMaxAgeSeconds: must be greater than zero"),
         (json!({"sessionRecheckSeconds": -1}), "login.sessionRecheckSeconds: must not be negative"),
         (json!({"forward": "cookie"}), "login.forward: must be \"access_token\" or \"id_token\""),
+        (json!({"logoutHint": "sid"}), "login.logoutHint: must be \"client_id\" or \"id_token\""),
         (json!({"cookieName": "x"}), "login.cookieName: unknown field"),
     ] {
         assert_eq!(problem(with(patch.clone())), expected, "{patch}");

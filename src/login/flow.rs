@@ -844,9 +844,12 @@ impl Flow {
                 let state = base64_random::<16>(ctx);
                 let hint = session
                     .as_ref()
-                    .filter(|_| self.login.forward == crate::config::Forward::IdToken);
+                    .and_then(|session| match self.login.forward {
+                        crate::config::Forward::IdToken => Some(session.token.as_str()),
+                        crate::config::Forward::AccessToken => session.id_token_hint.as_deref(),
+                    });
                 let mut params: Vec<(&str, &str)> = match hint {
-                    Some(session) => vec![("id_token_hint", session.token.as_str())],
+                    Some(id_token) => vec![("id_token_hint", id_token)],
                     None => vec![("client_id", self.login.client_id.as_str())],
                 };
                 if let Some(uri) = &self.login.post_logout_redirect_uri {

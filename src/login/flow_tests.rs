@@ -1083,6 +1083,63 @@ fn logout_with_forwarded_id_tokens_sends_the_hint() {
     assert!(!params.contains_key("client_id"));
 }
 
+/// `logoutHint: "id_token"` while access tokens are forwarded: the session keeps the ID token
+/// (through a refresh that brings none) and the end-session redirect names it.
+#[test]
+fn logout_hint_id_token_keeps_the_id_token_for_the_end_session_redirect() {
+    let logout_hint = |world: &mut World| {
+        let answer = responded(world.step(
+            "POST",
+            "/oauth2/logout",
+            &[("origin", "https://app.example.com")],
+        ));
+        let location = header(&answer, "location").unwrap().to_owned();
+        let params: BTreeMap<String, String> = form::decode(location.split_once('?').unwrap().1)
+            .unwrap()
+            .into_iter()
+            .collect();
+        params
+    };
+    let mut world = World::with(flow_with(json!({"logoutHint": "id_token"})));
+    let login = world.login("/", json!({"marker": "first"}), json!({}));
+    let cookie_bytes = set_cookies(&login).iter().map(String::len).sum::<usize>();
+    assert_eq!(
+        bearer_of(&continued(world.navigate("/"))),
+        Some("the-access-token")
+    );
+    // A refresh without a new ID token keeps the login's.
+    world.now = NOW + 295;
+    let Step::Call(call) = world.step("GET", "/api", &[("sec-fetch-mode", "cors")]) else {
+        panic!("no refresh")
+    };
+    let refreshed =
+        json!({"access_token": "new-access", "token_type": "bearer", "expires_in": 300});
+    let next = continued(world.answer(call.pending, Some(200), &refreshed));
+    world.store(&next.set_cookies);
+    let mut with_hint = world;
+    let params = logout_hint(&mut with_hint);
+    let hint = &params["id_token_hint"];
+    assert!(!params.contains_key("client_id"));
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(hint.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (claims["aud"].clone(), claims["marker"].clone()),
+        (json!(CLIENT), json!("first"))
+    );
+
+    // The default names the client, and its cookie is smaller by the ID token.
+    let mut world = World::new();
+    let login = world.login("/", json!({"marker": "first"}), json!({}));
+    assert!(set_cookies(&login).iter().map(String::len).sum::<usize>() + 200 < cookie_bytes);
+    let params = logout_hint(&mut world);
+    assert_eq!(params["client_id"], CLIENT);
+    assert!(!params.contains_key("id_token_hint"));
+}
+
 #[test]
 fn backchannel_logout_verifies_the_token_and_ends_sessions() {
     let mut world = World::new();

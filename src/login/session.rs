@@ -29,6 +29,10 @@ pub struct Session {
     /// from it.
     #[serde(rename = "f")]
     pub refreshed_at: u64,
+    /// The latest ID token, kept only for the end-session redirect's `id_token_hint`
+    /// (`logoutHint: "id_token"` while access tokens are forwarded).
+    #[serde(rename = "h", default, skip_serializing_if = "Option::is_none")]
+    pub id_token_hint: Option<String>,
 }
 
 /// Why a request's session cookie is not used.

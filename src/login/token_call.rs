@@ -167,6 +167,7 @@ impl Flow {
         now: u64,
     ) -> Option<Session> {
         let id_raw = tokens.id_token.clone()?;
+        let id_raw_kept = Some(id_raw.clone());
         let id_exp = id_token.claims.get("exp").and_then(Value::as_u64);
         let (token, expires_at) = self.forwarded(tokens, id_raw, id_exp, now)?;
         Some(Session {
@@ -177,6 +178,7 @@ impl Flow {
             token_expires_at: expires_at,
             authenticated_at: now,
             refreshed_at: now,
+            id_token_hint: self.login.keeps_id_token().then_some(id_raw_kept).flatten(),
         })
     }
 
@@ -252,6 +254,11 @@ impl Flow {
             token_expires_at,
             authenticated_at: session.authenticated_at,
             refreshed_at: ctx.now,
+            // A refresh without a new ID token keeps the one the session has.
+            id_token_hint: match self.login.keeps_id_token() {
+                true => tokens.id_token.or_else(|| session.id_token_hint.clone()),
+                false => None,
+            },
         })
     }
 }

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import jwt
 import pytest
 
 import node_tools
@@ -593,6 +594,25 @@ def test_a_cross_site_logout_is_refused(attack_envoy: Envoy, fake_op: IdpServer,
     resp = b.get("/oauth2/logout", [("origin", f"http://{APP_HOST}")], method="POST", body=b"")
     assert resp.status == 302 and resp.header("location").startswith(f"{fake_op.url}/logout?")
     assert b.get("/orders", [("accept", "application/json")]).status == 401
+
+
+def test_logout_hint_id_token_names_the_session_by_its_id_token(module_envoys: EnvoyFactory, fake_op: IdpServer,
+                                                                 keys: KeySet) -> None:
+    """`logoutHint: "id_token"` (an OP such as Okta wants `id_token_hint`): the session keeps the
+    ID token while the access token is forwarded; the end-session redirect carries it."""
+    envoy = start_envoy(module_envoys, fake_op, logoutHint="id_token")
+    b = logged_in(envoy, fake_op, keys)
+    forwarded = b.get("/orders", [("accept", "application/json")]).upstream["headers"]["authorization"]
+    assert jwt.decode(forwarded.removeprefix("Bearer "), options={"verify_signature": False})["aud"] == "web-api"
+    resp = b.get("/oauth2/logout", [("origin", f"http://{APP_HOST}")], method="POST", body=b"")
+    assert resp.status == 302, resp
+    params = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(resp.header("location")).query))
+    assert "client_id" not in params
+    hint = params["id_token_hint"]
+    kid = jwt.get_unverified_header(hint).get("kid")
+    key = next(jwt.PyJWK(k) for k in keys.jwks(["RS256"])["keys"] if k.get("kid") == kid)
+    claims = jwt.decode(hint, key.key, algorithms=["RS256"], audience="web-app")
+    assert claims["iss"] == fake_op.url and "nonce" in claims
 
 
 def logout_token(keys: KeySet, issuer: str, typ: str | None = "logout+jwt", **claims: Any) -> str:
