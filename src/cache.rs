@@ -36,7 +36,7 @@ pub struct TokenCache {
 /// Digests are already keyed random values: the map uses their low bits as they are
 /// instead of hashing them again.
 #[derive(Default)]
-struct DigestHasher(u64);
+pub(crate) struct DigestHasher(u64);
 
 impl Hasher for DigestHasher {
     fn finish(&self) -> u64 {

@@ -109,6 +109,9 @@ pub struct Limits {
     /// `limits.maxCachedTokens`, default 1024: verified tokens remembered per worker;
     /// 0 turns the cache off.
     pub max_cached_tokens: usize,
+    /// `limits.maxCachedSessions`, default 1024: opened login sessions remembered per worker
+    /// and login; 0 turns the cache off.
+    pub max_cached_sessions: usize,
     /// `limits.maxRevocationBytes`, default 1 MiB: a larger fetched revocation list is refused.
     pub max_revocation_bytes: usize,
     /// `limits.maxDpopProofs`, default 65536: DPoP proofs the sidecar remembers within their
@@ -129,6 +132,7 @@ impl Default for Limits {
             max_jwks_keys: 64,
             max_held_requests: 1024,
             max_cached_tokens: 1024,
+            max_cached_sessions: 1024,
             max_dpop_proofs: 65536,
             max_revocation_bytes: 1024 * 1024,
             max_outbound_tokens: DEFAULT_MAX_OUTBOUND_TOKENS,
@@ -869,6 +873,7 @@ fn parse_limits(value: &Value, path: &At<'_>) -> Parsed<Limits> {
             "maxJwksKeys",
             "maxHeldRequests",
             "maxCachedTokens",
+            "maxCachedSessions",
             "maxRevocationBytes",
             "maxDpopProofs",
             "maxOutboundTokens",
@@ -878,12 +883,14 @@ fn parse_limits(value: &Value, path: &At<'_>) -> Parsed<Limits> {
     let limit = |key: &str, default: usize| -> Parsed<usize> {
         Ok(limits.optional(key, positive_usize)?.unwrap_or(default))
     };
-    let max_cached_tokens = match limits.optional("maxCachedTokens", non_negative_integer)? {
-        Some(n) => {
-            usize::try_from(n).map_err(|_| error(limits.path_of("maxCachedTokens"), "too large"))?
+    // Cache sizes may be 0 (the cache is off).
+    let cache_size = |key: &str, default: usize| -> Parsed<usize> {
+        match limits.optional(key, non_negative_integer)? {
+            Some(n) => usize::try_from(n).map_err(|_| error(limits.path_of(key), "too large")),
+            None => Ok(default),
         }
-        None => defaults.max_cached_tokens,
     };
+    let max_cached_tokens = cache_size("maxCachedTokens", defaults.max_cached_tokens)?;
     Ok(Limits {
         max_token_bytes: limit("maxTokenBytes", defaults.max_token_bytes)?,
         max_json_depth: limit("maxJsonDepth", defaults.max_json_depth)?,
@@ -892,6 +899,7 @@ fn parse_limits(value: &Value, path: &At<'_>) -> Parsed<Limits> {
         max_jwks_keys: limit("maxJwksKeys", defaults.max_jwks_keys)?,
         max_held_requests: limit("maxHeldRequests", defaults.max_held_requests)?,
         max_cached_tokens,
+        max_cached_sessions: cache_size("maxCachedSessions", defaults.max_cached_sessions)?,
         max_revocation_bytes: limit("maxRevocationBytes", defaults.max_revocation_bytes)?,
         max_dpop_proofs: limit("maxDpopProofs", defaults.max_dpop_proofs)?,
         max_outbound_tokens: limit("maxOutboundTokens", defaults.max_outbound_tokens)?,

@@ -186,6 +186,32 @@ fn limits_are_read_and_default_individually() {
 }
 
 #[test]
+fn cache_sizes_may_be_zero_but_not_negative() {
+    let config = ok(&top_level(
+        "limits",
+        json!({"maxCachedTokens": 0, "maxCachedSessions": 0}),
+    ));
+    assert_eq!(
+        (
+            config.limits.max_cached_tokens,
+            config.limits.max_cached_sessions
+        ),
+        (0, 0)
+    );
+    assert_eq!(
+        ok(&top_level("limits", json!({"maxCachedSessions": 64}))).limits,
+        Limits {
+            max_cached_sessions: 64,
+            ..Limits::default()
+        }
+    );
+    assert_problem(
+        &top_level("limits", json!({"maxCachedSessions": -1})),
+        "limits.maxCachedSessions: must not be negative",
+    );
+}
+
+#[test]
 fn zero_limit_is_refused() {
     assert_problem(
         &top_level("limits", json!({"maxTokenBytes": 0})),
@@ -1405,6 +1431,7 @@ fn full_config_with_every_field() {
             max_jwks_keys: 16,
             max_held_requests: 10,
             max_cached_tokens: 1024,
+            max_cached_sessions: 1024,
             max_revocation_bytes: 1024 * 1024,
             max_dpop_proofs: 65536,
             max_outbound_tokens: 1024,

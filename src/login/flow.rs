@@ -12,6 +12,7 @@ use super::id_token::{self, Expected};
 use super::return_path;
 use super::seal::{KeyRing, SEAL_RANDOM_LEN};
 use super::session::{Session, SessionError};
+use super::session_cache::SessionCache;
 use super::transaction::{self, Transaction, TRANSACTION_RANDOM_LEN, TRANSACTION_SECONDS};
 use crate::alg::AlgSet;
 use crate::authorize::HeaderEdit;
@@ -315,6 +316,8 @@ pub struct Flow {
     clock_skew_seconds: u64,
     token_limits: TokenLimits,
     timeout_ms: u64,
+    /// This worker's opened session cookies (for this ring of `keys`).
+    sessions: SessionCache,
 }
 
 impl Flow {
@@ -328,6 +331,7 @@ impl Flow {
             clock_skew_seconds: provider.clock_skew_seconds,
             token_limits: TokenLimits::from(limits),
             timeout_ms: provider.timeout_ms,
+            sessions: SessionCache::new(limits.max_cached_sessions),
         })
     }
 
@@ -381,7 +385,10 @@ impl Flow {
         }
         let cookie = request.cookie();
         next.may_login = request.is_navigation();
-        let session = match Session::from_cookies(cookie.as_deref(), &self.keys, &host, ctx.now) {
+        let opened = self
+            .sessions
+            .from_cookies(cookie.as_deref(), &self.keys, &host, ctx.now);
+        let session = match opened {
             Ok(Some(session)) => session,
             Ok(None) => return Step::Continue(next),
             Err(error) => {

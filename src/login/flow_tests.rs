@@ -1209,11 +1209,17 @@ fn backchannel_logout_verifies_the_token_and_ends_sessions() {
             sub: Some("alice".to_owned())
         })
     );
-    // Recorded by the runtime: the session is refused on its next request.
+    // The session served before: its cookie opened once, then taken from the worker's cache.
+    for _ in 0..2 {
+        assert!(bearer_of(&continued(world.navigate("/"))).is_some());
+    }
+    assert_eq!(world.flow.sessions.opens(), 1);
+    // Recorded by the runtime: the session is refused on its next request, cached as it is.
     world.ledger.0.push(("sid", "op-session-1".to_owned(), NOW));
     let next = continued(world.navigate("/"));
     assert_eq!(next.event, Some(Event::SessionRefused(lr("logged_out"))));
     assert_eq!(bearer_of(&next), None);
+    assert_eq!(world.flow.sessions.opens(), 1);
     // A logout of every session of the subject ends sessions from before it, not later ones.
     let mut by_sub = World::new();
     by_sub.login("/", json!({"sid": null}), json!({}));

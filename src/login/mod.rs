@@ -14,6 +14,7 @@ pub mod refreshes;
 pub mod return_path;
 pub mod seal;
 pub mod session;
+pub mod session_cache;
 mod token_call;
 pub mod transaction;
 

@@ -131,7 +131,7 @@ impl Session {
         Ok((Session::from_plaintext(&opened.plaintext)?, opened))
     }
 
-    fn from_plaintext(plaintext: &[u8]) -> Result<Session, SessionError> {
+    pub(super) fn from_plaintext(plaintext: &[u8]) -> Result<Session, SessionError> {
         serde_json::from_slice(plaintext).map_err(|_| SessionError::Open(OpenError::Malformed))
     }
 

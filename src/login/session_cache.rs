@@ -1,0 +1,177 @@
+//! Opened sessions, remembered per worker, so a browser's requests do not each pay for the
+//! AES-256-GCM open of the same session cookie (ring's portable AES-GCM takes 70–90 µs in V8
+//! for a session of 840 bytes; everything else a session request does, a few). Like the
+//! verified-token cache does for signatures: the cipher runs the first time a worker sees a
+//! cookie value, and later requests take the session from here until the seal's expiry.
+//!
+//! An entry is exactly what the open yields (the session, and the expiry sealed with it), keyed
+//! by a keyed 128-bit hash of exactly what the open depends on besides the key ring: the
+//! sealed value, the host and the cookie name (never the value itself). One cache serves one
+//! key ring: each login's [`Flow`](super::flow::Flow) owns both, and a new configuration makes
+//! new flows, so a push that changes a login or its keys starts with an empty cache. Only
+//! values that opened are kept: a tampered, truncated, cross-host or retired-key value is
+//! opened (and refused) every time. Everything after the open (the back-channel logout ledger,
+//! refresh and recheck) runs on every request as before. A refreshed session has a new value,
+//! so a new entry; the old one is pushed out in its turn, as the oldest.
+
+use super::cookies::{self, SESSION_COOKIE};
+use super::seal::{Binding, KeyRing, OpenError};
+use super::session::{Session, SessionError};
+use crate::cache::DigestHasher;
+use siphasher::sip128::{Hasher128, SipHasher13};
+use std::cell::RefCell;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+
+/// One worker's opened sessions for one key ring. Never `Debug`: it holds tokens.
+pub struct SessionCache {
+    state: RefCell<State>,
+}
+
+struct State {
+    capacity: usize,
+    entries: HashMap<u128, Entry, BuildHasherDefault<DigestHasher>>,
+    /// Insertion order, oldest first: the entry to evict when full.
+    order: VecDeque<u128>,
+    /// Random secret keys per cache: a digest an attacker cannot compute offline.
+    keys: (u64, u64),
+    /// Times the cipher ran (a miss): what the cache is there to save.
+    opens: u64,
+}
+
+struct Entry {
+    session: Session,
+    /// The expiry sealed with the value (Unix seconds): from then on it opens as `Expired`.
+    expires_at: u64,
+}
+
+impl SessionCache {
+    /// `capacity` 0 turns the cache off (every request opens its cookie).
+    pub fn new(capacity: usize) -> SessionCache {
+        SessionCache {
+            state: RefCell::new(State {
+                capacity,
+                // Grown as sessions come: a configuration checked but never run costs nothing.
+                entries: HashMap::default(),
+                order: VecDeque::new(),
+                // std's RandomState draws its keys from the system's random source (WASI
+                // `random_get` in the VM), as the verified-token cache's do.
+                keys: (
+                    RandomState::new().hash_one(0u8),
+                    RandomState::new().hash_one(1u8),
+                ),
+                opens: 0,
+            }),
+        }
+    }
+
+    /// What [`Session::from_cookies`] gives with the same ring at `now`.
+    pub fn from_cookies(
+        &self,
+        header: Option<&str>,
+        keys: &KeyRing,
+        host: &str,
+        now: u64,
+    ) -> Result<Option<Session>, SessionError> {
+        let Some(sealed) = cookies::session_value(header).map_err(SessionError::Chunks)? else {
+            return Ok(None);
+        };
+        self.open(&sealed, keys, host, now).map(Some)
+    }
+
+    /// What [`Session::open`] gives with the same ring at `now`.
+    pub fn open(
+        &self,
+        sealed: &str,
+        keys: &KeyRing,
+        host: &str,
+        now: u64,
+    ) -> Result<Session, SessionError> {
+        let mut state = self.state.borrow_mut();
+        let digest = state.digest(sealed, host);
+        if let Some(entry) = state.entries.get(&digest) {
+            if now < entry.expires_at {
+                return Ok(entry.session.clone());
+            }
+            // Expired for good: the open would say so, and the entry serves no one again.
+            state.remove(digest);
+            return Err(SessionError::Open(OpenError::Expired));
+        }
+        state.opens += 1;
+        // `Session::open`'s steps, keeping the sealed expiry for the entry.
+        let binding = Binding {
+            host,
+            cookie: SESSION_COOKIE,
+        };
+        let opened = keys
+            .open_at_any_time(sealed, binding)
+            .map_err(SessionError::Open)?;
+        if now >= opened.expires_at {
+            return Err(SessionError::Open(OpenError::Expired));
+        }
+        let session = Session::from_plaintext(&opened.plaintext)?;
+        state.insert(
+            digest,
+            Entry {
+                session: session.clone(),
+                expires_at: opened.expires_at,
+            },
+        );
+        Ok(session)
+    }
+
+    /// Sessions held now.
+    pub fn len(&self) -> usize {
+        self.state.borrow().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Times a session cookie was opened with the cipher (not found here).
+    pub fn opens(&self) -> u64 {
+        self.state.borrow().opens
+    }
+}
+
+impl State {
+    /// Length-prefixed parts, so no two (host, cookie, value) triples hash the same bytes.
+    fn digest(&self, sealed: &str, host: &str) -> u128 {
+        let mut hasher = SipHasher13::new_with_keys(self.keys.0, self.keys.1);
+        for part in [host, SESSION_COOKIE, sealed] {
+            hasher.write(&(part.len() as u64).to_be_bytes());
+            hasher.write(part.as_bytes());
+        }
+        hasher.finish128().as_u128()
+    }
+
+    fn insert(&mut self, digest: u128, entry: Entry) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.entries.insert(digest, entry).is_some() {
+            return;
+        }
+        self.order.push_back(digest);
+        while self.entries.len() > self.capacity {
+            match self.order.pop_front() {
+                Some(oldest) => {
+                    self.entries.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn remove(&mut self, digest: u128) {
+        if self.entries.remove(&digest).is_some() {
+            self.order.retain(|d| *d != digest);
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "session_cache_tests.rs"]
+mod tests;
