@@ -22,6 +22,7 @@ fn session(name: &str) -> Session {
         token_expires_at: NOW + 300,
         authenticated_at: NOW,
         refreshed_at: NOW,
+        id_token_hint: None,
     }
 }
 
