@@ -45,16 +45,55 @@ fn key_pair() -> &'static RsaKeyPair {
     PAIR.get_or_init(|| RsaKeyPair::from_pkcs8(PKCS8).expect("fixture key"))
 }
 
-type Ring = (&'static signature::RsaParameters, &'static dyn signature::RsaEncoding);
+type Ring = (
+    &'static signature::RsaParameters,
+    &'static dyn signature::RsaEncoding,
+);
 
 fn padding(choice: u8) -> (Padding, Ring) {
     match choice % 6 {
-        0 => (Padding::Pkcs1(Hash::Sha256), (&signature::RSA_PKCS1_2048_8192_SHA256, &signature::RSA_PKCS1_SHA256)),
-        1 => (Padding::Pkcs1(Hash::Sha384), (&signature::RSA_PKCS1_2048_8192_SHA384, &signature::RSA_PKCS1_SHA384)),
-        2 => (Padding::Pkcs1(Hash::Sha512), (&signature::RSA_PKCS1_2048_8192_SHA512, &signature::RSA_PKCS1_SHA512)),
-        3 => (Padding::Pss(Hash::Sha256), (&signature::RSA_PSS_2048_8192_SHA256, &signature::RSA_PSS_SHA256)),
-        4 => (Padding::Pss(Hash::Sha384), (&signature::RSA_PSS_2048_8192_SHA384, &signature::RSA_PSS_SHA384)),
-        _ => (Padding::Pss(Hash::Sha512), (&signature::RSA_PSS_2048_8192_SHA512, &signature::RSA_PSS_SHA512)),
+        0 => (
+            Padding::Pkcs1(Hash::Sha256),
+            (
+                &signature::RSA_PKCS1_2048_8192_SHA256,
+                &signature::RSA_PKCS1_SHA256,
+            ),
+        ),
+        1 => (
+            Padding::Pkcs1(Hash::Sha384),
+            (
+                &signature::RSA_PKCS1_2048_8192_SHA384,
+                &signature::RSA_PKCS1_SHA384,
+            ),
+        ),
+        2 => (
+            Padding::Pkcs1(Hash::Sha512),
+            (
+                &signature::RSA_PKCS1_2048_8192_SHA512,
+                &signature::RSA_PKCS1_SHA512,
+            ),
+        ),
+        3 => (
+            Padding::Pss(Hash::Sha256),
+            (
+                &signature::RSA_PSS_2048_8192_SHA256,
+                &signature::RSA_PSS_SHA256,
+            ),
+        ),
+        4 => (
+            Padding::Pss(Hash::Sha384),
+            (
+                &signature::RSA_PSS_2048_8192_SHA384,
+                &signature::RSA_PSS_SHA384,
+            ),
+        ),
+        _ => (
+            Padding::Pss(Hash::Sha512),
+            (
+                &signature::RSA_PSS_2048_8192_SHA512,
+                &signature::RSA_PSS_SHA512,
+            ),
+        ),
     }
 }
 
@@ -71,7 +110,11 @@ fn compare(n: &[u8], e: &[u8], choice: u8, message: &[u8], signature: &[u8]) -> 
             // Leading zeros are ours to strip (JWKs carry them; ring refuses them), so ring
             // gets the key as we keep it.
             let verified = key.verify(ours, message, signature);
-            assert_eq!(verified, ring(key.n(), key.e()), "ours and ring differ ({ours:?})");
+            assert_eq!(
+                verified,
+                ring(key.n(), key.e()),
+                "ours and ring differ ({ours:?})"
+            );
             Some(verified)
         }
         None => {
@@ -88,7 +131,11 @@ fuzz_target!(|data: &[u8]| {
     let pair = key_pair();
     let public = RsaPublicKeyComponents::<Vec<u8>>::from(pair.public_key());
     match input.case {
-        Case::Signed { message, alterations, cut } => {
+        Case::Signed {
+            message,
+            alterations,
+            cut,
+        } => {
             let (_, (_, encoding)) = padding(input.padding);
             let mut signature = vec![0; pair.public().modulus_len()];
             pair.sign(encoding, &SystemRandom::new(), message, &mut signature)
@@ -109,7 +156,12 @@ fuzz_target!(|data: &[u8]| {
         Case::FixedKey { message, signature } => {
             compare(&public.n, &public.e, input.padding, message, signature);
         }
-        Case::AnyKey { n, e, message, signature } => {
+        Case::AnyKey {
+            n,
+            e,
+            message,
+            signature,
+        } => {
             compare(n, e, input.padding, message, signature);
         }
     }
