@@ -6,10 +6,10 @@
 
 use crate::alg::{Alg, KeyFamily};
 use crate::host_verify::{self, Curve};
+use crate::rsa;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use ring::hmac;
-use ring::signature::RsaPublicKeyComponents;
 use serde_json::{Map, Value};
 use std::fmt;
 
@@ -67,11 +67,9 @@ pub struct Jwk {
 
 /// Public key material in the form ring verifies with.
 pub(crate) enum KeyMaterial {
-    /// ring 0.17 has no public RSA key type that keeps its Montgomery setup between
-    /// verifications: every verify rebuilds the modulus (R² mod n), about a third of an
-    /// RSA-2048 verify natively (~10 µs of ~28 µs measured). Components are the cheapest
-    /// reusable form: `UnparsedPublicKey` over DER costs the same plus a DER parse.
-    Rsa(RsaPublicKeyComponents<Vec<u8>>),
+    /// With its Montgomery setup done once here (`rsa`): ring 0.17 redoes it at every
+    /// verification. Boxed: far larger than the other variants.
+    Rsa(Box<rsa::PublicKey>),
     /// Uncompressed point 0x04‖x‖y; ring checks it lies on the curve at each verify, so a
     /// bogus point can only fail verification.
     EcP256(Vec<u8>),
@@ -275,7 +273,7 @@ fn parse_jwk(jwk: &Map<String, Value>, allow_symmetric: bool) -> Option<Jwk> {
         _ => return None,
     };
     let spki = match &material {
-        KeyMaterial::Rsa(components) => host_verify::rsa_spki(&components.n, &components.e),
+        KeyMaterial::Rsa(key) => host_verify::rsa_spki(key.n(), key.e()),
         KeyMaterial::EcP256(point) => Some(host_verify::ec_spki(Curve::P256, point)),
         KeyMaterial::EcP384(point) => Some(host_verify::ec_spki(Curve::P384, point)),
         KeyMaterial::Ed25519(_) | KeyMaterial::Oct(_) => None,
@@ -296,40 +294,12 @@ fn parse_jwk(jwk: &Map<String, Value>, allow_symmetric: bool) -> Option<Jwk> {
     Some(key)
 }
 
-const RSA_MIN_MODULUS_BITS: usize = 2048;
-/// ring's limit; beyond it every verification would fail anyway.
-const RSA_MAX_MODULUS_BITS: usize = 8192;
-/// ring refuses exponents above 2^33 - 1 (bounds the cost of a verify).
-const RSA_MAX_EXPONENT: u64 = (1 << 33) - 1;
-
-/// Checks exactly what ring checks at verify time, so a key kept here never fails there.
+/// Keeps exactly the keys ring would verify with (`rsa::PublicKey::new`): 2048 to 8192 bits,
+/// an odd exponent from 3 to 2^33 − 1.
 fn rsa_material(jwk: &Map<String, Value>) -> Option<KeyMaterial> {
     let n = base64url_member(jwk, "n")?;
     let e = base64url_member(jwk, "e")?;
-    let n = strip_leading_zeros(&n);
-    let e = strip_leading_zeros(&e);
-    let (&top, _) = n.split_first()?;
-    let bits = n
-        .len()
-        .checked_mul(8)?
-        .checked_sub(usize::try_from(top.leading_zeros()).ok()?)?;
-    let odd_modulus = n.last().is_some_and(|low| low & 1 == 1);
-    if !(RSA_MIN_MODULUS_BITS..=RSA_MAX_MODULUS_BITS).contains(&bits) || !odd_modulus {
-        return None;
-    }
-    if e.len() > 5 {
-        return None;
-    }
-    let exponent = e
-        .iter()
-        .fold(0u64, |value, &byte| (value << 8) | u64::from(byte));
-    if !(3..=RSA_MAX_EXPONENT).contains(&exponent) || exponent & 1 == 0 {
-        return None;
-    }
-    Some(KeyMaterial::Rsa(RsaPublicKeyComponents {
-        n: n.to_vec(),
-        e: e.to_vec(),
-    }))
+    Some(KeyMaterial::Rsa(Box::new(rsa::PublicKey::new(&n, &e)?)))
 }
 
 fn ec_material(jwk: &Map<String, Value>) -> Option<KeyMaterial> {
@@ -374,13 +344,6 @@ fn oct_material(jwk: &Map<String, Value>) -> Option<KeyMaterial> {
 /// no stray trailing bits.
 fn base64url_member(jwk: &Map<String, Value>, name: &str) -> Option<Vec<u8>> {
     URL_SAFE_NO_PAD.decode(jwk.get(name)?.as_str()?).ok()
-}
-
-fn strip_leading_zeros(mut bytes: &[u8]) -> &[u8] {
-    while let [0, rest @ ..] = bytes {
-        bytes = rest;
-    }
-    bytes
 }
 
 /// Test keys that sign with ring, and their public JWKs.
@@ -454,7 +417,7 @@ pub(crate) mod testing {
         pub fn jwk(&self, kid: Option<&str>) -> Value {
             let mut jwk = match self {
                 TestKey::Rsa(pair) => {
-                    let public = RsaPublicKeyComponents::<Vec<u8>>::from(pair.public());
+                    let public = signature::RsaPublicKeyComponents::<Vec<u8>>::from(pair.public());
                     json!({"kty": "RSA", "n": b64(&public.n), "e": b64(&public.e)})
                 }
                 TestKey::Ec(pair, _) => {

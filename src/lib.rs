@@ -40,6 +40,7 @@ pub mod reason;
 pub mod record;
 pub mod resource;
 pub mod response;
+pub mod rsa;
 pub mod runtime;
 pub mod sender;
 pub mod token;

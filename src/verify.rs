@@ -5,6 +5,7 @@
 use crate::alg::{Alg, AlgSet};
 use crate::host_verify::{self, HostAnswer, HostHash, TrustedHost};
 use crate::keys::{Jwk, KeyMaterial, KeySet};
+use crate::rsa::{Hash, Padding};
 use jwt_compact::{Algorithm, AlgorithmSignature};
 use ring::{hmac, signature};
 use std::borrow::Cow;
@@ -191,17 +192,18 @@ impl Algorithm for RingAlg {
         }
         let signature = signature.0.as_slice();
         match key.material() {
-            KeyMaterial::Rsa(components) => {
-                let params = match alg {
-                    Alg::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-                    Alg::RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
-                    Alg::RS512 => &signature::RSA_PKCS1_2048_8192_SHA512,
-                    Alg::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
-                    Alg::PS384 => &signature::RSA_PSS_2048_8192_SHA384,
-                    Alg::PS512 => &signature::RSA_PSS_2048_8192_SHA512,
+            // Our own RSA with the key's precomputed Montgomery setup; ring's acceptance.
+            KeyMaterial::Rsa(key) => {
+                let padding = match alg {
+                    Alg::RS256 => Padding::Pkcs1(Hash::Sha256),
+                    Alg::RS384 => Padding::Pkcs1(Hash::Sha384),
+                    Alg::RS512 => Padding::Pkcs1(Hash::Sha512),
+                    Alg::PS256 => Padding::Pss(Hash::Sha256),
+                    Alg::PS384 => Padding::Pss(Hash::Sha384),
+                    Alg::PS512 => Padding::Pss(Hash::Sha512),
                     _ => return false,
                 };
-                components.verify(params, message, signature).is_ok()
+                key.verify(padding, message, signature)
             }
             // JOSE ECDSA signatures are raw r‖s of fixed length (RFC 7518 §3.4); a DER
             // signature has another length and must fail.

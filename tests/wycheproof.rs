@@ -489,8 +489,9 @@ fn rsa_pss_vectors() {
 
 /// Writes the vectors the host signature path is checked with in real Envoy
 /// (`tests/integration/test_host_wycheproof.py` through the probe module `tests/host-probe`):
-/// every RSA PKCS#1 v1.5 and ECDSA P1363 vector above, each with its key as a JWK, Wycheproof's
-/// result, and what this native run (ring) answered. Run by `make host-probe`:
+/// every RSA PKCS#1 v1.5 and ECDSA P1363 vector above and every RSA-PSS vector JOSE can
+/// express, each with its key as a JWK, Wycheproof's result, and what this native run
+/// answered. Run by `make host-probe`:
 /// `HOST_PROBE_VECTORS=<file> cargo test --test wycheproof -- --ignored host_probe_vectors`.
 #[test]
 #[ignore = "writes the vector file for the host probe; run by `make host-probe`"]
@@ -531,6 +532,37 @@ fn host_probe_vectors() {
         ] {
             let set = TestSet::load(name).expect("vectors load");
             for group in &set.test_groups {
+                let vectors = group
+                    .tests
+                    .iter()
+                    .map(|t| vector(t.tc_id, &t.msg, &t.sig, t.result))
+                    .collect();
+                add_group(
+                    format!("{name:?}"),
+                    alg,
+                    rsa_jwk(&group.key.n, &group.key.e),
+                    vectors,
+                );
+            }
+        }
+    }
+    {
+        // RSA-PSS is verified in the module (`mesh_oauth::rsa`), never by the host: every group
+        // JOSE can express (MGF1 over the message hash, salt as long as the hash).
+        use wycheproof::rsa_pss_verify::{TestName, TestSet};
+        use wycheproof::Mgf;
+        for name in TestName::all() {
+            let set = TestSet::load(name).expect("vectors load");
+            for group in &set.test_groups {
+                let Some((alg, digest_len)) = pss_alg(group.hash) else {
+                    continue;
+                };
+                let jose = group.mgf == Mgf::Mgf1
+                    && group.mgf_hash == Some(group.hash)
+                    && group.salt_size == digest_len;
+                if !jose {
+                    continue;
+                }
                 let vectors = group
                     .tests
                     .iter()
