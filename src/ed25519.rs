@@ -3,15 +3,16 @@
 //!
 //! ring decodes and decompresses the public key on every verification (a square root, ~10 % of
 //! the work) and runs one 253-step double-and-add. Here the key is decompressed once, and its
-//! negation −A and the base point B are each split into four points 2^(64·i)·P with a table of
-//! odd multiples per point, so that one verification is a 64-step joint wNAF over eight 64-bit
-//! scalar chunks: a quarter of the doublings for the same number of additions.
+//! negation −A and the base point B are each split into eight points 2^(32·i)·P with a table of
+//! odd multiples per point (for a key ~15 KB, for B ~61 KB once per VM), so that one
+//! verification is a 33-step joint wNAF over sixteen 32-bit scalar chunks: an eighth of the
+//! doublings for about the same number of additions.
 //!
 //! What ring accepts, and so do we: the cofactorless equation (the encoding of [S]B − [k]A,
 //! k = SHA-512(R ‖ A ‖ M) mod L, must equal R byte for byte, so a non-canonical R never verifies);
-//! S must be below the group order L; A must decode, where decoding ignores nothing but is lenient
-//! as BoringSSL is: a y at or above p is taken mod p, x = 0 with the sign bit set is taken as x = 0,
-//! and small-order keys are not refused. The key's bytes as published are what is hashed.
+//! S must be below the group order L; A must decode, as leniently as BoringSSL decodes it: a y at
+//! or above p is taken mod p, x = 0 with the sign bit set is taken as x = 0, and small-order keys
+//! are not refused. The key's bytes as published are what is hashed.
 //! Everything here handles public data only, so nothing is constant-time.
 
 use ring::digest;
@@ -522,18 +523,19 @@ impl P1P1 {
     }
 }
 
-/// Scalars are split into this many 64-bit chunks, one table per chunk.
-const CHUNKS: usize = 4;
-/// wNAF digits of a 64-bit chunk: up to 65 (a carry out of the top bit).
-const DIGITS: usize = 65;
-/// Window of the key's tables: odd multiples up to 15 (8 points per chunk, ~7.7 KB per key).
+/// Scalars are split into this many chunks of `CHUNK_BITS`, one table per chunk.
+const CHUNKS: usize = 8;
+const CHUNK_BITS: usize = 256 / CHUNKS;
+/// wNAF digits of a chunk: one more than its bits (a carry out of the top bit).
+const DIGITS: usize = CHUNK_BITS + 1;
+/// Window of the key's tables: odd multiples up to 15 (8 points per chunk, ~15 KB per key).
 const KEY_WINDOW: u32 = 5;
 /// Window of the base point's tables, built once: odd multiples up to 63.
 const BASE_WINDOW: u32 = 7;
 const KEY_TABLE: usize = 1 << (KEY_WINDOW - 2);
 const BASE_TABLE: usize = 1 << (BASE_WINDOW - 2);
 
-/// For a point P: for each chunk i, the odd multiples P_i, 3·P_i, … of P_i = 2^(64·i)·P.
+/// For a point P: for each chunk i, the odd multiples P_i, 3·P_i, … of P_i = 2^(CHUNK_BITS·i)·P.
 struct Tables<const N: usize>([[Affine; N]; CHUNKS]);
 
 impl<const N: usize> Tables<N> {
@@ -543,7 +545,7 @@ impl<const N: usize> Tables<N> {
         for chunk in 0..CHUNKS {
             if chunk > 0 {
                 let mut doubled = chunk_point.to_p2();
-                for _ in 0..63 {
+                for _ in 1..CHUNK_BITS {
                     doubled = doubled.double().to_p2();
                 }
                 chunk_point = doubled.double().to_p3();
@@ -666,7 +668,7 @@ const ORDER: [u32; 8] = [
     0x1000_0000,
 ];
 
-/// S as four 64-bit chunks, when it is below L (RFC 8032 §5.1.7; ring refuses the rest).
+/// S in chunks, when it is below L (RFC 8032 §5.1.7; ring refuses the rest).
 fn scalar_below_order(bytes: &[u8; 32]) -> Option<[u64; CHUNKS]> {
     let words = words_le(bytes);
     for (word, order) in words.iter().zip(ORDER).rev() {
@@ -689,7 +691,13 @@ fn words_le(bytes: &[u8; 32]) -> [u32; 8] {
 }
 
 fn chunks(words: &[u32; 8]) -> [u64; CHUNKS] {
-    std::array::from_fn(|i| u64::from(words[2 * i]) | (u64::from(words[2 * i + 1]) << 32))
+    let per_chunk = CHUNK_BITS / 32;
+    std::array::from_fn(|i| {
+        words[i * per_chunk..(i + 1) * per_chunk]
+            .iter()
+            .rev()
+            .fold(0, |chunk, word| (chunk << 32) | u64::from(*word))
+    })
 }
 
 /// A 512-bit little-endian number mod L, 16 bits at a time from the top: with r < L,
@@ -730,7 +738,7 @@ fn reduce_mod_order(bytes: &[u8; 64]) -> [u64; CHUNKS] {
     chunks(&r)
 }
 
-/// The width-`window` NAF of a 64-bit chunk: odd digits below 2^(window − 1) in magnitude, at
+/// The width-`window` NAF of a chunk: odd digits below 2^(window − 1) in magnitude, at
 /// least `window` positions apart.
 fn wnaf(chunk: u64, window: u32) -> [i8; DIGITS] {
     let mut digits = [0i8; DIGITS];
@@ -887,10 +895,13 @@ mod tests {
     fn scalar_mod_order(bytes: &[u8; 32]) -> [u8; 32] {
         let mut wide = [0u8; 64];
         wide[..32].copy_from_slice(bytes);
-        let chunks = reduce_mod_order(&wide);
+        chunk_bytes(&reduce_mod_order(&wide))
+    }
+
+    fn chunk_bytes(chunks: &[u64; CHUNKS]) -> [u8; 32] {
         let mut out = [0u8; 32];
-        for (bytes, chunk) in out.chunks_exact_mut(8).zip(chunks) {
-            bytes.copy_from_slice(&chunk.to_le_bytes());
+        for (bytes, chunk) in out.chunks_exact_mut(CHUNK_BITS / 8).zip(chunks) {
+            bytes.copy_from_slice(&chunk.to_le_bytes()[..CHUNK_BITS / 8]);
         }
         out
     }
@@ -944,12 +955,8 @@ mod tests {
         assert_eq!(scalar_mod_order(&order_minus_one), order_minus_one);
         // 2^512 − 1 mod L, from Python: format((2**512 - 1) % L, "064x").
         let expected = "0x0399411b7c309a3dceec73d217f5be65d00e1ba768859347a40611e3449c0f00";
-        let all_ones = reduce_mod_order(&[0xff; 64]);
-        let hex: String = all_ones
-            .iter()
-            .rev()
-            .map(|chunk| format!("{chunk:016x}"))
-            .collect();
+        let all_ones = chunk_bytes(&reduce_mod_order(&[0xff; 64]));
+        let hex: String = all_ones.iter().rev().map(|b| format!("{b:02x}")).collect();
         assert_eq!(format!("0x{hex}"), expected);
     }
 
@@ -968,6 +975,7 @@ mod tests {
         ]
         .into_iter()
         .chain((0..200).map(|_| u64::from_le_bytes(random())))
+        .map(|chunk| chunk >> (64 - CHUNK_BITS))
         {
             for window in [KEY_WINDOW, BASE_WINDOW] {
                 let digits = wnaf(chunk, window);
@@ -1085,10 +1093,7 @@ mod tests {
         hash.update(&public_key);
         hash.update(b"known");
         let k = reduce_mod_order(hash.finish().as_ref().try_into().unwrap());
-        let mut k_bytes = [0u8; 32];
-        for (bytes, chunk) in k_bytes.chunks_exact_mut(8).zip(k) {
-            bytes.copy_from_slice(&chunk.to_le_bytes());
-        }
+        let k_bytes = chunk_bytes(&k);
         assert_eq!(commitment(&key, &k_bytes, s.try_into().unwrap()), r);
     }
 }
