@@ -3,7 +3,7 @@
 # Only stable Rust is at hand: RUSTC_BOOTSTRAP=1 lets it take the nightly-only flags
 # cargo-fuzz passes (sanitizers, coverage instrumentation).
 
-FUZZ_TARGETS       := token_verify jwks config path policy authorize wire dpop login token_answer rsa
+FUZZ_TARGETS       := token_verify jwks config path policy authorize wire dpop login token_answer rsa ed25519
 # Per target: `make fuzz FUZZ_SECONDS=3600` for a long run; the smoke run is part of `make test`.
 FUZZ_SECONDS       ?= 300
 FUZZ_SMOKE_SECONDS ?= 4

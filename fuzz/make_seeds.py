@@ -1,8 +1,8 @@
 """Writes the fuzz targets' fixed key set, config and seed corpora (fuzz/fixtures, fuzz/seeds).
 
 Run by hand when the seeds need to change (`.venv/bin/python fuzz/make_seeds.py`, after
-`make venv`); the output is committed. `make_seeds.py wire` writes only the wire seeds, which
-hold no keys or tokens, and leaves the rest as it is. Tokens are signed
+`make venv`); the output is committed. `make_seeds.py wire` (or `ed25519`) writes only that
+target's seeds, which depend on no generated key, and leaves the rest as it is. Tokens are signed
 with `cryptography` directly, never by the project. Each run makes new keys, so fixtures and
 seeds are always regenerated together. Private keys are not kept.
 """
@@ -170,22 +170,37 @@ def wire_seeds() -> dict[str, bytes]:
     }
 
 
+def ed25519_seeds() -> dict[str, bytes]:
+    """The ed25519 target (see its header): even first byte, a seed signs a message of half that
+    length and (position, value) pairs edit the signature; odd, a raw public key, signature and
+    message. An identity key with R = B and S = 1 verifies for any message (as with ring)."""
+    seed, message = bytes([7]) * 32, b"message!"
+    signed = bytes([2 * len(message)]) + seed + message
+    base = bytes([0x58]) + bytes([0x66]) * 31
+    one = bytes([1]) + bytes(31)
+    identity = bytes([1]) + bytes(31)
+    raw = lambda key, signature: b"\1" + key + signature + b"m"
+    return {
+        "signed": signed,
+        "signed-r-bit": signed + b"\x00\x01",
+        "signed-s-top": signed + b"\x3f\x10",
+        "signed-s-plus-order": signed + b"\x80\x00",
+        "signed-truncated": signed + b"\x81\x3f",
+        "signed-longer": signed + b"\x82\x00",
+        "identity-key": raw(identity, base + one),
+        "identity-key-sign-bit": raw(identity[:31] + b"\x80", base + one),
+        "identity-key-non-canonical": raw(b"\xee" + b"\xff" * 30 + b"\x7f", base + one),
+        "order-8-key": raw(bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"), base + one),
+        "off-curve-key": raw(bytes([2]) + bytes(31), base + one),
+    }
+
+
 def main() -> None:
     if sys.argv[1:] == ["wire"]:
         write("wire", wire_seeds())
-    # token_answer: the first byte picks status and grant (0: 200, client credentials;
-    # 8: 200, exchange for an access token; 12: 200, exchange for a transaction token; 2: 4xx).
-    ok = {"access_token": tokens[0], "token_type": "Bearer", "expires_in": 300}
-    exchanged = {**ok, "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}
-    txn = {**ok, "token_type": "N_A", "issued_token_type": "urn:ietf:params:oauth:token-type:txn_token"}
-    write("token_answer", {
-        "cc": b"\x00" + json.dumps(ok).encode(),
-        "exchange": b"\x08" + json.dumps(exchanged).encode(),
-        "txn": b"\x0c" + json.dumps(txn).encode(),
-        "error": b"\x02" + json.dumps({"error": "invalid_grant", "error_description": "x"}).encode(),
-        "string-expiry": b"\x00" + json.dumps({**ok, "expires_in": "60"}).encode(),
-        "html": b"\x00<html><body>502 Bad Gateway</body></html>",
-    })
+        return
+    if sys.argv[1:] == ["ed25519"]:
+        write("ed25519", ed25519_seeds())
         return
     jwks = public_jwks()
     config = {
@@ -212,6 +227,20 @@ def main() -> None:
 
     tokens = valid_tokens() + invalid_tokens()
     write("token_verify", {f"token-{i:02}": t for i, t in enumerate(tokens)})
+
+    # token_answer: the first byte picks status and grant (0: 200, client credentials;
+    # 8: 200, exchange for an access token; 12: 200, exchange for a transaction token; 2: 4xx).
+    ok = {"access_token": tokens[0], "token_type": "Bearer", "expires_in": 300}
+    exchanged = {**ok, "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}
+    txn = {**ok, "token_type": "N_A", "issued_token_type": "urn:ietf:params:oauth:token-type:txn_token"}
+    write("token_answer", {
+        "cc": b"\x00" + json.dumps(ok).encode(),
+        "exchange": b"\x08" + json.dumps(exchanged).encode(),
+        "txn": b"\x0c" + json.dumps(txn).encode(),
+        "error": b"\x02" + json.dumps({"error": "invalid_grant", "error_description": "x"}).encode(),
+        "string-expiry": b"\x00" + json.dumps({**ok, "expires_in": "60"}).encode(),
+        "html": b"\x00<html><body>502 Bad Gateway</body></html>",
+    })
 
     rsa_1024 = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key().public_numbers()
     rsa_good = jwks["keys"][0]
@@ -260,6 +289,7 @@ def main() -> None:
     # The policy target reads structured input; a few byte strings give libFuzzer a start.
     write("policy", {f"bytes-{i}": os.urandom(64 * (i + 1)) for i in range(3)})
     write("wire", wire_seeds())
+    write("ed25519", ed25519_seeds())
 
 
 if __name__ == "__main__":

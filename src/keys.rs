@@ -5,6 +5,7 @@
 //! Key material is decoded and checked once here, so verification does no parsing of its own.
 
 use crate::alg::{Alg, KeyFamily};
+use crate::ed25519;
 use crate::host_verify::{self, Curve};
 use crate::rsa;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -74,7 +75,9 @@ pub(crate) enum KeyMaterial {
     /// bogus point can only fail verification.
     EcP256(Vec<u8>),
     EcP384(Vec<u8>),
-    Ed25519([u8; 32]),
+    /// Decompressed and tabulated here, once; a key that is no point is kept (as ring would
+    /// have it) and verifies nothing.
+    Ed25519(ed25519::VerifyingKey),
     /// Boxed: three prepared HMAC states are far larger than the other variants.
     Oct(Box<HmacKeys>),
 }
@@ -326,7 +329,9 @@ fn okp_material(jwk: &Map<String, Value>) -> Option<KeyMaterial> {
         return None;
     }
     let x = base64url_member(jwk, "x")?;
-    Some(KeyMaterial::Ed25519(x.try_into().ok()?))
+    Some(KeyMaterial::Ed25519(ed25519::VerifyingKey::new(
+        x.try_into().ok()?,
+    )))
 }
 
 /// Shorter secrets are guessable offline from any token they signed.

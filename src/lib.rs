@@ -25,6 +25,7 @@ pub mod client_auth;
 pub mod compile;
 pub mod config;
 pub mod config_hash;
+pub mod ed25519;
 pub mod extract;
 pub mod header_map;
 pub mod host_verify;

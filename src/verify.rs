@@ -1,6 +1,7 @@
 //! Picks the key for a token and checks its signature: RS256/384/512 and ES256/384 by the
-//! host when it offers that and passed its known-answer test (`host_verify`), everything else,
-//! and anything the host gives no answer on, with ring through jwt-compact's `Algorithm` trait.
+//! host when it offers that and passed its known-answer test (`host_verify`), EdDSA by our own
+//! [`crate::ed25519`] (same answers as ring, key prepared once), everything else, and anything
+//! the host gives no answer on, with ring through jwt-compact's `Algorithm` trait.
 
 use crate::alg::{Alg, AlgSet};
 use crate::host_verify::{self, HostAnswer, HostHash, TrustedHost};
@@ -219,11 +220,9 @@ impl Algorithm for RingAlg {
                         .verify(message, signature)
                         .is_ok()
             }
-            KeyMaterial::Ed25519(public_key) => {
-                signature::UnparsedPublicKey::new(&signature::ED25519, public_key)
-                    .verify(message, signature)
-                    .is_ok()
-            }
+            // Our own verifier, with the key prepared at parse: it accepts exactly what ring's
+            // ED25519 does (src/ed25519.rs, tests/wycheproof.rs, fuzz target ed25519).
+            KeyMaterial::Ed25519(key) => key.verify(message, signature),
             KeyMaterial::Oct(secrets) => secrets
                 .for_alg(alg)
                 .is_some_and(|secret| hmac::verify(secret, message, signature).is_ok()),

@@ -489,9 +489,9 @@ fn rsa_pss_vectors() {
 
 /// Writes the vectors the host signature path is checked with in real Envoy
 /// (`tests/integration/test_host_wycheproof.py` through the probe module `tests/host-probe`):
-/// every RSA PKCS#1 v1.5 and ECDSA P1363 vector above and every RSA-PSS vector JOSE can
-/// express, each with its key as a JWK, Wycheproof's result, and what this native run
-/// answered. Run by `make host-probe`:
+/// every RSA PKCS#1 v1.5, ECDSA P1363 and Ed25519 vector above and every RSA-PSS vector JOSE
+/// can express, each with its key as a JWK, Wycheproof's result, and what this native run
+/// (our own RSA and Ed25519 code where the module verifies) answered. Run by `make host-probe`:
 /// `HOST_PROBE_VECTORS=<file> cargo test --test wycheproof -- --ignored host_probe_vectors`.
 #[test]
 #[ignore = "writes the vector file for the host probe; run by `make host-probe`"]
@@ -597,6 +597,20 @@ fn host_probe_vectors() {
                     .collect();
                 add_group(format!("{name:?}"), alg, jwk, vectors);
             }
+        }
+    }
+    {
+        // EdDSA never goes to the host: these run the module's own Ed25519 code in Envoy's V8.
+        use wycheproof::eddsa::{TestName, TestSet};
+        let set = TestSet::load(TestName::Ed25519).expect("vectors load");
+        for group in &set.test_groups {
+            let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&group.key.pk)});
+            let vectors = group
+                .tests
+                .iter()
+                .map(|t| vector(t.tc_id, &t.msg, &t.sig, t.result))
+                .collect();
+            add_group("Ed25519".to_owned(), Alg::EdDSA, jwk, vectors);
         }
     }
     let document = serde_json::to_vec(&json!({ "groups": groups })).expect("JSON");

@@ -6,15 +6,17 @@ parsed by `keys::parse_jwks` and the signature checked by `verify::verify_with` 
 `verify_signature` as the host after its known-answer test, and answers with what it decided
 and who decided it. Every RSA PKCS#1 v1.5 vector (2048 to 8192 bits, SHA-256/384/512) and
 every ECDSA P1363 vector (P-256/SHA-256, P-384/SHA-384) must give Wycheproof's result and the
-native run's; deliberate differences, pinned per file below:
+native run's. So must every Ed25519 vector, which the host never sees: the module decides them
+with its own Ed25519 code (src/ed25519.rs) compiled to Wasm, here in Envoy's V8, and the native
+run (the same code natively) must agree. Deliberate differences, pinned per file below:
 - `acceptable` vectors (RSA "MissingNull": a DigestInfo without its NULL) are refused, as
   natively.
 - ECDSA signatures that cannot be a JOSE signature (wrong length, `r` or `s` zero) are refused
   without asking the host ("refused before the host"); every other vector is answered by the
   host, none by ring.
 - RSA-PSS (every group JOSE can express: MGF1 over the message hash, salt as long as the hash)
-  is verified in the module by its own RSA (`src/rsa.rs`), the host never asked: the same
-  arithmetic natively and in Envoy's V8.
+  is verified in the module by its own RSA (`src/rsa.rs`), the host never asked (path
+  `module`): the same arithmetic natively and in Envoy's V8.
 
 `make host-probe` builds the probe and writes the vectors (from the `wycheproof` crate, with
 the native results); MESH_OAUTH_HOST_PROBE and MESH_OAUTH_HOST_VECTORS point elsewhere."""
@@ -56,7 +58,10 @@ PINNED = {
     "Rsa8192Sha512": (259, 1, 0),
     "EcdsaSecp256r1Sha256P1363": (262, 0, 35),
     "EcdsaSecp384r1Sha384P1363": (280, 0, 33),
+    "Ed25519": (151, 0, 0),
 }
+# Decided in the module: the host offers no Ed25519.
+MODULE_FILES = {"Ed25519"}
 
 # RSA-PSS file: vectors of its JOSE groups, all verified in the module (misc: one group per
 # hash, SHA-256/384/512, of one vector each).
@@ -197,11 +202,19 @@ def test_every_vector_gives_wycheproofs_result_and_the_native_one(vectors, resul
 
 def test_every_pss_vector_was_verified_in_the_module(vectors, results):
     paths = Counter(results[vid][1] for vid, v in vectors.items() if v["file"] in PINNED_MODULE)
-    assert paths == {"none": sum(PINNED_MODULE.values())}, paths
+    assert paths == {"module": sum(PINNED_MODULE.values())}, paths
+
+
+def test_ed25519_vectors_were_decided_in_the_module(vectors, results):
+    paths = Counter(path for vid, (_, path) in results.items()
+                    if vid in vectors and vectors[vid]["file"] in MODULE_FILES)
+    assert paths == {"module": PINNED["Ed25519"][0]}
+    accepted = sum(results[vid][0] for vid, v in vectors.items() if v["file"] == "Ed25519")
+    assert accepted == sum(v["result"] == "valid" for v in vectors.values() if v["file"] == "Ed25519") > 0
 
 
 def test_every_vector_went_through_the_host(vectors, results):
-    vectors = {vid: v for vid, v in vectors.items() if v["file"] in PINNED}
+    vectors = {vid: v for vid, v in vectors.items() if v["file"] in PINNED and v["file"] not in MODULE_FILES}
     paths = Counter(path for vid, (_, path) in results.items() if vid in vectors)
     assert paths.keys() <= {"host", "none"}, paths
     refused_first = Counter(vectors[vid]["file"] for vid, (_, path) in results.items()

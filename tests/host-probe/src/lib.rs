@@ -6,7 +6,8 @@
 //! "msg": "<base64url>", "sig": "<base64url>"}, ..]}, ..]}` (other members are ignored).
 //! Answer: `{"selfTest": null or the failure, "results": [[id, accepted, path], ..],
 //! "interface": {..}}`, where `path` says who decided: `host` (the host answered), `ring` (the
-//! host gave no answer), `none` (nobody: a signature refused before any call), `key-refused`
+//! host gave no answer), `none` (nobody: a signature refused before any call), `module` (an
+//! algorithm the host does not verify, decided in the module: EdDSA by `ed25519`), `key-refused`
 //! (`parse_jwks` refused the key); `interface`: see [`interface`].
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -97,7 +98,9 @@ fn decide(
     counting.answered.store(0, Ordering::Relaxed);
     counting.unavailable.store(0, Ordering::Relaxed);
     let accepted = verify_with(host, alg, None, msg, sig, keys, AlgSet::all()).is_ok();
-    let path = if counting.unavailable.load(Ordering::Relaxed) > 0 {
+    let path = if HostHash::for_alg(alg).is_none() {
+        "module"
+    } else if counting.unavailable.load(Ordering::Relaxed) > 0 {
         "ring"
     } else if counting.answered.load(Ordering::Relaxed) > 0 {
         "host"
