@@ -5,28 +5,43 @@
 use std::fmt;
 
 macro_rules! reasons {
-    ($($(#[$doc:meta])* $variant:ident => $name:literal,)*) => {
-        /// Why a request is refused (or, in `report` mode, would be).
+    ($(#[$meta:meta])* enum $enum:ident {
+        $($(#[$doc:meta])* $variant:ident => $name:literal,)*
+    }) => {
+        $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum Reason {
+        pub enum $enum {
             $($(#[$doc])* $variant,)*
         }
 
-        impl Reason {
+        impl $enum {
             /// Every reason, in the order they are listed here.
-            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
+            pub const ALL: &'static [$enum] = &[$($enum::$variant,)*];
 
             /// The metric and audit name.
             pub const fn name(self) -> &'static str {
                 match self {
-                    $(Reason::$variant => $name,)*
+                    $($enum::$variant => $name,)*
                 }
+            }
+
+            /// The reason of this name.
+            pub fn from_name(name: &str) -> Option<$enum> {
+                $enum::ALL.iter().copied().find(|reason| reason.name() == name)
+            }
+        }
+
+        impl fmt::Display for $enum {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
             }
         }
     };
 }
 
 reasons! {
+    /// Why a request is refused (or, in `report` mode, would be).
+    enum Reason {
     // The request and the rules.
     /// 400: more than one token, or a path that cannot be matched safely.
     InvalidRequest => "invalid_request",
@@ -90,17 +105,90 @@ reasons! {
     CertUnbound => "cert_unbound",
     CertMissing => "cert_missing",
     CertMismatch => "cert_mismatch",
+    }
 }
 
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+reasons! {
+    /// Why a browser login (issue 28) did not go on: the `<reason>` of the
+    /// `mesh_oauth.login.failed.<reason>` and `mesh_oauth.session.refused.<reason>` metrics, the
+    /// `reason` of the login audit lines (`session.refresh_failed` and
+    /// `session.backchannel_logout_refused` too), and what `explain` names. Documented in
+    /// docs/configuration.md ("Login reasons"); a reason is added, never renamed.
+    enum LoginReason {
+    // The callback and the logout endpoint.
+    /// The callback's query string could not be read.
+    Parameters => "parameters",
+    /// No live transaction cookie of this browser matches the callback's `state`.
+    State => "state",
+    /// The OP answered the authorization request with an error (`access_denied` …).
+    ProviderError => "provider_error",
+    /// The provider's discovery document or keys are not in yet (503).
+    ProviderUnavailable => "provider_unavailable",
+    /// RFC 9207 `iss` missing (when the OP advertises it) or not the issuer.
+    Iss => "iss",
+    /// The callback has no `code`.
+    Code => "code",
+    /// The callback came to a host the login does not serve.
+    Host => "host",
+    /// A logout `POST` from another site.
+    LogoutCrossSite => "logout_cross_site",
+
+    // The token endpoint (code redemption and refresh).
+    /// The OP could not be reached, timed out, or answered 5xx.
+    TokenEndpoint => "token_endpoint",
+    /// The OP refused the grant (4xx: `invalid_grant` for a spent or revoked refresh token …).
+    TokenRefused => "token_refused",
+    /// The OP's answer was not a usable token response.
+    TokenAnswer => "token_answer",
+    /// The answer's `token_type` is not `Bearer`.
+    TokenType => "token_type",
+    IdTokenMissing => "id_token_missing",
+    AccessTokenMissing => "access_token_missing",
+    /// A refresh's ID token could not be checked: the provider's keys are not in.
+    KeysUnavailable => "keys_unavailable",
+    /// The new session would need more cookie chunks than a browser should carry.
+    SessionTooLarge => "session_too_large",
+
+    // The ID token (OIDC Core §3.1.3.7) and the logout token's shared checks.
+    IdTokenAlgorithm => "id_token_algorithm",
+    IdTokenMalformed => "id_token_malformed",
+    IdTokenUnknownKey => "id_token_unknown_key",
+    IdTokenSignature => "id_token_signature",
+    IdTokenIssuer => "id_token_issuer",
+    IdTokenAudience => "id_token_audience",
+    IdTokenAzp => "id_token_azp",
+    IdTokenExpired => "id_token_expired",
+    IdTokenTime => "id_token_time",
+    /// `sub` missing, or a refresh's ID token names another subject.
+    IdTokenSub => "id_token_sub",
+    IdTokenNonce => "id_token_nonce",
+    IdTokenAtHash => "id_token_at_hash",
+
+    // Back-Channel Logout 1.0.
+    LogoutTokenTyp => "logout_token_typ",
+    LogoutTokenEvents => "logout_token_events",
+    LogoutTokenSub => "logout_token_sub",
+    LogoutTokenNonce => "logout_token_nonce",
+    LogoutTokenJti => "logout_token_jti",
+    /// A verified logout that shared data could not take (503, the OP may retry).
+    Unrecorded => "unrecorded",
+
+    // The session cookie (and a back-channel logout body that is not a form).
+    /// Its chunks are missing, repeated or too many.
+    Chunks => "chunks",
+    Malformed => "malformed",
+    /// Sealed with a key the ring no longer has.
+    UnknownKey => "unknown_key",
+    Tampered => "tampered",
+    Expired => "expired",
+    /// A back-channel logout ended it.
+    LoggedOut => "logged_out",
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Reason;
+    use super::{LoginReason, Reason};
     use std::collections::HashSet;
 
     #[test]
@@ -115,5 +203,20 @@ mod tests {
             );
             assert_eq!(reason.to_string(), name);
         }
+    }
+
+    #[test]
+    fn login_names_are_distinct_metric_segments() {
+        let mut seen = HashSet::new();
+        for reason in LoginReason::ALL {
+            let name = reason.name();
+            assert!(seen.insert(name), "{name} twice");
+            assert!(
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{name}"
+            );
+            assert_eq!(LoginReason::from_name(name), Some(*reason));
+        }
+        assert_eq!(LoginReason::from_name("nope"), None);
     }
 }

@@ -336,6 +336,138 @@ fn check_config_stands_in_a_certificate_for_client_cert_env() {
     );
 }
 
+/// An outbound WasmPlugin whose entries are `entries` (YAML, indented for `outbound:`).
+fn outbound_plugin(entries: &str) -> String {
+    format!(
+        "apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata:
+  name: outbound
+  namespace: agents
+spec:
+  match:
+    - mode: CLIENT
+  url: oci://registry.example.com/mesh-oauth:0.1.0
+  vmConfig:
+    env:
+      - name: AGENT_CLIENT_SECRET
+        valueFrom: HOST
+  pluginConfig:
+    providers:
+      - name: login
+        issuer: https://login.example.com
+    outbound:
+{entries}"
+    )
+}
+
+/// One outbound entry for [`outbound_plugin`]: `name` and its `match` as flow YAML.
+fn outbound_entry(name: &str, matcher: &str) -> String {
+    format!(
+        "      - name: {name}
+        match: {matcher}
+        clientCredentials:
+          provider: login
+          clientId: agent
+          clientSecretEnv: AGENT_CLIENT_SECRET
+"
+    )
+}
+
+/// First match wins: check-config refuses an entry that earlier entries take every request of
+/// — by what their patterns match (wildcard hosts, path prefixes, methods, ports), not only
+/// when they are written the same — and names them; an entry that still gets some requests
+/// passes.
+#[test]
+fn check_config_names_the_earlier_entries_that_leave_an_outbound_entry_no_request() {
+    let cases = [
+        (
+            vec![
+                ("all", "{hosts: ['*.shop.svc.cluster.local']}"),
+                ("pay", "{hosts: [payments.shop.svc.cluster.local], paths: ['/v1/*']}"),
+            ],
+            "outbound[1].match: never applies: every request it matches is taken by outbound[0] (\"all\"), which comes first (first match wins)",
+        ),
+        (
+            vec![
+                ("api", "{hosts: [a.internal], paths: ['/api/*'], methods: [GET, POST]}"),
+                ("v2", "{hosts: [a.internal], paths: ['/api/v2/*'], methods: [POST], ports: ['8443']}"),
+            ],
+            "outbound[1].match: never applies: every request it matches is taken by outbound[0] (\"api\"), which comes first (first match wins)",
+        ),
+        (
+            vec![
+                ("a", "{hosts: [a.internal]}"),
+                ("b", "{hosts: [b.internal], methods: [POST, PUT]}"),
+                ("both", "{hosts: [a.internal, b.internal], methods: [POST]}"),
+            ],
+            "outbound[2].match: never applies: every request it matches is taken by outbound[0] (\"a\") and outbound[1] (\"b\"), which come first (first match wins)",
+        ),
+        (
+            vec![("nothing", "{hosts: [a.internal], notHosts: ['*.internal']}")],
+            "outbound[0].match: never applies: no request matches it (its not… fields exclude everything its other fields match)",
+        ),
+    ];
+    for (entries, problem) in cases {
+        let yaml: String = entries
+            .iter()
+            .map(|(name, matcher)| outbound_entry(name, matcher))
+            .collect();
+        let path = scratch("outbound-shadowed.yaml", &outbound_plugin(&yaml));
+        let out = run(&["check-config", path.to_str().unwrap()], None);
+        assert_eq!(out.code, 1, "{entries:?}: {}", out.stdout);
+        assert_eq!(
+            out.stderr,
+            format!(
+                "error: {}: WasmPlugin agents/outbound: spec.pluginConfig.{problem}\n",
+                path.display()
+            ),
+            "{entries:?}"
+        );
+    }
+    let reachable = [
+        // The wildcard does not match the bare name; `/api` is not under `/api/*`; GET.
+        vec![
+            ("sub", "{hosts: ['*.shop.svc.cluster.local']}"),
+            ("bare", "{hosts: [shop.svc.cluster.local]}"),
+        ],
+        vec![
+            ("api", "{hosts: [a.internal], paths: ['/api/*']}"),
+            ("root", "{hosts: [a.internal], paths: ['/api']}"),
+        ],
+        vec![
+            ("a", "{hosts: [a.internal]}"),
+            ("b", "{hosts: [b.internal], methods: [POST]}"),
+            ("both", "{hosts: [a.internal, b.internal]}"),
+        ],
+        vec![
+            ("tls", "{hosts: [a.internal], ports: ['443']}"),
+            ("any", "{hosts: [a.internal], ports: ['443', '8443']}"),
+        ],
+    ];
+    for entries in reachable {
+        let yaml: String = entries
+            .iter()
+            .map(|(name, matcher)| outbound_entry(name, matcher))
+            .collect();
+        let path = scratch("outbound-reachable.yaml", &outbound_plugin(&yaml));
+        let out = run(&["check-config", path.to_str().unwrap()], None);
+        assert_eq!(
+            (out.code, out.stdout.as_str()),
+            (
+                0,
+                format!(
+                    "ok: WasmPlugin agents/outbound: 1 provider, {} outbound entries\n",
+                    entries.len()
+                )
+                .as_str()
+            ),
+            "{entries:?}: {}",
+            out.stderr
+        );
+    }
+}
+
 /// A login WasmPlugin's client secret and cookie keys live in the pod too: check-config stands in
 /// a key ring for the `cookieKeysEnv` variable (a client key would not pass as one), and names a
 /// variable `vmConfig.env` does not give.

@@ -473,6 +473,19 @@ pub enum PathPattern {
     Suffix(String),
 }
 
+impl PathPattern {
+    /// Istio path semantics, case-sensitive. `Prefix` is a plain string prefix, exactly as
+    /// Istio turns `/a/*` into Envoy's `prefix: "/a/"`: it matches `/a/` and `/a/x` but not `/a`.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathPattern::Any => true,
+            PathPattern::Exact(exact) => path == exact,
+            PathPattern::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            PathPattern::Suffix(suffix) => path.ends_with(suffix.as_str()),
+        }
+    }
+}
+
 /// `:authority` pattern, lower-cased.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostPattern {
@@ -482,6 +495,21 @@ pub enum HostPattern {
     WildcardSuffix(String),
     /// `*`
     Any,
+}
+
+impl HostPattern {
+    /// Matches a host name already in the patterns' form: lower-case, without port or
+    /// trailing dot. `*.example.com` matches any name under `example.com`, at any depth, but
+    /// not `example.com`.
+    pub fn matches_host(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Exact(exact) => host == exact,
+            HostPattern::WildcardSuffix(suffix) => {
+                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            }
+        }
+    }
 }
 
 // Built once per configuration and read in place, never moved per request: boxing the
@@ -875,6 +903,7 @@ mod client;
 mod fields;
 mod login;
 mod outbound;
+mod overlap;
 mod providers;
 mod request_match;
 mod resource;

@@ -166,49 +166,35 @@ pub(super) fn parse_outbound(
             ));
         }
     }
-    // First match wins: an entry whose every request an earlier one takes never applies.
+    // First match wins: an entry whose every request earlier ones take never applies.
     for (index, entry) in entries.iter().enumerate() {
-        if let Some(earlier) = entries[..index]
-            .iter()
-            .position(|e| shadows(&e.matcher, &entry.matcher))
-        {
-            return Err(error(
-                path.item(index).field("match"),
+        let earlier: Vec<&RuleMatch> = entries[..index].iter().map(|e| &e.matcher).collect();
+        let problem = match overlap::reach(&entry.matcher, &earlier) {
+            overlap::Reach::Reachable => continue,
+            overlap::Reach::Empty => {
+                "never applies: no request matches it (its not… fields exclude everything its \
+                 other fields match)"
+                    .to_owned()
+            }
+            overlap::Reach::Shadowed(by) => {
+                let named: Vec<String> = by
+                    .iter()
+                    .map(|&i| format!("outbound[{i}] (\"{}\")", entries[i].name))
+                    .collect();
+                let (list, verb) = match named.split_last() {
+                    Some((last, [])) => (last.clone(), "comes"),
+                    Some((last, rest)) => (format!("{} and {last}", rest.join(", ")), "come"),
+                    None => continue,
+                };
                 format!(
-                    "never applies: every request it matches is taken by outbound[{earlier}] \
-                     (\"{}\"), which comes first",
-                    entries[earlier].name
-                ),
-            ));
-        }
+                    "never applies: every request it matches is taken by {list}, which {verb} \
+                     first (first match wins)"
+                )
+            }
+        };
+        return Err(error(path.item(index).field("match"), problem));
     }
     Ok(Outbound { entries })
-}
-
-/// Whether every request `later` matches is matched by `earlier`: each of `earlier`'s
-/// conditions is also one of `later`'s, or holds for every request (`"*"`). Syntactic, so
-/// sound but not complete: it finds the copy-paste and catch-all mistakes.
-fn shadows(earlier: &RuleMatch, later: &RuleMatch) -> bool {
-    earlier.conditions.iter().all(|condition| {
-        holds_always(condition)
-            || later.conditions.iter().any(|other| {
-                other.fact == condition.fact
-                    && other.any_of == condition.any_of
-                    && other.none_of == condition.none_of
-            })
-    })
-}
-
-fn holds_always(condition: &Condition) -> bool {
-    condition.none_of.is_none()
-        && condition.any_of.as_ref().is_some_and(|patterns| {
-            patterns.iter().any(|pattern| {
-                matches!(
-                    pattern,
-                    Pattern::Host(HostPattern::Any) | Pattern::Path(PathPattern::Any)
-                )
-            })
-        })
 }
 
 fn parse_entry(

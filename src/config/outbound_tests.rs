@@ -462,7 +462,7 @@ fn an_entry_an_earlier_one_always_takes_first_is_refused() {
     for (first, second) in shadowed {
         assert_eq!(
             problem(two(first.clone(), second.clone())),
-            "outbound[1].match: never applies: every request it matches is taken by outbound[0] (\"a\"), which comes first",
+            "outbound[1].match: never applies: every request it matches is taken by outbound[0] (\"a\"), which comes first (first match wins)",
             "{first} then {second}"
         );
     }

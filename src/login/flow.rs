@@ -17,6 +17,7 @@ use crate::alg::AlgSet;
 use crate::authorize::HeaderEdit;
 use crate::config::{Login, Provider};
 use crate::keys::KeySet;
+use crate::reason::LoginReason;
 use crate::token::TokenLimits;
 
 pub use super::token_call::{TokenCall, CLIENT_ASSERTION_RANDOM_LEN, MAX_TOKEN_ANSWER_BYTES};
@@ -107,11 +108,11 @@ fn prefers_html(accept: &str) -> bool {
 pub enum Event {
     LoginStarted,
     LoginCompleted,
-    LoginFailed(&'static str),
+    LoginFailed(LoginReason),
     SessionRefreshed,
-    SessionRefreshFailed(&'static str),
+    SessionRefreshFailed(LoginReason),
     /// A session cookie that was not used: tampered, expired, retired key, logged out.
-    SessionRefused(&'static str),
+    SessionRefused(LoginReason),
     /// RP-initiated logout; the session's `sid`, to refuse copies of the cookie too.
     Logout {
         sid: Option<String>,
@@ -121,10 +122,25 @@ pub enum Event {
         sid: Option<String>,
         sub: Option<String>,
     },
-    BackchannelLogoutRefused(&'static str),
+    BackchannelLogoutRefused(LoginReason),
 }
 
 impl Event {
+    /// Why it failed or was refused: the audit line's `reason` (a [`LoginReason`] name).
+    pub fn reason(&self) -> Option<LoginReason> {
+        match self {
+            Event::LoginFailed(reason)
+            | Event::SessionRefreshFailed(reason)
+            | Event::SessionRefused(reason)
+            | Event::BackchannelLogoutRefused(reason) => Some(*reason),
+            Event::LoginStarted
+            | Event::LoginCompleted
+            | Event::SessionRefreshed
+            | Event::Logout { .. }
+            | Event::BackchannelLogout { .. } => None,
+        }
+    }
+
     /// The metric this event counts.
     pub fn metric(&self) -> String {
         match self {
@@ -207,6 +223,14 @@ pub trait LogoutLedger {
     fn sid_logged_out_at(&self, sid: &str) -> Option<u64>;
     /// When a logout of every session of this subject (`sub` only) was recorded.
     fn sub_logged_out_at(&self, sub: &str) -> Option<u64>;
+    /// Whether a session (its `sid`, `sub`, and when it began) is logged out.
+    fn session_logged_out(&self, sid: Option<&str>, sub: &str, authenticated_at: u64) -> bool {
+        let by_sid = sid.and_then(|sid| self.sid_logged_out_at(sid)).is_some();
+        let by_sub = self
+            .sub_logged_out_at(sub)
+            .is_some_and(|at| at >= authenticated_at);
+        by_sid || by_sub
+    }
 }
 
 /// Refreshes made in the sidecar in the last [`REFRESH_SHARED_SECONDS`], by session.
@@ -358,7 +382,7 @@ impl Flow {
         };
         if self.logged_out(&session, ctx.logouts) {
             next.set_cookies = clear_session(cookie.as_deref());
-            next.event = Some(Event::SessionRefused("logged_out"));
+            next.event = Some(Event::SessionRefused(LoginReason::LoggedOut));
             return Step::Continue(next);
         }
         let RefreshDue {
@@ -369,7 +393,7 @@ impl Flow {
             let Some(refresh_token) = session.refresh_token.clone() else {
                 // Nothing to refresh with: the session ends with its token.
                 next.set_cookies = clear_session(cookie.as_deref());
-                next.event = Some(Event::SessionRefused("expired"));
+                next.event = Some(Event::SessionRefused(LoginReason::Expired));
                 return Step::Continue(next);
             };
             let Some(endpoints) = ctx.endpoints else {
@@ -457,15 +481,11 @@ impl Flow {
     }
 
     fn logged_out(&self, session: &Session, logouts: &dyn LogoutLedger) -> bool {
-        let by_sid = session
-            .sid
-            .as_deref()
-            .and_then(|sid| logouts.sid_logged_out_at(sid))
-            .is_some();
-        let by_sub = logouts
-            .sub_logged_out_at(&session.sub)
-            .is_some_and(|at| at >= session.authenticated_at);
-        by_sid || by_sub
+        logouts.session_logged_out(
+            session.sid.as_deref(),
+            &session.sub,
+            session.authenticated_at,
+        )
     }
 
     /// The redirect to the OP for a navigation the pipeline refused for want of a token;
@@ -542,7 +562,7 @@ impl Flow {
         let cookie = request.cookie();
         let params = match form::decode(request.query()) {
             Ok(params) => params,
-            Err(_) => return Step::Respond(login_failed(400, "parameters", Vec::new())),
+            Err(_) => return Step::Respond(login_failed(400, LoginReason::Parameters, Vec::new())),
         };
         let state = form::get(&params, "state").unwrap_or("");
         let tx_name = transaction::cookie_name(state);
@@ -572,11 +592,11 @@ impl Flow {
                 &format!("Sign-in was not completed: the identity provider answered {code}.\n"),
                 clear,
             );
-            answer.event = Some(Event::LoginFailed("provider_error"));
+            answer.event = Some(Event::LoginFailed(LoginReason::ProviderError));
             return Step::Respond(answer);
         }
         let Some(tx) = tx else {
-            return Step::Respond(login_failed(400, "state", clear));
+            return Step::Respond(login_failed(400, LoginReason::State, clear));
         };
         // Without the endpoints or the keys the code could be redeemed but the ID token not
         // checked: answered before the code is spent, so a reload can still complete.
@@ -585,18 +605,18 @@ impl Flow {
         };
         match form::get(&params, "iss") {
             Some(iss) if iss != self.issuer => {
-                return Step::Respond(login_failed(400, "iss", clear));
+                return Step::Respond(login_failed(400, LoginReason::Iss, clear));
             }
             None if endpoints.iss_parameter_supported => {
-                return Step::Respond(login_failed(400, "iss", clear));
+                return Step::Respond(login_failed(400, LoginReason::Iss, clear));
             }
             _ => {}
         }
         let Some(code) = form::get(&params, "code").filter(|code| !code.is_empty()) else {
-            return Step::Respond(login_failed(400, "code", clear));
+            return Step::Respond(login_failed(400, LoginReason::Code, clear));
         };
         let Some(origin) = self.login.origin_for(request.authority) else {
-            return Step::Respond(login_failed(400, "host", clear));
+            return Step::Respond(login_failed(400, LoginReason::Host, clear));
         };
         let redirect_uri = self.redirect_uri(origin);
         let call = self.code_call(code, &redirect_uri, &tx.verifier, endpoints, ctx);
@@ -667,12 +687,15 @@ impl Flow {
                             None => {
                                 next.set_cookies = clear_names(&chunk_names);
                                 next.may_login = navigation;
-                                next.event = Some(Event::SessionRefreshFailed("session_too_large"));
+                                next.event =
+                                    Some(Event::SessionRefreshFailed(LoginReason::SessionTooLarge));
                             }
                         }
                     }
                     // The OP did not answer and the token is still good: keep the session.
-                    Err(reason @ "token_endpoint") if ctx.now < session.token_expires_at => {
+                    Err(reason @ LoginReason::TokenEndpoint)
+                        if ctx.now < session.token_expires_at =>
+                    {
                         next.edits.push(bearer(&session.token));
                         next.event = Some(Event::SessionRefreshFailed(reason));
                     }
@@ -685,6 +708,17 @@ impl Flow {
                 Step::Continue(next)
             }
         }
+    }
+
+    /// A refresh this request waited for, made by another request (in any worker), failed:
+    /// the request goes on as that one did (the old token while it is good, else the session
+    /// ends), counted once, for the request that made the call.
+    pub fn on_refresh_failed_elsewhere(&self, pending: Pending, ctx: &mut Context<'_>) -> Step {
+        let mut step = self.on_token_answer(pending, None, &[], ctx);
+        if let Step::Continue(next) = &mut step {
+            next.event = None;
+        }
+        step
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -701,11 +735,11 @@ impl Flow {
         let clear = vec![cookies::clear_cookie(transaction_cookie)];
         let tokens = match self.token_answer(status, body) {
             Ok(tokens) => tokens,
-            Err(reason @ "token_endpoint") => return login_failed(502, reason, clear),
+            Err(reason @ LoginReason::TokenEndpoint) => return login_failed(502, reason, clear),
             Err(reason) => return login_failed(400, reason, clear),
         };
         let Some(id_token_raw) = tokens.id_token.as_deref() else {
-            return login_failed(400, "id_token_missing", clear);
+            return login_failed(400, LoginReason::IdTokenMissing, clear);
         };
         let Some(keys) = ctx.keys else {
             return unavailable();
@@ -722,7 +756,7 @@ impl Flow {
             Err(error) => return login_failed(400, error.reason(), clear),
         };
         let Some(session) = self.new_session(&tokens, &id_token, ctx.now) else {
-            return login_failed(400, "access_token_missing", clear);
+            return login_failed(400, LoginReason::AccessTokenMissing, clear);
         };
         let expires = ctx.now.saturating_add(self.login.session_max_age_seconds);
         // Chunks a longer earlier session may have left would spoil the new one.
@@ -730,7 +764,7 @@ impl Flow {
         let Some((mut set_cookies, _)) =
             self.session_cookies(&session, host, expires, &every_chunk, ctx)
         else {
-            return login_failed(400, "session_too_large", clear);
+            return login_failed(400, LoginReason::SessionTooLarge, clear);
         };
         set_cookies.extend(clear);
         let mut answer = redirect(return_path, set_cookies, Some(Event::LoginCompleted));
@@ -779,7 +813,7 @@ impl Flow {
             origin_header.is_none_or(|value| value.eq_ignore_ascii_case(&origin.url()));
         if !same_site || !same_origin || (site.is_none() && origin_header.is_none()) {
             let mut answer = plain(403, "Logout must come from this site.\n", Vec::new());
-            answer.event = Some(Event::LoginFailed("logout_cross_site"));
+            answer.event = Some(Event::LoginFailed(LoginReason::LogoutCrossSite));
             return answer;
         }
         let cookie = request.cookie();
@@ -826,19 +860,19 @@ impl Flow {
 
     /// The back-channel logout request's body (`logout_token=…`), Back-Channel Logout 1.0 §2.5.
     pub fn on_backchannel_logout(&self, body: &[u8], ctx: &Context<'_>) -> Answer {
-        let refused = |reason: &'static str| {
+        let refused = |reason: LoginReason| {
             let mut answer = json_answer(400, r#"{"error":"invalid_request"}"#);
             answer.event = Some(Event::BackchannelLogoutRefused(reason));
             answer
         };
         let Ok(text) = std::str::from_utf8(body) else {
-            return refused("malformed");
+            return refused(LoginReason::Malformed);
         };
         let Ok(params) = form::decode(text) else {
-            return refused("malformed");
+            return refused(LoginReason::Malformed);
         };
         let Some(token) = form::get(&params, "logout_token") else {
-            return refused("malformed");
+            return refused(LoginReason::Malformed);
         };
         let Some(keys) = ctx.keys else {
             return unavailable();
@@ -862,7 +896,7 @@ fn base64_random<const N: usize>(ctx: &mut Context<'_>) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ctx.bytes::<N>())
 }
 
-fn session_reason(error: SessionError) -> &'static str {
+fn session_reason(error: SessionError) -> LoginReason {
     error.reason()
 }
 
@@ -951,7 +985,7 @@ fn json_answer(status: u32, body: &str) -> Answer {
 }
 
 /// A callback that cannot complete: a plain page, never a redirect (no loop).
-fn login_failed(status: u32, reason: &'static str, set_cookies: Vec<String>) -> Answer {
+fn login_failed(status: u32, reason: LoginReason, set_cookies: Vec<String>) -> Answer {
     let mut answer = plain(
         status,
         "Sign-in could not be completed. Go back to the page you wanted and try again.\n",
@@ -976,7 +1010,7 @@ fn unavailable() -> Answer {
     answer
         .headers
         .push(("retry-after".to_owned(), "1".to_owned()));
-    answer.event = Some(Event::LoginFailed("provider_unavailable"));
+    answer.event = Some(Event::LoginFailed(LoginReason::ProviderUnavailable));
     answer
 }
 

@@ -590,11 +590,11 @@ fn several_tabs_log_in_at_once_and_old_transactions_do_not_pile_up() {
     };
     assert_eq!(
         responded(world.navigate(&callback(&first))).event,
-        Some(Event::LoginFailed("state"))
+        Some(Event::LoginFailed(lr("state")))
     );
     assert_eq!(
         responded(world.navigate(&callback(&second))).event,
-        Some(Event::LoginFailed("state"))
+        Some(Event::LoginFailed(lr("state")))
     );
     let tab_a = world.authorize("/a");
     let tab_b = world.authorize("/b");
@@ -630,7 +630,7 @@ fn callback_attacks_end_in_a_4xx_page_never_a_redirect() {
         attempt.jar = world.jar.clone();
         let answer = responded(attempt.navigate(&path));
         assert_eq!(answer.status, 400, "{path}");
-        assert_eq!(answer.event, Some(Event::LoginFailed(reason)), "{path}");
+        assert_eq!(answer.event, Some(Event::LoginFailed(lr(reason))), "{path}");
         assert!(header(&answer, "location").is_none());
         assert_eq!(
             header(&answer, "content-type"),
@@ -642,7 +642,7 @@ fn callback_attacks_end_in_a_4xx_page_never_a_redirect() {
     let answer = responded(
         other_browser.navigate(&format!("/oauth2/callback?code=c&state={state}&iss={iss}")),
     );
-    assert_eq!(answer.event, Some(Event::LoginFailed("state")));
+    assert_eq!(answer.event, Some(Event::LoginFailed(lr("state"))));
     // Without iss when the OP does not advertise it: accepted.
     let mut lenient = World::new();
     lenient.endpoints = endpoints(false);
@@ -677,7 +677,7 @@ fn a_replayed_state_finds_no_transaction() {
     let replay = responded(world.navigate(&callback));
     assert_eq!(
         (replay.status, replay.event),
-        (400, Some(Event::LoginFailed("state")))
+        (400, Some(Event::LoginFailed(lr("state"))))
     );
 }
 
@@ -690,7 +690,7 @@ fn an_op_error_is_shown_once_not_looped() {
         params["state"]
     )));
     assert_eq!(answer.status, 403);
-    assert_eq!(answer.event, Some(Event::LoginFailed("provider_error")));
+    assert_eq!(answer.event, Some(Event::LoginFailed(lr("provider_error"))));
     assert!(answer.body.contains("access_denied") && !answer.body.contains("script"));
     assert!(header(&answer, "location").is_none());
     world.store(&set_cookies(&answer));
@@ -729,7 +729,7 @@ fn bad_id_tokens_and_token_answers_fail_the_login() {
         let answer = world.login("/", id_patch.clone(), answer_patch.clone());
         assert_eq!(
             (answer.status, answer.event.clone()),
-            (400, Some(Event::LoginFailed(reason))),
+            (400, Some(Event::LoginFailed(lr(reason)))),
             "{id_patch} {answer_patch}"
         );
         assert!(!world.jar.contains_key("__Host-mesh-session.0"));
@@ -779,7 +779,7 @@ fn a_tampered_or_foreign_session_cookie_is_refused_and_cleared() {
         let next = continued(attempt.navigate("/"));
         assert_eq!(bearer_of(&next), None);
         assert!(next.may_login);
-        assert_eq!(next.event, Some(Event::SessionRefused(reason)));
+        assert_eq!(next.event, Some(Event::SessionRefused(lr(reason))));
         assert_eq!(
             next.set_cookies,
             vec![cookies::clear_cookie("__Host-mesh-session.0")]
@@ -791,7 +791,7 @@ fn a_tampered_or_foreign_session_cookie_is_refused_and_cleared() {
     late.now = NOW + 86_400;
     assert_eq!(
         continued(late.navigate("/")).event,
-        Some(Event::SessionRefused("expired"))
+        Some(Event::SessionRefused(lr("expired")))
     );
     // Another host's login, with the same keys, does not accept it.
     let mut other_host = World::with(flow_with(json!({"hosts": ["other.example.com"]})));
@@ -812,13 +812,13 @@ fn a_tampered_or_foreign_session_cookie_is_refused_and_cleared() {
         random: &mut random,
     };
     let next = continued(other_host.flow.on_request(&request, &mut ctx));
-    assert_eq!(next.event, Some(Event::SessionRefused("tampered")));
+    assert_eq!(next.event, Some(Event::SessionRefused(lr("tampered"))));
     // A retired key: the ring no longer has it.
     let mut rotated = World::with(flow_with(json!({"cookieKeysEnv": "OTHER_KEYS"})));
     rotated.jar = world.jar.clone();
     assert_eq!(
         continued(rotated.navigate("/")).event,
-        Some(Event::SessionRefused("unknown_key"))
+        Some(Event::SessionRefused(lr("unknown_key")))
     );
     // A request with its own token is an API request: the session is not looked at.
     let mut api = World::new();
@@ -855,7 +855,10 @@ fn a_large_session_is_chunked_and_reordered_chunks_still_join_but_a_missing_one_
     // Too large for the cap: refused, not sent.
     let mut huge = World::new();
     let answer = huge.login("/", json!({}), json!({"access_token": "x".repeat(20_000)}));
-    assert_eq!(answer.event, Some(Event::LoginFailed("session_too_large")));
+    assert_eq!(
+        answer.event,
+        Some(Event::LoginFailed(lr("session_too_large")))
+    );
     // A shorter session after a longer one clears the leftover chunk.
     world.login("/", json!({}), json!({}));
     assert!(!world.jar.contains_key("__Host-mesh-session.1"));
@@ -948,7 +951,7 @@ fn a_session_is_rechecked_after_session_recheck_seconds_even_with_a_valid_token(
     assert!(next.may_login);
     assert_eq!(
         next.event,
-        Some(Event::SessionRefreshFailed("token_refused"))
+        Some(Event::SessionRefreshFailed(lr("token_refused")))
     );
     world.store(&next.set_cookies);
     assert!(world.jar.is_empty());
@@ -966,7 +969,7 @@ fn an_unreachable_op_keeps_a_still_valid_session_but_not_an_expired_one() {
     assert_eq!(bearer_of(&next), Some("the-access-token"));
     assert_eq!(
         next.event,
-        Some(Event::SessionRefreshFailed("token_endpoint"))
+        Some(Event::SessionRefreshFailed(lr("token_endpoint")))
     );
     world.now = NOW + 3600;
     let Step::Call(call) = world.navigate("/") else {
@@ -991,7 +994,7 @@ fn a_refreshed_id_token_must_be_about_the_same_subject() {
     let next = continued(world.answer(call.pending, Some(200), &answer));
     assert_eq!(
         next.event,
-        Some(Event::SessionRefreshFailed("id_token_sub"))
+        Some(Event::SessionRefreshFailed(lr("id_token_sub")))
     );
     assert_eq!(bearer_of(&next), None);
 }
@@ -1007,7 +1010,7 @@ fn without_a_refresh_token_the_session_ends_with_its_token() {
     );
     world.now = NOW + 300;
     let next = continued(world.navigate("/"));
-    assert_eq!(next.event, Some(Event::SessionRefused("expired")));
+    assert_eq!(next.event, Some(Event::SessionRefused(lr("expired"))));
     assert!(next.may_login);
 }
 
@@ -1127,7 +1130,10 @@ fn backchannel_logout_verifies_the_token_and_ends_sessions() {
     ] {
         let answer = ctx_answer(&world, &body);
         assert_eq!(answer.status, 400, "{reason}");
-        assert_eq!(answer.event, Some(Event::BackchannelLogoutRefused(reason)));
+        assert_eq!(
+            answer.event,
+            Some(Event::BackchannelLogoutRefused(lr(reason)))
+        );
         assert_eq!(header(&answer, "cache-control"), Some("no-store"));
     }
     let answer = ctx_answer(
@@ -1149,7 +1155,7 @@ fn backchannel_logout_verifies_the_token_and_ends_sessions() {
     // Recorded by the runtime: the session is refused on its next request.
     world.ledger.0.push(("sid", "op-session-1".to_owned(), NOW));
     let next = continued(world.navigate("/"));
-    assert_eq!(next.event, Some(Event::SessionRefused("logged_out")));
+    assert_eq!(next.event, Some(Event::SessionRefused(lr("logged_out"))));
     assert_eq!(bearer_of(&next), None);
     // A logout of every session of the subject ends sessions from before it, not later ones.
     let mut by_sub = World::new();
@@ -1179,12 +1185,23 @@ fn return_paths_stay_on_this_origin() {
 fn events_name_their_metrics() {
     assert_eq!(Event::LoginStarted.metric(), "login.started");
     assert_eq!(Event::LoginCompleted.metric(), "login.completed");
-    assert_eq!(Event::LoginFailed("state").metric(), "login.failed.state");
+    assert_eq!(
+        Event::LoginFailed(lr("state")).metric(),
+        "login.failed.state"
+    );
     assert_eq!(Event::SessionRefreshed.metric(), "session.refreshed");
     assert_eq!(
-        Event::SessionRefreshFailed("x").metric(),
+        Event::SessionRefreshFailed(lr("token_refused")).metric(),
         "session.refresh_failed"
     );
+    // The reason goes into the audit line, from the one list.
+    assert_eq!(
+        Event::SessionRefreshFailed(lr("token_refused"))
+            .reason()
+            .map(|r| r.name()),
+        Some("token_refused")
+    );
+    assert_eq!(Event::LoginCompleted.reason(), None);
     assert_eq!(Event::Logout { sid: None }.metric(), "session.logout");
     assert_eq!(
         Event::BackchannelLogout {
@@ -1194,4 +1211,9 @@ fn events_name_their_metrics() {
         .metric(),
         "session.backchannel_logout"
     );
+}
+
+/// The login reason of this name (a test naming one that does not exist fails).
+fn lr(name: &str) -> crate::reason::LoginReason {
+    crate::reason::LoginReason::from_name(name).unwrap_or_else(|| panic!("no login reason {name}"))
 }

@@ -6,6 +6,7 @@
 use crate::alg::{Alg, AlgSet};
 use crate::claims::{numeric_date, ClaimError};
 use crate::keys::KeySet;
+use crate::reason::LoginReason;
 use crate::token::{self, TokenLimits};
 use crate::verify;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -54,30 +55,32 @@ pub enum IdTokenError {
 
 impl IdTokenError {
     /// A stable code for metrics (`login.failed.<reason>`) and audit lines.
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> LoginReason {
         match self {
             IdTokenError::Token(error) => match error.reason() {
-                crate::reason::Reason::Algorithm => "id_token_algorithm",
-                _ => "id_token_malformed",
+                crate::reason::Reason::Algorithm => LoginReason::IdTokenAlgorithm,
+                _ => LoginReason::IdTokenMalformed,
             },
             IdTokenError::Signature(verify::VerifyError::AlgorithmNotAllowed) => {
-                "id_token_algorithm"
+                LoginReason::IdTokenAlgorithm
             }
-            IdTokenError::Signature(verify::VerifyError::UnknownKey) => "id_token_unknown_key",
-            IdTokenError::Signature(_) => "id_token_signature",
-            IdTokenError::Issuer => "id_token_issuer",
-            IdTokenError::Audience => "id_token_audience",
-            IdTokenError::AuthorizedParty => "id_token_azp",
-            IdTokenError::Time(ClaimError::Expired) => "id_token_expired",
-            IdTokenError::Time(_) | IdTokenError::MissingIssuedAt => "id_token_time",
-            IdTokenError::Subject => "id_token_sub",
-            IdTokenError::Nonce => "id_token_nonce",
-            IdTokenError::AccessTokenHash => "id_token_at_hash",
-            IdTokenError::LogoutType => "logout_token_typ",
-            IdTokenError::LogoutEvent => "logout_token_events",
-            IdTokenError::LogoutSubject => "logout_token_sub",
-            IdTokenError::LogoutNonce => "logout_token_nonce",
-            IdTokenError::LogoutId => "logout_token_jti",
+            IdTokenError::Signature(verify::VerifyError::UnknownKey) => {
+                LoginReason::IdTokenUnknownKey
+            }
+            IdTokenError::Signature(_) => LoginReason::IdTokenSignature,
+            IdTokenError::Issuer => LoginReason::IdTokenIssuer,
+            IdTokenError::Audience => LoginReason::IdTokenAudience,
+            IdTokenError::AuthorizedParty => LoginReason::IdTokenAzp,
+            IdTokenError::Time(ClaimError::Expired) => LoginReason::IdTokenExpired,
+            IdTokenError::Time(_) | IdTokenError::MissingIssuedAt => LoginReason::IdTokenTime,
+            IdTokenError::Subject => LoginReason::IdTokenSub,
+            IdTokenError::Nonce => LoginReason::IdTokenNonce,
+            IdTokenError::AccessTokenHash => LoginReason::IdTokenAtHash,
+            IdTokenError::LogoutType => LoginReason::LogoutTokenTyp,
+            IdTokenError::LogoutEvent => LoginReason::LogoutTokenEvents,
+            IdTokenError::LogoutSubject => LoginReason::LogoutTokenSub,
+            IdTokenError::LogoutNonce => LoginReason::LogoutTokenNonce,
+            IdTokenError::LogoutId => LoginReason::LogoutTokenJti,
         }
     }
 }

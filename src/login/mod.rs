@@ -10,6 +10,7 @@ pub mod flow;
 pub mod form;
 pub mod id_token;
 pub mod ledger;
+pub mod refreshes;
 pub mod return_path;
 pub mod seal;
 pub mod session;

@@ -6,6 +6,7 @@
 //!
 //! Format: `<key id>.<base64url(nonce ‖ ciphertext ‖ tag)>`.
 
+use crate::reason::LoginReason;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
@@ -61,12 +62,12 @@ pub enum OpenError {
 }
 
 impl OpenError {
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> LoginReason {
         match self {
-            OpenError::Malformed => "malformed",
-            OpenError::UnknownKey => "unknown_key",
-            OpenError::Tampered => "tampered",
-            OpenError::Expired => "expired",
+            OpenError::Malformed => LoginReason::Malformed,
+            OpenError::UnknownKey => LoginReason::UnknownKey,
+            OpenError::Tampered => LoginReason::Tampered,
+            OpenError::Expired => LoginReason::Expired,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use super::cookies::{self, SESSION_COOKIE};
 use super::seal::{Binding, KeyRing, OpenError, Opened, SEAL_RANDOM_LEN};
+use crate::reason::LoginReason;
 use serde::{Deserialize, Serialize};
 
 /// Never `Debug`: it holds tokens.
@@ -38,9 +39,9 @@ pub enum SessionError {
 }
 
 impl SessionError {
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> LoginReason {
         match self {
-            SessionError::Chunks(_) => "chunks",
+            SessionError::Chunks(_) => LoginReason::Chunks,
             SessionError::Open(error) => error.reason(),
         }
     }

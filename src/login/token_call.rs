@@ -8,6 +8,7 @@ use super::id_token::{self, Verified};
 use super::session::Session;
 use crate::client_auth::{self, Credentials, Signer};
 use crate::config::{ClientAuth, Forward, HttpTarget};
+use crate::reason::LoginReason;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::Value;
@@ -123,23 +124,23 @@ impl Flow {
         &self,
         status: Option<u32>,
         body: &[u8],
-    ) -> Result<Tokens, &'static str> {
+    ) -> Result<Tokens, LoginReason> {
         match status {
-            None => return Err("token_endpoint"),
-            Some(status) if status >= 500 => return Err("token_endpoint"),
+            None => return Err(LoginReason::TokenEndpoint),
+            Some(status) if status >= 500 => return Err(LoginReason::TokenEndpoint),
             Some(200) => {}
-            Some(_) => return Err("token_refused"),
+            Some(_) => return Err(LoginReason::TokenRefused),
         }
         if body.len() > MAX_TOKEN_ANSWER_BYTES {
-            return Err("token_answer");
+            return Err(LoginReason::TokenAnswer);
         }
         let answer = crate::json::parse_object(body, self.expected().limits.json)
-            .map_err(|_| "token_answer")?;
-        let text = |name: &str| -> Result<Option<String>, &'static str> {
+            .map_err(|_| LoginReason::TokenAnswer)?;
+        let text = |name: &str| -> Result<Option<String>, LoginReason> {
             match answer.get(name) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(text)) if !text.is_empty() => Ok(Some(text.clone())),
-                Some(_) => Err("token_answer"),
+                Some(_) => Err(LoginReason::TokenAnswer),
             }
         };
         let token_type = text("token_type")?;
@@ -148,7 +149,7 @@ impl Flow {
         if access_token.is_some()
             && !token_type.is_some_and(|kind| kind.eq_ignore_ascii_case("bearer"))
         {
-            return Err("token_type");
+            return Err(LoginReason::TokenType);
         }
         Ok(Tokens {
             access_token,
@@ -209,12 +210,12 @@ impl Flow {
         status: Option<u32>,
         body: &[u8],
         ctx: &Context<'_>,
-    ) -> Result<Session, &'static str> {
+    ) -> Result<Session, LoginReason> {
         let tokens = self.token_answer(status, body)?;
         let mut id_exp = None;
         let mut sid = session.sid.clone();
         if let Some(raw) = tokens.id_token.as_deref() {
-            let keys = ctx.keys.ok_or("keys_unavailable")?;
+            let keys = ctx.keys.ok_or(LoginReason::KeysUnavailable)?;
             let verified = id_token::verify_id_token(
                 raw,
                 keys,
@@ -226,7 +227,7 @@ impl Flow {
             .map_err(id_token::IdTokenError::reason)?;
             // OIDC Core §12.2: a refreshed ID token is about the same person.
             if verified.text("sub") != Some(session.sub.as_str()) {
-                return Err("id_token_sub");
+                return Err(LoginReason::IdTokenSub);
             }
             id_exp = verified.claims.get("exp").and_then(Value::as_u64);
             sid = verified.text("sid").map(str::to_owned).or(sid);
@@ -234,12 +235,12 @@ impl Flow {
         let id_raw = match (&tokens.id_token, self.login.forward) {
             (Some(raw), _) => raw.clone(),
             // Forwarding ID tokens and none came back: nothing new to forward.
-            (None, Forward::IdToken) => return Err("id_token_missing"),
+            (None, Forward::IdToken) => return Err(LoginReason::IdTokenMissing),
             (None, Forward::AccessToken) => String::new(),
         };
         let (token, token_expires_at) = self
             .forwarded(&tokens, id_raw, id_exp, ctx.now)
-            .ok_or("access_token_missing")?;
+            .ok_or(LoginReason::AccessTokenMissing)?;
         Ok(Session {
             token,
             // No new refresh token: the old one stays valid (RFC 6749 §6).

@@ -59,6 +59,8 @@ pub enum Step {
     Continue {
         edits: Vec<HeaderEdit>,
         renewal: Option<Call>,
+        /// The renewal that was due could not even be asked for: the cached token goes on.
+        renewal_failed: Option<Refusal>,
         audit: Audit,
     },
     /// Answer the request with `status` (403 for the subject, 503 when no token can be had).
@@ -79,6 +81,9 @@ pub enum Step {
     },
     /// A background call finished: nothing to resume.
     Done,
+    /// A background renewal got no token: the cached one goes on until it expires. Nothing
+    /// to resume, but an operator must be able to see it before the requests fail.
+    RenewalFailed { entry: usize, reason: Refusal },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -327,11 +332,18 @@ impl Flow {
                 self.attach(index, &want, &token, Source::Cached, destination, None)
             }
             Lookup::Renew(token, Some(lease)) => {
-                let renewal = match self.start(index, want.clone(), lease, true, &destination, cx) {
-                    Started::Call(call) => Some(*call),
-                    Started::Wait { .. } | Started::Failed { .. } => None,
-                };
-                self.attach(index, &want, &token, Source::Cached, destination, renewal)
+                let (renewal, failed) =
+                    match self.start(index, want.clone(), lease, true, &destination, cx) {
+                        Started::Call(call) => (Some(*call), None),
+                        Started::Wait { .. } => (None, None),
+                        Started::Failed { reason, .. } => (None, Some(reason)),
+                    };
+                let mut step =
+                    self.attach(index, &want, &token, Source::Cached, destination, renewal);
+                if let Step::Continue { renewal_failed, .. } = &mut step {
+                    *renewal_failed = failed;
+                }
+                step
             }
             Lookup::Fetch(lease) => match self.start(index, want, lease, false, &destination, cx) {
                 Started::Call(call) => Step::Call(*call),
@@ -429,7 +441,11 @@ impl Flow {
                     cx.jitter,
                 );
                 match (pending.background, token) {
-                    (true, _) => Step::Done,
+                    (true, Some(_)) => Step::Done,
+                    (true, None) => Step::RenewalFailed {
+                        entry: index,
+                        reason: Refusal::TokenLifetime,
+                    },
                     (false, Some(token)) => self.attach(
                         index,
                         &pending.want,
@@ -452,7 +468,10 @@ impl Flow {
                     cx.jitter,
                 );
                 match (pending.background, kept) {
-                    (true, _) => Step::Done,
+                    (true, _) => Step::RenewalFailed {
+                        entry: index,
+                        reason: error.reason(),
+                    },
                     // A failed call keeps a token that is still valid.
                     (false, Some(token)) => self.attach(
                         index,
@@ -642,7 +661,10 @@ impl Flow {
     ) -> Step {
         self.cache.abandon(cx.store, &pending.lease);
         if pending.background {
-            return Step::Done;
+            return Step::RenewalFailed {
+                entry: pending.entry,
+                reason,
+            };
         }
         self.fail(pending.entry, reason, 1, pending.destination)
     }
@@ -683,6 +705,7 @@ impl Flow {
         Step::Continue {
             edits,
             renewal,
+            renewal_failed: None,
             audit: Audit {
                 entry: index,
                 destination,
@@ -705,6 +728,7 @@ impl Flow {
             OnFailure::PassThrough => Step::Continue {
                 edits: Vec::new(),
                 renewal: None,
+                renewal_failed: None,
                 audit: Audit {
                     entry: index,
                     destination,

@@ -119,6 +119,7 @@ fn describe(step: &Step) -> String {
         Step::Call(call) => format!("{call:?}"),
         Step::Wait { .. } => "wait".into(),
         Step::Done => "done".into(),
+        Step::RenewalFailed { reason, .. } => format!("renewal failed {reason}"),
     }
 }
 
@@ -302,9 +303,13 @@ fn a_token_is_kept_through_a_failed_renewal_and_dropped_once_expired() {
         panic!("{}", describe(&step))
     };
     assert_eq!(edits, bearer_edit("cc-1"));
+    // Shown (the runtime counts and logs it), with the reason; nothing to resume.
     assert!(matches!(
         answer(&mut f, &store, renewal, 503, b"", NOW + 86_100),
-        Step::Done
+        Step::RenewalFailed {
+            entry: 0,
+            reason: Refusal::TokenEndpointStatus
+        }
     ));
     let still = ask(&mut f, &store, &req("payments.internal"), NOW + 89_000);
     assert_eq!(attached(&still).0, bearer_edit("cc-1"));
@@ -457,6 +462,68 @@ fn an_exchange_with_an_actor_fetches_the_actor_token_first() {
     // Alice again: from the cache.
     let again = ask(&mut f, &store, &request, NOW + 40);
     assert_eq!(attached(&again), (bearer_edit("narrow-1"), Source::Cached));
+}
+
+/// A renewal whose actor token cannot be had fails visibly: as the actor call's answer
+/// (`RenewalFailed`), or, while that failure backs off, on the request that found the renewal
+/// due (`renewal_failed`); the still-valid exchanged token goes on either way.
+#[test]
+fn a_renewal_without_its_actor_token_is_reported_as_failed() {
+    let store = Shared::default();
+    let mut f = exchange_flow(json!({"actor": "clientCredentials"}), json!({}));
+    let user = jwt(json!({"sub": "alice", "exp": NOW / 1000 + 600, "may_act": {"sub": "orders"}}));
+    let request = with_bearer(req("payments.internal"), &user);
+    let actor_call = expect_call(ask(&mut f, &store, &request, NOW));
+    // The actor token lives 10 s, the exchanged one 100 s (renewal due from 85.5 s).
+    let exchange_call = expect_call(answer(
+        &mut f,
+        &store,
+        actor_call,
+        200,
+        &ok("agent-tok", 10),
+        NOW,
+    ));
+    let exchanged_token = exchanged("narrow-1", 100, ACCESS_TOKEN_TYPE, "Bearer");
+    answer(&mut f, &store, exchange_call, 200, &exchanged_token, NOW);
+    let step = ask(&mut f, &store, &request, NOW + 86_000);
+    let Step::Continue {
+        edits,
+        renewal: Some(renewal),
+        renewal_failed: None,
+        ..
+    } = step
+    else {
+        panic!("{}", describe(&step))
+    };
+    assert_eq!(edits, bearer_edit("narrow-1"));
+    assert_eq!(
+        form_pairs(&renewal.body),
+        vec![("grant_type".to_owned(), "client_credentials".to_owned())],
+        "the expired actor token first"
+    );
+    let failed = answer(&mut f, &store, renewal, 500, b"{}", NOW + 86_100);
+    assert!(
+        matches!(
+            failed,
+            Step::RenewalFailed {
+                entry: 0,
+                reason: Refusal::TokenEndpointStatus
+            }
+        ),
+        "{}",
+        describe(&failed)
+    );
+    let step = ask(&mut f, &store, &request, NOW + 86_200);
+    let Step::Continue {
+        edits,
+        renewal: None,
+        renewal_failed: Some(Refusal::ActorToken),
+        ..
+    } = step
+    else {
+        panic!("{}", describe(&step))
+    };
+    assert_eq!(edits, bearer_edit("narrow-1"));
 }
 
 #[test]

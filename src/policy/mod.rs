@@ -12,15 +12,9 @@ pub use request_match::{
     Applies, Miss, MissReason, MissSeen, Observed, RequestFacts, RuleTried, Selection, TokenClaims,
 };
 
-/// Istio path semantics, case-sensitive. `Prefix` is a plain string prefix, exactly as Istio
-/// turns `/a/*` into Envoy's `prefix: "/a/"`: it matches `/a/` and `/a/x` but not `/a`.
+/// Istio path semantics ([`PathPattern::matches`]).
 pub fn path_matches(pattern: &PathPattern, path: &str) -> bool {
-    match pattern {
-        PathPattern::Any => true,
-        PathPattern::Exact(exact) => path == exact,
-        PathPattern::Prefix(prefix) => path.starts_with(prefix.as_str()),
-        PathPattern::Suffix(suffix) => path.ends_with(suffix.as_str()),
-    }
+    pattern.matches(path)
 }
 
 /// Matches an `:authority` against a (lower-case) host pattern: the port is ignored, case is
@@ -30,11 +24,7 @@ pub fn path_matches(pattern: &PathPattern, path: &str) -> bool {
 pub fn host_matches(pattern: &HostPattern, authority: &str) -> bool {
     let host = strip_port(authority);
     let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
-    match pattern {
-        HostPattern::Any => true,
-        HostPattern::Exact(exact) => host == *exact,
-        HostPattern::WildcardSuffix(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
-    }
+    pattern.matches_host(&host)
 }
 
 /// A path pattern as written in the configuration.

@@ -89,6 +89,10 @@ pub enum Until {
         /// When the request arrived: the flow bounds its whole wait.
         arrived_ms: u64,
     },
+    /// A session refresh another worker makes (browser login): the request's login step runs
+    /// again at each tick, until that refresh's outcome is in shared data or its lease runs
+    /// out (then this worker may refresh). Past its deadline it is answered 503.
+    LoginRefresh,
 }
 
 #[derive(Debug, Clone)]
@@ -187,11 +191,19 @@ impl HeldRequests {
         }
     }
 
+    /// Whether a request waits for another worker's session refresh (the root then ticks
+    /// faster, to pass its outcome on soon).
+    pub fn any_login_refresh(&self) -> bool {
+        self.0
+            .iter()
+            .any(|h| matches!(h.until, Until::LoginRefresh))
+    }
+
     /// The providers held requests wait for.
     pub fn key_providers(&self) -> impl Iterator<Item = usize> + '_ {
         self.0.iter().filter_map(|h| match h.until {
             Until::Keys { provider, .. } => Some(provider),
-            Until::Call { .. } | Until::Outbound { .. } => None,
+            Until::Call { .. } | Until::Outbound { .. } | Until::LoginRefresh => None,
         })
     }
 

@@ -8,7 +8,8 @@
 use super::*;
 use crate::login::flow::MAX_TOKEN_ANSWER_BYTES;
 use crate::login::flow::{self, Event, Flow, Pending, Step};
-use crate::login::ledger::{SharedLedger, SharedRefreshes};
+use crate::login::ledger::SharedLedger;
+use crate::login::refreshes::{self, Claim, SharedRefreshes};
 
 /// A back-channel logout body larger than this is refused unread (a logout token is small).
 pub const MAX_LOGIN_BODY_BYTES: usize = 64 * 1024;
@@ -40,6 +41,8 @@ struct LoginCall {
     /// Other requests of the same session waiting for this refresh: how each goes on.
     followers: Vec<(u32, Follower)>,
     refresh_key: Option<Vec<u8>>,
+    /// A refresh's name in shared data: its outcome is published there for every worker.
+    shared_key: Option<String>,
 }
 
 /// What a request that waits for another request's refresh needs of its own.
@@ -202,6 +205,7 @@ impl Runtime {
         let ledger = SharedLedger {
             store: host.shared,
             issuer: &issuer,
+            lifetime_seconds: self.logout_lifetime(&issuer),
         };
         let refreshes = SharedRefreshes {
             store: host.shared,
@@ -226,7 +230,7 @@ impl Runtime {
             ..
         }) = &step
         {
-            refreshes.record(key, sealed, host.now_ms / 1000);
+            refreshes.publish(key, refreshes::Outcome::Done(sealed), host.now_ms);
         }
         random_ok.then_some(step)
     }
@@ -383,6 +387,31 @@ impl Runtime {
                         return Route::Done;
                     }
                 }
+                // Across workers: one refresh per session in the whole sidecar.
+                let shared_key = match &pending {
+                    Pending::Refresh { session, .. } => session.refresh_key(),
+                    Pending::Code { .. } => None,
+                };
+                if let (Some(shared_key), Some(issuer)) = (&shared_key, self.issuer_of(index)) {
+                    let shared = SharedRefreshes {
+                        store: host.shared,
+                        issuer: &issuer,
+                    };
+                    let lease_ms = token.timeout_ms.saturating_add(CALL_MARGIN_MS);
+                    match shared.claim(shared_key, host.now_ms, lease_ms) {
+                        Claim::Won | Claim::Unshared => {}
+                        Claim::Wait { until_ms } => {
+                            self.wait_for_shared_refresh(context, request, until_ms, out);
+                            return Route::Done;
+                        }
+                        Claim::FailedElsewhere => {
+                            let step = self.flow_step(index, host, |flow, ctx| {
+                                flow.on_refresh_failed_elsewhere(pending, ctx)
+                            });
+                            return self.login_step(index, context, request, step, host, out);
+                        }
+                    }
+                }
                 let id = self.logins.next_call;
                 self.logins.next_call += 1;
                 let deadline_ms = host
@@ -402,6 +431,7 @@ impl Runtime {
                         pending,
                         followers: Vec::new(),
                         refresh_key: key,
+                        shared_key,
                     },
                 );
                 let expiry = Response {
@@ -456,6 +486,7 @@ impl Runtime {
             pending,
             followers,
             refresh_key,
+            shared_key,
         }) = self.logins.calls.remove(&id)
         else {
             return;
@@ -468,6 +499,24 @@ impl Runtime {
         let primary = self.flow_step(index, host, |flow, ctx| {
             flow.on_token_answer(pending, status, body, ctx)
         });
+        // A result was published by `flow_step`; a failure ends the lease too, and the
+        // requests other workers hold for it end the same way.
+        let refreshed = matches!(
+            &primary,
+            Some(Step::Continue(flow::Continue {
+                refreshed: Some(_),
+                ..
+            }))
+        );
+        if let (Some(shared_key), Some(issuer), false) =
+            (&shared_key, self.issuer_of(index), refreshed)
+        {
+            let shared = SharedRefreshes {
+                store: host.shared,
+                issuer: &issuer,
+            };
+            shared.publish(shared_key, refreshes::Outcome::Failed, host.now_ms);
+        }
         for waiter in self.take_held_for_call(call, out) {
             let step = if waiter.context == context {
                 primary.as_ref().map(copy_step)
@@ -510,6 +559,94 @@ impl Runtime {
                     let edited = waiter.request.view(&pairs);
                     self.decide_request(waiter.context, &edited, host, out);
                 }
+            }
+        }
+    }
+
+    /// How long a back-channel logout of `issuer` is kept: the longest session lifetime of the
+    /// logins of that issuer.
+    fn logout_lifetime(&self, issuer: &str) -> u64 {
+        self.logins
+            .flows
+            .iter()
+            .filter(|flow| {
+                self.config
+                    .providers
+                    .get(flow.login.provider)
+                    .is_some_and(|p| p.issuer == issuer)
+            })
+            .map(|flow| flow.login.session_max_age_seconds)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The issuer of login `index`'s provider.
+    fn issuer_of(&self, index: usize) -> Option<String> {
+        let provider = self.logins.flows.get(index)?.login.provider;
+        Some(self.config.providers.get(provider)?.issuer.clone())
+    }
+
+    /// Holds request `context` while another worker refreshes its session: its login step
+    /// runs again at each tick ([`Runtime::login_refresh_again`]).
+    fn wait_for_shared_refresh(
+        &mut self,
+        context: u32,
+        request: &Request<'_>,
+        until_ms: u64,
+        out: &mut Effects,
+    ) {
+        if self.held.len() >= self.config.limits.max_held_requests {
+            log(
+                out,
+                Level::Warn,
+                "held requests at their limit: answering at once",
+            );
+            out.push(Effect::Answer {
+                context,
+                response: unavailable(),
+            });
+            return;
+        }
+        let held = held::Held {
+            context,
+            request: OwnedRequest::of(request),
+            deadline_ms: until_ms.saturating_add(CALL_MARGIN_MS),
+            until: Until::LoginRefresh,
+        };
+        self.held.hold(held, &mut self.metrics, out);
+        out.push(Effect::SetTickPeriod {
+            ms: super::LOGIN_REFRESH_POLL_MS,
+        });
+    }
+
+    /// A request held for another worker's refresh, looked at again (at a tick): it uses that
+    /// refresh's outcome, waits on, refreshes itself once the other lease ran out, or past
+    /// its deadline is answered 503.
+    pub(super) fn login_refresh_again(
+        &mut self,
+        waiter: held::Held,
+        host: Host<'_>,
+        out: &mut Effects,
+    ) {
+        if host.now_ms >= waiter.deadline_ms {
+            out.push(Effect::Answer {
+                context: waiter.context,
+                response: unavailable(),
+            });
+            return;
+        }
+        let headers = waiter.request.header_pairs();
+        let view = waiter.request.view(&headers);
+        match self.login_request(waiter.context, &view, host, out) {
+            Route::Done => {}
+            Route::Pipeline => self.decide_request(waiter.context, &view, host, out),
+            Route::Edited(headers) => {
+                let pairs: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
+                let edited = waiter.request.view(&pairs);
+                self.decide_request(waiter.context, &edited, host, out);
             }
         }
     }
@@ -623,6 +760,7 @@ impl Runtime {
         let ledger = SharedLedger {
             store: host.shared,
             issuer: &issuer,
+            lifetime_seconds: self.logout_lifetime(&issuer),
         };
         let now = host.now_ms / 1000;
         let mut no_random = |_: &mut [u8]| {};
@@ -634,9 +772,27 @@ impl Runtime {
             refreshes: &flow::NoRefreshes,
             random: &mut no_random,
         };
-        let answer = flow.on_backchannel_logout(body, &ctx);
+        let mut answer = flow.on_backchannel_logout(body, &ctx);
         if let Some(Event::BackchannelLogout { sid, sub }) = &answer.event {
-            ledger.record(sid.as_deref(), sub.as_deref(), now);
+            if !ledger.record(sid.as_deref(), sub.as_deref(), now) {
+                // Not acknowledged, so the OP may send it again (fail closed).
+                log(
+                    out,
+                    Level::Warn,
+                    "login: back-channel logout not recorded: shared data busy",
+                );
+                answer = flow::Answer {
+                    status: 503,
+                    headers: vec![
+                        ("retry-after".to_string(), "1".to_string()),
+                        ("cache-control".to_string(), "no-store".to_string()),
+                    ],
+                    body: String::new(),
+                    event: Some(Event::BackchannelLogoutRefused(
+                        crate::reason::LoginReason::Unrecorded,
+                    )),
+                };
+            }
         }
         if let Some(event) = &answer.event {
             self.login_event(event, out);
@@ -674,10 +830,14 @@ impl Runtime {
             AuditLevel::Info => Level::Info,
             AuditLevel::Warn => Level::Warn,
         };
-        // Everything a login does is worth a line at the configured audit level.
-        out.push(Effect::Log {
-            level,
-            line: format!("mesh-oauth: {{\"login\":\"{metric}\"}}"),
-        });
+        // Everything a login does is worth a line at the configured audit level; the reason is
+        // a name from one list (`LoginReason`), never anything the request carried.
+        let line = match event.reason() {
+            Some(reason) => {
+                format!("mesh-oauth: {{\"login\":\"{metric}\",\"reason\":\"{reason}\"}}")
+            }
+            None => format!("mesh-oauth: {{\"login\":\"{metric}\"}}"),
+        };
+        out.push(Effect::Log { level, line });
     }
 }

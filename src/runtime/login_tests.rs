@@ -366,3 +366,194 @@ fn another_worker_uses_a_refresh_already_made_for_the_old_cookie() {
         format!("Bearer {fresh}")
     )));
 }
+
+/// Two workers of one sidecar: `first` logged in, `second` with the same signing key and
+/// endpoints. Their shared data is one store, copied across at each hand-over (the tests run
+/// one worker at a time).
+fn two_workers() -> (Vm, Vm, String) {
+    let mut first = Vm::new(login_config());
+    first.discover();
+    let session = logged_in(&mut first, 20);
+    let mut second = Vm::new(login_config());
+    // The same provider, so the same signing key.
+    std::mem::swap(&mut second.key, &mut first.key);
+    second.discover();
+    std::mem::swap(&mut second.key, &mut first.key);
+    share(&first, &second);
+    (first, second, session)
+}
+
+fn share(from: &Vm, to: &Vm) {
+    let records = from.envoy.shared.0.borrow().clone();
+    to.envoy.shared.0.replace(records);
+}
+
+fn request_edits(vm: &Vm, context: u32) -> Vec<HeaderEdit> {
+    vm.envoy
+        .request_edits
+        .iter()
+        .chain(vm.envoy.resumed.iter())
+        .filter(|(c, _)| *c == context)
+        .flat_map(|(_, e)| e.clone())
+        .collect()
+}
+
+fn response_cookies(vm: &Vm, context: u32) -> Vec<String> {
+    vm.envoy
+        .response_edits
+        .iter()
+        .chain(vm.runtime.as_ref().unwrap().response_edits.iter())
+        .filter(|(c, _)| *c == context)
+        .flat_map(|(_, e)| e.clone())
+        .filter_map(|e| match e {
+            HeaderEdit::Add(n, v) if n == "set-cookie" => Some(v),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_refresh_in_one_worker_serves_the_requests_another_worker_holds() {
+    let (mut first, mut second, session) = two_workers();
+    first.envoy.now += 15_000;
+    second.envoy.now = first.envoy.now;
+    first.browse(30, "GET", "/api/a", &[("cookie", &session)]);
+    let (token_id, _) = first.envoy.take_call(TOKEN_CLUSTER).expect("a refresh");
+
+    // The other worker, while the call is under way: it waits rather than spend the token.
+    share(&first, &second);
+    let with_theme = format!("{session}; theme=dark");
+    second.browse(31, "GET", "/api/b", &[("cookie", &session)]);
+    second.browse(32, "GET", "/api/c", &[("cookie", &with_theme)]);
+    assert!(
+        second.envoy.take_call(TOKEN_CLUSTER).is_none(),
+        "one refresh in the sidecar"
+    );
+    assert_eq!(second.held(), 2);
+    assert_eq!(second.envoy.tick_ms, Some(LOGIN_REFRESH_POLL_MS));
+    second.envoy.now += LOGIN_REFRESH_POLL_MS;
+    second.tick(ROOT);
+    assert_eq!(second.held(), 2, "nothing to use yet");
+    assert_eq!(second.envoy.tick_ms, Some(LOGIN_REFRESH_POLL_MS));
+
+    let fresh = first.token(
+        json!({"iss": ISSUER, "aud": "orders", "sub": "alice", "jti": "fresh",
+                                   "exp": NOW_S + 3600, "iat": NOW_S}),
+    );
+    let answer = json!({"access_token": fresh, "token_type": "Bearer", "expires_in": 300,
+                        "refresh_token": "rt-rotated"})
+    .to_string();
+    first.answer(ROOT, token_id, 200, &answer);
+    assert!(first.envoy.was_resumed(30));
+    let winner_cookies = response_cookies(&first, 30);
+    assert!(!winner_cookies.is_empty());
+
+    // At its next tick the other worker passes the result on: the new token upstream, the
+    // new session to each browser, each request with its own cookie header.
+    share(&first, &second);
+    second.envoy.now += LOGIN_REFRESH_POLL_MS;
+    second.tick(ROOT);
+    assert_eq!(second.held(), 0);
+    assert!(second.envoy.take_call(TOKEN_CLUSTER).is_none());
+    for (context, cookie_edit) in [
+        (31, HeaderEdit::Remove("cookie".into())),
+        (32, HeaderEdit::Set("cookie".into(), "theme=dark".into())),
+    ] {
+        assert!(
+            second.envoy.was_resumed(context),
+            "{context}: {:?}",
+            second.envoy.answer_for(context)
+        );
+        let edits = request_edits(&second, context);
+        assert!(edits.contains(&HeaderEdit::Set(
+            "authorization".into(),
+            format!("Bearer {fresh}")
+        )));
+        assert!(edits.contains(&cookie_edit), "{context}: {edits:?}");
+        let cookies = response_cookies(&second, context);
+        assert!(
+            cookies
+                .iter()
+                .any(|c| c.starts_with("__Host-mesh-session.") && !c.contains("Max-Age=0")),
+            "{context}: the new session goes back to this browser too: {cookies:?}"
+        );
+        // The same session the winner's browser got (sealed once, shared sealed).
+        let value = |c: &String| c.split(';').next().unwrap_or("").to_owned();
+        assert_eq!(
+            cookies.iter().map(value).collect::<Vec<_>>(),
+            winner_cookies.iter().map(value).collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(first.envoy.metric("mesh_oauth.session.refreshed"), Some(1));
+    assert_eq!(second.envoy.count("mesh_oauth.session.refreshed"), 0);
+    // The tick slows down again once nobody waits.
+    assert_eq!(second.envoy.tick_ms, Some(TICK_MS));
+}
+
+#[test]
+fn a_refresh_that_failed_in_one_worker_ends_the_session_in_another_without_a_second_call() {
+    let (mut first, mut second, session) = two_workers();
+    // Past the token's life: a failed refresh ends the session.
+    first.envoy.now += 25_000;
+    second.envoy.now = first.envoy.now;
+    first.browse(40, "GET", "/api/a", &[("cookie", &session)]);
+    let (token_id, _) = first.envoy.take_call(TOKEN_CLUSTER).expect("a refresh");
+    share(&first, &second);
+    second.browse(41, "GET", "/api/b", &[("cookie", &session)]);
+    assert_eq!(second.held(), 1);
+    first.answer(ROOT, token_id, 400, r#"{"error":"invalid_grant"}"#);
+    assert_eq!(status(first.envoy.answer_for(40)), Some(401));
+    share(&first, &second);
+    second.envoy.now += LOGIN_REFRESH_POLL_MS;
+    second.tick(ROOT);
+    assert!(
+        second.envoy.take_call(TOKEN_CLUSTER).is_none(),
+        "no second call"
+    );
+    assert_eq!(status(second.envoy.answer_for(41)), Some(401));
+    let cleared = second
+        .envoy
+        .answer_for(41)
+        .map(|r| {
+            r.headers
+                .iter()
+                .any(|(n, v)| n == "set-cookie" && v.contains("Max-Age=0"))
+        })
+        .unwrap_or(false)
+        || response_cookies(&second, 41)
+            .iter()
+            .any(|c| c.contains("Max-Age=0"));
+    assert!(cleared, "the session cookie is cleared");
+    assert_eq!(first.envoy.count("mesh_oauth.session.refresh_failed"), 1);
+    // The audit line says why, with a name from the one list of login reasons.
+    assert!(first
+        .envoy
+        .logged(r#"{"login":"session.refresh_failed","reason":"token_refused"}"#));
+    assert_eq!(second.envoy.count("mesh_oauth.session.refresh_failed"), 0);
+}
+
+#[test]
+fn a_worker_that_never_answers_leaves_the_refresh_to_another_after_its_lease() {
+    let (mut first, mut second, session) = two_workers();
+    first.envoy.now += 15_000;
+    second.envoy.now = first.envoy.now;
+    first.browse(50, "GET", "/api/a", &[("cookie", &session)]);
+    assert!(first.envoy.take_call(TOKEN_CLUSTER).is_some());
+    // `first` is gone (its VM restarted, say): its call never answers.
+    share(&first, &second);
+    second.browse(51, "GET", "/api/b", &[("cookie", &session)]);
+    assert_eq!(second.held(), 1);
+    let mut ticks = 0u64;
+    while second.envoy.take_call(TOKEN_CLUSTER).is_none() {
+        ticks += 1;
+        assert!(ticks < 1_000, "never refreshed");
+        second.envoy.now += LOGIN_REFRESH_POLL_MS;
+        second.tick(ROOT);
+    }
+    // Not before the lease (the call's timeout and a margin) ran out.
+    assert!(ticks * LOGIN_REFRESH_POLL_MS >= 2_000, "{ticks}");
+    assert!(
+        second.envoy.answer_for(51).is_none(),
+        "held for its own call"
+    );
+}

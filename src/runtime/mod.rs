@@ -70,6 +70,8 @@ use std::collections::HashMap;
 
 /// How often the root looks at the shared key records and at held requests' deadlines.
 pub const TICK_MS: u64 = 100;
+/// While a request waits for another worker's session refresh, the root looks this often.
+pub const LOGIN_REFRESH_POLL_MS: u64 = 20;
 /// A request that starts waiting wakes the root at once with this tick.
 pub const WAKE_MS: u64 = 1;
 /// An owner root silent for this long (ten ticks) is taken over by another root.
@@ -641,7 +643,12 @@ impl Runtime {
 
     pub fn on_tick(&mut self, root_id: u32, host: Host<'_>, out: &mut Effects) {
         self.pump(root_id, Vec::new(), host, out);
-        out.push(Effect::SetTickPeriod { ms: TICK_MS });
+        let ms = if self.held.any_login_refresh() {
+            LOGIN_REFRESH_POLL_MS
+        } else {
+            TICK_MS
+        };
+        out.push(Effect::SetTickPeriod { ms });
     }
 
     /// Starts a call for `purpose`.
@@ -905,6 +912,7 @@ impl Runtime {
         }
         let now = host.now_ms;
         let waiting = self.held.take_all(&mut self.metrics, out);
+        let mut login_refreshes = Vec::new();
         for waiter in waiting {
             let expired = now >= waiter.deadline_ms;
             let prior = match &waiter.until {
@@ -928,6 +936,10 @@ impl Runtime {
                 // Looked at by the outbound flow's own wake.
                 Until::Outbound { .. } => {
                     self.held.hold(waiter, &mut self.metrics, out);
+                    continue;
+                }
+                Until::LoginRefresh => {
+                    login_refreshes.push(waiter);
                     continue;
                 }
                 Until::Call { expiry, .. } => {
@@ -959,6 +971,9 @@ impl Runtime {
                 };
                 self.held.hold(held, &mut self.metrics, out);
             }
+        }
+        for waiter in login_refreshes {
+            self.login_refresh_again(waiter, host, out);
         }
     }
 

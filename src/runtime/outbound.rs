@@ -210,13 +210,14 @@ impl Runtime {
         out: &mut Effects,
     ) {
         match step {
-            Step::Untouched | Step::Done => out.push(Effect::Resume {
+            Step::Untouched | Step::Done | Step::RenewalFailed { .. } => out.push(Effect::Resume {
                 context,
                 edits: Vec::new(),
             }),
             Step::Continue {
                 edits,
                 renewal,
+                renewal_failed,
                 audit,
             } => {
                 let edits = edits
@@ -228,6 +229,9 @@ impl Runtime {
                     .collect();
                 if let Some(renewal) = renewal {
                     self.queue_outbound(renewal, out);
+                }
+                if let Some(reason) = renewal_failed {
+                    self.renewal_failed(audit.entry, reason, out);
                 }
                 let counted: &[Tallied] = match audit.source {
                     Source::Cached => &[Tallied::Attached, Tallied::CacheHit],
@@ -518,6 +522,14 @@ impl Runtime {
                     self.refuse_outbound(waiter.context, entry, response, reason, &request, out);
                 }
             }
+            Step::RenewalFailed { entry, reason } => {
+                self.renewal_failed(entry, reason, out);
+                // No request waits on a renewal; any held for its key are asked again.
+                if let Some(state) = self.outbound.as_mut() {
+                    state.answered.push(key);
+                }
+                self.wake_outbound(false, host, out);
+            }
             Step::Continue { .. } | Step::Done | Step::Untouched | Step::Wait { .. } => {
                 if let Some(state) = self.outbound.as_mut() {
                     state.answered.push(key);
@@ -525,6 +537,21 @@ impl Runtime {
                 self.wake_outbound(false, host, out);
             }
         }
+    }
+
+    /// A background renewal got no token: counted (`outbound.<name>.renewal_failed`) and
+    /// logged with its reason, never the token or the secret. The cached token goes on until
+    /// it expires; this is the warning before requests start failing.
+    fn renewal_failed(&mut self, entry: usize, reason: Refusal, out: &mut Effects) {
+        let name = self.outbound_name(entry);
+        self.count_outbound(&name, "renewal_failed", out);
+        log(
+            out,
+            Level::Warn,
+            &format!(
+                "outbound \"{name}\": renewal failed: {reason}; the cached token is used until it expires"
+            ),
+        );
     }
 
     pub(super) fn outbound_answer_cap(&self) -> usize {
@@ -620,7 +647,3 @@ fn fresh_jti(now_ms: u64, jitter: f64) -> [u8; 16] {
     }
     jti
 }
-
-#[cfg(test)]
-#[path = "outbound_tests.rs"]
-mod tests;

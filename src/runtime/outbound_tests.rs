@@ -1,22 +1,29 @@
 //! The outbound flow driven through the runtime as the shell drives it, against the fake Envoy
 //! of the runtime's tests.
 
-use super::super::tests::Envoy;
-use super::super::*;
-use crate::peer::NoPeer;
-use serde_json::{json, Value};
+use super::*;
+use std::ops::{Deref, DerefMut};
 
-const ISSUER: &str = "https://idp.example.com";
 const IDP_CLUSTER: &str = "outbound|443||idp.example.com";
-const T0: u64 = 1_700_000_000_000;
-const ROOT: u32 = 1;
 /// Set once for the process: the runtime reads secrets from the environment.
 const SECRET_ENV: &str = "MESH_OAUTH_RUNTIME_TEST_OUTBOUND_SECRET";
 const SECRET: &str = "runtime-test-secret";
 
-struct Vm {
-    runtime: Option<Runtime>,
-    envoy: Envoy,
+/// The runtime tests' VM, on a workload's outbound side: after every event, no request was
+/// edited in place (the outbound side resumes with its edits).
+struct Sidecar(Vm);
+
+impl Deref for Sidecar {
+    type Target = Vm;
+    fn deref(&self) -> &Vm {
+        &self.0
+    }
+}
+
+impl DerefMut for Sidecar {
+    fn deref_mut(&mut self) -> &mut Vm {
+        &mut self.0
+    }
 }
 
 fn outbound_config(entries: Value) -> Value {
@@ -44,41 +51,22 @@ fn cc_entry(extra: Value) -> Value {
     json!([entry])
 }
 
-impl Vm {
-    fn new(config: Value) -> Vm {
-        let mut vm = Vm {
-            runtime: None,
-            envoy: Envoy {
-                now: T0,
-                ..Envoy::default()
-            },
-        };
-        vm.configure(ROOT, config);
-        vm
+impl Sidecar {
+    fn new(config: Value) -> Sidecar {
+        Sidecar(Vm::new(config))
     }
 
+    /// A push; the configuration must be accepted.
     fn configure(&mut self, root: u32, config: Value) {
-        let mut out = Vec::new();
-        let checked = Runtime::check(&config.to_string(), root, self.envoy.now, 7, &mut out)
-            .unwrap_or_else(|| panic!("refused: {out:?}"));
-        let previous = self.runtime.take();
-        let facts = TakeOver {
-            root_id: root,
-            plugin: "mesh-oauth",
-            new_in_vm: previous.is_none(),
-            signature_host: None,
-        };
-        let mut runtime = Runtime::take_over(checked, previous, facts, self.envoy.host(), &mut out);
-        self.envoy.run(&mut runtime, out);
-        self.runtime = Some(runtime);
+        assert!(
+            self.0.configure(root, config),
+            "refused: {:?}",
+            self.envoy.logs
+        );
     }
 
     fn event(&mut self, run: impl FnOnce(&mut Runtime, Host<'_>, &mut Effects)) {
-        let mut runtime = self.runtime.take().unwrap();
-        let mut out = Vec::new();
-        run(&mut runtime, self.envoy.host(), &mut out);
-        self.envoy.run(&mut runtime, out);
-        self.runtime = Some(runtime);
+        self.0.event(run);
         assert!(
             self.envoy.request_edits.is_empty(),
             "the outbound side edits no request in place"
@@ -90,14 +78,8 @@ impl Vm {
     }
 
     fn answer(&mut self, token: u32, status: u32, body: &str) {
-        let headers = vec![(":status".to_string(), status.to_string())];
-        let answer = CallAnswer {
-            headers: &headers,
-            body: body.as_bytes(),
-        };
-        self.event(|runtime, host, out| {
-            runtime.on_call_answer(Some(ROOT), token, &answer, host, out)
-        });
+        self.0.answer(ROOT, token, status, body);
+        assert!(self.envoy.request_edits.is_empty());
     }
 
     /// The first tick's discovery, answered: the token endpoint is known.
@@ -123,10 +105,6 @@ impl Vm {
         };
         self.event(|runtime, host, out| runtime.on_request(context, &request, host, out));
     }
-
-    fn held(&self) -> usize {
-        self.runtime.as_ref().unwrap().held.len()
-    }
 }
 
 fn token_answer(token: &str) -> String {
@@ -142,7 +120,7 @@ fn bearer(token: &str) -> Vec<HeaderEdit> {
 
 #[test]
 fn a_request_waits_for_its_token_which_is_then_attached_and_cached() {
-    let mut vm = Vm::new(outbound_config(cc_entry(json!({}))));
+    let mut vm = Sidecar::new(outbound_config(cc_entry(json!({}))));
     vm.discover();
     vm.request(
         7,
@@ -206,7 +184,7 @@ fn a_request_waits_for_its_token_which_is_then_attached_and_cached() {
 
 #[test]
 fn concurrent_requests_make_one_token_call() {
-    let mut vm = Vm::new(outbound_config(cc_entry(json!({}))));
+    let mut vm = Sidecar::new(outbound_config(cc_entry(json!({}))));
     vm.discover();
     for context in 10..30 {
         vm.request(context, "payments.internal", &[]);
@@ -228,7 +206,7 @@ fn concurrent_requests_make_one_token_call() {
 
 #[test]
 fn a_failed_call_answers_its_waiting_requests_503_with_retry_after() {
-    let mut vm = Vm::new(outbound_config(cc_entry(json!({}))));
+    let mut vm = Sidecar::new(outbound_config(cc_entry(json!({}))));
     vm.discover();
     vm.request(7, "payments.internal", &[]);
     vm.request(8, "payments.internal", &[]);
@@ -251,7 +229,7 @@ fn a_failed_call_answers_its_waiting_requests_503_with_retry_after() {
         .log_lines()
         .any(|l| l.contains("outbound \"payments\": no token")));
 
-    let mut lenient = Vm::new(outbound_config(cc_entry(
+    let mut lenient = Sidecar::new(outbound_config(cc_entry(
         json!({"onFailure": "passThrough"}),
     )));
     lenient.discover();
@@ -267,7 +245,7 @@ fn a_failed_call_answers_its_waiting_requests_503_with_retry_after() {
 
 #[test]
 fn requests_no_entry_matches_go_on_untouched_without_any_token() {
-    let mut vm = Vm::new(outbound_config(cc_entry(json!({}))));
+    let mut vm = Sidecar::new(outbound_config(cc_entry(json!({}))));
     vm.request(7, "elsewhere.internal", &[]);
     assert_eq!(vm.envoy.edits_of(7), Some(&Vec::new()));
     assert!(vm.envoy.answered.is_empty());
@@ -275,7 +253,7 @@ fn requests_no_entry_matches_go_on_untouched_without_any_token() {
 
 #[test]
 fn a_configuration_push_keeps_the_cached_token() {
-    let mut vm = Vm::new(outbound_config(cc_entry(json!({}))));
+    let mut vm = Sidecar::new(outbound_config(cc_entry(json!({}))));
     vm.discover();
     vm.request(7, "payments.internal", &[]);
     vm.tick();
@@ -296,7 +274,7 @@ fn an_exchange_without_a_subject_is_refused_403() {
         "tokenExchange": {"provider": "idp", "clientId": "agent", "clientSecretEnv": SECRET_ENV,
                           "audience": "tools"},
     }]);
-    let mut vm = Vm::new(outbound_config(entry));
+    let mut vm = Sidecar::new(outbound_config(entry));
     vm.discover();
     vm.request(7, "tools.internal", &[]);
     let refused = vm.envoy.answer_for(7).expect("answered");
@@ -316,7 +294,7 @@ fn an_exchange_without_a_subject_is_refused_403() {
 
 #[test]
 fn a_push_without_outbound_entries_answers_the_requests_waiting_for_a_token() {
-    let mut vm = Vm::new(outbound_config(cc_entry(json!({}))));
+    let mut vm = Sidecar::new(outbound_config(cc_entry(json!({}))));
     vm.discover();
     vm.request(7, "payments.internal", &[]);
     assert_eq!(vm.held(), 1);
@@ -329,4 +307,43 @@ fn a_push_without_outbound_entries_answers_the_requests_waiting_for_a_token() {
     assert_eq!(refused.status, 503);
     assert!(refused.body.contains("token_unavailable"));
     assert_eq!(vm.held(), 0);
+}
+
+#[test]
+fn a_failed_renewal_is_counted_and_logged_with_its_reason_and_the_token_goes_on() {
+    let mut vm = Sidecar::new(outbound_config(cc_entry(json!({}))));
+    vm.discover();
+    vm.request(7, "payments.internal", &[]);
+    vm.tick();
+    let (token, _) = vm.envoy.take_call_to("/token").unwrap();
+    vm.answer(token, 200, &token_answer("cc-1"));
+    // 300 s issued, 270 s usable: past 90 % of that a request starts the renewal.
+    vm.envoy.now += 250_000;
+    vm.request(8, "payments.internal", &[]);
+    assert_eq!(vm.envoy.edits_of(8), Some(&bearer("cc-1")));
+    vm.tick();
+    let (renewal, _) = vm.envoy.take_call_to("/token").expect("a renewal");
+    assert_eq!(
+        vm.envoy
+            .count("mesh_oauth.outbound.payments.renewal_failed"),
+        0
+    );
+    vm.answer(renewal, 500, "{\"error\":\"server_error\"}");
+    assert_eq!(
+        vm.envoy.metrics["mesh_oauth.outbound.payments.renewal_failed"],
+        (MetricKind::Counter, 1)
+    );
+    assert!(vm.envoy.log_lines().any(|l| l
+        == "mesh-oauth: outbound \"payments\": renewal failed: token_endpoint_status; the cached token is used until it expires"));
+    // Not a refusal: no request was answered for it, and the next one still gets the token.
+    assert_eq!(
+        vm.envoy
+            .count("mesh_oauth.outbound.payments.refused.token_endpoint_status"),
+        0
+    );
+    vm.request(9, "payments.internal", &[]);
+    assert_eq!(vm.envoy.edits_of(9), Some(&bearer("cc-1")));
+    for line in vm.envoy.log_lines() {
+        assert!(!line.contains("cc-1") && !line.contains(SECRET), "{line}");
+    }
 }

@@ -906,3 +906,6 @@ fn keys_another_vm_fetched_are_reported_as_loaded() {
 
 #[path = "login_tests.rs"]
 mod login;
+
+#[path = "outbound_tests.rs"]
+mod outbound;

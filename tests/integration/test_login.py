@@ -16,6 +16,8 @@ import socket
 import subprocess
 import time
 import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -104,12 +106,12 @@ def app_port() -> int:
     return free_port()
 
 
-def start_op(app_port: int, log: Path, *extra: str) -> OpenIdProvider:
+def start_op(app_port: int, log: Path, *extra: str, access_token_ttl_s: int = ACCESS_TOKEN_TTL_S) -> OpenIdProvider:
     with open(log, "wb") as stderr:
         proc = subprocess.Popen(
             [node_binary(), str(LOGIN / "op.mjs"), "--port", "0",
              "--app-origin", f"http://localhost:{app_port}",
-             "--access-token-ttl", str(ACCESS_TOKEN_TTL_S), *extra],
+             "--access-token-ttl", str(access_token_ttl_s), *extra],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, cwd=REPO)
     ready = json.loads(node_tools.read_line(proc, 20))
     return OpenIdProvider(proc, ready["issuer"], ready["port"], ready["client_secret"])
@@ -225,6 +227,66 @@ def test_a_real_browser_logs_in_with_private_key_jwt(module_envoys: EnvoyFactory
         assert steps["landed"]["url"] == f"http://localhost:{port}/orders?page=2"
         assert steps["api"]["status"] == 200
         assert "BEGIN PRIVATE KEY" not in envoy.log()
+    finally:
+        server.stop()
+
+
+def test_many_concurrent_requests_of_an_expired_session_share_one_refresh_across_workers(
+        module_envoys: EnvoyFactory, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """oidc-provider rotates refresh tokens: a second refresh of the same session would be
+    refused and log the user out (oauth2-proxy's race). Two Envoy workers, many requests of one
+    expired session at once, each on its own connection: the OP sees exactly one refresh and
+    every request goes through with the new token and gets the new session cookie."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} not found: apt-get install chromium (make test does)", pytrace=False)
+    ttl_s = 14
+    port = free_port()
+    server = start_op(port, tmp_path_factory.mktemp("op-race") / "op.log", access_token_ttl_s=ttl_s)
+    try:
+        app = f"http://localhost:{port}"
+        envoy = module_envoys.start(
+            login_config(server.issuer, app),
+            extra_clusters={istio_cluster_name(server.port): server.port},
+            filter_args={"env": {CLIENT_SECRET_ENV: server.client_secret, COOKIE_KEYS_ENV: COOKIE_KEYS}},
+            port=port, concurrency=2)
+        wait_for_login(envoy, f"localhost:{port}")
+        run = subprocess.run([node_binary(), str(LOGIN / "browser.mjs"), "--app", app, "--op", server.issuer,
+                              "--login-only"], capture_output=True, cwd=REPO, timeout=180)
+        steps = json.loads(run.stdout.decode().strip().splitlines()[-1])
+        assert steps.get("ok"), steps.get("error") or run.stderr.decode()[-2000:]
+        session = steps["session_cookie"]
+        first_token = steps["landed"]["upstream"]["headers"]["authorization"]
+        assert session and first_token.startswith("Bearer ")
+        logged_in_at = time.monotonic()
+
+        def grants() -> dict[str, dict[str, int]]:
+            with urllib.request.urlopen(f"{server.issuer}/test/grants", timeout=5) as resp:
+                return json.loads(resp.read())
+
+        assert grants()["success"].get("refresh_token", 0) == 0
+        # Within the refresh margin (10 s before expiry) every request finds the token expiring.
+        time.sleep(max(0.0, ttl_s - 10 + 1 - (time.monotonic() - logged_in_at)))
+        headers = [("host", f"localhost:{port}"), ("accept", "application/json"), ("cookie", session)]
+        with ThreadPoolExecutor(max_workers=24) as pool:
+            answers = list(pool.map(lambda i: envoy.request(f"/api/orders/{i}", headers=headers), range(24)))
+
+        assert [a.status for a in answers] == [200] * 24, [a.status for a in answers]
+        tokens = {a.upstream["headers"]["authorization"] for a in answers}
+        assert len(tokens) == 1 and first_token not in tokens, "every request carries the one new token"
+        for answer in answers:
+            # The new session reaches every browser, the one whose request waited included.
+            assert any(v.startswith("__Host-mesh-session.") and "Max-Age=0" not in v
+                       for v in answer.headers_named("set-cookie")), answer
+        seen = grants()
+        assert seen["success"].get("refresh_token") == 1, seen
+        assert not seen["error"], seen
+        metrics = stats(envoy)
+        assert metrics.get("mesh_oauth.session.refreshed") == 1, metrics
+        assert not metrics.get("mesh_oauth.session.refresh_failed"), metrics
+        # Both workers took some of the requests.
+        per_worker = envoy.admin(r"/stats?filter=worker_\d\.downstream_cx_total").body.decode()
+        counts = [int(line.rpartition(": ")[2]) for line in per_worker.splitlines()]
+        assert len(counts) == 2 and min(counts) > 0, per_worker
     finally:
         server.stop()
 

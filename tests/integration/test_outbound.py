@@ -41,6 +41,8 @@ SHORT_TTL_S = 10
 # reset, or that ran past its timeout, with a status of its own (503, 504).
 DOWN_MODES = {"status500": "token_endpoint_status", "garbage": "token_endpoint_answer",
               "reset": "token_endpoint_status", "slow": "token_endpoint_status"}
+# Longer than the short provider's 1 s timeout: a slow server is a failed call.
+SLOW_MS = 3000
 ENV = {"SVC_BASIC_SECRET": "svc-basic-secret", "SVC_POST_SECRET": "svc-post-secret"}
 
 
@@ -96,7 +98,9 @@ class AuthorizationServer:
         try:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
+            # Its close waits for Envoy's pooled connections to end.
             self.proc.kill()
+            self.proc.wait(5)
 
 
 def start_as(tmp: Path, *args: str) -> AuthorizationServer:
@@ -139,6 +143,14 @@ def short_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Authoriza
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def gone_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthorizationServer]:
+    """A third short-lived server that a test stops: its port then refuses connections."""
+    server = start_as(tmp_path_factory.mktemp("as-gone"), "--token-ttl", str(SHORT_TTL_S))
+    yield server
+    server.stop()
+
+
 def cc(provider: str, client: str, **extra: Any) -> dict[str, Any]:
     auth = {"svc-basic": {"clientSecretEnv": "SVC_BASIC_SECRET"},
             "svc-post": {"clientAuth": "client_secret_post", "clientSecretEnv": "SVC_POST_SECRET"},
@@ -146,11 +158,13 @@ def cc(provider: str, client: str, **extra: Any) -> dict[str, Any]:
     return {"provider": provider, "clientId": client, **auth, **extra}
 
 
-def outbound_config(server: AuthorizationServer, short: AuthorizationServer, audit: str = "warn") -> dict[str, Any]:
+def outbound_config(server: AuthorizationServer, short: AuthorizationServer, gone: AuthorizationServer,
+                    audit: str = "warn") -> dict[str, Any]:
     entry = lambda name, host, **rest: {"name": name, "match": {"hosts": [host]}, **rest}  # noqa: E731
     return {
         "providers": [{"name": "as", "issuer": server.issuer},
-                      {"name": "short", "issuer": short.issuer, "timeout": "1s"}],
+                      {"name": "short", "issuer": short.issuer, "timeout": "1s"},
+                      {"name": "gone", "issuer": gone.issuer, "timeout": "1s"}],
         "audit": {"level": audit, "allowedSampleRate": 1},
         "outbound": [
             entry("basic", "basic.mesh.test", clientCredentials=cc("as", "svc-basic", resource=PAYMENTS, scopes=["pay:read"])),
@@ -160,7 +174,10 @@ def outbound_config(server: AuthorizationServer, short: AuthorizationServer, aud
             entry("tools", "tools.mesh.test", tokenExchange=cc("as", "svc-basic", audience="tools", scopes=["tools:call"],
                                                                 actor="clientCredentials")),
             entry("txn", "txn.mesh.test", header="txn-token", tokenExchange=cc("as", "svc-basic", audience="txn")),
-            entry("fragile", "fragile.mesh.test", clientCredentials=cc("short", "svc-basic", resource=PAYMENTS)),
+            # One per way the server fails, each with a token cached before it does.
+            *[entry(f"fragile_{mode}", f"fragile-{mode}.mesh.test",
+                    clientCredentials=cc("short", "svc-basic", resource=f"https://fragile-{mode}.mesh-oauth.test"))
+              for mode in DOWN_MODES],
             entry("renewed", "renewed.mesh.test", clientCredentials=cc("short", "svc-basic", resource=PAYMENTS,
                                                                       scopes=["pay:read"])),
             entry("lenient", "lenient.mesh.test", onFailure="passThrough",
@@ -169,15 +186,21 @@ def outbound_config(server: AuthorizationServer, short: AuthorizationServer, aud
             *[entry(f"down-{mode}", f"down-{mode}.mesh.test",
                     clientCredentials=cc("short", "svc-post", resource=f"https://{mode}.mesh-oauth.test"))
               for mode in DOWN_MODES],
+            # The server that is stopped: a cached token, and one entry that passes through.
+            entry("gone", "gone.mesh.test", clientCredentials=cc("gone", "svc-basic", resource=PAYMENTS)),
+            entry("gone-lenient", "gone-lenient.mesh.test", onFailure="passThrough",
+                  clientCredentials=cc("gone", "svc-post", resource=PAYMENTS)),
         ],
     }
 
 
 @pytest.fixture(scope="module")
 def envoy(module_envoys: EnvoyFactory, auth_server: AuthorizationServer, short_server: AuthorizationServer,
-          agent_key: tuple[str, Path]) -> Envoy:
-    clusters = {auth_server.cluster: auth_server.port, short_server.cluster: short_server.port}
-    return module_envoys.start(outbound_config(auth_server, short_server), extra_clusters=clusters, concurrency=4,
+          gone_server: AuthorizationServer, agent_key: tuple[str, Path]) -> Envoy:
+    clusters = {auth_server.cluster: auth_server.port, short_server.cluster: short_server.port,
+                gone_server.cluster: gone_server.port}
+    return module_envoys.start(outbound_config(auth_server, short_server, gone_server), extra_clusters=clusters,
+                               concurrency=4,
                                pushable=True, filter_args={"env": {**ENV, "AGENT_KEY": agent_key[0]}})
 
 
@@ -305,32 +328,79 @@ def test_a_transaction_token_travels_in_its_own_header(envoy: Envoy, auth_server
     assert claims["sub"] == "dave" and "txn" in claims
 
 
-def test_a_down_server_keeps_the_valid_token_then_503_once_it_expired(envoy: Envoy,
-                                                                       short_server: AuthorizationServer) -> None:
+@pytest.mark.parametrize("mode", sorted(DOWN_MODES))
+def test_a_down_server_keeps_the_valid_token_then_503_once_it_expired(
+        envoy: Envoy, short_server: AuthorizationServer, mode: str) -> None:
+    """500, garbage, a reset connection, an answer slower than the timeout: the renewal fails,
+    the still-valid token goes on, the failure shows in /stats; once expired, 503."""
+    host, name = f"fragile-{mode}.mesh.test", f"fragile_{mode}"
     short_server.mode("ok")
-    first = call(envoy, "fragile.mesh.test")
+    first = call(envoy, host)
     assert first.status == 200, first
     issued = time.time()
     token = attached(first)
-    short_server.mode("status500")
+    short_server.mode(mode, delay_ms=SLOW_MS)
+    short_server.post("/test/reset")
     try:
-        # Usable life 9 s (a tenth off); renewal from 7.2-8.1 s. Past it, the renewal fails
-        # and the still-valid token goes on.
-        time.sleep(max(0.0, issued + 8.3 - time.time()))
-        for _ in range(3):
-            response = call(envoy, "fragile.mesh.test")
-            assert response.status == 200 and attached(response) == token, response
-            time.sleep(0.1)
-        assert short_server.token_requests() >= 1, "a renewal was tried"
-        # Expired: never attached; 503 with Retry-After.
-        time.sleep(max(0.0, issued + SHORT_TTL_S * 0.9 + 0.2 - time.time()))
-        refused = call(envoy, "fragile.mesh.test")
-        assert refused.status == 503, refused
-        assert refused.header("retry-after") is not None
+        _keeps_then_refuses(envoy, host, name, token, issued, {DOWN_MODES[mode]}, tried=short_server.token_requests)
     finally:
         short_server.mode("ok")
-    fresh = eventually(lambda: _attached_ok(call(envoy, "fragile.mesh.test")), timeout_s=40)
+    fresh = eventually(lambda: _attached_ok(call(envoy, host)), timeout_s=40)
     assert fresh != token
+
+
+def test_a_server_refusing_connections_keeps_the_valid_token_then_503_or_passes_through(
+        envoy: Envoy, gone_server: AuthorizationServer) -> None:
+    """The authorization server's process is gone: nothing listens on its port, every call is
+    refused at connect."""
+    first = call(envoy, "gone.mesh.test")
+    assert first.status == 200, first
+    issued = time.time()
+    token = attached(first)
+    gone_server.stop()
+    assert gone_server.proc.poll() is not None
+    with pytest.raises(OSError):
+        gone_server.get("/test/stats")
+    # Envoy answers a refused connection with a 503 of its own.
+    _keeps_then_refuses(envoy, "gone.mesh.test", "gone", token, issued,
+                        {"token_endpoint_status", "token_endpoint_unreachable"}, tried=None)
+    # With no token at hand, `passThrough` sends the request on as the app sent it.
+    lenient = call(envoy, "gone-lenient.mesh.test", {"authorization": "Bearer the-apps-own"})
+    assert lenient.status == 200, lenient
+    assert lenient.upstream["headers"]["authorization"] == "Bearer the-apps-own"
+    assert eventually(lambda: _counted(envoy, "gone-lenient", "passed_through")) >= 1
+
+
+def _keeps_then_refuses(envoy: Envoy, host: str, name: str, token: str, issued: float,
+                        reasons: set[str], tried: Any) -> None:
+    # Usable life 9 s (a tenth off); renewal from 7.2-8.1 s. Past it, the renewal fails and the
+    # still-valid token goes on.
+    time.sleep(max(0.0, issued + 8.3 - time.time()))
+    for _ in range(3):
+        response = call(envoy, host)
+        assert response.status == 200 and attached(response) == token, response
+        time.sleep(0.1)
+    if tried is not None:
+        assert tried() >= 1, "a renewal was tried"
+    # The failed renewal is counted, and logged with its reason (no token in the line).
+    assert eventually(lambda: _counted(envoy, name, "renewal_failed"), timeout_s=5) >= 1
+    logged = [line for line in envoy.log().splitlines() if f'outbound "{name}": renewal failed: ' in line]
+    assert logged and all(token not in line and "eyJ" not in line for line in logged), logged
+    assert any(line.split("renewal failed: ")[1].split(";")[0] in reasons for line in logged), logged
+    # Expired: never attached; 503 with Retry-After, naming why.
+    time.sleep(max(0.0, issued + SHORT_TTL_S * 0.9 + 0.2 - time.time()))
+    refused = call(envoy, host)
+    assert refused.status == 503, refused
+    assert refused.header("retry-after") is not None
+    assert refused.json()["error"] == "outbound_credentials"
+    # The call that fails now, or the backoff after the renewal's failure.
+    assert refused.json()["reason"] in reasons | {"token_endpoint_failing"}, refused
+
+
+def _counted(envoy: Envoy, entry: str, what: str) -> int:
+    value = stats(envoy).get(f"mesh_oauth.outbound.{entry.replace('-', '_')}.{what}", 0)
+    assert value >= 1, (entry, what)
+    return value
 
 
 @pytest.mark.parametrize("mode", sorted(DOWN_MODES))
@@ -378,10 +448,11 @@ def test_no_token_or_secret_in_the_log(envoy: Envoy) -> None:
 
 
 def test_a_configuration_push_keeps_the_cached_tokens(envoy: Envoy, auth_server: AuthorizationServer,
-                                                      short_server: AuthorizationServer) -> None:
+                                                      short_server: AuthorizationServer,
+                                                      gone_server: AuthorizationServer) -> None:
     before = attached(call(envoy, "basic.mesh.test"))
     auth_server.post("/test/reset")
-    envoy.push(outbound_config(auth_server, short_server, audit="info"))
+    envoy.push(outbound_config(auth_server, short_server, gone_server, audit="info"))
     after = eventually(lambda: _attached_ok(call(envoy, "basic.mesh.test")))
     assert after == before
     assert auth_server.token_requests() == 0

@@ -139,7 +139,7 @@ pub fn explain(config: &Config, options: &Options) -> Result<String, String> {
                 }
             }
         }
-        Step::Wait { .. } | Step::Untouched | Step::Done => {
+        Step::Wait { .. } | Step::Untouched | Step::Done | Step::RenewalFailed { .. } => {
             out.push_str("decision: wait for the token endpoint\n");
         }
     }

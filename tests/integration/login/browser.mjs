@@ -2,6 +2,7 @@
 // (its own browser downloads are not reachable here).
 //
 //   node browser.mjs --app http://localhost:PORT --op http://127.0.0.1:PORT [--refresh-wait 0]
+//                    [--login-only]   (stop once logged in; print the session cookie to reuse)
 //
 // Logs in through the OP's login and consent pages, lands on the page asked for, calls an API
 // from the page with `fetch`, outlives the access token (`--refresh-wait` seconds) and calls
@@ -19,6 +20,7 @@ const { values: args } = parseArgs({
     op: { type: 'string' },
     'refresh-wait': { type: 'string', default: '0' },
     user: { type: 'string', default: 'alice' },
+    'login-only': { type: 'boolean', default: false },
   },
 });
 
@@ -85,49 +87,57 @@ try {
   steps.landed = { url: page.url(), upstream: await echoed(page) };
   steps.cookies = await cookieNames(context);
 
-  // 2. An API call from the page.
-  steps.api = await apiCall(page, '/api/orders');
+  if (args['login-only']) {
+    // The session cookie as a `Cookie` header, for a test that sends its own requests.
+    steps.session_cookie = (await context.cookies(args.app))
+      .filter((cookie) => cookie.name.startsWith('__Host-mesh-session.'))
+      .map((cookie) => `${cookie.name}=${cookie.value}`)
+      .join('; ');
+  } else {
+    // 2. An API call from the page.
+    steps.api = await apiCall(page, '/api/orders');
 
-  // 3. Outlive the access token; the next call is refreshed while it waits.
-  await sleep(Number(args['refresh-wait']) * 1000);
-  steps.api_after_expiry = await apiCall(page, '/api/orders');
+    // 3. Outlive the access token; the next call is refreshed while it waits.
+    await sleep(Number(args['refresh-wait']) * 1000);
+    steps.api_after_expiry = await apiCall(page, '/api/orders');
 
-  // 4. A cross-site form cannot log the user out; the app's own logout can.
-  steps.logout = {};
-  await page.evaluate(() => {
-    const form = document.createElement('form');
-    form.method = 'POST';
-    form.action = '/oauth2/logout';
-    document.body.appendChild(form);
-    form.submit();
-  });
-  await page.waitForURL((url) => url.href.startsWith(args.op), { waitUntil: 'domcontentloaded' });
-  steps.logout.end_session = page.url();
-  steps.logout.cookies_after = await cookieNames(context);
-  // The OP asks whether to sign out of it too.
-  await Promise.all([
-    page.waitForURL((url) => url.href.startsWith(args.app), { waitUntil: 'domcontentloaded' }),
-    page.click('button[autofocus], button[type=submit]'),
-  ]);
-  steps.logout.landed = page.url();
-  steps.logout.api = await apiCall(page, '/api/orders');
-  await page.goto(`${args.app}/orders`, { waitUntil: 'domcontentloaded' });
-  steps.logout.asked_again = page.url();
+    // 4. A cross-site form cannot log the user out; the app's own logout can.
+    steps.logout = {};
+    await page.evaluate(() => {
+      const form = document.createElement('form');
+      form.method = 'POST';
+      form.action = '/oauth2/logout';
+      document.body.appendChild(form);
+      form.submit();
+    });
+    await page.waitForURL((url) => url.href.startsWith(args.op), { waitUntil: 'domcontentloaded' });
+    steps.logout.end_session = page.url();
+    steps.logout.cookies_after = await cookieNames(context);
+    // The OP asks whether to sign out of it too.
+    await Promise.all([
+      page.waitForURL((url) => url.href.startsWith(args.app), { waitUntil: 'domcontentloaded' }),
+      page.click('button[autofocus], button[type=submit]'),
+    ]);
+    steps.logout.landed = page.url();
+    steps.logout.api = await apiCall(page, '/api/orders');
+    await page.goto(`${args.app}/orders`, { waitUntil: 'domcontentloaded' });
+    steps.logout.asked_again = page.url();
 
-  // 5. Log in again, then log out at the OP: its back-channel logout ends the app session.
-  steps.backchannel = {};
-  steps.backchannel.login_page = await loginAtOp(page);
-  await page.waitForURL((url) => url.href.startsWith(args.app), { waitUntil: 'domcontentloaded' });
-  steps.backchannel.landed = page.url();
-  steps.backchannel.api_before = await apiCall(page, '/api/orders');
-  await page.goto(`${args.op}/session/end`, { waitUntil: 'domcontentloaded' });
-  await Promise.all([
-    page.waitForNavigation({ waitUntil: 'domcontentloaded' }),
-    page.click('button[autofocus], button[type=submit]'),
-  ]);
-  steps.backchannel.cookies_kept = (await cookieNames(context)).map((cookie) => cookie.name);
-  await page.goto(`${args.app}/orders`, { waitUntil: 'domcontentloaded' });
-  steps.backchannel.asked_again = page.url();
+    // 5. Log in again, then log out at the OP: its back-channel logout ends the app session.
+    steps.backchannel = {};
+    steps.backchannel.login_page = await loginAtOp(page);
+    await page.waitForURL((url) => url.href.startsWith(args.app), { waitUntil: 'domcontentloaded' });
+    steps.backchannel.landed = page.url();
+    steps.backchannel.api_before = await apiCall(page, '/api/orders');
+    await page.goto(`${args.op}/session/end`, { waitUntil: 'domcontentloaded' });
+    await Promise.all([
+      page.waitForNavigation({ waitUntil: 'domcontentloaded' }),
+      page.click('button[autofocus], button[type=submit]'),
+    ]);
+    steps.backchannel.cookies_kept = (await cookieNames(context)).map((cookie) => cookie.name);
+    await page.goto(`${args.app}/orders`, { waitUntil: 'domcontentloaded' });
+    steps.backchannel.asked_again = page.url();
+  }
   steps.ok = true;
 } catch (error) {
   steps.error = String(error && error.stack ? error.stack : error);

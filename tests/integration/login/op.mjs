@@ -11,7 +11,9 @@
 // {"ready": true, "issuer", "port", "client_id", "client_secret", "audience"}.
 // Test control (not part of OpenID): `POST /test/backchannel-logout?sub=…&sid=…` makes the OP
 // send a back-channel logout to the client now; `GET /test/backchannel-results` lists the
-// statuses the client answered. Ends on SIGTERM or when stdin closes.
+// statuses the client answered; `GET /test/grants` counts the token endpoint's grants by type
+// and outcome (`{"success": {"refresh_token": 1}, "error": {…}}`). Ends on SIGTERM or when stdin
+// closes.
 
 import * as http from 'node:http';
 import { generateKeyPairSync } from 'node:crypto';
@@ -111,6 +113,13 @@ const provider = new Provider(issuer, {
     });
   },
 });
+const grants = { success: {}, error: {} };
+const countGrant = (outcome) => (ctx) => {
+  const type = ctx.oidc?.params?.grant_type ?? 'unknown';
+  grants[outcome][type] = (grants[outcome][type] ?? 0) + 1;
+};
+provider.on('grant.success', countGrant('success'));
+provider.on('grant.error', countGrant('error'));
 provider.on('server_error', (_ctx, error) => console.error('server_error', error));
 provider.on('backchannel.error', (_client, error) => console.error('backchannel.error', error.message));
 
@@ -127,6 +136,11 @@ handler = async (req, res) => {
       res.writeHead(502, { 'content-type': 'application/json' });
       res.end(JSON.stringify({ sent: false, error: error.message }));
     }
+    return;
+  }
+  if (url.pathname === '/test/grants') {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(grants));
     return;
   }
   if (url.pathname === '/test/backchannel-results') {
