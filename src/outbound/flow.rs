@@ -14,6 +14,7 @@ use crate::keystore::SharedStore;
 use crate::peer::Peer;
 use crate::policy::{observe, pattern_matches, RequestFacts};
 use std::collections::HashMap;
+use std::rc::Rc;
 
 /// A waiting request is answered 503 once it has waited this long past its entry's timeout.
 const WAIT_MARGIN_MS: u64 = 1_000;
@@ -98,7 +99,7 @@ pub struct Audit {
     pub entry: usize,
     pub destination: String,
     /// The subject token's `sub`, when it had one.
-    pub subject: Option<String>,
+    pub subject: Option<Rc<str>>,
     /// The acting client, for an exchange with an actor token.
     pub actor: Option<String>,
     pub source: Source,
@@ -166,8 +167,8 @@ enum Want {
     /// `missingSubject: clientCredentials`).
     Own,
     Exchange {
-        subject: String,
-        sub: Option<String>,
+        subject: Rc<str>,
+        sub: Option<Rc<str>>,
         exp_s: Option<u64>,
         /// The cache key, with the subject token's digest in it.
         key: CacheKey,
@@ -189,14 +190,16 @@ struct Compiled {
     /// request with the same subject token skips decoding it and hashing it. Bounded by
     /// `MAX_REMEMBERED_SUBJECTS`; a configuration push starts afresh (the key depends on the
     /// entry).
-    subjects: HashMap<String, Remembered>,
+    subjects: HashMap<Rc<str>, Remembered>,
 }
 
 /// What [`subject::read`] found in a subject token that was usable, and its cache key. Only
 /// usable reads are kept: the expiry is checked again at each request.
 #[derive(Clone)]
 struct Remembered {
-    sub: Option<String>,
+    /// The subject token itself, shared with the requests that carry it (no copy per request).
+    subject: Rc<str>,
+    sub: Option<Rc<str>>,
     exp_s: Option<u64>,
     key: CacheKey,
 }
@@ -757,8 +760,10 @@ impl Compiled {
                 let client_id = &self.entry.grant.client().client_id;
                 let read = subject::read(token, now_s, client_id, &self.issuer)?;
                 let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+                let subject: Rc<str> = Rc::from(token);
                 let remembered = Remembered {
-                    sub: read.sub,
+                    subject: subject.clone(),
+                    sub: read.sub.map(Rc::from),
                     exp_s: read.exp_s,
                     key: key_of(&self.entry, &self.issuer, Role::Exchange, digest.as_ref()),
                 };
@@ -767,7 +772,7 @@ impl Compiled {
                         self.subjects.remove(&old);
                     }
                 }
-                self.subjects.insert(token.to_owned(), remembered.clone());
+                self.subjects.insert(subject, remembered.clone());
                 remembered
             }
         };
@@ -775,7 +780,7 @@ impl Compiled {
             return Err(SubjectRefusal::Expired);
         }
         Ok(Want::Exchange {
-            subject: token.to_owned(),
+            subject: remembered.subject,
             sub: remembered.sub,
             exp_s: remembered.exp_s,
             key: remembered.key,
