@@ -53,6 +53,15 @@ RATIO_TARGETS: list[tuple[str, float | None, str]] = [
     ("D", None, "outbound: empty Wasm filter (D) vs credential_injector (N), the ceiling of any Wasm filter"),
 ]
 CALLS_GOAL = 1.1
+# With --baseline-wasm, arm F of this workload is arm O's configuration with the baseline module
+# (right after O in every round): O ÷ F is the before/after of a cached client-credentials request.
+BASELINE_OF = "O"
+
+
+def arm_key(arm: str, workload: str) -> str:
+    """The outbound arm whose server, counters and checks arm `arm` of `workload` uses: arm F of
+    this workload is arm O's configuration (with the baseline module); other arms are themselves."""
+    return BASELINE_OF if arm == "F" and workload == WORKLOAD_KEY else arm
 
 # as.mjs's client_secret_basic client (the native injector's default BASIC_AUTH) and what both
 # arms ask for: the same resource and scope, so both get the same kind of token.
