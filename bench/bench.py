@@ -11,7 +11,8 @@ one core; wrk pinned to another, keep-alive, direct_response upstream):
   E mesh-oauth      dist/mesh_oauth.wasm in V8
   F mesh-oauth (baseline)  with --baseline-wasm PATH only: arm E's configuration, the module at
                     PATH (e.g. built from an earlier commit by `make bench-baseline REF=...`),
-                    run right after E wherever E runs; the report adds E ÷ F per workload
+                    run right after E wherever E runs (in workload outbound: arm O's
+                    configuration, right after O); the report adds E ÷ F per workload
 Workloads: one RS256 token repeated; a unique token per request (RS256, ES256, EdDSA, PS256) from a
 pre-minted pool; every other request an invalid (bad-signature) token; one DPoP-bound ES256
 token with a fresh ES256 proof per request (RFC 9449; arms A, D and E (F) only: jwt_authn cannot
@@ -153,8 +154,21 @@ def enable_baseline(module: Path) -> None:
     global BASELINE_MODULE
     BASELINE_MODULE = module
     ARMS.append(BASELINE_ARM)
-    WORKLOADS[:] = [replace(w, arms=w.arms.replace("E", "EF")) for w in WORKLOADS]
+    WORKLOADS[:] = [replace(w, arms=baseline_arms(w)) for w in WORKLOADS]
     WORKLOAD.update({w.key: w for w in WORKLOADS})
+
+
+def baseline_arms(w: Workload) -> str:
+    """A workload's arms with F right after the arm it compares with: E, or in the outbound
+    workload O (outbound_arms.BASELINE_OF)."""
+    if w.key == outbound_arms.WORKLOAD_KEY:
+        return w.arms.replace(outbound_arms.BASELINE_OF, outbound_arms.BASELINE_OF + "F")
+    return w.arms.replace("E", "EF")
+
+
+def baseline_of(workload: str) -> str:
+    """The arm F runs the configuration of in `workload`."""
+    return outbound_arms.BASELINE_OF if workload == outbound_arms.WORKLOAD_KEY else "E"
 
 
 # --------------------------------------------------------------------------- set-up
@@ -425,6 +439,9 @@ def arm_filters(arm: str, jwks: str, workload: Workload | None = None) -> list[d
         return [wasm_filter(EMPTY_FILTER, "")]
     if arm in outbound_arms.ARM_KEYS:
         return outbound_arms.filters(arm, MODULE)
+    if arm == "F" and workload is not None and workload.key == outbound_arms.WORKLOAD_KEY:
+        assert BASELINE_MODULE is not None, "arm F without --baseline-wasm"
+        return outbound_arms.filters(outbound_arms.BASELINE_OF, BASELINE_MODULE)
     provider: dict[str, Any] = {"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": jwks}
     limits = dict(MESH_LIMITS)
     if workload is not None and workload.mode == "dpop":
@@ -579,9 +596,10 @@ def expected_refusals(workload: Workload, arm: Arm, result: dict[str, Any]) -> l
 def measure(binary: Path, workdir: Path, arm: Arm, workload: Workload, files: dict[str, Path],
             jwks: str, args: argparse.Namespace, round_no: int) -> Run:
     session = workload.mode == login_arms.MODE
+    outbound_key = outbound_arms.arm_key(arm.key, workload.key)
     envoy = SESSION.start(binary, workdir, arm.key, args.pin) if session else \
         start_envoy(binary, workdir, arm_filters(arm.key, jwks, workload), 1, args.pin,
-                    resources=outbound_arms.resources(arm.key))
+                    resources=outbound_arms.resources(outbound_key))
     try:
         assert envoy.port is not None and envoy.proc is not None
         pid = envoy.proc.pid
@@ -603,14 +621,14 @@ def measure(binary: Path, workdir: Path, arm: Arm, workload: Workload, files: di
         # Requests still in Envoy when wrk stopped must not count in the timed window.
         time.sleep(0.2)
         hits_before = jwt_cache_hits(envoy) if arm.key == "C" else None
-        outbound_before = outbound_arms.counters(envoy, arm.key)
+        outbound_before = outbound_arms.counters(envoy, outbound_key)
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         before = cpu_ticks(pid)
         result = wrk(envoy.port, args.duration, args.connections, timed_args, args.pin)
         after = cpu_ticks(pid)
         children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         problems = warm_problems + expected_refusals(workload, arm, result) \
-            + outbound_arms.check(envoy, arm.key, result["requests"], outbound_before)
+            + outbound_arms.check(envoy, outbound_key, result["requests"], outbound_before)
         if envoy.proc.poll() is not None:
             problems.append(f"envoy exited with {envoy.proc.returncode}")
         if "panicked" in envoy.log():
@@ -725,6 +743,17 @@ def hotpath(files: dict[str, Path], jwks: str, workdir: Path) -> list[dict[str, 
         for arm, measured in rounds.items():
             best = min(measured, key=lambda r: r["min_us"] - r["host_verify_us"])
             results.append({"arm": arm, "first_seen": alg, **best})
+    # The outbound workload's cached requests (issue 29): O and X, and F as O's baseline.
+    if f"{outbound_arms.WORKLOAD_KEY}.repeat" in files:  # the outbound workload runs
+        user = files[f"{outbound_arms.WORKLOAD_KEY}.repeat"].read_text().strip()
+        outbound_modules = [("O", "O", MODULE), ("X", "X", MODULE)] \
+            + ([("F", outbound_arms.BASELINE_OF, BASELINE_MODULE)] if BASELINE_MODULE else [])
+        for arm, config_of, module in outbound_modules:
+            fixture = workdir / f"hotpath-outbound-{arm}.json"
+            fixture.write_text(json.dumps(outbound_arms.hotpath_fixture(config_of, user)))
+            out = run(["node", str(BENCH / "hotpath.mjs"), str(module), str(fixture), "20000", "10"],
+                      capture_output=True).stdout
+            results.append({"arm": arm, "outbound": True, **json.loads(out.strip().splitlines()[-1])})
     return results
 
 
@@ -928,13 +957,16 @@ def baseline_rows(runs: list[Run]) -> list[dict[str, Any]]:
     for w in ran(runs):
         if "F" not in w.arms:
             continue
+        # "E" in the row: the arm F is compared with (O in the outbound workload).
+        now = baseline_of(w.key)
         rows.append({
             "workload": w.key,
-            "rps": {arm: stat(runs, w.key, arm, lambda r: r.rps) for arm in "EF"},
-            "cpu": {arm: stat(runs, w.key, arm, lambda r: r.cpu_us_per_req) for arm in "EF"},
-            "ratio": ratio(runs, w.key, "E", "F"), "rounds": round_ratios(runs, w.key, "E", "F"),
-            "ratio_cpu": ratio(runs, w.key, "E", "F", by_cpu=True),
-            "rounds_cpu": round_ratios(runs, w.key, "E", "F", by_cpu=True),
+            "rps": {label: stat(runs, w.key, arm, lambda r: r.rps) for label, arm in (("E", now), ("F", "F"))},
+            "cpu": {label: stat(runs, w.key, arm, lambda r: r.cpu_us_per_req)
+                    for label, arm in (("E", now), ("F", "F"))},
+            "ratio": ratio(runs, w.key, now, "F"), "rounds": round_ratios(runs, w.key, now, "F"),
+            "ratio_cpu": ratio(runs, w.key, now, "F", by_cpu=True),
+            "rounds_cpu": round_ratios(runs, w.key, now, "F", by_cpu=True),
         })
     return rows
 
@@ -946,10 +978,13 @@ def hotpath_pairs(hot: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
         return h["min_us"] - h.get("host_verify_us", 0) if "first_seen" in h else h["min_us"]
 
     def name(h: dict[str, Any]) -> str:
+        if h.get("outbound"):
+            return "cached outbound clientCredentials request (O)"
         return f"first-seen {h['first_seen']}, module's own work" if "first_seen" in h else "cached request"
 
     by = {(name(h), h["arm"]): own(h) for h in hot}
-    return [(what, by[(what, "E")], by[(what, "F")]) for what, arm in by if arm == "E" and (what, "F") in by]
+    now = ("E", outbound_arms.BASELINE_OF)
+    return [(what, by[(what, arm)], by[(what, "F")]) for what, arm in by if arm in now and (what, "F") in by]
 
 
 def share(e: float, f: float) -> float:
@@ -984,7 +1019,8 @@ def write_report(path: Path, runs: list[Run], tgts: list[Target], rss: dict[str,
     if BASELINE_MODULE is not None:
         lines += ["", "## mesh-oauth ÷ baseline (E ÷ F)", "",
                   f"Arm F is arm E's configuration with the baseline module "
-                  f"(`{context.get('baseline', '')}`), run right after E in every round. E ÷ F above 1: "
+                  f"(`{context.get('baseline', '')}`), run right after E in every round (in the outbound "
+                  "workload: arm O's, right after O, and E in the table is O). E ÷ F above 1: "
                   "the current module is faster; by CPU: F's CPU-µs/req ÷ E's, the same sense. The noise "
                   "is the spread of the rounds' ratios (E and F run back to back, so a busy spell "
                   "mostly hits both).", "",
@@ -1077,7 +1113,9 @@ def write_report(path: Path, runs: list[Run], tgts: list[Target], rss: dict[str,
                   "| arm | µs per request | host calls per request |", "| --- | ---: | --- |"]
         cached = [h for h in hot if "first_seen" not in h]
         first_seen = [h for h in hot if "first_seen" in h]
-        lines += [f"| {h['arm']} {ARM[h['arm']].label} | {h['min_us']:.2f} | "
+        outbound_label = (lambda h: f" (outbound, {ARM[outbound_arms.BASELINE_OF].label}'s configuration)"
+                          if h.get("outbound") and h["arm"] == "F" else " (outbound)" if h.get("outbound") else "")
+        lines += [f"| {h['arm']} {ARM[h['arm']].label}{outbound_label(h)} | {h['min_us']:.2f} | "
                   + ", ".join(f"{k} {v:g}" for k, v in h["host_calls"].items()) + " |" for h in cached]
         if first_seen:
             lines += ["", f"First-seen tokens ({FIRST_SEEN_POOL:,} unique ones in turn, more than the token "

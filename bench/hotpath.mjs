@@ -9,6 +9,10 @@
 // request is first-seen), optional "host_verifies": true to answer Envoy's `verify_signature`
 // foreign function with Node's crypto (OpenSSL) as Envoy does with BoringSSL; the time spent in
 // it is printed as host_verify_us, so min_us minus it is the module's own work}.
+// Outbound (issue 29): optional "env" ({name: value}, the VM's environment: client secrets) and
+// "answers" ({":path" of a call: {"status", "body"}}): the stand-in answers the module's calls
+// (discovery, token endpoint) from them, 404 otherwise, and the first requests wait until the
+// token is in (a request the module holds is asked about again after each answer).
 // Also printed: how long the configuration took to load (proxy_on_configure) and the VM's
 // linear memory once loaded and after the requests.
 // Per request: the minimum over rounds of the mean time (other work only adds time), and host
@@ -40,6 +44,18 @@ function serialize(pairs) {
   return out;
 }
 const config = enc.encode(fx.config);
+// Calls made and not yet answered ([token, answer]), and the answer being read.
+const calls = []; let nextCall = 1; let answering = null;
+function parsePairs(bytes) {
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const n = dv.getUint32(0, true); const sizes = []; let o = 4;
+  for (let i = 0; i < n; i++) { sizes.push([dv.getUint32(o, true), dv.getUint32(o + 4, true)]); o += 8; }
+  const out = [];
+  for (const [k, v] of sizes) { const name = dec.decode(bytes.subarray(o, o + k)); o += k + 1;
+    out.push([name, dec.decode(bytes.subarray(o, o + v))]); o += v + 1; }
+  return out;
+}
+const environ = Object.entries(fx.env || {}).map(([k, v]) => enc.encode(`${k}=${v}\0`));
 const shared = new Map(); let metricId = 1; let local = null; let hostVerifyNs = 0n; const publicKeys = new Map();
 // Length-delimited fields only (what VerifySignatureArguments holds): field number -> bytes.
 function protobufFields(bytes) {
@@ -50,8 +66,17 @@ function protobufFields(bytes) {
 }
 const env = {
   proxy_log: (l, p, n) => { count("log"); if (process.env.LOG) console.log("log", l, str(p, n)); return 0; },
-  proxy_get_buffer_bytes: (t, start, max, rp, rs) => { count("get_buffer"); if (t === 7) { give(config, rp, rs); return 0; } return 1; },
-  proxy_get_header_map_pairs: (t, rp, rs) => { count("get_map_pairs"); give(serialized, rp, rs); return 0; },
+  proxy_get_buffer_bytes: (t, start, max, rp, rs) => {
+    count("get_buffer");
+    if (t === 7) { give(config, rp, rs); return 0; }
+    if (t === 4) { give(enc.encode(answering.body).subarray(start, start + max), rp, rs); return 0; }
+    return 1;
+  },
+  proxy_get_header_map_pairs: (t, rp, rs) => {
+    count("get_map_pairs");
+    give(t === 6 ? serialize([[":status", String(answering.status)]]) : serialized, rp, rs);
+    return 0;
+  },
   proxy_get_header_map_value: (t, kp, kn, rp, rs) => { count("get_map_value"); const k = str(kp, kn); const h = headers.find(([n]) => n === k); if (!h) return 1; give(enc.encode(h[1]), rp, rs); return 0; },
   proxy_remove_header_map_value: (t, kp, kn) => { count("remove_header"); return 0; },
   proxy_replace_header_map_value: () => { count("replace_header"); return 0; },
@@ -62,10 +87,20 @@ const env = {
   proxy_increment_metric: () => { count("increment_metric"); return 0; },
   proxy_record_metric: () => { count("record_metric"); return 0; },
   proxy_get_shared_data: (kp, kn, rp, rs, cp) => { count("get_shared"); const v = shared.get(str(kp, kn)); if (!v) return 1; give(v[0], rp, rs); mem().setUint32(cp, v[1], true); return 0; },
-  proxy_set_shared_data: (kp, kn, vp, vn, cas) => { count("set_shared"); const k = str(kp, kn); const v = shared.get(k); if (cas !== 0 && (v ? v[1] : 0) !== cas && !(cas === 0xffffffff && !v)) return 8; shared.set(k, [u8().slice(vp, vp + vn), (v ? v[1] : 0) + 1]); return 0; },
+  proxy_set_shared_data: (kp, kn, vp, vn, cas) => { count("set_shared"); cas >>>= 0; /* an i32 from Wasm: 0xffffffff is -1 */ const k = str(kp, kn); const v = shared.get(k); if (cas !== 0 && (v ? v[1] : 0) !== cas && !(cas === 0xffffffff && !v)) return 8; shared.set(k, [u8().slice(vp, vp + vn), (v ? v[1] : 0) + 1]); return 0; },
   proxy_set_tick_period_milliseconds: () => 0,
   proxy_send_local_response: (status) => { count("local_response"); local = status; return 0; },
-  proxy_http_call: () => { count("http_call"); return 2; },
+  proxy_http_call: (up, un, hp, hn, bp, bn, tp, tn, timeout, rp) => {
+    count("http_call");
+    if (!fx.answers) return 2;
+    const pairs = parsePairs(u8().slice(hp, hp + hn));
+    const path = (pairs.find(([n]) => n === ":path") || [])[1];
+    const token = nextCall++;
+    calls.push([token, fx.answers[path] || { status: 404, body: "" }]);
+    if (process.env.LOG) console.log("call", path);
+    mem().setUint32(rp, token, true);
+    return 0;
+  },
   proxy_call_foreign_function: (np, nn, ap, an, rp, rs) => {
     count("foreign");
     if (!fx.host_verifies || str(np, nn) !== "verify_signature") return 1;
@@ -89,7 +124,14 @@ const env = {
 for (const n of ["proxy_grpc_cancel","proxy_grpc_stream","proxy_grpc_close","proxy_grpc_call","proxy_grpc_send","proxy_dequeue_shared_queue","proxy_enqueue_shared_queue","proxy_resolve_shared_queue","proxy_register_shared_queue"]) env[n] = () => 1;
 const wasi = {
   random_get: (p, n) => { crypto.randomFillSync(u8().subarray(p, p + n)); return 0; },
-  environ_get: () => 0, environ_sizes_get: (a, b) => { mem().setUint32(a, 0, true); mem().setUint32(b, 0, true); return 0; },
+  environ_get: (ptrs, buf) => {
+    for (const e of environ) { mem().setUint32(ptrs, buf, true); u8().set(e, buf); ptrs += 4; buf += e.length; }
+    return 0;
+  },
+  environ_sizes_get: (a, b) => {
+    mem().setUint32(a, environ.length, true); mem().setUint32(b, environ.reduce((n, e) => n + e.length, 0), true);
+    return 0;
+  },
   fd_write: (fd, iov, n, wp) => { mem().setUint32(wp, 0, true); return 0; }, proc_exit: (c) => { throw new Error("exit " + c); },
   clock_time_get: (id, prec, rp) => { mem().setBigUint64(rp, process.hrtime.bigint(), true); return 0; },
 };
@@ -106,6 +148,21 @@ if (!x.proxy_on_configure(1, config.length)) throw new Error("configure failed")
 const configureMs = Number(process.hrtime.bigint() - configureStart) / 1e6;
 const memoryConfigured = x.memory.buffer.byteLength;
 x.proxy_on_tick(1);
+// Answers the calls made so far (in the root context, where the module dispatches them), then
+// lets the root dispatch what the answers led to: until no call is left.
+function settle() {
+  for (let i = 0; i < 10 && calls.length; i++) {
+    while (calls.length) {
+      const [token, answer] = calls.shift(); answering = answer;
+      x.proxy_on_http_call_response(1, token, 1, enc.encode(answer.body).length, 0);
+    }
+    x.proxy_on_tick(1);
+  }
+}
+// The module starts its fetches (discovery) from a tick, not at once: tick until they are in.
+const pause = new Int32Array(new SharedArrayBuffer(4));
+for (let i = 0; fx.answers && i < 100 && !counts.http_call; i++) { Atomics.wait(pause, 0, 0, 10); x.proxy_on_tick(1); }
+settle();
 const headersFor = (token) => [[":authority", fx.authority || "127.0.0.1:10000"], [":path", fx.path || "/"],
   [":method", fx.method || "GET"], [":scheme", "http"], ["authorization", "Bearer " + token],
   ["x-forwarded-proto", "http"], ["x-request-id", crypto.randomUUID()]];
@@ -122,6 +179,15 @@ function request() {
   x.proxy_on_log(id); x.proxy_on_done(id); x.proxy_on_delete(id);
 }
 const iterations = Number(itArg || 20000), rounds = Number(roundArg || 15);
+if (fx.answers) {
+  // The first request waits for the token: it is held, the root calls, the answer resumes it.
+  const id = ctx++;
+  [headers, serialized] = pool[0];
+  x.proxy_on_context_create(id, 1);
+  x.proxy_on_request_headers(id, headers.length, 1);
+  x.proxy_on_tick(1); settle();
+  x.proxy_on_done(id); x.proxy_on_delete(id);
+}
 for (let i = 0; i < 20000; i++) request();
 for (const k in counts) delete counts[k];
 hostVerifyNs = 0n;

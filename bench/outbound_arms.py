@@ -53,6 +53,15 @@ RATIO_TARGETS: list[tuple[str, float | None, str]] = [
     ("D", None, "outbound: empty Wasm filter (D) vs credential_injector (N), the ceiling of any Wasm filter"),
 ]
 CALLS_GOAL = 1.1
+# With --baseline-wasm, arm F of this workload is arm O's configuration with the baseline module
+# (right after O in every round): O ÷ F is the before/after of a cached client-credentials request.
+BASELINE_OF = "O"
+
+
+def arm_key(arm: str, workload: str) -> str:
+    """The outbound arm whose server, counters and checks arm `arm` of `workload` uses: arm F of
+    this workload is arm O's configuration (with the baseline module); other arms are themselves."""
+    return BASELINE_OF if arm == "F" and workload == WORKLOAD_KEY else arm
 
 # as.mjs's client_secret_basic client (the native injector's default BASIC_AUTH) and what both
 # arms ask for: the same resource and scope, so both get the same kind of token.
@@ -169,6 +178,25 @@ def mesh_config(server: AuthorizationServer, arm: str) -> dict[str, Any]:
              else {"tokenExchange": {**client, "audience": "tools", "scopes": ["tools:call"]}})
     return {"providers": [{"name": "as", "issuer": server.issuer}],
             "outbound": [{"name": ENTRY, "match": {"hosts": ["*"]}, **grant}]}
+
+
+# The stand-in authorization server of the V8 hot path (bench/hotpath.mjs answers the calls).
+HOTPATH_ISSUER = "https://as.bench.local"
+
+
+def hotpath_fixture(arm: str, user_token: str) -> dict[str, Any]:
+    """bench/hotpath.mjs's fixture for a cached request of arm O or X: the arm's configuration
+    against a stand-in server whose discovery and token answers the harness serves from memory
+    (the first request waits for the token; the timed ones find it cached), `user_token` on every
+    request (the subject of X's exchange)."""
+    issuer = HOTPATH_ISSUER
+    access = {"access_token": "b" * 40 + "." + "c" * 300 + "." + "d" * 342, "token_type": "Bearer",
+              "expires_in": THROUGHPUT_TTL_S, "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}
+    discovery = {"issuer": issuer, "jwks_uri": f"{issuer}/jwks", "token_endpoint": f"{issuer}/token"}
+    config = mesh_config(AuthorizationServer(None, issuer, 443), arm)  # type: ignore[arg-type]
+    return {"config": json.dumps(config), "token": user_token, "env": {SECRET_ENV: CLIENT_SECRET},
+            "answers": {"/.well-known/openid-configuration": {"status": 200, "body": json.dumps(discovery)},
+                        "/token": {"status": 200, "body": json.dumps(access)}}}
 
 
 def filters(arm: str, module: Path, server: AuthorizationServer | None = None) -> list[dict[str, Any]]:

@@ -289,3 +289,108 @@ fn keys_are_hashes_of_length_prefixed_parts() {
     assert_ne!(CacheKey::of(&[b"ab", b"c"]), CacheKey::of(&[b"a", b"bc"]));
     assert_eq!(CacheKey::of(&[b"a"]), CacheKey::of(&[b"a"]));
 }
+
+/// The shared data, counting its reads: the per-worker copy's fast path makes none.
+struct Counting<'a> {
+    inner: &'a Shared,
+    reads: std::cell::Cell<usize>,
+}
+
+impl SharedStore for Counting<'_> {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        self.reads.set(self.reads.get() + 1);
+        self.inner.get(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        self.inner.set(key, value, cas)
+    }
+}
+
+#[test]
+fn a_workers_copy_serves_until_its_renewal_point_then_the_shared_record_is_read_again() {
+    let shared = Shared::default();
+    let mut fetcher = TokenCache::new(64, None);
+    // 100 s of life: usable 90 s, renewal from 85 % of it (jitter 0.5) = 76.5 s.
+    fill(&mut fetcher, &shared, key(1), 0, 100_000);
+    let counting = Counting {
+        inner: &shared,
+        reads: std::cell::Cell::new(0),
+    };
+    let mut worker = TokenCache::new(64, None);
+    assert_eq!(
+        kind(&worker.lookup(&counting, key(1), 1_000, TIMEOUT)),
+        "fresh"
+    );
+    assert!(
+        counting.reads.get() > 0,
+        "the first request reads the shared record"
+    );
+    counting.reads.set(0);
+    for now in (2_000..76_500).step_by(7_000) {
+        let found = worker.lookup(&counting, key(1), now, TIMEOUT);
+        assert_eq!(kind(&found), "fresh");
+        assert_eq!(token_of(&found).unwrap().value, "tok-1");
+    }
+    assert_eq!(counting.reads.get(), 0, "served from the worker's copy");
+    let due = worker.lookup(&counting, key(1), 76_500, TIMEOUT);
+    assert!(counting.reads.get() > 0, "read again at the renewal point");
+    assert_eq!(kind(&due), "renew-here", "and this worker renews, once");
+    assert_eq!(
+        kind(&fetcher.lookup(&shared, key(1), 76_600, TIMEOUT)),
+        "renew-elsewhere"
+    );
+}
+
+#[test]
+fn a_renewal_by_another_worker_is_picked_up_when_the_copy_is_due() {
+    let shared = Shared::default();
+    let mut renewer = TokenCache::new(64, None);
+    let mut worker = TokenCache::new(64, None);
+    fill(&mut renewer, &shared, key(1), 0, 100_000);
+    assert_eq!(
+        kind(&worker.lookup(&shared, key(1), 1_000, TIMEOUT)),
+        "fresh"
+    );
+    let Lookup::Renew(_, Some(lease)) = renewer.lookup(&shared, key(1), 76_500, TIMEOUT) else {
+        panic!("the renewer renews")
+    };
+    renewer
+        .complete(&shared, &lease, issued("tok-2", 100_000), 76_600, 0.5)
+        .unwrap();
+    // This worker's copy is due too: it reads the record the other worker renewed.
+    let seen = worker.lookup(&shared, key(1), 76_700, TIMEOUT);
+    assert_eq!(kind(&seen), "fresh");
+    assert_eq!(token_of(&seen).unwrap().value, "tok-2");
+    // And keeps that copy: no renewal of its own until the new renewal point.
+    assert_eq!(
+        kind(&worker.lookup(&shared, key(1), 150_000, TIMEOUT)),
+        "fresh"
+    );
+}
+
+#[test]
+fn a_workers_copy_never_hands_out_an_expired_token() {
+    let shared = Shared::default();
+    let mut fetcher = TokenCache::new(64, None);
+    let mut worker = TokenCache::new(64, None);
+    fill(&mut fetcher, &shared, key(1), 0, 100_000);
+    assert_eq!(
+        kind(&worker.lookup(&shared, key(1), 1_000, TIMEOUT)),
+        "fresh"
+    );
+    // Nobody renewed: at the expiry (90 s) there is no token, only a call to make.
+    let expired = worker.lookup(&shared, key(1), 90_000, TIMEOUT);
+    assert!(token_of(&expired).is_none());
+    assert_eq!(kind(&expired), "fetch");
+    let Lookup::Fetch(lease) = expired else {
+        panic!()
+    };
+    // The call fails: still none, with a time to retry.
+    assert!(worker
+        .complete(&shared, &lease, Outcome::Failed, 90_100, 0.5)
+        .is_none());
+    let failing = worker.lookup(&shared, key(1), 90_200, TIMEOUT);
+    assert!(token_of(&failing).is_none());
+    assert_eq!(kind(&failing), "failing");
+}

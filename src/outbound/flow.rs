@@ -13,6 +13,8 @@ use crate::config::{
 use crate::keystore::SharedStore;
 use crate::peer::Peer;
 use crate::policy::{observe, pattern_matches, RequestFacts};
+use std::collections::HashMap;
+use std::rc::Rc;
 
 /// A waiting request is answered 503 once it has waited this long past its entry's timeout.
 const WAIT_MARGIN_MS: u64 = 1_000;
@@ -20,6 +22,9 @@ const WAIT_MARGIN_MS: u64 = 1_000;
 const WAIT_POLL_MS: u64 = 50;
 /// How often a request waiting for the token endpoint to be discovered looks again.
 const DISCOVERY_POLL_MS: u64 = 250;
+/// Subject tokens remembered per exchange entry (an agent acting for a handful of users at a
+/// time reads each once); past it, one is forgotten for each new one.
+const MAX_REMEMBERED_SUBJECTS: usize = 64;
 
 /// An outbound request as the runtime sees it.
 pub struct OutboundRequest<'a> {
@@ -40,8 +45,9 @@ pub struct Context<'a, S: SharedStore> {
     pub store: &'a S,
     pub now_ms: u64,
     pub token_endpoint: &'a dyn Fn(usize) -> Option<HttpTarget>,
-    /// For a `private_key_jwt` assertion's `jti`.
-    pub jti: [u8; 16],
+    /// A fresh `jti` for a `private_key_jwt` assertion: asked only when one is signed (the
+    /// CSPRNG is a host call, which a cached request does without).
+    pub jti: &'a dyn Fn() -> [u8; 16],
     /// In [0, 1): spreads renewals and retries.
     pub jitter: f64,
 }
@@ -93,7 +99,7 @@ pub struct Audit {
     pub entry: usize,
     pub destination: String,
     /// The subject token's `sub`, when it had one.
-    pub subject: Option<String>,
+    pub subject: Option<Rc<str>>,
     /// The acting client, for an exchange with an actor token.
     pub actor: Option<String>,
     pub source: Source,
@@ -161,9 +167,11 @@ enum Want {
     /// `missingSubject: clientCredentials`).
     Own,
     Exchange {
-        subject: String,
-        sub: Option<String>,
+        subject: Rc<str>,
+        sub: Option<Rc<str>>,
         exp_s: Option<u64>,
+        /// The cache key, with the subject token's digest in it.
+        key: CacheKey,
     },
     /// The exchange's actor token: not narrowed.
     Actor,
@@ -174,6 +182,26 @@ struct Compiled {
     signer: Option<Signer>,
     issuer: String,
     timeout_ms: u64,
+    /// The keys of the entry's own and actor tokens: the same for every request, so hashed
+    /// once per configuration.
+    own_key: CacheKey,
+    actor_key: CacheKey,
+    /// Subject tokens this worker read lately, with what was read and their cache key: a
+    /// request with the same subject token skips decoding it and hashing it. Bounded by
+    /// `MAX_REMEMBERED_SUBJECTS`; a configuration push starts afresh (the key depends on the
+    /// entry).
+    subjects: HashMap<Rc<str>, Remembered>,
+}
+
+/// What [`subject::read`] found in a subject token that was usable, and its cache key. Only
+/// usable reads are kept: the expiry is checked again at each request.
+#[derive(Clone)]
+struct Remembered {
+    /// The subject token itself, shared with the requests that carry it (no copy per request).
+    subject: Rc<str>,
+    sub: Option<Rc<str>>,
+    exp_s: Option<u64>,
+    key: CacheKey,
 }
 
 pub struct Flow {
@@ -202,11 +230,15 @@ impl Flow {
                     ClientAuth::PrivateKeyJwt(key) => Signer::new(key),
                     _ => None,
                 };
+                let issuer = provider.map(|p| p.issuer.clone()).unwrap_or_default();
                 Compiled {
+                    own_key: key_of(entry, &issuer, Role::Own, &[]),
+                    actor_key: key_of(entry, &issuer, Role::Actor, &[]),
                     entry: entry.clone(),
                     signer,
-                    issuer: provider.map(|p| p.issuer.clone()).unwrap_or_default(),
+                    issuer,
                     timeout_ms: provider.map_or(5_000, |p| p.timeout_ms),
+                    subjects: HashMap::new(),
                 }
             })
             .collect();
@@ -260,22 +292,20 @@ impl Flow {
         let Some(index) = self.select(request) else {
             return Step::Untouched;
         };
-        let compiled = &self.entries[index];
-        let client = compiled.entry.grant.client();
-        let want = match &compiled.entry.grant {
-            Grant::ClientCredentials(_) => Want::Own,
-            Grant::TokenExchange(exchange) => {
-                let read = subject::bearer(request.headers).and_then(|token| {
-                    subject::read(token, cx.now_ms / 1000, &client.client_id, &compiled.issuer)
-                });
+        let compiled = &mut self.entries[index];
+        let missing_subject = match &compiled.entry.grant {
+            Grant::ClientCredentials(_) => None,
+            Grant::TokenExchange(exchange) => Some(exchange.missing_subject),
+        };
+        let want = match missing_subject {
+            None => Want::Own,
+            Some(missing_subject) => {
+                let read = subject::bearer(request.headers)
+                    .and_then(|token| compiled.read_subject(token, cx.now_ms / 1000));
                 match read {
-                    Ok(subject) => Want::Exchange {
-                        subject: subject.token.to_owned(),
-                        sub: subject.sub,
-                        exp_s: subject.exp_s,
-                    },
+                    Ok(want) => want,
                     Err(SubjectRefusal::Missing)
-                        if exchange.missing_subject == MissingSubject::ClientCredentials =>
+                        if missing_subject == MissingSubject::ClientCredentials =>
                     {
                         Want::Own
                     }
@@ -292,6 +322,7 @@ impl Flow {
                 }
             }
         };
+        let compiled = &self.entries[index];
         let key = self.key(index, &want);
         let timeout_ms = compiled.timeout_ms;
         let deadline = request
@@ -467,49 +498,14 @@ impl Flow {
         }
     }
 
-    /// The cache key: a hash of what the token is for; the subject token only as its hash.
+    /// The cache key of the token `want` is for (hashed once: per entry, or per subject).
     fn key(&self, index: usize, want: &Want) -> CacheKey {
         let compiled = &self.entries[index];
-        let client = compiled.entry.grant.client();
-        let role: &[u8] = match want {
-            Want::Own => b"client_credentials",
-            Want::Exchange { .. } => b"token_exchange",
-            Want::Actor => b"actor",
-        };
-        let subject = match want {
-            Want::Exchange { subject, .. } => {
-                ring::digest::digest(&ring::digest::SHA256, subject.as_bytes())
-                    .as_ref()
-                    .to_vec()
-            }
-            _ => Vec::new(),
-        };
-        let actor: &[u8] = match &compiled.entry.grant {
-            Grant::TokenExchange(x) if x.actor_client_credentials => b"actor",
-            _ => b"",
-        };
-        let (audiences, resources, scopes) = match want {
-            Want::Actor => (String::new(), String::new(), String::new()),
-            _ => (
-                client.audiences.join("\u{0}"),
-                client.resources.join("\u{0}"),
-                client.scopes.join(" "),
-            ),
-        };
-        CacheKey::of(&[
-            b"mesh-oauth outbound v1",
-            compiled.entry.name.as_bytes(),
-            compiled.issuer.as_bytes(),
-            client.client_id.as_bytes(),
-            client.auth.name().as_bytes(),
-            role,
-            compiled.entry.header.as_bytes(),
-            audiences.as_bytes(),
-            resources.as_bytes(),
-            scopes.as_bytes(),
-            actor,
-            &subject,
-        ])
+        match want {
+            Want::Own => compiled.own_key,
+            Want::Actor => compiled.actor_key,
+            Want::Exchange { key, .. } => *key,
+        }
     }
 
     fn expect(&self, index: usize, want: &Want) -> Expect {
@@ -644,7 +640,7 @@ impl Flow {
             &compiled.issuer,
             ask,
             cx.now_ms / 1000,
-            cx.jti,
+            (cx.jti)(),
         )
         .ok()?;
         Some((target, form))
@@ -752,6 +748,87 @@ impl Flow {
             },
         }
     }
+}
+
+impl Compiled {
+    /// The exchange a subject token asks for: read (and hashed into its key) once, then
+    /// remembered; its expiry is checked at every request all the same.
+    fn read_subject(&mut self, token: &str, now_s: u64) -> Result<Want, SubjectRefusal> {
+        let remembered = match self.subjects.get(token) {
+            Some(remembered) => remembered.clone(),
+            None => {
+                let client_id = &self.entry.grant.client().client_id;
+                let read = subject::read(token, now_s, client_id, &self.issuer)?;
+                let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+                let subject: Rc<str> = Rc::from(token);
+                let remembered = Remembered {
+                    subject: subject.clone(),
+                    sub: read.sub.map(Rc::from),
+                    exp_s: read.exp_s,
+                    key: key_of(&self.entry, &self.issuer, Role::Exchange, digest.as_ref()),
+                };
+                if self.subjects.len() >= MAX_REMEMBERED_SUBJECTS {
+                    if let Some(old) = self.subjects.keys().next().cloned() {
+                        self.subjects.remove(&old);
+                    }
+                }
+                self.subjects.insert(subject, remembered.clone());
+                remembered
+            }
+        };
+        if remembered.exp_s.is_some_and(|exp| exp <= now_s) {
+            return Err(SubjectRefusal::Expired);
+        }
+        Ok(Want::Exchange {
+            subject: remembered.subject,
+            sub: remembered.sub,
+            exp_s: remembered.exp_s,
+            key: remembered.key,
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Role {
+    Own,
+    Exchange,
+    Actor,
+}
+
+/// The cache key: a hash of what the token is for; the subject token only as its digest.
+fn key_of(entry: &OutboundEntry, issuer: &str, role: Role, subject_digest: &[u8]) -> CacheKey {
+    let client = entry.grant.client();
+    let role_name: &[u8] = match role {
+        Role::Own => b"client_credentials",
+        Role::Exchange => b"token_exchange",
+        Role::Actor => b"actor",
+    };
+    let actor: &[u8] = match &entry.grant {
+        Grant::TokenExchange(x) if x.actor_client_credentials => b"actor",
+        _ => b"",
+    };
+    let (audiences, resources, scopes) = match role {
+        Role::Actor => (String::new(), String::new(), String::new()),
+        _ => (
+            client.audiences.join("\u{0}"),
+            client.resources.join("\u{0}"),
+            client.scopes.join(" "),
+        ),
+    };
+    CacheKey::of(&[
+        b"mesh-oauth outbound v1",
+        entry.name.as_bytes(),
+        issuer.as_bytes(),
+        client.client_id.as_bytes(),
+        client.auth.name().as_bytes(),
+        role_name,
+        entry.header.as_bytes(),
+        audiences.as_bytes(),
+        resources.as_bytes(),
+        scopes.as_bytes(),
+        actor,
+        subject_digest,
+    ])
 }
 
 enum Started {

@@ -32,7 +32,7 @@ fn cx(store: &Shared, now_ms: u64) -> Context<'_, Shared> {
         store,
         now_ms,
         token_endpoint: &endpoint,
-        jti: [9; 16],
+        jti: &|| [9; 16],
         jitter: 0.5,
     }
 }
@@ -607,7 +607,7 @@ fn waiting_for_discovery_or_another_worker_ends_in_503_after_the_timeout() {
         store: &store,
         now_ms: now,
         token_endpoint: &no_endpoint,
-        jti: [0; 16],
+        jti: &|| [0; 16],
         jitter: 0.5,
     };
     let headers: Vec<(&str, &str)> = vec![];
@@ -718,4 +718,119 @@ fn private_key_jwt_calls_carry_a_signed_assertion() {
     assert_eq!(claims["aud"], ISSUER);
     assert_eq!(claims["jti"], "09".repeat(16));
     assert_eq!(claims["iat"], NOW / 1000);
+}
+
+#[test]
+fn a_push_that_changes_the_entry_never_attaches_the_old_entrys_token() {
+    let store = Shared::default();
+    let mut f = cc_flow();
+    let call = expect_call(ask(&mut f, &store, &req("payments.internal"), NOW));
+    answer(&mut f, &store, call, 200, &ok("cc-1", 300), NOW);
+    let (config, outbound) = configure(entry(
+        "clientCredentials",
+        json!({"audience": "ledger"}),
+        json!({}),
+    ));
+    let mut pushed = Flow::new(&config, &outbound, 64, Some(f));
+    let call = expect_call(ask(
+        &mut pushed,
+        &store,
+        &req("payments.internal"),
+        NOW + 1_000,
+    ));
+    assert_eq!(form_value(&form_pairs(&call.body), "audience"), ["ledger"]);
+    let step = answer(
+        &mut pushed,
+        &store,
+        call,
+        200,
+        &ok("cc-2", 300),
+        NOW + 1_100,
+    );
+    assert_eq!(attached(&step), (bearer_edit("cc-2"), Source::Fetched));
+    let again = ask(&mut pushed, &store, &req("payments.internal"), NOW + 2_000);
+    assert_eq!(attached(&again), (bearer_edit("cc-2"), Source::Cached));
+}
+
+#[test]
+fn a_subject_read_once_is_checked_for_expiry_at_every_request_and_each_subject_has_its_token() {
+    let store = Shared::default();
+    let mut f = exchange_flow(json!({}), json!({}));
+    let alice = with_bearer(
+        req("payments.internal"),
+        &jwt(json!({"sub": "alice", "exp": NOW / 1000 + 100})),
+    );
+    let bob = with_bearer(
+        req("payments.internal"),
+        &jwt(json!({"sub": "bob", "exp": NOW / 1000 + 3600})),
+    );
+    let call = expect_call(ask(&mut f, &store, &alice, NOW));
+    let step = answer(
+        &mut f,
+        &store,
+        call,
+        200,
+        &exchanged("for-alice", 3600, ACCESS_TOKEN_TYPE, "Bearer"),
+        NOW,
+    );
+    assert_eq!(attached(&step).0, bearer_edit("for-alice"));
+    let again = ask(&mut f, &store, &alice, NOW + 1_000);
+    assert_eq!(attached(&again), (bearer_edit("for-alice"), Source::Cached));
+    let Step::Continue { audit, .. } = &again else {
+        panic!()
+    };
+    assert_eq!(
+        audit.subject.as_deref(),
+        Some("alice"),
+        "read once, still named"
+    );
+    // Another subject is another exchange.
+    let call = expect_call(ask(&mut f, &store, &bob, NOW + 1_000));
+    let pairs = form_pairs(&call.body);
+    assert_eq!(
+        form_value(&pairs, "subject_token"),
+        [bob.headers[0].1.trim_start_matches("Bearer ")]
+    );
+    answer(
+        &mut f,
+        &store,
+        call,
+        200,
+        &exchanged("for-bob", 3600, ACCESS_TOKEN_TYPE, "Bearer"),
+        NOW + 1_000,
+    );
+    let step = ask(&mut f, &store, &bob, NOW + 2_000);
+    assert_eq!(attached(&step).0, bearer_edit("for-bob"));
+    let step = ask(&mut f, &store, &alice, NOW + 2_000);
+    assert_eq!(attached(&step).0, bearer_edit("for-alice"));
+    // Alice's token has expired: refused, though it was read before.
+    let expired = ask(&mut f, &store, &alice, NOW + 100_000);
+    assert!(
+        matches!(
+            expired,
+            Step::Respond {
+                status: 403,
+                reason: Refusal::SubjectExpired,
+                ..
+            }
+        ),
+        "{}",
+        describe(&expired)
+    );
+}
+
+#[test]
+fn remembered_subjects_are_bounded() {
+    let store = Shared::default();
+    let mut f = exchange_flow(json!({}), json!({}));
+    for n in 0..(MAX_REMEMBERED_SUBJECTS + 10) {
+        let user = jwt(json!({"sub": format!("user-{n}"), "exp": NOW / 1000 + 3600}));
+        expect_call(ask(
+            &mut f,
+            &store,
+            &with_bearer(req("payments.internal"), &user),
+            NOW,
+        ));
+    }
+    assert_eq!(f.entries[0].subjects.len(), MAX_REMEMBERED_SUBJECTS);
 }

@@ -470,7 +470,7 @@ impl Runtime {
         // `check` made sure every login compiles.
         let logins = Logins::new(&config).unwrap_or_default();
         // Cached outbound tokens live on in shared data and in the worker's copy.
-        let outbound = outbound::OutboundState::new(&config, previous_outbound, host);
+        let outbound = outbound::OutboundState::new(&config, previous_outbound, host, out);
         let providers = config.providers.len();
         let mut runtime = Runtime {
             owner_root: facts.root_id,

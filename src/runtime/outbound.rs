@@ -4,7 +4,10 @@
 //! token are asked about again when its call answers or their deadline passes.
 
 use super::held::{self, OwnedRequest, Until};
-use super::{log, Call, Effect, Effects, Host, Level, MetricKind, Purpose, Runtime, WAKE_MS};
+use super::metrics::Metrics;
+use super::{
+    log, Call, Effect, Effects, Host, Level, MetricId, MetricKind, Purpose, Runtime, WAKE_MS,
+};
 use crate::authorize::{HeaderEdit, Request};
 use crate::config::{self, AuditLevel, Config};
 use crate::outbound::answer::{TokenAnswer, MAX_ANSWER_BYTES};
@@ -27,6 +30,70 @@ pub(super) struct OutboundState {
     next_id: u64,
     /// Keys whose call answered since held requests were last looked at.
     answered: Vec<CacheKey>,
+    /// Each entry's name as a metric label, made once.
+    labels: Vec<String>,
+    tally: OutboundTally,
+}
+
+/// The per-request counters (`attached`, `cache_hit`, `passed_through`), added up in the VM
+/// and handed to the host at the next pump, as the inbound verdicts are: two host calls per
+/// request cost more than attaching a cached token.
+#[derive(Default)]
+struct OutboundTally {
+    /// By entry: the counters' ids once defined (indexes of [`Tallied`]).
+    ids: Vec<[Option<MetricId>; 3]>,
+    /// Counts not yet reported, by id: a handful, scanned in order.
+    pending: Vec<(MetricId, u64)>,
+}
+
+#[derive(Clone, Copy)]
+enum Tallied {
+    Attached = 0,
+    CacheHit = 1,
+    PassedThrough = 2,
+}
+
+impl Tallied {
+    fn name(self) -> &'static str {
+        match self {
+            Tallied::Attached => "attached",
+            Tallied::CacheHit => "cache_hit",
+            Tallied::PassedThrough => "passed_through",
+        }
+    }
+}
+
+impl OutboundTally {
+    fn count(
+        &mut self,
+        entry: usize,
+        what: Tallied,
+        label: &str,
+        metrics: &mut Metrics,
+        out: &mut Effects,
+    ) {
+        if self.ids.len() <= entry {
+            self.ids.resize(entry + 1, [None; 3]);
+        }
+        let id = *self.ids[entry][what as usize].get_or_insert_with(|| {
+            let name = format!("mesh_oauth.outbound.{label}.{}", what.name());
+            metrics.id(MetricKind::Counter, &name, out)
+        });
+        match self.pending.iter_mut().find(|(known, _)| *known == id) {
+            Some((_, count)) => *count += 1,
+            None => self.pending.push((id, 1)),
+        }
+    }
+
+    fn flush(&mut self, out: &mut Effects) {
+        for (id, count) in &mut self.pending {
+            if *count > 0 {
+                let delta = i64::try_from(*count).unwrap_or(i64::MAX);
+                out.push(Effect::IncrementMetric { id: *id, delta });
+                *count = 0;
+            }
+        }
+    }
 }
 
 impl OutboundState {
@@ -36,11 +103,14 @@ impl OutboundState {
         config: &Config,
         previous: Option<OutboundState>,
         host: Host<'_>,
+        out: &mut Effects,
     ) -> Option<OutboundState> {
         let previous_flow = previous.map(|mut old| {
             for pending in old.pending.values() {
                 old.flow.abandon(&host.shared, pending);
             }
+            // Entry indexes may mean other entries now.
+            old.tally.flush(out);
             old.flow
         });
         if config.outbound.entries.is_empty() {
@@ -58,6 +128,13 @@ impl OutboundState {
             queued: Vec::new(),
             next_id: 0,
             answered: Vec::new(),
+            labels: config
+                .outbound
+                .entries
+                .iter()
+                .map(|entry| config::metric_label(&entry.name))
+                .collect(),
+            tally: OutboundTally::default(),
         })
     }
 }
@@ -89,7 +166,7 @@ impl Runtime {
         let now = host.now_ms;
         let arrived_ms = arrived_ms.unwrap_or(now);
         let jitter = self.rng.sample();
-        let jti = fresh_jti(now, jitter);
+        let jti = || fresh_jti(now, jitter);
         let Some(state) = self.outbound.as_mut() else {
             out.push(Effect::Resume {
                 context,
@@ -103,7 +180,7 @@ impl Runtime {
             store: &host.shared,
             now_ms: now,
             token_endpoint: &endpoint,
-            jti,
+            jti: &jti,
             jitter,
         };
         let asked = OutboundRequest {
@@ -156,35 +233,41 @@ impl Runtime {
                 if let Some(reason) = renewal_failed {
                     self.renewal_failed(audit.entry, reason, out);
                 }
-                let name = self.outbound_name(audit.entry);
-                let counted = match audit.source {
-                    Source::Cached => vec!["attached", "cache_hit"],
-                    Source::Fetched => vec!["attached"],
-                    Source::PassedThrough => vec!["passed_through"],
+                let counted: &[Tallied] = match audit.source {
+                    Source::Cached => &[Tallied::Attached, Tallied::CacheHit],
+                    Source::Fetched => &[Tallied::Attached],
+                    Source::PassedThrough => &[Tallied::PassedThrough],
                 };
-                for what in counted {
-                    self.count_outbound(&name, what, out);
+                if let Some(state) = self.outbound.as_mut() {
+                    let label = state
+                        .labels
+                        .get(audit.entry)
+                        .map_or("unknown", String::as_str);
+                    for &what in counted {
+                        state
+                            .tally
+                            .count(audit.entry, what, label, &mut self.metrics, out);
+                    }
                 }
-                let token = match audit.source {
-                    Source::Cached => "cached",
-                    Source::Fetched => "fetched",
-                    Source::PassedThrough => "passed_through",
-                };
-                self.audit_outbound(
-                    serde_json::json!({
+                let passed_through = audit.source == Source::PassedThrough;
+                if self.audited(passed_through) {
+                    let token = match audit.source {
+                        Source::Cached => "cached",
+                        Source::Fetched => "fetched",
+                        Source::PassedThrough => "passed_through",
+                    };
+                    let line = serde_json::json!({
                         "decision": "outbound",
-                        "outbound": name,
+                        "outbound": self.outbound_name(audit.entry),
                         "status": 200,
-                        "reason": if audit.source == Source::PassedThrough { "passed_through" } else { "attached" },
+                        "reason": if passed_through { "passed_through" } else { "attached" },
                         "destination": clipped(&audit.destination),
                         "sub": audit.subject.as_deref().map(clipped),
                         "actor": audit.actor,
                         "token": token,
-                    }),
-                    audit.source == Source::PassedThrough,
-                    request,
-                    out,
-                );
+                    });
+                    self.audit_outbound(line, request, out);
+                }
                 out.push(Effect::Resume { context, edits });
             }
             Step::Respond {
@@ -258,18 +341,16 @@ impl Runtime {
     ) {
         let name = self.outbound_name(entry);
         self.count_outbound(&name, &format!("refused.{}", reason.name()), out);
-        self.audit_outbound(
-            serde_json::json!({
+        if self.audited(true) {
+            let line = serde_json::json!({
                 "decision": "outbound",
                 "outbound": name,
                 "status": response.status,
                 "reason": reason.name(),
                 "destination": clipped(request.authority),
-            }),
-            true,
-            request,
-            out,
-        );
+            });
+            self.audit_outbound(line, request, out);
+        }
         out.push(Effect::Answer { context, response });
     }
 
@@ -290,6 +371,7 @@ impl Runtime {
             }
             return;
         };
+        state.tally.flush(out);
         let queued = std::mem::take(&mut state.queued);
         for call in queued {
             self.dispatch_outbound(call, out);
@@ -384,7 +466,8 @@ impl Runtime {
         out: &mut Effects,
     ) {
         let jitter = self.rng.sample();
-        let jti = fresh_jti(host.now_ms, jitter);
+        let now = host.now_ms;
+        let jti = || fresh_jti(now, jitter);
         let Some(state) = self.outbound.as_mut() else {
             return;
         };
@@ -399,7 +482,7 @@ impl Runtime {
             store: &host.shared,
             now_ms: host.now_ms,
             token_endpoint: &endpoint,
-            jti,
+            jti: &jti,
             jitter,
         };
         let step = state
@@ -494,11 +577,19 @@ impl Runtime {
         );
     }
 
-    /// The audit line of an outbound request: never the token, the secret or the assertion.
+    /// Whether an outbound request's audit line is written (`always`: a refusal or a request
+    /// sent on without a token; else the allowed requests' sample): asked before the line is
+    /// made, which a request the sample leaves out does without.
+    fn audited(&mut self, always: bool) -> bool {
+        self.config.audit.level != AuditLevel::Off
+            && (always || self.rng.sample() < self.config.audit.allowed_sample_rate)
+    }
+
+    /// Writes the audit line of an outbound request: never the token, the secret or the
+    /// assertion.
     fn audit_outbound(
         &mut self,
         mut line: serde_json::Value,
-        always: bool,
         request: &Request<'_>,
         out: &mut Effects,
     ) {
@@ -508,9 +599,6 @@ impl Runtime {
             AuditLevel::Info => Level::Info,
             AuditLevel::Warn => Level::Warn,
         };
-        if !always && self.rng.sample() >= self.config.audit.allowed_sample_rate {
-            return;
-        }
         if let (Some(map), Some(id)) = (
             line.as_object_mut(),
             request

@@ -57,7 +57,7 @@ pub fn explain(config: &Config, options: &Options) -> Result<String, String> {
         store: &store,
         now_ms: options.now_ms,
         token_endpoint: &endpoint,
-        jti: [0; 16],
+        jti: &|| [0; 16],
         jitter: 0.5,
     };
     let mut out = format!(
