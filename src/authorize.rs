@@ -662,7 +662,7 @@ fn verify_token(
         }
     }
     let limits = TokenLimits::from(&config.limits);
-    let jws = token::parse(&found.token, &limits);
+    let jws = token::parse_remembering(&found.token, &limits, cache.header_memo());
     rec.note(|| {
         Step::Parsed(match &jws {
             Ok(jws) => Ok(record::Parsed {

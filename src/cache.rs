@@ -10,6 +10,7 @@
 //! that clients do reuse. Forgetting a sighting only costs a verification, never a check.
 
 use crate::alg::Alg;
+use crate::token::HeaderMemo;
 use serde_json::{Map, Value};
 use siphasher::sip128::{Hasher128, SipHasher13};
 use std::collections::hash_map::RandomState;
@@ -40,6 +41,9 @@ pub struct TokenCache {
     /// digest in a slot its bits choose (0: empty), overwritten freely. Allocated when the
     /// cache first fills, so a cache that never does costs nothing more.
     sightings: Vec<u64>,
+    /// The same worker's parsed token headers (kept here: what a token's verification
+    /// remembers lives with the cache, even one turned off).
+    headers: HeaderMemo,
 }
 
 /// At most this many sightings (32 KiB), whatever the capacity: enough to tell a token
@@ -81,6 +85,7 @@ impl TokenCache {
                 RandomState::new().hash_one(1u8),
             ),
             sightings: Vec::new(),
+            headers: HeaderMemo::default(),
         }
     }
 
@@ -88,6 +93,10 @@ impl TokenCache {
         let mut hasher = SipHasher13::new_with_keys(self.keys.0, self.keys.1);
         hasher.write(token.as_bytes());
         hasher.finish128().as_u128()
+    }
+
+    pub fn header_memo(&mut self) -> &mut HeaderMemo {
+        &mut self.headers
     }
 
     pub fn get(&self, digest: u128) -> Option<&CachedToken> {

@@ -130,23 +130,72 @@ impl TokenError {
 
 /// Parses a compact JWS without verifying it.
 pub fn parse<'a>(raw: &'a str, limits: &TokenLimits) -> Result<Jws<'a>, TokenError> {
-    parse_named(raw, limits, Alg::from_name)
+    parse_named(raw, limits, Alg::from_name, None)
+}
+
+/// [`parse`], with the headers of the last few tokens remembered by their exact segment: an
+/// issuer's tokens share one header, which is then decoded and parsed once, not per token.
+/// The answer is the same either way (the parse is a function of those bytes).
+pub fn parse_remembering<'a>(
+    raw: &'a str,
+    limits: &TokenLimits,
+    memo: &mut HeaderMemo,
+) -> Result<Jws<'a>, TokenError> {
+    parse_named(raw, limits, Alg::from_name, Some(memo))
+}
+
+/// Token headers already parsed, by their base64url segment (a header with a `jwk` is not
+/// kept: tokens carry none). Replaced in turn; a few, for a sidecar that trusts a few issuers.
+#[derive(Default)]
+pub struct HeaderMemo {
+    entries: Vec<(String, Header)>,
+    next: usize,
+}
+
+const REMEMBERED_HEADERS: usize = 4;
+
+impl HeaderMemo {
+    fn get(&self, segment: &str) -> Option<&Header> {
+        self.entries
+            .iter()
+            .find(|(seen, _)| seen == segment)
+            .map(|(_, header)| header)
+    }
+
+    fn remember(&mut self, segment: &str, header: &Header) {
+        if header.jwk.is_some() {
+            return;
+        }
+        let entry = (segment.to_owned(), header.clone());
+        if self.entries.len() < REMEMBERED_HEADERS {
+            self.entries.push(entry);
+        } else if let Some(slot) = self.entries.get_mut(self.next) {
+            *slot = entry;
+        }
+        self.next = (self.next + 1) % REMEMBERED_HEADERS;
+    }
 }
 
 /// A DPoP proof: as a token, but `alg` may also be `Ed25519`, RFC 9864's fully-specified name
 /// for EdDSA with Ed25519, which DPoP clients (npm `dpop` 2) sign with. Tokens keep one
 /// spelling per algorithm.
 pub fn parse_proof<'a>(raw: &'a str, limits: &TokenLimits) -> Result<Jws<'a>, TokenError> {
-    parse_named(raw, limits, |name| match name {
-        "Ed25519" => Some(Alg::EdDSA),
-        other => Alg::from_name(other),
-    })
+    parse_named(
+        raw,
+        limits,
+        |name| match name {
+            "Ed25519" => Some(Alg::EdDSA),
+            other => Alg::from_name(other),
+        },
+        None,
+    )
 }
 
 fn parse_named<'a>(
     raw: &'a str,
     limits: &TokenLimits,
     alg_named: fn(&str) -> Option<Alg>,
+    memo: Option<&mut HeaderMemo>,
 ) -> Result<Jws<'a>, TokenError> {
     if raw.len() > limits.max_token_bytes {
         return Err(TokenError::TooLarge);
@@ -164,11 +213,28 @@ fn parse_named<'a>(
     if header_b64.is_empty() || payload_b64.is_empty() {
         return Err(TokenError::NotCompact);
     }
-    let header_bytes = decode(header_b64, Segment::Header)?;
+    // A remembered header decoded and parsed without error: skipping both changes no answer.
+    let known = memo
+        .as_deref()
+        .and_then(|memo| memo.get(header_b64))
+        .cloned();
+    let header_bytes = match known {
+        Some(_) => Vec::new(),
+        None => decode(header_b64, Segment::Header)?,
+    };
     let payload_bytes = decode(payload_b64, Segment::Payload)?;
     let signature = decode(signature_b64, Segment::Signature)?;
 
-    let header = parse_header(&header_bytes, limits.json, alg_named)?;
+    let header = match known {
+        Some(header) => header,
+        None => {
+            let header = parse_header(&header_bytes, limits.json, alg_named)?;
+            if let Some(memo) = memo {
+                memo.remember(header_b64, &header);
+            }
+            header
+        }
+    };
     if signature.is_empty() {
         return Err(TokenError::MalformedSignature);
     }
@@ -688,5 +754,63 @@ mod tests {
         assert_eq!(limits.max_token_bytes, 100);
         assert_eq!(limits.json.max_depth, 2);
         assert_eq!(limits.json.max_members, 3);
+    }
+
+    #[test]
+    fn a_remembered_header_gives_the_same_answers_as_parsing_it() {
+        let mut memo = HeaderMemo::default();
+        let headers = [
+            HEADER,
+            r#"{"alg":"ES256","kid":"k2"}"#,
+            r#"{"alg":"none"}"#,
+            r#"{"alg":"RS256","crit":["exp"]}"#,
+            r#"{"alg":"RS256","kid":7}"#,
+            r#"{"alg":"EdDSA","typ":"JWT"}"#,
+            r#"{"alg":"PS256"}"#,
+            r#"{"alg":"RS384","kid":"k3"}"#,
+        ];
+        let payloads = [PAYLOAD, "[]", r#"{"a":1,"a":2}"#];
+        let mut tokens: Vec<String> = Vec::new();
+        for header in headers {
+            for payload in payloads {
+                tokens.push(token(header, payload));
+            }
+            // A remembered header before a payload that is not base64url at all.
+            tokens.push(format!("{}.!!.{}", b64(header.as_bytes()), b64(b"sig")));
+            tokens.push(format!(
+                "{}.{}.",
+                b64(header.as_bytes()),
+                b64(PAYLOAD.as_bytes())
+            ));
+        }
+        // Twice over, so that every header is met remembered and (with more headers than
+        // the memo keeps) forgotten again.
+        for raw in tokens.iter().chain(tokens.iter()) {
+            let plain = parse(raw, &limits()).map(|jws| (jws.header, jws.claims, jws.signature));
+            let remembered = parse_remembering(raw, &limits(), &mut memo)
+                .map(|jws| (jws.header, jws.claims, jws.signature));
+            assert_eq!(remembered, plain);
+        }
+        assert!(memo.entries.len() <= REMEMBERED_HEADERS);
+        assert!(
+            memo.entries.iter().all(|(segment, header)| {
+                parse_header(
+                    &decode(segment, Segment::Header).unwrap_or_default(),
+                    limits().json,
+                    Alg::from_name,
+                )
+                .as_ref()
+                    == Ok(header)
+            }),
+            "only headers that parsed are kept, each with its own parse"
+        );
+    }
+
+    #[test]
+    fn a_header_with_a_key_is_not_remembered() {
+        let mut memo = HeaderMemo::default();
+        let raw = with_header(r#"{"alg":"ES256","jwk":{"kty":"EC"}}"#);
+        assert!(parse_remembering(&raw, &limits(), &mut memo).is_ok());
+        assert!(memo.entries.is_empty());
     }
 }
