@@ -8,6 +8,7 @@ use crate::reason::Reason;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{Map, Value};
+use std::rc::Rc;
 
 /// A parsed, not yet verified token. Deliberately not `Debug`: its claims and signature
 /// must not end up in logs.
@@ -24,8 +25,9 @@ pub struct Jws<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
     pub alg: Alg,
-    pub kid: Option<String>,
-    pub typ: Option<String>,
+    /// Shared, not copied: a remembered header hands its `kid` to every token that has it.
+    pub kid: Option<Rc<str>>,
+    pub typ: Option<Rc<str>>,
     /// Read by the DPoP proof check only (RFC 9449 §4.2: the proof carries its public key);
     /// token verification never looks at it.
     pub jwk: Option<Map<String, Value>>,
@@ -295,10 +297,10 @@ fn parse_header(
 fn optional_string(
     member: Option<Value>,
     fault: HeaderFault,
-) -> Result<Option<String>, TokenError> {
+) -> Result<Option<Rc<str>>, TokenError> {
     match member {
         None => Ok(None),
-        Some(Value::String(text)) => Ok(Some(text)),
+        Some(Value::String(text)) => Ok(Some(Rc::from(text))),
         Some(_) => Err(TokenError::MalformedHeader(fault)),
     }
 }
@@ -368,8 +370,8 @@ mod tests {
             Ok((
                 Header {
                     alg: Alg::RS256,
-                    kid: Some("key-1".to_owned()),
-                    typ: Some("at+jwt".to_owned()),
+                    kid: Some("key-1".into()),
+                    typ: Some("at+jwt".into()),
                     jwk: None,
                 },
                 json!({"iss":"https://idp.example","sub":"alice","exp":1700000000}),
@@ -592,7 +594,7 @@ mod tests {
             header_of(&with_header(header)),
             Ok(Header {
                 alg: Alg::ES256,
-                kid: Some("k".to_owned()),
+                kid: Some("k".into()),
                 typ: None,
                 jwk
             })
