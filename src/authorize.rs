@@ -662,13 +662,13 @@ fn verify_token(
         }
     }
     let limits = TokenLimits::from(&config.limits);
-    let jws = token::parse(&found.token, &limits);
+    let jws = token::parse_remembering(&found.token, &limits, cache.header_memo());
     rec.note(|| {
         Step::Parsed(match &jws {
             Ok(jws) => Ok(record::Parsed {
                 alg: jws.header.alg,
-                kid: jws.header.kid.clone(),
-                typ: jws.header.typ.clone(),
+                kid: jws.header.kid.as_deref().map(str::to_string),
+                typ: jws.header.typ.as_deref().map(str::to_string),
                 claims: Rc::new(jws.claims.clone()),
             }),
             Err(e) => Err(*e),
@@ -676,7 +676,7 @@ fn verify_token(
     });
     let jws = jws.map_err(|e| invalid(e.describe(), e.reason()))?;
     let claims = Rc::new(jws.claims);
-    let kid: Option<Rc<str>> = jws.header.kid.as_deref().map(Rc::from);
+    let kid: Option<Rc<str>> = jws.header.kid.clone();
     trace.alg = Some(jws.header.alg);
     trace.kid.clone_from(&kid);
     trace.claims = Some(Rc::clone(&claims));

@@ -3,8 +3,14 @@
 //! never the token itself; an entry is only a shortcut past parsing and the signature:
 //! time and audience claims are checked again on every hit, and an entry is ignored once
 //! its provider's keys changed.
+//!
+//! Once the cache is full, a token is admitted on its second sighting only (a doorkeeper of
+//! keyed digests, as in TinyLFU): at a gateway where most tokens are seen once, a one-shot
+//! token then neither pays for its insert and the eviction it causes, nor pushes out a token
+//! that clients do reuse. Forgetting a sighting only costs a verification, never a check.
 
 use crate::alg::Alg;
+use crate::token::HeaderMemo;
 use serde_json::{Map, Value};
 use siphasher::sip128::{Hasher128, SipHasher13};
 use std::collections::hash_map::RandomState;
@@ -31,7 +37,18 @@ pub struct TokenCache {
     order: VecDeque<u128>,
     /// Random secret keys per cache: a 128-bit digest an attacker cannot compute offline.
     keys: (u64, u64),
+    /// Tokens verified while the cache was full and not admitted: the high half of their
+    /// digest in a slot its bits choose (0: empty), overwritten freely. Allocated when the
+    /// cache first fills, so a cache that never does costs nothing more.
+    sightings: Vec<u64>,
+    /// The same worker's parsed token headers (kept here: what a token's verification
+    /// remembers lives with the cache, even one turned off).
+    headers: HeaderMemo,
 }
+
+/// At most this many sightings (32 KiB), whatever the capacity: enough to tell a token
+/// reused within a few thousand others from one seen once.
+const MAX_SIGHTINGS: usize = 4096;
 
 /// Digests are already keyed random values: the map uses their low bits as they are
 /// instead of hashing them again.
@@ -67,6 +84,8 @@ impl TokenCache {
                 RandomState::new().hash_one(0u8),
                 RandomState::new().hash_one(1u8),
             ),
+            sightings: Vec::new(),
+            headers: HeaderMemo::default(),
         }
     }
 
@@ -76,12 +95,20 @@ impl TokenCache {
         hasher.finish128().as_u128()
     }
 
+    pub fn header_memo(&mut self) -> &mut HeaderMemo {
+        &mut self.headers
+    }
+
     pub fn get(&self, digest: u128) -> Option<&CachedToken> {
         self.entries.get(&digest)
     }
 
     pub fn insert(&mut self, digest: u128, token: CachedToken) {
         if self.capacity == 0 {
+            return;
+        }
+        // Only a token not found in the cache is inserted: no lookup for one to replace.
+        if self.entries.len() >= self.capacity && !self.seen_before(digest) {
             return;
         }
         if self.entries.insert(digest, token).is_some() {
@@ -95,6 +122,29 @@ impl TokenCache {
                 }
                 None => break,
             }
+        }
+    }
+
+    /// Whether the full cache saw `digest` not long ago (it is then admitted); if not, its
+    /// sighting is noted. The map's index uses the digest's low half, this its high half.
+    fn seen_before(&mut self, digest: u128) -> bool {
+        if self.sightings.is_empty() {
+            let slots = self.capacity.min(MAX_SIGHTINGS).next_power_of_two();
+            self.sightings = vec![0; slots];
+        }
+        let high = (digest >> 64) as u64;
+        let tag = high | 1; // never 0, the empty slot
+        let slot = (high >> 32) as usize & (self.sightings.len() - 1);
+        match self.sightings.get_mut(slot) {
+            Some(seen) if *seen == tag => {
+                *seen = 0;
+                true
+            }
+            Some(seen) => {
+                *seen = tag;
+                false
+            }
+            None => true,
         }
     }
 
@@ -148,14 +198,43 @@ mod tests {
         cache.insert(d1, entry(1));
         cache.insert(d2, entry(2));
         cache.insert(d3, entry(3));
+        cache.insert(d3, entry(3)); // admitted on its second sighting
         assert_eq!(cache.len(), 2);
         assert!(cache.get(d1).is_none());
         assert_eq!(cache.get(d3).map(|e| e.provider), Some(3));
         cache.remove(d2);
         assert_eq!(cache.len(), 1);
-        cache.insert(d1, entry(1));
+        cache.insert(d1, entry(1)); // room again: admitted at once
+        cache.insert(d2, entry(2));
         cache.insert(d2, entry(2));
         assert!(cache.get(d3).is_none(), "removal kept the order consistent");
+        assert_eq!(cache.get(d2).map(|e| e.provider), Some(2));
+    }
+
+    #[test]
+    fn a_full_cache_admits_a_token_on_its_second_sighting_only() {
+        let mut cache = TokenCache::new(2);
+        let (d1, d2) = (cache.digest("1"), cache.digest("2"));
+        cache.insert(d1, entry(1));
+        cache.insert(d2, entry(2));
+        let one_shots: Vec<u128> = (0..100)
+            .map(|n| cache.digest(&format!("once {n}")))
+            .collect();
+        for &digest in &one_shots {
+            cache.insert(digest, entry(9));
+        }
+        assert_eq!(cache.len(), 2);
+        assert!(
+            cache.get(d1).is_some() && cache.get(d2).is_some(),
+            "one-shot tokens evict nothing"
+        );
+        let reused = cache.digest("reused");
+        cache.insert(reused, entry(3));
+        assert!(cache.get(reused).is_none(), "not on its first sighting");
+        cache.insert(reused, entry(3));
+        assert_eq!(cache.get(reused).map(|e| e.provider), Some(3));
+        assert!(cache.get(d1).is_none(), "the oldest made room");
+        assert_eq!(cache.len(), 2);
     }
 
     #[test]

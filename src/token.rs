@@ -8,6 +8,7 @@ use crate::reason::Reason;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{Map, Value};
+use std::rc::Rc;
 
 /// A parsed, not yet verified token. Deliberately not `Debug`: its claims and signature
 /// must not end up in logs.
@@ -24,8 +25,9 @@ pub struct Jws<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
     pub alg: Alg,
-    pub kid: Option<String>,
-    pub typ: Option<String>,
+    /// Shared, not copied: a remembered header hands its `kid` to every token that has it.
+    pub kid: Option<Rc<str>>,
+    pub typ: Option<Rc<str>>,
     /// Read by the DPoP proof check only (RFC 9449 §4.2: the proof carries its public key);
     /// token verification never looks at it.
     pub jwk: Option<Map<String, Value>>,
@@ -130,23 +132,72 @@ impl TokenError {
 
 /// Parses a compact JWS without verifying it.
 pub fn parse<'a>(raw: &'a str, limits: &TokenLimits) -> Result<Jws<'a>, TokenError> {
-    parse_named(raw, limits, Alg::from_name)
+    parse_named(raw, limits, Alg::from_name, None)
+}
+
+/// [`parse`], with the headers of the last few tokens remembered by their exact segment: an
+/// issuer's tokens share one header, which is then decoded and parsed once, not per token.
+/// The answer is the same either way (the parse is a function of those bytes).
+pub fn parse_remembering<'a>(
+    raw: &'a str,
+    limits: &TokenLimits,
+    memo: &mut HeaderMemo,
+) -> Result<Jws<'a>, TokenError> {
+    parse_named(raw, limits, Alg::from_name, Some(memo))
+}
+
+/// Token headers already parsed, by their base64url segment (a header with a `jwk` is not
+/// kept: tokens carry none). Replaced in turn; a few, for a sidecar that trusts a few issuers.
+#[derive(Default)]
+pub struct HeaderMemo {
+    entries: Vec<(String, Header)>,
+    next: usize,
+}
+
+const REMEMBERED_HEADERS: usize = 4;
+
+impl HeaderMemo {
+    fn get(&self, segment: &str) -> Option<&Header> {
+        self.entries
+            .iter()
+            .find(|(seen, _)| seen == segment)
+            .map(|(_, header)| header)
+    }
+
+    fn remember(&mut self, segment: &str, header: &Header) {
+        if header.jwk.is_some() {
+            return;
+        }
+        let entry = (segment.to_owned(), header.clone());
+        if self.entries.len() < REMEMBERED_HEADERS {
+            self.entries.push(entry);
+        } else if let Some(slot) = self.entries.get_mut(self.next) {
+            *slot = entry;
+        }
+        self.next = (self.next + 1) % REMEMBERED_HEADERS;
+    }
 }
 
 /// A DPoP proof: as a token, but `alg` may also be `Ed25519`, RFC 9864's fully-specified name
 /// for EdDSA with Ed25519, which DPoP clients (npm `dpop` 2) sign with. Tokens keep one
 /// spelling per algorithm.
 pub fn parse_proof<'a>(raw: &'a str, limits: &TokenLimits) -> Result<Jws<'a>, TokenError> {
-    parse_named(raw, limits, |name| match name {
-        "Ed25519" => Some(Alg::EdDSA),
-        other => Alg::from_name(other),
-    })
+    parse_named(
+        raw,
+        limits,
+        |name| match name {
+            "Ed25519" => Some(Alg::EdDSA),
+            other => Alg::from_name(other),
+        },
+        None,
+    )
 }
 
 fn parse_named<'a>(
     raw: &'a str,
     limits: &TokenLimits,
     alg_named: fn(&str) -> Option<Alg>,
+    memo: Option<&mut HeaderMemo>,
 ) -> Result<Jws<'a>, TokenError> {
     if raw.len() > limits.max_token_bytes {
         return Err(TokenError::TooLarge);
@@ -164,11 +215,28 @@ fn parse_named<'a>(
     if header_b64.is_empty() || payload_b64.is_empty() {
         return Err(TokenError::NotCompact);
     }
-    let header_bytes = decode(header_b64, Segment::Header)?;
+    // A remembered header decoded and parsed without error: skipping both changes no answer.
+    let known = memo
+        .as_deref()
+        .and_then(|memo| memo.get(header_b64))
+        .cloned();
+    let header_bytes = match known {
+        Some(_) => Vec::new(),
+        None => decode(header_b64, Segment::Header)?,
+    };
     let payload_bytes = decode(payload_b64, Segment::Payload)?;
     let signature = decode(signature_b64, Segment::Signature)?;
 
-    let header = parse_header(&header_bytes, limits.json, alg_named)?;
+    let header = match known {
+        Some(header) => header,
+        None => {
+            let header = parse_header(&header_bytes, limits.json, alg_named)?;
+            if let Some(memo) = memo {
+                memo.remember(header_b64, &header);
+            }
+            header
+        }
+    };
     if signature.is_empty() {
         return Err(TokenError::MalformedSignature);
     }
@@ -229,10 +297,10 @@ fn parse_header(
 fn optional_string(
     member: Option<Value>,
     fault: HeaderFault,
-) -> Result<Option<String>, TokenError> {
+) -> Result<Option<Rc<str>>, TokenError> {
     match member {
         None => Ok(None),
-        Some(Value::String(text)) => Ok(Some(text)),
+        Some(Value::String(text)) => Ok(Some(Rc::from(text))),
         Some(_) => Err(TokenError::MalformedHeader(fault)),
     }
 }
@@ -302,8 +370,8 @@ mod tests {
             Ok((
                 Header {
                     alg: Alg::RS256,
-                    kid: Some("key-1".to_owned()),
-                    typ: Some("at+jwt".to_owned()),
+                    kid: Some("key-1".into()),
+                    typ: Some("at+jwt".into()),
                     jwk: None,
                 },
                 json!({"iss":"https://idp.example","sub":"alice","exp":1700000000}),
@@ -526,7 +594,7 @@ mod tests {
             header_of(&with_header(header)),
             Ok(Header {
                 alg: Alg::ES256,
-                kid: Some("k".to_owned()),
+                kid: Some("k".into()),
                 typ: None,
                 jwk
             })
@@ -688,5 +756,63 @@ mod tests {
         assert_eq!(limits.max_token_bytes, 100);
         assert_eq!(limits.json.max_depth, 2);
         assert_eq!(limits.json.max_members, 3);
+    }
+
+    #[test]
+    fn a_remembered_header_gives_the_same_answers_as_parsing_it() {
+        let mut memo = HeaderMemo::default();
+        let headers = [
+            HEADER,
+            r#"{"alg":"ES256","kid":"k2"}"#,
+            r#"{"alg":"none"}"#,
+            r#"{"alg":"RS256","crit":["exp"]}"#,
+            r#"{"alg":"RS256","kid":7}"#,
+            r#"{"alg":"EdDSA","typ":"JWT"}"#,
+            r#"{"alg":"PS256"}"#,
+            r#"{"alg":"RS384","kid":"k3"}"#,
+        ];
+        let payloads = [PAYLOAD, "[]", r#"{"a":1,"a":2}"#];
+        let mut tokens: Vec<String> = Vec::new();
+        for header in headers {
+            for payload in payloads {
+                tokens.push(token(header, payload));
+            }
+            // A remembered header before a payload that is not base64url at all.
+            tokens.push(format!("{}.!!.{}", b64(header.as_bytes()), b64(b"sig")));
+            tokens.push(format!(
+                "{}.{}.",
+                b64(header.as_bytes()),
+                b64(PAYLOAD.as_bytes())
+            ));
+        }
+        // Twice over, so that every header is met remembered and (with more headers than
+        // the memo keeps) forgotten again.
+        for raw in tokens.iter().chain(tokens.iter()) {
+            let plain = parse(raw, &limits()).map(|jws| (jws.header, jws.claims, jws.signature));
+            let remembered = parse_remembering(raw, &limits(), &mut memo)
+                .map(|jws| (jws.header, jws.claims, jws.signature));
+            assert_eq!(remembered, plain);
+        }
+        assert!(memo.entries.len() <= REMEMBERED_HEADERS);
+        assert!(
+            memo.entries.iter().all(|(segment, header)| {
+                parse_header(
+                    &decode(segment, Segment::Header).unwrap_or_default(),
+                    limits().json,
+                    Alg::from_name,
+                )
+                .as_ref()
+                    == Ok(header)
+            }),
+            "only headers that parsed are kept, each with its own parse"
+        );
+    }
+
+    #[test]
+    fn a_header_with_a_key_is_not_remembered() {
+        let mut memo = HeaderMemo::default();
+        let raw = with_header(r#"{"alg":"ES256","jwk":{"kty":"EC"}}"#);
+        assert!(parse_remembering(&raw, &limits(), &mut memo).is_ok());
+        assert!(memo.entries.is_empty());
     }
 }
