@@ -31,12 +31,7 @@ pub struct CachedToken {
 }
 
 pub struct TokenCache {
-    capacity: usize,
-    entries: HashMap<u128, CachedToken, BuildHasherDefault<DigestHasher>>,
-    /// Insertion order, oldest first: the entry to evict when full.
-    order: VecDeque<u128>,
-    /// Random secret keys per cache: a 128-bit digest an attacker cannot compute offline.
-    keys: (u64, u64),
+    entries: DigestMap<CachedToken>,
     /// Tokens verified while the cache was full and not admitted: the high half of their
     /// digest in a slot its bits choose (0: empty), overwritten freely. Allocated when the
     /// cache first fills, so a cache that never does costs nothing more.
@@ -49,6 +44,75 @@ pub struct TokenCache {
 /// At most this many sightings (32 KiB), whatever the capacity: enough to tell a token
 /// reused within a few thousand others from one seen once.
 const MAX_SIGHTINGS: usize = 4096;
+
+/// Entries by a keyed 128-bit digest, at most `capacity` of them, the oldest pushed out first:
+/// the verified-token cache and login's session cache. The digest's keys are random per map,
+/// so an attacker cannot compute a digest offline.
+pub(crate) struct DigestMap<V> {
+    capacity: usize,
+    entries: HashMap<u128, V, BuildHasherDefault<DigestHasher>>,
+    /// Insertion order, oldest first: the entry to evict when full.
+    order: VecDeque<u128>,
+    keys: (u64, u64),
+}
+
+impl<V> DigestMap<V> {
+    /// `capacity` 0 keeps nothing; `reserve` entries are allocated at once.
+    pub(crate) fn new(capacity: usize, reserve: usize) -> DigestMap<V> {
+        DigestMap {
+            capacity,
+            entries: HashMap::with_capacity_and_hasher(reserve, Default::default()),
+            order: VecDeque::with_capacity(reserve),
+            // std's RandomState draws its keys from the system's random source (WASI
+            // `random_get` in the VM); a hash under it yields a random key for ours.
+            keys: (
+                RandomState::new().hash_one(0u8),
+                RandomState::new().hash_one(1u8),
+            ),
+        }
+    }
+
+    /// A hasher under this map's keys, for the caller to write what the digest covers.
+    pub(crate) fn hasher(&self) -> SipHasher13 {
+        SipHasher13::new_with_keys(self.keys.0, self.keys.1)
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub(crate) fn get(&self, digest: u128) -> Option<&V> {
+        self.entries.get(&digest)
+    }
+
+    pub(crate) fn insert(&mut self, digest: u128, value: V) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.entries.insert(digest, value).is_some() {
+            return;
+        }
+        self.order.push_back(digest);
+        while self.entries.len() > self.capacity {
+            match self.order.pop_front() {
+                Some(oldest) => {
+                    self.entries.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+    }
+
+    pub(crate) fn remove(&mut self, digest: u128) {
+        if self.entries.remove(&digest).is_some() {
+            self.order.retain(|d| *d != digest);
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
 
 /// Digests are already keyed random values: the map uses their low bits as they are
 /// instead of hashing them again.
@@ -75,22 +139,14 @@ impl TokenCache {
     /// `capacity` 0 disables the cache.
     pub fn new(capacity: usize) -> TokenCache {
         TokenCache {
-            capacity,
-            entries: HashMap::with_capacity_and_hasher(capacity.min(4096), Default::default()),
-            order: VecDeque::with_capacity(capacity.min(4096)),
-            // std's RandomState draws its keys from the system's random source (WASI
-            // `random_get` in the VM); a hash under it yields a random key for ours.
-            keys: (
-                RandomState::new().hash_one(0u8),
-                RandomState::new().hash_one(1u8),
-            ),
+            entries: DigestMap::new(capacity, capacity.min(4096)),
             sightings: Vec::new(),
             headers: HeaderMemo::default(),
         }
     }
 
     pub fn digest(&self, token: &str) -> u128 {
-        let mut hasher = SipHasher13::new_with_keys(self.keys.0, self.keys.1);
+        let mut hasher = self.entries.hasher();
         hasher.write(token.as_bytes());
         hasher.finish128().as_u128()
     }
@@ -100,36 +156,29 @@ impl TokenCache {
     }
 
     pub fn get(&self, digest: u128) -> Option<&CachedToken> {
-        self.entries.get(&digest)
+        self.entries.get(digest)
     }
 
     pub fn insert(&mut self, digest: u128, token: CachedToken) {
-        if self.capacity == 0 {
+        if self.entries.capacity() == 0 {
             return;
         }
         // Only a token not found in the cache is inserted: no lookup for one to replace.
-        if self.entries.len() >= self.capacity && !self.seen_before(digest) {
+        if self.entries.len() >= self.entries.capacity() && !self.seen_before(digest) {
             return;
         }
-        if self.entries.insert(digest, token).is_some() {
-            return;
-        }
-        self.order.push_back(digest);
-        while self.entries.len() > self.capacity {
-            match self.order.pop_front() {
-                Some(oldest) => {
-                    self.entries.remove(&oldest);
-                }
-                None => break,
-            }
-        }
+        self.entries.insert(digest, token);
     }
 
     /// Whether the full cache saw `digest` not long ago (it is then admitted); if not, its
     /// sighting is noted. The map's index uses the digest's low half, this its high half.
     fn seen_before(&mut self, digest: u128) -> bool {
         if self.sightings.is_empty() {
-            let slots = self.capacity.min(MAX_SIGHTINGS).next_power_of_two();
+            let slots = self
+                .entries
+                .capacity()
+                .min(MAX_SIGHTINGS)
+                .next_power_of_two();
             self.sightings = vec![0; slots];
         }
         let high = (digest >> 64) as u64;
@@ -149,9 +198,7 @@ impl TokenCache {
     }
 
     pub fn remove(&mut self, digest: u128) {
-        if self.entries.remove(&digest).is_some() {
-            self.order.retain(|d| *d != digest);
-        }
+        self.entries.remove(digest);
     }
 
     pub fn len(&self) -> usize {
@@ -159,7 +206,7 @@ impl TokenCache {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.len() == 0
     }
 }
 

@@ -17,12 +17,10 @@
 use super::cookies::{self, SESSION_COOKIE};
 use super::seal::{Binding, KeyRing, OpenError};
 use super::session::{Session, SessionError};
-use crate::cache::DigestHasher;
-use siphasher::sip128::{Hasher128, SipHasher13};
+use crate::cache::DigestMap;
+use siphasher::sip128::Hasher128;
 use std::cell::RefCell;
-use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::hash::Hasher;
 
 /// One worker's opened sessions for one key ring. Never `Debug`: it holds tokens.
 pub struct SessionCache {
@@ -30,12 +28,7 @@ pub struct SessionCache {
 }
 
 struct State {
-    capacity: usize,
-    entries: HashMap<u128, Entry, BuildHasherDefault<DigestHasher>>,
-    /// Insertion order, oldest first: the entry to evict when full.
-    order: VecDeque<u128>,
-    /// Random secret keys per cache: a digest an attacker cannot compute offline.
-    keys: (u64, u64),
+    entries: DigestMap<Entry>,
     /// Times the cipher ran (a miss): what the cache is there to save.
     opens: u64,
 }
@@ -51,16 +44,8 @@ impl SessionCache {
     pub fn new(capacity: usize) -> SessionCache {
         SessionCache {
             state: RefCell::new(State {
-                capacity,
                 // Grown as sessions come: a configuration checked but never run costs nothing.
-                entries: HashMap::default(),
-                order: VecDeque::new(),
-                // std's RandomState draws its keys from the system's random source (WASI
-                // `random_get` in the VM), as the verified-token cache's do.
-                keys: (
-                    RandomState::new().hash_one(0u8),
-                    RandomState::new().hash_one(1u8),
-                ),
+                entries: DigestMap::new(capacity, 0),
                 opens: 0,
             }),
         }
@@ -90,12 +75,12 @@ impl SessionCache {
     ) -> Result<Session, SessionError> {
         let mut state = self.state.borrow_mut();
         let digest = state.digest(sealed, host);
-        if let Some(entry) = state.entries.get(&digest) {
+        if let Some(entry) = state.entries.get(digest) {
             if now < entry.expires_at {
                 return Ok(entry.session.clone());
             }
             // Expired for good: the open would say so, and the entry serves no one again.
-            state.remove(digest);
+            state.entries.remove(digest);
             return Err(SessionError::Open(OpenError::Expired));
         }
         state.opens += 1;
@@ -111,7 +96,7 @@ impl SessionCache {
             return Err(SessionError::Open(OpenError::Expired));
         }
         let session = Session::from_plaintext(&opened.plaintext)?;
-        state.insert(
+        state.entries.insert(
             digest,
             Entry {
                 session: session.clone(),
@@ -139,36 +124,12 @@ impl SessionCache {
 impl State {
     /// Length-prefixed parts, so no two (host, cookie, value) triples hash the same bytes.
     fn digest(&self, sealed: &str, host: &str) -> u128 {
-        let mut hasher = SipHasher13::new_with_keys(self.keys.0, self.keys.1);
+        let mut hasher = self.entries.hasher();
         for part in [host, SESSION_COOKIE, sealed] {
             hasher.write(&(part.len() as u64).to_be_bytes());
             hasher.write(part.as_bytes());
         }
         hasher.finish128().as_u128()
-    }
-
-    fn insert(&mut self, digest: u128, entry: Entry) {
-        if self.capacity == 0 {
-            return;
-        }
-        if self.entries.insert(digest, entry).is_some() {
-            return;
-        }
-        self.order.push_back(digest);
-        while self.entries.len() > self.capacity {
-            match self.order.pop_front() {
-                Some(oldest) => {
-                    self.entries.remove(&oldest);
-                }
-                None => break,
-            }
-        }
-    }
-
-    fn remove(&mut self, digest: u128) {
-        if self.entries.remove(&digest).is_some() {
-            self.order.retain(|d| *d != digest);
-        }
     }
 }
 

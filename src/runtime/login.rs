@@ -548,18 +548,8 @@ impl Runtime {
             };
             let headers = waiter.request.header_pairs();
             let view = waiter.request.view(&headers);
-            match self.login_step(index, waiter.context, &view, step, host, out) {
-                Route::Done => {}
-                Route::Pipeline => self.decide_request(waiter.context, &view, host, out),
-                Route::Edited(headers) => {
-                    let pairs: Vec<(&str, &str)> = headers
-                        .iter()
-                        .map(|(n, v)| (n.as_str(), v.as_str()))
-                        .collect();
-                    let edited = waiter.request.view(&pairs);
-                    self.decide_request(waiter.context, &edited, host, out);
-                }
-            }
+            let route = self.login_step(index, waiter.context, &view, step, host, out);
+            self.follow_route(waiter.context, &view, route, host, out);
         }
     }
 
@@ -619,6 +609,33 @@ impl Runtime {
         });
     }
 
+    /// Where a request goes once its login step is done: nowhere (answered or held), to the
+    /// pipeline as it came, or to the pipeline with the login's header edits.
+    pub(super) fn follow_route(
+        &mut self,
+        context: u32,
+        request: &Request<'_>,
+        route: Route,
+        host: Host<'_>,
+        out: &mut Effects,
+    ) {
+        match route {
+            Route::Done => {}
+            Route::Pipeline => self.decide_request(context, request, host, out),
+            Route::Edited(headers) => {
+                let pairs: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
+                let edited = Request {
+                    headers: &pairs,
+                    ..*request
+                };
+                self.decide_request(context, &edited, host, out);
+            }
+        }
+    }
+
     /// A request held for another worker's refresh, looked at again (at a tick): it uses that
     /// refresh's outcome, waits on, refreshes itself once the other lease ran out, or past
     /// its deadline is answered 503.
@@ -637,18 +654,8 @@ impl Runtime {
         }
         let headers = waiter.request.header_pairs();
         let view = waiter.request.view(&headers);
-        match self.login_request(waiter.context, &view, host, out) {
-            Route::Done => {}
-            Route::Pipeline => self.decide_request(waiter.context, &view, host, out),
-            Route::Edited(headers) => {
-                let pairs: Vec<(&str, &str)> = headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_str()))
-                    .collect();
-                let edited = waiter.request.view(&pairs);
-                self.decide_request(waiter.context, &edited, host, out);
-            }
-        }
+        let route = self.login_request(waiter.context, &view, host, out);
+        self.follow_route(waiter.context, &view, route, host, out);
     }
 
     /// A login token call could not start: its request is answered, the login failed.

@@ -535,21 +535,8 @@ impl Runtime {
             self.outbound_request(context, request, None, host, out);
             return;
         }
-        match self.login_request(context, request, host, out) {
-            login::Route::Done => {}
-            login::Route::Pipeline => self.decide_request(context, request, host, out),
-            login::Route::Edited(headers) => {
-                let pairs: Vec<(&str, &str)> = headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_str()))
-                    .collect();
-                let edited = Request {
-                    headers: &pairs,
-                    ..*request
-                };
-                self.decide_request(context, &edited, host, out);
-            }
-        }
+        let route = self.login_request(context, request, host, out);
+        self.follow_route(context, request, route, host, out);
     }
 
     /// The pipeline's decision on a request: at once, or held for keys.
