@@ -16,16 +16,23 @@ use mesh_oauth::login::endpoints::Endpoints;
 use mesh_oauth::login::flow::{Context, Flow, NoLogouts, NoRefreshes, Request, Step};
 use mesh_oauth::login::seal::{Binding, KeyRing};
 use mesh_oauth::login::{cookies, return_path};
-use std::sync::OnceLock;
 
 const HOST: &str = "app.example.com";
 const NOW: u64 = 1_700_000_000;
 
+/// One flow per thread (libFuzzer runs one): a flow keeps its opened sessions in a `RefCell`.
 fn flow() -> &'static Flow {
-    static FLOW: OnceLock<Flow> = OnceLock::new();
-    FLOW.get_or_init(|| {
-        let cfg = config::parse(r#"{"providers":[{"name":"op","issuer":"https://op.example.com"}]}"#)
-            .expect("config");
+    thread_local! {
+        static FLOW: &'static Flow = Box::leak(Box::new(make_flow()));
+    }
+    FLOW.with(|flow| *flow)
+}
+
+fn make_flow() -> Flow {
+    {
+        let cfg =
+            config::parse(r#"{"providers":[{"name":"op","issuer":"https://op.example.com"}]}"#)
+                .expect("config");
         let login = serde_json::json!({
             "provider": "op", "clientId": "app", "clientSecretEnv": "S",
             "cookieKeysEnv": "K", "hosts": [HOST]
@@ -39,7 +46,7 @@ fn flow() -> &'static Flow {
             .expect("login")
             .remove(0);
         Flow::new(&login, &cfg.providers[0], &cfg.limits).expect("flow")
-    })
+    }
 }
 
 fn endpoints() -> Endpoints {
@@ -93,7 +100,11 @@ fn browser_input(bytes: &[u8]) {
     };
     match flow().on_request(&request(&callback), &mut ctx) {
         Step::Respond(answer) => {
-            assert!((400..500).contains(&answer.status), "callback answered {}", answer.status);
+            assert!(
+                (400..500).contains(&answer.status),
+                "callback answered {}",
+                answer.status
+            );
             assert!(answer.headers.iter().all(|(name, _)| name != "location"));
         }
         _ => panic!("a forged callback went further than a 4xx page"),
@@ -114,7 +125,10 @@ fn browser_input(bytes: &[u8]) {
                 }
             }
             if next.edits.is_empty() {
-                assert!(!cookie.contains(cookies::LOGIN_COOKIE_PREFIX), "login cookie left in");
+                assert!(
+                    !cookie.contains(cookies::LOGIN_COOKIE_PREFIX),
+                    "login cookie left in"
+                );
             }
         }
         _ => panic!("a page request was not continued"),
@@ -127,7 +141,10 @@ fn return_target(bytes: &[u8]) {
     };
     let path = return_path::sanitize(raw);
     assert!(path.starts_with('/'), "{path:?}");
-    assert!(!path.starts_with("//") && !path.starts_with("/\\"), "{path:?}");
+    assert!(
+        !path.starts_with("//") && !path.starts_with("/\\"),
+        "{path:?}"
+    );
     assert!(path.bytes().all(|b| (0x21..=0x7e).contains(&b)), "{path:?}");
     assert_eq!(return_path::sanitize(&path), path, "not stable");
 }

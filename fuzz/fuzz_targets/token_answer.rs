@@ -4,9 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mesh_oauth::outbound::answer::{
-    parse_answer, Expect, TokenAnswer, MAX_LIFETIME_SECONDS,
-};
+use mesh_oauth::outbound::answer::{parse_answer, Expect, TokenAnswer, MAX_LIFETIME_SECONDS};
 use mesh_oauth::outbound::request::{ACCESS_TOKEN_TYPE, TXN_TOKEN_TYPE};
 
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
