@@ -131,6 +131,25 @@ pub(super) fn string(value: &Value, path: &At<'_>) -> Parsed<String> {
         .ok_or_else(|| error(path, "expected a string"))
 }
 
+/// A string that names one of `choices`; any other is refused with the list
+/// (`must be "a", "b" or "c"`).
+pub(super) fn one_of<T: Copy>(value: &Value, path: &At<'_>, choices: &[(&str, T)]) -> Parsed<T> {
+    let text = string(value, path)?;
+    if let Some((_, chosen)) = choices.iter().find(|(name, _)| *name == text) {
+        return Ok(*chosen);
+    }
+    let quoted: Vec<String> = choices
+        .iter()
+        .map(|(name, _)| format!("\"{name}\""))
+        .collect();
+    let listed = match quoted.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    Err(error(path, format!("must be {listed}")))
+}
+
 pub(super) fn non_empty_string(value: &Value, path: &At<'_>) -> Parsed<String> {
     let text = string(value, path)?;
     if text.trim().is_empty() {

@@ -240,26 +240,30 @@ fn parse_login(
         HttpUrl::parse(url.clone(), path)?;
         Ok(url)
     })?;
-    let forward = match login.optional("forward", string)?.as_deref() {
-        None | Some("access_token") => Forward::AccessToken,
-        Some("id_token") => Forward::IdToken,
-        Some(_) => {
-            return Err(error(
-                login.path_of("forward"),
-                "must be \"access_token\" or \"id_token\"",
-            ))
-        }
-    };
-    let logout_hint = match login.optional("logoutHint", string)?.as_deref() {
-        None | Some("client_id") => LogoutHint::ClientId,
-        Some("id_token") => LogoutHint::IdToken,
-        Some(_) => {
-            return Err(error(
-                login.path_of("logoutHint"),
-                "must be \"client_id\" or \"id_token\"",
-            ))
-        }
-    };
+    let forward = login
+        .optional("forward", |value, path| {
+            one_of(
+                value,
+                path,
+                &[
+                    ("access_token", Forward::AccessToken),
+                    ("id_token", Forward::IdToken),
+                ],
+            )
+        })?
+        .unwrap_or(Forward::AccessToken);
+    let logout_hint = login
+        .optional("logoutHint", |value, path| {
+            one_of(
+                value,
+                path,
+                &[
+                    ("client_id", LogoutHint::ClientId),
+                    ("id_token", LogoutHint::IdToken),
+                ],
+            )
+        })?
+        .unwrap_or(LogoutHint::ClientId);
     Ok(Login {
         provider,
         client_id,

@@ -830,23 +830,23 @@ fn parse_audit(value: &Value, path: &At<'_>) -> Parsed<Audit> {
 }
 
 fn parse_unmatched(value: &Value, path: &At<'_>) -> Parsed<Unmatched> {
-    match string(value, path)?.as_str() {
-        "authenticated" => Ok(Unmatched::Authenticated),
-        "anonymous" => Ok(Unmatched::Anonymous),
-        "deny" => Ok(Unmatched::Deny),
-        _ => Err(error(
-            path,
-            "must be \"authenticated\", \"anonymous\" or \"deny\"",
-        )),
-    }
+    one_of(
+        value,
+        path,
+        &[
+            ("authenticated", Unmatched::Authenticated),
+            ("anonymous", Unmatched::Anonymous),
+            ("deny", Unmatched::Deny),
+        ],
+    )
 }
 
 fn parse_mode(value: &Value, path: &At<'_>) -> Parsed<Mode> {
-    match string(value, path)?.as_str() {
-        "enforce" => Ok(Mode::Enforce),
-        "report" => Ok(Mode::Report),
-        _ => Err(error(path, "must be \"enforce\" or \"report\"")),
-    }
+    one_of(
+        value,
+        path,
+        &[("enforce", Mode::Enforce), ("report", Mode::Report)],
+    )
 }
 
 /// The realm goes into a quoted string of `WWW-Authenticate`, so it must not be able to end it.

@@ -244,11 +244,14 @@ fn parse_entry(
     };
     let on_failure = entry
         .optional("onFailure", |value, path| {
-            match string(value, path)?.as_str() {
-                "refuse" => Ok(OnFailure::Refuse),
-                "passThrough" => Ok(OnFailure::PassThrough),
-                _ => Err(error(path, "must be \"refuse\" or \"passThrough\"")),
-            }
+            one_of(
+                value,
+                path,
+                &[
+                    ("refuse", OnFailure::Refuse),
+                    ("passThrough", OnFailure::PassThrough),
+                ],
+            )
         })?
         .unwrap_or(OnFailure::Refuse);
     Ok(OutboundEntry {
@@ -309,11 +312,14 @@ fn parse_exchange(
         .unwrap_or(false);
     let missing_subject = exchange
         .optional("missingSubject", |value, path| {
-            match string(value, path)?.as_str() {
-                "refuse" => Ok(MissingSubject::Refuse),
-                "clientCredentials" => Ok(MissingSubject::ClientCredentials),
-                _ => Err(error(path, "must be \"refuse\" or \"clientCredentials\"")),
-            }
+            one_of(
+                value,
+                path,
+                &[
+                    ("refuse", MissingSubject::Refuse),
+                    ("clientCredentials", MissingSubject::ClientCredentials),
+                ],
+            )
         })?
         .unwrap_or(MissingSubject::Refuse);
     Ok(Exchange {
