@@ -8,7 +8,10 @@ FUZZ_TARGETS       := token_verify jwks config path policy authorize wire dpop l
 FUZZ_SECONDS       ?= 300
 FUZZ_SMOKE_SECONDS ?= 4
 CARGO_FUZZ_VERSION := 0.13.2
-CARGO_FUZZ         := cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz
+# ring's C is compiled with clang (installed by `make tools`), not the machine's gcc: its address
+# sanitizer is LLVM's, the one rustc's instrumentation and runtime are, and its integrated
+# assembler writes no temporary files. A CI run once failed there with gcc (stop 33).
+CARGO_FUZZ         := cd fuzz && RUSTC_BOOTSTRAP=1 CC=clang CXX=clang++ cargo fuzz
 # Debug assertions and overflow checks on: an arithmetic overflow is a crash, not a wrap.
 FUZZ_BUILD_FLAGS   := --debug-assertions
 FUZZ_BIN_DIR       := fuzz/target/$(shell rustc -vV | sed -n 's/^host: //p')/release
@@ -20,8 +23,9 @@ fuzz-tools:
 		cargo install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION)
 
 # Built once; the runs below call the binaries directly.
-fuzz-build: fuzz-tools
-	$(CARGO_FUZZ) build $(FUZZ_BUILD_FLAGS)
+# A failure prints the disk and memory left, since a C compiler's error can be their lack.
+fuzz-build: fuzz-tools tools
+	$(CARGO_FUZZ) build $(FUZZ_BUILD_FLAGS) || { df -h . /tmp; free -m; exit 1; }
 
 # Each target from the committed seeds (fuzz/seeds/<target>) plus what earlier local runs found
 # (fuzz/corpus/<target>, not committed). A crash fails the run and leaves its input in
