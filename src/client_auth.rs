@@ -3,7 +3,7 @@
 //! configured `clientAuth` adds to a request, built here, sent by the caller.
 
 use crate::alg::Alg;
-use crate::config::{ClientAuth, ClientKey};
+use crate::config::{AssertionAudience, ClientAuth, ClientKey};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use ring::rand::SystemRandom;
@@ -23,6 +23,7 @@ pub struct Signer {
     key: SignerKey,
     /// The assertion's JOSE header, the same for every assertion.
     header: String,
+    audience: AssertionAudience,
 }
 
 enum SignerKey {
@@ -60,7 +61,17 @@ impl Signer {
             alg: key.alg,
             key: parsed,
             header: URL_SAFE_NO_PAD.encode(header.to_string()),
+            audience: key.audience,
         })
+    }
+
+    /// The assertion's `aud` (`assertionAudience`): the authorization server's `issuer`, or
+    /// the `token_endpoint` URL the call goes to.
+    pub fn audience<'a>(&self, issuer: &'a str, token_endpoint: &'a str) -> &'a str {
+        match self.audience {
+            AssertionAudience::Issuer => issuer,
+            AssertionAudience::TokenEndpoint => token_endpoint,
+        }
     }
 
     fn sign(&self, input: &[u8]) -> Option<Vec<u8>> {
@@ -96,13 +107,15 @@ pub struct Credentials {
     pub params: Vec<(&'static str, String)>,
 }
 
-/// The credentials `client_id` presents with `auth` to the authorization server `issuer`;
-/// `signer` is the key of private_key_jwt, `jti` fresh randomness, `now_s` the time.
+/// The credentials `client_id` presents with `auth` to the authorization server `issuer` at
+/// its `token_endpoint` (the URL the call goes to); `signer` is the key of private_key_jwt,
+/// `jti` fresh randomness, `now_s` the time.
 pub fn credentials(
     auth: &ClientAuth,
     client_id: &str,
     signer: Option<&Signer>,
     issuer: &str,
+    token_endpoint: &str,
     now_s: u64,
     jti: [u8; JTI_LEN],
 ) -> Result<Credentials, SigningError> {
@@ -124,7 +137,8 @@ pub fn credentials(
         },
         ClientAuth::PrivateKeyJwt(_) => {
             let signer = signer.ok_or(SigningError)?;
-            let assertion = client_assertion(signer, client_id, issuer, now_s, jti)?;
+            let audience = signer.audience(issuer, token_endpoint);
+            let assertion = client_assertion(signer, client_id, audience, now_s, jti)?;
             Credentials {
                 authorization: None,
                 params: vec![
@@ -137,13 +151,13 @@ pub fn credentials(
     })
 }
 
-/// RFC 7523 §3 as updated for private_key_jwt: `iss` = `sub` = the client, `aud` = the
-/// authorization server's issuer identifier (not the endpoint URL), a fresh `jti`, a short
-/// `exp`.
+/// RFC 7523 §3 as updated for private_key_jwt: `iss` = `sub` = the client, `aud` =
+/// `audience` (the issuer identifier unless `assertionAudience` says the token endpoint), a
+/// fresh `jti`, a short `exp`.
 pub fn client_assertion(
     signer: &Signer,
     client_id: &str,
-    issuer: &str,
+    audience: &str,
     now_s: u64,
     jti: [u8; JTI_LEN],
 ) -> Result<String, SigningError> {
@@ -151,7 +165,7 @@ pub fn client_assertion(
     let claims = serde_json::json!({
         "iss": client_id,
         "sub": client_id,
-        "aud": issuer,
+        "aud": audience,
         "jti": jti,
         "iat": now_s,
         "exp": now_s.saturating_add(ASSERTION_LIFETIME_SECONDS),

@@ -135,3 +135,85 @@ fn a_wrong_certificate_or_a_secret_method_is_a_configuration_error() {
         assert!(!problem.contains("BEGIN"), "{problem}");
     }
 }
+
+/// The `aud` of the assertion `auth` sends to the server `https://idp.example.com`, whose
+/// discovered token endpoint is on another host (as Entra ID's is).
+fn assertion_audience(auth: &ClientAuth) -> serde_json::Value {
+    let ClientAuth::PrivateKeyJwt(key) = auth else {
+        panic!("private_key_jwt")
+    };
+    let signer = Signer::new(key).unwrap();
+    let sent = credentials(
+        auth,
+        "agent",
+        Some(&signer),
+        "https://idp.example.com",
+        "https://login.idp.example.com/t1/oauth2/v2.0/token",
+        1_000,
+        [9; 16],
+    )
+    .unwrap();
+    let (_, assertion) = sent
+        .params
+        .iter()
+        .find(|(name, _)| *name == "client_assertion")
+        .unwrap();
+    let claims = assertion.split('.').nth(1).unwrap();
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
+    claims["aud"].clone()
+}
+
+#[test]
+fn the_assertion_audience_is_the_issuer_unless_the_token_endpoint_is_asked_for() {
+    let key = |extra: serde_json::Value| {
+        let mut client = json!({"clientAuth": "private_key_jwt", "clientKeyEnv": "KEY"});
+        client
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        parse(client).unwrap()
+    };
+    assert_eq!(
+        assertion_audience(&key(json!({}))),
+        "https://idp.example.com"
+    );
+    assert_eq!(
+        assertion_audience(&key(json!({"assertionAudience": "issuer"}))),
+        "https://idp.example.com"
+    );
+    // The discovered URL as the call goes to it, not one built from the issuer.
+    assert_eq!(
+        assertion_audience(&key(json!({"assertionAudience": "tokenEndpoint"}))),
+        "https://login.idp.example.com/t1/oauth2/v2.0/token"
+    );
+}
+
+#[test]
+fn an_assertion_audience_without_an_assertion_or_of_another_name_is_a_configuration_error() {
+    let cases = [
+        (
+            json!({"clientAuth": "private_key_jwt", "clientKeyEnv": "KEY",
+                   "assertionAudience": "token_endpoint"}),
+            "outbound[0].clientCredentials.assertionAudience: must be \"issuer\" or \"tokenEndpoint\"",
+        ),
+        (
+            json!({"clientAuth": "private_key_jwt", "clientKeyEnv": "KEY",
+                   "assertionAudience": true}),
+            "outbound[0].clientCredentials.assertionAudience: expected a string",
+        ),
+        (
+            json!({"clientSecretEnv": "SECRET", "assertionAudience": "tokenEndpoint"}),
+            "outbound[0].clientCredentials.assertionAudience: client_secret_basic sends no assertion: assertionAudience is for private_key_jwt",
+        ),
+        (
+            json!({"clientAuth": "client_secret_post", "clientSecretEnv": "SECRET",
+                   "assertionAudience": "issuer"}),
+            "outbound[0].clientCredentials.assertionAudience: client_secret_post sends no assertion: assertionAudience is for private_key_jwt",
+        ),
+    ];
+    for (client, expected) in cases {
+        let problem = parse(client).unwrap_err().to_string();
+        assert_eq!(problem, expected);
+    }
+}

@@ -336,6 +336,67 @@ fn check_config_stands_in_a_certificate_for_client_cert_env() {
     );
 }
 
+/// `assertionAudience` (Okta and Entra ID want the token endpoint as the assertion's `aud`):
+/// `explain` says which the assertion names, and check-config names a misspelt value's field.
+#[test]
+fn explain_shows_the_assertion_audience_and_check_config_refuses_another_value() {
+    let text = std::fs::read_to_string(repo().join("deploy/istio/outbound.yaml"))
+        .unwrap()
+        .replacen(
+            "          clientSecretEnv: AGENT_CLIENT_SECRET\n          audience: tools",
+            "          clientAuth: private_key_jwt\n          clientKeyEnv: AGENT_KEY\n          \
+             assertionAudience: tokenEndpoint\n          audience: tools",
+            1,
+        )
+        .replace(
+            "      - name: AGENT_CLIENT_SECRET\n        valueFrom: HOST",
+            "      - name: AGENT_CLIENT_SECRET\n        valueFrom: HOST\n      \
+             - name: AGENT_KEY\n        valueFrom: HOST",
+        );
+    assert!(
+        text.contains("assertionAudience: tokenEndpoint") && text.contains("- name: AGENT_KEY")
+    );
+    let path = scratch("outbound-assertion-audience.yaml", &text);
+    let path = path.to_str().unwrap();
+    let out = run(
+        &[
+            "explain",
+            "--config",
+            path,
+            "--host",
+            "tools.tools:8080",
+            "--path",
+            "/mcp",
+            "--method",
+            "POST",
+            "--token",
+            "x.y.z",
+        ],
+        None,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("client agent (private_key_jwt, assertion aud = the token endpoint URL)"),
+        "{}",
+        out.stdout
+    );
+    let misspelt = text.replace(
+        "assertionAudience: tokenEndpoint",
+        "assertionAudience: token_endpoint",
+    );
+    let path = scratch("outbound-assertion-audience-misspelt.yaml", &misspelt);
+    let out = run(&["check-config", path.to_str().unwrap()], None);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains(
+            "spec.pluginConfig.outbound[0].tokenExchange.assertionAudience: must be \"issuer\" or \"tokenEndpoint\""
+        ),
+        "{}",
+        out.stderr
+    );
+}
+
 /// An outbound WasmPlugin whose entries are `entries` (YAML, indented for `outbound:`).
 fn outbound_plugin(entries: &str) -> String {
     format!(

@@ -1,5 +1,6 @@
 //! How a client authenticates at a token endpoint (`clientAuth`, `clientSecretEnv`,
-//! `clientKeyEnv`, `clientKeyId`, `clientCertEnv`), shared by browser login and outbound credentials. The secret or key is
+//! `clientKeyEnv`, `clientKeyId`, `clientCertEnv`, `assertionAudience`), shared by browser login
+//! and outbound credentials. The secret or key is
 //! read from the VM's environment; a missing or malformed variable is a configuration error
 //! that names the variable, never its value.
 
@@ -36,6 +37,33 @@ impl ClientAuth {
             ClientAuth::PrivateKeyJwt(_) => "private_key_jwt",
         }
     }
+
+    /// The method as `explain` shows it: its name, and for private_key_jwt what the
+    /// assertion's `aud` names.
+    pub fn summary(&self) -> String {
+        match self {
+            ClientAuth::PrivateKeyJwt(key) => format!(
+                "private_key_jwt, assertion aud = the {}",
+                match key.audience {
+                    AssertionAudience::Issuer => "issuer",
+                    AssertionAudience::TokenEndpoint => "token endpoint URL",
+                }
+            ),
+            _ => self.name().to_owned(),
+        }
+    }
+}
+
+/// `assertionAudience`: what a private_key_jwt assertion names as its `aud`. RFC 7523 §3 lets
+/// the authorization server choose; servers differ in what they accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AssertionAudience {
+    /// The provider's issuer identifier (draft-ietf-oauth-rfc7523bis and FAPI 2.0 settle on it).
+    #[default]
+    Issuer,
+    /// The token endpoint URL of the provider's discovery document, where the call goes
+    /// (OpenID Connect Core §9's SHOULD; Okta and Microsoft Entra ID require it).
+    TokenEndpoint,
 }
 
 /// A client's signing key: PKCS#8 DER, checked by `ring` while parsing.
@@ -50,6 +78,8 @@ pub struct ClientKey {
     /// `clientCertEnv`: the thumbprints of the key's certificate, for an authorization server
     /// that picks the key by `x5t` (Microsoft Entra ID).
     pub certificate: Option<CertificateThumbprints>,
+    /// `assertionAudience`: the assertion's `aud`.
+    pub audience: AssertionAudience,
 }
 
 /// RFC 7515 §4.1.7–4.1.8: base64url of the SHA-1 and SHA-256 digests of a certificate's DER.
@@ -78,6 +108,16 @@ pub(super) fn parse_client_auth(
     let key_env = client.optional("clientKeyEnv", env_name)?;
     let key_id = client.optional("clientKeyId", non_empty_string)?;
     let cert_env = client.optional("clientCertEnv", env_name)?;
+    let audience = client.optional("assertionAudience", |value, path| {
+        one_of(
+            value,
+            path,
+            &[
+                ("issuer", AssertionAudience::Issuer),
+                ("tokenEndpoint", AssertionAudience::TokenEndpoint),
+            ],
+        )
+    })?;
     let read_secret = || -> Parsed<Secret<String>> {
         for (field, present) in [
             ("clientKeyEnv", key_env.is_some()),
@@ -90,6 +130,12 @@ pub(super) fn parse_client_auth(
                     format!("{method} authenticates with clientSecretEnv, not a key"),
                 ));
             }
+        }
+        if audience.is_some() {
+            return Err(error(
+                client.path_of("assertionAudience"),
+                format!("{method} sends no assertion: assertionAudience is for private_key_jwt"),
+            ));
         }
         let path = client.path_of("clientSecretEnv");
         let name = secret_env.clone().ok_or_else(|| {
@@ -131,6 +177,7 @@ pub(super) fn parse_client_auth(
             let (mut key, public_key) = parse_client_key(&text, key_algs)
                 .map_err(|problem| error(path, format!("environment variable {name} {problem}")))?;
             key.key_id = key_id;
+            key.audience = audience.unwrap_or_default();
             if let Some(cert_name) = cert_env {
                 let cert_path = client.path_of("clientCertEnv");
                 let pem = read_variable(&cert_name, &cert_path, env)?;
@@ -245,6 +292,7 @@ pub(super) fn parse_client_key(text: &str, algs: &[Alg]) -> Result<(ClientKey, V
         pkcs8: Secret(der),
         key_id: None,
         certificate: None,
+        audience: AssertionAudience::Issuer,
     };
     Ok((key, public_key))
 }

@@ -15,6 +15,7 @@ pub(super) const LOGIN_FIELDS: &[&str] = &[
     "clientKeyEnv",
     "clientKeyId",
     "clientCertEnv",
+    "assertionAudience",
     "cookieKeysEnv",
     "scopes",
     "authorizationParams",

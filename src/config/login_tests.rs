@@ -182,6 +182,31 @@ fn private_key_jwt_reads_a_pem_key() {
     };
     assert_eq!(key.alg, Alg::RS256);
     assert_eq!(key.pkcs8.0, RSA_A);
+    assert_eq!(key.audience, AssertionAudience::Issuer);
+}
+
+#[test]
+fn assertion_audience_is_read_for_private_key_jwt_only() {
+    let key_jwt = json!({
+        "clientAuth": "private_key_jwt", "clientSecretEnv": null, "clientKeyEnv": "CLIENT_KEY",
+        "assertionAudience": "tokenEndpoint"
+    });
+    let login = ok(with(key_jwt)).remove(0);
+    let ClientAuth::PrivateKeyJwt(key) = login.client_auth else {
+        panic!("not a key")
+    };
+    assert_eq!(key.audience, AssertionAudience::TokenEndpoint);
+    assert_eq!(
+        problem(with(json!({"assertionAudience": "tokenEndpoint"}))),
+        "login.assertionAudience: client_secret_basic sends no assertion: assertionAudience is for private_key_jwt"
+    );
+    assert_eq!(
+        problem(with(json!({
+            "clientAuth": "private_key_jwt", "clientSecretEnv": null, "clientKeyEnv": "CLIENT_KEY",
+            "assertionAudience": "token_endpoint_url"
+        }))),
+        "login.assertionAudience: must be \"issuer\" or \"tokenEndpoint\""
+    );
 }
 
 #[test]

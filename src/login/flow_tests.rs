@@ -562,6 +562,33 @@ fn client_secret_post_and_private_key_jwt() {
 }
 
 #[test]
+fn an_assertion_for_the_token_endpoint_names_the_url_the_code_is_redeemed_at() {
+    let mut world = World::with(flow_with(json!({
+        "clientAuth": "private_key_jwt", "clientSecretEnv": null, "clientKeyEnv": "CLIENT_KEY",
+        "assertionAudience": "tokenEndpoint"
+    })));
+    let params = world.authorize("/");
+    let callback = format!(
+        "/oauth2/callback?code=c&state={}&iss={}",
+        params["state"],
+        form::escape(ISSUER)
+    );
+    let Step::Call(call) = world.navigate(&callback) else {
+        panic!("no call")
+    };
+    let body: BTreeMap<String, String> = form::decode(&call.request.body)
+        .unwrap()
+        .into_iter()
+        .collect();
+    let jws =
+        crate::token::parse(&body["client_assertion"], &world.flow.expected().limits).unwrap();
+    let claims = Value::Object(jws.claims);
+    assert_eq!(claims["aud"], call.request.target.url.as_str());
+    assert_eq!(claims["aud"], "https://op.example.com/token");
+    assert_ne!(claims["aud"], ISSUER);
+}
+
+#[test]
 fn several_tabs_log_in_at_once_and_old_transactions_do_not_pile_up() {
     let mut world = World::new();
     let first = world.authorize("/a");

@@ -95,6 +95,7 @@ impl Flow {
             &self.login.client_id,
             signer.as_ref(),
             &self.issuer,
+            &endpoints.token.url,
             ctx.now,
             jti,
         )

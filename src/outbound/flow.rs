@@ -638,6 +638,7 @@ impl Flow {
             client,
             compiled.signer.as_ref(),
             &compiled.issuer,
+            &target.url,
             ask,
             cx.now_ms / 1000,
             (cx.jti)(),

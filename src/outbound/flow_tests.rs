@@ -721,6 +721,28 @@ fn private_key_jwt_calls_carry_a_signed_assertion() {
 }
 
 #[test]
+fn an_assertion_for_the_token_endpoint_names_the_url_the_call_goes_to() {
+    let store = Shared::default();
+    let mut f = flow(entry(
+        "clientCredentials",
+        json!({"clientAuth": "private_key_jwt", "clientSecretEnv": null, "clientKeyEnv": "EC_KEY",
+               "assertionAudience": "tokenEndpoint"}),
+        json!({}),
+    ));
+    let call = expect_call(ask(&mut f, &store, &req("payments.internal"), NOW));
+    let pairs = form_pairs(&call.body);
+    let assertion = form_value(&pairs, "client_assertion")[0];
+    let claims: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(assertion.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["aud"], call.target.url);
+    assert_eq!(claims["aud"], "https://idp.example.com/token");
+}
+
+#[test]
 fn a_push_that_changes_the_entry_never_attaches_the_old_entrys_token() {
     let store = Shared::default();
     let mut f = cc_flow();

@@ -43,12 +43,14 @@ pub enum RequestError {
     Signing,
 }
 
-/// The token request for `grant` by `client` of the authorization server `issuer`.
-/// `jti` is fresh randomness from the caller; `now_s` the time in seconds.
+/// The token request for `grant` by `client` of the authorization server `issuer`, sent to
+/// its `token_endpoint` URL. `jti` is fresh randomness from the caller; `now_s` the time in
+/// seconds.
 pub fn token_request(
     client: &OutboundClient,
     signer: Option<&Signer>,
     issuer: &str,
+    token_endpoint: &str,
     grant: &Grant<'_>,
     now_s: u64,
     jti: [u8; 16],
@@ -96,8 +98,16 @@ pub fn token_request(
     let Credentials {
         authorization,
         params,
-    } = client_auth::credentials(&client.auth, &client.client_id, signer, issuer, now_s, jti)
-        .map_err(|_| RequestError::Signing)?;
+    } = client_auth::credentials(
+        &client.auth,
+        &client.client_id,
+        signer,
+        issuer,
+        token_endpoint,
+        now_s,
+        jti,
+    )
+    .map_err(|_| RequestError::Signing)?;
     if let Some(authorization) = authorization {
         headers.push(("authorization", authorization));
     }

@@ -24,7 +24,16 @@ fn client_credentials_with_basic_auth_form_encodes_id_and_secret_first() {
         json!({}),
     ));
     let grant = Grant::ClientCredentials { narrowed: true };
-    let request = token_request(&client, None, ISSUER, &grant, 1_000, [7; 16]).unwrap();
+    let request = token_request(
+        &client,
+        None,
+        ISSUER,
+        TOKEN_ENDPOINT,
+        &grant,
+        1_000,
+        [7; 16],
+    )
+    .unwrap();
     let basic = request
         .headers
         .iter()
@@ -61,7 +70,16 @@ fn client_secret_post_puts_the_credentials_in_the_body() {
         json!({}),
     ));
     let grant = Grant::ClientCredentials { narrowed: true };
-    let request = token_request(&client, None, ISSUER, &grant, 1_000, [7; 16]).unwrap();
+    let request = token_request(
+        &client,
+        None,
+        ISSUER,
+        TOKEN_ENDPOINT,
+        &grant,
+        1_000,
+        [7; 16],
+    )
+    .unwrap();
     let pairs = form_pairs(&request.body);
     assert_eq!(form_value(&pairs, "client_id"), ["orders"]);
     assert_eq!(form_value(&pairs, "client_secret"), [SECRET]);
@@ -76,7 +94,16 @@ fn an_actor_token_request_is_not_narrowed() {
         json!({}),
     ));
     let grant = Grant::ClientCredentials { narrowed: false };
-    let request = token_request(&client, None, ISSUER, &grant, 1_000, [7; 16]).unwrap();
+    let request = token_request(
+        &client,
+        None,
+        ISSUER,
+        TOKEN_ENDPOINT,
+        &grant,
+        1_000,
+        [7; 16],
+    )
+    .unwrap();
     let pairs = form_pairs(&request.body);
     assert_eq!(pairs.len(), 1, "grant_type only: {pairs:?}");
 }
@@ -94,7 +121,16 @@ fn token_exchange_sends_subject_actor_and_narrowing() {
         actor_token: Some("agent.token.sig"),
         requested_token_type: ACCESS_TOKEN_TYPE,
     };
-    let request = token_request(&client, None, ISSUER, &grant, 1_000, [7; 16]).unwrap();
+    let request = token_request(
+        &client,
+        None,
+        ISSUER,
+        TOKEN_ENDPOINT,
+        &grant,
+        1_000,
+        [7; 16],
+    )
+    .unwrap();
     let pairs = form_pairs(&request.body);
     let one = |name: &str| form_value(&pairs, name).join(",");
     assert_eq!(one("grant_type"), TOKEN_EXCHANGE_GRANT);
@@ -112,7 +148,16 @@ fn token_exchange_sends_subject_actor_and_narrowing() {
         actor_token: None,
         requested_token_type: TXN_TOKEN_TYPE,
     };
-    let request = token_request(&client, None, ISSUER, &without_actor, 1_000, [7; 16]).unwrap();
+    let request = token_request(
+        &client,
+        None,
+        ISSUER,
+        TOKEN_ENDPOINT,
+        &without_actor,
+        1_000,
+        [7; 16],
+    )
+    .unwrap();
     let pairs = form_pairs(&request.body);
     assert!(form_value(&pairs, "actor_token").is_empty());
     assert!(form_value(&pairs, "actor_token_type").is_empty());
@@ -120,17 +165,31 @@ fn token_exchange_sends_subject_actor_and_narrowing() {
 }
 
 fn assertion_of(key_env: &str, jti: [u8; 16]) -> (String, OutboundClient) {
-    let client = client_of(entry(
-        "clientCredentials",
-        json!({"clientAuth": "private_key_jwt", "clientSecretEnv": null, "clientKeyEnv": key_env}),
-        json!({}),
-    ));
+    assertion_with(json!({"clientKeyEnv": key_env}), jti)
+}
+
+fn assertion_with(fields: Value, jti: [u8; 16]) -> (String, OutboundClient) {
+    let mut client = json!({"clientAuth": "private_key_jwt", "clientSecretEnv": null});
+    client
+        .as_object_mut()
+        .unwrap()
+        .extend(fields.as_object().unwrap().clone());
+    let client = client_of(entry("clientCredentials", client, json!({})));
     let ClientAuth::PrivateKeyJwt(key) = &client.auth else {
         panic!("private_key_jwt")
     };
     let signer = Signer::new(key).unwrap();
     let grant = Grant::ClientCredentials { narrowed: true };
-    let request = token_request(&client, Some(&signer), ISSUER, &grant, 1_000, jti).unwrap();
+    let request = token_request(
+        &client,
+        Some(&signer),
+        ISSUER,
+        TOKEN_ENDPOINT,
+        &grant,
+        1_000,
+        jti,
+    )
+    .unwrap();
     let pairs = form_pairs(&request.body);
     assert_eq!(form_value(&pairs, "client_id"), ["orders"]);
     assert_eq!(
@@ -139,6 +198,20 @@ fn assertion_of(key_env: &str, jti: [u8; 16]) -> (String, OutboundClient) {
     );
     assert!(!request.headers.iter().any(|(n, _)| *n == "authorization"));
     (form_value(&pairs, "client_assertion")[0].to_owned(), client)
+}
+
+#[test]
+fn private_key_jwt_with_assertion_audience_token_endpoint_names_the_endpoint_called() {
+    let (assertion, _) = assertion_with(
+        json!({"clientKeyEnv": "EC_KEY", "assertionAudience": "tokenEndpoint"}),
+        [1; 16],
+    );
+    let claims = decode_segment(assertion.split('.').nth(1).unwrap());
+    assert_eq!(claims["aud"], TOKEN_ENDPOINT);
+    assert_eq!(
+        (&claims["iss"], &claims["sub"]),
+        (&json!("orders"), &json!("orders"))
+    );
 }
 
 #[test]

@@ -6,6 +6,9 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 pub const ISSUER: &str = "https://idp.example.com";
+/// Not derivable from the issuer, as Entra ID's is not: an assertion `aud` equal to it came
+/// from the discovered URL.
+pub const TOKEN_ENDPOINT: &str = "https://login.idp.example.com/tenant-1/oauth2/v2.0/token";
 pub const SECRET: &str = "s3cr:et +%";
 
 pub fn ec_pkcs8() -> Vec<u8> {

@@ -793,7 +793,7 @@ fn step_answer(step: Step, flow: &Flow, endpoints: &Endpoints, out: &mut Out) {
                 out.line(format!(
                     "next: the filter redeems the code: POST to {} (grant_type=authorization_code, the PKCE verifier from the transaction, client authentication {}), holding the request",
                     call.request.target.url,
-                    flow.login.client_auth.name()
+                    flow.login.client_auth.summary()
                 ));
                 out.line("   explain cannot redeem it: a code is single-use and only the OP answers");
                 out.line("   then: the ID token is verified (alg allow-list, iss, aud and azp, exp/iat, the transaction's nonce, at_hash), the session cookie is set and the browser sent (302) to");

@@ -83,7 +83,7 @@ pub fn explain(config: &Config, options: &Options) -> Result<String, String> {
                 "entry: outbound[{index}] \"{}\": {grant}, client {} ({}), token in {}",
                 entry.name,
                 client.client_id,
-                client.auth.name(),
+                client.auth.summary(),
                 entry.header
             );
             matches!(&entry.grant, Grant::TokenExchange(x) if x.actor_client_credentials)

@@ -5,6 +5,8 @@
 //
 //   node op.mjs --port 0 --app-origin http://localhost:PORT [--access-token-ttl 30]
 //               [--client-jwk '<public JWK>']   (the client authenticates with private_key_jwt)
+//               [--assertion-aud issuer|token_endpoint]   (the only assertion `aud` accepted;
+//                                                           without it, oidc-provider takes both)
 //
 // Listens on 127.0.0.1 (the app is on `localhost`: browsers keep cookies per host, not per
 // port, so the two sets of cookies never mix). Prints one JSON line on stdout once it listens:
@@ -12,14 +14,15 @@
 // Test control (not part of OpenID): `POST /test/backchannel-logout?sub=…&sid=…` makes the OP
 // send a back-channel logout to the client now; `GET /test/backchannel-results` lists the
 // statuses the client answered; `GET /test/grants` counts the token endpoint's grants by type
-// and outcome (`{"success": {"refresh_token": 1}, "error": {…}}`). Ends on SIGTERM or when stdin
-// closes.
+// and outcome (`{"success": {"refresh_token": 1}, "error": {…}}`); `GET /test/assertion-audiences`
+// lists the `aud` of each client assertion whose signature checked out. Ends on SIGTERM or when
+// stdin closes.
 
 import * as http from 'node:http';
 import { generateKeyPairSync } from 'node:crypto';
 import { parseArgs } from 'node:util';
 
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 
 const { values: args } = parseArgs({
   options: {
@@ -28,9 +31,13 @@ const { values: args } = parseArgs({
     'access-token-ttl': { type: 'string', default: '60' },
     audience: { type: 'string', default: 'web-api' },
     'client-jwk': { type: 'string' },
+    'assertion-aud': { type: 'string' },
   },
 });
 
+if (args['assertion-aud'] && !['issuer', 'token_endpoint'].includes(args['assertion-aud'])) {
+  throw new Error('--assertion-aud must be issuer or token_endpoint');
+}
 const HOST = '127.0.0.1';
 const APP = args['app-origin'];
 const CLIENT = { id: 'web-app', secret: 'web-app-secret-of-the-test' };
@@ -55,6 +62,7 @@ const key = {
 };
 
 const backchannelResults = [];
+const assertionAudiences = [];
 
 // With --client-jwk the client proves itself with a signed assertion (RFC 7523) instead.
 const clientAuth = args['client-jwk']
@@ -104,6 +112,15 @@ const provider = new Provider(issuer, {
       }),
     },
   },
+  // After a client assertion's signature checked out: record its `aud`, and refuse another than
+  // --assertion-aud's.
+  assertJwtClientAuthClaimsAndHeader: async (_ctx, claims) => {
+    assertionAudiences.push(claims.aud);
+    const required = { issuer, token_endpoint: `${issuer}/token` }[args['assertion-aud']];
+    if (required && claims.aud !== required) {
+      throw new errors.InvalidClientAuth(`audience (aud) must be ${required}`);
+    }
+  },
   // Back-channel logouts go to the app on loopback, which the default fetch refuses (9.7+).
   fetch: (url, options) => {
     delete options.dispatcher;
@@ -141,6 +158,11 @@ handler = async (req, res) => {
   if (url.pathname === '/test/grants') {
     res.writeHead(200, { 'content-type': 'application/json' });
     res.end(JSON.stringify(grants));
+    return;
+  }
+  if (url.pathname === '/test/assertion-audiences') {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(assertionAudiences));
     return;
   }
   if (url.pathname === '/test/backchannel-results') {

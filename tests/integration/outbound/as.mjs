@@ -5,17 +5,20 @@
 // keys (npm `jose`), enforces `may_act`, and issues a token narrowed to the requested audience and
 // scopes with `act` naming the actor — or a transaction token (`txntoken+jwt`).
 //
-//   node as.mjs --port 0 [--agent-jwks FILE] [--token-ttl 600]
+//   node as.mjs --port 0 [--agent-jwks FILE] [--token-ttl 600] [--assertion-aud issuer|token_endpoint]
 //
 // Clients: `svc-basic` / `svc-basic-secret` (client_secret_basic), `svc-post` / `svc-post-secret`
 // (client_secret_post), and with --agent-jwks `agent-jwt` (private_key_jwt, the public JWKS in
 // FILE). Every client may use both grants. Resources: any `https://…mesh-oauth.test…` URI; the
-// token's `aud` is the resource.
+// token's `aud` is the resource. oidc-provider accepts a private_key_jwt assertion whose `aud` is
+// the issuer or the token endpoint URL; with --assertion-aud only that one (Okta and Entra ID
+// accept only the token endpoint URL).
 //
 // Test controls, outside the OAuth endpoints:
 //   GET  /test/mint?sub=S&ttl=N[&may_act=C][&scope=A+B]  a user token (the subject of exchanges)
 //   GET  /test/stats                 {"token_requests": n, "token_request_ms": [when, …], "granted":
-//                                    {client: {grant: n}}, "refused": …} (when: each call's epoch ms)
+//                                    {client: {grant: n}}, "refused": …, "assertion_aud": [aud, …]}
+//                                    (when: each call's epoch ms; aud: each verified assertion's)
 //   POST /test/reset                 zeroes the counts
 //   POST /test/mode?mode=M[&delay_ms=N]  the token endpoint: ok | status500 | garbage | slow | reset
 // Prints one JSON line on stdout once it listens: {"ready": true, "issuer", "port",
@@ -34,9 +37,13 @@ const { values: args } = parseArgs({
     port: { type: 'string', default: '0' },
     'agent-jwks': { type: 'string' },
     'token-ttl': { type: 'string', default: '600' },
+    'assertion-aud': { type: 'string' },
   },
 });
 
+if (args['assertion-aud'] && !['issuer', 'token_endpoint'].includes(args['assertion-aud'])) {
+  throw new Error('--assertion-aud must be issuer or token_endpoint');
+}
 const HOST = '127.0.0.1';
 const TTL = Number(args['token-ttl']);
 const SCOPES = ['pay:read', 'pay:write', 'tools:call', 'orders:read'];
@@ -126,6 +133,15 @@ const provider = new Provider(issuer, {
     },
   },
   routes: { token: TOKEN_PATH },
+  // After the assertion's signature checked out: record its `aud`, and refuse another than
+  // --assertion-aud's.
+  assertJwtClientAuthClaimsAndHeader: async (_ctx, claims) => {
+    stats.assertion_aud.push(claims.aud);
+    const required = { issuer, token_endpoint: `${issuer}${TOKEN_PATH}` }[args['assertion-aud']];
+    if (required && claims.aud !== required) {
+      throw new errors.InvalidClientAuth(`audience (aud) must be ${required}`);
+    }
+  },
 });
 provider.proxy = false;
 
@@ -205,7 +221,7 @@ provider.registerGrantType(
 
 // Every POST to the token endpoint counts (injected failures too); the grants oidc-provider
 // answered are counted by client and grant type from its own events.
-const stats = { token_requests: 0, token_request_ms: [], granted: {}, refused: {} };
+const stats = { token_requests: 0, token_request_ms: [], granted: {}, refused: {}, assertion_aud: [] };
 let mode = 'ok';
 let delayMs = 0;
 
@@ -246,6 +262,7 @@ handler = async (req, res) => {
     stats.token_request_ms = [];
     stats.granted = {};
     stats.refused = {};
+    stats.assertion_aud = [];
     return json(res, 200, stats);
   }
   if (url.pathname === '/test/mode' && req.method === 'POST') {
