@@ -20,6 +20,10 @@ empty filter making other host calls per request (its plugin configuration; FLOO
   M wasm E's calls  mesh-oauth's host calls on a cached request and nothing else: the map read,
                     the clock, the removal, a ~400-byte warn line every 100th request (the audit
                     sample); so E − M (CPU-µs/req) is mesh-oauth's own work in the module
+and the outbound workload, between D and N:
+  P wasm O's calls  arm O's host calls on a cached request and nothing else (the map read, the
+                    clock, a 684-byte token in place of the user's, the 1 % line): O − P is
+                    mesh-oauth's own work there
   F mesh-oauth (baseline)  with --baseline-wasm PATH only: arm E's configuration, the module at
                     PATH (e.g. built from an earlier commit by `make bench-baseline REF=...`),
                     run right after E wherever E runs (in workload outbound: arm O's
@@ -30,7 +34,7 @@ token with a fresh ES256 proof per request (RFC 9449; arms A, D and E (F) only: 
 check a proof); a browser session (`session`, bench/login_arms.py: the cookies of real logins at
 npm oidc-provider, with arms G oauth2, H oauth2+jwt_authn, I the same with its cache, E mesh-oauth's
 `login`, J mesh-oauth with the session's token as a bearer).
-Workload `outbound` (issue 29, bench/outbound_arms.py): arms A, D and N credential_injector, O
+Workload `outbound` (issue 29, bench/outbound_arms.py): arms A, D, P and N credential_injector, O
 mesh-oauth clientCredentials, X mesh-oauth tokenExchange, against a real authorization server;
 then token-endpoint calls per token lifetime with 4 workers.
 
@@ -112,9 +116,11 @@ FLOOR_ARMS = {
     "L": ("wasm 6 reads", "values"),  # get_header_map_value × 6 (what the core may read) + removal
     "S": ("wasm size check", "value size"),  # D + get_header_map_size before the read and after the removal
     "M": ("wasm E's calls", "pairs clock log"),  # mesh-oauth's cached-path host calls, no module work
+    # The outbound workload's: arm O's cached-path host calls (the token put in place), no module work.
+    "P": ("wasm O's calls", "pairs clock log set"),
 }
 # The repeated-token workload's arms: the floor's parts between D and E.
-REPEAT_ARMS = "ABCD" + "".join(FLOOR_ARMS) + "E"
+REPEAT_ARMS = "ABCDKLSME"
 
 
 @dataclass(frozen=True)
@@ -926,14 +932,18 @@ def added_cpu(runs: list[Run], workload: str, arm: str, base: str) -> list[float
     return per_round
 
 
-# The floor's parts as CPU-µs/req differences of the repeated-token arms: (what, arm, base).
+# The floor's parts as CPU-µs/req differences of two arms of one workload: (what, workload, arm, base).
 FLOOR_PARTS = [
-    ("the whole-map read over one value read", "K", "D"),
-    ("six value reads over one", "L", "D"),
-    ("two map-size reads (the size check) over none", "S", "D"),
-    ("the clock and the 1 % audit line", "M", "K"),
-    ("mesh-oauth's own work in the module", "E", "M"),
-    ("all mesh-oauth adds to the empty filter", "E", "D"),
+    ("the whole-map read over one value read", "repeat", "K", "D"),
+    ("six value reads over one", "repeat", "L", "D"),
+    ("two map-size reads (the size check) over none", "repeat", "S", "D"),
+    ("the clock and the 1 % audit line", "repeat", "M", "K"),
+    ("mesh-oauth's own work in the module", "repeat", "E", "M"),
+    ("all mesh-oauth adds to the empty filter", "repeat", "E", "D"),
+    ("outbound: O's host calls over the empty filter's", outbound_arms.WORKLOAD_KEY, "P", "D"),
+    ("outbound: mesh-oauth's own work in the module", outbound_arms.WORKLOAD_KEY, "O", "P"),
+    ("outbound: the native injector over no filter", outbound_arms.WORKLOAD_KEY, "N", "A"),
+    ("outbound: the empty filter over no filter", outbound_arms.WORKLOAD_KEY, "D", "A"),
 ]
 
 
@@ -975,8 +985,8 @@ def targets(runs: list[Run], module_bytes: int, extra_rss: float | None,
                            "repeat", "D", None, num="M"))
     result.append(at_least("repeated token: mesh-oauth vs empty filter with its host calls (E ÷ M)",
                            "repeat", "M", None))
-    for label, arm, base in FLOOR_PARTS:
-        added = added_cpu(runs, "repeat", arm, base)
+    for label, workload, arm, base in FLOOR_PARTS:
+        added = added_cpu(runs, workload, arm, base)
         result.append(Target(f"floor, CPU-µs/req in Envoy: {label} ({arm} − {base})", median(added), "report",
                              None, rounds=added))
     # What the proof costs: in Envoy, all mesh-oauth adds over the empty filter when the token

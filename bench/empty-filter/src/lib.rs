@@ -19,11 +19,14 @@
 //! - `log`    a ~400-byte warn line every 100th request (mesh-oauth's audit line for 1 % of
 //!   allowed requests, `audit.allowedSampleRate` 0.01);
 //! - `metric` `increment_metric` of a counter defined at configuration;
+//! - `set`    replaces the token header with a bearer token of the size mesh-oauth's outbound
+//!   arms attach (`replace_header_map_value`, `SET_TOKEN_BYTES`) instead of removing it;
 //! - `header=NAME` reads (`value`), size-checks and removes NAME instead of `authorization`
 //!   (e.g. `dpop`, a header Envoy keeps as separate fields when repeated, where `authorization`
 //!   is folded into one comma-joined value).
 //!
-//! Every request ends with `remove_header_map_value` of the token header (when a read found it).
+//! Every request ends with `remove_header_map_value` of the token header (when a read found it;
+//! with `set`, the replacement).
 //! An unknown step fails the configuration, so that a typo cannot measure the wrong thing.
 
 use proxy_wasm::hostcalls;
@@ -50,10 +53,14 @@ const READS: [&str; 6] = [
 
 const TOKEN_HEADER: &str = "authorization";
 
-/// A `header=NAME` step's name, kept for the VM's life (plans are `Copy`).
+/// A `header=NAME` step's name, kept for the VM's life (plans are `Copy`; so is `set`'s token).
 fn leak(name: &str) -> &'static str {
     Box::leak(name.to_ascii_lowercase().into_boxed_str())
 }
+
+/// The size of the token `set` attaches: an access token of the outbound workload's server
+/// (oidc-provider, RS256, a few claims), as bench/outbound_arms.py's V8 fixture has it.
+const SET_TOKEN_BYTES: usize = 684;
 
 /// How often `log` writes its line: mesh-oauth's default audit sample of allowed requests.
 const LOG_EVERY: u32 = 100;
@@ -67,6 +74,7 @@ struct Plan {
     clock: bool,
     log: bool,
     metric: Option<u32>,
+    set: Option<&'static str>,
 }
 
 impl Default for Plan {
@@ -79,6 +87,7 @@ impl Default for Plan {
             clock: false,
             log: false,
             metric: None,
+            set: None,
         }
     }
 }
@@ -98,6 +107,10 @@ impl Plan {
                 "size" => plan.size = true,
                 "clock" => plan.clock = true,
                 "log" => plan.log = true,
+                "set" => {
+                    let token = format!("Bearer {}", "t".repeat(SET_TOKEN_BYTES));
+                    plan.set = Some(Box::leak(token.into_boxed_str()));
+                }
                 "metric" => {
                     let id = hostcalls::define_metric(MetricType::Counter, "empty_filter.requests")
                         .map_err(|status| format!("define_metric: {status:?}"))?;
@@ -108,6 +121,9 @@ impl Plan {
         }
         if plan.values && plan.pairs {
             return Err("`values` and `pairs` are two ways of reading: pick one".into());
+        }
+        if plan.size && plan.set.is_some() {
+            return Err("`size` checks a removal, not a replacement".into());
         }
         if plan.size && plan.pairs {
             return Err("`size` checks the one value read by `value` or `values`".into());
@@ -238,7 +254,7 @@ impl HttpContext for Request {
             }
         }
         if let Some(token) = token {
-            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, plan.header, None);
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, plan.header, plan.set);
             if let Some(before) = before {
                 let one_field = plan.header.len() + token.len();
                 if map_size().map(|after| before.saturating_sub(after)) != Some(one_field) {
