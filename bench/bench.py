@@ -11,6 +11,7 @@ one core; wrk pinned to another, keep-alive, direct_response upstream):
   E mesh-oauth      dist/mesh_oauth.wasm in V8
 The repeated-token workload also runs the floor decomposed (issue 30), between D and E: the
 empty filter making other host calls per request (its plugin configuration; FLOOR_ARMS):
+  W wasm no calls   no host call at all (Envoy's calls into the module per request only)
   K wasm map read   the whole request header map (get_header_map_pairs, as mesh-oauth reads it)
                     + the removal, instead of D's one value read
   L wasm 6 reads    six get_header_map_value (authorization, dpop, cookie, :authority, :path,
@@ -112,6 +113,7 @@ MIB = 1024 * 1024
 # K − D is what the whole-map read costs over one value read, M − K the clock and the 1 % audit
 # line, E − M mesh-oauth's own work in the module.
 FLOOR_ARMS = {
+    "W": ("wasm no calls", "none"),  # no host call at all: Envoy's calls into the module only
     "K": ("wasm map read", "pairs"),  # get_header_map_pairs (the whole map) + removal
     "L": ("wasm 6 reads", "values"),  # get_header_map_value × 6 (what the core may read) + removal
     "S": ("wasm size check", "value size"),  # D + get_header_map_size before the read and after the removal
@@ -120,7 +122,7 @@ FLOOR_ARMS = {
     "P": ("wasm O's calls", "pairs clock log set"),
 }
 # The repeated-token workload's arms: the floor's parts between D and E.
-REPEAT_ARMS = "ABCDKLSME"
+REPEAT_ARMS = "ABCDWKLSME"
 
 
 @dataclass(frozen=True)
@@ -934,6 +936,8 @@ def added_cpu(runs: list[Run], workload: str, arm: str, base: str) -> list[float
 
 # The floor's parts as CPU-µs/req differences of two arms of one workload: (what, workload, arm, base).
 FLOOR_PARTS = [
+    ("a Wasm filter that makes no host call over no filter", "repeat", "W", "A"),
+    ("one value read and one removal over no host call", "repeat", "D", "W"),
     ("the whole-map read over one value read", "repeat", "K", "D"),
     ("six value reads over one", "repeat", "L", "D"),
     ("two map-size reads (the size check) over none", "repeat", "S", "D"),

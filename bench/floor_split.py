@@ -97,7 +97,7 @@ def measure(binary: Path, workdir: Path, arm: str, jwks: str, lua: list[str], se
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arms", default="DKLSME", help="bench.py arm letters, run in this order each round")
+    p.add_argument("--arms", default="AWDKLSME", help="bench.py arm letters, run in this order each round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=int, default=4, help="timed seconds per run (perf records all but one)")
     p.add_argument("--browser", action="store_true", help="a browser's headers on every request (see above)")

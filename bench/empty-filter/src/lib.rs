@@ -10,6 +10,8 @@
 //!   `authorization`;
 //! - `values` one `get_header_map_value` per header mesh-oauth's core may read on a cached
 //!   bearer request (`READS`), instead of `value`;
+//! - `none`   no read and no removal: a request costs only Envoy's calls into the module
+//!   (with `clock`, `log`, `metric` still made when named);
 //! - `pairs`  the whole request header map in one `get_header_map_pairs`, as mesh-oauth reads
 //!   it (the host's one buffer, taken over and freed unparsed), instead of `value`;
 //! - `size`   `get_header_map_size` before the read and after the removal: the removal of every
@@ -68,6 +70,7 @@ const LOG_EVERY: u32 = 100;
 #[derive(Clone, Copy)]
 struct Plan {
     header: &'static str,
+    none: bool,
     values: bool,
     pairs: bool,
     size: bool,
@@ -81,6 +84,7 @@ impl Default for Plan {
     fn default() -> Plan {
         Plan {
             header: TOKEN_HEADER,
+            none: false,
             values: false,
             pairs: false,
             size: false,
@@ -102,6 +106,7 @@ impl Plan {
             }
             match step {
                 "value" => {}
+                "none" => plan.none = true,
                 "values" => plan.values = true,
                 "pairs" => plan.pairs = true,
                 "size" => plan.size = true,
@@ -118,6 +123,9 @@ impl Plan {
                 }
                 other => return Err(format!("unknown step {other:?}")),
             }
+        }
+        if plan.none && (plan.values || plan.pairs || plan.size || plan.set.is_some()) {
+            return Err("`none` reads nothing: no `values`, `pairs`, `size` or `set`".into());
         }
         if plan.values && plan.pairs {
             return Err("`values` and `pairs` are two ways of reading: pick one".into());
@@ -224,7 +232,9 @@ impl HttpContext for Request {
         // Host errors are ignored rather than unwrapped: a panic would kill the VM.
         let plan = self.plan;
         let before = if plan.size { map_size() } else { None };
-        let token = if plan.pairs {
+        let token = if plan.none {
+            None
+        } else if plan.pairs {
             (read_pairs() > 0).then(String::new)
         } else if plan.values {
             let mut token = None;
