@@ -20,6 +20,7 @@ use crate::config::{Login, Provider};
 use crate::keys::KeySet;
 use crate::reason::LoginReason;
 use crate::token::TokenLimits;
+use std::rc::Rc;
 
 pub use super::token_call::{TokenCall, CLIENT_ASSERTION_RANDOM_LEN, MAX_TOKEN_ANSWER_BYTES};
 
@@ -211,7 +212,8 @@ pub enum Pending {
     },
     Refresh {
         host: String,
-        session: Box<Session>,
+        /// Shared with the worker's session cache (a refresh replaces it, never changes it).
+        session: Rc<Session>,
         /// The request's session chunk names, to clear the ones the new session leaves over.
         chunk_names: Vec<String>,
         navigation: bool,
@@ -454,7 +456,7 @@ impl Flow {
                 request: call,
                 pending: Pending::Refresh {
                     host,
-                    session: Box::new(session),
+                    session,
                     chunk_names: cookies::session_chunk_names(cookie.as_deref()),
                     navigation: next.may_login,
                     cookie_edit,

@@ -4,7 +4,8 @@
 //! verified-token cache does for signatures: the cipher runs the first time a worker sees a
 //! cookie value, and later requests take the session from here until the seal's expiry.
 //!
-//! An entry is exactly what the open yields (the session, and the expiry sealed with it), keyed
+//! An entry is exactly what the open yields (the session, and the expiry sealed with it), handed
+//! out shared ([`Rc`]: a hit copies no token), keyed
 //! by a keyed 128-bit hash of exactly what the open depends on besides the key ring: the
 //! sealed value, the host and the cookie name (never the value itself). One cache serves one
 //! key ring: each login's [`Flow`](super::flow::Flow) owns both, and a new configuration makes
@@ -21,6 +22,7 @@ use crate::cache::DigestMap;
 use siphasher::sip128::Hasher128;
 use std::cell::RefCell;
 use std::hash::Hasher;
+use std::rc::Rc;
 
 /// One worker's opened sessions for one key ring. Never `Debug`: it holds tokens.
 pub struct SessionCache {
@@ -34,7 +36,7 @@ struct State {
 }
 
 struct Entry {
-    session: Session,
+    session: Rc<Session>,
     /// The expiry sealed with the value (Unix seconds): from then on it opens as `Expired`.
     expires_at: u64,
 }
@@ -58,7 +60,7 @@ impl SessionCache {
         keys: &KeyRing,
         host: &str,
         now: u64,
-    ) -> Result<Option<Session>, SessionError> {
+    ) -> Result<Option<Rc<Session>>, SessionError> {
         let Some(sealed) = cookies::session_value(header).map_err(SessionError::Chunks)? else {
             return Ok(None);
         };
@@ -72,12 +74,12 @@ impl SessionCache {
         keys: &KeyRing,
         host: &str,
         now: u64,
-    ) -> Result<Session, SessionError> {
+    ) -> Result<Rc<Session>, SessionError> {
         let mut state = self.state.borrow_mut();
         let digest = state.digest(sealed, host);
         if let Some(entry) = state.entries.get(digest) {
             if now < entry.expires_at {
-                return Ok(entry.session.clone());
+                return Ok(Rc::clone(&entry.session));
             }
             // Expired for good: the open would say so, and the entry serves no one again.
             state.entries.remove(digest);
@@ -95,11 +97,11 @@ impl SessionCache {
         if now >= opened.expires_at {
             return Err(SessionError::Open(OpenError::Expired));
         }
-        let session = Session::from_plaintext(&opened.plaintext)?;
+        let session = Rc::new(Session::from_plaintext(&opened.plaintext)?);
         state.entries.insert(
             digest,
             Entry {
-                session: session.clone(),
+                session: Rc::clone(&session),
                 expires_at: opened.expires_at,
             },
         );

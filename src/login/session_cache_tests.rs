@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::login::seal::{KEY_LEN, SEAL_RANDOM_LEN};
+use std::borrow::Borrow;
 
 const HOST: &str = "app.example.com";
 const NOW: u64 = 1_700_000_000;
@@ -33,8 +34,8 @@ fn sealed(ring: &KeyRing, name: &str) -> String {
 }
 
 /// `open`'s answer, the session compared by its token (`Session` is never `Debug`).
-fn token_of(result: Result<Session, SessionError>) -> Result<String, SessionError> {
-    result.map(|session| session.token)
+fn token_of<S: Borrow<Session>>(result: Result<S, SessionError>) -> Result<String, SessionError> {
+    result.map(|session| session.borrow().token.clone())
 }
 
 #[test]
@@ -43,11 +44,12 @@ fn a_value_seen_again_is_not_opened_again_and_gives_the_same_session() {
     let cache = SessionCache::new(8);
     let value = sealed(&keys, "alice");
     let first = cache.open(&value, &keys, HOST, NOW).ok().unwrap();
-    assert!(first == session("alice"));
+    assert!(*first == session("alice"));
     assert_eq!(cache.opens(), 1);
     for now in [NOW, NOW + 1, SEALED_UNTIL - 1] {
         let hit = cache.open(&value, &keys, HOST, now).ok().unwrap();
-        assert!(hit == Session::open(&value, &keys, HOST, now).ok().unwrap());
+        assert!(*hit == Session::open(&value, &keys, HOST, now).ok().unwrap());
+        assert!(Rc::ptr_eq(&hit, &first), "shared, not copied");
     }
     assert_eq!(cache.opens(), 1, "every later request was a hit");
     assert_eq!(cache.len(), 1);
@@ -141,9 +143,9 @@ fn the_oldest_session_goes_when_full() {
     }
     assert_eq!((cache.len(), cache.opens()), (2, 3));
     // carol and bob are held; alice was the oldest, so she is opened again (pushing bob out).
-    assert!(cache.open(&values[2], &keys, HOST, NOW).ok().unwrap() == session("carol"));
+    assert!(*cache.open(&values[2], &keys, HOST, NOW).ok().unwrap() == session("carol"));
     assert_eq!(cache.opens(), 3);
-    assert!(cache.open(&values[0], &keys, HOST, NOW).ok().unwrap() == session("alice"));
+    assert!(*cache.open(&values[0], &keys, HOST, NOW).ok().unwrap() == session("alice"));
     assert_eq!(cache.opens(), 4);
     assert!(cache.open(&values[1], &keys, HOST, NOW).is_ok());
     assert_eq!((cache.len(), cache.opens()), (2, 5));
@@ -206,7 +208,7 @@ fn cookie_headers_read_as_the_session_reads_them() {
         for _ in 0..2 {
             let cached = cache
                 .from_cookies(header, &keys, HOST, NOW)
-                .map(|s| s.map(|s| s.token));
+                .map(|s| s.map(|s| s.token.clone()));
             let fresh = Session::from_cookies(header, &keys, HOST, NOW).map(|s| s.map(|s| s.token));
             assert_eq!(cached, fresh, "{header:?}");
         }
