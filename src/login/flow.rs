@@ -12,7 +12,7 @@ use super::id_token::{self, Expected};
 use super::return_path;
 use super::seal::{KeyRing, SEAL_RANDOM_LEN};
 use super::session::{Session, SessionError};
-use super::session_cache::SessionCache;
+use super::session_cache::{CachedSession, SessionCache};
 use super::transaction::{self, Transaction, TRANSACTION_RANDOM_LEN, TRANSACTION_SECONDS};
 use crate::alg::AlgSet;
 use crate::authorize::HeaderEdit;
@@ -213,7 +213,7 @@ pub enum Pending {
     Refresh {
         host: String,
         /// Shared with the worker's session cache (a refresh replaces it, never changes it).
-        session: Rc<Session>,
+        session: Rc<CachedSession>,
         /// The request's session chunk names, to clear the ones the new session leaves over.
         chunk_names: Vec<String>,
         navigation: bool,
@@ -230,8 +230,23 @@ pub enum Step {
     ReadBody,
 }
 
+/// A mark of every logout a ledger holds: it changes whenever one is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerVersion {
+    /// The shared-data CAS token of the ledger's version value (`None`: never written).
+    pub cas: Option<u32>,
+    /// Logouts recorded: the version value.
+    pub count: u64,
+}
+
 /// Back-channel logouts recorded in the sidecar's shared data.
 pub trait LogoutLedger {
+    /// The ledger's version now, read before its entries: a session found not logged out
+    /// under a version stays so while the version stands. `None`: the ledger keeps no version
+    /// (each request then reads its entries).
+    fn version(&self) -> Option<LedgerVersion> {
+        None
+    }
     /// When a logout of this OP session (`sid`) was recorded.
     fn sid_logged_out_at(&self, sid: &str) -> Option<u64>;
     /// When a logout of every session of this subject (`sub` only) was recorded.
@@ -399,7 +414,7 @@ impl Flow {
                 return Step::Continue(next);
             }
         };
-        if self.logged_out(&session, ctx.logouts) {
+        if self.logged_out(&session, ctx.logouts, ctx.now) {
             next.set_cookies = clear_session(cookie.as_deref());
             next.event = Some(Event::SessionRefused(LoginReason::LoggedOut));
             return Step::Continue(next);
@@ -499,12 +514,24 @@ impl Flow {
         usable.then_some((renewed, sealed))
     }
 
-    fn logged_out(&self, session: &Session, logouts: &dyn LogoutLedger) -> bool {
-        logouts.session_logged_out(
+    /// Whether the ledger ends `session`. Its entries are read only when the ledger's version
+    /// moved since the session was last found not logged out (or that answer is older than
+    /// [`LEDGER_VERDICT_SECONDS`](super::session_cache::LEDGER_VERDICT_SECONDS)): the version
+    /// is read first, so a logout recorded during the read moves it for the next request.
+    fn logged_out(&self, session: &CachedSession, logouts: &dyn LogoutLedger, now: u64) -> bool {
+        let version = logouts.version();
+        if version.is_some_and(|version| session.not_logged_out_under(version, now)) {
+            return false;
+        }
+        let logged_out = logouts.session_logged_out(
             session.sid.as_deref(),
             &session.sub,
             session.authenticated_at,
-        )
+        );
+        if let (false, Some(version)) = (logged_out, version) {
+            session.mark_not_logged_out(version, now);
+        }
+        logged_out
     }
 
     /// The redirect to the OP for a navigation the pipeline refused for want of a token;
