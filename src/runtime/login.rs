@@ -241,7 +241,7 @@ impl Runtime {
             let mut random = |buf: &mut [u8]| random_ok &= fill_random(buf);
             let mut ctx = flow::Context {
                 now: host.now_ms / 1000,
-                endpoints: endpoints.as_ref(),
+                endpoints: endpoints.as_deref(),
                 keys,
                 logouts: &ledger,
                 refreshes: &refreshes,
@@ -706,7 +706,7 @@ impl Runtime {
             let mut random = |buf: &mut [u8]| random_ok &= fill_random(buf);
             let mut ctx = flow::Context {
                 now: now_ms / 1000,
-                endpoints: endpoints.as_ref(),
+                endpoints: endpoints.as_deref(),
                 keys: None,
                 logouts: &flow::NoLogouts,
                 refreshes: &flow::NoRefreshes,
