@@ -20,6 +20,7 @@ use crate::config::{Login, Provider};
 use crate::keys::KeySet;
 use crate::reason::LoginReason;
 use crate::token::TokenLimits;
+use std::borrow::Cow;
 use std::rc::Rc;
 
 pub use super::token_call::{TokenCall, CLIENT_ASSERTION_RANDOM_LEN, MAX_TOKEN_ANSWER_BYTES};
@@ -51,15 +52,25 @@ impl<'a> Request<'a> {
             .map(|(_, value)| *value)
     }
 
-    /// Every `cookie` header, joined as one (HTTP/2 may send several).
-    fn cookie(&self) -> Option<String> {
-        let all: Vec<&str> = self
+    /// Every `cookie` header, joined as one (HTTP/2 may send several); one is not copied.
+    fn cookie(&self) -> Option<Cow<'a, str>> {
+        let mut all = self
             .headers
             .iter()
             .filter(|(key, _)| *key == "cookie")
-            .map(|(_, value)| *value)
-            .collect();
-        (!all.is_empty()).then(|| all.join("; "))
+            .map(|(_, value)| *value);
+        let first = all.next()?;
+        match all.next() {
+            None => Some(Cow::Borrowed(first)),
+            Some(second) => {
+                let mut joined = [first, second].join("; ");
+                for more in all {
+                    joined.push_str("; ");
+                    joined.push_str(more);
+                }
+                Some(Cow::Owned(joined))
+            }
+        }
     }
 
     fn path_only(&self) -> &'a str {
@@ -395,12 +406,12 @@ impl Flow {
                 _ => Step::Respond(method_not_allowed("POST")),
             };
         }
-        let mut next = strip_login_cookies(request);
+        let cookie = request.cookie();
+        let mut next = strip_cookies(cookie.as_deref());
         // A request with a token of its own is an API request: the session is not consulted.
         if request.header("authorization").is_some() {
             return Step::Continue(next);
         }
-        let cookie = request.cookie();
         next.may_login = request.is_navigation();
         let opened = self
             .sessions
@@ -955,11 +966,16 @@ fn bearer(token: &str) -> HeaderEdit {
 
 /// The request without its login cookies, nothing else changed.
 pub fn strip_login_cookies(request: &Request<'_>) -> Continue {
+    strip_cookies(request.cookie().as_deref())
+}
+
+/// [`strip_login_cookies`] of the request's `cookie` header(s) joined.
+fn strip_cookies(cookie: Option<&str>) -> Continue {
     let mut next = Continue::default();
-    if let Some(cookie) = request.cookie() {
+    if let Some(cookie) = cookie {
         if cookie.contains(cookies::LOGIN_COOKIE_PREFIX) {
             next.edits
-                .push(match cookies::without_login_cookies(&cookie) {
+                .push(match cookies::without_login_cookies(cookie) {
                     Some(kept) => HeaderEdit::Set("cookie".to_owned(), kept),
                     None => HeaderEdit::Remove("cookie".to_owned()),
                 });
