@@ -13,9 +13,7 @@ use crate::config::{self, HttpTarget, KeySource, Provider, Revoked};
 use crate::host_verify::TrustedHost;
 use crate::keys::{self, JwksLimits, KeySet};
 use serde::{Deserialize, Serialize};
-use std::cell::RefCell;
-use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The shortest refresh interval a `Cache-Control: max-age` can ask for.
 const MIN_REFRESH_SECONDS: u64 = 30;
@@ -336,8 +334,8 @@ struct Entry {
     revocations: Option<RemoteRevocations>,
     /// The login endpoints as last built from the document's, so a session request does not
     /// build them (strings copied, the token URL parsed) while they stay the same.
-    login_endpoints_built:
-        RefCell<Option<(LoginEndpoints, Rc<crate::login::endpoints::Endpoints>)>>,
+    /// (A `Mutex`, never contended: a key store is one worker's, yet `Sync` like its keys.)
+    login_endpoints_built: Mutex<Option<(LoginEndpoints, Arc<crate::login::endpoints::Endpoints>)>>,
 }
 
 pub struct KeyStore {
@@ -400,7 +398,7 @@ impl KeyStore {
                 min_refetch_ms: provider.jwks_min_refetch_seconds.saturating_mul(1000),
                 refetch_wanted_ms: None,
                 revocations,
-                login_endpoints_built: RefCell::new(None),
+                login_endpoints_built: Mutex::new(None),
             });
         }
         KeyStore {
@@ -650,22 +648,27 @@ impl KeyStore {
     pub fn login_endpoints(
         &self,
         provider: usize,
-    ) -> Option<Rc<crate::login::endpoints::Endpoints>> {
+    ) -> Option<Arc<crate::login::endpoints::Endpoints>> {
         let entry = self.entries.get(provider)?;
         let found = entry.keys_doc.meta.login_endpoints.as_ref()?;
-        let mut built = entry.login_endpoints_built.borrow_mut();
+        let build = || {
+            Some(Arc::new(crate::login::endpoints::Endpoints {
+                authorization: found.authorization.clone(),
+                token: config::http_target(&found.token, entry.cluster_override.as_deref()).ok()?,
+                end_session: found.end_session.clone(),
+                iss_parameter_supported: found.iss_parameter_supported,
+            }))
+        };
+        let Ok(mut built) = entry.login_endpoints_built.lock() else {
+            return build();
+        };
         if let Some((from, endpoints)) = built.as_ref() {
             if from == found {
-                return Some(Rc::clone(endpoints));
+                return Some(Arc::clone(endpoints));
             }
         }
-        let endpoints = Rc::new(crate::login::endpoints::Endpoints {
-            authorization: found.authorization.clone(),
-            token: config::http_target(&found.token, entry.cluster_override.as_deref()).ok()?,
-            end_session: found.end_session.clone(),
-            iss_parameter_supported: found.iss_parameter_supported,
-        });
-        *built = Some((found.clone(), Rc::clone(&endpoints)));
+        let endpoints = build()?;
+        *built = Some((found.clone(), Arc::clone(&endpoints)));
         Some(endpoints)
     }
 
@@ -1529,7 +1532,7 @@ pub(crate) mod tests {
             );
             assert!(endpoints.iss_parameter_supported);
             // Built once while the document stands.
-            assert!(Rc::ptr_eq(&endpoints, &worker.login_endpoints(0).unwrap()));
+            assert!(Arc::ptr_eq(&endpoints, &worker.login_endpoints(0).unwrap()));
         }
         // A new document: the endpoints it names, in every worker.
         let moved = doc.replace(":8443/token", ":9443/token");
