@@ -747,7 +747,7 @@ def micro(args: argparse.Namespace) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- Wasm side in V8
 
 
-def hotpath(files: dict[str, Path], jwks: str, workdir: Path) -> list[dict[str, Any]]:
+def hotpath(files: dict[str, Path], jwks: str, workdir: Path, session: bool = False) -> list[dict[str, Any]]:
     """The Wasm side of one cached request in V8 without Envoy (bench/hotpath.mjs), for the
     empty filter and mesh-oauth: what the module itself costs and how many host calls it makes."""
     log("Wasm side of a cached and of a first-seen request in V8 (node bench/hotpath.mjs)")
@@ -797,6 +797,18 @@ def hotpath(files: dict[str, Path], jwks: str, workdir: Path) -> list[dict[str, 
             out = run(["node", str(BENCH / "hotpath.mjs"), str(module), str(fixture), "20000", "10"],
                       capture_output=True).stdout
             results.append({"arm": arm, "outbound": True, **json.loads(out.strip().splitlines()[-1])})
+    # The session workload's request (issue 28): E's login configuration with a sealed session
+    # cookie, and J, the same token as a bearer (E − J: what the session costs the module).
+    if session:
+        token = files["RS256.repeat"].read_text().strip()
+        session_modules = [("E", True, MODULE), ("J", False, MODULE)] \
+            + ([("F", True, BASELINE_MODULE)] if BASELINE_MODULE else [])
+        for arm, cookie, module in session_modules:
+            fixture = workdir / f"hotpath-session-{arm}.json"
+            fixture.write_text(json.dumps(login_arms.hotpath_fixture(token, ISSUER, AUDIENCE, jwks, cookie)))
+            out = run(["node", str(BENCH / "hotpath.mjs"), str(module), str(fixture), "20000", "10"],
+                      capture_output=True).stdout
+            results.append({"arm": arm, "session": True, **json.loads(out.strip().splitlines()[-1])})
     return results
 
 
@@ -1052,6 +1064,8 @@ def hotpath_pairs(hot: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
     def name(h: dict[str, Any]) -> str:
         if h.get("outbound"):
             return "cached outbound clientCredentials request (O)"
+        if h.get("session"):
+            return "browser session request (E's login configuration)"
         return f"first-seen {h['first_seen']}, module's own work" if "first_seen" in h else "cached request"
 
     by = {(name(h), h["arm"]): own(h) for h in hot}
@@ -1186,7 +1200,9 @@ def write_report(path: Path, runs: list[Run], tgts: list[Target], rss: dict[str,
         cached = [h for h in hot if "first_seen" not in h]
         first_seen = [h for h in hot if "first_seen" in h]
         outbound_label = (lambda h: f" (outbound, {ARM[outbound_arms.BASELINE_OF].label}'s configuration)"
-                          if h.get("outbound") and h["arm"] == "F" else " (outbound)" if h.get("outbound") else "")
+                          if h.get("outbound") and h["arm"] == "F" else " (outbound)" if h.get("outbound")
+                          else " (session cookie)" if h.get("session") and h["arm"] != "J"
+                          else " (session's token as bearer)" if h.get("session") else "")
         lines += [f"| {h['arm']} {ARM[h['arm']].label}{outbound_label(h)} | {h['min_us']:.2f} | "
                   + ", ".join(f"{k} {v:g}" for k, v in h["host_calls"].items()) + " |" for h in cached]
         if first_seen:
@@ -1453,7 +1469,7 @@ def main() -> int:
     rss, served = (None, None) if args.skip_memory else memory(binary, workdir, files, jwks, args)
     extra_rss = per_worker(rss["E"]) - per_worker(rss["A"]) if rss else None
     micro_results = [] if args.skip_micro else micro(args)
-    hot = [] if args.skip_hotpath else hotpath(files, jwks, workdir)
+    hot = [] if args.skip_hotpath else hotpath(files, jwks, workdir, SESSION.selected(workloads))
     scale = [] if args.skip_policy else policy_scale(files, jwks, workdir)
 
     module_bytes, empty_bytes = MODULE.stat().st_size, EMPTY_FILTER.stat().st_size

@@ -13,6 +13,8 @@
 // "answers" ({":path" of a call: {"status", "body"}}): the stand-in answers the module's calls
 // (discovery, token endpoint) from them, 404 otherwise, and the first requests wait until the
 // token is in (a request the module holds is asked about again after each answer).
+// Browser session (issue 28): optional "cookie", a `Cookie` header sent instead of the token
+// (a login's sealed session: the request carries no `authorization`).
 // Also printed: how long the configuration took to load (proxy_on_configure) and the VM's
 // linear memory once loaded and after the requests.
 // Per request: the minimum over rounds of the mean time (other work only adds time), and host
@@ -181,8 +183,9 @@ function settle() {
 const pause = new Int32Array(new SharedArrayBuffer(4));
 for (let i = 0; fx.answers && i < 100 && !counts.http_call; i++) { Atomics.wait(pause, 0, 0, 10); x.proxy_on_tick(1); }
 settle();
+const credential = (token) => fx.cookie ? ["cookie", fx.cookie] : ["authorization", "Bearer " + token];
 const headersFor = (token) => [[":authority", fx.authority || "127.0.0.1:10000"], [":path", fx.path || "/"],
-  [":method", fx.method || "GET"], [":scheme", "http"], ["authorization", "Bearer " + token],
+  [":method", fx.method || "GET"], [":scheme", "http"], credential(token),
   ["x-forwarded-proto", "http"], ["x-request-id", crypto.randomUUID()]];
 // Serialized once each, so the stand-in host's work per request stays the same either way.
 const pool = (fx.tokens || [fx.token]).map((t) => { const h = headersFor(t); return [h, serialize(h)]; });

@@ -28,6 +28,7 @@ one that does not (timed, the floor)."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 import re
@@ -350,6 +351,59 @@ class CookieSet:
     @property
     def header_bytes(self) -> int:
         return len(cookie_header(self.cookies))
+
+
+# --------------------------------------------------------------------------- the V8 hot path
+
+# The stand-in OP of bench/hotpath.mjs's session case (the harness answers discovery and keys).
+SESSION_COOKIE = "__Host-mesh-session"
+
+
+def seal_session(session: dict[str, Any], key: bytes, host: str, expires_at: int) -> str:
+    """A session cookie value as mesh-oauth seals it (src/login/seal.rs: AES-256-GCM by
+    `cryptography`, the key id, host and cookie name bound as associated data, the expiry
+    inside), so that the V8 stand-in needs no login."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    key_id = b64(hashlib.sha256(b"mesh-oauth cookie key id\0" + key).digest()[:6])
+    aad = b"mesh-oauth login v1"
+    for part in (key_id, host.lower(), SESSION_COOKIE):
+        aad += len(part.encode()).to_bytes(4, "big") + part.encode()
+    nonce = secrets.token_bytes(12)
+    plaintext = expires_at.to_bytes(8, "big") + json.dumps(session, separators=(",", ":")).encode()
+    return f"{key_id}.{b64(nonce + AESGCM(key).encrypt(nonce, plaintext, aad))}"
+
+
+def hotpath_fixture(token: str, issuer: str, audience: str, jwks: str, session: bool) -> dict[str, Any]:
+    """bench/hotpath.mjs's fixture for arm E's configuration against a stand-in OP (its
+    discovery and keys answered from memory): with `session` a request of a logged-in browser
+    (the sealed session cookie holding `token`, as arm E sends), else `token` as a bearer (arm
+    J), so that the difference is what the session costs the module."""
+    key = secrets.token_bytes(32)
+    now = int(time.time())
+    claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    sealed = seal_session({"t": token, "r": secrets.token_urlsafe(32), "s": claims.get("sub", USER),
+                           "i": secrets.token_urlsafe(16), "e": int(claims["exp"]), "a": now, "f": now},
+                          key, APP_HOST, now + 86_400)
+    discovery = {"issuer": issuer, "jwks_uri": f"{issuer}/jwks", "authorization_endpoint": f"{issuer}/auth",
+                 "token_endpoint": f"{issuer}/token"}
+    plugin = {
+        "providers": [{"name": "op", "issuer": issuer, "audiences": [audience], "forwardOriginalToken": True}],
+        "login": {"provider": "op", "clientId": "bench", "clientSecretEnv": CLIENT_SECRET_ENV,
+                  "cookieKeysEnv": COOKIE_KEYS_ENV, "hosts": [APP], "sessionRecheckSeconds": SESSION_RECHECK_S},
+    }
+    fixture: dict[str, Any] = {
+        "config": json.dumps(plugin), "token": token, "authority": APP_HOST,
+        "env": {CLIENT_SECRET_ENV: "bench-secret", COOKIE_KEYS_ENV: base64.b64encode(key).decode()},
+        "answers": {"/.well-known/openid-configuration": {"status": 200, "body": json.dumps(discovery)},
+                    "/jwks": {"status": 200, "body": jwks}},
+    }
+    if session:
+        fixture["cookie"] = f"{SESSION_COOKIE}.0={sealed}"
+    return fixture
 
 
 # --------------------------------------------------------------------------- the extension

@@ -13,7 +13,7 @@ use crate::config::{self, HttpTarget, KeySource, Provider, Revoked};
 use crate::host_verify::TrustedHost;
 use crate::keys::{self, JwksLimits, KeySet};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The shortest refresh interval a `Cache-Control: max-age` can ask for.
 const MIN_REFRESH_SECONDS: u64 = 30;
@@ -332,6 +332,10 @@ struct Entry {
     /// An unknown kid asked for a fetch at this time; cleared once a fetch started after it.
     refetch_wanted_ms: Option<u64>,
     revocations: Option<RemoteRevocations>,
+    /// The login endpoints as last built from the document's, so a session request does not
+    /// build them (strings copied, the token URL parsed) while they stay the same.
+    /// (A `Mutex`, never contended: a key store is one worker's, yet `Sync` like its keys.)
+    login_endpoints_built: Mutex<Option<(LoginEndpoints, Arc<crate::login::endpoints::Endpoints>)>>,
 }
 
 pub struct KeyStore {
@@ -394,6 +398,7 @@ impl KeyStore {
                 min_refetch_ms: provider.jwks_min_refetch_seconds.saturating_mul(1000),
                 refetch_wanted_ms: None,
                 revocations,
+                login_endpoints_built: Mutex::new(None),
             });
         }
         KeyStore {
@@ -640,15 +645,31 @@ impl KeyStore {
 
     /// The provider's login endpoints (authorization, token, end-session) once its discovery
     /// document is in, as any worker of the sidecar fetched it.
-    pub fn login_endpoints(&self, provider: usize) -> Option<crate::login::endpoints::Endpoints> {
+    pub fn login_endpoints(
+        &self,
+        provider: usize,
+    ) -> Option<Arc<crate::login::endpoints::Endpoints>> {
         let entry = self.entries.get(provider)?;
         let found = entry.keys_doc.meta.login_endpoints.as_ref()?;
-        Some(crate::login::endpoints::Endpoints {
-            authorization: found.authorization.clone(),
-            token: config::http_target(&found.token, entry.cluster_override.as_deref()).ok()?,
-            end_session: found.end_session.clone(),
-            iss_parameter_supported: found.iss_parameter_supported,
-        })
+        let build = || {
+            Some(Arc::new(crate::login::endpoints::Endpoints {
+                authorization: found.authorization.clone(),
+                token: config::http_target(&found.token, entry.cluster_override.as_deref()).ok()?,
+                end_session: found.end_session.clone(),
+                iss_parameter_supported: found.iss_parameter_supported,
+            }))
+        };
+        let Ok(mut built) = entry.login_endpoints_built.lock() else {
+            return build();
+        };
+        if let Some((from, endpoints)) = built.as_ref() {
+            if from == found {
+                return Some(Arc::clone(endpoints));
+            }
+        }
+        let endpoints = build()?;
+        *built = Some((found.clone(), Arc::clone(&endpoints)));
+        Some(endpoints)
     }
 
     /// Seconds a client should wait before retrying when keys are unavailable.
@@ -1510,6 +1531,17 @@ pub(crate) mod tests {
                 Some("https://login.example.com/logout")
             );
             assert!(endpoints.iss_parameter_supported);
+            // Built once while the document stands.
+            assert!(Arc::ptr_eq(&endpoints, &worker.login_endpoints(0).unwrap()));
+        }
+        // A new document: the endpoints it names, in every worker.
+        let moved = doc.replace(":8443/token", ":9443/token");
+        s.on_answer(&shared, 0, Stage::Discovery, &ok(moved.as_bytes(), None), 7)
+            .unwrap();
+        peer.sync(&shared, 8);
+        for worker in [&s, &peer] {
+            let endpoints = worker.login_endpoints(0).unwrap();
+            assert_eq!(endpoints.token.authority, "login.example.com:9443");
         }
         // A document without login endpoints still serves the keys.
         let shared = Shared::default();

@@ -12,7 +12,7 @@ use super::id_token::{self, Expected};
 use super::return_path;
 use super::seal::{KeyRing, SEAL_RANDOM_LEN};
 use super::session::{Session, SessionError};
-use super::session_cache::SessionCache;
+use super::session_cache::{CachedSession, SessionCache};
 use super::transaction::{self, Transaction, TRANSACTION_RANDOM_LEN, TRANSACTION_SECONDS};
 use crate::alg::AlgSet;
 use crate::authorize::HeaderEdit;
@@ -20,6 +20,8 @@ use crate::config::{Login, Provider};
 use crate::keys::KeySet;
 use crate::reason::LoginReason;
 use crate::token::TokenLimits;
+use std::borrow::Cow;
+use std::rc::Rc;
 
 pub use super::token_call::{TokenCall, CLIENT_ASSERTION_RANDOM_LEN, MAX_TOKEN_ANSWER_BYTES};
 
@@ -50,15 +52,25 @@ impl<'a> Request<'a> {
             .map(|(_, value)| *value)
     }
 
-    /// Every `cookie` header, joined as one (HTTP/2 may send several).
-    fn cookie(&self) -> Option<String> {
-        let all: Vec<&str> = self
+    /// Every `cookie` header, joined as one (HTTP/2 may send several); one is not copied.
+    fn cookie(&self) -> Option<Cow<'a, str>> {
+        let mut all = self
             .headers
             .iter()
             .filter(|(key, _)| *key == "cookie")
-            .map(|(_, value)| *value)
-            .collect();
-        (!all.is_empty()).then(|| all.join("; "))
+            .map(|(_, value)| *value);
+        let first = all.next()?;
+        match all.next() {
+            None => Some(Cow::Borrowed(first)),
+            Some(second) => {
+                let mut joined = [first, second].join("; ");
+                for more in all {
+                    joined.push_str("; ");
+                    joined.push_str(more);
+                }
+                Some(Cow::Owned(joined))
+            }
+        }
     }
 
     fn path_only(&self) -> &'a str {
@@ -211,7 +223,8 @@ pub enum Pending {
     },
     Refresh {
         host: String,
-        session: Box<Session>,
+        /// Shared with the worker's session cache (a refresh replaces it, never changes it).
+        session: Rc<CachedSession>,
         /// The request's session chunk names, to clear the ones the new session leaves over.
         chunk_names: Vec<String>,
         navigation: bool,
@@ -228,8 +241,23 @@ pub enum Step {
     ReadBody,
 }
 
+/// A mark of every logout a ledger holds: it changes whenever one is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerVersion {
+    /// The shared-data CAS token of the ledger's version value (`None`: never written).
+    pub cas: Option<u32>,
+    /// Logouts recorded: the version value.
+    pub count: u64,
+}
+
 /// Back-channel logouts recorded in the sidecar's shared data.
 pub trait LogoutLedger {
+    /// The ledger's version now, read before its entries: a session found not logged out
+    /// under a version stays so while the version stands. `None`: the ledger keeps no version
+    /// (each request then reads its entries).
+    fn version(&self) -> Option<LedgerVersion> {
+        None
+    }
     /// When a logout of this OP session (`sid`) was recorded.
     fn sid_logged_out_at(&self, sid: &str) -> Option<u64>;
     /// When a logout of every session of this subject (`sub` only) was recorded.
@@ -378,12 +406,12 @@ impl Flow {
                 _ => Step::Respond(method_not_allowed("POST")),
             };
         }
-        let mut next = strip_login_cookies(request);
+        let cookie = request.cookie();
+        let mut next = strip_cookies(cookie.as_deref());
         // A request with a token of its own is an API request: the session is not consulted.
         if request.header("authorization").is_some() {
             return Step::Continue(next);
         }
-        let cookie = request.cookie();
         next.may_login = request.is_navigation();
         let opened = self
             .sessions
@@ -397,7 +425,7 @@ impl Flow {
                 return Step::Continue(next);
             }
         };
-        if self.logged_out(&session, ctx.logouts) {
+        if self.logged_out(&session, ctx.logouts, ctx.now) {
             next.set_cookies = clear_session(cookie.as_deref());
             next.event = Some(Event::SessionRefused(LoginReason::LoggedOut));
             return Step::Continue(next);
@@ -454,7 +482,7 @@ impl Flow {
                 request: call,
                 pending: Pending::Refresh {
                     host,
-                    session: Box::new(session),
+                    session,
                     chunk_names: cookies::session_chunk_names(cookie.as_deref()),
                     navigation: next.may_login,
                     cookie_edit,
@@ -497,12 +525,24 @@ impl Flow {
         usable.then_some((renewed, sealed))
     }
 
-    fn logged_out(&self, session: &Session, logouts: &dyn LogoutLedger) -> bool {
-        logouts.session_logged_out(
+    /// Whether the ledger ends `session`. Its entries are read only when the ledger's version
+    /// moved since the session was last found not logged out (or that answer is older than
+    /// [`LEDGER_VERDICT_SECONDS`](super::session_cache::LEDGER_VERDICT_SECONDS)): the version
+    /// is read first, so a logout recorded during the read moves it for the next request.
+    fn logged_out(&self, session: &CachedSession, logouts: &dyn LogoutLedger, now: u64) -> bool {
+        let version = logouts.version();
+        if version.is_some_and(|version| session.not_logged_out_under(version, now)) {
+            return false;
+        }
+        let logged_out = logouts.session_logged_out(
             session.sid.as_deref(),
             &session.sub,
             session.authenticated_at,
-        )
+        );
+        if let (false, Some(version)) = (logged_out, version) {
+            session.mark_not_logged_out(version, now);
+        }
+        logged_out
     }
 
     /// The redirect to the OP for a navigation the pipeline refused for want of a token;
@@ -926,11 +966,16 @@ fn bearer(token: &str) -> HeaderEdit {
 
 /// The request without its login cookies, nothing else changed.
 pub fn strip_login_cookies(request: &Request<'_>) -> Continue {
+    strip_cookies(request.cookie().as_deref())
+}
+
+/// [`strip_login_cookies`] of the request's `cookie` header(s) joined.
+fn strip_cookies(cookie: Option<&str>) -> Continue {
     let mut next = Continue::default();
-    if let Some(cookie) = request.cookie() {
+    if let Some(cookie) = cookie {
         if cookie.contains(cookies::LOGIN_COOKIE_PREFIX) {
             next.edits
-                .push(match cookies::without_login_cookies(&cookie) {
+                .push(match cookies::without_login_cookies(cookie) {
                     Some(kept) => HeaderEdit::Set("cookie".to_owned(), kept),
                     None => HeaderEdit::Remove("cookie".to_owned()),
                 });

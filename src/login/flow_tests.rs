@@ -65,7 +65,12 @@ impl Dice {
     }
 }
 
-struct Ledger(Vec<(&'static str, String, u64)>);
+/// Logouts (kind, id, time); a version when `.1` is `Some`; reads of the entries counted.
+struct Ledger(
+    Vec<(&'static str, String, u64)>,
+    Option<u64>,
+    std::cell::Cell<u32>,
+);
 
 /// Refreshes as the sidecar's shared data would keep them.
 #[derive(Default)]
@@ -80,13 +85,21 @@ impl RecentRefreshes for Refreshes {
 }
 
 impl LogoutLedger for Ledger {
+    fn version(&self) -> Option<LedgerVersion> {
+        self.1.map(|count| LedgerVersion {
+            cas: Some(1),
+            count,
+        })
+    }
     fn sid_logged_out_at(&self, sid: &str) -> Option<u64> {
+        self.2.set(self.2.get() + 1);
         self.0
             .iter()
             .find(|(k, v, _)| *k == "sid" && v == sid)
             .map(|e| e.2)
     }
     fn sub_logged_out_at(&self, sub: &str) -> Option<u64> {
+        self.2.set(self.2.get() + 1);
         self.0
             .iter()
             .find(|(k, v, _)| *k == "sub" && v == sub)
@@ -118,7 +131,7 @@ impl World {
             endpoints: endpoints(true),
             now: NOW,
             dice: Dice(0),
-            ledger: Ledger(Vec::new()),
+            ledger: Ledger(Vec::new(), None, std::cell::Cell::new(0)),
             refreshes: Refreshes::default(),
             jar: BTreeMap::new(),
         }
@@ -1254,6 +1267,46 @@ fn backchannel_logout_verifies_the_token_and_ends_sessions() {
     assert!(bearer_of(&continued(by_sub.navigate("/"))).is_some());
     by_sub.ledger.0[0].2 = NOW;
     assert!(bearer_of(&continued(by_sub.navigate("/"))).is_none());
+}
+
+#[test]
+fn a_session_found_not_logged_out_is_read_for_again_only_once_the_ledger_moved() {
+    let mut world = World::new();
+    world.login("/", json!({}), json!({}));
+    world.ledger.1 = Some(0);
+    let reads = |world: &World| world.ledger.2.get();
+    assert!(bearer_of(&continued(world.navigate("/"))).is_some());
+    let first = reads(&world);
+    assert!(first > 0, "the entries were read");
+    // The same version, the same second: what was found stands.
+    for _ in 0..3 {
+        assert!(bearer_of(&continued(world.navigate("/"))).is_some());
+    }
+    assert_eq!(reads(&world), first);
+    // A logout recorded moves the version: refused at once, in the same second.
+    world.ledger.0.push(("sid", "op-session-1".to_owned(), NOW));
+    world.ledger.1 = Some(1);
+    let next = continued(world.navigate("/"));
+    assert_eq!(next.event, Some(Event::SessionRefused(lr("logged_out"))));
+    assert!(bearer_of(&next).is_none());
+
+    // An entry written while the version stood (a bump that lost, an earlier module): seen
+    // within LEDGER_VERDICT_SECONDS all the same.
+    let mut world = World::new();
+    world.login("/", json!({}), json!({}));
+    world.ledger.1 = Some(0);
+    assert!(bearer_of(&continued(world.navigate("/"))).is_some());
+    world.ledger.0.push(("sid", "op-session-1".to_owned(), NOW));
+    world.now += crate::login::session_cache::LEDGER_VERDICT_SECONDS;
+    assert!(bearer_of(&continued(world.navigate("/"))).is_none());
+
+    // A ledger without a version is read on every request.
+    let mut world = World::new();
+    world.login("/", json!({}), json!({}));
+    assert!(bearer_of(&continued(world.navigate("/"))).is_some());
+    let once = reads(&world);
+    assert!(bearer_of(&continued(world.navigate("/"))).is_some());
+    assert_eq!(reads(&world), 2 * once);
 }
 
 #[test]

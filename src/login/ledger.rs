@@ -9,8 +9,13 @@
 //! entries fails closed: its oldest entry is folded into the bucket's *floor*, and every
 //! session whose `sid` or `sub` falls in that bucket and that began at or before the floor is
 //! refused (more sessions end than were logged out, never fewer).
+//!
+//! A version value per issuer counts the logouts recorded, written after the bucket: a worker
+//! that found a session not logged out under one version need not read the buckets again for
+//! it while the version stands ([`LogoutLedger::version`]), so a session request reads one
+//! small value, not two buckets with four digests.
 
-use super::flow::LogoutLedger;
+use super::flow::{LedgerVersion, LogoutLedger};
 pub use super::refreshes::{SharedRefreshes, REFRESH_SLOTS};
 use crate::keystore::SharedStore;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -30,10 +35,37 @@ const CAS_ATTEMPTS: usize = 8;
 /// against an existing one: a token no value has makes the write create-only.
 const CREATE_ONLY: u32 = u32::MAX;
 
+/// The names of one issuer's logouts in shared data, made once per configuration (each is a
+/// digest of the issuer).
+pub struct LedgerName {
+    issuer: String,
+    /// `mesh-oauth/logouts/<digest of the issuer>/`: the buckets are `<prefix><number>`.
+    prefix: String,
+    /// `<prefix>version`: the logouts recorded, as a u64 BE.
+    version_key: String,
+}
+
+impl LedgerName {
+    pub fn new(issuer: &str) -> LedgerName {
+        let digest = URL_SAFE_NO_PAD
+            .encode(&digest::digest(&digest::SHA256, issuer.as_bytes()).as_ref()[..9]);
+        let prefix = format!("mesh-oauth/logouts/{digest}/");
+        LedgerName {
+            issuer: issuer.to_owned(),
+            version_key: format!("{prefix}version"),
+            prefix,
+        }
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+}
+
 /// The logouts of one issuer in shared data.
 pub struct SharedLedger<'a> {
     pub store: &'a dyn SharedStore,
-    pub issuer: &'a str,
+    pub name: &'a LedgerName,
     /// The longest `sessionMaxAgeSeconds` of the logins of this issuer: how long a logout
     /// is kept.
     pub lifetime_seconds: u64,
@@ -119,8 +151,9 @@ impl SharedLedger<'_> {
             Kind::Sid => "sid",
             Kind::Sub => "sub",
         };
-        let mut input = Vec::with_capacity(self.issuer.len() + value.len() + 16);
-        for part in [self.issuer, label, value] {
+        let issuer = self.name.issuer.as_str();
+        let mut input = Vec::with_capacity(issuer.len() + value.len() + 16);
+        for part in [issuer, label, value] {
             input.extend_from_slice(&(part.len() as u32).to_be_bytes());
             input.extend_from_slice(part.as_bytes());
         }
@@ -131,10 +164,26 @@ impl SharedLedger<'_> {
     }
 
     fn bucket_key(&self, digest: &[u8; DIGEST_LEN]) -> String {
-        let issuer = URL_SAFE_NO_PAD
-            .encode(&digest::digest(&digest::SHA256, self.issuer.as_bytes()).as_ref()[..9]);
         let bucket = u16::from_be_bytes([digest[0], digest[1]]) % LOGOUT_BUCKETS;
-        format!("mesh-oauth/logouts/{issuer}/{bucket}")
+        format!("{}{bucket}", self.name.prefix)
+    }
+
+    /// Moves the version on (after a bucket was written); `false` when other workers kept
+    /// writing it.
+    fn bump_version(&self) -> bool {
+        for _ in 0..CAS_ATTEMPTS {
+            let (value, cas) = self.store.get(&self.name.version_key);
+            let count = value.as_deref().map_or(0, version_count);
+            let next = count.wrapping_add(1).to_be_bytes();
+            if self.store.set(
+                &self.name.version_key,
+                &next,
+                Some(cas.unwrap_or(CREATE_ONLY)),
+            ) {
+                return true;
+            }
+        }
+        false
     }
 
     fn bucket(&self, key: &str) -> (Bucket, u32) {
@@ -146,8 +195,8 @@ impl SharedLedger<'_> {
 
     /// Records a verified back-channel logout (Back-Channel Logout 1.0 §2.7): with a `sid`,
     /// that OP session ends; with only a `sub`, every session of the subject from before now.
-    /// `false` when it could not be recorded (other workers kept writing the same bucket):
-    /// the logout must then not be acknowledged, so the OP may send it again.
+    /// `false` when it could not be recorded (other workers kept writing the same bucket or
+    /// the version): the logout must then not be acknowledged, so the OP may send it again.
     pub fn record(&self, sid: Option<&str>, sub: Option<&str>, now: u64) -> bool {
         let digest = match (sid, sub) {
             (Some(sid), _) => self.digest(Kind::Sid, sid),
@@ -160,7 +209,8 @@ impl SharedLedger<'_> {
             bucket.prune(now, self.lifetime_seconds);
             bucket.add(digest, now);
             if self.store.set(&key, &bucket.encode(), Some(cas)) {
-                return true;
+                // Only now: a reader that sees the new version finds the entry.
+                return self.bump_version();
             }
         }
         false
@@ -173,7 +223,22 @@ impl SharedLedger<'_> {
     }
 }
 
+/// A version value as written (anything else counts as none written).
+fn version_count(value: &[u8]) -> u64 {
+    value
+        .try_into()
+        .map_or(0, |bytes: [u8; 8]| u64::from_be_bytes(bytes))
+}
+
 impl LogoutLedger for SharedLedger<'_> {
+    fn version(&self) -> Option<LedgerVersion> {
+        let (value, cas) = self.store.get(&self.name.version_key);
+        Some(LedgerVersion {
+            cas,
+            count: value.as_deref().map_or(0, version_count),
+        })
+    }
+
     fn sid_logged_out_at(&self, sid: &str) -> Option<u64> {
         self.read(Kind::Sid, sid).0
     }
@@ -203,15 +268,16 @@ mod tests {
     #[test]
     fn a_sid_logout_is_seen_by_every_reader_and_names_nothing() {
         let map = Map::default();
+        let name = LedgerName::new("https://op.example.com");
         let ledger = SharedLedger {
             store: &map,
-            issuer: "https://op.example.com",
+            name: &name,
             lifetime_seconds: 3600,
         };
         ledger.record(Some("session-1"), Some("alice"), 100);
         let reader = SharedLedger {
             store: &map,
-            issuer: "https://op.example.com",
+            name: &name,
             lifetime_seconds: 3600,
         };
         assert_eq!(reader.sid_logged_out_at("session-1"), Some(100));
@@ -219,9 +285,10 @@ mod tests {
         // With a sid, only that session ends.
         assert_eq!(reader.sub_logged_out_at("alice"), None);
         // Another issuer's session of the same id is not affected.
+        let other_name = LedgerName::new("https://other.example.com");
         let other = SharedLedger {
             store: &map,
-            issuer: "https://other.example.com",
+            name: &other_name,
             lifetime_seconds: 3600,
         };
         assert_eq!(other.sid_logged_out_at("session-1"), None);
@@ -236,22 +303,20 @@ mod tests {
     #[test]
     fn a_sub_logout_keeps_its_latest_time() {
         let map = Map::default();
-        let ledger = SharedLedger {
-            store: &map,
-            issuer: "https://op.example.com",
-            lifetime_seconds: 3600,
-        };
+        let ledger = ledger(&map);
         ledger.record(None, Some("alice"), 100);
         ledger.record(None, Some("alice"), 200);
         assert_eq!(ledger.sub_logged_out_at("alice"), Some(200));
         ledger.record(None, None, 300);
-        assert_eq!(map.0.borrow().len(), 1);
+        // The bucket and the version.
+        assert_eq!(map.0.borrow().len(), 2);
     }
 
     fn ledger(map: &Map) -> SharedLedger<'_> {
+        static NAME: std::sync::OnceLock<LedgerName> = std::sync::OnceLock::new();
         SharedLedger {
             store: map,
-            issuer: "https://op.example.com",
+            name: NAME.get_or_init(|| LedgerName::new("https://op.example.com")),
             lifetime_seconds: 3600,
         }
     }
@@ -270,9 +335,9 @@ mod tests {
         }
         assert_eq!(ledger.sid_logged_out_at("old"), None, "pruned");
         assert_eq!(ledger.sid_logged_out_at("other"), Some(4_600));
-        // Bounded: buckets per issuer, entries per bucket.
+        // Bounded: buckets per issuer (and the version), entries per bucket.
         let values = map.0.borrow();
-        assert!(values.len() <= usize::from(LOGOUT_BUCKETS));
+        assert!(values.len() <= usize::from(LOGOUT_BUCKETS) + 1);
         assert!(values
             .values()
             .all(|(v, _)| v.len() <= 8 + LOGOUT_BUCKET_ENTRIES * ENTRY_LEN));
@@ -319,5 +384,65 @@ mod tests {
         assert!(ledger.session_logged_out(Some("s-1"), "alice", 100));
         assert!(!ledger.session_logged_out(Some("s-1"), "alice", 101));
         assert!(!ledger.session_logged_out(None, "bob", 50));
+    }
+
+    #[test]
+    fn every_recorded_logout_moves_the_version_and_reading_does_not() {
+        let map = Map::default();
+        let ledger = ledger(&map);
+        let never = ledger.version();
+        assert_eq!(
+            never,
+            Some(LedgerVersion {
+                cas: None,
+                count: 0
+            })
+        );
+        assert!(!ledger.session_logged_out(Some("s-1"), "alice", 50));
+        assert_eq!(ledger.version(), never, "a read writes nothing");
+        assert!(ledger.record(Some("s-1"), None, 100));
+        let first = ledger.version();
+        assert_ne!(first, never);
+        // The same logout again still moves it (its time may have moved on).
+        assert!(ledger.record(Some("s-1"), None, 100));
+        let second = ledger.version();
+        assert_ne!(second, first);
+        assert_eq!(second.map(|v| v.count), Some(2));
+        // Another issuer's logouts leave this one's version alone.
+        let other_name = LedgerName::new("https://other.example.com");
+        let other = SharedLedger {
+            store: &map,
+            name: &other_name,
+            lifetime_seconds: 3600,
+        };
+        assert!(other.record(Some("s-1"), None, 100));
+        assert_eq!(ledger.version(), second);
+    }
+
+    /// A store whose version value loses every compare-and-swap (other workers keep writing).
+    struct BusyVersion(Map);
+
+    impl SharedStore for BusyVersion {
+        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            self.0.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+            !key.ends_with("/version") && self.0.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn a_logout_whose_version_cannot_move_is_reported_unrecorded() {
+        let store = BusyVersion(Map::default());
+        let name = LedgerName::new("https://op.example.com");
+        let ledger = SharedLedger {
+            store: &store,
+            name: &name,
+            lifetime_seconds: 3600,
+        };
+        // Not acknowledged, so the OP sends it again; the entry itself is there and fails
+        // closed for every reader that reads the buckets.
+        assert!(!ledger.record(Some("s-1"), None, 100));
+        assert!(ledger.session_logged_out(Some("s-1"), "alice", 50));
     }
 }

@@ -4,23 +4,74 @@
 //! verified-token cache does for signatures: the cipher runs the first time a worker sees a
 //! cookie value, and later requests take the session from here until the seal's expiry.
 //!
-//! An entry is exactly what the open yields (the session, and the expiry sealed with it), keyed
+//! An entry is exactly what the open yields (the session, and the expiry sealed with it), handed
+//! out shared ([`Rc`]: a hit copies no token), keyed
 //! by a keyed 128-bit hash of exactly what the open depends on besides the key ring: the
 //! sealed value, the host and the cookie name (never the value itself). One cache serves one
 //! key ring: each login's [`Flow`](super::flow::Flow) owns both, and a new configuration makes
 //! new flows, so a push that changes a login or its keys starts with an empty cache. Only
 //! values that opened are kept: a tampered, truncated, cross-host or retired-key value is
 //! opened (and refused) every time. Everything after the open (the back-channel logout ledger,
-//! refresh and recheck) runs on every request as before. A refreshed session has a new value,
-//! so a new entry; the old one is pushed out in its turn, as the oldest.
+//! refresh and recheck) is decided on every request as before; the entry only remembers under
+//! which version of the ledger the session was last found not logged out
+//! ([`CachedSession::not_logged_out_under`]). A refreshed session has a new value, so a new
+//! entry; the old one is pushed out in its turn, as the oldest.
 
 use super::cookies::{self, SESSION_COOKIE};
+use super::flow::LedgerVersion;
 use super::seal::{Binding, KeyRing, OpenError};
 use super::session::{Session, SessionError};
 use crate::cache::DigestMap;
 use siphasher::sip128::Hasher128;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::hash::Hasher;
+use std::ops::Deref;
+use std::rc::Rc;
+
+/// A "not logged out" answer of the ledger is reused for at most this long even while the
+/// ledger's version stands: a bucket written without the version moving (a version bump that
+/// lost every compare-and-swap, whose logout is answered 503; a module of an earlier release
+/// in the same VM group) is still seen within it.
+pub const LEDGER_VERDICT_SECONDS: u64 = 1;
+
+/// An opened session as a worker holds it: exactly what the open gave, and what the
+/// back-channel logout ledger last said of it. Never `Debug`: it holds tokens.
+pub struct CachedSession {
+    session: Session,
+    /// The ledger's version when the session was last found not logged out, and when (Unix
+    /// seconds).
+    not_logged_out: Cell<Option<(LedgerVersion, u64)>>,
+}
+
+impl CachedSession {
+    fn new(session: Session) -> CachedSession {
+        CachedSession {
+            session,
+            not_logged_out: Cell::new(None),
+        }
+    }
+
+    /// Whether the ledger found this session not logged out under `version`, less than
+    /// [`LEDGER_VERDICT_SECONDS`] before `now`: nothing recorded since can have ended it.
+    pub fn not_logged_out_under(&self, version: LedgerVersion, now: u64) -> bool {
+        self.not_logged_out.get().is_some_and(|(seen, at)| {
+            seen == version && now >= at && now - at < LEDGER_VERDICT_SECONDS
+        })
+    }
+
+    /// The ledger found this session not logged out under `version` (read before its entries).
+    pub fn mark_not_logged_out(&self, version: LedgerVersion, now: u64) {
+        self.not_logged_out.set(Some((version, now)));
+    }
+}
+
+impl Deref for CachedSession {
+    type Target = Session;
+
+    fn deref(&self) -> &Session {
+        &self.session
+    }
+}
 
 /// One worker's opened sessions for one key ring. Never `Debug`: it holds tokens.
 pub struct SessionCache {
@@ -34,7 +85,7 @@ struct State {
 }
 
 struct Entry {
-    session: Session,
+    session: Rc<CachedSession>,
     /// The expiry sealed with the value (Unix seconds): from then on it opens as `Expired`.
     expires_at: u64,
 }
@@ -58,7 +109,7 @@ impl SessionCache {
         keys: &KeyRing,
         host: &str,
         now: u64,
-    ) -> Result<Option<Session>, SessionError> {
+    ) -> Result<Option<Rc<CachedSession>>, SessionError> {
         let Some(sealed) = cookies::session_value(header).map_err(SessionError::Chunks)? else {
             return Ok(None);
         };
@@ -72,12 +123,12 @@ impl SessionCache {
         keys: &KeyRing,
         host: &str,
         now: u64,
-    ) -> Result<Session, SessionError> {
+    ) -> Result<Rc<CachedSession>, SessionError> {
         let mut state = self.state.borrow_mut();
         let digest = state.digest(sealed, host);
         if let Some(entry) = state.entries.get(digest) {
             if now < entry.expires_at {
-                return Ok(entry.session.clone());
+                return Ok(Rc::clone(&entry.session));
             }
             // Expired for good: the open would say so, and the entry serves no one again.
             state.entries.remove(digest);
@@ -95,11 +146,13 @@ impl SessionCache {
         if now >= opened.expires_at {
             return Err(SessionError::Open(OpenError::Expired));
         }
-        let session = Session::from_plaintext(&opened.plaintext)?;
+        let session = Rc::new(CachedSession::new(Session::from_plaintext(
+            &opened.plaintext,
+        )?));
         state.entries.insert(
             digest,
             Entry {
-                session: session.clone(),
+                session: Rc::clone(&session),
                 expires_at: opened.expires_at,
             },
         );

@@ -32,9 +32,26 @@ fn sealed(ring: &KeyRing, name: &str) -> String {
         .unwrap()
 }
 
+/// What carries a session: a fresh open's and the cache's answers.
+trait Token {
+    fn token(&self) -> String;
+}
+
+impl Token for Session {
+    fn token(&self) -> String {
+        self.token.clone()
+    }
+}
+
+impl Token for Rc<CachedSession> {
+    fn token(&self) -> String {
+        self.token.clone()
+    }
+}
+
 /// `open`'s answer, the session compared by its token (`Session` is never `Debug`).
-fn token_of(result: Result<Session, SessionError>) -> Result<String, SessionError> {
-    result.map(|session| session.token)
+fn token_of<S: Token>(result: Result<S, SessionError>) -> Result<String, SessionError> {
+    result.map(|session| session.token())
 }
 
 #[test]
@@ -43,11 +60,12 @@ fn a_value_seen_again_is_not_opened_again_and_gives_the_same_session() {
     let cache = SessionCache::new(8);
     let value = sealed(&keys, "alice");
     let first = cache.open(&value, &keys, HOST, NOW).ok().unwrap();
-    assert!(first == session("alice"));
+    assert!(**first == session("alice"));
     assert_eq!(cache.opens(), 1);
     for now in [NOW, NOW + 1, SEALED_UNTIL - 1] {
         let hit = cache.open(&value, &keys, HOST, now).ok().unwrap();
-        assert!(hit == Session::open(&value, &keys, HOST, now).ok().unwrap());
+        assert!(**hit == Session::open(&value, &keys, HOST, now).ok().unwrap());
+        assert!(Rc::ptr_eq(&hit, &first), "shared, not copied");
     }
     assert_eq!(cache.opens(), 1, "every later request was a hit");
     assert_eq!(cache.len(), 1);
@@ -141,9 +159,9 @@ fn the_oldest_session_goes_when_full() {
     }
     assert_eq!((cache.len(), cache.opens()), (2, 3));
     // carol and bob are held; alice was the oldest, so she is opened again (pushing bob out).
-    assert!(cache.open(&values[2], &keys, HOST, NOW).ok().unwrap() == session("carol"));
+    assert!(**cache.open(&values[2], &keys, HOST, NOW).ok().unwrap() == session("carol"));
     assert_eq!(cache.opens(), 3);
-    assert!(cache.open(&values[0], &keys, HOST, NOW).ok().unwrap() == session("alice"));
+    assert!(**cache.open(&values[0], &keys, HOST, NOW).ok().unwrap() == session("alice"));
     assert_eq!(cache.opens(), 4);
     assert!(cache.open(&values[1], &keys, HOST, NOW).is_ok());
     assert_eq!((cache.len(), cache.opens()), (2, 5));
@@ -206,7 +224,7 @@ fn cookie_headers_read_as_the_session_reads_them() {
         for _ in 0..2 {
             let cached = cache
                 .from_cookies(header, &keys, HOST, NOW)
-                .map(|s| s.map(|s| s.token));
+                .map(|s| s.map(|s| s.token.clone()));
             let fresh = Session::from_cookies(header, &keys, HOST, NOW).map(|s| s.map(|s| s.token));
             assert_eq!(cached, fresh, "{header:?}");
         }
@@ -227,4 +245,51 @@ fn digests_bind_every_part_and_differ_per_cache() {
         b.digest("v", HOST),
         "keys are random per cache"
     );
+}
+
+#[test]
+fn a_not_logged_out_answer_holds_for_its_version_within_a_second_only() {
+    let keys = ring(1);
+    let cache = SessionCache::new(8);
+    let value = sealed(&keys, "alice");
+    let held = cache.open(&value, &keys, HOST, NOW).ok().unwrap();
+    let version = LedgerVersion {
+        cas: Some(3),
+        count: 1,
+    };
+    assert!(
+        !held.not_logged_out_under(version, NOW),
+        "nothing found yet"
+    );
+    held.mark_not_logged_out(version, NOW);
+    // The next hit is the same entry: what was found travels with it.
+    let hit = cache.open(&value, &keys, HOST, NOW).ok().unwrap();
+    assert!(hit.not_logged_out_under(version, NOW));
+    for other in [
+        LedgerVersion {
+            cas: Some(4),
+            count: 1,
+        },
+        LedgerVersion {
+            cas: Some(3),
+            count: 2,
+        },
+        LedgerVersion {
+            cas: None,
+            count: 1,
+        },
+    ] {
+        assert!(!hit.not_logged_out_under(other, NOW));
+    }
+    assert!(!hit.not_logged_out_under(version, NOW + LEDGER_VERDICT_SECONDS));
+    assert!(
+        !hit.not_logged_out_under(version, NOW - 1),
+        "a clock that went back"
+    );
+    // A fresh open (another cache, or the cache off) starts with nothing found.
+    let fresh = SessionCache::new(0)
+        .open(&value, &keys, HOST, NOW)
+        .ok()
+        .unwrap();
+    assert!(!fresh.not_logged_out_under(version, NOW));
 }

@@ -8,7 +8,7 @@
 use super::*;
 use crate::login::flow::MAX_TOKEN_ANSWER_BYTES;
 use crate::login::flow::{self, Event, Flow, Pending, Step};
-use crate::login::ledger::SharedLedger;
+use crate::login::ledger::{LedgerName, SharedLedger};
 use crate::login::refreshes::{self, Claim, SharedRefreshes};
 
 /// A back-channel logout body larger than this is refused unread (a logout token is small).
@@ -20,6 +20,9 @@ const CALL_MARGIN_MS: u64 = 1_000;
 #[derive(Default)]
 pub(super) struct Logins {
     flows: Vec<Flow>,
+    /// Per flow: its issuer's logout ledger, named once, and how long a logout is kept there
+    /// (the longest `sessionMaxAgeSeconds` of the logins of that issuer).
+    ledgers: Vec<(LedgerName, u64)>,
     /// Token calls in flight, by the id their [`Purpose::Login`] carries.
     calls: HashMap<u64, LoginCall>,
     next_call: u64,
@@ -81,8 +84,30 @@ impl Logins {
                 Flow::new(login, provider, &config.limits)
             })
             .collect::<Option<Vec<Flow>>>()?;
+        let issuer_of = |login: &crate::config::Login| {
+            config
+                .providers
+                .get(login.provider)
+                .map(|provider| provider.issuer.as_str())
+        };
+        let ledgers = config
+            .logins
+            .iter()
+            .map(|login| {
+                let issuer = issuer_of(login)?;
+                let lifetime = config
+                    .logins
+                    .iter()
+                    .filter(|other| issuer_of(other) == Some(issuer))
+                    .map(|other| other.session_max_age_seconds)
+                    .max()
+                    .unwrap_or(0);
+                Some((LedgerName::new(issuer), lifetime))
+            })
+            .collect::<Option<Vec<_>>>()?;
         Some(Logins {
             flows,
+            ledgers,
             ..Logins::default()
         })
     }
@@ -195,8 +220,8 @@ impl Runtime {
         step_of: impl FnOnce(&Flow, &mut flow::Context<'_>) -> Step,
     ) -> Option<Step> {
         let flow = self.logins.flows.get(index)?;
+        let (name, lifetime_seconds) = self.logins.ledgers.get(index)?;
         let provider = flow.login.provider;
-        let issuer = self.config.providers.get(provider)?.issuer.clone();
         let endpoints = self.keys.login_endpoints(provider);
         let keys = match self.keys.keys(provider, host.now_ms) {
             KeyState::Ready(set) => Some(set),
@@ -204,19 +229,19 @@ impl Runtime {
         };
         let ledger = SharedLedger {
             store: host.shared,
-            issuer: &issuer,
-            lifetime_seconds: self.logout_lifetime(&issuer),
+            name,
+            lifetime_seconds: *lifetime_seconds,
         };
         let refreshes = SharedRefreshes {
             store: host.shared,
-            issuer: &issuer,
+            issuer: name.issuer(),
         };
         let mut random_ok = true;
         let step = {
             let mut random = |buf: &mut [u8]| random_ok &= fill_random(buf);
             let mut ctx = flow::Context {
                 now: host.now_ms / 1000,
-                endpoints: endpoints.as_ref(),
+                endpoints: endpoints.as_deref(),
                 keys,
                 logouts: &ledger,
                 refreshes: &refreshes,
@@ -553,23 +578,6 @@ impl Runtime {
         }
     }
 
-    /// How long a back-channel logout of `issuer` is kept: the longest session lifetime of the
-    /// logins of that issuer.
-    fn logout_lifetime(&self, issuer: &str) -> u64 {
-        self.logins
-            .flows
-            .iter()
-            .filter(|flow| {
-                self.config
-                    .providers
-                    .get(flow.login.provider)
-                    .is_some_and(|p| p.issuer == issuer)
-            })
-            .map(|flow| flow.login.session_max_age_seconds)
-            .max()
-            .unwrap_or(0)
-    }
-
     /// The issuer of login `index`'s provider.
     fn issuer_of(&self, index: usize) -> Option<String> {
         let provider = self.logins.flows.get(index)?.login.provider;
@@ -698,7 +706,7 @@ impl Runtime {
             let mut random = |buf: &mut [u8]| random_ok &= fill_random(buf);
             let mut ctx = flow::Context {
                 now: now_ms / 1000,
-                endpoints: endpoints.as_ref(),
+                endpoints: endpoints.as_deref(),
                 keys: None,
                 logouts: &flow::NoLogouts,
                 refreshes: &flow::NoRefreshes,
@@ -752,12 +760,7 @@ impl Runtime {
             return;
         };
         let provider = flow.login.provider;
-        let Some(issuer) = self
-            .config
-            .providers
-            .get(provider)
-            .map(|p| p.issuer.clone())
-        else {
+        let Some((name, lifetime_seconds)) = self.logins.ledgers.get(index) else {
             return;
         };
         let keys = match self.keys.keys(provider, host.now_ms) {
@@ -766,8 +769,8 @@ impl Runtime {
         };
         let ledger = SharedLedger {
             store: host.shared,
-            issuer: &issuer,
-            lifetime_seconds: self.logout_lifetime(&issuer),
+            name,
+            lifetime_seconds: *lifetime_seconds,
         };
         let now = host.now_ms / 1000;
         let mut no_random = |_: &mut [u8]| {};

@@ -56,6 +56,20 @@ impl Vm {
         self.event(|runtime, host, out| runtime.on_request(context, &request, host, out));
     }
 
+    /// A back-channel logout token of the OP session `sid`, signed by the provider's key.
+    fn logout_token(&self, sid: &str) -> String {
+        let header_b64 = b64(json!({"alg": "EdDSA", "kid": "k1", "typ": "logout+jwt"})
+            .to_string()
+            .as_bytes());
+        let claims = json!({"iss": ISSUER, "aud": "web", "sid": sid, "iat": NOW_S, "exp": NOW_S + 60,
+                            "jti": "j-1", "events": {"http://schemas.openid.net/event/backchannel-logout": {}}});
+        let input = format!("{header_b64}.{}", b64(claims.to_string().as_bytes()));
+        format!(
+            "{input}.{}",
+            b64(&self.key.sign(Alg::EdDSA, input.as_bytes()))
+        )
+    }
+
     fn id_token(&self, nonce: &str) -> String {
         self.token(
             json!({"iss": ISSUER, "aud": "web", "sub": "alice", "sid": "s-1",
@@ -154,16 +168,7 @@ fn a_browser_logs_in_and_its_session_becomes_a_bearer_token_until_a_backchannel_
             HeaderEdit::Remove("cookie".into())
         ]
     )));
-    let header_b64 = b64(json!({"alg": "EdDSA", "kid": "k1", "typ": "logout+jwt"})
-        .to_string()
-        .as_bytes());
-    let claims = json!({"iss": ISSUER, "aud": "web", "sid": "s-1", "iat": NOW_S, "exp": NOW_S + 60,
-                        "jti": "j-1", "events": {"http://schemas.openid.net/event/backchannel-logout": {}}});
-    let input = format!("{header_b64}.{}", b64(claims.to_string().as_bytes()));
-    let logout_token = format!(
-        "{input}.{}",
-        b64(&vm.key.sign(Alg::EdDSA, input.as_bytes()))
-    );
+    let logout_token = vm.logout_token("s-1");
     let body = format!("logout_token={logout_token}");
     vm.event(|runtime, host, out| runtime.on_request_body(5, body.as_bytes(), host, out));
     assert_eq!(status(vm.envoy.answer_for(5)), Some(200));
@@ -410,6 +415,31 @@ fn response_cookies(vm: &Vm, context: u32) -> Vec<String> {
             _ => None,
         })
         .collect()
+}
+
+#[test]
+fn a_backchannel_logout_in_one_worker_ends_at_once_a_session_another_worker_found_good() {
+    let (mut first, mut second, session) = two_workers();
+    // The first worker serves the session, the second time on what it found the first.
+    for context in [10, 11] {
+        first.browse(context, "GET", "/api/orders", &[("cookie", &session)]);
+        assert!(first.envoy.was_resumed(context), "{context}");
+    }
+    // The OP's back-channel logout reaches the second worker.
+    share(&first, &second);
+    second.browse(20, "POST", "/oauth2/backchannel-logout", &[]);
+    // Signed by the provider's key (the first worker's test key, see `two_workers`).
+    let body = format!("logout_token={}", first.logout_token("s-1"));
+    second.event(|runtime, host, out| runtime.on_request_body(20, body.as_bytes(), host, out));
+    assert_eq!(status(second.envoy.answer_for(20)), Some(200));
+    share(&second, &first);
+    // The same instant: the first worker refuses the session.
+    first.browse(12, "GET", "/api/orders", &[("cookie", &session)]);
+    assert_eq!(status(first.envoy.answer_for(12)), Some(401));
+    assert_eq!(
+        first.envoy.metric("mesh_oauth.session.refused.logged_out"),
+        Some(1)
+    );
 }
 
 #[test]
