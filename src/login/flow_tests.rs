@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
+use crate::client_auth::form_encode;
 use crate::config::{self, HttpTarget};
 use crate::login::testing::{Op, CLIENT, ISSUER, NOW};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -249,7 +250,7 @@ impl World {
         let callback = format!(
             "/oauth2/callback?code=the-code&state={}&iss={}",
             params["state"],
-            form::escape(ISSUER)
+            form_encode(ISSUER)
         );
         let Step::Call(call) = self.navigate(&callback) else {
             panic!("no token call")
@@ -453,7 +454,7 @@ fn the_code_is_redeemed_with_pkce_and_client_secret_basic() {
     let callback = format!(
         "/oauth2/callback?code=c%2Fd&state={}&iss={}",
         params["state"],
-        form::escape(ISSUER)
+        form_encode(ISSUER)
     );
     let Step::Call(call) = world.navigate(&callback) else {
         panic!("no call")
@@ -492,7 +493,7 @@ fn client_secret_post_and_private_key_jwt() {
     let callback = format!(
         "/oauth2/callback?code=c&state={}&iss={}",
         params["state"],
-        form::escape(ISSUER)
+        form_encode(ISSUER)
     );
     let Step::Call(call) = world.navigate(&callback) else {
         panic!("no call")
@@ -520,7 +521,7 @@ fn client_secret_post_and_private_key_jwt() {
         let callback = format!(
             "/oauth2/callback?code=c&state={}&iss={}",
             params["state"],
-            form::escape(ISSUER)
+            form_encode(ISSUER)
         );
         let Step::Call(call) = world.navigate(&callback) else {
             panic!("no call")
@@ -585,7 +586,7 @@ fn several_tabs_log_in_at_once_and_old_transactions_do_not_pile_up() {
         format!(
             "/oauth2/callback?code=c&state={}&iss={}",
             params["state"],
-            form::escape(ISSUER)
+            form_encode(ISSUER)
         )
     };
     assert_eq!(
@@ -606,7 +607,7 @@ fn several_tabs_log_in_at_once_and_old_transactions_do_not_pile_up() {
 fn callback_attacks_end_in_a_4xx_page_never_a_redirect() {
     let mut world = World::new();
     let params = world.authorize("/");
-    let iss = form::escape(ISSUER);
+    let iss = form_encode(ISSUER);
     let state = params["state"].clone();
     let cases = [
         (format!("/oauth2/callback?code=c&iss={iss}"), "state"),
@@ -665,7 +666,7 @@ fn a_replayed_state_finds_no_transaction() {
     let callback = format!(
         "/oauth2/callback?code=c&state={}&iss={}",
         params["state"],
-        form::escape(ISSUER)
+        form_encode(ISSUER)
     );
     let Step::Call(call) = world.navigate(&callback) else {
         panic!("no call")
@@ -745,7 +746,7 @@ fn bad_id_tokens_and_token_answers_fail_the_login() {
         let callback = format!(
             "/oauth2/callback?code=c&state={}&iss={}",
             params["state"],
-            form::escape(ISSUER)
+            form_encode(ISSUER)
         );
         let Step::Call(call) = world.navigate(&callback) else {
             panic!("no call")

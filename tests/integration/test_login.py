@@ -127,7 +127,9 @@ def op(app_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Open
 
 @pytest.fixture(scope="module")
 def browser_envoy(module_envoys: EnvoyFactory, op: OpenIdProvider, app_port: int) -> Envoy:
-    config = login_config(op.issuer, f"http://localhost:{app_port}")
+    # Two scopes: the authorization request carries a space (form-encoded as `+`) that the
+    # OP must read back as a space, or it misses `openid` and refuses the login.
+    config = login_config(op.issuer, f"http://localhost:{app_port}", scopes=["openid", "email"])
     envoy = module_envoys.start(
         config,
         extra_clusters={istio_cluster_name(op.port): op.port},
