@@ -22,12 +22,13 @@
 // "token_endpoint", "jwks_uri"}. Ends on SIGTERM or when stdin closes.
 
 import { readFileSync } from 'node:fs';
-import * as http from 'node:http';
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { parseArgs } from 'node:util';
 
 import Provider, { errors } from 'oidc-provider';
 import { SignJWT, createLocalJWKSet, importJWK, jwtVerify } from 'jose';
+
+import { announceReady, bootServer } from '../serve.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -37,7 +38,6 @@ const { values: args } = parseArgs({
   },
 });
 
-const HOST = '127.0.0.1';
 const TTL = Number(args['token-ttl']);
 const SCOPES = ['pay:read', 'pay:write', 'tools:call', 'orders:read'];
 const DEFAULT_RESOURCE = 'https://as.mesh-oauth.test';
@@ -46,17 +46,7 @@ const ACCESS_TOKEN = 'urn:ietf:params:oauth:token-type:access_token';
 const TXN_TOKEN = 'urn:ietf:params:oauth:token-type:txn_token';
 const TOKEN_PATH = '/token';
 
-let handler = (_req, res) => {
-  res.statusCode = 503;
-  res.end();
-};
-const server = http.createServer((req, res) => handler(req, res));
-await new Promise((resolve, reject) => {
-  server.once('error', reject);
-  server.listen(Number(args.port), HOST, resolve);
-});
-const { port } = server.address();
-const issuer = `http://${HOST}:${port}`;
+const { server, port, origin: issuer, serve } = await bootServer(args.port);
 
 const privateJwk = {
   ...generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'jwk' }),
@@ -224,7 +214,7 @@ function json(res, status, value) {
 }
 
 const callback = provider.callback();
-handler = async (req, res) => {
+serve(async (req, res) => {
   const url = new URL(req.url, issuer);
   if (url.pathname === '/test/mint') {
     const now = Math.floor(Date.now() / 1000);
@@ -269,17 +259,11 @@ handler = async (req, res) => {
     if (mode === 'slow') await new Promise((resolve) => setTimeout(resolve, delayMs));
   }
   callback(req, res);
-};
+});
 
-console.log(JSON.stringify({
-  ready: true,
+announceReady({
   issuer,
   port,
   token_endpoint: `${issuer}${TOKEN_PATH}`,
   jwks_uri: `${issuer}/jwks`,
-}));
-
-const stop = () => server.close(() => process.exit(0));
-process.on('SIGTERM', stop);
-process.stdin.on('end', stop);
-process.stdin.resume();
+}, server);
