@@ -176,13 +176,18 @@ fn fill_random(buf: &mut [u8]) -> bool {
 fn unavailable() -> Response {
     Response {
         status: 503,
-        headers: vec![
-            ("retry-after".to_string(), "1".to_string()),
-            ("cache-control".to_string(), "no-store".to_string()),
-        ],
+        headers: unavailable_headers(),
         body: String::new(),
         grpc_status: None,
     }
+}
+
+/// A 503's: try again in a second, keep nothing.
+fn unavailable_headers() -> Vec<(String, String)> {
+    vec![
+        ("retry-after".to_string(), "1".to_string()),
+        ("cache-control".to_string(), "no-store".to_string()),
+    ]
 }
 
 impl Runtime {
@@ -196,17 +201,10 @@ impl Runtime {
     ) -> Option<Step> {
         let flow = self.logins.flows.get(index)?;
         let provider = flow.login.provider;
-        let issuer = self.config.providers.get(provider)?.issuer.clone();
+        let issuer = self.issuer_of(index)?;
         let endpoints = self.keys.login_endpoints(provider);
-        let keys = match self.keys.keys(provider, host.now_ms) {
-            KeyState::Ready(set) => Some(set),
-            _ => None,
-        };
-        let ledger = SharedLedger {
-            store: host.shared,
-            issuer: &issuer,
-            lifetime_seconds: self.logout_lifetime(&issuer),
-        };
+        let keys = self.ready_keys(provider, host.now_ms);
+        let ledger = self.ledger(host.shared, &issuer);
         let refreshes = SharedRefreshes {
             store: host.shared,
             issuer: &issuer,
@@ -576,6 +574,23 @@ impl Runtime {
         Some(self.config.providers.get(provider)?.issuer.clone())
     }
 
+    /// `provider`'s signing keys once loaded, for the ID and logout token checks.
+    fn ready_keys(&self, provider: usize, now_ms: u64) -> Option<&crate::keys::KeySet> {
+        match self.keys.keys(provider, now_ms) {
+            KeyState::Ready(set) => Some(set),
+            _ => None,
+        }
+    }
+
+    /// The back-channel logouts of `issuer` in the sidecar's shared data.
+    fn ledger<'a>(&self, store: &'a dyn SharedStore, issuer: &'a str) -> SharedLedger<'a> {
+        SharedLedger {
+            store,
+            issuer,
+            lifetime_seconds: self.logout_lifetime(issuer),
+        }
+    }
+
     /// Holds request `context` while another worker refreshes its session: its login step
     /// runs again at each tick ([`Runtime::login_refresh_again`]).
     fn wait_for_shared_refresh(
@@ -748,27 +763,12 @@ impl Runtime {
             });
             return;
         }
-        let Some(flow) = self.logins.flows.get(index) else {
-            return;
-        };
-        let provider = flow.login.provider;
-        let Some(issuer) = self
-            .config
-            .providers
-            .get(provider)
-            .map(|p| p.issuer.clone())
+        let (Some(flow), Some(issuer)) = (self.logins.flows.get(index), self.issuer_of(index))
         else {
             return;
         };
-        let keys = match self.keys.keys(provider, host.now_ms) {
-            KeyState::Ready(set) => Some(set),
-            _ => None,
-        };
-        let ledger = SharedLedger {
-            store: host.shared,
-            issuer: &issuer,
-            lifetime_seconds: self.logout_lifetime(&issuer),
-        };
+        let keys = self.ready_keys(flow.login.provider, host.now_ms);
+        let ledger = self.ledger(host.shared, &issuer);
         let now = host.now_ms / 1000;
         let mut no_random = |_: &mut [u8]| {};
         let ctx = flow::Context {
@@ -790,10 +790,7 @@ impl Runtime {
                 );
                 answer = flow::Answer {
                     status: 503,
-                    headers: vec![
-                        ("retry-after".to_string(), "1".to_string()),
-                        ("cache-control".to_string(), "no-store".to_string()),
-                    ],
+                    headers: unavailable_headers(),
                     body: String::new(),
                     event: Some(Event::BackchannelLogoutRefused(
                         crate::reason::LoginReason::Unrecorded,
