@@ -439,11 +439,6 @@ impl Runtime {
                     grpc_status: None,
                 };
                 if !self.hold_for_call(context, request, call, deadline_ms, expiry, out) {
-                    log(
-                        out,
-                        Level::Warn,
-                        "held requests at their limit: answering at once",
-                    );
                     out.push(Effect::Answer {
                         context,
                         response: unavailable(),
@@ -600,25 +595,14 @@ impl Runtime {
         until_ms: u64,
         out: &mut Effects,
     ) {
-        if self.held.len() >= self.config.limits.max_held_requests {
-            log(
-                out,
-                Level::Warn,
-                "held requests at their limit: answering at once",
-            );
+        let deadline_ms = until_ms.saturating_add(CALL_MARGIN_MS);
+        if !self.hold(context, request, deadline_ms, Until::LoginRefresh, out) {
             out.push(Effect::Answer {
                 context,
                 response: unavailable(),
             });
             return;
         }
-        let held = held::Held {
-            context,
-            request: OwnedRequest::of(request),
-            deadline_ms: until_ms.saturating_add(CALL_MARGIN_MS),
-            until: Until::LoginRefresh,
-        };
-        self.held.hold(held, &mut self.metrics, out);
         out.push(Effect::SetTickPeriod {
             ms: super::LOGIN_REFRESH_POLL_MS,
         });
