@@ -241,7 +241,7 @@ impl World {
         let query = location
             .strip_prefix("https://op.example.com/auth?")
             .unwrap();
-        form::decode(query).unwrap().into_iter().collect()
+        form_params(query)
     }
 
     /// The whole login: authorize, callback, token answer with `id_patch` on the ID token.
@@ -269,6 +269,21 @@ impl World {
         self.store(&set_cookies(&answer));
         answer
     }
+}
+
+/// The OP's redirect back, with code `c`, for the login whose authorization request had
+/// `params`.
+fn callback_uri(params: &BTreeMap<String, String>) -> String {
+    format!(
+        "/oauth2/callback?code=c&state={}&iss={}",
+        params["state"],
+        form_encode(ISSUER)
+    )
+}
+
+/// A query or form body's parameters.
+fn form_params(text: &str) -> BTreeMap<String, String> {
+    form::decode(text).unwrap().into_iter().collect()
 }
 
 fn header<'a>(answer: &'a Answer, name: &str) -> Option<&'a str> {
@@ -366,10 +381,7 @@ fn a_navigation_without_session_is_sent_to_the_op_with_pkce_nonce_and_state() {
     assert_eq!(answer.event, Some(Event::LoginStarted));
     assert_eq!(header(&answer, "cache-control"), Some("no-store"));
     let location = header(&answer, "location").unwrap();
-    let params: BTreeMap<String, String> = form::decode(location.split_once('?').unwrap().1)
-        .unwrap()
-        .into_iter()
-        .collect();
+    let params = form_params(location.split_once('?').unwrap().1);
     assert_eq!(params["response_type"], "code");
     assert_eq!(params["client_id"], CLIENT);
     assert_eq!(
@@ -461,7 +473,7 @@ fn the_code_is_redeemed_with_pkce_and_client_secret_basic() {
     };
     let request = &call.request;
     assert_eq!(request.target.path, "/token");
-    let body: BTreeMap<String, String> = form::decode(&request.body).unwrap().into_iter().collect();
+    let body = form_params(&request.body);
     assert_eq!(body["grant_type"], "authorization_code");
     assert_eq!(body["code"], "c/d");
     assert_eq!(
@@ -490,18 +502,11 @@ fn the_code_is_redeemed_with_pkce_and_client_secret_basic() {
 fn client_secret_post_and_private_key_jwt() {
     let mut world = World::with(flow_with(json!({"clientAuth": "client_secret_post"})));
     let params = world.authorize("/");
-    let callback = format!(
-        "/oauth2/callback?code=c&state={}&iss={}",
-        params["state"],
-        form_encode(ISSUER)
-    );
+    let callback = callback_uri(&params);
     let Step::Call(call) = world.navigate(&callback) else {
         panic!("no call")
     };
-    let body: BTreeMap<String, String> = form::decode(&call.request.body)
-        .unwrap()
-        .into_iter()
-        .collect();
+    let body = form_params(&call.request.body);
     assert_eq!(
         (body["client_id"].as_str(), body["client_secret"].as_str()),
         (CLIENT, "s3cret&:")
@@ -518,18 +523,11 @@ fn client_secret_post_and_private_key_jwt() {
     let mut assertions = Vec::new();
     for _ in 0..2 {
         let params = world.authorize("/");
-        let callback = format!(
-            "/oauth2/callback?code=c&state={}&iss={}",
-            params["state"],
-            form_encode(ISSUER)
-        );
+        let callback = callback_uri(&params);
         let Step::Call(call) = world.navigate(&callback) else {
             panic!("no call")
         };
-        let body: BTreeMap<String, String> = form::decode(&call.request.body)
-            .unwrap()
-            .into_iter()
-            .collect();
+        let body = form_params(&call.request.body);
         assert_eq!(
             body["client_assertion_type"],
             "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -582,25 +580,24 @@ fn several_tabs_log_in_at_once_and_old_transactions_do_not_pile_up() {
     }
     assert_eq!(count(&world), transaction::MAX_TRANSACTIONS);
     // The first two were the oldest and are gone; a fresh pair both complete.
-    let callback = |params: &BTreeMap<String, String>| {
-        format!(
-            "/oauth2/callback?code=c&state={}&iss={}",
-            params["state"],
-            form_encode(ISSUER)
-        )
-    };
     assert_eq!(
-        responded(world.navigate(&callback(&first))).event,
+        responded(world.navigate(&callback_uri(&first))).event,
         Some(Event::LoginFailed(lr("state")))
     );
     assert_eq!(
-        responded(world.navigate(&callback(&second))).event,
+        responded(world.navigate(&callback_uri(&second))).event,
         Some(Event::LoginFailed(lr("state")))
     );
     let tab_a = world.authorize("/a");
     let tab_b = world.authorize("/b");
-    assert!(matches!(world.navigate(&callback(&tab_b)), Step::Call(_)));
-    assert!(matches!(world.navigate(&callback(&tab_a)), Step::Call(_)));
+    assert!(matches!(
+        world.navigate(&callback_uri(&tab_b)),
+        Step::Call(_)
+    ));
+    assert!(matches!(
+        world.navigate(&callback_uri(&tab_a)),
+        Step::Call(_)
+    ));
 }
 
 #[test]
@@ -663,11 +660,7 @@ fn callback_attacks_end_in_a_4xx_page_never_a_redirect() {
 fn a_replayed_state_finds_no_transaction() {
     let mut world = World::new();
     let params = world.authorize("/");
-    let callback = format!(
-        "/oauth2/callback?code=c&state={}&iss={}",
-        params["state"],
-        form_encode(ISSUER)
-    );
+    let callback = callback_uri(&params);
     let Step::Call(call) = world.navigate(&callback) else {
         panic!("no call")
     };
@@ -743,11 +736,7 @@ fn bad_id_tokens_and_token_answers_fail_the_login() {
     for (status, expected) in [(Some(400), 400), (Some(503), 502), (None, 502)] {
         let mut world = World::new();
         let params = world.authorize("/");
-        let callback = format!(
-            "/oauth2/callback?code=c&state={}&iss={}",
-            params["state"],
-            form_encode(ISSUER)
-        );
+        let callback = callback_uri(&params);
         let Step::Call(call) = world.navigate(&callback) else {
             panic!("no call")
         };
@@ -877,10 +866,7 @@ fn an_expired_token_is_refreshed_while_the_request_waits() {
     let Step::Call(call) = world.step("GET", "/api", &[("sec-fetch-mode", "cors")]) else {
         panic!("no refresh")
     };
-    let body: BTreeMap<String, String> = form::decode(&call.request.body)
-        .unwrap()
-        .into_iter()
-        .collect();
+    let body = form_params(&call.request.body);
     assert_eq!(body["grant_type"], "refresh_token");
     assert_eq!(body["refresh_token"], "the-refresh-token");
     let answer = json!({"access_token": "new-access", "token_type": "bearer", "expires_in": 300, "refresh_token": "new-refresh"});
@@ -1051,7 +1037,7 @@ fn logout_is_same_origin_post_only_and_goes_to_the_op() {
     let location = header(&answer, "location").unwrap();
     let (endpoint, query) = location.split_once('?').unwrap();
     assert_eq!(endpoint, "https://op.example.com/session/end");
-    let params: BTreeMap<String, String> = form::decode(query).unwrap().into_iter().collect();
+    let params = form_params(query);
     assert_eq!(params["client_id"], CLIENT);
     assert_eq!(
         params["post_logout_redirect_uri"],
@@ -1076,10 +1062,7 @@ fn logout_with_forwarded_id_tokens_sends_the_hint() {
         &[("origin", "https://app.example.com")],
     ));
     let location = header(&answer, "location").unwrap();
-    let params: BTreeMap<String, String> = form::decode(location.split_once('?').unwrap().1)
-        .unwrap()
-        .into_iter()
-        .collect();
+    let params = form_params(location.split_once('?').unwrap().1);
     assert_eq!(params["id_token_hint"], id_token);
     assert!(!params.contains_key("client_id"));
 }
@@ -1095,10 +1078,7 @@ fn logout_hint_id_token_keeps_the_id_token_for_the_end_session_redirect() {
             &[("origin", "https://app.example.com")],
         ));
         let location = header(&answer, "location").unwrap().to_owned();
-        let params: BTreeMap<String, String> = form::decode(location.split_once('?').unwrap().1)
-            .unwrap()
-            .into_iter()
-            .collect();
+        let params = form_params(location.split_once('?').unwrap().1);
         params
     };
     let mut world = World::with(flow_with(json!({"logoutHint": "id_token"})));
