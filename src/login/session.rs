@@ -73,15 +73,7 @@ impl Session {
         random: [u8; SEAL_RANDOM_LEN],
     ) -> Option<String> {
         let plaintext = serde_json::to_vec(self).ok()?;
-        Some(keys.seal(
-            &plaintext,
-            expires_at,
-            Binding {
-                host,
-                cookie: SESSION_COOKIE,
-            },
-            random,
-        ))
+        Some(keys.seal(&plaintext, expires_at, binding(host), random))
     }
 
     /// The session in a `Cookie` header, `Ok(None)` when there is none.
@@ -91,10 +83,19 @@ impl Session {
         host: &str,
         now: u64,
     ) -> Result<Option<Session>, SessionError> {
+        Session::from_cookies_with(header, |sealed| Session::open(sealed, keys, host, now))
+    }
+
+    /// The session in a `Cookie` header as `open` opens its sealed value (the session cache
+    /// opens it from memory when it can).
+    pub(super) fn from_cookies_with(
+        header: Option<&str>,
+        open: impl FnOnce(&str) -> Result<Session, SessionError>,
+    ) -> Result<Option<Session>, SessionError> {
         let Some(sealed) = cookies::session_value(header).map_err(SessionError::Chunks)? else {
             return Ok(None);
         };
-        Session::open(&sealed, keys, host, now).map(Some)
+        open(&sealed).map(Some)
     }
 
     /// A sealed session value (the chunks joined).
@@ -104,14 +105,26 @@ impl Session {
         host: &str,
         now: u64,
     ) -> Result<Session, SessionError> {
-        let binding = Binding {
-            host,
-            cookie: SESSION_COOKIE,
-        };
-        let plaintext = keys
-            .open(sealed, binding, now)
+        Session::open_until(sealed, keys, host, now).map(|(session, _)| session)
+    }
+
+    /// [`Session::open`], with when the seal ends (how long the session cache keeps it).
+    pub(super) fn open_until(
+        sealed: &str,
+        keys: &KeyRing,
+        host: &str,
+        now: u64,
+    ) -> Result<(Session, u64), SessionError> {
+        let opened = keys
+            .open_at_any_time(sealed, binding(host))
             .map_err(SessionError::Open)?;
-        Session::from_plaintext(&plaintext)
+        if now >= opened.expires_at {
+            return Err(SessionError::Open(OpenError::Expired));
+        }
+        Ok((
+            Session::from_plaintext(&opened.plaintext)?,
+            opened.expires_at,
+        ))
     }
 
     /// A sealed session value opened whatever its expiry, with what opened it: `explain`
@@ -121,12 +134,8 @@ impl Session {
         keys: &KeyRing,
         host: &str,
     ) -> Result<(Session, Opened), SessionError> {
-        let binding = Binding {
-            host,
-            cookie: SESSION_COOKIE,
-        };
         let opened = keys
-            .open_at_any_time(sealed, binding)
+            .open_at_any_time(sealed, binding(host))
             .map_err(SessionError::Open)?;
         Ok((Session::from_plaintext(&opened.plaintext)?, opened))
     }
@@ -142,5 +151,13 @@ impl Session {
         let token = self.refresh_token.as_deref()?;
         let hash = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
         Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&hash.as_ref()[..18]))
+    }
+}
+
+/// What a session cookie's seal is bound to: its host and the cookie's name.
+fn binding(host: &str) -> Binding<'_> {
+    Binding {
+        host,
+        cookie: SESSION_COOKIE,
     }
 }

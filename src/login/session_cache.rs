@@ -14,8 +14,8 @@
 //! refresh and recheck) runs on every request as before. A refreshed session has a new value,
 //! so a new entry; the old one is pushed out in its turn, as the oldest.
 
-use super::cookies::{self, SESSION_COOKIE};
-use super::seal::{Binding, KeyRing, OpenError};
+use super::cookies::SESSION_COOKIE;
+use super::seal::{KeyRing, OpenError};
 use super::session::{Session, SessionError};
 use crate::cache::DigestMap;
 use siphasher::sip128::Hasher128;
@@ -59,10 +59,7 @@ impl SessionCache {
         host: &str,
         now: u64,
     ) -> Result<Option<Session>, SessionError> {
-        let Some(sealed) = cookies::session_value(header).map_err(SessionError::Chunks)? else {
-            return Ok(None);
-        };
-        self.open(&sealed, keys, host, now).map(Some)
+        Session::from_cookies_with(header, |sealed| self.open(sealed, keys, host, now))
     }
 
     /// What [`Session::open`] gives with the same ring at `now`.
@@ -84,23 +81,12 @@ impl SessionCache {
             return Err(SessionError::Open(OpenError::Expired));
         }
         state.opens += 1;
-        // `Session::open`'s steps, keeping the sealed expiry for the entry.
-        let binding = Binding {
-            host,
-            cookie: SESSION_COOKIE,
-        };
-        let opened = keys
-            .open_at_any_time(sealed, binding)
-            .map_err(SessionError::Open)?;
-        if now >= opened.expires_at {
-            return Err(SessionError::Open(OpenError::Expired));
-        }
-        let session = Session::from_plaintext(&opened.plaintext)?;
+        let (session, expires_at) = Session::open_until(sealed, keys, host, now)?;
         state.entries.insert(
             digest,
             Entry {
                 session: session.clone(),
-                expires_at: opened.expires_at,
+                expires_at,
             },
         );
         Ok(session)
