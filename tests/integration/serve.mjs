@@ -42,7 +42,6 @@ export async function bootServer(port) {
 /** Prints `{"ready": true, ...fields}` and stops `servers` (an undefined one is skipped) and
  * the process on SIGTERM, SIGINT or the end of stdin. */
 export function announceReady(fields, ...servers) {
-  console.log(JSON.stringify({ ready: true, ...fields }));
   const stop = () => {
     for (const server of servers) {
       server?.close();
@@ -54,4 +53,6 @@ export function announceReady(fields, ...servers) {
   process.on('SIGINT', stop);
   process.stdin.on('end', stop);
   process.stdin.resume();
+  // Last: a test may stop the server as soon as it reads this line.
+  console.log(JSON.stringify({ ready: true, ...fields }));
 }
