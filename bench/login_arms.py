@@ -93,29 +93,22 @@ class Provider:
         if node is None or not (REPO / "node_modules" / "oidc-provider" / "package.json").is_file():
             raise RuntimeError("the session workload needs node and npm oidc-provider: make node-deps")
         log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "wb") as stderr:
-            proc = subprocess.Popen([node, str(OP_SCRIPT), "--port", "0", "--app-origin", APP,
-                                     "--access-token-ttl", str(token_ttl_s), "--audience", AUDIENCE],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, cwd=REPO)
+        proc, ready = node_tools.start_server(
+            node, OP_SCRIPT,
+            ["--port", "0", "--app-origin", APP, "--access-token-ttl", str(token_ttl_s), "--audience", AUDIENCE],
+            log, 30)
         try:
-            ready = json.loads(node_tools.read_line(proc, 30))
             port = ready["port"]
             discovery = http_request(port, "/.well-known/openid-configuration").json()
             jwks_path = urllib.parse.urlsplit(discovery["jwks_uri"]).path
             jwks = http_request(port, jwks_path).body.decode()
         except BaseException:
-            proc.kill()
+            node_tools.stop(proc)
             raise
         return cls(proc, ready["issuer"], port, ready["client_id"], ready["client_secret"], discovery, jwks)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        node_tools.stop(self.proc)
 
 
 # --------------------------------------------------------------------------- Envoy configurations

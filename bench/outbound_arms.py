@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness import LOOPBACK, Envoy, istio_cluster_name, static_cluster, wasm_filter
-from node_tools import read_line
+import node_tools  # tests/integration (bench.py puts it on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 AS_SCRIPT = REPO / "tests" / "integration" / "outbound" / "as.mjs"
@@ -99,12 +99,7 @@ class AuthorizationServer:
         urllib.request.urlopen(request, timeout=5).close()
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        node_tools.stop(self.proc)
 
 
 def start_server(workdir: Path, token_ttl_s: int) -> AuthorizationServer:
@@ -113,14 +108,8 @@ def start_server(workdir: Path, token_ttl_s: int) -> AuthorizationServer:
         if node is None or not (REPO / "node_modules" / package / "package.json").is_file():
             raise RuntimeError(f"the outbound workload needs node and npm {package}: run `make node-deps`")
     workdir.mkdir(parents=True, exist_ok=True)
-    with open(workdir / f"as-{token_ttl_s}s.log", "wb") as log:
-        proc = subprocess.Popen([str(node), str(AS_SCRIPT), "--port", "0", "--token-ttl", str(token_ttl_s)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=REPO)
-    try:
-        ready = json.loads(read_line(proc, READY_TIMEOUT_S))
-    except BaseException:
-        proc.kill()
-        raise
+    proc, ready = node_tools.start_server(node, AS_SCRIPT, ["--port", "0", "--token-ttl", str(token_ttl_s)],
+                                          workdir / f"as-{token_ttl_s}s.log", READY_TIMEOUT_S)
     return AuthorizationServer(proc, ready["issuer"], ready["port"])
 
 

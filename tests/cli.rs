@@ -4,68 +4,26 @@
 // The helpers below are test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
+mod common;
+
+use common::{b64, rs256, rsa_jwks, rsa_key, run_command, scratch, signing_input, Run, BIN, NOW};
 use ring::rand::SystemRandom;
-use ring::signature::{
-    Ed25519KeyPair, KeyPair, RsaKeyPair, RsaPublicKeyComponents, RSA_PKCS1_SHA256,
-};
+use ring::signature::{Ed25519KeyPair, KeyPair, RsaKeyPair};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mesh-oauth");
-const NOW: u64 = 1_700_000_000;
 const ISSUER: &str = "https://idp.example.com";
 const PARTNER: &str = "https://partner.example.com";
 const RSA_KID: &str = "rsa-a";
-const RSA_PKCS8: &[u8] = include_bytes!("fixtures/rsa2048-a.pk8.der");
-
-fn b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A file for one test in Cargo's scratch directory for integration tests.
-fn scratch(name: &str, contents: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, contents).unwrap();
-    path
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 fn run(args: &[&str], stdin: Option<&str>) -> Run {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-    drop(input);
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = child.wait_with_output().unwrap();
-    Run {
-        code: status.code().unwrap(),
-        stdout: String::from_utf8(stdout).unwrap(),
-        stderr: String::from_utf8(stderr).unwrap(),
-    }
+    run_command(Command::new(BIN).args(args), stdin.unwrap_or(""))
 }
 
 /// The identity provider of these tests: an RSA key served from `jwksUri` (given to explain
@@ -78,17 +36,14 @@ struct Idp {
 fn idp() -> Idp {
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
     Idp {
-        rsa: RsaKeyPair::from_pkcs8(RSA_PKCS8).unwrap(),
+        rsa: rsa_key(),
         ed25519: Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap(),
     }
 }
 
 impl Idp {
     fn rsa_jwks(&self) -> String {
-        let public = RsaPublicKeyComponents::<Vec<u8>>::from(self.rsa.public());
-        json!({"keys": [{"kty": "RSA", "kid": RSA_KID, "use": "sig", "alg": "RS256",
-            "n": b64(&public.n), "e": b64(&public.e)}]})
-        .to_string()
+        rsa_jwks(&self.rsa, RSA_KID)
     }
 
     fn ed25519_jwks(&self) -> String {
@@ -98,17 +53,7 @@ impl Idp {
     }
 
     fn rs256(&self, kid: &str, claims: &Value) -> String {
-        let input = signing_input(json!({"alg": "RS256", "kid": kid, "typ": "JWT"}), claims);
-        let mut signature = vec![0; self.rsa.public().modulus_len()];
-        self.rsa
-            .sign(
-                &RSA_PKCS1_SHA256,
-                &SystemRandom::new(),
-                input.as_bytes(),
-                &mut signature,
-            )
-            .unwrap();
-        format!("{input}.{}", b64(&signature))
+        rs256(&self.rsa, kid, claims)
     }
 
     fn eddsa(&self, claims: &Value) -> String {
@@ -163,14 +108,6 @@ impl Idp {
         assert_secret_free(&out.stdout, token);
         out
     }
-}
-
-fn signing_input(header: Value, claims: &Value) -> String {
-    format!(
-        "{}.{}",
-        b64(header.to_string().as_bytes()),
-        b64(claims.to_string().as_bytes())
-    )
 }
 
 fn claims(extra: Value) -> Value {

@@ -3,46 +3,26 @@
 //! environment; callbacks; navigations without a token. Nothing secret in what it prints.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+mod common;
+
+use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use common::{rs256, rsa_jwks, rsa_key, run_command, scratch, Run, BIN, NOW};
 use mesh_oauth::login::seal::KeyRing;
 use mesh_oauth::login::session::Session;
 use mesh_oauth::login::transaction::{Transaction, TRANSACTION_RANDOM_LEN};
-use ring::rand::SystemRandom;
-use ring::signature::{RsaKeyPair, RsaPublicKeyComponents, RSA_PKCS1_SHA256};
 use serde_json::{json, Value};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mesh-oauth");
-const NOW: u64 = 1_700_000_000;
 const ISSUER: &str = "https://op.example.com";
+/// The OP's signing key's id.
+const OP_KID: &str = "op-1";
 const APP: &str = "app.example.com";
 const OTHER: &str = "other.example.com";
-const RSA_PKCS8: &[u8] = include_bytes!("fixtures/rsa2048-a.pk8.der");
 const KEY_A: [u8; 32] = [1; 32];
 const KEY_B: [u8; 32] = [2; 32];
 const NAVIGATE: &[&str] = &["--request-header", "sec-fetch-mode: navigate"];
 const API: &[&str] = &["--request-header", "accept: application/json"];
-
-fn b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn scratch(name: &str, contents: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_login");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, contents).unwrap();
-    path
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
 
 /// explain with `COOKIE_KEYS` set to `keys` (none: unset) and `stdin`.
 fn run(args: &[&str], keys: &[[u8; 32]], stdin: &str) -> Run {
@@ -52,56 +32,18 @@ fn run(args: &[&str], keys: &[[u8; 32]], stdin: &str) -> Run {
         let ring: Vec<String> = keys.iter().map(|k| STANDARD.encode(k)).collect();
         command.env("COOKIE_KEYS", ring.join(","));
     }
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    Run {
-        code: output.status.code().unwrap(),
-        stdout: String::from_utf8(output.stdout).unwrap(),
-        stderr: String::from_utf8(output.stderr).unwrap(),
-    }
-}
-
-fn rsa() -> RsaKeyPair {
-    RsaKeyPair::from_pkcs8(RSA_PKCS8).unwrap()
+    run_command(&mut command, stdin)
 }
 
 fn jwks() -> String {
-    let key = rsa();
-    let public = RsaPublicKeyComponents::<Vec<u8>>::from(key.public());
-    json!({"keys": [{"kty": "RSA", "kid": "op-1", "use": "sig", "alg": "RS256",
-        "n": b64(&public.n), "e": b64(&public.e)}]})
-    .to_string()
+    rsa_jwks(&rsa_key(), OP_KID)
 }
 
 /// An access token as the OP would mint it, valid until `exp`.
 fn access_token(exp: u64) -> String {
-    let header = b64(json!({"alg": "RS256", "kid": "op-1", "typ": "JWT"})
-        .to_string()
-        .as_bytes());
     let claims = json!({"iss": ISSUER, "aud": "web-api", "sub": "alice", "iat": NOW - 60,
         "exp": exp, "scope": "orders:read"});
-    let input = format!("{header}.{}", b64(claims.to_string().as_bytes()));
-    let key = rsa();
-    let mut signature = vec![0; key.public().modulus_len()];
-    key.sign(
-        &RSA_PKCS1_SHA256,
-        &SystemRandom::new(),
-        input.as_bytes(),
-        &mut signature,
-    )
-    .unwrap();
-    format!("{input}.{}", b64(&signature))
+    rs256(&rsa_key(), OP_KID, &claims)
 }
 
 fn config(login: Value) -> Value {

@@ -74,6 +74,18 @@ impl<'a, 'p> Object<'a, 'p> {
         }
     }
 
+    /// The optional field `key`, naming one of `choices` ([`one_of`]); `default` when absent.
+    pub(super) fn choice<T: Copy>(
+        &self,
+        key: &str,
+        choices: &[(&str, T)],
+        default: T,
+    ) -> Parsed<T> {
+        Ok(self
+            .optional(key, |value, path| one_of(value, path, choices))?
+            .unwrap_or(default))
+    }
+
     pub(super) fn required<T>(
         &self,
         key: &str,

@@ -241,30 +241,22 @@ fn parse_login(
         HttpUrl::parse(url.clone(), path)?;
         Ok(url)
     })?;
-    let forward = login
-        .optional("forward", |value, path| {
-            one_of(
-                value,
-                path,
-                &[
-                    ("access_token", Forward::AccessToken),
-                    ("id_token", Forward::IdToken),
-                ],
-            )
-        })?
-        .unwrap_or(Forward::AccessToken);
-    let logout_hint = login
-        .optional("logoutHint", |value, path| {
-            one_of(
-                value,
-                path,
-                &[
-                    ("client_id", LogoutHint::ClientId),
-                    ("id_token", LogoutHint::IdToken),
-                ],
-            )
-        })?
-        .unwrap_or(LogoutHint::ClientId);
+    let forward = login.choice(
+        "forward",
+        &[
+            ("access_token", Forward::AccessToken),
+            ("id_token", Forward::IdToken),
+        ],
+        Forward::AccessToken,
+    )?;
+    let logout_hint = login.choice(
+        "logoutHint",
+        &[
+            ("client_id", LogoutHint::ClientId),
+            ("id_token", LogoutHint::IdToken),
+        ],
+        LogoutHint::ClientId,
+    )?;
     Ok(Login {
         provider,
         client_id,

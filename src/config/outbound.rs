@@ -244,18 +244,14 @@ fn parse_entry(
             ))
         }
     };
-    let on_failure = entry
-        .optional("onFailure", |value, path| {
-            one_of(
-                value,
-                path,
-                &[
-                    ("refuse", OnFailure::Refuse),
-                    ("passThrough", OnFailure::PassThrough),
-                ],
-            )
-        })?
-        .unwrap_or(OnFailure::Refuse);
+    let on_failure = entry.choice(
+        "onFailure",
+        &[
+            ("refuse", OnFailure::Refuse),
+            ("passThrough", OnFailure::PassThrough),
+        ],
+        OnFailure::Refuse,
+    )?;
     Ok(OutboundEntry {
         name,
         matcher,
@@ -312,18 +308,14 @@ fn parse_exchange(
             )),
         })?
         .unwrap_or(false);
-    let missing_subject = exchange
-        .optional("missingSubject", |value, path| {
-            one_of(
-                value,
-                path,
-                &[
-                    ("refuse", MissingSubject::Refuse),
-                    ("clientCredentials", MissingSubject::ClientCredentials),
-                ],
-            )
-        })?
-        .unwrap_or(MissingSubject::Refuse);
+    let missing_subject = exchange.choice(
+        "missingSubject",
+        &[
+            ("refuse", MissingSubject::Refuse),
+            ("clientCredentials", MissingSubject::ClientCredentials),
+        ],
+        MissingSubject::Refuse,
+    )?;
     Ok(Exchange {
         client,
         actor_client_credentials,

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
+use crate::client_auth::form_encode;
 use crate::config::{self, HttpTarget};
 use crate::login::testing::{Op, CLIENT, ISSUER, NOW};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -253,7 +254,7 @@ impl World {
         let query = location
             .strip_prefix("https://op.example.com/auth?")
             .unwrap();
-        form::decode(query).unwrap().into_iter().collect()
+        form_params(query)
     }
 
     /// The whole login: authorize, callback, token answer with `id_patch` on the ID token.
@@ -262,7 +263,7 @@ impl World {
         let callback = format!(
             "/oauth2/callback?code=the-code&state={}&iss={}",
             params["state"],
-            form::escape(ISSUER)
+            form_encode(ISSUER)
         );
         let Step::Call(call) = self.navigate(&callback) else {
             panic!("no token call")
@@ -281,6 +282,21 @@ impl World {
         self.store(&set_cookies(&answer));
         answer
     }
+}
+
+/// The OP's redirect back, with code `c`, for the login whose authorization request had
+/// `params`.
+fn callback_uri(params: &BTreeMap<String, String>) -> String {
+    format!(
+        "/oauth2/callback?code=c&state={}&iss={}",
+        params["state"],
+        form_encode(ISSUER)
+    )
+}
+
+/// A query or form body's parameters.
+fn form_params(text: &str) -> BTreeMap<String, String> {
+    form::decode(text).unwrap().into_iter().collect()
 }
 
 fn header<'a>(answer: &'a Answer, name: &str) -> Option<&'a str> {
@@ -378,10 +394,7 @@ fn a_navigation_without_session_is_sent_to_the_op_with_pkce_nonce_and_state() {
     assert_eq!(answer.event, Some(Event::LoginStarted));
     assert_eq!(header(&answer, "cache-control"), Some("no-store"));
     let location = header(&answer, "location").unwrap();
-    let params: BTreeMap<String, String> = form::decode(location.split_once('?').unwrap().1)
-        .unwrap()
-        .into_iter()
-        .collect();
+    let params = form_params(location.split_once('?').unwrap().1);
     assert_eq!(params["response_type"], "code");
     assert_eq!(params["client_id"], CLIENT);
     assert_eq!(
@@ -466,14 +479,14 @@ fn the_code_is_redeemed_with_pkce_and_client_secret_basic() {
     let callback = format!(
         "/oauth2/callback?code=c%2Fd&state={}&iss={}",
         params["state"],
-        form::escape(ISSUER)
+        form_encode(ISSUER)
     );
     let Step::Call(call) = world.navigate(&callback) else {
         panic!("no call")
     };
     let request = &call.request;
     assert_eq!(request.target.path, "/token");
-    let body: BTreeMap<String, String> = form::decode(&request.body).unwrap().into_iter().collect();
+    let body = form_params(&request.body);
     assert_eq!(body["grant_type"], "authorization_code");
     assert_eq!(body["code"], "c/d");
     assert_eq!(
@@ -502,18 +515,11 @@ fn the_code_is_redeemed_with_pkce_and_client_secret_basic() {
 fn client_secret_post_and_private_key_jwt() {
     let mut world = World::with(flow_with(json!({"clientAuth": "client_secret_post"})));
     let params = world.authorize("/");
-    let callback = format!(
-        "/oauth2/callback?code=c&state={}&iss={}",
-        params["state"],
-        form::escape(ISSUER)
-    );
+    let callback = callback_uri(&params);
     let Step::Call(call) = world.navigate(&callback) else {
         panic!("no call")
     };
-    let body: BTreeMap<String, String> = form::decode(&call.request.body)
-        .unwrap()
-        .into_iter()
-        .collect();
+    let body = form_params(&call.request.body);
     assert_eq!(
         (body["client_id"].as_str(), body["client_secret"].as_str()),
         (CLIENT, "s3cret&:")
@@ -530,18 +536,11 @@ fn client_secret_post_and_private_key_jwt() {
     let mut assertions = Vec::new();
     for _ in 0..2 {
         let params = world.authorize("/");
-        let callback = format!(
-            "/oauth2/callback?code=c&state={}&iss={}",
-            params["state"],
-            form::escape(ISSUER)
-        );
+        let callback = callback_uri(&params);
         let Step::Call(call) = world.navigate(&callback) else {
             panic!("no call")
         };
-        let body: BTreeMap<String, String> = form::decode(&call.request.body)
-            .unwrap()
-            .into_iter()
-            .collect();
+        let body = form_params(&call.request.body);
         assert_eq!(
             body["client_assertion_type"],
             "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -581,18 +580,10 @@ fn an_assertion_for_the_token_endpoint_names_the_url_the_code_is_redeemed_at() {
         "assertionAudience": "tokenEndpoint"
     })));
     let params = world.authorize("/");
-    let callback = format!(
-        "/oauth2/callback?code=c&state={}&iss={}",
-        params["state"],
-        form::escape(ISSUER)
-    );
-    let Step::Call(call) = world.navigate(&callback) else {
+    let Step::Call(call) = world.navigate(&callback_uri(&params)) else {
         panic!("no call")
     };
-    let body: BTreeMap<String, String> = form::decode(&call.request.body)
-        .unwrap()
-        .into_iter()
-        .collect();
+    let body = form_params(&call.request.body);
     let jws =
         crate::token::parse(&body["client_assertion"], &world.flow.expected().limits).unwrap();
     let claims = Value::Object(jws.claims);
@@ -621,32 +612,31 @@ fn several_tabs_log_in_at_once_and_old_transactions_do_not_pile_up() {
     }
     assert_eq!(count(&world), transaction::MAX_TRANSACTIONS);
     // The first two were the oldest and are gone; a fresh pair both complete.
-    let callback = |params: &BTreeMap<String, String>| {
-        format!(
-            "/oauth2/callback?code=c&state={}&iss={}",
-            params["state"],
-            form::escape(ISSUER)
-        )
-    };
     assert_eq!(
-        responded(world.navigate(&callback(&first))).event,
+        responded(world.navigate(&callback_uri(&first))).event,
         Some(Event::LoginFailed(lr("state")))
     );
     assert_eq!(
-        responded(world.navigate(&callback(&second))).event,
+        responded(world.navigate(&callback_uri(&second))).event,
         Some(Event::LoginFailed(lr("state")))
     );
     let tab_a = world.authorize("/a");
     let tab_b = world.authorize("/b");
-    assert!(matches!(world.navigate(&callback(&tab_b)), Step::Call(_)));
-    assert!(matches!(world.navigate(&callback(&tab_a)), Step::Call(_)));
+    assert!(matches!(
+        world.navigate(&callback_uri(&tab_b)),
+        Step::Call(_)
+    ));
+    assert!(matches!(
+        world.navigate(&callback_uri(&tab_a)),
+        Step::Call(_)
+    ));
 }
 
 #[test]
 fn callback_attacks_end_in_a_4xx_page_never_a_redirect() {
     let mut world = World::new();
     let params = world.authorize("/");
-    let iss = form::escape(ISSUER);
+    let iss = form_encode(ISSUER);
     let state = params["state"].clone();
     let cases = [
         (format!("/oauth2/callback?code=c&iss={iss}"), "state"),
@@ -702,11 +692,7 @@ fn callback_attacks_end_in_a_4xx_page_never_a_redirect() {
 fn a_replayed_state_finds_no_transaction() {
     let mut world = World::new();
     let params = world.authorize("/");
-    let callback = format!(
-        "/oauth2/callback?code=c&state={}&iss={}",
-        params["state"],
-        form::escape(ISSUER)
-    );
+    let callback = callback_uri(&params);
     let Step::Call(call) = world.navigate(&callback) else {
         panic!("no call")
     };
@@ -782,11 +768,7 @@ fn bad_id_tokens_and_token_answers_fail_the_login() {
     for (status, expected) in [(Some(400), 400), (Some(503), 502), (None, 502)] {
         let mut world = World::new();
         let params = world.authorize("/");
-        let callback = format!(
-            "/oauth2/callback?code=c&state={}&iss={}",
-            params["state"],
-            form::escape(ISSUER)
-        );
+        let callback = callback_uri(&params);
         let Step::Call(call) = world.navigate(&callback) else {
             panic!("no call")
         };
@@ -916,10 +898,7 @@ fn an_expired_token_is_refreshed_while_the_request_waits() {
     let Step::Call(call) = world.step("GET", "/api", &[("sec-fetch-mode", "cors")]) else {
         panic!("no refresh")
     };
-    let body: BTreeMap<String, String> = form::decode(&call.request.body)
-        .unwrap()
-        .into_iter()
-        .collect();
+    let body = form_params(&call.request.body);
     assert_eq!(body["grant_type"], "refresh_token");
     assert_eq!(body["refresh_token"], "the-refresh-token");
     let answer = json!({"access_token": "new-access", "token_type": "bearer", "expires_in": 300, "refresh_token": "new-refresh"});
@@ -1090,7 +1069,7 @@ fn logout_is_same_origin_post_only_and_goes_to_the_op() {
     let location = header(&answer, "location").unwrap();
     let (endpoint, query) = location.split_once('?').unwrap();
     assert_eq!(endpoint, "https://op.example.com/session/end");
-    let params: BTreeMap<String, String> = form::decode(query).unwrap().into_iter().collect();
+    let params = form_params(query);
     assert_eq!(params["client_id"], CLIENT);
     assert_eq!(
         params["post_logout_redirect_uri"],
@@ -1115,10 +1094,7 @@ fn logout_with_forwarded_id_tokens_sends_the_hint() {
         &[("origin", "https://app.example.com")],
     ));
     let location = header(&answer, "location").unwrap();
-    let params: BTreeMap<String, String> = form::decode(location.split_once('?').unwrap().1)
-        .unwrap()
-        .into_iter()
-        .collect();
+    let params = form_params(location.split_once('?').unwrap().1);
     assert_eq!(params["id_token_hint"], id_token);
     assert!(!params.contains_key("client_id"));
 }
@@ -1134,10 +1110,7 @@ fn logout_hint_id_token_keeps_the_id_token_for_the_end_session_redirect() {
             &[("origin", "https://app.example.com")],
         ));
         let location = header(&answer, "location").unwrap().to_owned();
-        let params: BTreeMap<String, String> = form::decode(location.split_once('?').unwrap().1)
-            .unwrap()
-            .into_iter()
-            .collect();
+        let params = form_params(location.split_once('?').unwrap().1);
         params
     };
     let mut world = World::with(flow_with(json!({"logoutHint": "id_token"})));

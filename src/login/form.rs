@@ -2,25 +2,16 @@
 //! parameter given twice is refused (RFC 6749 §3.1: "parameters MUST NOT be included more
 //! than once").
 
-/// Encodes `name=value` pairs, percent-encoding everything but RFC 3986 unreserved characters.
+use crate::client_auth::form_encode;
+
+/// Encodes `name=value` pairs with the one form encoding browser login and outbound
+/// credentials share ([`form_encode`]: space as `+`, as the WHATWG URL serializer writes it).
 pub fn encode(pairs: &[(&str, &str)]) -> String {
     pairs
         .iter()
-        .map(|(name, value)| format!("{}={}", escape(name), escape(value)))
+        .map(|(name, value)| format!("{}={}", form_encode(name), form_encode(value)))
         .collect::<Vec<_>>()
         .join("&")
-}
-
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +92,7 @@ mod tests {
         ]);
         assert_eq!(
             encoded,
-            "redirect_uri=https%3A%2F%2Fa.example%2Fcb%3Fx%3D1&scope=openid%20profile"
+            "redirect_uri=https%3A%2F%2Fa.example%2Fcb%3Fx%3D1&scope=openid+profile"
         );
         let decoded = decode(&encoded).unwrap();
         assert_eq!(get(&decoded, "scope"), Some("openid profile"));

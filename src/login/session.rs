@@ -73,15 +73,7 @@ impl Session {
         random: [u8; SEAL_RANDOM_LEN],
     ) -> Option<String> {
         let plaintext = serde_json::to_vec(self).ok()?;
-        Some(keys.seal(
-            &plaintext,
-            expires_at,
-            Binding {
-                host,
-                cookie: SESSION_COOKIE,
-            },
-            random,
-        ))
+        Some(keys.seal(&plaintext, expires_at, binding(host), random))
     }
 
     /// The session in a `Cookie` header, `Ok(None)` when there is none.
@@ -104,14 +96,26 @@ impl Session {
         host: &str,
         now: u64,
     ) -> Result<Session, SessionError> {
-        let binding = Binding {
-            host,
-            cookie: SESSION_COOKIE,
-        };
-        let plaintext = keys
-            .open(sealed, binding, now)
+        Session::open_until(sealed, keys, host, now).map(|(session, _)| session)
+    }
+
+    /// [`Session::open`], with when the seal ends (how long the session cache keeps it).
+    pub(super) fn open_until(
+        sealed: &str,
+        keys: &KeyRing,
+        host: &str,
+        now: u64,
+    ) -> Result<(Session, u64), SessionError> {
+        let opened = keys
+            .open_at_any_time(sealed, binding(host))
             .map_err(SessionError::Open)?;
-        Session::from_plaintext(&plaintext)
+        if now >= opened.expires_at {
+            return Err(SessionError::Open(OpenError::Expired));
+        }
+        Ok((
+            Session::from_plaintext(&opened.plaintext)?,
+            opened.expires_at,
+        ))
     }
 
     /// A sealed session value opened whatever its expiry, with what opened it: `explain`
@@ -121,12 +125,8 @@ impl Session {
         keys: &KeyRing,
         host: &str,
     ) -> Result<(Session, Opened), SessionError> {
-        let binding = Binding {
-            host,
-            cookie: SESSION_COOKIE,
-        };
         let opened = keys
-            .open_at_any_time(sealed, binding)
+            .open_at_any_time(sealed, binding(host))
             .map_err(SessionError::Open)?;
         Ok((Session::from_plaintext(&opened.plaintext)?, opened))
     }
@@ -142,5 +142,13 @@ impl Session {
         let token = self.refresh_token.as_deref()?;
         let hash = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
         Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&hash.as_ref()[..18]))
+    }
+}
+
+/// What a session cookie's seal is bound to: its host and the cookie's name.
+fn binding(host: &str) -> Binding<'_> {
+    Binding {
+        host,
+        cookie: SESSION_COOKIE,
     }
 }

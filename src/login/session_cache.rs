@@ -19,7 +19,7 @@
 
 use super::cookies::{self, SESSION_COOKIE};
 use super::flow::LedgerVersion;
-use super::seal::{Binding, KeyRing, OpenError};
+use super::seal::{KeyRing, OpenError};
 use super::session::{Session, SessionError};
 use crate::cache::DigestMap;
 use siphasher::sip128::Hasher128;
@@ -135,25 +135,13 @@ impl SessionCache {
             return Err(SessionError::Open(OpenError::Expired));
         }
         state.opens += 1;
-        // `Session::open`'s steps, keeping the sealed expiry for the entry.
-        let binding = Binding {
-            host,
-            cookie: SESSION_COOKIE,
-        };
-        let opened = keys
-            .open_at_any_time(sealed, binding)
-            .map_err(SessionError::Open)?;
-        if now >= opened.expires_at {
-            return Err(SessionError::Open(OpenError::Expired));
-        }
-        let session = Rc::new(CachedSession::new(Session::from_plaintext(
-            &opened.plaintext,
-        )?));
+        let (opened, expires_at) = Session::open_until(sealed, keys, host, now)?;
+        let session = Rc::new(CachedSession::new(opened));
         state.entries.insert(
             digest,
             Entry {
                 session: Rc::clone(&session),
-                expires_at: opened.expires_at,
+                expires_at,
             },
         );
         Ok(session)

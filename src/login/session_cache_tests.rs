@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use crate::login::cookies;
 use crate::login::seal::{KEY_LEN, SEAL_RANDOM_LEN};
 
 const HOST: &str = "app.example.com";

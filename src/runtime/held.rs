@@ -124,12 +124,7 @@ impl HeldRequests {
     /// Every held request, to be looked at again (those still waiting are held again).
     pub(super) fn take_all(&mut self, metrics: &mut Metrics, out: &mut Effects) -> Vec<Held> {
         let all = std::mem::take(&mut self.0);
-        metrics.add(
-            MetricKind::Gauge,
-            HELD_GAUGE,
-            -i64::try_from(all.len()).unwrap_or(i64::MAX),
-            out,
-        );
+        gauge_down(all.len(), metrics, out);
         all
     }
 
@@ -140,20 +135,11 @@ impl HeldRequests {
         metrics: &mut Metrics,
         out: &mut Effects,
     ) -> Vec<Held> {
-        let (taken, kept) = std::mem::take(&mut self.0)
-            .into_iter()
-            .partition(|h| matches!(h.until, Until::Call { call: c, .. } if c == call));
-        self.0 = kept;
-        let taken: Vec<Held> = taken;
-        if !taken.is_empty() {
-            metrics.add(
-                MetricKind::Gauge,
-                HELD_GAUGE,
-                -i64::try_from(taken.len()).unwrap_or(i64::MAX),
-                out,
-            );
-        }
-        taken
+        self.take_where(
+            |h| matches!(h.until, Until::Call { call: c, .. } if c == call),
+            metrics,
+            out,
+        )
     }
 
     /// The requests waiting for an outbound token that `due` picks, taken out.
@@ -163,23 +149,28 @@ impl HeldRequests {
         metrics: &mut Metrics,
         out: &mut Effects,
     ) -> Vec<Held> {
-        if !self
-            .0
-            .iter()
-            .any(|h| matches!(h.until, Until::Outbound { .. }) && due(h))
-        {
+        self.take_where(
+            |h| matches!(h.until, Until::Outbound { .. }) && due(h),
+            metrics,
+            out,
+        )
+    }
+
+    /// The requests `pick` picks, taken out; when it picks none, nothing moves (this runs at
+    /// every tick and every call's answer).
+    fn take_where(
+        &mut self,
+        pick: impl Fn(&Held) -> bool,
+        metrics: &mut Metrics,
+        out: &mut Effects,
+    ) -> Vec<Held> {
+        if !self.0.iter().any(&pick) {
             return Vec::new();
         }
-        let (taken, kept): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.0)
-            .into_iter()
-            .partition(|h| matches!(h.until, Until::Outbound { .. }) && due(h));
+        let (taken, kept): (Vec<Held>, Vec<Held>) =
+            std::mem::take(&mut self.0).into_iter().partition(pick);
         self.0 = kept;
-        metrics.add(
-            MetricKind::Gauge,
-            HELD_GAUGE,
-            -i64::try_from(taken.len()).unwrap_or(i64::MAX),
-            out,
-        );
+        gauge_down(taken.len(), metrics, out);
         taken
     }
 
@@ -224,4 +215,14 @@ impl HeldRequests {
             }
         }
     }
+}
+
+/// `taken` requests no longer held, in the gauge.
+fn gauge_down(taken: usize, metrics: &mut Metrics, out: &mut Effects) {
+    metrics.add(
+        MetricKind::Gauge,
+        HELD_GAUGE,
+        -i64::try_from(taken).unwrap_or(i64::MAX),
+        out,
+    );
 }

@@ -201,13 +201,18 @@ fn fill_random(buf: &mut [u8]) -> bool {
 fn unavailable() -> Response {
     Response {
         status: 503,
-        headers: vec![
-            ("retry-after".to_string(), "1".to_string()),
-            ("cache-control".to_string(), "no-store".to_string()),
-        ],
+        headers: unavailable_headers(),
         body: String::new(),
         grpc_status: None,
     }
+}
+
+/// A 503's: try again in a second, keep nothing.
+fn unavailable_headers() -> Vec<(String, String)> {
+    vec![
+        ("retry-after".to_string(), "1".to_string()),
+        ("cache-control".to_string(), "no-store".to_string()),
+    ]
 }
 
 impl Runtime {
@@ -220,21 +225,13 @@ impl Runtime {
         step_of: impl FnOnce(&Flow, &mut flow::Context<'_>) -> Step,
     ) -> Option<Step> {
         let flow = self.logins.flows.get(index)?;
-        let (name, lifetime_seconds) = self.logins.ledgers.get(index)?;
         let provider = flow.login.provider;
         let endpoints = self.keys.login_endpoints(provider);
-        let keys = match self.keys.keys(provider, host.now_ms) {
-            KeyState::Ready(set) => Some(set),
-            _ => None,
-        };
-        let ledger = SharedLedger {
-            store: host.shared,
-            name,
-            lifetime_seconds: *lifetime_seconds,
-        };
+        let keys = self.ready_keys(provider, host.now_ms);
+        let ledger = self.ledger(host.shared, index)?;
         let refreshes = SharedRefreshes {
             store: host.shared,
-            issuer: name.issuer(),
+            issuer: ledger.name.issuer(),
         };
         let mut random_ok = true;
         let step = {
@@ -466,11 +463,6 @@ impl Runtime {
                     grpc_status: None,
                 };
                 if !self.hold_for_call(context, request, call, deadline_ms, expiry, out) {
-                    log(
-                        out,
-                        Level::Warn,
-                        "held requests at their limit: answering at once",
-                    );
                     out.push(Effect::Answer {
                         context,
                         response: unavailable(),
@@ -584,6 +576,24 @@ impl Runtime {
         Some(self.config.providers.get(provider)?.issuer.clone())
     }
 
+    /// `provider`'s signing keys once loaded, for the ID and logout token checks.
+    fn ready_keys(&self, provider: usize, now_ms: u64) -> Option<&crate::keys::KeySet> {
+        match self.keys.keys(provider, now_ms) {
+            KeyState::Ready(set) => Some(set),
+            _ => None,
+        }
+    }
+
+    /// The back-channel logouts of login `index`'s issuer in the sidecar's shared data.
+    fn ledger<'a>(&'a self, store: &'a dyn SharedStore, index: usize) -> Option<SharedLedger<'a>> {
+        let (name, lifetime_seconds) = self.logins.ledgers.get(index)?;
+        Some(SharedLedger {
+            store,
+            name,
+            lifetime_seconds: *lifetime_seconds,
+        })
+    }
+
     /// Holds request `context` while another worker refreshes its session: its login step
     /// runs again at each tick ([`Runtime::login_refresh_again`]).
     fn wait_for_shared_refresh(
@@ -593,25 +603,14 @@ impl Runtime {
         until_ms: u64,
         out: &mut Effects,
     ) {
-        if self.held.len() >= self.config.limits.max_held_requests {
-            log(
-                out,
-                Level::Warn,
-                "held requests at their limit: answering at once",
-            );
+        let deadline_ms = until_ms.saturating_add(CALL_MARGIN_MS);
+        if !self.hold(context, request, deadline_ms, Until::LoginRefresh, out) {
             out.push(Effect::Answer {
                 context,
                 response: unavailable(),
             });
             return;
         }
-        let held = held::Held {
-            context,
-            request: OwnedRequest::of(request),
-            deadline_ms: until_ms.saturating_add(CALL_MARGIN_MS),
-            until: Until::LoginRefresh,
-        };
-        self.held.hold(held, &mut self.metrics, out);
         out.push(Effect::SetTickPeriod {
             ms: super::LOGIN_REFRESH_POLL_MS,
         });
@@ -756,22 +755,13 @@ impl Runtime {
             });
             return;
         }
-        let Some(flow) = self.logins.flows.get(index) else {
+        let (Some(flow), Some(ledger)) = (
+            self.logins.flows.get(index),
+            self.ledger(host.shared, index),
+        ) else {
             return;
         };
-        let provider = flow.login.provider;
-        let Some((name, lifetime_seconds)) = self.logins.ledgers.get(index) else {
-            return;
-        };
-        let keys = match self.keys.keys(provider, host.now_ms) {
-            KeyState::Ready(set) => Some(set),
-            _ => None,
-        };
-        let ledger = SharedLedger {
-            store: host.shared,
-            name,
-            lifetime_seconds: *lifetime_seconds,
-        };
+        let keys = self.ready_keys(flow.login.provider, host.now_ms);
         let now = host.now_ms / 1000;
         let mut no_random = |_: &mut [u8]| {};
         let ctx = flow::Context {
@@ -793,10 +783,7 @@ impl Runtime {
                 );
                 answer = flow::Answer {
                     status: 503,
-                    headers: vec![
-                        ("retry-after".to_string(), "1".to_string()),
-                        ("cache-control".to_string(), "no-store".to_string()),
-                    ],
+                    headers: unavailable_headers(),
                     body: String::new(),
                     event: Some(Event::BackchannelLogoutRefused(
                         crate::reason::LoginReason::Unrecorded,

@@ -2,6 +2,7 @@
 //! session on later requests, back-channel logout.
 
 use super::*;
+use crate::client_auth::form_encode;
 use crate::login::form;
 
 const APP: &str = "app.example.com";
@@ -115,7 +116,7 @@ fn a_browser_logs_in_and_its_session_becomes_a_bearer_token_until_a_backchannel_
     let callback = format!(
         "/oauth2/callback?code=the-code&state={}&iss={}",
         params["state"],
-        form::escape(ISSUER)
+        form_encode(ISSUER)
     );
     vm.browse(3, "GET", &callback, &[("cookie", &tx_cookie)]);
     assert!(vm.envoy.answer_for(3).is_none());
@@ -234,7 +235,7 @@ fn logged_in(vm: &mut Vm, expires_in: u64) -> String {
     let callback = format!(
         "/oauth2/callback?code=c&state={}&iss={}",
         params["state"],
-        form::escape(ISSUER)
+        form_encode(ISSUER)
     );
     vm.browse(101, "GET", &callback, &[("cookie", &tx_cookie)]);
     let (token_id, _) = vm.envoy.take_call(TOKEN_CLUSTER).expect("a token call");

@@ -82,6 +82,8 @@ pub const OWNER_SILENT_MS: u64 = 1_000;
 const CACHED_TOKENS_GAUGE: &str = "mesh_oauth.cached_tokens";
 /// 1 while the host verifies RS*/ES* signatures, 0 while ring does.
 const HOST_SIGNATURES_GAUGE: &str = "mesh_oauth.host_signatures";
+/// Logged when a request that would wait cannot: `limits.maxHeldRequests` are held.
+const HELD_FULL: &str = "held requests at their limit: answering at once";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -600,14 +602,34 @@ impl Runtime {
         expiry: Response,
         out: &mut Effects,
     ) -> bool {
+        self.hold(
+            context,
+            request,
+            deadline_ms,
+            Until::Call { call, expiry },
+            out,
+        )
+    }
+
+    /// Holds request `context` until `until` or `deadline_ms`; `false`, with a warning, when
+    /// the held requests are at their limit (the caller then answers at once).
+    fn hold(
+        &mut self,
+        context: u32,
+        request: &Request<'_>,
+        deadline_ms: u64,
+        until: Until,
+        out: &mut Effects,
+    ) -> bool {
         if self.held.len() >= self.config.limits.max_held_requests {
+            log(out, Level::Warn, HELD_FULL);
             return false;
         }
         let held = held::Held {
             context,
             request: OwnedRequest::of(request),
             deadline_ms,
-            until: Until::Call { call, expiry },
+            until,
         };
         self.held.hold(held, &mut self.metrics, out);
         true
@@ -1010,11 +1032,7 @@ impl Runtime {
                         .or(refetch.then_some(now)),
                 });
             }
-            log(
-                out,
-                Level::Warn,
-                "held requests at their limit: answering at once",
-            );
+            log(out, Level::Warn, HELD_FULL);
             decision = if refetch {
                 self.decide(request, host, true)
             } else {

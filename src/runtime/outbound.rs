@@ -3,7 +3,7 @@
 //! context (their answers must not depend on one request living on), and requests held for a
 //! token are asked about again when its call answers or their deadline passes.
 
-use super::held::{self, OwnedRequest, Until};
+use super::held::{self, Until};
 use super::metrics::Metrics;
 use super::{
     log, Call, Effect, Effects, Host, Level, MetricId, MetricKind, Purpose, Runtime, WAKE_MS,
@@ -310,24 +310,12 @@ impl Runtime {
         deadline_ms: u64,
         out: &mut Effects,
     ) {
-        if self.held.len() >= self.config.limits.max_held_requests {
-            log(
-                out,
-                Level::Warn,
-                "held requests at their limit: answering at once",
-            );
+        let until = Until::Outbound { key, arrived_ms };
+        if !self.hold(context, request, deadline_ms, until, out) {
             let reason = Refusal::HeldRequestsFull;
             let response = outbound_refusal(reason.status(), Some(1), reason);
             self.refuse_outbound(context, entry, response, reason, request, out);
-            return;
         }
-        let held = held::Held {
-            context,
-            request: OwnedRequest::of(request),
-            deadline_ms,
-            until: Until::Outbound { key, arrived_ms },
-        };
-        self.held.hold(held, &mut self.metrics, out);
     }
 
     fn refuse_outbound(

@@ -245,10 +245,17 @@ def http_request(
     timeout: float = REQUEST_TIMEOUT_S,
 ) -> Response:
     """One HTTP/1.1 request, no redirects followed. `headers` may repeat a name (list of pairs)."""
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    return send_request(conn, method, path, headers, query, body)
+
+
+def send_request(conn: http.client.HTTPConnection, method: str, path: str, headers: HeaderArg,
+                 query: Mapping[str, str] | Sequence[tuple[str, str]] | None, body: bytes | None) -> Response:
+    """One request on `conn` (plain or TLS), which it closes: `http_request`'s and `https_request`'s
+    (tests/integration/mtls.py) wire part. The Host header is sent only when `headers` has one."""
     if query:
         path = f"{path}{'&' if '?' in path else '?'}{urllib.parse.urlencode(query)}"
     pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers or [])
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
     try:
         has_host = any(k.lower() == "host" for k, _ in pairs)
         conn.putrequest(method, path, skip_host=has_host, skip_accept_encoding=True)

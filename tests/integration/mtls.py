@@ -16,7 +16,6 @@ import ipaddress
 import socket
 import ssl
 import threading
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -26,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from harness import LOOPBACK, REQUEST_TIMEOUT_S, HeaderArg, Response
+from harness import LOOPBACK, REQUEST_TIMEOUT_S, HeaderArg, Response, send_request
 
 TRUST_DOMAIN = "cluster.local"
 # A client certificate signed by the test CA whose only SAN is a DNS name: a workload outside the
@@ -317,22 +316,8 @@ def https_request(
     certificate. `source_address`: connect from this loopback address (127.0.0.2, …), so Envoy
     sees it as the peer address. `sni`: the server name sent in the ClientHello (None: none, as
     for an IP literal). A handshake Envoy refuses raises one of `TLS_REFUSALS`."""
-    if query:
-        path = f"{path}{'&' if '?' in path else '?'}{urllib.parse.urlencode(query)}"
-    pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers or [])
     conn = _TlsConnection(port, ca.client_context(identity), sni, source_address, timeout)
-    try:
-        has_host = any(k.lower() == "host" for k, _ in pairs)
-        conn.putrequest(method, path, skip_host=has_host, skip_accept_encoding=True)
-        for name, value in pairs:
-            conn.putheader(name, value)
-        if body is not None:
-            conn.putheader("Content-Length", str(len(body)))
-        conn.endheaders(body)
-        resp = conn.getresponse()
-        return Response(resp.status, resp.getheaders(), resp.read())
-    finally:
-        conn.close()
+    return send_request(conn, method, path, headers, query, body)
 
 
 def free_ports(count: int) -> list[int]:

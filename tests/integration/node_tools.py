@@ -1,14 +1,15 @@
 """Node.js helpers that the tests run beside Envoy (oidc-provider, the MCP SDK, a browser
-driver): the node binary, checked together with the npm packages a test needs, and a process's
-ready line."""
+driver): the node binary, checked together with the npm packages a test needs, a server's start
+(its ready line) and its stop."""
 from __future__ import annotations
 
+import json
 import selectors
 import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import pytest
 
@@ -45,3 +46,32 @@ def read_line(proc: subprocess.Popen[bytes], timeout_s: float) -> bytes:
         return line
     finally:
         selector.close()
+
+
+def start_server(node: str, script: Path, args: Sequence[str], log_path: Path,
+                 timeout_s: float) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """`node script args` from the repository (stderr to `log_path`; it ends when its stdin
+    closes, as the servers beside the tests do) and its ready line, waited for at most
+    `timeout_s`; a server that does not start is killed and its log raised."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([node, str(script), *args],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=REPO)
+    try:
+        ready = json.loads(read_line(proc, timeout_s))
+    except BaseException:
+        proc.kill()
+        proc.wait(5)
+        raise RuntimeError(f"{script.name} did not start:\n{log_path.read_text(errors='replace')}")
+    assert ready["ready"] is True, ready
+    return proc, ready
+
+
+def stop(proc: subprocess.Popen[bytes], timeout_s: float = 5) -> None:
+    """Ends `proc`: SIGTERM, then SIGKILL when it has not exited within `timeout_s`."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout_s)

@@ -90,13 +90,7 @@ class OpenIdProvider:
     client_secret: str
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        node_tools.stop(self.proc)
 
 
 ACCESS_TOKEN_TTL_S = 20
@@ -108,13 +102,11 @@ def app_port() -> int:
 
 
 def start_op(app_port: int, log: Path, *extra: str, access_token_ttl_s: int = ACCESS_TOKEN_TTL_S) -> OpenIdProvider:
-    with open(log, "wb") as stderr:
-        proc = subprocess.Popen(
-            [node_binary(), str(LOGIN / "op.mjs"), "--port", "0",
-             "--app-origin", f"http://localhost:{app_port}",
-             "--access-token-ttl", str(access_token_ttl_s), *extra],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, cwd=REPO)
-    ready = json.loads(node_tools.read_line(proc, 20))
+    proc, ready = node_tools.start_server(
+        node_binary(), LOGIN / "op.mjs",
+        ["--port", "0", "--app-origin", f"http://localhost:{app_port}",
+         "--access-token-ttl", str(access_token_ttl_s), *extra],
+        log, 20)
     return OpenIdProvider(proc, ready["issuer"], ready["port"], ready["client_secret"])
 
 
@@ -127,7 +119,9 @@ def op(app_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Open
 
 @pytest.fixture(scope="module")
 def browser_envoy(module_envoys: EnvoyFactory, op: OpenIdProvider, app_port: int) -> Envoy:
-    config = login_config(op.issuer, f"http://localhost:{app_port}")
+    # Two scopes: the authorization request carries a space (form-encoded as `+`) that the
+    # OP must read back as a space, or it misses `openid` and refuses the login.
+    config = login_config(op.issuer, f"http://localhost:{app_port}", scopes=["openid", "email"])
     envoy = module_envoys.start(
         config,
         extra_clusters={istio_cluster_name(op.port): op.port},

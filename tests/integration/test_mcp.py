@@ -72,26 +72,11 @@ class NodeProcess:
     log_path: Path
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        node_tools.stop(self.proc)
 
 
 def start_node(script: Path, args: list[str], log_path: Path) -> NodeProcess:
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([node_binary(), str(script), *args],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=REPO)
-    try:
-        ready = json.loads(node_tools.read_line(proc, READY_TIMEOUT_S))
-    except BaseException:
-        proc.kill()
-        proc.wait(5)
-        raise RuntimeError(f"{script.name} did not start:\n{log_path.read_text(errors='replace')}")
-    assert ready["ready"] is True, ready
+    proc, ready = node_tools.start_server(node_binary(), script, args, log_path, READY_TIMEOUT_S)
     return NodeProcess(proc, ready, log_path)
 
 

@@ -94,25 +94,13 @@ class AuthorizationServer:
                           options={"verify_aud": audience is not None})
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            # Its close waits for Envoy's pooled connections to end.
-            self.proc.kill()
-            self.proc.wait(5)
+        node_tools.stop(self.proc)
 
 
 def start_as(tmp: Path, *args: str) -> AuthorizationServer:
     log_path = tmp / "as.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([node_binary(), str(AS_SCRIPT), "--port", "0", *args],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=REPO)
-    try:
-        ready = json.loads(node_tools.read_line(proc, READY_TIMEOUT_S))
-    except BaseException:
-        proc.kill()
-        raise RuntimeError(f"authorization server did not start:\n{log_path.read_text(errors='replace')}")
+    proc, ready = node_tools.start_server(node_binary(), AS_SCRIPT, ["--port", "0", *args], log_path,
+                                          READY_TIMEOUT_S)
     return AuthorizationServer(proc, ready["issuer"], ready["port"], log_path)
 
 

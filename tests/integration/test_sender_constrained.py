@@ -100,13 +100,7 @@ class AuthorizationServer:
         return istio_cluster_name(self.port)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        node_tools.stop(self.proc)
 
 
 @pytest.fixture(scope="module")
@@ -118,22 +112,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
 def authorization_server(pki: TestCA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthorizationServer]:
     """oidc-provider on loopback: plain HTTP for discovery, JWKS and the DPoP client; TLS with
     client certificates verified against the test CA for the mTLS client."""
-    node = node_binary()
     log_path = tmp_path_factory.mktemp("sender-as") / "as.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [node, str(SENDER / "as.mjs"), "--port", "0", "--audience", AUDIENCE, "--resource", RESOURCE,
-             "--tls-port", "0", "--tls-cert", str(pki.server_cert_path), "--tls-key", str(pki.server_key_path),
-             "--client-ca", str(pki.ca_path), "--mtls-san-uri", CLIENT_IDENTITY],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=REPO,
-        )
-    try:
-        ready = json.loads(node_tools.read_line(proc, READY_TIMEOUT_S))
-    except BaseException:
-        proc.kill()
-        proc.wait(5)
-        raise RuntimeError(f"authorization server did not start:\n{log_path.read_text(errors='replace')}")
-    assert ready["ready"] is True, ready
+    proc, ready = node_tools.start_server(
+        node_binary(), SENDER / "as.mjs",
+        ["--port", "0", "--audience", AUDIENCE, "--resource", RESOURCE,
+         "--tls-port", "0", "--tls-cert", str(pki.server_cert_path), "--tls-key", str(pki.server_key_path),
+         "--client-ca", str(pki.ca_path), "--mtls-san-uri", CLIENT_IDENTITY],
+        log_path, READY_TIMEOUT_S)
     server = AuthorizationServer(proc, ready["issuer"], ready["port"], ready["tls_port"], ready["token_endpoint"],
                                  ready["mtls_token_endpoint"], ready["jwks_uri"], log_path)
     yield server

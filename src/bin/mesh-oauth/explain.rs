@@ -59,12 +59,12 @@ pub enum Placement {
     Cookie(String),
 }
 
-/// The report, line by line.
+/// The report, line by line (explain_login's too).
 #[derive(Default)]
-struct Out(String);
+pub(crate) struct Out(pub(crate) String);
 
 impl Out {
-    fn line(&mut self, text: impl AsRef<str>) {
+    pub(crate) fn line(&mut self, text: impl AsRef<str>) {
         self.0.push_str(text.as_ref());
         self.0.push('\n');
     }

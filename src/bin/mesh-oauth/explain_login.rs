@@ -9,7 +9,7 @@
 //! token endpoint: it says where that matters. Tokens, refresh tokens, cookie values, codes and
 //! `state` are never printed; a cookie key is named by its id.
 
-use crate::explain::{self, Options, Prepared};
+use crate::explain::{self, Options, Out, Prepared};
 use crate::keys::read_jwks;
 use crate::time;
 use mesh_oauth::authorize::HeaderEdit;
@@ -31,16 +31,6 @@ pub struct LoginInputs {
     /// Each login's `cookieKeysEnv` variable, and whether explain's environment sets it (if
     /// not, its ring is a stand-in).
     pub cookie_keys: Vec<(String, bool)>,
-}
-
-#[derive(Default)]
-struct Out(String);
-
-impl Out {
-    fn line(&mut self, text: impl AsRef<str>) {
-        self.0.push_str(text.as_ref());
-        self.0.push('\n');
-    }
 }
 
 pub fn explain(

@@ -18,11 +18,12 @@
 // lists the `aud` of each client assertion whose signature checked out. Ends on SIGTERM or when
 // stdin closes.
 
-import * as http from 'node:http';
 import { generateKeyPairSync } from 'node:crypto';
 import { parseArgs } from 'node:util';
 
 import Provider, { errors } from 'oidc-provider';
+
+import { announceReady, bootServer } from '../serve.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -38,21 +39,11 @@ const { values: args } = parseArgs({
 if (args['assertion-aud'] && !['issuer', 'token_endpoint'].includes(args['assertion-aud'])) {
   throw new Error('--assertion-aud must be issuer or token_endpoint');
 }
-const HOST = '127.0.0.1';
 const APP = args['app-origin'];
 const CLIENT = { id: 'web-app', secret: 'web-app-secret-of-the-test' };
 const RESOURCE = 'https://api.login.test';
 
-let handler = (_req, res) => {
-  res.statusCode = 503;
-  res.end();
-};
-const server = http.createServer((req, res) => handler(req, res));
-const port = await new Promise((resolve, reject) => {
-  server.once('error', reject);
-  server.listen(Number(args.port), HOST, () => resolve(server.address().port));
-});
-const issuer = `http://${HOST}:${port}`;
+const { server, port, origin: issuer, serve } = await bootServer(args.port);
 
 const key = {
   ...generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' }),
@@ -141,7 +132,7 @@ provider.on('server_error', (_ctx, error) => console.error('server_error', error
 provider.on('backchannel.error', (_client, error) => console.error('backchannel.error', error.message));
 
 const op = provider.callback();
-handler = async (req, res) => {
+serve(async (req, res) => {
   const url = new URL(req.url, issuer);
   if (url.pathname === '/test/backchannel-logout' && req.method === 'POST') {
     try {
@@ -171,23 +162,12 @@ handler = async (req, res) => {
     return;
   }
   op(req, res);
-};
+});
 
-console.log(JSON.stringify({
-  ready: true,
+announceReady({
   issuer,
   port,
   client_id: CLIENT.id,
   client_secret: CLIENT.secret,
   audience: args.audience,
-}));
-
-const stop = () => {
-  server.close();
-  server.closeAllConnections?.();
-  process.exit(0);
-};
-process.on('SIGTERM', stop);
-process.on('SIGINT', stop);
-process.stdin.on('end', stop);
-process.stdin.resume();
+}, server);

@@ -13,11 +13,12 @@
 // Prints one JSON line on stdout once it listens: {"ready": true, "issuer", "port",
 // "token_endpoint", "jwks_uri"}. Ends on SIGTERM or when stdin closes.
 
-import * as http from 'node:http';
 import { generateKeyPairSync } from 'node:crypto';
 import { parseArgs } from 'node:util';
 
 import Provider, { errors } from 'oidc-provider';
+
+import { announceReady, bootServer } from '../serve.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -31,21 +32,10 @@ if (!args.resource) {
   process.exit(2);
 }
 
-const HOST = '127.0.0.1';
 const SCOPES = ['tools:call', 'tools:read'];
 const RESOURCES = new Set([args.resource, args['other-resource']]);
 
-let handler = (_req, res) => {
-  res.statusCode = 503;
-  res.end();
-};
-const server = http.createServer((req, res) => handler(req, res));
-await new Promise((resolve, reject) => {
-  server.once('error', reject);
-  server.listen(Number(args.port), HOST, resolve);
-});
-const { port } = server.address();
-const issuer = `http://${HOST}:${port}`;
+const { server, port, origin: issuer, serve } = await bootServer(args.port);
 
 const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'jwk' });
 
@@ -88,22 +78,11 @@ const provider = new Provider(issuer, {
 });
 provider.on('server_error', (_ctx, error) => console.error('server_error', error));
 provider.on('grant.error', (_ctx, error) => console.error('grant.error', error));
-handler = provider.callback();
+serve(provider.callback());
 
-console.log(JSON.stringify({
-  ready: true,
+announceReady({
   issuer,
   port,
   token_endpoint: `${issuer}/token`,
   jwks_uri: `${issuer}/jwks`,
-}));
-
-const stop = () => {
-  server.close();
-  server.closeAllConnections?.();
-  process.exit(0);
-};
-process.on('SIGTERM', stop);
-process.on('SIGINT', stop);
-process.stdin.on('end', stop);
-process.stdin.resume();
+}, server);

@@ -18,14 +18,14 @@ import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import * as z from 'zod/v4';
 
+import { HOST, announceReady, listen } from '../serve.mjs';
+
 const { values: args } = parseArgs({
   options: {
     port: { type: 'string', default: '0' },
     record: { type: 'string' },
   },
 });
-
-const HOST = '127.0.0.1';
 
 function mcpServer() {
   const server = new McpServer({ name: 'mesh-oauth-test-server', version: '1.0.0' });
@@ -71,19 +71,5 @@ const httpServer = http.createServer(async (req, res) => {
   }
 });
 
-await new Promise((resolve, reject) => {
-  httpServer.once('error', reject);
-  httpServer.listen(Number(args.port), HOST, resolve);
-});
-const { port } = httpServer.address();
-console.log(JSON.stringify({ ready: true, port, url: `http://${HOST}:${port}/mcp` }));
-
-const stop = () => {
-  httpServer.close();
-  httpServer.closeAllConnections?.();
-  process.exit(0);
-};
-process.on('SIGTERM', stop);
-process.on('SIGINT', stop);
-process.stdin.on('end', stop);
-process.stdin.resume();
+const port = await listen(httpServer, args.port);
+announceReady({ port, url: `http://${HOST}:${port}/mcp` }, httpServer);

@@ -25,12 +25,13 @@
 // "token_endpoint", "jwks_uri"}. Ends on SIGTERM or when stdin closes.
 
 import { readFileSync } from 'node:fs';
-import * as http from 'node:http';
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { parseArgs } from 'node:util';
 
 import Provider, { errors } from 'oidc-provider';
 import { SignJWT, createLocalJWKSet, importJWK, jwtVerify } from 'jose';
+
+import { announceReady, bootServer } from '../serve.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -44,7 +45,6 @@ const { values: args } = parseArgs({
 if (args['assertion-aud'] && !['issuer', 'token_endpoint'].includes(args['assertion-aud'])) {
   throw new Error('--assertion-aud must be issuer or token_endpoint');
 }
-const HOST = '127.0.0.1';
 const TTL = Number(args['token-ttl']);
 const SCOPES = ['pay:read', 'pay:write', 'tools:call', 'orders:read'];
 const DEFAULT_RESOURCE = 'https://as.mesh-oauth.test';
@@ -53,17 +53,7 @@ const ACCESS_TOKEN = 'urn:ietf:params:oauth:token-type:access_token';
 const TXN_TOKEN = 'urn:ietf:params:oauth:token-type:txn_token';
 const TOKEN_PATH = '/token';
 
-let handler = (_req, res) => {
-  res.statusCode = 503;
-  res.end();
-};
-const server = http.createServer((req, res) => handler(req, res));
-await new Promise((resolve, reject) => {
-  server.once('error', reject);
-  server.listen(Number(args.port), HOST, resolve);
-});
-const { port } = server.address();
-const issuer = `http://${HOST}:${port}`;
+const { server, port, origin: issuer, serve } = await bootServer(args.port);
 
 const privateJwk = {
   ...generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'jwk' }),
@@ -240,7 +230,7 @@ function json(res, status, value) {
 }
 
 const callback = provider.callback();
-handler = async (req, res) => {
+serve(async (req, res) => {
   const url = new URL(req.url, issuer);
   if (url.pathname === '/test/mint') {
     const now = Math.floor(Date.now() / 1000);
@@ -286,17 +276,11 @@ handler = async (req, res) => {
     if (mode === 'slow') await new Promise((resolve) => setTimeout(resolve, delayMs));
   }
   callback(req, res);
-};
+});
 
-console.log(JSON.stringify({
-  ready: true,
+announceReady({
   issuer,
   port,
   token_endpoint: `${issuer}${TOKEN_PATH}`,
   jwks_uri: `${issuer}/jwks`,
-}));
-
-const stop = () => server.close(() => process.exit(0));
-process.on('SIGTERM', stop);
-process.stdin.on('end', stop);
-process.stdin.resume();
+}, server);

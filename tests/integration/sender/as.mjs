@@ -13,12 +13,13 @@
 // "jwks_uri", "resource", "audience"}. Ends on SIGTERM or when stdin closes.
 
 import { readFileSync } from 'node:fs';
-import * as http from 'node:http';
 import * as https from 'node:https';
 import { generateKeyPairSync } from 'node:crypto';
 import { parseArgs } from 'node:util';
 
 import Provider, { errors } from 'oidc-provider';
+
+import { HOST, announceReady, bootServer, listen } from '../serve.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -34,7 +35,6 @@ const { values: args } = parseArgs({
   },
 });
 
-const HOST = '127.0.0.1';
 const RESOURCE = args.resource;
 const AUDIENCE = args.audience;
 
@@ -44,21 +44,7 @@ const AUDIENCE = args.audience;
 const DPOP_CLIENT = { id: 'dpop-client', secret: 'dpop-client-secret' };
 const MTLS_CLIENT = { id: 'mtls-client' };
 
-function listen(server, port) {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(Number(port), HOST, () => resolve(server.address().port));
-  });
-}
-
-let handler = (_req, res) => {
-  res.statusCode = 503;
-  res.end();
-};
-const dispatch = (req, res) => handler(req, res);
-
-const plain = http.createServer(dispatch);
-const port = await listen(plain, args.port);
+const { server: plain, port, origin: issuer, dispatch, serve } = await bootServer(args.port);
 let tls;
 let tlsPort;
 if (args['tls-port'] !== undefined) {
@@ -73,8 +59,6 @@ if (args['tls-port'] !== undefined) {
   }, dispatch);
   tlsPort = await listen(tls, args['tls-port']);
 }
-
-const issuer = `http://${HOST}:${port}`;
 
 // Signing keys made for this run, private JWKs as oidc-provider takes them.
 const keyJwk = (type, options) => ({
@@ -167,10 +151,9 @@ const provider = new Provider(issuer, {
   scopes: ['orders:read'],
 });
 provider.on('server_error', (_ctx, error) => console.error('server_error', error));
-handler = provider.callback();
+serve(provider.callback());
 
-console.log(JSON.stringify({
-  ready: true,
+announceReady({
   issuer,
   port,
   tls_port: tlsPort ?? null,
@@ -179,16 +162,4 @@ console.log(JSON.stringify({
   jwks_uri: `${issuer}/jwks`,
   resource: RESOURCE,
   audience: AUDIENCE,
-}));
-
-const stop = () => {
-  plain.close();
-  tls?.close();
-  plain.closeAllConnections?.();
-  tls?.closeAllConnections?.();
-  process.exit(0);
-};
-process.on('SIGTERM', stop);
-process.on('SIGINT', stop);
-process.stdin.on('end', stop);
-process.stdin.resume();
+}, plain, tls);
