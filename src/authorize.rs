@@ -803,7 +803,7 @@ fn verify_token(
             return Err(invalid(e.describe(), verify_reason(&e)).into());
         }
     }
-    checked_claims(&claims, provider, now_ms, rec)
+    let times = checked_claims(&claims, provider, now_ms, rec)
         .map_err(|e| invalid(e.describe(), e.reason()))?;
     let payload_segment: Option<Rc<str>> =
         provider.output_payload_to_header.as_ref().and_then(|_| {
@@ -818,6 +818,7 @@ fn verify_token(
             alg: jws.header.alg,
             kid,
             claims: Rc::clone(&claims),
+            times,
             payload_segment: payload_segment.clone(),
         },
     );
@@ -830,7 +831,7 @@ fn verify_token(
 }
 
 /// A remembered token still stands only if its provider's keys are the ones that verified
-/// it; its time and audience are checked anew. `None`: the entry is stale, verify afresh.
+/// it; its time claims are checked anew. `None`: the entry is stale, verify afresh.
 fn cache_hit(
     config: &Config,
     keys: &dyn KeyLookup,
@@ -848,10 +849,14 @@ fn cache_hit(
     if !found.location.is_listed_by(provider) {
         return Some(Err(wrong_location().into()));
     }
-    Some(
-        checked_claims(&hit.claims, provider, now_ms, rec)
-            .map_err(|e| invalid(e.describe(), e.reason()).into()),
-    )
+    // The cache is the configuration's (a new one starts empty): only the checks that
+    // depend on the clock can decide otherwise than when the token was admitted.
+    let checked = if rec.on() {
+        checked_claims(&hit.claims, provider, now_ms, rec).map(|_| ())
+    } else {
+        claims::check_times(&hit.times, provider, now_ms / 1000)
+    };
+    Some(checked.map_err(|e| invalid(e.describe(), e.reason()).into()))
 }
 
 /// The registered claims' checks, noted check by check when recording.
@@ -860,13 +865,16 @@ fn checked_claims(
     provider: &Provider,
     now_ms: u64,
     rec: Recorder<'_>,
-) -> Result<(), claims::ClaimError> {
+) -> Result<claims::Times, claims::ClaimError> {
     if !rec.on() {
-        return claims::check(claims, provider, now_ms / 1000);
+        return claims::check_seen(claims, provider, now_ms / 1000, None);
     }
     let mut seen = Vec::new();
     let result = claims::check_seen(claims, provider, now_ms / 1000, Some(&mut seen));
-    rec.note(|| Step::Claims { seen, result });
+    rec.note(|| Step::Claims {
+        seen,
+        result: result.map(|_| ()),
+    });
     result
 }
 
@@ -1817,6 +1825,42 @@ mod tests {
         };
         assert_eq!(reason(f.run_at(&later, (NOW + 3600) * 1000)), "expired");
         assert!(f.cache.borrow().is_empty(), "an expired entry is dropped");
+    }
+
+    /// A hit re-checks only the time claims: the keys are gone (a fresh verification would
+    /// say unknown_key), so each refusal below is the hit's, and it is what a fresh check of
+    /// the claims at that instant decides.
+    #[test]
+    fn a_cached_token_is_refused_on_a_hit_whenever_its_time_claims_fail() {
+        let mut f = fixture(json!({"providers": [provider(json!({
+            "maxLifetimeSeconds": 600, "clockSkewSeconds": 0}))]}));
+        *f.cache.borrow_mut() = TokenCache::new(16);
+        let at = |f: &Fixture, token: &str, now_s: u64| {
+            let bearer = format!("Bearer {token}");
+            let headers = [("authorization", bearer.as_str())];
+            let request = Request {
+                method: "GET",
+                scheme: "https",
+                path: "/",
+                authority: "a",
+                headers: &headers,
+                peer: &crate::peer::NoPeer,
+            };
+            f.run_at(&request, now_s * 1000)
+        };
+        let with_nbf = f.token(json!({"iss": ISSUER, "aud": "orders", "exp": NOW + 300,
+                                      "nbf": NOW - 5, "iat": NOW - 5}));
+        let without_iat = f.token(json!({"iss": ISSUER, "aud": "orders", "exp": NOW + 500}));
+        for token in [&with_nbf, &without_iat] {
+            assert!(matches!(at(&f, token, NOW), Outcome::Allow(_)));
+        }
+        f.keys.0 = empty_keys();
+        assert!(matches!(at(&f, &with_nbf, NOW + 10), Outcome::Allow(_)));
+        assert_eq!(reason(at(&f, &with_nbf, NOW - 60)), "not_yet_valid");
+        assert!(matches!(at(&f, &without_iat, NOW), Outcome::Allow(_)));
+        // The clock set back: 500 s left plus 200 is more than the 600 s cap.
+        assert_eq!(reason(at(&f, &without_iat, NOW - 200)), "lifetime");
+        assert!(f.cache.borrow().is_empty(), "refused entries are dropped");
     }
 
     #[test]

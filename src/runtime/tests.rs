@@ -589,6 +589,38 @@ fn a_push_takes_the_cached_tokens_off_the_gauge() {
     );
 }
 
+/// A hit re-checks only the claims that depend on the clock: a push must not let a token
+/// admitted under the old configuration past checks the new one makes.
+#[test]
+fn a_push_decides_a_cached_token_by_the_new_configuration() {
+    let mut vm = Vm::new(config(vec![provider(json!({}))]));
+    let inline = |extra: Value| {
+        let mut p = provider(json!({"jwks": vm.jwks(), "jwksUri": null}));
+        for (k, v) in extra.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        p
+    };
+    let (orders, billing, alice_revoked) = (
+        inline(json!({})),
+        inline(json!({"audiences": ["billing"]})),
+        inline(json!({"revoked": {"subjects": ["alice"]}})),
+    );
+    assert!(vm.configure(2, config(vec![orders.clone()])));
+    let token = vm.good_token(ISSUER);
+    vm.request(7, &token);
+    vm.request(8, &token);
+    assert!(vm.envoy.was_resumed(7) && vm.envoy.was_resumed(8));
+    for (context, pushed) in [(9, billing), (10, alice_revoked)] {
+        assert!(vm.configure(3, config(vec![orders.clone()])));
+        vm.request(context - 2, &token);
+        assert!(vm.configure(4, config(vec![pushed])));
+        vm.request(context, &token);
+        let refused = vm.envoy.answer_for(context).expect("refused");
+        assert_eq!(refused.status, 401);
+    }
+}
+
 #[test]
 fn a_held_request_keeps_its_deadline_across_a_push() {
     let mut vm = Vm::new(config(vec![provider(json!({}))]));
