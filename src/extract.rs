@@ -99,23 +99,19 @@ pub fn find_token(
         }
     };
 
-    let mut headers_seen: Vec<(&str, &str)> = Vec::new();
-    let mut params_seen: Vec<&str> = Vec::new();
-    let mut cookies_seen: Vec<&str> = Vec::new();
-    for provider in providers {
-        for key in header_locations(provider) {
+    // A location several providers (or one twice) list is read once: at its first listing.
+    // Looked up among the earlier ones rather than kept in a list: no allocation per request.
+    for (index, provider) in providers.iter().enumerate() {
+        let earlier = providers.get(..index).unwrap_or_default();
+        for (position, key) in header_locations(provider).enumerate() {
             let (name, prefix) = key;
-            if headers_seen
-                .iter()
-                .any(|(n, p)| *n == name && p.eq_ignore_ascii_case(prefix))
+            let same = |(n, p): (&str, &str)| n == name && p.eq_ignore_ascii_case(prefix);
+            if earlier.iter().flat_map(header_locations).any(same)
+                || header_locations(provider).take(position).any(same)
             {
                 continue;
             }
-            headers_seen.push(key);
             for value in request.header_values(name) {
-                // Envoy folds repeated headers into one value joined by commas; a JWT never
-                // holds a comma, so two prefixed pieces are two tokens.
-                // Any scheme counts: `DPoP <a>, Bearer <b>` is two tokens, not one odd one.
                 let prefixed = value
                     .split(',')
                     .filter(|piece| {
@@ -140,20 +136,30 @@ pub fn find_token(
                 }
             }
         }
-        for name in &provider.from_params {
-            if params_seen.contains(&name.as_str()) {
+        for (position, name) in provider.from_params.iter().enumerate() {
+            if earlier.iter().any(|p| p.from_params.contains(name))
+                || provider
+                    .from_params
+                    .iter()
+                    .take(position)
+                    .any(|n| n == name)
+            {
                 continue;
             }
-            params_seen.push(name);
             for value in query_values(request.query(), name) {
                 record(value, Location::Param(name.clone()))?;
             }
         }
-        for name in &provider.from_cookies {
-            if cookies_seen.contains(&name.as_str()) {
+        for (position, name) in provider.from_cookies.iter().enumerate() {
+            if earlier.iter().any(|p| p.from_cookies.contains(name))
+                || provider
+                    .from_cookies
+                    .iter()
+                    .take(position)
+                    .any(|n| n == name)
+            {
                 continue;
             }
-            cookies_seen.push(name);
             for header in request.header_values("cookie") {
                 for value in cookie_values(header, name) {
                     record(value.to_string(), Location::Cookie(name.clone()))?;
