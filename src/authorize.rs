@@ -211,8 +211,11 @@ pub fn authorize_recorded(
     let mut trace = Trace::default();
     let outcome = match decide(config, keys, cache, request, now_ms, &mut trace, rec) {
         Ok(mut allowed) => {
-            edits.append(&mut allowed.edits);
-            allowed.edits = edits;
+            // Usually no identity header is configured: the allowed edits stand as they are.
+            if !edits.is_empty() {
+                edits.append(&mut allowed.edits);
+                allowed.edits = edits;
+            }
             Outcome::Allow(allowed)
         }
         Err(Halt::Wait { provider, refetch }) => Outcome::Wait { provider, refetch },
