@@ -172,10 +172,10 @@ pub trait KeyLookup {
 }
 
 /// A verified token: which provider accepted it, and its claims.
-struct Verified {
+struct Verified<'r> {
     provider: usize,
     claims: Rc<Map<String, Value>>,
-    found: Found,
+    found: Found<'r>,
     /// The payload segment exactly as signed, kept only when a provider forwards it.
     payload_segment: Option<Rc<str>>,
 }
@@ -483,16 +483,16 @@ fn names_audience(claims: &Map<String, Value>, resource: &str) -> bool {
 /// The request's token, found and verified on first use and remembered; `None`: no token.
 /// A token that is present is always verified, on anonymous routes too.
 #[allow(clippy::too_many_arguments)]
-fn token_once<'t>(
-    memo: &'t mut Option<Option<Verified>>,
+fn token_once<'t, 'r>(
+    memo: &'t mut Option<Option<Verified<'r>>>,
     config: &Compiled,
     keys: &dyn KeyLookup,
     cache: &mut TokenCache,
-    request: &Request<'_>,
+    request: &Request<'r>,
     now_ms: u64,
     trace: &mut Trace,
     rec: Recorder<'_>,
-) -> Result<Option<&'t Verified>, Halt> {
+) -> Result<Option<&'t Verified<'r>>, Halt> {
     if memo.is_none() {
         *memo = Some(find_and_verify(
             config, keys, cache, request, now_ms, trace, rec,
@@ -501,15 +501,15 @@ fn token_once<'t>(
     Ok(memo.as_ref().and_then(Option::as_ref))
 }
 
-fn find_and_verify(
+fn find_and_verify<'r>(
     config: &Compiled,
     keys: &dyn KeyLookup,
     cache: &mut TokenCache,
-    request: &Request<'_>,
+    request: &Request<'r>,
     now_ms: u64,
     trace: &mut Trace,
     rec: Recorder<'_>,
-) -> Result<Option<Verified>, Halt> {
+) -> Result<Option<Verified<'r>>, Halt> {
     let parts = RequestParts {
         headers: request.headers,
         path: request.path,
@@ -628,15 +628,15 @@ fn identity_removals(config: &Config) -> Vec<HeaderEdit> {
         .collect()
 }
 
-fn verify_token(
+fn verify_token<'r>(
     config: &Config,
     keys: &dyn KeyLookup,
     cache: &mut TokenCache,
-    found: Found,
+    found: Found<'r>,
     now_ms: u64,
     trace: &mut Trace,
     rec: Recorder<'_>,
-) -> Result<Verified, Halt> {
+) -> Result<Verified<'r>, Halt> {
     let digest = cache.digest(&found.token);
     if let Some(hit) = cache.get(digest).cloned() {
         let outcome = cache_hit(config, keys, &hit, &found, now_ms, rec);
