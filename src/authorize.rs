@@ -74,6 +74,7 @@ pub enum Outcome {
 pub struct Trace {
     /// Index of the rule that applied; `None`: `unmatched` (or decided before matching).
     pub rule: Option<usize>,
+    /// Where the token was found; noted only when recording (for `explain`).
     pub location: Option<Location>,
     /// The provider the token's `iss` selected.
     pub provider: Option<usize>,
@@ -527,7 +528,10 @@ fn find_and_verify<'r>(
             return Err(Denial::InvalidRequest("more than one token in the request").into())
         }
     };
-    trace.location = found.as_ref().map(|f| f.location.clone());
+    // Only `explain` reads it: a filter's request is spared the copy.
+    if rec.on() {
+        trace.location = found.as_ref().map(|f| f.location.clone());
+    }
     let Some(found) = found else {
         return Ok(None);
     };
