@@ -20,6 +20,7 @@ use crate::sender::{self, Presented};
 use crate::token::{self, TokenLimits};
 use crate::verify::{self, VerifyError};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::rc::Rc;
 
 /// The request as the glue read it: pseudo-headers split out, every other header as sent.
@@ -304,7 +305,7 @@ fn decide(
     rec: Recorder<'_>,
 ) -> Result<Allowed, Halt> {
     let normalized = path::normalize(request.path);
-    rec.note(|| Step::Path(normalized.clone()));
+    rec.note(|| Step::Path(normalized.clone().map(Cow::into_owned)));
     let normalized = match normalized {
         Ok(p) => p,
         Err(PathError::EncodedSlash) => {

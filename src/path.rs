@@ -3,6 +3,8 @@
 //! origin (`scheme://host[:port]`), as a DPoP proof's `htu` and the configured `origins` are
 //! compared.
 
+use std::borrow::Cow;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathError {
     /// `%2F` or `%5C` (or a literal `\`): servers disagree on whether it separates segments,
@@ -23,17 +25,17 @@ pub enum PathError {
 ///   root stays at the root), after decoding so that `%2e%2e` counts as `..`.
 ///
 /// Case is preserved; a trailing slash is kept.
-pub fn normalize(raw: &str) -> Result<String, PathError> {
+pub fn normalize(raw: &str) -> Result<Cow<'_, str>, PathError> {
     let end = raw.find(['?', '#']).unwrap_or(raw.len());
     let path = raw.get(..end).ok_or(PathError::Malformed)?;
     if !path.starts_with('/') {
         return Err(PathError::Malformed);
     }
-    // The common request's path is already normal: one copy, none of the passes below.
+    // The common request's path is already normal: borrowed, none of the passes below.
     if is_normal(path) {
-        return Ok(path.to_string());
+        return Ok(Cow::Borrowed(path));
     }
-    normalize_spelled(path)
+    normalize_spelled(path).map(Cow::Owned)
 }
 
 /// Whether `path` (starting with '/') is its own normal form: nothing to decode, refuse or
@@ -168,8 +170,8 @@ pub fn normalize_origin(text: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn ok(path: &str) -> Result<String, PathError> {
-        Ok(path.to_string())
+    fn ok(path: &str) -> Result<Cow<'static, str>, PathError> {
+        Ok(Cow::Owned(path.to_string()))
     }
 
     /// The shortcut for paths already normal decides as the full passes, on every path of up
@@ -186,7 +188,11 @@ mod tests {
                     let path = format!("{path}{piece}");
                     if is_normal(&path) {
                         shortcuts += 1;
-                        assert_eq!(normalize_spelled(&path), ok(&path), "{path:?}");
+                        assert_eq!(
+                            normalize_spelled(&path).map(Cow::Owned),
+                            ok(&path),
+                            "{path:?}"
+                        );
                     }
                     longer.push(path);
                 }
