@@ -225,11 +225,7 @@ mod tests {
             alg: Alg::RS256,
             kid: None,
             claims: Rc::new(Map::new()),
-            times: Times {
-                exp: 0.0,
-                nbf: None,
-                iat: None,
-            },
+            times: Times::new(0.0, None, None),
             payload_segment: None,
         }
     }

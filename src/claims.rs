@@ -80,11 +80,31 @@ pub fn check(claims: &Map<String, Value>, provider: &Provider, now: u64) -> Resu
 /// The time claims of a token [`check`] admitted. Every other check is a function of the
 /// token and the provider's configuration alone, so under the same configuration only these
 /// need checking again later ([`check_times`]).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Kept in every cache entry: an absent `nbf` or `iat` is NaN, which no NumericDate is, so
+/// that an entry grows by 24 bytes rather than 40.
+#[derive(Debug, Clone, Copy)]
 pub struct Times {
-    pub(crate) exp: f64,
-    pub(crate) nbf: Option<f64>,
-    pub(crate) iat: Option<f64>,
+    exp: f64,
+    nbf: f64,
+    iat: f64,
+}
+
+impl Times {
+    pub(crate) fn new(exp: f64, nbf: Option<f64>, iat: Option<f64>) -> Times {
+        Times {
+            exp,
+            nbf: nbf.unwrap_or(f64::NAN),
+            iat: iat.unwrap_or(f64::NAN),
+        }
+    }
+
+    fn nbf(&self) -> Option<f64> {
+        (!self.nbf.is_nan()).then_some(self.nbf)
+    }
+
+    fn iat(&self) -> Option<f64> {
+        (!self.iat.is_nan()).then_some(self.iat)
+    }
 }
 
 /// What [`check`] decides at `now` on a token it admitted (its [`Times`]) under the same
@@ -132,11 +152,11 @@ pub fn check_seen(
         }
     };
     // Fractional NumericDates are legal (RFC 7519 §2); f64 keeps them and any u64-sized value.
-    let times = Times {
-        exp: numeric_date(claims, "exp")?.ok_or(ClaimError::MissingExp)?,
-        nbf: numeric_date(claims, "nbf")?,
-        iat: numeric_date(claims, "iat")?,
-    };
+    let times = Times::new(
+        numeric_date(claims, "exp")?.ok_or(ClaimError::MissingExp)?,
+        numeric_date(claims, "nbf")?,
+        numeric_date(claims, "iat")?,
+    );
 
     for name in ["sub", "jti"] {
         if claims
@@ -177,7 +197,7 @@ fn time_checks(
     now: f64,
     note: &mut dyn FnMut(&dyn Fn() -> ClaimSeen),
 ) -> Result<(), ClaimError> {
-    let Times { exp, nbf, iat } = *times;
+    let (exp, nbf, iat) = (times.exp, times.nbf(), times.iat());
     let skew = provider.clock_skew_seconds as f64;
     let time = |name, at, held| ClaimSeen::Time {
         name,
