@@ -20,6 +20,7 @@ use crate::sender::{self, Presented};
 use crate::token::{self, TokenLimits};
 use crate::verify::{self, VerifyError};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::rc::Rc;
 
 /// The request as the glue read it: pseudo-headers split out, every other header as sent.
@@ -74,6 +75,7 @@ pub enum Outcome {
 pub struct Trace {
     /// Index of the rule that applied; `None`: `unmatched` (or decided before matching).
     pub rule: Option<usize>,
+    /// Where the token was found; noted only when recording (for `explain`).
     pub location: Option<Location>,
     /// The provider the token's `iss` selected.
     pub provider: Option<usize>,
@@ -172,10 +174,10 @@ pub trait KeyLookup {
 }
 
 /// A verified token: which provider accepted it, and its claims.
-struct Verified {
+struct Verified<'r> {
     provider: usize,
     claims: Rc<Map<String, Value>>,
-    found: Found,
+    found: Found<'r>,
     /// The payload segment exactly as signed, kept only when a provider forwards it.
     payload_segment: Option<Rc<str>>,
 }
@@ -211,8 +213,11 @@ pub fn authorize_recorded(
     let mut trace = Trace::default();
     let outcome = match decide(config, keys, cache, request, now_ms, &mut trace, rec) {
         Ok(mut allowed) => {
-            edits.append(&mut allowed.edits);
-            allowed.edits = edits;
+            // Usually no identity header is configured: the allowed edits stand as they are.
+            if !edits.is_empty() {
+                edits.append(&mut allowed.edits);
+                allowed.edits = edits;
+            }
             Outcome::Allow(allowed)
         }
         Err(Halt::Wait { provider, refetch }) => Outcome::Wait { provider, refetch },
@@ -300,7 +305,7 @@ fn decide(
     rec: Recorder<'_>,
 ) -> Result<Allowed, Halt> {
     let normalized = path::normalize(request.path);
-    rec.note(|| Step::Path(normalized.clone()));
+    rec.note(|| Step::Path(normalized.clone().map(Cow::into_owned)));
     let normalized = match normalized {
         Ok(p) => p,
         Err(PathError::EncodedSlash) => {
@@ -480,16 +485,16 @@ fn names_audience(claims: &Map<String, Value>, resource: &str) -> bool {
 /// The request's token, found and verified on first use and remembered; `None`: no token.
 /// A token that is present is always verified, on anonymous routes too.
 #[allow(clippy::too_many_arguments)]
-fn token_once<'t>(
-    memo: &'t mut Option<Option<Verified>>,
+fn token_once<'t, 'r>(
+    memo: &'t mut Option<Option<Verified<'r>>>,
     config: &Compiled,
     keys: &dyn KeyLookup,
     cache: &mut TokenCache,
-    request: &Request<'_>,
+    request: &Request<'r>,
     now_ms: u64,
     trace: &mut Trace,
     rec: Recorder<'_>,
-) -> Result<Option<&'t Verified>, Halt> {
+) -> Result<Option<&'t Verified<'r>>, Halt> {
     if memo.is_none() {
         *memo = Some(find_and_verify(
             config, keys, cache, request, now_ms, trace, rec,
@@ -498,15 +503,15 @@ fn token_once<'t>(
     Ok(memo.as_ref().and_then(Option::as_ref))
 }
 
-fn find_and_verify(
+fn find_and_verify<'r>(
     config: &Compiled,
     keys: &dyn KeyLookup,
     cache: &mut TokenCache,
-    request: &Request<'_>,
+    request: &Request<'r>,
     now_ms: u64,
     trace: &mut Trace,
     rec: Recorder<'_>,
-) -> Result<Option<Verified>, Halt> {
+) -> Result<Option<Verified<'r>>, Halt> {
     let parts = RequestParts {
         headers: request.headers,
         path: request.path,
@@ -524,7 +529,10 @@ fn find_and_verify(
             return Err(Denial::InvalidRequest("more than one token in the request").into())
         }
     };
-    trace.location = found.as_ref().map(|f| f.location.clone());
+    // Only `explain` reads it: a filter's request is spared the copy.
+    if rec.on() {
+        trace.location = found.as_ref().map(|f| f.location.clone());
+    }
     let Some(found) = found else {
         return Ok(None);
     };
@@ -625,15 +633,15 @@ fn identity_removals(config: &Config) -> Vec<HeaderEdit> {
         .collect()
 }
 
-fn verify_token(
+fn verify_token<'r>(
     config: &Config,
     keys: &dyn KeyLookup,
     cache: &mut TokenCache,
-    found: Found,
+    found: Found<'r>,
     now_ms: u64,
     trace: &mut Trace,
     rec: Recorder<'_>,
-) -> Result<Verified, Halt> {
+) -> Result<Verified<'r>, Halt> {
     let digest = cache.digest(&found.token);
     if let Some(hit) = cache.get(digest).cloned() {
         let outcome = cache_hit(config, keys, &hit, &found, now_ms, rec);
@@ -803,7 +811,7 @@ fn verify_token(
             return Err(invalid(e.describe(), verify_reason(&e)).into());
         }
     }
-    checked_claims(&claims, provider, now_ms, rec)
+    let times = checked_claims(&claims, provider, now_ms, rec)
         .map_err(|e| invalid(e.describe(), e.reason()))?;
     let payload_segment: Option<Rc<str>> =
         provider.output_payload_to_header.as_ref().and_then(|_| {
@@ -818,6 +826,7 @@ fn verify_token(
             alg: jws.header.alg,
             kid,
             claims: Rc::clone(&claims),
+            times,
             payload_segment: payload_segment.clone(),
         },
     );
@@ -830,7 +839,7 @@ fn verify_token(
 }
 
 /// A remembered token still stands only if its provider's keys are the ones that verified
-/// it; its time and audience are checked anew. `None`: the entry is stale, verify afresh.
+/// it; its time claims are checked anew. `None`: the entry is stale, verify afresh.
 fn cache_hit(
     config: &Config,
     keys: &dyn KeyLookup,
@@ -848,10 +857,14 @@ fn cache_hit(
     if !found.location.is_listed_by(provider) {
         return Some(Err(wrong_location().into()));
     }
-    Some(
-        checked_claims(&hit.claims, provider, now_ms, rec)
-            .map_err(|e| invalid(e.describe(), e.reason()).into()),
-    )
+    // The cache is the configuration's (a new one starts empty): only the checks that
+    // depend on the clock can decide otherwise than when the token was admitted.
+    let checked = if rec.on() {
+        checked_claims(&hit.claims, provider, now_ms, rec).map(|_| ())
+    } else {
+        claims::check_times(&hit.times, provider, now_ms / 1000)
+    };
+    Some(checked.map_err(|e| invalid(e.describe(), e.reason()).into()))
 }
 
 /// The registered claims' checks, noted check by check when recording.
@@ -860,13 +873,16 @@ fn checked_claims(
     provider: &Provider,
     now_ms: u64,
     rec: Recorder<'_>,
-) -> Result<(), claims::ClaimError> {
+) -> Result<claims::Times, claims::ClaimError> {
     if !rec.on() {
-        return claims::check(claims, provider, now_ms / 1000);
+        return claims::check_seen(claims, provider, now_ms / 1000, None);
     }
     let mut seen = Vec::new();
     let result = claims::check_seen(claims, provider, now_ms / 1000, Some(&mut seen));
-    rec.note(|| Step::Claims { seen, result });
+    rec.note(|| Step::Claims {
+        seen,
+        result: result.map(|_| ()),
+    });
     result
 }
 
@@ -1817,6 +1833,42 @@ mod tests {
         };
         assert_eq!(reason(f.run_at(&later, (NOW + 3600) * 1000)), "expired");
         assert!(f.cache.borrow().is_empty(), "an expired entry is dropped");
+    }
+
+    /// A hit re-checks only the time claims: the keys are gone (a fresh verification would
+    /// say unknown_key), so each refusal below is the hit's, and it is what a fresh check of
+    /// the claims at that instant decides.
+    #[test]
+    fn a_cached_token_is_refused_on_a_hit_whenever_its_time_claims_fail() {
+        let mut f = fixture(json!({"providers": [provider(json!({
+            "maxLifetimeSeconds": 600, "clockSkewSeconds": 0}))]}));
+        *f.cache.borrow_mut() = TokenCache::new(16);
+        let at = |f: &Fixture, token: &str, now_s: u64| {
+            let bearer = format!("Bearer {token}");
+            let headers = [("authorization", bearer.as_str())];
+            let request = Request {
+                method: "GET",
+                scheme: "https",
+                path: "/",
+                authority: "a",
+                headers: &headers,
+                peer: &crate::peer::NoPeer,
+            };
+            f.run_at(&request, now_s * 1000)
+        };
+        let with_nbf = f.token(json!({"iss": ISSUER, "aud": "orders", "exp": NOW + 300,
+                                      "nbf": NOW - 5, "iat": NOW - 5}));
+        let without_iat = f.token(json!({"iss": ISSUER, "aud": "orders", "exp": NOW + 500}));
+        for token in [&with_nbf, &without_iat] {
+            assert!(matches!(at(&f, token, NOW), Outcome::Allow(_)));
+        }
+        f.keys.0 = empty_keys();
+        assert!(matches!(at(&f, &with_nbf, NOW + 10), Outcome::Allow(_)));
+        assert_eq!(reason(at(&f, &with_nbf, NOW - 60)), "not_yet_valid");
+        assert!(matches!(at(&f, &without_iat, NOW), Outcome::Allow(_)));
+        // The clock set back: 500 s left plus 200 is more than the 600 s cap.
+        assert_eq!(reason(at(&f, &without_iat, NOW - 200)), "lifetime");
+        assert!(f.cache.borrow().is_empty(), "refused entries are dropped");
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Verified tokens, remembered per worker so a client that reuses its token (the common
 //! case) is not re-verified on every request. Keyed by a keyed 128-bit hash of the token,
 //! never the token itself; an entry is only a shortcut past parsing and the signature:
-//! time and audience claims are checked again on every hit, and an entry is ignored once
-//! its provider's keys changed.
+//! its time claims are checked again on every hit (the other claim checks depend only on the
+//! token and the configuration, and a new configuration starts a new cache), and an entry
+//! is ignored once its provider's keys changed.
 //!
 //! Once the cache is full, a token is admitted on its second sighting only (a doorkeeper of
 //! keyed digests, as in TinyLFU): at a gateway where most tokens are seen once, a one-shot
@@ -10,6 +11,7 @@
 //! that clients do reuse. Forgetting a sighting only costs a verification, never a check.
 
 use crate::alg::Alg;
+use crate::claims::Times;
 use crate::token::HeaderMemo;
 use serde_json::{Map, Value};
 use siphasher::sip128::{Hasher128, SipHasher13};
@@ -27,6 +29,8 @@ pub struct CachedToken {
     pub alg: Alg,
     pub kid: Option<Rc<str>>,
     pub claims: Rc<Map<String, Value>>,
+    /// What the claims' checks on a later request depend on.
+    pub times: Times,
     pub payload_segment: Option<Rc<str>>,
 }
 
@@ -221,6 +225,7 @@ mod tests {
             alg: Alg::RS256,
             kid: None,
             claims: Rc::new(Map::new()),
+            times: Times::new(0.0, None, None),
             payload_segment: None,
         }
     }

@@ -2,6 +2,7 @@
 //! case-insensitively), query parameters and cookies of every provider.
 
 use crate::config::{Binding, Provider};
+use std::borrow::Cow;
 
 /// Where a token was found; the provider that verifies it must list this location.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,8 +17,9 @@ pub enum Location {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
-    pub token: String,
+pub struct Found<'r> {
+    /// Borrowed from the request, but for a query parameter (percent-decoded).
+    pub token: Cow<'r, str>,
     pub location: Location,
 }
 
@@ -67,8 +69,8 @@ pub struct RequestParts<'a> {
     pub path: &'a str,
 }
 
-impl RequestParts<'_> {
-    pub fn header_values<'h>(&'h self, name: &'h str) -> impl Iterator<Item = &'h str> + 'h {
+impl<'r> RequestParts<'r> {
+    pub fn header_values<'h>(&'h self, name: &'h str) -> impl Iterator<Item = &'r str> + 'h {
         self.headers
             .iter()
             .filter(move |(n, _)| *n == name)
@@ -82,12 +84,12 @@ impl RequestParts<'_> {
 }
 
 /// Looks in every location any provider lists. None found: `Ok(None)`.
-pub fn find_token(
+pub fn find_token<'r>(
     providers: &[Provider],
-    request: &RequestParts<'_>,
-) -> Result<Option<Found>, ExtractError> {
-    let mut found: Option<Found> = None;
-    let mut record = |token: String, location: Location| -> Result<(), ExtractError> {
+    request: &RequestParts<'r>,
+) -> Result<Option<Found<'r>>, ExtractError> {
+    let mut found: Option<Found<'r>> = None;
+    let mut record = |token: Cow<'r, str>, location: Location| -> Result<(), ExtractError> {
         match &found {
             // The same location listed by two providers is one location, not two tokens.
             Some(first) if first.location == location && first.token == token => Ok(()),
@@ -99,23 +101,19 @@ pub fn find_token(
         }
     };
 
-    let mut headers_seen: Vec<(&str, &str)> = Vec::new();
-    let mut params_seen: Vec<&str> = Vec::new();
-    let mut cookies_seen: Vec<&str> = Vec::new();
-    for provider in providers {
-        for key in header_locations(provider) {
+    // A location several providers (or one twice) list is read once: at its first listing.
+    // Looked up among the earlier ones rather than kept in a list: no allocation per request.
+    for (index, provider) in providers.iter().enumerate() {
+        let earlier = providers.get(..index).unwrap_or_default();
+        for (position, key) in header_locations(provider).enumerate() {
             let (name, prefix) = key;
-            if headers_seen
-                .iter()
-                .any(|(n, p)| *n == name && p.eq_ignore_ascii_case(prefix))
+            let same = |(n, p): (&str, &str)| n == name && p.eq_ignore_ascii_case(prefix);
+            if earlier.iter().flat_map(header_locations).any(same)
+                || header_locations(provider).take(position).any(same)
             {
                 continue;
             }
-            headers_seen.push(key);
             for value in request.header_values(name) {
-                // Envoy folds repeated headers into one value joined by commas; a JWT never
-                // holds a comma, so two prefixed pieces are two tokens.
-                // Any scheme counts: `DPoP <a>, Bearer <b>` is two tokens, not one odd one.
                 let prefixed = value
                     .split(',')
                     .filter(|piece| {
@@ -131,7 +129,7 @@ pub fn find_token(
                 }
                 if let Some(token) = strip_prefix_ignore_case(value, prefix) {
                     record(
-                        token.to_string(),
+                        Cow::Borrowed(token),
                         Location::Header {
                             name: name.to_owned(),
                             prefix: prefix.to_owned(),
@@ -140,23 +138,33 @@ pub fn find_token(
                 }
             }
         }
-        for name in &provider.from_params {
-            if params_seen.contains(&name.as_str()) {
+        for (position, name) in provider.from_params.iter().enumerate() {
+            if earlier.iter().any(|p| p.from_params.contains(name))
+                || provider
+                    .from_params
+                    .iter()
+                    .take(position)
+                    .any(|n| n == name)
+            {
                 continue;
             }
-            params_seen.push(name);
             for value in query_values(request.query(), name) {
-                record(value, Location::Param(name.clone()))?;
+                record(Cow::Owned(value), Location::Param(name.clone()))?;
             }
         }
-        for name in &provider.from_cookies {
-            if cookies_seen.contains(&name.as_str()) {
+        for (position, name) in provider.from_cookies.iter().enumerate() {
+            if earlier.iter().any(|p| p.from_cookies.contains(name))
+                || provider
+                    .from_cookies
+                    .iter()
+                    .take(position)
+                    .any(|n| n == name)
+            {
                 continue;
             }
-            cookies_seen.push(name);
             for header in request.header_values("cookie") {
                 for value in cookie_values(header, name) {
-                    record(value.to_string(), Location::Cookie(name.clone()))?;
+                    record(Cow::Borrowed(value), Location::Cookie(name.clone()))?;
                 }
             }
         }
@@ -196,7 +204,7 @@ fn is_param(pair: &str, name: &str) -> bool {
     percent_decode(split_pair(pair).0).as_deref() == Some(name)
 }
 
-fn cookie_values<'h>(header: &'h str, name: &'h str) -> impl Iterator<Item = &'h str> + 'h {
+fn cookie_values<'h: 'n, 'n>(header: &'h str, name: &'n str) -> impl Iterator<Item = &'h str> + 'n {
     header.split(';').filter_map(move |pair| {
         let (key, value) = pair.trim().split_once('=')?;
         (key.trim() == name).then(|| value.trim().trim_matches('"'))
@@ -276,11 +284,11 @@ mod tests {
         crate::config::parse(&json).unwrap().providers
     }
 
-    fn find(
+    fn find<'r>(
         providers: &[Provider],
-        pairs: &[(&str, &str)],
-        path: &str,
-    ) -> Result<Option<Found>, ExtractError> {
+        pairs: &'r [(&'r str, &'r str)],
+        path: &'r str,
+    ) -> Result<Option<Found<'r>>, ExtractError> {
         find_token(
             providers,
             &RequestParts {
@@ -294,7 +302,8 @@ mod tests {
     fn default_is_an_authorization_bearer_header_any_case() {
         let p = providers("");
         for value in ["Bearer abc", "bearer abc", "BEARER abc"] {
-            let found = find(&p, &[("authorization", value)], "/").unwrap().unwrap();
+            let pairs = [("authorization", value)];
+            let found = find(&p, &pairs, "/").unwrap().unwrap();
             assert_eq!(found.token, "abc");
             assert!(found.location.is_listed_by(&p[0]));
         }
