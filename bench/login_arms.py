@@ -272,6 +272,20 @@ def log_in(envoy_port: int, op: Provider, path: str = "/orders?page=2") -> Login
     return Login(dict(app), callback_ms, landed)
 
 
+def log_in_when_ready(envoy_port: int, op: Provider, attempts: int = 5) -> Login:
+    """`log_in`, again after a second when it fails: the login redirect needs only the OP's
+    discovery document, the callback its keys too, which a loaded machine may not have fetched yet
+    (the callback then answers 503)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return log_in(envoy_port, op)
+        except LoginError:
+            if attempt == attempts:
+                raise
+            time.sleep(1)
+    raise AssertionError("unreachable")
+
+
 def session_request(envoy_port: int, cookies: dict[str, str]) -> tuple[Response, float]:
     """An API call of a logged-in browser (no navigation headers), timed in ms."""
     began = time.perf_counter()
@@ -504,7 +518,7 @@ class SessionWorkload:
             assert envoy.port is not None
             if arm == "E":
                 wait_for_login(envoy, self.op)
-            login = log_in(envoy.port, self.op)
+            login = log_in_when_ready(envoy.port, self.op)
             wait_for_session(envoy, login.cookies)
             upstream = session_request(envoy.port, login.cookies)[0].upstream["headers"]
             token = upstream.get("authorization", "").removeprefix("Bearer ")
