@@ -114,6 +114,9 @@ pub fn find_token<'r>(
                 continue;
             }
             for value in request.header_values(name) {
+                // Envoy folds repeated headers into one value joined by commas; a JWT never
+                // holds a comma, so two prefixed pieces are two tokens.
+                // Any scheme counts: `DPoP <a>, Bearer <b>` is two tokens, not one odd one.
                 let prefixed = value
                     .split(',')
                     .filter(|piece| {
@@ -139,13 +142,7 @@ pub fn find_token<'r>(
             }
         }
         for (position, name) in provider.from_params.iter().enumerate() {
-            if earlier.iter().any(|p| p.from_params.contains(name))
-                || provider
-                    .from_params
-                    .iter()
-                    .take(position)
-                    .any(|n| n == name)
-            {
+            if listed_earlier(earlier, provider, position, |p| &p.from_params) {
                 continue;
             }
             for value in query_values(request.query(), name) {
@@ -153,13 +150,7 @@ pub fn find_token<'r>(
             }
         }
         for (position, name) in provider.from_cookies.iter().enumerate() {
-            if earlier.iter().any(|p| p.from_cookies.contains(name))
-                || provider
-                    .from_cookies
-                    .iter()
-                    .take(position)
-                    .any(|n| n == name)
-            {
+            if listed_earlier(earlier, provider, position, |p| &p.from_cookies) {
                 continue;
             }
             for header in request.header_values("cookie") {
@@ -200,6 +191,23 @@ fn split_pair(pair: &str) -> (&str, &str) {
 }
 
 /// Whether a query pair is the parameter `name` (compared after percent-decoding its key).
+/// Whether entry `position` of `list` of `provider` was listed before: by an `earlier`
+/// provider, or earlier in the same list.
+fn listed_earlier(
+    earlier: &[Provider],
+    provider: &Provider,
+    position: usize,
+    list: fn(&Provider) -> &Vec<String>,
+) -> bool {
+    let own = list(provider);
+    own.get(position).is_some_and(|name| {
+        earlier.iter().any(|p| list(p).contains(name))
+            || own
+                .get(..position)
+                .is_some_and(|before| before.contains(name))
+    })
+}
+
 fn is_param(pair: &str, name: &str) -> bool {
     percent_decode(split_pair(pair).0).as_deref() == Some(name)
 }
